@@ -1,0 +1,344 @@
+//! Validated names: identifiers, namespace paths, class paths and provider names.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest identifier or provider name accepted, in bytes.
+pub const MAX_IDENTIFIER_LEN: usize = 64;
+/// The longest namespace or class path accepted, in bytes.
+pub const MAX_PATH_LEN: usize = 255;
+
+/// Why a name was refused. The message quotes the name and says what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    #[error("invalid {what} {name:?}: it is empty")]
+    Empty { what: &'static str, name: String },
+    #[error("invalid {what} {name:?}: it is {len} bytes long, the limit is {max}")]
+    TooLong {
+        what: &'static str,
+        name: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("invalid {what} {name:?}: it must start with a lowercase ASCII letter")]
+    BadStart { what: &'static str, name: String },
+    #[error(
+        "invalid {what} {name:?}: character {ch:?} at byte {at} is not allowed (use {allowed})"
+    )]
+    BadChar {
+        what: &'static str,
+        name: String,
+        ch: char,
+        at: usize,
+        allowed: &'static str,
+    },
+    #[error("invalid {what} {name:?}: segment {segment} is empty")]
+    EmptySegment {
+        what: &'static str,
+        name: String,
+        segment: usize,
+    },
+    #[error("invalid class path {name:?}: it needs a namespace and a class name, like \"system.cpu\"")]
+    NoNamespace { name: String },
+}
+
+/// A lowercase identifier: `[a-z][a-z0-9_]*`, at most 64 bytes. Used for property, method,
+/// event and parameter names and for the segments of namespace and class paths.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Identifier(String);
+
+/// A dotted namespace path such as `system` or `app.web`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NamespacePath(String);
+
+/// A class path: a namespace path and a class name, such as `system.cpu`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClassPath {
+    // Invariant: `full` is a valid namespace path with at least two segments and
+    // `split` is the byte index of its last '.'.
+    full: String,
+    split: usize,
+}
+
+/// A provider's name: `[a-z][a-z0-9_-]*`, at most 64 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProviderName(String);
+
+impl Identifier {
+    /// Validates `name` as an identifier.
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        check_word(&name, "identifier", false)?;
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl NamespacePath {
+    /// Validates `path` as a dotted namespace path.
+    pub fn new(path: impl Into<String>) -> Result<Self, NameError> {
+        let path = path.into();
+        check_path(&path, "namespace path")?;
+        Ok(Self(path))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `class` lies in this namespace or one below it.
+    pub fn contains(&self, class: &ClassPath) -> bool {
+        let ns = class.namespace_str();
+        ns == self.0 || (ns.starts_with(&self.0) && ns.as_bytes()[self.0.len()] == b'.')
+    }
+}
+
+impl ClassPath {
+    /// Validates `path` as a class path (`namespace.class`).
+    pub fn new(path: impl Into<String>) -> Result<Self, NameError> {
+        let full = path.into();
+        check_path(&full, "class path")?;
+        let Some(split) = full.rfind('.') else {
+            return Err(NameError::NoNamespace { name: full });
+        };
+        Ok(Self { full, split })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// The namespace part: `system` for `system.cpu`.
+    pub fn namespace(&self) -> NamespacePath {
+        NamespacePath(self.namespace_str().to_owned())
+    }
+
+    /// The class name: `cpu` for `system.cpu`.
+    pub fn name(&self) -> &str {
+        &self.full[self.split + 1..]
+    }
+
+    fn namespace_str(&self) -> &str {
+        &self.full[..self.split]
+    }
+}
+
+impl ProviderName {
+    /// Validates `name` as a provider name.
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        check_word(&name, "provider name", true)?;
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn check_word(name: &str, what: &'static str, dash: bool) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty {
+            what,
+            name: name.into(),
+        });
+    }
+    if name.len() > MAX_IDENTIFIER_LEN {
+        return Err(NameError::TooLong {
+            what,
+            name: name.into(),
+            len: name.len(),
+            max: MAX_IDENTIFIER_LEN,
+        });
+    }
+    if !name.as_bytes()[0].is_ascii_lowercase() {
+        return Err(NameError::BadStart {
+            what,
+            name: name.into(),
+        });
+    }
+    let allowed = if dash {
+        "a-z, 0-9, '_' and '-'"
+    } else {
+        "a-z, 0-9 and '_'"
+    };
+    for (at, ch) in name.char_indices() {
+        let ok = ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || (dash && ch == '-');
+        if !ok {
+            return Err(NameError::BadChar {
+                what,
+                name: name.into(),
+                ch,
+                at,
+                allowed,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_path(path: &str, what: &'static str) -> Result<(), NameError> {
+    if path.is_empty() {
+        return Err(NameError::Empty {
+            what,
+            name: path.into(),
+        });
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(NameError::TooLong {
+            what,
+            name: path.into(),
+            len: path.len(),
+            max: MAX_PATH_LEN,
+        });
+    }
+    let mut offset = 0;
+    for (index, segment) in path.split('.').enumerate() {
+        if segment.is_empty() {
+            return Err(NameError::EmptySegment {
+                what,
+                name: path.into(),
+                segment: index + 1,
+            });
+        }
+        check_word(segment, what, false).map_err(|err| match err {
+            NameError::BadChar { ch, at, .. } => NameError::BadChar {
+                what,
+                name: path.into(),
+                ch,
+                at: offset + at,
+                allowed: "a-z, 0-9, '_' and '.' between segments",
+            },
+            NameError::BadStart { .. } => NameError::BadStart {
+                what,
+                name: path.into(),
+            },
+            NameError::TooLong { len, max, .. } => NameError::TooLong {
+                what,
+                name: path.into(),
+                len,
+                max,
+            },
+            other => other,
+        })?;
+        offset += segment.len() + 1;
+    }
+    Ok(())
+}
+
+macro_rules! string_newtype {
+    ($ty:ty, $field:tt) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.$field)
+            }
+        }
+        impl FromStr for $ty {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::new(s)
+            }
+        }
+        impl TryFrom<String> for $ty {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                Self::new(s)
+            }
+        }
+        impl From<$ty> for String {
+            fn from(v: $ty) -> String {
+                v.$field
+            }
+        }
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.$field
+            }
+        }
+    };
+}
+
+string_newtype!(Identifier, 0);
+string_newtype!(NamespacePath, 0);
+string_newtype!(ClassPath, full);
+string_newtype!(ProviderName, 0);
+
+impl std::borrow::Borrow<str> for Identifier {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_path_splits_namespace_and_name() {
+        let path = ClassPath::new("app.web.requests").unwrap();
+        assert_eq!(path.namespace().as_str(), "app.web");
+        assert_eq!(path.name(), "requests");
+        assert!(NamespacePath::new("app").unwrap().contains(&path));
+        assert!(NamespacePath::new("app.web").unwrap().contains(&path));
+        assert!(!NamespacePath::new("ap").unwrap().contains(&path));
+        assert!(!NamespacePath::new("app.web.requests").unwrap().contains(&path));
+    }
+
+    #[test]
+    fn bad_names_have_exact_messages() {
+        let cases: &[(&str, Result<ClassPath, NameError>, &str)] = &[
+            ("", ClassPath::new(""), "invalid class path \"\": it is empty"),
+            (
+                "cpu",
+                ClassPath::new("cpu"),
+                "invalid class path \"cpu\": it needs a namespace and a class name, like \"system.cpu\"",
+            ),
+            (
+                "System.cpu",
+                ClassPath::new("System.cpu"),
+                "invalid class path \"System.cpu\": it must start with a lowercase ASCII letter",
+            ),
+            (
+                "system..cpu",
+                ClassPath::new("system..cpu"),
+                "invalid class path \"system..cpu\": segment 2 is empty",
+            ),
+            (
+                "system.c-pu",
+                ClassPath::new("system.c-pu"),
+                "invalid class path \"system.c-pu\": character '-' at byte 8 is not allowed (use a-z, 0-9, '_' and '.' between segments)",
+            ),
+        ];
+        for (input, result, message) in cases {
+            assert_eq!(
+                result.as_ref().unwrap_err().to_string(),
+                *message,
+                "input {input:?}"
+            );
+        }
+        assert_eq!(
+            ProviderName::new("my provider").unwrap_err().to_string(),
+            "invalid provider name \"my provider\": character ' ' at byte 2 is not allowed (use a-z, 0-9, '_' and '-')"
+        );
+        assert!(ProviderName::new("my-provider_2").is_ok());
+        assert!(Identifier::new("x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn serde_validates() {
+        let ok: ClassPath = serde_json::from_str("\"system.cpu\"").unwrap();
+        assert_eq!(ok.as_str(), "system.cpu");
+        let err = serde_json::from_str::<ClassPath>("\"Bad\"").unwrap_err();
+        assert!(err.to_string().contains("invalid class path"), "{err}");
+    }
+}

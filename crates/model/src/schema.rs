@@ -1,0 +1,382 @@
+//! Class schemas: properties with units and semantics, methods and events.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ClassPath, Identifier, Instance, ValueType};
+
+/// What a property's number means to a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Semantic {
+    /// Part of the instance's identity. Key properties are scalar and never floats.
+    Key,
+    /// An instant value, shown as is.
+    Gauge,
+    /// A monotonic count; consumers show its rate per second from two samples.
+    Counter,
+    /// A value that changes rarely (a name, a state, a version).
+    Discrete,
+}
+
+/// The unit of a property. Consumers convert from these (the OpenMetrics gateway names
+/// metrics after the base unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Unit {
+    None,
+    Count,
+    Bytes,
+    Seconds,
+    Milliseconds,
+    Microseconds,
+    Nanoseconds,
+    Percent,
+    Ratio,
+    Hertz,
+    Packets,
+    Operations,
+    Pages,
+}
+
+/// One property of a class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PropertyDef {
+    pub name: Identifier,
+    #[serde(rename = "type")]
+    pub ty: ValueType,
+    pub unit: Unit,
+    pub semantic: Semantic,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// One parameter of a method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamDef {
+    pub name: Identifier,
+    #[serde(rename = "type")]
+    pub ty: ValueType,
+    #[serde(default)]
+    pub optional: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A method: typed parameters and an optional typed result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodDef {
+    pub name: Identifier,
+    #[serde(default)]
+    pub params: Vec<ParamDef>,
+    #[serde(default)]
+    pub result: Option<ValueType>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An event a class can raise, with the properties it carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDef {
+    pub name: Identifier,
+    #[serde(default)]
+    pub properties: Vec<PropertyDef>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A class's schema. Built with [`ClassSchema::new`], which checks it; a schema that
+/// arrives from the wire is checked the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawSchema", into = "RawSchema")]
+pub struct ClassSchema {
+    // Invariant: property, method and event names are unique; key properties are scalar,
+    // not f64; counter and gauge properties are numeric.
+    raw: RawSchema,
+}
+
+/// Why a schema was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    #[error("class {class}: {what} {name:?} is declared twice")]
+    Duplicate {
+        class: String,
+        what: &'static str,
+        name: String,
+    },
+    #[error("class {class}: key property {name:?} has type {ty}; keys must be a scalar other than f64")]
+    BadKeyType {
+        class: String,
+        name: String,
+        ty: ValueType,
+    },
+    #[error("class {class}: property {name:?} is a {semantic:?} but has type {ty}; it must be i64, u64 or f64")]
+    NotNumeric {
+        class: String,
+        name: String,
+        semantic: Semantic,
+        ty: ValueType,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RawSchema {
+    path: ClassPath,
+    #[serde(default)]
+    description: String,
+    properties: Vec<PropertyDef>,
+    #[serde(default)]
+    methods: Vec<MethodDef>,
+    #[serde(default)]
+    events: Vec<EventDef>,
+}
+
+impl ClassSchema {
+    /// Checks and builds a schema. A class with no key property is a singleton: it has at
+    /// most one instance.
+    pub fn new(
+        path: ClassPath,
+        description: impl Into<String>,
+        properties: Vec<PropertyDef>,
+        methods: Vec<MethodDef>,
+        events: Vec<EventDef>,
+    ) -> Result<Self, SchemaError> {
+        RawSchema {
+            path,
+            description: description.into(),
+            properties,
+            methods,
+            events,
+        }
+        .try_into()
+    }
+
+    pub fn path(&self) -> &ClassPath {
+        &self.raw.path
+    }
+
+    pub fn description(&self) -> &str {
+        &self.raw.description
+    }
+
+    pub fn properties(&self) -> &[PropertyDef] {
+        &self.raw.properties
+    }
+
+    pub fn methods(&self) -> &[MethodDef] {
+        &self.raw.methods
+    }
+
+    pub fn events(&self) -> &[EventDef] {
+        &self.raw.events
+    }
+
+    pub fn property(&self, name: &str) -> Option<&PropertyDef> {
+        self.raw.properties.iter().find(|p| p.name.as_str() == name)
+    }
+
+    /// The key properties, in declaration order.
+    pub fn keys(&self) -> impl Iterator<Item = &PropertyDef> {
+        self.raw
+            .properties
+            .iter()
+            .filter(|p| p.semantic == Semantic::Key)
+    }
+
+    /// A class without key properties has at most one instance.
+    pub fn is_singleton(&self) -> bool {
+        self.keys().next().is_none()
+    }
+
+    /// Checks an instance against this schema: every value names a declared property and
+    /// has its type, and every key property is present. Returns a message naming the
+    /// property that is wrong.
+    pub fn check_instance(&self, instance: &Instance) -> Result<(), String> {
+        for (name, value) in instance.values() {
+            let Some(prop) = self.property(name.as_str()) else {
+                return Err(format!(
+                    "property {:?} is not in the schema of {}",
+                    name.as_str(),
+                    self.path()
+                ));
+            };
+            if !value.conforms_to(prop.ty) {
+                return Err(format!(
+                    "property {:?} of {} has type {} but the schema says {}",
+                    name.as_str(),
+                    self.path(),
+                    value.value_type(),
+                    prop.ty
+                ));
+            }
+        }
+        for key in self.keys() {
+            if instance.get(key.name.as_str()).is_none() {
+                return Err(format!(
+                    "key property {:?} of {} is missing",
+                    key.name.as_str(),
+                    self.path()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<RawSchema> for ClassSchema {
+    type Error = SchemaError;
+
+    fn try_from(raw: RawSchema) -> Result<Self, SchemaError> {
+        let class = raw.path.to_string();
+        unique(&class, "property", raw.properties.iter().map(|p| &p.name))?;
+        unique(&class, "method", raw.methods.iter().map(|m| &m.name))?;
+        unique(&class, "event", raw.events.iter().map(|e| &e.name))?;
+        for method in &raw.methods {
+            unique(&class, "parameter", method.params.iter().map(|p| &p.name))?;
+        }
+        for prop in raw
+            .properties
+            .iter()
+            .chain(raw.events.iter().flat_map(|e| &e.properties))
+        {
+            match prop.semantic {
+                Semantic::Key => {
+                    if matches!(prop.ty, ValueType::Array(_))
+                        || prop.ty == ValueType::Scalar(crate::ScalarType::F64)
+                    {
+                        return Err(SchemaError::BadKeyType {
+                            class,
+                            name: prop.name.to_string(),
+                            ty: prop.ty,
+                        });
+                    }
+                }
+                Semantic::Counter | Semantic::Gauge if !prop.ty.is_numeric() => {
+                    return Err(SchemaError::NotNumeric {
+                        class,
+                        name: prop.name.to_string(),
+                        semantic: prop.semantic,
+                        ty: prop.ty,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(ClassSchema { raw })
+    }
+}
+
+impl From<ClassSchema> for RawSchema {
+    fn from(schema: ClassSchema) -> RawSchema {
+        schema.raw
+    }
+}
+
+fn unique<'a>(
+    class: &str,
+    what: &'static str,
+    names: impl Iterator<Item = &'a Identifier>,
+) -> Result<(), SchemaError> {
+    let mut seen = BTreeSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(SchemaError::Duplicate {
+                class: class.into(),
+                what,
+                name: name.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl PropertyDef {
+    /// Shorthand used by providers: `PropertyDef::new("rx_bytes", "u64", Unit::Bytes,
+    /// Semantic::Counter, "bytes received")`.
+    ///
+    /// # Panics
+    /// If `name` or `ty` is invalid: this is for names and types fixed in source code.
+    pub fn new(
+        name: &str,
+        ty: &str,
+        unit: Unit,
+        semantic: Semantic,
+        description: &str,
+    ) -> Self {
+        PropertyDef {
+            name: Identifier::new(name).expect("property name in source code is valid"),
+            ty: ty.parse().expect("property type in source code is valid"),
+            unit,
+            semantic,
+            description: description.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Value;
+
+    fn schema(props: Vec<PropertyDef>) -> Result<ClassSchema, SchemaError> {
+        ClassSchema::new(
+            ClassPath::new("test.thing").unwrap(),
+            "",
+            props,
+            vec![],
+            vec![],
+        )
+    }
+
+    #[test]
+    fn rejects_bad_schemas() {
+        let dup = schema(vec![
+            PropertyDef::new("a", "u64", Unit::Count, Semantic::Gauge, ""),
+            PropertyDef::new("a", "u64", Unit::Count, Semantic::Gauge, ""),
+        ]);
+        assert_eq!(
+            dup.unwrap_err().to_string(),
+            "class test.thing: property \"a\" is declared twice"
+        );
+        let float_key = schema(vec![PropertyDef::new("k", "f64", Unit::None, Semantic::Key, "")]);
+        assert!(matches!(float_key, Err(SchemaError::BadKeyType { .. })));
+        let text_counter = schema(vec![PropertyDef::new(
+            "c",
+            "string",
+            Unit::None,
+            Semantic::Counter,
+            "",
+        )]);
+        assert!(matches!(text_counter, Err(SchemaError::NotNumeric { .. })));
+    }
+
+    #[test]
+    fn checks_instances() {
+        let s = schema(vec![
+            PropertyDef::new("k", "string", Unit::None, Semantic::Key, ""),
+            PropertyDef::new("n", "u64", Unit::Count, Semantic::Counter, ""),
+        ])
+        .unwrap();
+        assert!(!s.is_singleton());
+        let good = Instance::from_pairs([("k", Value::String("a".into())), ("n", Value::U64(1))]);
+        assert_eq!(s.check_instance(&good), Ok(()));
+        let wrong_type = Instance::from_pairs([("k", Value::String("a".into())), ("n", Value::I64(1))]);
+        assert_eq!(
+            s.check_instance(&wrong_type).unwrap_err(),
+            "property \"n\" of test.thing has type i64 but the schema says u64"
+        );
+        let no_key = Instance::from_pairs([("n", Value::U64(1))]);
+        assert!(s.check_instance(&no_key).unwrap_err().contains("key property \"k\""));
+    }
+
+    #[test]
+    fn wire_schema_is_checked() {
+        let json = r#"{"path":"a.b","properties":[
+            {"name":"x","type":"string","unit":"none","semantic":"gauge"}]}"#;
+        let err = serde_json::from_str::<ClassSchema>(json).unwrap_err();
+        assert!(err.to_string().contains("must be i64, u64 or f64"), "{err}");
+    }
+}

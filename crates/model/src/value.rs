@@ -1,0 +1,294 @@
+//! Typed values and their types.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The type of a scalar value. Every width is fixed: nothing depends on a peer's word size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScalarType {
+    I64,
+    U64,
+    F64,
+    Bool,
+    String,
+    Bytes,
+    Timestamp,
+}
+
+/// The type of a property, parameter or result: a scalar or an array of one scalar type.
+/// Written `u64`, `string`, `array<u64>` in manifests and on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ValueType {
+    Scalar(ScalarType),
+    Array(ScalarType),
+}
+
+/// Nanoseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+/// A typed value. JSON form: `{"u64": 5}`, `{"string": "eth0"}`, `{"array": [{"u64": 1}]}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Value {
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Bytes(Vec<u8>),
+    Timestamp(Timestamp),
+    /// Every element has the same scalar type (checked against the schema by the host).
+    Array(Vec<Value>),
+}
+
+/// A command-line or query text that does not parse as the expected type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not a valid {expected}")]
+pub struct ParseValueError {
+    pub text: String,
+    pub expected: ValueType,
+}
+
+impl ScalarType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScalarType::I64 => "i64",
+            ScalarType::U64 => "u64",
+            ScalarType::F64 => "f64",
+            ScalarType::Bool => "bool",
+            ScalarType::String => "string",
+            ScalarType::Bytes => "bytes",
+            ScalarType::Timestamp => "timestamp",
+        }
+    }
+
+    /// Whether values of this type are numbers (may carry the counter or gauge semantics).
+    pub fn is_numeric(self) -> bool {
+        matches!(self, ScalarType::I64 | ScalarType::U64 | ScalarType::F64)
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "i64" => ScalarType::I64,
+            "u64" => ScalarType::U64,
+            "f64" => ScalarType::F64,
+            "bool" => ScalarType::Bool,
+            "string" => ScalarType::String,
+            "bytes" => ScalarType::Bytes,
+            "timestamp" => ScalarType::Timestamp,
+            _ => return None,
+        })
+    }
+}
+
+impl ValueType {
+    pub fn scalar(self) -> ScalarType {
+        match self {
+            ValueType::Scalar(s) | ValueType::Array(s) => s,
+        }
+    }
+
+    pub fn is_numeric(self) -> bool {
+        matches!(self, ValueType::Scalar(s) if s.is_numeric())
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueType::Scalar(s) => f.write_str(s.as_str()),
+            ValueType::Array(s) => write!(f, "array<{}>", s.as_str()),
+        }
+    }
+}
+
+impl FromStr for ValueType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parsed = match s.strip_prefix("array<").and_then(|r| r.strip_suffix('>')) {
+            Some(inner) => ScalarType::parse(inner).map(ValueType::Array),
+            None => ScalarType::parse(s).map(ValueType::Scalar),
+        };
+        parsed.ok_or_else(|| {
+            format!(
+                "unknown type {s:?} (expected i64, u64, f64, bool, string, bytes, timestamp or array<...> of one of them)"
+            )
+        })
+    }
+}
+
+impl TryFrom<String> for ValueType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<ValueType> for String {
+    fn from(t: ValueType) -> String {
+        t.to_string()
+    }
+}
+
+impl Value {
+    /// The type of this value; an empty array reports `array<u64>` by convention.
+    pub fn value_type(&self) -> ValueType {
+        match self {
+            Value::I64(_) => ValueType::Scalar(ScalarType::I64),
+            Value::U64(_) => ValueType::Scalar(ScalarType::U64),
+            Value::F64(_) => ValueType::Scalar(ScalarType::F64),
+            Value::Bool(_) => ValueType::Scalar(ScalarType::Bool),
+            Value::String(_) => ValueType::Scalar(ScalarType::String),
+            Value::Bytes(_) => ValueType::Scalar(ScalarType::Bytes),
+            Value::Timestamp(_) => ValueType::Scalar(ScalarType::Timestamp),
+            Value::Array(items) => ValueType::Array(
+                items
+                    .first()
+                    .map(|v| v.value_type().scalar())
+                    .unwrap_or(ScalarType::U64),
+            ),
+        }
+    }
+
+    /// Whether this value conforms to `ty` (arrays: every element has the element type).
+    pub fn conforms_to(&self, ty: ValueType) -> bool {
+        match (self, ty) {
+            (Value::Array(items), ValueType::Array(elem)) => items
+                .iter()
+                .all(|v| v.conforms_to(ValueType::Scalar(elem))),
+            (Value::Array(_), ValueType::Scalar(_)) | (_, ValueType::Array(_)) => false,
+            (v, ValueType::Scalar(s)) => v.value_type() == ValueType::Scalar(s),
+        }
+    }
+
+    /// The value as a float, for numeric values (rates and averages are computed on these).
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::I64(v) => Some(v as f64),
+            Value::U64(v) => Some(v as f64),
+            Value::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Parses command-line text as a value of type `ty` (`true`, `42`, `-1.5`, `eth0`;
+    /// timestamps as nanoseconds since the epoch; bytes as hex; arrays comma-separated).
+    pub fn parse_as(text: &str, ty: ValueType) -> Result<Value, ParseValueError> {
+        let err = || ParseValueError {
+            text: text.into(),
+            expected: ty,
+        };
+        match ty {
+            ValueType::Array(elem) => {
+                if text.is_empty() {
+                    return Ok(Value::Array(Vec::new()));
+                }
+                text.split(',')
+                    .map(|part| Value::parse_as(part.trim(), ValueType::Scalar(elem)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::Array)
+                    .map_err(|_| err())
+            }
+            ValueType::Scalar(s) => match s {
+                ScalarType::I64 => text.parse().map(Value::I64).map_err(|_| err()),
+                ScalarType::U64 => text.parse().map(Value::U64).map_err(|_| err()),
+                ScalarType::F64 => text.parse().map(Value::F64).map_err(|_| err()),
+                ScalarType::Bool => match text {
+                    "true" | "yes" | "1" => Ok(Value::Bool(true)),
+                    "false" | "no" | "0" => Ok(Value::Bool(false)),
+                    _ => Err(err()),
+                },
+                ScalarType::String => Ok(Value::String(text.into())),
+                ScalarType::Bytes => parse_hex(text).map(Value::Bytes).ok_or_else(err),
+                ScalarType::Timestamp => text
+                    .parse()
+                    .map(|ns| Value::Timestamp(Timestamp(ns)))
+                    .map_err(|_| err()),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    /// The plain text form used in tables and keys: numbers as numbers, strings unquoted,
+    /// bytes as hex, timestamps as nanoseconds, arrays comma-separated.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::I64(v) => write!(f, "{v}"),
+            Value::U64(v) => write!(f, "{v}"),
+            Value::F64(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::String(v) => f.write_str(v),
+            Value::Bytes(v) => v.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            Value::Timestamp(t) => write!(f, "{}", t.0),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn parse_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_round_trip_as_text() {
+        for text in ["i64", "u64", "f64", "bool", "string", "bytes", "timestamp", "array<f64>"] {
+            let ty: ValueType = text.parse().unwrap();
+            assert_eq!(ty.to_string(), text);
+        }
+        assert!("array<array<u64>>".parse::<ValueType>().is_err());
+        assert!("int".parse::<ValueType>().unwrap_err().contains("unknown type \"int\""));
+    }
+
+    #[test]
+    fn parse_and_conform() {
+        let u = Value::parse_as("42", ValueType::Scalar(ScalarType::U64)).unwrap();
+        assert_eq!(u, Value::U64(42));
+        assert!(u.conforms_to(ValueType::Scalar(ScalarType::U64)));
+        assert!(!u.conforms_to(ValueType::Scalar(ScalarType::I64)));
+        let arr = Value::parse_as("1, 2,3", "array<i64>".parse().unwrap()).unwrap();
+        assert_eq!(arr, Value::Array(vec![Value::I64(1), Value::I64(2), Value::I64(3)]));
+        assert!(arr.conforms_to("array<i64>".parse().unwrap()));
+        assert_eq!(
+            Value::parse_as("-1", ValueType::Scalar(ScalarType::U64))
+                .unwrap_err()
+                .to_string(),
+            "\"-1\" is not a valid u64"
+        );
+        assert_eq!(
+            Value::parse_as("00ff", ValueType::Scalar(ScalarType::Bytes)).unwrap(),
+            Value::Bytes(vec![0, 255])
+        );
+    }
+
+    #[test]
+    fn json_form_is_tagged() {
+        let json = serde_json::to_string(&Value::U64(5)).unwrap();
+        assert_eq!(json, r#"{"u64":5}"#);
+        let v: Value = serde_json::from_str(r#"{"array":[{"string":"a"}]}"#).unwrap();
+        assert_eq!(v, Value::Array(vec![Value::String("a".into())]));
+    }
+}

@@ -1,0 +1,175 @@
+//! Encoding messages into frames and decoding payloads.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Encoding, FRAME_HEADER_LEN};
+
+/// A message that could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    #[error("message of {len} bytes exceeds the frame limit of {max} bytes")]
+    TooLarge { len: usize, max: u32 },
+    #[error("cannot encode message as {encoding:?}: {message}")]
+    Serialize { encoding: Encoding, message: String },
+}
+
+/// A payload that is not a valid message in the expected encoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {encoding} payload ({len} bytes): {message}")]
+pub struct DecodeError {
+    pub encoding: &'static str,
+    pub len: usize,
+    pub message: String,
+}
+
+/// Appends `msg` to `out` as one frame (header and payload). On error `out` is unchanged.
+pub fn encode_frame<T: Serialize>(
+    encoding: Encoding,
+    msg: &T,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let header_at = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    let result = match encoding {
+        Encoding::Json => serde_json::to_writer(&mut *out, msg).map_err(|e| e.to_string()),
+        Encoding::Binary => {
+            postcard::serialize_with_flavor(msg, AppendTo(out)).map_err(|e| e.to_string())
+        }
+    };
+    if let Err(message) = result {
+        out.truncate(header_at);
+        return Err(EncodeError::Serialize { encoding, message });
+    }
+    let len = out.len() - header_at - FRAME_HEADER_LEN;
+    if len > max as usize {
+        out.truncate(header_at);
+        return Err(EncodeError::TooLarge { len, max });
+    }
+    out[header_at..header_at + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// A postcard output that appends to a caller's buffer, so frames are built in place.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decodes one frame's payload.
+pub fn decode<T: DeserializeOwned>(encoding: Encoding, payload: &[u8]) -> Result<T, DecodeError> {
+    match encoding {
+        Encoding::Json => serde_json::from_slice(payload).map_err(|e| DecodeError {
+            encoding: "JSON",
+            len: payload.len(),
+            message: e.to_string(),
+        }),
+        Encoding::Binary => {
+            let (msg, rest) = postcard::take_from_bytes(payload).map_err(|e| DecodeError {
+                encoding: "binary",
+                len: payload.len(),
+                message: e.to_string(),
+            })?;
+            if !rest.is_empty() {
+                return Err(DecodeError {
+                    encoding: "binary",
+                    len: payload.len(),
+                    message: format!("{} trailing bytes after the message", rest.len()),
+                });
+            }
+            Ok(msg)
+        }
+    }
+}
+
+impl std::fmt::Display for Encoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Encoding::Binary => "binary",
+            Encoding::Json => "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ClientMessage, FrameBuffer, Outcome, Request, Response, ServerMessage};
+    use purveyor_model::{ClassPath, Instance, InstanceKey, Value};
+
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(msg: T) {
+        for encoding in [Encoding::Binary, Encoding::Json] {
+            let mut out = Vec::new();
+            encode_frame(encoding, &msg, 1 << 20, &mut out).unwrap();
+            let mut fb = FrameBuffer::new(1 << 20);
+            fb.spare()[..out.len()].copy_from_slice(&out);
+            fb.filled(out.len());
+            let payload = fb.next_frame().unwrap().unwrap();
+            let back: T = decode(encoding, payload).unwrap();
+            assert_eq!(back, msg, "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_in_both_encodings() {
+        round_trip(ClientMessage::Request {
+            id: 7,
+            request: Request::Get {
+                class: ClassPath::new("system.load").unwrap(),
+                key: InstanceKey::new(),
+            },
+        });
+        round_trip(ServerMessage::Reply {
+            id: u32::MAX,
+            outcome: Outcome::Ok(Response::Instance(Instance::from_pairs([
+                ("load1", Value::F64(0.5)),
+                ("name", Value::String("x".into())),
+            ]))),
+        });
+    }
+
+    #[test]
+    fn json_shape_is_documented_shape() {
+        let mut out = Vec::new();
+        let msg = ClientMessage::Request {
+            id: 1,
+            request: Request::Ping,
+        };
+        encode_frame(Encoding::Json, &msg, 1024, &mut out).unwrap();
+        assert_eq!(&out[4..], br#"{"request":{"id":1,"request":"ping"}}"#);
+        assert_eq!(out[..4], (out.len() as u32 - 4).to_le_bytes());
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        let err = decode::<ClientMessage>(Encoding::Binary, &[0xff, 0xff, 0xff]).unwrap_err();
+        assert!(err.to_string().starts_with("malformed binary payload (3 bytes)"), "{err}");
+        let err = decode::<ClientMessage>(Encoding::Json, b"{nope").unwrap_err();
+        assert!(err.to_string().starts_with("malformed JSON payload"), "{err}");
+    }
+
+    #[test]
+    fn oversized_message_is_refused_and_buffer_kept() {
+        let mut out = vec![1, 2, 3];
+        let err = encode_frame(Encoding::Json, &"x".repeat(100), 50, &mut out).unwrap_err();
+        assert!(matches!(err, EncodeError::TooLarge { max: 50, .. }));
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+}

@@ -1,0 +1,24 @@
+//! Purveyor's wire protocol (documented in `docs/protocol.md`).
+//!
+//! **API boundary:** every type that crosses a process boundary is defined here (or in
+//! `purveyor-model`, whose types these messages carry). Nothing else is serialized.
+//!
+//! A connection is a stream of frames: a 4-byte little-endian payload length, then the
+//! payload. The first frame each way is a JSON handshake ([`Hello`], [`Welcome`]); after it,
+//! every payload is a [`ClientMessage`] or [`ServerMessage`] in the encoding the client chose
+//! ([`Encoding::Binary`], postcard, or [`Encoding::Json`]).
+//!
+//! **Invariant:** no wire type holds a pointer-sized integer (`usize`, `isize`): every
+//! integer has a fixed width, so 32-bit and 64-bit peers read the same message.
+
+mod codec;
+mod frame;
+mod message;
+
+pub use codec::{DecodeError, EncodeError, decode, encode_frame};
+pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
+pub use message::{
+    ClassList, ClientMessage, ErrorCode, Encoding, Hello, HostMode, HostStatus, InstanceList,
+    Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, ProviderStatus, Push, RemoteError, Request,
+    Response, ServerMessage, Welcome,
+};

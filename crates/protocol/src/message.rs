@@ -1,0 +1,279 @@
+//! The messages of protocol version 1.
+
+use std::fmt;
+
+use purveyor_model::{
+    ClassPath, ClassSchema, Hosting, Identifier, Instance, InstanceKey, NamespacePath,
+    ProviderName, ProviderState, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+
+/// The protocol's major version: a peer with another major version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The minor version: additions only (new requests, new variants at the end).
+pub const PROTOCOL_MINOR: u16 = 0;
+
+/// How the payloads after the handshake are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// postcard: compact, serde-based; integers as varints, which are word-size independent.
+    Binary,
+    /// JSON text, for any language with a standard JSON library.
+    Json,
+}
+
+/// The client's first frame, always JSON:
+/// `{"protocol":1,"minor":0,"encoding":"json","client":"my-tool/1.0"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u16,
+    #[serde(default)]
+    pub minor: u16,
+    pub encoding: Encoding,
+    #[serde(default)]
+    pub client: String,
+}
+
+/// The server's answer to [`Hello`], always JSON. After it, both sides use `encoding`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u16,
+    pub minor: u16,
+    pub encoding: Encoding,
+    /// `purveyor/0.1.0`.
+    pub server: String,
+    /// The largest payload the server accepts.
+    pub max_frame: u32,
+    /// This connection's number in the server's logs.
+    pub connection: u32,
+}
+
+/// A frame from the client after the handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// A request. `id` is the client's choice; the reply carries it back. Requests are
+    /// answered in any order.
+    Request { id: u32, request: Request },
+}
+
+/// A frame from the server after the handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The answer to the request with this `id`.
+    Reply { id: u32, outcome: Outcome },
+    /// A message the server sends on its own, tied to a long-lived 32-bit handle (a
+    /// subscription, a dialog, a stream) that an earlier reply created.
+    Push { handle: u32, push: Push },
+    /// The server is closing the connection, and says why. Nothing follows.
+    Goodbye { error: RemoteError },
+}
+
+/// A request's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok(Response),
+    Err(RemoteError),
+}
+
+/// What a client can ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// Answered with [`Response::Pong`]; loads nothing.
+    Ping,
+    /// The host's own status.
+    Status,
+    /// The schemas of every class in `namespace` (all classes when `None`).
+    ListClasses { namespace: Option<NamespacePath> },
+    /// One class's schema.
+    Describe { class: ClassPath },
+    /// Every instance of `class` whose properties equal the selector's values.
+    Enumerate {
+        class: ClassPath,
+        #[serde(default)]
+        selector: InstanceKey,
+    },
+    /// The one instance with this full key (empty for a singleton class).
+    Get {
+        class: ClassPath,
+        #[serde(default)]
+        key: InstanceKey,
+    },
+    /// Every registered provider with its state and statistics.
+    ListProviders,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Response {
+    Pong,
+    Status(HostStatus),
+    Classes(ClassList),
+    Class(ClassSchema),
+    Instances(InstanceList),
+    Instance(Instance),
+    Providers(Vec<ProviderStatus>),
+}
+
+/// Server-pushed messages. Subscriptions and dialogs (later protocol minors) add variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Push {
+    /// An event raised by a class, for the subscription `handle` names.
+    Event {
+        class: ClassPath,
+        event: Identifier,
+        data: Instance,
+    },
+}
+
+/// The classes of a namespace, and the providers that could not say what theirs are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassList {
+    pub classes: Vec<ClassSchema>,
+    /// One error per provider that failed to load or describe its classes.
+    #[serde(default)]
+    pub problems: Vec<RemoteError>,
+}
+
+/// The instances of one class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceList {
+    pub class: ClassPath,
+    pub instances: Vec<Instance>,
+}
+
+/// Whether the host is a daemon or runs inside the client's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMode {
+    Daemon,
+    Embedded,
+}
+
+/// The host's own status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// `purveyor/0.1.0`.
+    pub server: String,
+    pub protocol: u16,
+    pub mode: HostMode,
+    pub pid: u32,
+    pub started: Timestamp,
+    /// The socket the daemon listens on; `None` when embedded.
+    pub socket: Option<String>,
+    /// The directories manifests were read from.
+    pub provider_dirs: Vec<String>,
+    pub providers: u32,
+    pub providers_loaded: u32,
+    pub connections_open: u32,
+    pub connections_total: u64,
+    pub requests: u64,
+}
+
+/// One registered provider, as `purveyor providers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderStatus {
+    pub name: ProviderName,
+    pub hosting: Hosting,
+    pub state: ProviderState,
+    pub classes: Vec<ClassPath>,
+    pub pure: bool,
+    pub clear_after_ms: u64,
+    /// Where the manifest came from: a file path, or `builtin:NAME`.
+    pub manifest: String,
+    pub loads: u64,
+    pub unloads: u64,
+    pub calls: u64,
+    pub errors: u64,
+    pub last_use: Option<Timestamp>,
+    pub last_error: Option<String>,
+}
+
+/// Why a request failed, or why the server is closing the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The provider at fault, when one is.
+    #[serde(default)]
+    pub provider: Option<ProviderName>,
+}
+
+/// The kinds of failure a client can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No such class, instance, namespace or provider.
+    NotFound,
+    /// The caller lacks a permission; the message names it.
+    AccessDenied,
+    /// The provider failed to load or to answer; `provider` names it.
+    ProviderFailed,
+    /// The provider did not answer within its deadline; `provider` names it.
+    Timeout,
+    /// The request does not fit the schema (unknown property, wrong type...).
+    InvalidRequest,
+    /// The provider or server does not offer this operation.
+    Unsupported,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// A malformed, oversized or unexpected frame.
+    Protocol,
+    /// A bug in the server: please report it.
+    Internal,
+}
+
+impl RemoteError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RemoteError {
+            code,
+            message: message.into(),
+            provider: None,
+        }
+    }
+
+    pub fn with_provider(mut self, provider: ProviderName) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AccessDenied => "access_denied",
+            ErrorCode::ProviderFailed => "provider_failed",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -253,7 +253,10 @@ mod tests {
     #[test]
     fn matches_and_keys() {
         let s = schema();
-        let inst = Instance::from_pairs([("pid", Value::U64(1)), ("name", Value::String("init".into()))]);
+        let inst = Instance::from_pairs([
+            ("pid", Value::U64(1)),
+            ("name", Value::String("init".into())),
+        ]);
         assert!(inst.matches(&InstanceKey::parse(&s, &["name=init"]).unwrap()));
         assert!(!inst.matches(&InstanceKey::parse(&s, &["pid=2"]).unwrap()));
         assert_eq!(inst.key(&s).to_string(), "pid=1");

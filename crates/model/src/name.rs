@@ -41,7 +41,9 @@ pub enum NameError {
         name: String,
         segment: usize,
     },
-    #[error("invalid class path {name:?}: it needs a namespace and a class name, like \"system.cpu\"")]
+    #[error(
+        "invalid class path {name:?}: it needs a namespace and a class name, like \"system.cpu\""
+    )]
     NoNamespace { name: String },
 }
 
@@ -291,13 +293,21 @@ mod tests {
         assert!(NamespacePath::new("app").unwrap().contains(&path));
         assert!(NamespacePath::new("app.web").unwrap().contains(&path));
         assert!(!NamespacePath::new("ap").unwrap().contains(&path));
-        assert!(!NamespacePath::new("app.web.requests").unwrap().contains(&path));
+        assert!(
+            !NamespacePath::new("app.web.requests")
+                .unwrap()
+                .contains(&path)
+        );
     }
 
     #[test]
     fn bad_names_have_exact_messages() {
         let cases: &[(&str, Result<ClassPath, NameError>, &str)] = &[
-            ("", ClassPath::new(""), "invalid class path \"\": it is empty"),
+            (
+                "",
+                ClassPath::new(""),
+                "invalid class path \"\": it is empty",
+            ),
             (
                 "cpu",
                 ClassPath::new("cpu"),

@@ -107,13 +107,17 @@ pub enum SchemaError {
         what: &'static str,
         name: String,
     },
-    #[error("class {class}: key property {name:?} has type {ty}; keys must be a scalar other than f64")]
+    #[error(
+        "class {class}: key property {name:?} has type {ty}; keys must be a scalar other than f64"
+    )]
     BadKeyType {
         class: String,
         name: String,
         ty: ValueType,
     },
-    #[error("class {class}: property {name:?} is a {semantic:?} but has type {ty}; it must be i64, u64 or f64")]
+    #[error(
+        "class {class}: property {name:?} is a {semantic:?} but has type {ty}; it must be i64, u64 or f64"
+    )]
     NotNumeric {
         class: String,
         name: String,
@@ -299,13 +303,7 @@ impl PropertyDef {
     ///
     /// # Panics
     /// If `name` or `ty` is invalid: this is for names and types fixed in source code.
-    pub fn new(
-        name: &str,
-        ty: &str,
-        unit: Unit,
-        semantic: Semantic,
-        description: &str,
-    ) -> Self {
+    pub fn new(name: &str, ty: &str, unit: Unit, semantic: Semantic, description: &str) -> Self {
         PropertyDef {
             name: Identifier::new(name).expect("property name in source code is valid"),
             ty: ty.parse().expect("property type in source code is valid"),
@@ -341,7 +339,13 @@ mod tests {
             dup.unwrap_err().to_string(),
             "class test.thing: property \"a\" is declared twice"
         );
-        let float_key = schema(vec![PropertyDef::new("k", "f64", Unit::None, Semantic::Key, "")]);
+        let float_key = schema(vec![PropertyDef::new(
+            "k",
+            "f64",
+            Unit::None,
+            Semantic::Key,
+            "",
+        )]);
         assert!(matches!(float_key, Err(SchemaError::BadKeyType { .. })));
         let text_counter = schema(vec![PropertyDef::new(
             "c",
@@ -363,13 +367,18 @@ mod tests {
         assert!(!s.is_singleton());
         let good = Instance::from_pairs([("k", Value::String("a".into())), ("n", Value::U64(1))]);
         assert_eq!(s.check_instance(&good), Ok(()));
-        let wrong_type = Instance::from_pairs([("k", Value::String("a".into())), ("n", Value::I64(1))]);
+        let wrong_type =
+            Instance::from_pairs([("k", Value::String("a".into())), ("n", Value::I64(1))]);
         assert_eq!(
             s.check_instance(&wrong_type).unwrap_err(),
             "property \"n\" of test.thing has type i64 but the schema says u64"
         );
         let no_key = Instance::from_pairs([("n", Value::U64(1))]);
-        assert!(s.check_instance(&no_key).unwrap_err().contains("key property \"k\""));
+        assert!(
+            s.check_instance(&no_key)
+                .unwrap_err()
+                .contains("key property \"k\"")
+        );
     }
 
     #[test]

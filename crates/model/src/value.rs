@@ -158,9 +158,9 @@ impl Value {
     /// Whether this value conforms to `ty` (arrays: every element has the element type).
     pub fn conforms_to(&self, ty: ValueType) -> bool {
         match (self, ty) {
-            (Value::Array(items), ValueType::Array(elem)) => items
-                .iter()
-                .all(|v| v.conforms_to(ValueType::Scalar(elem))),
+            (Value::Array(items), ValueType::Array(elem)) => {
+                items.iter().all(|v| v.conforms_to(ValueType::Scalar(elem)))
+            }
             (Value::Array(_), ValueType::Scalar(_)) | (_, ValueType::Array(_)) => false,
             (v, ValueType::Scalar(s)) => v.value_type() == ValueType::Scalar(s),
         }
@@ -255,12 +255,26 @@ mod tests {
 
     #[test]
     fn types_round_trip_as_text() {
-        for text in ["i64", "u64", "f64", "bool", "string", "bytes", "timestamp", "array<f64>"] {
+        for text in [
+            "i64",
+            "u64",
+            "f64",
+            "bool",
+            "string",
+            "bytes",
+            "timestamp",
+            "array<f64>",
+        ] {
             let ty: ValueType = text.parse().unwrap();
             assert_eq!(ty.to_string(), text);
         }
         assert!("array<array<u64>>".parse::<ValueType>().is_err());
-        assert!("int".parse::<ValueType>().unwrap_err().contains("unknown type \"int\""));
+        assert!(
+            "int"
+                .parse::<ValueType>()
+                .unwrap_err()
+                .contains("unknown type \"int\"")
+        );
     }
 
     #[test]
@@ -270,7 +284,10 @@ mod tests {
         assert!(u.conforms_to(ValueType::Scalar(ScalarType::U64)));
         assert!(!u.conforms_to(ValueType::Scalar(ScalarType::I64)));
         let arr = Value::parse_as("1, 2,3", "array<i64>".parse().unwrap()).unwrap();
-        assert_eq!(arr, Value::Array(vec![Value::I64(1), Value::I64(2), Value::I64(3)]));
+        assert_eq!(
+            arr,
+            Value::Array(vec![Value::I64(1), Value::I64(2), Value::I64(3)])
+        );
         assert!(arr.conforms_to("array<i64>".parse().unwrap()));
         assert_eq!(
             Value::parse_as("-1", ValueType::Scalar(ScalarType::U64))

@@ -160,9 +160,16 @@ mod tests {
     #[test]
     fn garbage_is_a_decode_error() {
         let err = decode::<ClientMessage>(Encoding::Binary, &[0xff, 0xff, 0xff]).unwrap_err();
-        assert!(err.to_string().starts_with("malformed binary payload (3 bytes)"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("malformed binary payload (3 bytes)"),
+            "{err}"
+        );
         let err = decode::<ClientMessage>(Encoding::Json, b"{nope").unwrap_err();
-        assert!(err.to_string().starts_with("malformed JSON payload"), "{err}");
+        assert!(
+            err.to_string().starts_with("malformed JSON payload"),
+            "{err}"
+        );
     }
 
     #[test]

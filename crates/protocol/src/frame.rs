@@ -48,7 +48,9 @@ impl FrameBuffer {
             self.end -= self.start;
             self.start = 0;
         }
-        let wanted = self.pending_frame_len().map_or(0, |n| FRAME_HEADER_LEN + n as usize);
+        let wanted = self
+            .pending_frame_len()
+            .map_or(0, |n| FRAME_HEADER_LEN + n as usize);
         let need = wanted.max(self.end + 4096);
         if self.buf.len() < need {
             self.buf.resize(need, 0);

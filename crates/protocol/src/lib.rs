@@ -18,7 +18,7 @@ mod message;
 pub use codec::{DecodeError, EncodeError, decode, encode_frame};
 pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
 pub use message::{
-    ClassList, ClientMessage, ErrorCode, Encoding, Hello, HostMode, HostStatus, InstanceList,
+    ClassList, ClientMessage, Encoding, ErrorCode, Hello, HostMode, HostStatus, InstanceList,
     Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, ProviderStatus, Push, RemoteError, Request,
     Response, ServerMessage, Welcome,
 };

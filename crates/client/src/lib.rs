@@ -1,1 +1,24 @@
+//! The Purveyor client library: a typed API over the protocol, blocking ([`Client`]) and
+//! async ([`AsyncClient`]).
+//!
+//! [`Target::Auto`] (the default) talks to the daemon if one answers on the socket, and
+//! otherwise runs a host inside this process on the same configuration (the `embedded`
+//! feature, on by default), so the first command works on a fresh machine.
 
+mod asynchronous;
+mod blocking;
+mod error;
+mod options;
+mod typed;
+mod wire;
+
+pub use asynchronous::AsyncClient;
+pub use blocking::Client;
+pub use error::ClientError;
+pub use options::{ConnectOptions, Mode, Target};
+pub use purveyor_protocol::{
+    ClassList, Encoding, HostMode, HostStatus, ProviderStatus, Request, Response,
+};
+
+#[cfg(feature = "embedded")]
+pub use options::embedded_host;

@@ -1,1 +1,25 @@
+//! The Purveyor host engine: the provider registry built from manifests, each provider's
+//! lifecycle, request dispatch, and the Unix-socket server.
+//!
+//! The same [`Host`] serves a daemon (`purveyor serve`, through [`server::serve`]) and an
+//! embedded client (the client library calls [`Host::handle`] directly).
+//!
+//! **Invariant:** nothing from a socket or a provider can panic the host: frames are checked
+//! before decoding, provider calls run under `catch_unwind`, and provider answers are checked
+//! against the provider's schema.
 
+mod builtin;
+mod config;
+mod engine;
+pub mod manifest;
+mod registry;
+mod self_provider;
+pub mod server;
+mod slot;
+pub mod socket;
+
+pub use builtin::{BuiltinProvider, Dispatch, Factory};
+pub use config::HostConfig;
+pub use engine::{Host, HostBuilder};
+pub use manifest::{Entry, Manifest, ManifestError, ManifestSource};
+pub use purveyor_provider::Caller;

@@ -46,6 +46,17 @@ pub enum Value {
     Array(Vec<Value>),
 }
 
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+        )
+    }
+}
+
 /// A command-line or query text that does not parse as the expected type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text:?} is not a valid {expected}")]

@@ -14,6 +14,7 @@
 mod codec;
 mod frame;
 mod message;
+mod paths;
 
 pub use codec::{DecodeError, EncodeError, decode, encode_frame};
 pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
@@ -22,3 +23,4 @@ pub use message::{
     Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, ProviderStatus, Push, RemoteError, Request,
     Response, ServerMessage, Welcome,
 };
+pub use paths::default_socket_path;

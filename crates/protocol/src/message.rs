@@ -177,6 +177,8 @@ pub struct HostStatus {
     pub connections_open: u32,
     pub connections_total: u64,
     pub requests: u64,
+    /// Manifests that were refused at start-up, each naming its file, line and field.
+    pub manifest_problems: Vec<String>,
 }
 
 /// One registered provider, as `purveyor providers` shows it.

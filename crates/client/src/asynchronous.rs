@@ -1,0 +1,312 @@
+//! The async client: many requests in flight from many tasks over one connection.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey, NamespacePath};
+use purveyor_protocol::{
+    ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Request, Response,
+    encode_frame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
+use crate::{ClientError, ConnectOptions, Mode, Target, typed};
+
+type Reply = Result<Response, ClientError>;
+type Pending = Arc<Mutex<PendingState>>;
+
+/// An async client. Clone-free sharing: methods take `&self`, so tasks can share one
+/// client (behind an `Arc`) and their requests are pipelined on one connection.
+pub struct AsyncClient {
+    transport: Transport,
+    mode: Mode,
+}
+
+enum Transport {
+    Socket(Socket),
+    #[cfg(feature = "embedded")]
+    Embedded {
+        host: purveyor_host::Host,
+        caller: purveyor_host::Caller,
+    },
+}
+
+struct Socket {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU32,
+    encoding: Encoding,
+    max_frame: u32,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct PendingState {
+    waiting: HashMap<u32, oneshot::Sender<Reply>>,
+    /// Set when the connection ends; later requests fail with it.
+    closed: Option<String>,
+}
+
+impl AsyncClient {
+    /// Connects as `options` say; see [`crate::Client::connect`].
+    pub async fn connect(options: &ConnectOptions) -> Result<AsyncClient, ClientError> {
+        match (&options.target, options.socket_path()) {
+            (Target::Embedded, _) | (_, None) => Self::embedded(options),
+            (Target::Socket(_), Some(path)) => Self::connect_socket(&path, options).await,
+            (Target::Auto, Some(path)) => match Self::connect_socket(&path, options).await {
+                Err(ClientError::Connect { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    Self::embedded(options)
+                }
+                other => other,
+            },
+        }
+    }
+
+    /// Connects to the daemon on `path`.
+    pub async fn connect_socket(
+        path: &Path,
+        options: &ConnectOptions,
+    ) -> Result<AsyncClient, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let mut stream = UnixStream::connect(path).await.map_err(connect_err)?;
+        stream
+            .write_all(&hello_frame(options.encoding, &options.client_name))
+            .await
+            .map_err(connect_err)?;
+        let mut frames = FrameBuffer::new(purveyor_protocol::MAX_FRAME_DEFAULT);
+        let handshake = async {
+            loop {
+                if let Some(payload) = frames
+                    .next_frame()
+                    .map_err(|e| ClientError::protocol(e.to_string()))?
+                {
+                    return parse_welcome(payload, options.encoding);
+                }
+                let n = stream.read(frames.spare()).await?;
+                if n == 0 {
+                    return Err(ClientError::protocol(
+                        "the daemon closed the connection during the handshake",
+                    ));
+                }
+                frames.filled(n);
+            }
+        };
+        let welcome = tokio::time::timeout(options.reply_timeout, handshake)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                provider: None,
+                message: "the daemon did not answer the handshake in time".into(),
+            })??;
+        let (read, write) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let reader = tokio::spawn(read_replies(
+            read,
+            frames,
+            options.encoding,
+            pending.clone(),
+        ));
+        Ok(AsyncClient {
+            transport: Transport::Socket(Socket {
+                writer: tokio::sync::Mutex::new(write),
+                pending,
+                next_id: AtomicU32::new(1),
+                encoding: options.encoding,
+                max_frame: welcome.max_frame,
+                reader,
+            }),
+            mode: Mode::Daemon {
+                socket: path.to_owned(),
+            },
+        })
+    }
+
+    #[cfg(feature = "embedded")]
+    fn embedded(options: &ConnectOptions) -> Result<AsyncClient, ClientError> {
+        Ok(AsyncClient {
+            transport: Transport::Embedded {
+                host: crate::embedded_host(
+                    purveyor_protocol::HostMode::Embedded,
+                    options.provider_dirs.clone(),
+                ),
+                caller: purveyor_host::Caller::current_process(),
+            },
+            mode: Mode::Embedded,
+        })
+    }
+
+    #[cfg(not(feature = "embedded"))]
+    fn embedded(_options: &ConnectOptions) -> Result<AsyncClient, ClientError> {
+        Err(ClientError::Unsupported {
+            message: "this build of the client has no embedded host (feature `embedded`)".into(),
+        })
+    }
+
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// Sends one request and waits for its reply. Other tasks' requests proceed meanwhile.
+    pub async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        match &self.transport {
+            Transport::Socket(socket) => socket.request(request).await,
+            #[cfg(feature = "embedded")]
+            Transport::Embedded { host, caller } => {
+                host.handle(request, caller).await.map_err(Into::into)
+            }
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        typed::pong(self.request(Request::Ping).await?)
+    }
+
+    pub async fn status(&self) -> Result<HostStatus, ClientError> {
+        typed::status(self.request(Request::Status).await?)
+    }
+
+    pub async fn list_classes(
+        &self,
+        namespace: Option<&NamespacePath>,
+    ) -> Result<ClassList, ClientError> {
+        let request = Request::ListClasses {
+            namespace: namespace.cloned(),
+        };
+        typed::classes(self.request(request).await?)
+    }
+
+    pub async fn describe(&self, class: &ClassPath) -> Result<ClassSchema, ClientError> {
+        let request = Request::Describe {
+            class: class.clone(),
+        };
+        typed::class(self.request(request).await?)
+    }
+
+    pub async fn enumerate(
+        &self,
+        class: &ClassPath,
+        selector: &InstanceKey,
+    ) -> Result<Vec<Instance>, ClientError> {
+        let request = Request::Enumerate {
+            class: class.clone(),
+            selector: selector.clone(),
+        };
+        typed::instances(self.request(request).await?)
+    }
+
+    pub async fn get(&self, class: &ClassPath, key: &InstanceKey) -> Result<Instance, ClientError> {
+        let request = Request::Get {
+            class: class.clone(),
+            key: key.clone(),
+        };
+        typed::instance(self.request(request).await?)
+    }
+
+    pub async fn providers(&self) -> Result<Vec<ProviderStatus>, ClientError> {
+        typed::providers(self.request(Request::ListProviders).await?)
+    }
+}
+
+impl Socket {
+    async fn request(&self, request: Request) -> Result<Response, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        encode_frame(
+            self.encoding,
+            &ClientMessage::Request { id, request },
+            self.max_frame,
+            &mut frame,
+        )
+        .map_err(|e| ClientError::InvalidRequest {
+            message: e.to_string(),
+        })?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(why) = &pending.closed {
+                return Err(ClientError::protocol(why.clone()));
+            }
+            pending.waiting.insert(id, tx);
+        }
+        let written = self.writer.lock().await.write_all(&frame).await;
+        if let Err(e) = written {
+            self.forget(id);
+            return Err(e.into());
+        }
+        match rx.await {
+            Ok(reply) => reply,
+            Err(_) => Err(ClientError::protocol(
+                "the connection closed before the reply",
+            )),
+        }
+    }
+
+    fn forget(&self, id: u32) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting
+            .remove(&id);
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Reads replies and hands each to the request that waits for it. When the connection
+/// ends, every waiting request fails with the reason.
+async fn read_replies(
+    mut read: OwnedReadHalf,
+    mut frames: FrameBuffer,
+    encoding: Encoding,
+    pending: Pending,
+) {
+    let why = loop {
+        match frames.next_frame() {
+            Ok(Some(payload)) => match parse_incoming(encoding, payload) {
+                Ok(Incoming::Reply(id, reply)) => {
+                    let waiter = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .waiting
+                        .remove(&id);
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(reply);
+                    }
+                    continue;
+                }
+                Ok(Incoming::Push) => continue,
+                Ok(Incoming::Goodbye(error)) => break error.to_string(),
+                Err(error) => break error.to_string(),
+            },
+            Ok(None) => {}
+            Err(e) => break e.to_string(),
+        }
+        match read.read(frames.spare()).await {
+            Ok(0) => break "the daemon closed the connection".to_owned(),
+            Ok(n) => frames.filled(n),
+            Err(e) => break format!("reading from the daemon failed: {e}"),
+        }
+    };
+    let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+    pending.closed = Some(why.clone());
+    for (_, tx) in pending.waiting.drain() {
+        let _ = tx.send(Err(ClientError::protocol(why.clone())));
+    }
+}

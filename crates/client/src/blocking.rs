@@ -1,0 +1,341 @@
+//! The blocking client.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey, NamespacePath};
+use purveyor_protocol::{
+    ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Request, Response,
+    encode_frame,
+};
+
+use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
+use crate::{ClientError, ConnectOptions, Mode, Target, typed};
+
+/// A blocking client. Requests go one at a time through [`Client::request`], or pipelined
+/// through [`Client::send`] and [`Client::recv`].
+pub struct Client {
+    transport: Transport,
+    mode: Mode,
+    next_id: u32,
+}
+
+enum Transport {
+    Socket(SocketConn),
+    #[cfg(feature = "embedded")]
+    Embedded(Embedded),
+}
+
+struct SocketConn {
+    stream: UnixStream,
+    frames: FrameBuffer,
+    out: Vec<u8>,
+    encoding: Encoding,
+    max_frame: u32,
+    /// Replies that arrived while waiting for another.
+    early: HashMap<u32, Result<Response, ClientError>>,
+}
+
+#[cfg(feature = "embedded")]
+struct Embedded {
+    runtime: tokio::runtime::Runtime,
+    host: purveyor_host::Host,
+    caller: purveyor_host::Caller,
+    /// Replies of pipelined sends, in send order.
+    queued: std::collections::VecDeque<(u32, Result<Response, ClientError>)>,
+}
+
+impl Client {
+    /// Connects as `options` say. With [`Target::Auto`], a missing or refused socket means
+    /// "no daemon": the client runs an embedded host instead.
+    pub fn connect(options: &ConnectOptions) -> Result<Client, ClientError> {
+        match (&options.target, options.socket_path()) {
+            (Target::Embedded, _) | (_, None) => Self::embedded(options),
+            (Target::Socket(_), Some(path)) => Self::connect_socket(&path, options),
+            (Target::Auto, Some(path)) => match Self::connect_socket(&path, options) {
+                Err(ClientError::Connect { source, .. })
+                    if matches!(
+                        source.kind(),
+                        ErrorKind::NotFound | ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    Self::embedded(options)
+                }
+                other => other,
+            },
+        }
+    }
+
+    /// Connects to the daemon on `path`.
+    pub fn connect_socket(path: &Path, options: &ConnectOptions) -> Result<Client, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let mut stream = UnixStream::connect(path).map_err(connect_err)?;
+        stream
+            .set_read_timeout(Some(options.reply_timeout))
+            .map_err(connect_err)?;
+        stream
+            .write_all(&hello_frame(options.encoding, &options.client_name))
+            .map_err(connect_err)?;
+        let mut frames = FrameBuffer::new(purveyor_protocol::MAX_FRAME_DEFAULT);
+        let welcome = loop {
+            if let Some(payload) = frames
+                .next_frame()
+                .map_err(|e| ClientError::protocol(e.to_string()))?
+            {
+                break parse_welcome(payload, options.encoding)?;
+            }
+            let n = read_some(&mut stream, &mut frames, options)?;
+            if n == 0 {
+                return Err(ClientError::protocol(
+                    "the daemon closed the connection during the handshake",
+                ));
+            }
+        };
+        Ok(Client {
+            transport: Transport::Socket(SocketConn {
+                stream,
+                frames,
+                out: Vec::with_capacity(1024),
+                encoding: options.encoding,
+                max_frame: welcome.max_frame,
+                early: HashMap::new(),
+            }),
+            mode: Mode::Daemon {
+                socket: path.to_owned(),
+            },
+            next_id: 1,
+        })
+    }
+
+    #[cfg(feature = "embedded")]
+    fn embedded(options: &ConnectOptions) -> Result<Client, ClientError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let host = crate::embedded_host(
+            purveyor_protocol::HostMode::Embedded,
+            options.provider_dirs.clone(),
+        );
+        Ok(Client {
+            transport: Transport::Embedded(Embedded {
+                runtime,
+                host,
+                caller: purveyor_host::Caller::current_process(),
+                queued: Default::default(),
+            }),
+            mode: Mode::Embedded,
+            next_id: 1,
+        })
+    }
+
+    #[cfg(not(feature = "embedded"))]
+    fn embedded(_options: &ConnectOptions) -> Result<Client, ClientError> {
+        Err(ClientError::Unsupported {
+            message: "this build of the client has no embedded host (feature `embedded`)".into(),
+        })
+    }
+
+    /// Which host this client talks to.
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// Sends one request and waits for its reply.
+    pub fn request(&mut self, request: Request) -> Result<Response, ClientError> {
+        let id = self.send(request)?;
+        self.recv_for(id)
+    }
+
+    /// Sends a request without waiting; returns its id. Collect replies with
+    /// [`Client::recv`], in whatever order the host finishes them.
+    pub fn send(&mut self, request: Request) -> Result<u32, ClientError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        match &mut self.transport {
+            Transport::Socket(conn) => {
+                let msg = ClientMessage::Request { id, request };
+                encode_frame(conn.encoding, &msg, conn.max_frame, &mut conn.out).map_err(|e| {
+                    ClientError::InvalidRequest {
+                        message: e.to_string(),
+                    }
+                })?;
+                let written = conn.stream.write_all(&conn.out);
+                conn.out.clear();
+                written?;
+            }
+            #[cfg(feature = "embedded")]
+            Transport::Embedded(e) => {
+                let result = e.runtime.block_on(e.host.handle(request, &e.caller));
+                e.queued.push_back((id, result.map_err(Into::into)));
+            }
+        }
+        Ok(id)
+    }
+
+    /// The next reply to arrive, with its request id.
+    pub fn recv(&mut self) -> Result<(u32, Result<Response, ClientError>), ClientError> {
+        match &mut self.transport {
+            Transport::Socket(conn) => {
+                if let Some(&id) = conn.early.keys().next() {
+                    let reply = conn.early.remove(&id).expect("key just seen");
+                    return Ok((id, reply));
+                }
+                conn.next_reply()
+            }
+            #[cfg(feature = "embedded")]
+            Transport::Embedded(e) => {
+                e.queued
+                    .pop_front()
+                    .ok_or_else(|| ClientError::InvalidRequest {
+                        message: "recv called with no request in flight".into(),
+                    })
+            }
+        }
+    }
+
+    fn recv_for(&mut self, id: u32) -> Result<Response, ClientError> {
+        loop {
+            if let Transport::Socket(conn) = &mut self.transport
+                && let Some(reply) = conn.early.remove(&id)
+            {
+                return reply;
+            }
+            let (got, reply) = match &mut self.transport {
+                Transport::Socket(conn) => conn.next_reply()?,
+                #[cfg(feature = "embedded")]
+                Transport::Embedded(_) => self.recv()?,
+            };
+            if got == id {
+                return reply;
+            }
+            if let Transport::Socket(conn) = &mut self.transport {
+                conn.early.insert(got, reply);
+            }
+        }
+    }
+
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        typed::pong(self.request(Request::Ping)?)
+    }
+
+    pub fn status(&mut self) -> Result<HostStatus, ClientError> {
+        typed::status(self.request(Request::Status)?)
+    }
+
+    /// Every class in `namespace` (all when `None`), and the providers that failed to say.
+    pub fn list_classes(
+        &mut self,
+        namespace: Option<&NamespacePath>,
+    ) -> Result<ClassList, ClientError> {
+        typed::classes(self.request(Request::ListClasses {
+            namespace: namespace.cloned(),
+        })?)
+    }
+
+    pub fn describe(&mut self, class: &ClassPath) -> Result<ClassSchema, ClientError> {
+        typed::class(self.request(Request::Describe {
+            class: class.clone(),
+        })?)
+    }
+
+    /// Instances of `class` matching `selector` (all of them for an empty selector).
+    pub fn enumerate(
+        &mut self,
+        class: &ClassPath,
+        selector: &InstanceKey,
+    ) -> Result<Vec<Instance>, ClientError> {
+        typed::instances(self.request(Request::Enumerate {
+            class: class.clone(),
+            selector: selector.clone(),
+        })?)
+    }
+
+    /// The instance of `class` with this full key (empty for a singleton).
+    pub fn get(&mut self, class: &ClassPath, key: &InstanceKey) -> Result<Instance, ClientError> {
+        typed::instance(self.request(Request::Get {
+            class: class.clone(),
+            key: key.clone(),
+        })?)
+    }
+
+    pub fn providers(&mut self) -> Result<Vec<ProviderStatus>, ClientError> {
+        typed::providers(self.request(Request::ListProviders)?)
+    }
+}
+
+impl SocketConn {
+    fn next_reply(&mut self) -> Result<(u32, Result<Response, ClientError>), ClientError> {
+        loop {
+            let frame = self
+                .frames
+                .next_frame()
+                .map_err(|e| ClientError::protocol(e.to_string()))?;
+            if let Some(payload) = frame {
+                match parse_incoming(self.encoding, payload)? {
+                    Incoming::Reply(id, reply) => return Ok((id, reply)),
+                    Incoming::Push => continue,
+                    Incoming::Goodbye(error) => return Err(error),
+                }
+            }
+            let spare = self.frames.spare();
+            let n = match self.stream.read(spare) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(ClientError::Timeout {
+                        provider: None,
+                        message: "the daemon did not answer in time".into(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return Err(ClientError::protocol("the daemon closed the connection"));
+            }
+            self.frames.filled(n);
+        }
+    }
+}
+
+fn read_some(
+    stream: &mut UnixStream,
+    frames: &mut FrameBuffer,
+    options: &ConnectOptions,
+) -> Result<usize, ClientError> {
+    match stream.read(frames.spare()) {
+        Ok(n) => {
+            frames.filled(n);
+            Ok(n)
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Err(ClientError::Timeout {
+                provider: None,
+                message: format!(
+                    "the daemon did not answer the handshake within {:?}",
+                    options.reply_timeout
+                ),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(feature = "embedded")]
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        // Run the providers' cleanup hooks before the process moves on.
+        self.runtime.block_on(self.host.shutdown());
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}

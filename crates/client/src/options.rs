@@ -1,0 +1,104 @@
+//! Where to connect, and how.
+
+use std::path::PathBuf;
+
+use purveyor_protocol::Encoding;
+
+/// Which host to talk to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Target {
+    /// The daemon on the default socket if one answers, else an embedded host.
+    #[default]
+    Auto,
+    /// The daemon on this socket; an error if none answers.
+    Socket(PathBuf),
+    /// A host inside this process, whether or not a daemon runs.
+    Embedded,
+}
+
+/// Which host a connected client talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Daemon { socket: PathBuf },
+    Embedded,
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub target: Target,
+    /// The encoding after the handshake.
+    pub encoding: Encoding,
+    /// How this client names itself in the daemon's logs.
+    pub client_name: String,
+    /// For an embedded host: the manifest directories (the defaults when `None`).
+    pub provider_dirs: Option<Vec<PathBuf>>,
+    /// How long to wait for any one reply from a daemon before giving up.
+    pub reply_timeout: std::time::Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            target: Target::Auto,
+            encoding: Encoding::Binary,
+            client_name: concat!("purveyor-client/", env!("CARGO_PKG_VERSION")).into(),
+            provider_dirs: None,
+            reply_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+impl ConnectOptions {
+    pub fn target(mut self, target: Target) -> Self {
+        self.target = target;
+        self
+    }
+
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    pub fn provider_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.provider_dirs = Some(dirs);
+        self
+    }
+
+    pub(crate) fn socket_path(&self) -> Option<PathBuf> {
+        match &self.target {
+            Target::Auto => Some(purveyor_protocol::default_socket_path()),
+            Target::Socket(path) => Some(path.clone()),
+            Target::Embedded => None,
+        }
+    }
+}
+
+/// The host an embedded client runs: the default configuration (or `provider_dirs`) with
+/// every provider compiled into this build. `purveyor serve` builds its host the same way,
+/// so both modes give the same answers.
+#[cfg(feature = "embedded")]
+pub fn embedded_host(
+    mode: purveyor_protocol::HostMode,
+    provider_dirs: Option<Vec<PathBuf>>,
+) -> purveyor_host::Host {
+    use purveyor_host::{BuiltinProvider, Dispatch, HostBuilder, HostConfig};
+    let config = match provider_dirs {
+        Some(dirs) => HostConfig::with_dirs(mode, dirs),
+        None => HostConfig::from_env(mode),
+    };
+    HostBuilder::new(config)
+        .builtin(BuiltinProvider::new(
+            "system",
+            purveyor_system::MANIFEST,
+            // procfs reads never wait on a device: inline is safe and saves a thread hop.
+            Dispatch::Inline,
+            || Ok(purveyor_system::SystemProvider::new()),
+        ))
+        .build()
+}

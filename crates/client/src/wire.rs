@@ -1,0 +1,66 @@
+//! What the blocking and async socket clients share: the hello they send, how they read the
+//! welcome, and how they turn a server message into a reply.
+
+use purveyor_protocol::{
+    Encoding, Hello, Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, Response, ServerMessage, Welcome,
+    decode, encode_frame,
+};
+
+use crate::ClientError;
+
+/// The hello frame.
+pub(crate) fn hello_frame(encoding: Encoding, client: &str) -> Vec<u8> {
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        minor: PROTOCOL_MINOR,
+        encoding,
+        client: client.into(),
+    };
+    let mut out = Vec::new();
+    encode_frame(Encoding::Json, &hello, u32::MAX, &mut out).expect("a hello always encodes");
+    out
+}
+
+/// The server's answer to the hello: a welcome, or a goodbye that says why not.
+pub(crate) fn parse_welcome(payload: &[u8], encoding: Encoding) -> Result<Welcome, ClientError> {
+    if let Ok(welcome) = serde_json::from_slice::<Welcome>(payload) {
+        if welcome.encoding != encoding || welcome.protocol != PROTOCOL_VERSION {
+            return Err(ClientError::protocol(format!(
+                "the server answered with protocol {} and encoding {}; asked for {PROTOCOL_VERSION} and {encoding}",
+                welcome.protocol, welcome.encoding
+            )));
+        }
+        return Ok(welcome);
+    }
+    match serde_json::from_slice::<ServerMessage>(payload) {
+        Ok(ServerMessage::Goodbye { error }) => Err(error.into()),
+        _ => Err(ClientError::protocol(format!(
+            "the server's first frame is not a welcome: {}",
+            String::from_utf8_lossy(&payload[..payload.len().min(200)])
+        ))),
+    }
+}
+
+/// What one frame from the server means to the client.
+pub(crate) enum Incoming {
+    Reply(u32, Result<Response, ClientError>),
+    /// Pushes belong to subscriptions and dialogs, which this version does not open.
+    Push,
+    Goodbye(ClientError),
+}
+
+pub(crate) fn parse_incoming(encoding: Encoding, payload: &[u8]) -> Result<Incoming, ClientError> {
+    let msg: ServerMessage =
+        decode(encoding, payload).map_err(|e| ClientError::protocol(e.to_string()))?;
+    Ok(match msg {
+        ServerMessage::Reply { id, outcome } => Incoming::Reply(
+            id,
+            match outcome {
+                Outcome::Ok(response) => Ok(response),
+                Outcome::Err(error) => Err(error.into()),
+            },
+        ),
+        ServerMessage::Push { .. } => Incoming::Push,
+        ServerMessage::Goodbye { error } => Incoming::Goodbye(error.into()),
+    })
+}

@@ -1,0 +1,612 @@
+//! Provider manifests: one TOML file per provider, validated with errors that name the file,
+//! the line and the field (format in `docs/manifest.md`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use purveyor_model::{Capability, ClassPath, Hosting, ProviderName};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The idle interval used when a manifest gives none.
+pub const DEFAULT_CLEAR_AFTER: Duration = Duration::from_secs(300);
+/// The call deadline used when a manifest gives none.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The shortest `clear_after` accepted.
+pub const MIN_CLEAR_AFTER: Duration = Duration::from_millis(100);
+
+/// A validated provider manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub name: ProviderName,
+    pub description: String,
+    pub hosting: Hosting,
+    pub entry: Entry,
+    pub classes: Vec<ClassPath>,
+    pub capabilities: BTreeSet<Capability>,
+    /// An idle provider is released no earlier than this after its last use, and no later
+    /// than twice this.
+    pub clear_after: Duration,
+    /// A pure provider exists only to serve requests; a non-pure one may live on after
+    /// release and is not counted as loaded.
+    pub pure: bool,
+    pub call_timeout: Duration,
+    pub source: ManifestSource,
+}
+
+/// What the host starts for a provider, by hosting model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Entry {
+    /// `hosting = "builtin"`: a provider compiled into the binary, by name.
+    Builtin(String),
+    /// `hosting = "in-daemon"` or `"isolated"`: a shared library exporting the install
+    /// function; isolated providers with the same `host_group` share one worker.
+    Library {
+        path: PathBuf,
+        host_group: Option<String>,
+    },
+    /// `hosting = "external"`: an executable and its arguments.
+    External { command: Vec<String> },
+}
+
+/// Where a manifest was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestSource {
+    File(PathBuf),
+    /// Compiled into the binary; a file with the same provider name replaces it.
+    Builtin(String),
+}
+
+/// One thing wrong with one manifest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// The file (or `builtin:NAME`).
+    pub file: String,
+    /// 1-based line and column, when the problem has a place.
+    pub line: Option<(u32, u32)>,
+    /// The field at fault, when there is one.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    hosting: Spanned<String>,
+    builtin: Option<Spanned<String>>,
+    library: Option<Spanned<String>>,
+    host_group: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    classes: Spanned<Vec<Spanned<String>>>,
+    capabilities: Option<Spanned<Vec<Spanned<String>>>>,
+    clear_after: Option<Spanned<String>>,
+    pure: Option<bool>,
+    call_timeout: Option<Spanned<String>>,
+}
+
+impl Manifest {
+    /// Reads and validates the manifest file at `path`. Every problem found is returned,
+    /// not only the first.
+    pub fn load(path: &Path) -> Result<Manifest, Vec<ManifestError>> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ManifestError {
+                file: file.clone(),
+                line: None,
+                field: None,
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).map(String::from);
+        Self::parse(
+            &text,
+            ManifestSource::File(path.to_owned()),
+            stem.as_deref(),
+        )
+    }
+
+    /// Validates manifest text. `expected_name`, when given, is the name the file's name
+    /// promises (`system` for `system.toml`).
+    pub fn parse(
+        text: &str,
+        source: ManifestSource,
+        expected_name: Option<&str>,
+    ) -> Result<Manifest, Vec<ManifestError>> {
+        let file = source.to_string();
+        let mut errors = Errors {
+            file: &file,
+            text,
+            list: Vec::new(),
+        };
+        let raw: RawManifest = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let field = quoted_field(e.message())
+                    .or_else(|| e.span().and_then(|span| key_at(text, span.start)));
+                errors.push(e.span(), field.as_deref(), e.message().trim().to_owned());
+                return Err(errors.list);
+            }
+        };
+
+        let name = match ProviderName::new(raw.name.get_ref().as_str()) {
+            Ok(name) => {
+                if let Some(expected) = expected_name
+                    && expected != name.as_str()
+                {
+                    errors.push(
+                        Some(raw.name.span()),
+                        Some("name"),
+                        format!(
+                            "provider {:?} must be in a file named {}.toml (one manifest per provider, named after it)",
+                            name.as_str(),
+                            name.as_str()
+                        ),
+                    );
+                }
+                Some(name)
+            }
+            Err(e) => {
+                errors.push(Some(raw.name.span()), Some("name"), e.to_string());
+                None
+            }
+        };
+
+        let hosting = match raw.hosting.get_ref().as_str() {
+            "builtin" => Some(Hosting::Builtin),
+            "in-daemon" => Some(Hosting::InDaemon),
+            "isolated" => Some(Hosting::Isolated),
+            "external" => Some(Hosting::External),
+            other => {
+                errors.push(
+                    Some(raw.hosting.span()),
+                    Some("hosting"),
+                    format!(
+                        "unknown hosting model {other:?} (expected \"builtin\", \"in-daemon\", \"isolated\" or \"external\")"
+                    ),
+                );
+                None
+            }
+        };
+
+        let entry = hosting.and_then(|hosting| entry(&raw, hosting, &mut errors));
+
+        let mut classes = Vec::new();
+        if raw.classes.get_ref().is_empty() {
+            errors.push(
+                Some(raw.classes.span()),
+                Some("classes"),
+                "a provider must serve at least one class".into(),
+            );
+        }
+        for class in raw.classes.get_ref() {
+            match ClassPath::new(class.get_ref().as_str()) {
+                Ok(path) if classes.contains(&path) => errors.push(
+                    Some(class.span()),
+                    Some("classes"),
+                    format!("class {path} is listed twice"),
+                ),
+                Ok(path) => classes.push(path),
+                Err(e) => errors.push(Some(class.span()), Some("classes"), e.to_string()),
+            }
+        }
+
+        let mut capabilities = BTreeSet::new();
+        match &raw.capabilities {
+            None => {
+                capabilities.insert(Capability::Enumerate);
+                capabilities.insert(Capability::Get);
+            }
+            Some(list) => {
+                for cap in list.get_ref() {
+                    match Capability::ALL.iter().find(|c| c.as_str() == cap.get_ref()) {
+                        Some(c) => {
+                            capabilities.insert(*c);
+                        }
+                        None => errors.push(
+                            Some(cap.span()),
+                            Some("capabilities"),
+                            format!(
+                                "unknown capability {:?} (expected enumerate, get, put, delete, call or subscribe)",
+                                cap.get_ref()
+                            ),
+                        ),
+                    }
+                }
+            }
+        }
+
+        let clear_after = duration(
+            &raw.clear_after,
+            "clear_after",
+            DEFAULT_CLEAR_AFTER,
+            &mut errors,
+        );
+        if let Some(d) = clear_after
+            && d < MIN_CLEAR_AFTER
+        {
+            errors.push(
+                raw.clear_after.as_ref().map(|s| s.span()),
+                Some("clear_after"),
+                format!(
+                    "{} is shorter than the minimum of {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(MIN_CLEAR_AFTER)
+                ),
+            );
+        }
+        let call_timeout = duration(
+            &raw.call_timeout,
+            "call_timeout",
+            DEFAULT_CALL_TIMEOUT,
+            &mut errors,
+        );
+
+        match (name, hosting, entry, clear_after, call_timeout) {
+            (Some(name), Some(hosting), Some(entry), Some(clear_after), Some(call_timeout))
+                if errors.list.is_empty() =>
+            {
+                Ok(Manifest {
+                    name,
+                    description: raw.description,
+                    hosting,
+                    entry,
+                    classes,
+                    capabilities,
+                    clear_after,
+                    pure: raw.pure.unwrap_or(true),
+                    call_timeout,
+                    source,
+                })
+            }
+            _ => Err(errors.list),
+        }
+    }
+
+    /// Whether the manifest offers `capability`.
+    pub fn offers(&self, capability: Capability) -> bool {
+        self.capabilities.contains(&capability)
+    }
+}
+
+/// Reads every `*.toml` file in `dir`, in name order. Returns the valid manifests and every
+/// problem found.
+pub fn load_dir(dir: &Path) -> (Vec<Manifest>, Vec<ManifestError>) {
+    let mut manifests = Vec::new();
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            errors.push(ManifestError {
+                file: dir.display().to_string(),
+                line: None,
+                field: None,
+                message: format!("cannot read providers directory: {e}"),
+            });
+            return (manifests, errors);
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        match Manifest::load(&path) {
+            Ok(m) => manifests.push(m),
+            Err(e) => errors.extend(e),
+        }
+    }
+    (manifests, errors)
+}
+
+fn entry(raw: &RawManifest, hosting: Hosting, errors: &mut Errors<'_>) -> Option<Entry> {
+    let mut refuse = |field: &str, span: Range<usize>, when: &str| {
+        errors.push(
+            Some(span),
+            Some(field),
+            format!("`{field}` is only allowed with {when}"),
+        );
+    };
+    if hosting != Hosting::Builtin
+        && let Some(b) = &raw.builtin
+    {
+        refuse("builtin", b.span(), "hosting = \"builtin\"");
+    }
+    if !matches!(hosting, Hosting::InDaemon | Hosting::Isolated)
+        && let Some(l) = &raw.library
+    {
+        refuse(
+            "library",
+            l.span(),
+            "hosting = \"in-daemon\" or \"isolated\"",
+        );
+    }
+    if hosting != Hosting::Isolated
+        && let Some(g) = &raw.host_group
+    {
+        refuse("host_group", g.span(), "hosting = \"isolated\"");
+    }
+    if hosting != Hosting::External
+        && let Some(c) = &raw.command
+    {
+        refuse("command", c.span(), "hosting = \"external\"");
+    }
+    let hosting_span = raw.hosting.span();
+    let mut missing = |field: &str| {
+        errors.push(
+            Some(hosting_span.clone()),
+            Some(field),
+            format!("hosting = \"{}\" needs a `{field}` field", hosting.as_str()),
+        );
+        None
+    };
+    match hosting {
+        Hosting::Builtin => match &raw.builtin {
+            Some(b) => Some(Entry::Builtin(b.get_ref().clone())),
+            None => missing("builtin"),
+        },
+        Hosting::InDaemon | Hosting::Isolated => match &raw.library {
+            Some(l) => Some(Entry::Library {
+                path: PathBuf::from(l.get_ref()),
+                host_group: raw.host_group.as_ref().map(|g| g.get_ref().clone()),
+            }),
+            None => missing("library"),
+        },
+        Hosting::External => match &raw.command {
+            Some(c) if c.get_ref().is_empty() => {
+                errors.push(
+                    Some(c.span()),
+                    Some("command"),
+                    "the command is empty".into(),
+                );
+                None
+            }
+            Some(c) => Some(Entry::External {
+                command: c.get_ref().clone(),
+            }),
+            None => missing("command"),
+        },
+        _ => None,
+    }
+}
+
+fn duration(
+    value: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+    errors: &mut Errors<'_>,
+) -> Option<Duration> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    match humantime::parse_duration(value.get_ref()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.push(
+                Some(value.span()),
+                Some(field),
+                format!(
+                    "{:?} is not a duration ({e}); write it like \"30s\", \"5m\" or \"1h 30m\"",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Collects errors for one file, turning byte spans into lines and columns.
+struct Errors<'a> {
+    file: &'a str,
+    text: &'a str,
+    list: Vec<ManifestError>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, span: Option<Range<usize>>, field: Option<&str>, message: String) {
+        let line = span.map(|span| line_col(self.text, span.start));
+        self.list.push(ManifestError {
+            file: self.file.to_owned(),
+            line,
+            field: field.map(String::from),
+            message,
+        });
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (u32, u32) {
+    let offset = offset.min(text.len());
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
+    (line as u32, column as u32)
+}
+
+/// The bare key assigned on the line holding `offset`: `pure` for `pure = "yes"`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |p| p + 1);
+    let line = &text[start..];
+    let key = line[..line.find('=')?].trim();
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    bare.then(|| key.to_owned())
+}
+
+/// The field a toml error message is about: "missing field `classes`" → `classes`.
+fn quoted_field(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_owned())
+}
+
+impl fmt::Display for ManifestError {
+    /// `providers/x.toml:3:8: field `hosting`: unknown hosting model "dll" (...)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some((line, column)) = self.line {
+            write!(f, ":{line}:{column}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl fmt::Display for ManifestSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ManifestSource::File(path) => write!(f, "{}", path.display()),
+            ManifestSource::Builtin(name) => write!(f, "builtin:{name}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "demo"
+hosting = "builtin"
+builtin = "demo"
+classes = ["demo.thing"]
+capabilities = ["enumerate", "get"]
+clear_after = "30s"
+pure = false
+"#;
+
+    fn parse(text: &str) -> Result<Manifest, Vec<ManifestError>> {
+        Manifest::parse(
+            text,
+            ManifestSource::File("providers/demo.toml".into()),
+            Some("demo"),
+        )
+    }
+
+    #[test]
+    fn good_manifest_parses() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.name.as_str(), "demo");
+        assert_eq!(m.hosting, Hosting::Builtin);
+        assert_eq!(m.entry, Entry::Builtin("demo".into()));
+        assert_eq!(m.clear_after, Duration::from_secs(30));
+        assert!(!m.pure);
+        assert_eq!(m.call_timeout, DEFAULT_CALL_TIMEOUT);
+    }
+
+    /// A table of broken manifests and the exact errors they produce.
+    #[test]
+    fn broken_manifests_give_exact_errors() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\n",
+                &["providers/demo.toml:1:1: field `classes`: missing field `classes`"],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"dll\"\nclasses = [\"demo.thing\"]\n",
+                &[
+                    "providers/demo.toml:2:11: field `hosting`: unknown hosting model \"dll\" (expected \"builtin\", \"in-daemon\", \"isolated\" or \"external\")",
+                ],
+            ),
+            (
+                "name = \"Demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.thing\"]\n",
+                &[
+                    "providers/demo.toml:1:8: field `name`: invalid provider name \"Demo\": it must start with a lowercase ASCII letter",
+                ],
+            ),
+            (
+                "name = \"other\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.thing\"]\n",
+                &[
+                    "providers/demo.toml:1:8: field `name`: provider \"other\" must be in a file named other.toml (one manifest per provider, named after it)",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo\", \"demo.a\", \"demo.a\"]\n",
+                &[
+                    "providers/demo.toml:4:12: field `classes`: invalid class path \"demo\": it needs a namespace and a class name, like \"system.cpu\"",
+                    "providers/demo.toml:4:30: field `classes`: class demo.a is listed twice",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\nclear_after = \"soon\"\n",
+                &[
+                    "providers/demo.toml:5:15: field `clear_after`: \"soon\" is not a duration (expected number at 0); write it like \"30s\", \"5m\" or \"1h 30m\"",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\nclear_after = \"10ms\"\n",
+                &[
+                    "providers/demo.toml:5:15: field `clear_after`: 10ms is shorter than the minimum of 100ms",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"isolated\"\nclasses = [\"demo.a\"]\n",
+                &[
+                    "providers/demo.toml:2:11: field `library`: hosting = \"isolated\" needs a `library` field",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\ncommand = [\"x\"]\nclasses = [\"demo.a\"]\n",
+                &[
+                    "providers/demo.toml:4:11: field `command`: `command` is only allowed with hosting = \"external\"",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\ncapabilities = [\"fly\"]\n",
+                &[
+                    "providers/demo.toml:5:17: field `capabilities`: unknown capability \"fly\" (expected enumerate, get, put, delete, call or subscribe)",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\ncolour = \"red\"\n",
+                &[
+                    "providers/demo.toml:5:1: field `colour`: unknown field `colour`, expected one of `name`, `description`, `hosting`, `builtin`, `library`, `host_group`, `command`, `classes`, `capabilities`, `clear_after`, `pure`, `call_timeout`",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\npure = \"yes\"\n",
+                &[
+                    "providers/demo.toml:5:8: field `pure`: invalid type: string \"yes\", expected a boolean",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = builtin\n",
+                &["providers/demo.toml:2:11: invalid string\nexpected `\"`, `'`"],
+            ),
+        ];
+        for (text, expected) in cases {
+            let errors = parse(text).expect_err(text);
+            let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert_eq!(got, *expected, "manifest:\n{text}");
+        }
+    }
+
+    #[test]
+    fn load_dir_reports_every_bad_file_and_keeps_good_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("demo.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("bad.toml"), "name = 1").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let (good, bad) = load_dir(dir.path());
+        assert_eq!(good.len(), 1);
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].file.ends_with("bad.toml"));
+    }
+}

@@ -1,0 +1,111 @@
+//! The provider registry: every manifest, and which provider serves which class.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use purveyor_model::{ClassPath, ProviderName};
+
+use crate::builtin::BuiltinProvider;
+use crate::config::HostConfig;
+use crate::manifest::{self, Manifest, ManifestError, ManifestSource};
+use crate::slot::Slot;
+
+/// The name of the host's own provider, which no manifest may replace.
+pub(crate) const SELF_PROVIDER: &str = "purveyor";
+
+pub(crate) struct Registry {
+    pub slots: BTreeMap<ProviderName, Arc<Slot>>,
+    pub by_class: HashMap<ClassPath, Arc<Slot>>,
+    /// Manifests that were refused, with why. The rest of the registry serves regardless.
+    pub problems: Vec<ManifestError>,
+    /// The directories that were read.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Registry {
+    /// Builds the registry from the built-in manifests, then the providers directories (a
+    /// file replaces the built-in manifest of the same name; the first directory wins).
+    pub fn build(config: &HostConfig, builtins: &[BuiltinProvider]) -> Registry {
+        let mut problems = Vec::new();
+        let mut chosen: BTreeMap<ProviderName, Manifest> = BTreeMap::new();
+        for builtin in builtins {
+            match Manifest::parse(
+                builtin.manifest,
+                ManifestSource::Builtin(builtin.name.clone()),
+                None,
+            ) {
+                Ok(m) => {
+                    chosen.insert(m.name.clone(), m);
+                }
+                Err(errors) => problems.extend(errors),
+            }
+        }
+        let mut from_files: BTreeMap<ProviderName, PathBuf> = BTreeMap::new();
+        let mut dirs = Vec::new();
+        for dir in &config.provider_dirs {
+            if !dir.exists() {
+                continue;
+            }
+            dirs.push(dir.clone());
+            let (manifests, errors) = manifest::load_dir(dir);
+            problems.extend(errors);
+            for m in manifests {
+                let file = m.source.to_string();
+                if m.name.as_str() == SELF_PROVIDER {
+                    problems.push(ManifestError {
+                        file,
+                        line: None,
+                        field: Some("name".into()),
+                        message: "the purveyor provider is part of the host and cannot be replaced"
+                            .into(),
+                    });
+                    continue;
+                }
+                if let Some(first) = from_files.get(&m.name) {
+                    tracing::info!(provider = %m.name, used = %first.display(), ignored = %file, "manifest shadowed by an earlier directory");
+                    continue;
+                }
+                if let ManifestSource::File(path) = &m.source {
+                    from_files.insert(m.name.clone(), path.clone());
+                }
+                chosen.insert(m.name.clone(), m);
+            }
+        }
+
+        let mut slots = BTreeMap::new();
+        let mut by_class: HashMap<ClassPath, Arc<Slot>> = HashMap::new();
+        for (name, manifest) in chosen {
+            if let Some(clash) = manifest
+                .classes
+                .iter()
+                .find_map(|c| by_class.get(c).map(|s| (c, s)))
+            {
+                problems.push(ManifestError {
+                    file: manifest.source.to_string(),
+                    line: None,
+                    field: Some("classes".into()),
+                    message: format!(
+                        "class {} is already served by provider {} ({}); provider {} is not registered",
+                        clash.0, clash.1.manifest.name, clash.1.manifest.source, name
+                    ),
+                });
+                continue;
+            }
+            let slot = Arc::new(Slot::new(manifest));
+            for class in &slot.manifest.classes {
+                by_class.insert(class.clone(), slot.clone());
+            }
+            slots.insert(name, slot);
+        }
+        for problem in &problems {
+            tracing::warn!(%problem, "manifest refused");
+        }
+        Registry {
+            slots,
+            by_class,
+            problems,
+            dirs,
+        }
+    }
+}

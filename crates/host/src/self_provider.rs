@@ -1,0 +1,192 @@
+//! The host's own provider, `purveyor`: providers and their lifecycle, connections and
+//! requests, served like any other provider so `purveyor watch` works on the host itself.
+
+use std::sync::Weak;
+
+use purveyor_model::{ClassPath, ClassSchema, Instance, PropertyDef, Semantic, Unit, Value};
+use purveyor_provider::{CallContext, Provider, ProviderError};
+
+use crate::builtin::{BuiltinProvider, Dispatch};
+use crate::engine::HostInner;
+
+const MANIFEST: &str = r#"
+name = "purveyor"
+description = "The host's own numbers: each provider's lifecycle and calls, connections, requests"
+hosting = "builtin"
+builtin = "purveyor"
+classes = ["purveyor.host", "purveyor.provider"]
+capabilities = ["enumerate", "get"]
+pure = true
+clear_after = "1h"
+"#;
+
+pub(crate) fn builtin(host: Weak<HostInner>) -> BuiltinProvider {
+    BuiltinProvider::new("purveyor", MANIFEST, Dispatch::Inline, move || {
+        Ok(SelfProvider { host: host.clone() })
+    })
+}
+
+struct SelfProvider {
+    host: Weak<HostInner>,
+}
+
+impl Provider for SelfProvider {
+    fn classes(&self) -> Vec<ClassSchema> {
+        use Semantic::{Counter, Discrete, Gauge, Key};
+        let p = PropertyDef::new;
+        vec![
+            class(
+                "purveyor.host",
+                "The host process",
+                vec![
+                    p("server", "string", Unit::None, Discrete, "name and version"),
+                    p("mode", "string", Unit::None, Discrete, "daemon or embedded"),
+                    p("pid", "u64", Unit::None, Discrete, "process id"),
+                    p(
+                        "started",
+                        "timestamp",
+                        Unit::None,
+                        Discrete,
+                        "when the host started",
+                    ),
+                    p(
+                        "providers",
+                        "u64",
+                        Unit::Count,
+                        Gauge,
+                        "registered providers",
+                    ),
+                    p(
+                        "providers_loaded",
+                        "u64",
+                        Unit::Count,
+                        Gauge,
+                        "loaded pure providers",
+                    ),
+                    p(
+                        "connections_open",
+                        "u64",
+                        Unit::Count,
+                        Gauge,
+                        "open client connections",
+                    ),
+                    p(
+                        "connections",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "connections accepted",
+                    ),
+                    p(
+                        "requests",
+                        "u64",
+                        Unit::Operations,
+                        Counter,
+                        "requests answered",
+                    ),
+                ],
+            ),
+            class(
+                "purveyor.provider",
+                "Each registered provider's lifecycle and calls",
+                vec![
+                    p("name", "string", Unit::None, Key, "provider name"),
+                    p(
+                        "hosting",
+                        "string",
+                        Unit::None,
+                        Discrete,
+                        "builtin, in-daemon, isolated or external",
+                    ),
+                    p(
+                        "state",
+                        "string",
+                        Unit::None,
+                        Discrete,
+                        "registered, loading, loaded, releasing or failed",
+                    ),
+                    p(
+                        "pure",
+                        "bool",
+                        Unit::None,
+                        Discrete,
+                        "whether it exists only to serve requests",
+                    ),
+                    p("loads", "u64", Unit::Count, Counter, "times loaded"),
+                    p("unloads", "u64", Unit::Count, Counter, "times released"),
+                    p("calls", "u64", Unit::Operations, Counter, "calls made"),
+                    p(
+                        "errors",
+                        "u64",
+                        Unit::Operations,
+                        Counter,
+                        "calls and loads that failed",
+                    ),
+                    p("last_use", "timestamp", Unit::None, Discrete, "last call"),
+                ],
+            ),
+        ]
+    }
+
+    fn enumerate(
+        &self,
+        class: &ClassPath,
+        _ctx: &CallContext,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let host = self
+            .host
+            .upgrade()
+            .ok_or_else(|| ProviderError::Failed("the host has shut down".into()))?;
+        match class.as_str() {
+            "purveyor.host" => {
+                let s = host.status();
+                Ok(vec![Instance::from_pairs([
+                    ("server", Value::String(s.server)),
+                    (
+                        "mode",
+                        Value::String(format!("{:?}", s.mode).to_lowercase()),
+                    ),
+                    ("pid", Value::U64(s.pid.into())),
+                    ("started", Value::Timestamp(s.started)),
+                    ("providers", Value::U64(s.providers.into())),
+                    ("providers_loaded", Value::U64(s.providers_loaded.into())),
+                    ("connections_open", Value::U64(s.connections_open.into())),
+                    ("connections", Value::U64(s.connections_total)),
+                    ("requests", Value::U64(s.requests)),
+                ])])
+            }
+            "purveyor.provider" => Ok(host
+                .provider_statuses()
+                .into_iter()
+                .map(|p| {
+                    let mut i = Instance::from_pairs([
+                        ("name", Value::String(p.name.to_string())),
+                        ("hosting", Value::String(p.hosting.to_string())),
+                        ("state", Value::String(p.state.to_string())),
+                        ("pure", Value::Bool(p.pure)),
+                        ("loads", Value::U64(p.loads)),
+                        ("unloads", Value::U64(p.unloads)),
+                        ("calls", Value::U64(p.calls)),
+                        ("errors", Value::U64(p.errors)),
+                    ]);
+                    if let Some(t) = p.last_use {
+                        i.set("last_use", Value::Timestamp(t));
+                    }
+                    i
+                })
+                .collect()),
+            other => Err(ProviderError::NotFound(format!("no class {other}"))),
+        }
+    }
+}
+
+fn class(path: &str, description: &str, properties: Vec<PropertyDef>) -> ClassSchema {
+    ClassSchema::new(
+        ClassPath::new(path).expect("class path in source code is valid"),
+        description,
+        properties,
+        vec![],
+        vec![],
+    )
+    .expect("the purveyor schema is valid")
+}

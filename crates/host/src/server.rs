@@ -1,0 +1,295 @@
+//! The daemon's socket server: one task per connection, many requests in flight on each,
+//! replies in completion order.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use purveyor_protocol::{
+    ClientMessage, Encoding, ErrorCode, FrameBuffer, Hello, Outcome, PROTOCOL_MINOR,
+    PROTOCOL_VERSION, RemoteError, ServerMessage, Welcome, decode, encode_frame,
+};
+use purveyor_provider::Caller;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::{ReadHalf, WriteHalf};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::Host;
+use crate::engine::SERVER_NAME;
+
+/// Serves `host` on `listener` until `shutdown` completes. Then it stops accepting, lets
+/// in-flight requests finish within the configured grace period, tells every client
+/// goodbye, and releases the providers. The caller owns the socket file.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    host: Host,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut next_id: u32 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    next_id = next_id.wrapping_add(1);
+                    connections.spawn(connection(stream, host.clone(), next_id, stop_rx.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors or a peer that vanished: keep serving the others.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    tracing::info!(connections = connections.len(), "shutting down");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let grace = host.config().shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            remaining = connections.len(),
+            "connections still busy after the grace period; cutting them off"
+        );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+    host.shutdown().await;
+    Ok(())
+}
+
+async fn connection(stream: UnixStream, host: Host, id: u32, stop: watch::Receiver<bool>) {
+    let caller = match stream.peer_cred() {
+        Ok(cred) => Caller {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid().map_or(0, |p| p as u32),
+        },
+        Err(e) => {
+            tracing::warn!(connection = id, error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    let inner = host.inner();
+    inner.connections_open.fetch_add(1, Ordering::Relaxed);
+    inner.connections_total.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::debug_span!("connection", id, uid = caller.uid, pid = caller.pid);
+    let result = Connection::run(stream, &host, id, caller, stop)
+        .instrument(span)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(connection = id, error = %e, "connection ended with an I/O error");
+    }
+    host.inner()
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+struct Connection;
+
+impl Connection {
+    async fn run(
+        mut stream: UnixStream,
+        host: &Host,
+        id: u32,
+        caller: Caller,
+        mut stop: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let config = host.config();
+        let max = config.max_frame;
+        let (mut rd, mut wr) = stream.split();
+        let mut frames = FrameBuffer::new(max);
+        let mut out = Vec::with_capacity(4096);
+
+        let Some(encoding) = handshake(&mut rd, &mut wr, &mut frames, host, id).await? else {
+            return Ok(());
+        };
+
+        let mut in_flight = FuturesUnordered::new();
+        let mut reading = true;
+        let mut goodbye: Option<RemoteError> = None;
+        loop {
+            if !reading && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some((rid, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    push_reply(encoding, max, rid, outcome, &mut out);
+                    // Batch every other reply that is already done into the same write.
+                    while let Some(Some((rid, outcome))) = in_flight.next().now_or_never() {
+                        push_reply(encoding, max, rid, outcome, &mut out);
+                    }
+                    wr.write_all(&out).await?;
+                    out.clear();
+                }
+                read = rd.read(frames.spare()), if reading && in_flight.len() < config.max_in_flight => {
+                    let n = read?;
+                    if n == 0 {
+                        reading = false;
+                        if frames.buffered() > 0 {
+                            goodbye = Some(RemoteError::new(
+                                ErrorCode::Protocol,
+                                format!("truncated frame: the connection closed after {} bytes of a frame", frames.buffered()),
+                            ));
+                        }
+                        continue;
+                    }
+                    frames.filled(n);
+                    loop {
+                        let message = match frames.next_frame() {
+                            Ok(None) => break,
+                            Ok(Some(payload)) => decode::<ClientMessage>(encoding, payload)
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        match message {
+                            Ok(ClientMessage::Request { id: rid, request }) => {
+                                let host = host.clone();
+                                in_flight.push(async move {
+                                    let outcome = match host.handle(request, &caller).await {
+                                        Ok(response) => Outcome::Ok(response),
+                                        Err(error) => Outcome::Err(error),
+                                    };
+                                    (rid, outcome)
+                                });
+                            }
+                            Err(message) => {
+                                tracing::warn!(connection = id, %message, "bad frame; closing the connection");
+                                goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
+                                reading = false;
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ = stop.changed(), if reading => {
+                    reading = false;
+                    goodbye = Some(RemoteError::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+                }
+            }
+        }
+        if let Some(error) = goodbye {
+            let msg = ServerMessage::Goodbye { error };
+            if encode_frame(encoding, &msg, max, &mut out).is_ok() {
+                // The peer may already be gone; that is fine.
+                let _ = wr.write_all(&out).await;
+            }
+        }
+        let _ = wr.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Reads the client's hello and answers it. `None` when the connection should close (the
+/// client was told why, or it left).
+async fn handshake(
+    rd: &mut ReadHalf<'_>,
+    wr: &mut WriteHalf<'_>,
+    frames: &mut FrameBuffer,
+    host: &Host,
+    id: u32,
+) -> std::io::Result<Option<Encoding>> {
+    let config = host.config();
+    let first = tokio::time::timeout(config.handshake_timeout, async {
+        loop {
+            match frames.next_frame() {
+                Ok(Some(payload)) => {
+                    return Ok(serde_json::from_slice::<Hello>(payload).map_err(|e| {
+                        format!(
+                            "malformed hello ({e}); expected {{\"protocol\":{PROTOCOL_VERSION},\"encoding\":\"binary\" or \"json\"}}"
+                        )
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e.to_string())),
+            }
+            let n = rd.read(frames.spare()).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            frames.filled(n);
+        }
+    })
+    .await;
+    let hello = match first {
+        Ok(Ok(Ok(hello))) => hello,
+        Ok(Ok(Err(message))) => {
+            refuse(wr, message).await;
+            return Ok(None);
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            let message = format!(
+                "no hello within {}",
+                humantime::format_duration(config.handshake_timeout)
+            );
+            refuse(wr, message).await;
+            return Ok(None);
+        }
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            hello.protocol
+        );
+        refuse(wr, message).await;
+        return Ok(None);
+    }
+    tracing::debug!(connection = id, client = %hello.client, encoding = %hello.encoding, "hello");
+    let welcome = Welcome {
+        protocol: PROTOCOL_VERSION,
+        minor: PROTOCOL_MINOR,
+        encoding: hello.encoding,
+        server: SERVER_NAME.into(),
+        max_frame: config.max_frame,
+        connection: id,
+    };
+    let mut out = Vec::new();
+    if encode_frame(Encoding::Json, &welcome, u32::MAX, &mut out).is_err() {
+        return Ok(None);
+    }
+    wr.write_all(&out).await?;
+    Ok(Some(hello.encoding))
+}
+
+/// Says goodbye in JSON (no encoding was agreed) and gives up on the connection.
+async fn refuse(wr: &mut WriteHalf<'_>, message: String) {
+    tracing::warn!(%message, "handshake refused");
+    let msg = ServerMessage::Goodbye {
+        error: RemoteError::new(ErrorCode::Protocol, message),
+    };
+    let mut out = Vec::new();
+    if encode_frame(Encoding::Json, &msg, u32::MAX, &mut out).is_ok() {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn push_reply(encoding: Encoding, max: u32, id: u32, outcome: Outcome, out: &mut Vec<u8>) {
+    let msg = ServerMessage::Reply { id, outcome };
+    if let Err(e) = encode_frame(encoding, &msg, max, out) {
+        // A reply too large for a frame becomes an error reply the client can act on.
+        let msg = ServerMessage::Reply {
+            id,
+            outcome: Outcome::Err(RemoteError::new(
+                ErrorCode::Internal,
+                format!("the reply could not be sent: {e}"),
+            )),
+        };
+        let _ = encode_frame(encoding, &msg, max, out);
+    }
+}

@@ -1,1 +1,364 @@
-fn main() {}
+//! `purveyor`: the daemon, the command-line client and the embedded host in one binary.
+//! This crate is not a library: it parses arguments, sets up logging, and maps errors to
+//! the exit codes documented in `--help`.
+
+mod check;
+mod render;
+mod serve;
+mod watch;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use purveyor_client::{Client, ClientError, ConnectOptions, Encoding, Mode, Target};
+use purveyor_model::{ClassPath, InstanceKey, NamespacePath};
+
+const AFTER_HELP: &str = "\
+Examples:
+  purveyor get system.load                 one instance, as a table
+  purveyor get system.process pid=1 --json one process, as JSON
+  purveyor watch system.cpu --interval 2s  CPU time as rates, refreshed
+  purveyor ls system                       the classes of the system namespace
+  purveyor providers                       every provider and its state
+  purveyor serve                           run the daemon on the default socket
+
+With no daemon running, commands run a host inside the purveyor process (embedded mode).
+
+Exit codes: 0 success; 1 other failure; 2 usage error; 3 not found; 4 access denied;
+5 provider failed or timed out; 6 daemon unreachable or protocol error.";
+
+#[derive(Parser)]
+#[command(name = "purveyor", version, about = "Purveyor: a provider host for Linux", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Global {
+    /// Talk to the daemon on this socket (no embedded fallback) [env: PURVEYOR_SOCKET]
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "embedded")]
+    socket: Option<PathBuf>,
+    /// Run a host inside this process even if a daemon is running
+    #[arg(long, global = true)]
+    embedded: bool,
+    /// Read provider manifests from this directory (repeatable) [env: PURVEYOR_PROVIDERS]
+    #[arg(long = "providers", global = true, value_name = "DIR")]
+    provider_dirs: Vec<PathBuf>,
+    /// Print JSON instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    /// Wire encoding to the daemon
+    #[arg(long, global = true, value_enum, default_value = "binary", hide = true)]
+    encoding: WireEncoding,
+    /// More logging on stderr (-v info, -vv debug) [env: PURVEYOR_LOG]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WireEncoding {
+    Binary,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List classes and their schemas
+    #[command(
+        after_help = "Examples:\n  purveyor ls\n  purveyor ls system\n  purveyor ls system.cpu      the schema of one class"
+    )]
+    Ls {
+        /// A namespace (system) or a class (system.cpu)
+        namespace: Option<String>,
+        /// Show every class's properties
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Show the instances of a class
+    #[command(
+        after_help = "Examples:\n  purveyor get system.load\n  purveyor get system.net interface=lo\n  purveyor get system.process pid=1 --json"
+    )]
+    Get {
+        class: String,
+        /// Select instances by property: NAME=VALUE
+        selectors: Vec<String>,
+    },
+    /// Refresh a class's instances; counters are shown as rates per second
+    #[command(
+        after_help = "Examples:\n  purveyor watch system.cpu\n  purveyor watch system.net interface=lo --interval 500ms --count 5 --json"
+    )]
+    Watch {
+        class: String,
+        selectors: Vec<String>,
+        /// Time between samples
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Stop after this many refreshes
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// List every registered provider with its state and statistics
+    Providers,
+    /// Run the daemon
+    #[command(
+        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers"
+    )]
+    Serve {
+        /// Let the socket's group connect (mode 0660 instead of 0600)
+        #[arg(long)]
+        group_access: bool,
+        /// Worker threads (default: one per CPU)
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Say which host is in use (daemon or embedded) and how it is doing
+    Status,
+    /// Validate provider manifests
+    #[command(
+        after_help = "Examples:\n  purveyor check                 the configured directories\n  purveyor check ./providers"
+    )]
+    Check {
+        /// A directory of manifests, or one manifest file (default: the configured directories)
+        path: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("purveyor: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let global = cli.global;
+    match cli.command {
+        Command::Serve {
+            group_access,
+            threads,
+        } => serve::run(&global, group_access, threads).map(|()| ExitCode::SUCCESS),
+        Command::Check { path } => check::run(&global, path.as_deref()),
+        Command::Ls { namespace, long } => {
+            let mut client = connect(&global)?;
+            ls(&mut client, &global, namespace.as_deref(), long)
+        }
+        Command::Get { class, selectors } => {
+            let mut client = connect(&global)?;
+            get(&mut client, &global, &class, &selectors)
+        }
+        Command::Watch {
+            class,
+            selectors,
+            interval,
+            count,
+        } => {
+            let mut client = connect(&global)?;
+            let class = ClassPath::new(class)?;
+            let schema = client.describe(&class)?;
+            let selector = InstanceKey::parse(&schema, &selectors)?;
+            watch::run(
+                &mut client,
+                &schema,
+                &selector,
+                interval,
+                count,
+                global.json,
+            )
+        }
+        Command::Providers => {
+            let mut client = connect(&global)?;
+            let providers = client.providers()?;
+            if global.json {
+                print_json(&providers)?;
+            } else {
+                out(&render::providers(&providers))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let mut client = connect(&global)?;
+            let status = client.status()?;
+            if global.json {
+                print_json(&status)?;
+            } else {
+                out(&render::status(
+                    &status,
+                    client.mode(),
+                    &global_socket(&global),
+                ))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn ls(client: &mut Client, global: &Global, arg: Option<&str>, long: bool) -> Result<ExitCode> {
+    let namespace = arg.map(NamespacePath::new).transpose()?;
+    let list = match client.list_classes(namespace.as_ref()) {
+        Ok(list) => list,
+        // `ls system.cpu`: a class, not a namespace.
+        Err(ClientError::NotFound { .. }) if arg.is_some_and(|a| ClassPath::new(a).is_ok()) => {
+            let class = ClassPath::new(arg.unwrap_or_default())?;
+            let schema = client.describe(&class)?;
+            purveyor_protocol::ClassList {
+                classes: vec![schema],
+                problems: vec![],
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let single = list.classes.len() == 1 && arg == Some(list.classes[0].path().as_str());
+    if global.json {
+        print_json(&list)?;
+    } else if long || single {
+        for schema in &list.classes {
+            out(&render::schema(schema))?;
+        }
+    } else {
+        out(&render::classes(&list.classes))?;
+    }
+    for problem in &list.problems {
+        eprintln!("purveyor: {problem}");
+    }
+    Ok(if list.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(5)
+    })
+}
+
+fn get(
+    client: &mut Client,
+    global: &Global,
+    class: &str,
+    selectors: &[String],
+) -> Result<ExitCode> {
+    let class = ClassPath::new(class)?;
+    let schema = client.describe(&class)?;
+    let selector = InstanceKey::parse(&schema, selectors)?;
+    let instances = client.enumerate(&class, &selector)?;
+    if instances.is_empty() && !selector.is_empty() {
+        return Err(ClientError::NotFound {
+            message: format!("no instance of {class} with {selector}"),
+        }
+        .into());
+    }
+    if global.json {
+        print_json(&render::instances_json(&schema, &instances))?;
+    } else {
+        out(&render::instances(&schema, &instances))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn connect(global: &Global) -> Result<Client> {
+    let target = if global.embedded {
+        Target::Embedded
+    } else if let Some(socket) = &global.socket {
+        Target::Socket(socket.clone())
+    } else {
+        Target::Auto
+    };
+    let mut options = ConnectOptions::default()
+        .target(target)
+        .client_name(concat!("purveyor-cli/", env!("CARGO_PKG_VERSION")))
+        .encoding(match global.encoding {
+            WireEncoding::Binary => Encoding::Binary,
+            WireEncoding::Json => Encoding::Json,
+        });
+    if !global.provider_dirs.is_empty() {
+        options = options.provider_dirs(global.provider_dirs.clone());
+    }
+    let client = Client::connect(&options)?;
+    if let Mode::Daemon { socket } = client.mode() {
+        tracing::debug!(socket = %socket.display(), "using the daemon");
+    }
+    Ok(client)
+}
+
+fn global_socket(global: &Global) -> PathBuf {
+    global
+        .socket
+        .clone()
+        .unwrap_or_else(purveyor_protocol::default_socket_path)
+}
+
+/// Writes to stdout; a closed pipe surfaces as an error that `main` turns into exit 0.
+fn out(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value).context("cannot encode JSON")?;
+    text.push('\n');
+    out(&text)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (write it like 1s or 500ms)"))?;
+    if d < Duration::from_millis(10) {
+        return Err("the interval must be at least 10ms".into());
+    }
+    Ok(d)
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::filter::LevelFilter;
+    let default = match (&cli.command, cli.global.verbose) {
+        (_, 2..) => LevelFilter::DEBUG,
+        (_, 1) | (Command::Serve { .. }, _) => LevelFilter::INFO,
+        _ => LevelFilter::WARN,
+    };
+    let level = std::env::var("PURVEYOR_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .unwrap_or(default);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<ClientError>() {
+            return match e {
+                ClientError::NotFound { .. } => 3,
+                ClientError::AccessDenied { .. } => 4,
+                ClientError::ProviderFailed { .. } | ClientError::Timeout { .. } => 5,
+                ClientError::Connect { .. } | ClientError::Protocol { .. } | ClientError::Io(_) => {
+                    6
+                }
+                _ => 1,
+            };
+        }
+    }
+    1
+}

@@ -138,7 +138,7 @@ impl AsyncClient {
     fn embedded(options: &ConnectOptions) -> Result<AsyncClient, ClientError> {
         Ok(AsyncClient {
             transport: Transport::Embedded {
-                host: crate::embedded_host(
+                host: crate::default_host(
                     purveyor_protocol::HostMode::Embedded,
                     options.provider_dirs.clone(),
                 ),

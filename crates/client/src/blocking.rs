@@ -117,7 +117,7 @@ impl Client {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let host = crate::embedded_host(
+        let host = crate::default_host(
             purveyor_protocol::HostMode::Embedded,
             options.provider_dirs.clone(),
         );

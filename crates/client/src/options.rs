@@ -83,7 +83,7 @@ impl ConnectOptions {
 /// every provider compiled into this build. `purveyor serve` builds its host the same way,
 /// so both modes give the same answers.
 #[cfg(feature = "embedded")]
-pub fn embedded_host(
+pub fn default_host(
     mode: purveyor_protocol::HostMode,
     provider_dirs: Option<Vec<PathBuf>>,
 ) -> purveyor_host::Host {

@@ -1,0 +1,62 @@
+//! `purveyor serve`: the daemon.
+
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, Result};
+use purveyor_host::{server, socket};
+use purveyor_protocol::HostMode;
+
+use crate::Global;
+
+pub fn run(global: &Global, group_access: bool, threads: Option<usize>) -> Result<()> {
+    let path = global
+        .socket
+        .clone()
+        .unwrap_or_else(socket::default_socket_path);
+    let mode = if group_access { 0o660 } else { 0o600 };
+    let listener = socket::bind(&path, mode)?;
+    // Remember which file is ours, so shutdown never removes a successor's socket.
+    let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let dirs = (!global.provider_dirs.is_empty()).then(|| global.provider_dirs.clone());
+    let result = runtime.block_on(async {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        let host = purveyor_client::default_host(HostMode::Daemon, dirs);
+        host.set_socket(Some(path.clone()));
+        tracing::info!(
+            socket = %path.display(),
+            pid = std::process::id(),
+            "purveyor daemon listening"
+        );
+        server::serve(listener, host, shutdown_signal()).await
+    });
+    if std::fs::metadata(&path).map(|m| m.ino()).ok() == inode {
+        let _ = std::fs::remove_file(&path);
+    }
+    tracing::info!("purveyor daemon stopped");
+    result.with_context(|| format!("daemon on {} failed", path.display()))
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

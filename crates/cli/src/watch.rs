@@ -216,7 +216,7 @@ mod tests {
             &[inst("a", 20)],
             Duration::from_secs(1),
         );
-        assert!(r["if=a"].get("rx").is_none());
+        assert!(!r["if=a"].contains_key("rx"));
         let r = rates(&s, &[], &[inst("new", 20)], Duration::from_secs(1));
         assert!(!r.contains_key("if=new"), "a new instance has no rate yet");
         assert_eq!(rate_cell(0.25, Unit::Seconds), "25.0%");

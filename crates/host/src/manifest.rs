@@ -127,9 +127,15 @@ impl Manifest {
         let raw: RawManifest = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(e) => {
-                let field = quoted_field(e.message())
-                    .or_else(|| e.span().and_then(|span| key_at(text, span.start)));
-                errors.push(e.span(), field.as_deref(), e.message().trim().to_owned());
+                let message = e.message().trim();
+                let field = if message.starts_with("missing field")
+                    || message.starts_with("unknown field")
+                {
+                    quoted_field(message)
+                } else {
+                    e.span().and_then(|span| key_at(text, span.start))
+                };
+                errors.push(e.span(), field.as_deref(), message.replace('\n', "; "));
                 return Err(errors.list);
             }
         };
@@ -588,7 +594,7 @@ pure = false
             ),
             (
                 "name = \"demo\"\nhosting = builtin\n",
-                &["providers/demo.toml:2:11: invalid string\nexpected `\"`, `'`"],
+                &["providers/demo.toml:2:11: field `hosting`: invalid string; expected `\"`, `'`"],
             ),
         ];
         for (text, expected) in cases {

@@ -247,16 +247,15 @@ impl TryFrom<RawSchema> for ClassSchema {
             .chain(raw.events.iter().flat_map(|e| &e.properties))
         {
             match prop.semantic {
-                Semantic::Key => {
+                Semantic::Key
                     if matches!(prop.ty, ValueType::Array(_))
-                        || prop.ty == ValueType::Scalar(crate::ScalarType::F64)
-                    {
-                        return Err(SchemaError::BadKeyType {
-                            class,
-                            name: prop.name.to_string(),
-                            ty: prop.ty,
-                        });
-                    }
+                        || prop.ty == ValueType::Scalar(crate::ScalarType::F64) =>
+                {
+                    return Err(SchemaError::BadKeyType {
+                        class,
+                        name: prop.name.to_string(),
+                        ty: prop.ty,
+                    });
                 }
                 Semantic::Counter | Semantic::Gauge if !prop.ty.is_numeric() => {
                     return Err(SchemaError::NotNumeric {

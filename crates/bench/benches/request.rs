@@ -1,1 +1,426 @@
-fn main() {}
+//! Request latency and throughput through the daemon socket, each next to its floor in
+//! the same run (see `docs/performance.md`).
+//!
+//! The bench process is the client. It re-executes itself as a child that runs both the
+//! daemon (the real host and server on a multi-threaded runtime) and a raw Unix-socket echo
+//! server, so the request and its floor cross the same two processes. The echo answers each
+//! frame with a frame of the same size as the daemon's reply.
+//!
+//! Run: `cargo build --release -p purveyor && cargo bench -p purveyor-bench`
+//! (or `bench/run`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use purveyor_client::{Client, ConnectOptions, Encoding, Target};
+use purveyor_model::{ClassPath, InstanceKey};
+use purveyor_protocol::{ClientMessage, HostMode, Request, encode_frame};
+
+const CHILD_ENV: &str = "PURVEYOR_BENCH_CHILD";
+const ROUNDS: usize = 10;
+const PER_ROUND: usize = 3000;
+
+fn main() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        child(Path::new(&dir));
+        return;
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list`: nothing to list for a custom harness.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(dir.path());
+    let daemon = dir.path().join("daemon.sock");
+    let echo = dir.path().join("echo.sock");
+
+    println!(
+        "# purveyor request benchmark ({} round trips each, interleaved)",
+        ROUNDS * PER_ROUND
+    );
+    if std::env::var("PURVEYOR_BENCH_PING").is_ok() {
+        latency_of(&daemon, &echo, "ping", Request::Ping);
+    }
+    for class in ["purveyor.host", "system.load"] {
+        latency(&daemon, &echo, class);
+    }
+    in_process();
+    throughput(&daemon, "purveyor.host", 4);
+    throughput(&daemon, "system.load", 4);
+    server.stop();
+    one_shot();
+    idle_rss();
+}
+
+/// The child: the daemon and the echo server, until stdin closes.
+fn child(dir: &Path) {
+    let echo = UnixListener::bind(dir.join("echo.sock")).unwrap();
+    std::thread::spawn(move || {
+        for stream in echo.incoming().flatten() {
+            std::thread::spawn(move || echo_connection(stream));
+        }
+    });
+    let runtime = match std::env::var("PURVEYOR_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+    {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()
+            .unwrap(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    };
+    let listener = purveyor_host::socket::bind(&dir.join("daemon.sock"), 0o600).unwrap();
+    runtime.block_on(async {
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+        let host = purveyor_client::default_host(HostMode::Daemon, Some(vec![dir.join("none")]));
+        let stdin_closed = async {
+            let _ = tokio::task::spawn_blocking(|| std::io::stdin().read(&mut [0u8; 1])).await;
+        };
+        purveyor_host::server::serve(listener, host, stdin_closed)
+            .await
+            .unwrap();
+    });
+}
+
+/// Reads a frame whose first payload byte says nothing; answers with a frame of the size
+/// the client asks for in the first 4 payload bytes.
+fn echo_connection(mut s: UnixStream) {
+    let mut header = [0u8; 4];
+    let mut buf = vec![0u8; 1 << 16];
+    let mut reply = Vec::new();
+    while s.read_exact(&mut header).is_ok() {
+        let len = u32::from_le_bytes(header) as usize;
+        if s.read_exact(&mut buf[..len]).is_err() {
+            return;
+        }
+        let want = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+        reply.clear();
+        reply.extend_from_slice(&(want as u32).to_le_bytes());
+        reply.resize(4 + want, 0x5a);
+        if s.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn spawn(dir: &Path) -> Server {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD_ENV, dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(dir.join("daemon.sock").exists() && dir.join("echo.sock").exists()) {
+            assert!(Instant::now() < deadline, "bench server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Server { child }
+    }
+
+    fn stop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client(socket: &Path) -> Client {
+    let options = ConnectOptions::default()
+        .target(Target::Socket(socket.to_owned()))
+        .encoding(Encoding::Binary);
+    Client::connect(&options).unwrap()
+}
+
+fn latency(daemon: &Path, echo: &Path, class: &str) {
+    let class = ClassPath::new(class).unwrap();
+    let request = Request::Get {
+        class: class.clone(),
+        key: InstanceKey::new(),
+    };
+    latency_of(daemon, echo, &format!("get {class}"), request);
+}
+
+fn latency_of(daemon: &Path, echo: &Path, what: &str, request: Request) {
+    let mut c = client(daemon);
+    // The sizes the echo must mirror: this request's frame and its reply's frame.
+    let mut frame = Vec::new();
+    encode_frame(
+        Encoding::Binary,
+        &ClientMessage::Request {
+            id: 1,
+            request: request.clone(),
+        },
+        u32::MAX,
+        &mut frame,
+    )
+    .unwrap();
+    let reply_len = {
+        let reply = c.request(request.clone()).unwrap();
+        let mut out = Vec::new();
+        let msg = purveyor_protocol::ServerMessage::Reply {
+            id: 1,
+            outcome: purveyor_protocol::Outcome::Ok(reply),
+        };
+        encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
+        out.len() - 4
+    };
+    // Same payload size (at least the 4 bytes that tell the echo its reply size).
+    let payload = (frame.len() - 4).max(4);
+    let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
+    echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
+    echo_frame.resize(4 + payload, 0);
+    let mut e = UnixStream::connect(echo).unwrap();
+    let mut reply = vec![0u8; 4 + reply_len];
+
+    let mut ours = Vec::with_capacity(ROUNDS * PER_ROUND);
+    let mut floor = Vec::with_capacity(ROUNDS * PER_ROUND);
+    for round in 0..=ROUNDS {
+        let warmup = round == 0;
+        for _ in 0..PER_ROUND {
+            let t = Instant::now();
+            e.write_all(&echo_frame).unwrap();
+            e.read_exact(&mut reply).unwrap();
+            if !warmup {
+                floor.push(t.elapsed());
+            }
+        }
+        for _ in 0..PER_ROUND {
+            let t = Instant::now();
+            c.request(request.clone()).unwrap();
+            if !warmup {
+                ours.push(t.elapsed());
+            }
+        }
+    }
+    let (p50, p99) = percentiles(&mut ours);
+    let (f50, f99) = percentiles(&mut floor);
+    println!(
+        "{what:<18} ({} B request, {} B reply): p50 {:>6.1} us  p99 {:>6.1} us | raw echo p50 {:>6.1} us  p99 {:>6.1} us | ratio p50 {:.2}x  p99 {:.2}x",
+        frame.len() - 4,
+        reply_len,
+        us(p50),
+        us(p99),
+        us(f50),
+        us(f99),
+        p50.as_secs_f64() / f50.as_secs_f64(),
+        p99.as_secs_f64() / f99.as_secs_f64(),
+    );
+}
+
+/// The host's own work per request, with no socket: `Host::handle` called in a loop.
+fn in_process() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let host = purveyor_client::default_host(
+        HostMode::Embedded,
+        Some(vec![PathBuf::from("/nonexistent")]),
+    );
+    let caller = purveyor_host::Caller::current_process();
+    for class in ["purveyor.host", "system.load"] {
+        let request = Request::Get {
+            class: ClassPath::new(class).unwrap(),
+            key: InstanceKey::new(),
+        };
+        let n = 100_000;
+        let elapsed = runtime.block_on(async {
+            host.handle(request.clone(), &caller).await.unwrap();
+            let t = Instant::now();
+            for _ in 0..n {
+                host.handle(request.clone(), &caller).await.unwrap();
+            }
+            t.elapsed()
+        });
+        println!(
+            "in-process Host::handle get {class}: {:.2} us per request",
+            us(elapsed) / n as f64
+        );
+    }
+}
+
+/// `clients` threads, each with its own connection keeping `WINDOW` requests in flight.
+fn throughput(daemon: &Path, class: &str, clients: usize) {
+    const WINDOW: usize = 64;
+    const RUN: Duration = Duration::from_secs(2);
+    let class = ClassPath::new(class).unwrap();
+    let start = Instant::now() + Duration::from_millis(100);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let daemon: PathBuf = daemon.to_owned();
+            let class = class.clone();
+            std::thread::spawn(move || {
+                let mut c = client(&daemon);
+                let request = Request::Get {
+                    class,
+                    key: InstanceKey::new(),
+                };
+                std::thread::sleep(start.saturating_duration_since(Instant::now()));
+                for _ in 0..WINDOW {
+                    c.send(request.clone()).unwrap();
+                }
+                let mut done = 0u64;
+                while start.elapsed() < RUN {
+                    let (_, reply) = c.recv().unwrap();
+                    reply.unwrap();
+                    done += 1;
+                    c.send(request.clone()).unwrap();
+                }
+                for _ in 0..WINDOW {
+                    c.recv().unwrap().1.unwrap();
+                }
+                done
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let rate = total as f64 / RUN.as_secs_f64();
+    println!(
+        "pipelined get {class}: {clients} clients x {WINDOW} in flight: {rate:>9.0} requests/s"
+    );
+}
+
+/// A whole `purveyor get system.load` process, start to exit, next to spawning `true`.
+fn one_shot() {
+    let Some(bin) = purveyor_binary() else {
+        println!("one-shot: skipped (run `cargo build --release -p purveyor` first)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("p.sock");
+    let mut daemon = Command::new(&bin)
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let run = |args: &[&str], env_socket: Option<&Path>| -> Duration {
+        let mut cmd = Command::new(&bin);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+        if let Some(s) = env_socket {
+            cmd.env("PURVEYOR_SOCKET", s);
+        } else {
+            cmd.env("PURVEYOR_SOCKET", dir.path().join("absent.sock"));
+        }
+        let t = Instant::now();
+        let status = cmd.status().unwrap();
+        assert!(status.success());
+        t.elapsed()
+    };
+    let floor = || -> Duration {
+        let t = Instant::now();
+        Command::new("true").status().unwrap();
+        t.elapsed()
+    };
+    let mut via_daemon = Vec::new();
+    let mut embedded = Vec::new();
+    let mut spawn = Vec::new();
+    for _ in 0..200 {
+        via_daemon.push(run(&["get", "system.load"], Some(&socket)));
+        embedded.push(run(&["get", "system.load"], None));
+        spawn.push(floor());
+    }
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
+    let (d50, d99) = percentiles(&mut via_daemon);
+    let (e50, e99) = percentiles(&mut embedded);
+    let (s50, _) = percentiles(&mut spawn);
+    println!(
+        "one-shot `purveyor get system.load`: daemon p50 {:.2} ms p99 {:.2} ms | embedded p50 {:.2} ms p99 {:.2} ms | spawn `true` p50 {:.2} ms",
+        ms(d50),
+        ms(d99),
+        ms(e50),
+        ms(e99),
+        ms(s50)
+    );
+}
+
+/// The real daemon's resident memory after start-up and a few requests, idle.
+fn idle_rss() {
+    let Some(bin) = purveyor_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("p.sock");
+    let mut daemon = Command::new(&bin)
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut c = client(&socket);
+    for class in [
+        "system.load",
+        "system.cpu",
+        "system.process",
+        "purveyor.provider",
+    ] {
+        c.enumerate(&ClassPath::new(class).unwrap(), &InstanceKey::new())
+            .unwrap();
+    }
+    drop(c);
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?");
+    println!(
+        "daemon idle after requests: {}",
+        rss.split_whitespace().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+fn purveyor_binary() -> Option<PathBuf> {
+    // target/release/deps/request-HASH → target/release/purveyor
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("purveyor");
+    bin.exists().then_some(bin)
+}
+
+fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -45,6 +45,8 @@ pub(crate) struct HostInner {
     registry: Registry,
     catalog: Arc<HashMap<String, BuiltinProvider>>,
     pub started: Timestamp,
+    /// This process's id, read once (getpid is a system call).
+    pub pid: u32,
     socket: Mutex<Option<PathBuf>>,
     pub connections_open: AtomicU32,
     pub connections_total: AtomicU64,
@@ -79,6 +81,7 @@ impl HostBuilder {
                 registry,
                 catalog: Arc::new(catalog),
                 started: Timestamp::now(),
+                pid: std::process::id(),
                 socket: Mutex::new(None),
                 connections_open: AtomicU32::new(0),
                 connections_total: AtomicU64::new(0),
@@ -360,12 +363,11 @@ impl Host {
 
 impl HostInner {
     pub fn status(&self) -> HostStatus {
-        let providers = &self.registry.slots;
         HostStatus {
             server: SERVER_NAME.into(),
             protocol: PROTOCOL_VERSION,
             mode: self.config.mode,
-            pid: std::process::id(),
+            pid: self.pid,
             started: self.started,
             socket: self
                 .socket
@@ -379,11 +381,8 @@ impl HostInner {
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect(),
-            providers: providers.len() as u32,
-            providers_loaded: providers
-                .values()
-                .filter(|s| s.state() == ProviderState::Loaded && s.manifest.pure)
-                .count() as u32,
+            providers: self.provider_counts().0,
+            providers_loaded: self.provider_counts().1,
             connections_open: self.connections_open.load(Ordering::Relaxed),
             connections_total: self.connections_total.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
@@ -394,6 +393,17 @@ impl HostInner {
                 .map(|p| p.to_string())
                 .collect(),
         }
+    }
+
+    /// Registered providers, and loaded pure ones (a non-pure provider may live on as a
+    /// client after release, so it is never counted as loaded).
+    pub fn provider_counts(&self) -> (u32, u32) {
+        let slots = &self.registry.slots;
+        let loaded = slots
+            .values()
+            .filter(|s| s.manifest.pure && s.state() == ProviderState::Loaded)
+            .count();
+        (slots.len() as u32, loaded as u32)
     }
 
     pub fn provider_statuses(&self) -> Vec<ProviderStatus> {

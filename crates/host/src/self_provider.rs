@@ -7,7 +7,11 @@ use purveyor_model::{ClassPath, ClassSchema, Instance, PropertyDef, Semantic, Un
 use purveyor_provider::{CallContext, Provider, ProviderError};
 
 use crate::builtin::{BuiltinProvider, Dispatch};
-use crate::engine::HostInner;
+use std::sync::atomic::Ordering;
+
+use purveyor_protocol::HostMode;
+
+use crate::engine::{HostInner, SERVER_NAME};
 
 const MANIFEST: &str = r#"
 name = "purveyor"
@@ -139,20 +143,30 @@ impl Provider for SelfProvider {
             .ok_or_else(|| ProviderError::Failed("the host has shut down".into()))?;
         match class.as_str() {
             "purveyor.host" => {
-                let s = host.status();
+                let (providers, loaded) = host.provider_counts();
+                let mode = match host.config.mode {
+                    HostMode::Daemon => "daemon",
+                    HostMode::Embedded => "embedded",
+                };
                 Ok(vec![Instance::from_pairs([
-                    ("server", Value::String(s.server)),
+                    ("server", Value::String(SERVER_NAME.into())),
+                    ("mode", Value::String(mode.into())),
+                    ("pid", Value::U64(host.pid.into())),
+                    ("started", Value::Timestamp(host.started)),
+                    ("providers", Value::U64(providers.into())),
+                    ("providers_loaded", Value::U64(loaded.into())),
                     (
-                        "mode",
-                        Value::String(format!("{:?}", s.mode).to_lowercase()),
+                        "connections_open",
+                        Value::U64(host.connections_open.load(Ordering::Relaxed).into()),
                     ),
-                    ("pid", Value::U64(s.pid.into())),
-                    ("started", Value::Timestamp(s.started)),
-                    ("providers", Value::U64(s.providers.into())),
-                    ("providers_loaded", Value::U64(s.providers_loaded.into())),
-                    ("connections_open", Value::U64(s.connections_open.into())),
-                    ("connections", Value::U64(s.connections_total)),
-                    ("requests", Value::U64(s.requests)),
+                    (
+                        "connections",
+                        Value::U64(host.connections_total.load(Ordering::Relaxed)),
+                    ),
+                    (
+                        "requests",
+                        Value::U64(host.requests.load(Ordering::Relaxed)),
+                    ),
                 ])])
             }
             "purveyor.provider" => Ok(host

@@ -1,7 +1,10 @@
 //! Validated names: identifiers, namespace paths, class paths and provider names.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,9 +52,20 @@ pub enum NameError {
 
 /// A lowercase identifier: `[a-z][a-z0-9_]*`, at most 64 bytes. Used for property, method,
 /// event and parameter names and for the segments of namespace and class paths.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Identifier(String);
+///
+/// Property names recur in every instance, so identifiers are interned per thread: making
+/// or decoding a name seen before costs a hash lookup and a reference-count increment, not
+/// an allocation and a validation. The cache is bounded ([`INTERN_LIMIT`] names per
+/// thread), so names from untrusted peers cannot grow it without limit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Identifier(Arc<str>);
+
+/// How many distinct identifiers each thread keeps interned.
+pub const INTERN_LIMIT: usize = 4096;
+
+thread_local! {
+    static INTERNED: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+}
 
 /// A dotted namespace path such as `system` or `app.web`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -75,10 +89,21 @@ pub struct ProviderName(String);
 
 impl Identifier {
     /// Validates `name` as an identifier.
-    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
-        let name = name.into();
-        check_word(&name, "identifier", false)?;
-        Ok(Self(name))
+    pub fn new(name: impl AsRef<str>) -> Result<Self, NameError> {
+        let name = name.as_ref();
+        let hit = INTERNED.with(|set| set.borrow().get(name).cloned());
+        if let Some(hit) = hit {
+            return Ok(Identifier(hit));
+        }
+        check_word(name, "identifier", false)?;
+        let id: Arc<str> = Arc::from(name);
+        INTERNED.with(|set| {
+            let mut set = set.borrow_mut();
+            if set.len() < INTERN_LIMIT {
+                set.insert(id.clone());
+            }
+        });
+        Ok(Identifier(id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -270,7 +295,47 @@ macro_rules! string_newtype {
     };
 }
 
-string_newtype!(Identifier, 0);
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Identifier {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        Self::new(s)
+    }
+}
+
+impl AsRef<str> for Identifier {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Identifier {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Identifier {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Identifier;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an identifier")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Identifier, E> {
+                Identifier::new(v).map_err(E::custom)
+            }
+        }
+        // Borrowed when the format allows it: no allocation for an interned name.
+        deserializer.deserialize_str(Visitor)
+    }
+}
 string_newtype!(NamespacePath, 0);
 string_newtype!(ClassPath, full);
 string_newtype!(ProviderName, 0);

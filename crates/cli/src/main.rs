@@ -42,7 +42,7 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Global {
-    /// Talk to the daemon on this socket (no embedded fallback) [env: PURVEYOR_SOCKET]
+    /// Talk to the daemon on this socket, with no embedded fallback (PURVEYOR_SOCKET moves the default socket; the fallback stays)
     #[arg(long, global = true, value_name = "PATH", conflicts_with = "embedded")]
     socket: Option<PathBuf>,
     /// Run a host inside this process even if a daemon is running

@@ -310,16 +310,7 @@ fn one_shot() {
     };
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("p.sock");
-    let mut daemon = Command::new(&bin)
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut daemon = start_daemon(&bin, &socket);
     let run = |args: &[&str], env_socket: Option<&Path>| -> Duration {
         let mut cmd = Command::new(&bin);
         cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null());
@@ -368,16 +359,7 @@ fn idle_rss() {
     };
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("p.sock");
-    let mut daemon = Command::new(&bin)
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(&socket).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut daemon = start_daemon(&bin, &socket);
     let mut c = client(&socket);
     for class in [
         "system.load",
@@ -401,6 +383,21 @@ fn idle_rss() {
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+/// The real `purveyor serve` on `socket`, once it accepts connections.
+fn start_daemon(bin: &Path, socket: &Path) -> Child {
+    let daemon = Command::new(bin)
+        .args(["serve", "--socket"])
+        .arg(socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(socket).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    daemon
 }
 
 fn purveyor_binary() -> Option<PathBuf> {

@@ -38,6 +38,8 @@ pub fn run(global: &Global, group_access: bool, threads: Option<usize>) -> Resul
         );
         server::serve(listener, host, shutdown_signal()).await
     });
+    // A provider call stuck on a blocking thread must not keep the daemon alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     if std::fs::metadata(&path).map(|m| m.ino()).ok() == inode {
         let _ = std::fs::remove_file(&path);
     }

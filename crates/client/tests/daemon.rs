@@ -363,9 +363,11 @@ fn errors_are_matchable() {
     match client.enumerate(&class("test.broken"), &InstanceKey::new()) {
         Err(ClientError::ProviderFailed { provider, message }) => {
             assert_eq!(provider.as_deref(), Some("broken"));
-            assert_eq!(
-                message,
-                "provider broken failed to load: the database at /nonexistent is unreachable (next attempt in 1s)"
+            assert!(
+                message.starts_with(
+                    "provider broken failed to load: the database at /nonexistent is unreachable (next attempt in "
+                ),
+                "{message}"
             );
         }
         other => panic!("{other:?}"),
@@ -373,7 +375,10 @@ fn errors_are_matchable() {
     // Within the back-off, the error says when the next attempt is.
     match client.enumerate(&class("test.broken"), &InstanceKey::new()) {
         Err(ClientError::ProviderFailed { message, .. }) => {
-            assert!(message.ends_with("(next attempt in 1s)"), "{message}")
+            assert!(
+                message.contains("unreachable (next attempt in "),
+                "{message}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -554,9 +559,17 @@ fn disconnect_mid_request_leaves_the_daemon_serving() {
         // Dropped here, while the provider is still sleeping.
     }
     assert_daemon_still_serves(&daemon);
-    std::thread::sleep(Duration::from_millis(300));
+    // The abandoned connection's task ends once its request finishes; only ours stays.
+    let mut client = daemon.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.status().unwrap().connections_open != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned connection never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_daemon_still_serves(&daemon);
-    assert_eq!(daemon.client().status().unwrap().connections_open, 1);
 }
 
 #[test]

@@ -39,7 +39,7 @@ impl Provider for SelfProvider {
         use Semantic::{Counter, Discrete, Gauge, Key};
         let p = PropertyDef::new;
         vec![
-            class(
+            ClassSchema::fixed(
                 "purveyor.host",
                 "The host process",
                 vec![
@@ -90,7 +90,7 @@ impl Provider for SelfProvider {
                     ),
                 ],
             ),
-            class(
+            ClassSchema::fixed(
                 "purveyor.provider",
                 "Each registered provider's lifecycle and calls",
                 vec![
@@ -192,15 +192,4 @@ impl Provider for SelfProvider {
             other => Err(ProviderError::NotFound(format!("no class {other}"))),
         }
     }
-}
-
-fn class(path: &str, description: &str, properties: Vec<PropertyDef>) -> ClassSchema {
-    ClassSchema::new(
-        ClassPath::new(path).expect("class path in source code is valid"),
-        description,
-        properties,
-        vec![],
-        vec![],
-    )
-    .expect("the purveyor schema is valid")
 }

@@ -158,6 +158,16 @@ impl ClassSchema {
         .try_into()
     }
 
+    /// A schema fixed in source code (a built-in provider's), with no methods or events.
+    ///
+    /// # Panics
+    /// If the path or the schema is invalid: a bug in the provider, caught by its tests.
+    pub fn fixed(path: &str, description: &str, properties: Vec<PropertyDef>) -> Self {
+        let path = ClassPath::new(path).expect("class path in source code is valid");
+        Self::new(path, description, properties, vec![], vec![])
+            .expect("schema in source code is valid")
+    }
+
     pub fn path(&self) -> &ClassPath {
         &self.raw.path
     }

@@ -1,13 +1,13 @@
 //! The schemas of the system classes.
 
-use purveyor_model::{ClassPath, ClassSchema, PropertyDef, Semantic, Unit};
+use purveyor_model::{ClassSchema, PropertyDef, Semantic, Unit};
 
 use Semantic::{Counter, Discrete, Gauge, Key};
 
 /// Every class the system provider serves.
 pub fn schemas() -> Vec<ClassSchema> {
     vec![
-        class(
+        ClassSchema::fixed(
             "system.cpu",
             "CPU time by state, for all CPUs together (cpu=total) and for each CPU (from /proc/stat)",
             vec![
@@ -58,7 +58,7 @@ pub fn schemas() -> Vec<ClassSchema> {
                 ),
             ],
         ),
-        class(
+        ClassSchema::fixed(
             "system.memory",
             "Memory use (from /proc/meminfo)",
             vec![
@@ -84,7 +84,7 @@ pub fn schemas() -> Vec<ClassSchema> {
                 p("swap_free", "u64", Unit::Bytes, Gauge, "unused swap space"),
             ],
         ),
-        class(
+        ClassSchema::fixed(
             "system.load",
             "Run-queue load averages (from /proc/loadavg)",
             vec![
@@ -126,7 +126,7 @@ pub fn schemas() -> Vec<ClassSchema> {
                 ),
             ],
         ),
-        class(
+        ClassSchema::fixed(
             "system.process",
             "Processes (from /proc/PID/stat)",
             vec![
@@ -172,7 +172,7 @@ pub fn schemas() -> Vec<ClassSchema> {
                 ),
             ],
         ),
-        class(
+        ClassSchema::fixed(
             "system.disk",
             "Block device I/O (from /proc/diskstats)",
             vec![
@@ -217,7 +217,7 @@ pub fn schemas() -> Vec<ClassSchema> {
                 ),
             ],
         ),
-        class(
+        ClassSchema::fixed(
             "system.net",
             "Network interfaces (from /proc/net/dev and /sys/class/net)",
             vec![
@@ -257,7 +257,7 @@ pub fn schemas() -> Vec<ClassSchema> {
                 ),
             ],
         ),
-        class(
+        ClassSchema::fixed(
             "system.host",
             "Host facts (from /proc/sys/kernel, /proc/uptime and /sys/devices/system/cpu)",
             vec![
@@ -282,17 +282,6 @@ pub fn schemas() -> Vec<ClassSchema> {
             ],
         ),
     ]
-}
-
-fn class(path: &str, description: &str, properties: Vec<PropertyDef>) -> ClassSchema {
-    ClassSchema::new(
-        ClassPath::new(path).expect("class path in source code is valid"),
-        description,
-        properties,
-        vec![],
-        vec![],
-    )
-    .expect("system schema is valid")
 }
 
 fn p(name: &str, ty: &str, unit: Unit, semantic: Semantic, description: &str) -> PropertyDef {

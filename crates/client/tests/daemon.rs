@@ -612,6 +612,32 @@ fn json_speaker_with_only_a_standard_library_gets_answers() {
 }
 
 #[test]
+fn requests_sent_right_behind_the_hello_are_answered() {
+    let daemon = Daemon::with_test_providers();
+    let mut s = UnixStream::connect(&daemon.path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut bytes = Vec::new();
+    for payload in [
+        &br#"{"protocol":1,"encoding":"json"}"#[..],
+        br#"{"request":{"id":1,"request":"ping"}}"#,
+        br#"{"request":{"id":2,"request":"ping"}}"#,
+    ] {
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(payload);
+    }
+    s.write_all(&bytes).unwrap(); // one write: hello and two requests
+    let _welcome = read_frame(&mut s).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let reply = String::from_utf8(read_frame(&mut s).unwrap()).unwrap();
+        assert!(reply.contains(r#""outcome":{"ok":"pong"}"#), "{reply}");
+        ids.push(reply.contains(r#""id":1"#));
+    }
+    ids.sort();
+    assert_eq!(ids, vec![false, true]);
+}
+
+#[test]
 fn json_and_binary_encodings_give_the_same_answers() {
     let daemon = Daemon::standard();
     let mut binary = daemon.client_with(Encoding::Binary);

@@ -8,7 +8,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use purveyor_protocol::{
     ClientMessage, Encoding, ErrorCode, FrameBuffer, Hello, Outcome, PROTOCOL_MINOR,
-    PROTOCOL_VERSION, RemoteError, ServerMessage, Welcome, decode, encode_frame,
+    PROTOCOL_VERSION, RemoteError, Request, ServerMessage, Welcome, decode, encode_frame,
 };
 use purveyor_provider::Caller;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,9 +117,24 @@ impl Connection {
             return Ok(());
         };
 
+        let answer = |rid: u32, request: Request| {
+            let host = host.clone();
+            async move {
+                let outcome = match host.handle(request, &caller).await {
+                    Ok(response) => Outcome::Ok(response),
+                    Err(error) => Outcome::Err(error),
+                };
+                (rid, outcome)
+            }
+        };
         let mut in_flight = FuturesUnordered::new();
         let mut reading = true;
         let mut goodbye: Option<RemoteError> = None;
+        // Requests the client sent right behind its hello are already buffered.
+        if let Err(message) = start_requests(&mut frames, encoding, &mut in_flight, &answer) {
+            goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
+            reading = false;
+        }
         loop {
             if !reading && in_flight.is_empty() {
                 break;
@@ -148,31 +163,10 @@ impl Connection {
                         continue;
                     }
                     frames.filled(n);
-                    loop {
-                        let message = match frames.next_frame() {
-                            Ok(None) => break,
-                            Ok(Some(payload)) => decode::<ClientMessage>(encoding, payload)
-                                .map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        match message {
-                            Ok(ClientMessage::Request { id: rid, request }) => {
-                                let host = host.clone();
-                                in_flight.push(async move {
-                                    let outcome = match host.handle(request, &caller).await {
-                                        Ok(response) => Outcome::Ok(response),
-                                        Err(error) => Outcome::Err(error),
-                                    };
-                                    (rid, outcome)
-                                });
-                            }
-                            Err(message) => {
-                                tracing::warn!(connection = id, %message, "bad frame; closing the connection");
-                                goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
-                                reading = false;
-                                break;
-                            }
-                        }
+                    if let Err(message) = start_requests(&mut frames, encoding, &mut in_flight, &answer) {
+                        tracing::warn!(connection = id, %message, "bad frame; closing the connection");
+                        goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
+                        reading = false;
                     }
                 }
                 _ = stop.changed(), if reading => {
@@ -191,6 +185,22 @@ impl Connection {
         let _ = wr.shutdown().await;
         Ok(())
     }
+}
+
+/// Starts a request for every complete frame in `frames`. A frame that is oversized or
+/// does not decode is an error: the connection must close.
+fn start_requests<F>(
+    frames: &mut FrameBuffer,
+    encoding: Encoding,
+    in_flight: &mut FuturesUnordered<F>,
+    answer: &impl Fn(u32, Request) -> F,
+) -> Result<(), String> {
+    while let Some(payload) = frames.next_frame().map_err(|e| e.to_string())? {
+        match decode::<ClientMessage>(encoding, payload).map_err(|e| e.to_string())? {
+            ClientMessage::Request { id, request } => in_flight.push(answer(id, request)),
+        }
+    }
+    Ok(())
 }
 
 /// Reads the client's hello and answers it. `None` when the connection should close (the

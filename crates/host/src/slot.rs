@@ -2,10 +2,12 @@
 //! failed with a back-off before the next attempt (see `docs/lifecycle.md`).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use purveyor_model::{ClassPath, ClassSchema, ProviderState, Timestamp};
 use purveyor_protocol::{ErrorCode, ProviderStatus, RemoteError};
 use purveyor_provider::Provider;
@@ -111,7 +113,17 @@ impl Slot {
                         let slot = self.clone();
                         let loading = load(slot.clone());
                         tokio::spawn(async move {
-                            let result = loading.await;
+                            // Whatever happens, the slot leaves `loading`: a panic in the
+                            // loader becomes a failed load, so waiters are never stranded.
+                            let result = AssertUnwindSafe(loading)
+                                .catch_unwind()
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(slot.error(
+                                        ErrorCode::Internal,
+                                        format!("loading provider {} panicked", slot.manifest.name),
+                                    ))
+                                });
                             slot.finish_load(result, attempts);
                             drop(tx);
                         });

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey, NamespacePath};
 use purveyor_protocol::{
@@ -36,6 +37,9 @@ struct SocketConn {
     max_frame: u32,
     /// Replies that arrived while waiting for another.
     early: HashMap<u32, Result<Response, ClientError>>,
+    /// For messages: the daemon's socket and how long a reply may take.
+    path: PathBuf,
+    reply_timeout: Duration,
 }
 
 #[cfg(feature = "embedded")]
@@ -89,12 +93,13 @@ impl Client {
             {
                 break parse_welcome(payload, options.encoding)?;
             }
-            let n = read_some(&mut stream, &mut frames, options)?;
-            if n == 0 {
-                return Err(ClientError::protocol(
-                    "the daemon closed the connection during the handshake",
-                ));
-            }
+            read_some(
+                &mut stream,
+                &mut frames,
+                path,
+                options.reply_timeout,
+                "the handshake",
+            )?;
         };
         Ok(Client {
             transport: Transport::Socket(SocketConn {
@@ -104,6 +109,8 @@ impl Client {
                 encoding: options.encoding,
                 max_frame: welcome.max_frame,
                 early: HashMap::new(),
+                path: path.to_owned(),
+                reply_timeout: options.reply_timeout,
             }),
             mode: Mode::Daemon {
                 socket: path.to_owned(),
@@ -116,7 +123,10 @@ impl Client {
     fn embedded(options: &ConnectOptions) -> Result<Client, ClientError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(|e| ClientError::Internal {
+                message: format!("cannot start the embedded host's runtime: {e}"),
+            })?;
         let host = crate::default_host(
             purveyor_protocol::HostMode::Embedded,
             options.provider_dirs.clone(),
@@ -282,41 +292,41 @@ impl SocketConn {
                     Incoming::Goodbye(error) => return Err(error),
                 }
             }
-            let spare = self.frames.spare();
-            let n = match self.stream.read(spare) {
-                Ok(n) => n,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(ClientError::Timeout {
-                        provider: None,
-                        message: "the daemon did not answer in time".into(),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                return Err(ClientError::protocol("the daemon closed the connection"));
-            }
-            self.frames.filled(n);
+            read_some(
+                &mut self.stream,
+                &mut self.frames,
+                &self.path,
+                self.reply_timeout,
+                "a request",
+            )?;
         }
     }
 }
 
+/// Reads what has arrived into `frames`. A timeout, or the daemon closing the connection,
+/// is an error that names the socket and what was awaited.
 fn read_some(
     stream: &mut UnixStream,
     frames: &mut FrameBuffer,
-    options: &ConnectOptions,
-) -> Result<usize, ClientError> {
+    path: &Path,
+    timeout: Duration,
+    awaiting: &str,
+) -> Result<(), ClientError> {
     match stream.read(frames.spare()) {
+        Ok(0) => Err(ClientError::protocol(format!(
+            "the daemon at {} closed the connection during {awaiting}",
+            path.display()
+        ))),
         Ok(n) => {
             frames.filled(n);
-            Ok(n)
+            Ok(())
         }
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
             Err(ClientError::Timeout {
                 provider: None,
                 message: format!(
-                    "the daemon did not answer the handshake within {:?}",
-                    options.reply_timeout
+                    "the daemon at {} did not answer {awaiting} within {timeout:?}",
+                    path.display()
                 ),
             })
         }

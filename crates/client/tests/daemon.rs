@@ -393,6 +393,12 @@ fn errors_are_matchable() {
         .find(|p| p.name.as_str() == "broken")
         .unwrap();
     assert_eq!(broken.state, purveyor_model::ProviderState::Failed);
+    // One panicking and one lying call: each counted once, as a call and as an error.
+    let faulty = providers
+        .iter()
+        .find(|p| p.name.as_str() == "faulty")
+        .unwrap();
+    assert_eq!((faulty.calls, faulty.errors), (2, 2));
     assert!(
         broken
             .last_error

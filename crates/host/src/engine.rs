@@ -363,6 +363,7 @@ impl Host {
 
 impl HostInner {
     pub fn status(&self) -> HostStatus {
+        let (providers, providers_loaded) = self.provider_counts();
         HostStatus {
             server: SERVER_NAME.into(),
             protocol: PROTOCOL_VERSION,
@@ -381,8 +382,8 @@ impl HostInner {
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect(),
-            providers: self.provider_counts().0,
-            providers_loaded: self.provider_counts().1,
+            providers,
+            providers_loaded,
             connections_open: self.connections_open.load(Ordering::Relaxed),
             connections_total: self.connections_total.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
@@ -558,7 +559,7 @@ fn check_answer(
                     slot.manifest.name
                 ),
             );
-            slot.record_call(Some(&error));
+            slot.record_error(&error);
             return Err(error);
         }
     }

@@ -199,7 +199,8 @@ impl Slot {
         }
     }
 
-    fn record_error(&self, error: &RemoteError) {
+    /// Records a failure that is not a call of its own (a failed load, a bad answer).
+    pub fn record_error(&self, error: &RemoteError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut last = self
             .last_error

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClassSchema, Identifier, Semantic, Value};
+use crate::{ClassSchema, Identifier, Value};
 
 /// The values of one instance of a class, by property name. JSON form: an object
 /// `{"cpu": {"string": "cpu0"}, "user": {"f64": 12.5}}`.
@@ -167,28 +167,12 @@ impl InstanceKey {
         Ok(key)
     }
 
-    /// Whether `schema` declares every property this selector names, with its key semantic
-    /// or not. Used by the host to refuse selectors on unknown properties.
+    /// The first property this selector names that `schema` does not declare, if any.
+    /// The host refuses selectors on unknown properties.
     pub fn unknown_property<'a>(&'a self, schema: &ClassSchema) -> Option<&'a Identifier> {
         self.values
             .keys()
             .find(|name| schema.property(name.as_str()).is_none())
-    }
-
-    /// The selector's values that are key properties of `schema`.
-    pub fn key_part(&self, schema: &ClassSchema) -> InstanceKey {
-        InstanceKey {
-            values: self
-                .values
-                .iter()
-                .filter(|(name, _)| {
-                    schema
-                        .property(name.as_str())
-                        .is_some_and(|p| p.semantic == Semantic::Key)
-                })
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .collect(),
-        }
     }
 }
 
@@ -211,7 +195,7 @@ impl fmt::Display for InstanceKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ClassPath, PropertyDef, Unit};
+    use crate::{ClassPath, PropertyDef, Semantic, Unit};
 
     fn schema() -> ClassSchema {
         ClassSchema::new(

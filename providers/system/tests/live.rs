@@ -14,6 +14,14 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// The `n`th whitespace-separated word of `text`, parsed.
+fn word<T: std::str::FromStr>(text: &str, n: usize) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    text.split_whitespace().nth(n).unwrap().parse().unwrap()
+}
+
 fn f64_of(instance: &purveyor_model::Instance, name: &str) -> f64 {
     instance.get(name).and_then(Value::as_f64).unwrap()
 }
@@ -25,16 +33,7 @@ fn ticks() -> f64 {
 
 #[test]
 fn cpu_total_user_time_lies_between_two_reads_of_proc_stat() {
-    let user_ticks = |text: &str| -> f64 {
-        text.lines()
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let user_ticks = |text: &str| -> f64 { word(text.lines().next().unwrap(), 1) };
     let before = user_ticks(&read("/proc/stat"));
     let list = enumerate("system.cpu");
     let after = user_ticks(&read("/proc/stat"));
@@ -57,15 +56,7 @@ fn cpu_total_user_time_lies_between_two_reads_of_proc_stat() {
 #[test]
 fn memory_total_equals_meminfo() {
     let meminfo = read("/proc/meminfo");
-    let kb: u64 = meminfo
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let kb: u64 = word(meminfo.lines().next().unwrap(), 1);
     let list = enumerate("system.memory");
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].get("total"), Some(&Value::U64(kb * 1024)));
@@ -77,7 +68,7 @@ fn load_equals_loadavg() {
     let list = enumerate("system.load");
     let after = read("/proc/loadavg");
     let load1 = f64_of(&list[0], "load1");
-    let first = |t: &str| -> f64 { t.split_whitespace().next().unwrap().parse().unwrap() };
+    let first = |t: &str| -> f64 { word(t, 0) };
     assert!(
         load1 == first(&before) || load1 == first(&after),
         "{load1} vs {before} / {after}"
@@ -130,14 +121,7 @@ fn loopback_counters_lie_between_two_reads_of_net_dev() {
             .lines()
             .find(|l| l.trim_start().starts_with("lo:"))
             .unwrap();
-        line.split_once(':')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        word(line.split_once(':').unwrap().1, 0)
     };
     let before = lo_rx(&read("/proc/net/dev"));
     let list = enumerate("system.net");
@@ -187,12 +171,7 @@ fn host_facts_match_kernel_files() {
             read("/proc/sys/kernel/osrelease").trim().into()
         ))
     );
-    let uptime: f64 = read("/proc/uptime")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let uptime: f64 = word(&read("/proc/uptime"), 0);
     assert!((f64_of(host, "uptime") - uptime).abs() < 5.0);
     let online = std::thread::available_parallelism()
         .map(|n| n.get() as u64)

@@ -31,6 +31,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list`: nothing to list for a custom harness.
     }
+    if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "in-process") {
+        in_process();
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::spawn(dir.path());
     let daemon = dir.path().join("daemon.sock");
@@ -40,10 +44,21 @@ fn main() {
         "# purveyor request benchmark ({} round trips each, interleaved)",
         ROUNDS * PER_ROUND
     );
+    // `PURVEYOR_BENCH_ONLY=latency` stops after the latency figures (for profiling).
+    let only_latency = std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "latency");
     // The transport and server loop alone, with no provider work.
     latency_of(&daemon, &echo, "ping", Request::Ping);
-    for class in ["purveyor.host", "system.load"] {
+    // `PURVEYOR_BENCH_CLASS=C` measures one class's latency instead of both.
+    let classes = match std::env::var("PURVEYOR_BENCH_CLASS") {
+        Ok(class) => vec![class],
+        Err(_) => vec!["purveyor.host".to_string(), "system.load".to_string()],
+    };
+    for class in &classes {
         latency(&daemon, &echo, class);
+    }
+    if only_latency {
+        server.stop();
+        return;
     }
     in_process();
     throughput(&daemon, "purveyor.host", 4);
@@ -58,7 +73,10 @@ fn child(dir: &Path) {
     let echo = UnixListener::bind(dir.join("echo.sock")).unwrap();
     std::thread::spawn(move || {
         for stream in echo.incoming().flatten() {
-            std::thread::spawn(move || echo_connection(stream));
+            std::thread::Builder::new()
+                .name("echo".into())
+                .spawn(move || echo_connection(stream))
+                .unwrap();
         }
     });
     let runtime = match std::env::var("PURVEYOR_BENCH_THREADS")
@@ -245,7 +263,7 @@ fn in_process() {
             class: ClassPath::new(class).unwrap(),
             key: InstanceKey::new(),
         };
-        let n = 100_000;
+        let n = 1_000_000;
         let elapsed = runtime.block_on(async {
             host.handle(request.clone(), &caller).await.unwrap();
             let t = Instant::now();

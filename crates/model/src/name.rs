@@ -57,14 +57,44 @@ pub enum NameError {
 /// or decoding a name seen before costs a hash lookup and a reference-count increment, not
 /// an allocation and a validation. The cache is bounded ([`INTERN_LIMIT`] names per
 /// thread), so names from untrusted peers cannot grow it without limit.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// Equality and order compare the names; two handles to the same interned name compare
+/// equal without reading it.
+#[derive(Debug, Clone, Hash)]
 pub struct Identifier(Arc<str>);
+
+impl PartialEq for Identifier {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Eq for Identifier {}
+
+impl PartialOrd for Identifier {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Identifier {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.cmp(&other.0)
+        }
+    }
+}
 
 /// How many distinct identifiers each thread keeps interned.
 pub const INTERN_LIMIT: usize = 4096;
 
 thread_local! {
-    static INTERNED: RefCell<HashSet<Arc<str>>> = RefCell::new(HashSet::new());
+    // foldhash: fast on short names, and seeded per process so a peer cannot choose
+    // names that collide.
+    static INTERNED: RefCell<HashSet<Arc<str>, foldhash::fast::RandomState>> =
+        RefCell::new(HashSet::default());
 }
 
 /// A dotted namespace path such as `system` or `app.web`.

@@ -104,8 +104,17 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// List every registered provider with its state and statistics
-    Providers,
+    /// List every registered provider with its state and statistics, or enable one
+    #[command(
+        after_help = "Examples:\n  purveyor providers\n  purveyor providers --json\n  purveyor providers enable crashy     after a quarantine"
+    )]
+    Providers {
+        #[command(subcommand)]
+        action: Option<ProvidersAction>,
+    },
+    /// Serve isolated provider libraries over stdin/stdout (started by the daemon)
+    #[command(hide = true)]
+    Worker,
     /// Run the daemon
     #[command(
         after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers"
@@ -128,6 +137,12 @@ enum Command {
         /// A directory of manifests, or one manifest file (default: the configured directories)
         path: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum ProvidersAction {
+    /// Let a quarantined provider load again
+    Enable { name: String },
 }
 
 fn main() -> ExitCode {
@@ -180,7 +195,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 global.json,
             )
         }
-        Command::Providers => {
+        Command::Worker => Ok(ExitCode::from(
+            purveyor_host::worker::run().clamp(0, 255) as u8
+        )),
+        Command::Providers {
+            action: Some(ProvidersAction::Enable { name }),
+        } => {
+            let name = purveyor_model::ProviderName::new(name)?;
+            let mut client = connect(&global)?;
+            let providers = client.enable_provider(&name)?;
+            if global.json {
+                print_json(&providers)?;
+            } else {
+                out(&format!("provider {name} enabled; it loads on its next request\n"))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Providers { action: None } => {
             let mut client = connect(&global)?;
             let providers = client.providers()?;
             if global.json {

@@ -229,24 +229,33 @@ pub fn unit_name(unit: Unit) -> &'static str {
 
 pub fn providers(list: &[ProviderStatus]) -> String {
     let mut t = table(vec![
-        "PROVIDER", "HOSTING", "STATE", "LOADS", "UNLOADS", "CALLS", "ERRORS", "LAST USE",
-        "CLASSES",
+        "PROVIDER", "HOSTING", "STATE", "PID", "LOADS", "UNLOADS", "CALLS", "ERRORS", "CRASHES",
+        "UNLOAD IN", "LAST USE", "CLASSES",
     ]);
     for p in list {
         let classes: Vec<&str> = p.classes.iter().map(|c| c.as_str()).collect();
+        let state = match (p.state, p.in_flight) {
+            (purveyor_model::ProviderState::Loaded, 0) => "idle".to_string(),
+            (state, _) => state.to_string(),
+        };
         t.add_row(vec![
             p.name.to_string(),
             p.hosting.to_string(),
-            p.state.to_string(),
+            state,
+            p.pid.map_or("-".into(), |pid| pid.to_string()),
             p.loads.to_string(),
             p.unloads.to_string(),
             p.calls.to_string(),
             p.errors.to_string(),
+            p.crashes.to_string(),
+            p.unload_in_ms.map_or("-".into(), |ms| {
+                humantime::format_duration(Duration::from_millis(ms / 1000 * 1000)).to_string()
+            }),
             p.last_use.map_or("-".into(), |t| timestamp(t.0)),
             classes.join(","),
         ]);
     }
-    for column in 3..=6 {
+    for column in 3..=8 {
         align_right(&mut t, column);
     }
     let mut text = table_text(&t);

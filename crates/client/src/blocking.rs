@@ -276,6 +276,14 @@ impl Client {
     pub fn providers(&mut self) -> Result<Vec<ProviderStatus>, ClientError> {
         typed::providers(self.request(Request::ListProviders)?)
     }
+
+    /// Lets a quarantined provider load again; returns its status.
+    pub fn enable_provider(
+        &mut self,
+        name: &purveyor_model::ProviderName,
+    ) -> Result<Vec<ProviderStatus>, ClientError> {
+        typed::providers(self.request(Request::EnableProvider { name: name.clone() })?)
+    }
 }
 
 impl SocketConn {

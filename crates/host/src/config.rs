@@ -22,6 +22,14 @@ pub struct HostConfig {
     /// How many requests one connection may have in flight before the server stops reading
     /// from it.
     pub max_in_flight: usize,
+    /// The `purveyor` binary run as `purveyor worker` for isolated providers. `None`: the
+    /// `PURVEYOR_WORKER` variable, else this executable if it is `purveyor`, else a
+    /// `purveyor` beside this executable or one directory up.
+    pub worker_program: Option<PathBuf>,
+    /// A provider whose process crashes this many times within `crash_window` is
+    /// quarantined until `purveyor providers enable NAME`.
+    pub quarantine_crashes: u32,
+    pub crash_window: Duration,
 }
 
 impl HostConfig {
@@ -36,6 +44,9 @@ impl HostConfig {
             handshake_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
             max_in_flight: 1024,
+            worker_program: None,
+            quarantine_crashes: 3,
+            crash_window: Duration::from_secs(60),
         }
     }
 
@@ -64,4 +75,33 @@ fn default_provider_dirs() -> Vec<PathBuf> {
     }
     dirs.push(PathBuf::from("/etc/purveyor/providers"));
     dirs
+}
+
+impl HostConfig {
+    /// The program to run as `PROGRAM worker` (see [`HostConfig::worker_program`]).
+    pub fn worker_program(&self) -> Result<PathBuf, String> {
+        if let Some(p) = &self.worker_program {
+            return Ok(p.clone());
+        }
+        if let Some(p) = std::env::var_os("PURVEYOR_WORKER") {
+            return Ok(PathBuf::from(p));
+        }
+        let exe = std::env::current_exe()
+            .map_err(|e| format!("cannot find this executable to run workers: {e}"))?;
+        if exe.file_name().is_some_and(|n| n == "purveyor") {
+            return Ok(exe);
+        }
+        // Beside it, or one directory up (test binaries live in target/*/deps).
+        let candidates = exe.parent().into_iter().chain(exe.parent().and_then(|p| p.parent()));
+        for dir in candidates {
+            let candidate = dir.join("purveyor");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+        Err(format!(
+            "no purveyor binary found to run isolated providers (looked beside {}); set PURVEYOR_WORKER to its path",
+            exe.display()
+        ))
+    }
 }

@@ -12,10 +12,12 @@ use futures_util::future::join_all;
 use purveyor_model::{
     Capability, ClassPath, ClassSchema, Instance, InstanceKey, ProviderState, Timestamp,
 };
+use purveyor_model::Hosting;
 use purveyor_protocol::{
-    ClassList, ErrorCode, HostStatus, InstanceList, PROTOCOL_VERSION, ProviderStatus, RemoteError,
-    Request, Response,
+    CallerInfo, ClassList, Encoding, ErrorCode, HostStatus, InstanceList, PROTOCOL_VERSION,
+    ProviderCall, ProviderReply, ProviderStatus, RemoteError, Request, Response,
 };
+use purveyor_provider::abi::{from_fault, serve_call};
 use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
 
 use crate::builtin::{BuiltinProvider, Dispatch};
@@ -23,7 +25,9 @@ use crate::config::HostConfig;
 use crate::manifest::{Entry, ManifestError};
 use crate::registry::Registry;
 use crate::self_provider;
-use crate::slot::{LoadResult, Loaded, SchemaSet, Slot};
+use crate::library::LibraryProvider;
+use crate::process::{CallFailure, ProcessConn};
+use crate::slot::{Backend, LoadResult, Loaded, Lost, SchemaSet, Slot};
 
 /// `purveyor/0.1.0`: how the host names itself in handshakes and status.
 pub const SERVER_NAME: &str = concat!("purveyor/", env!("CARGO_PKG_VERSION"));
@@ -52,6 +56,8 @@ pub(crate) struct HostInner {
     pub connections_total: AtomicU64,
     pub requests: AtomicU64,
     shutting_down: AtomicBool,
+    /// Shared workers by host group. Held across a spawn so one group gets one worker.
+    groups: tokio::sync::Mutex<HashMap<String, std::sync::Weak<ProcessConn>>>,
 }
 
 impl HostBuilder {
@@ -87,6 +93,7 @@ impl HostBuilder {
                 connections_total: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
+                groups: tokio::sync::Mutex::new(HashMap::new()),
             }
         });
         Host { inner }
@@ -129,6 +136,7 @@ impl Host {
             Request::Ping => Ok(Response::Pong),
             Request::Status => Ok(Response::Status(self.inner.status())),
             Request::ListProviders => Ok(Response::Providers(self.inner.provider_statuses())),
+            Request::EnableProvider { name } => self.enable_provider(&name),
             Request::ListClasses { namespace } => self.list_classes(namespace).await,
             Request::Describe { class } => {
                 let (_, loaded) = self.loaded_for(&class, None).await?;
@@ -145,11 +153,40 @@ impl Host {
         }
     }
 
-    /// Stops taking requests and releases every loaded provider, running cleanup hooks.
+    /// Stops taking requests and releases every loaded provider in parallel, running
+    /// cleanup hooks, within the shutdown grace period; then kills any provider process
+    /// still running. (In-daemon providers still in a call are cut off.)
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
         let slots = self.inner.registry.slots.values();
-        join_all(slots.map(|slot| slot.release("host shutdown"))).await;
+        let released = tokio::time::timeout(
+            self.inner.config.shutdown_grace,
+            join_all(slots.map(|slot| slot.release("host shutdown"))),
+        )
+        .await;
+        if released.is_err() {
+            tracing::warn!("providers still releasing after the grace period; killing their processes");
+        }
+        for slot in self.inner.registry.slots.values() {
+            slot.kill_process();
+        }
+    }
+
+    fn enable_provider(&self, name: &purveyor_model::ProviderName) -> Result<Response, RemoteError> {
+        let Some(slot) = self.inner.registry.slots.get(name) else {
+            return Err(RemoteError::new(
+                ErrorCode::NotFound,
+                format!("no provider named {name}"),
+            ));
+        };
+        if !slot.enable() {
+            return Err(slot.error(
+                ErrorCode::InvalidRequest,
+                format!("provider {name} is not quarantined (it is {})", slot.state()),
+            ));
+        }
+        tracing::info!(provider = %name, "provider enabled after quarantine");
+        Ok(Response::Providers(vec![slot.status()]))
     }
 
     async fn list_classes(
@@ -205,16 +242,19 @@ impl Host {
         check_selector(&schema, &selector)?;
         let use_get = selector.is_full_key(&schema) && slot.manifest.offers(Capability::Get);
         let instances = if use_get {
-            let (c, k) = (class.clone(), selector.clone());
-            self.call(&slot, &loaded, caller, move |p, ctx| p.get(&c, &k, ctx))
+            let call = ProviderCall::Get {
+                class: class.clone(),
+                key: selector,
+            };
+            self.get_call(&slot, &loaded, caller, call)
                 .await?
                 .into_iter()
                 .collect()
         } else {
-            let c = class.clone();
-            let mut all = self
-                .call(&slot, &loaded, caller, move |p, ctx| p.enumerate(&c, ctx))
-                .await?;
+            let call = ProviderCall::Enumerate {
+                class: class.clone(),
+            };
+            let mut all = self.enumerate_call(&slot, &loaded, caller, call).await?;
             all.retain(|i| i.matches(&selector));
             all
         };
@@ -246,12 +286,16 @@ impl Host {
             ));
         }
         let found = if slot.manifest.offers(Capability::Get) {
-            let (c, k) = (class.clone(), key.clone());
-            self.call(&slot, &loaded, caller, move |p, ctx| p.get(&c, &k, ctx))
-                .await?
+            let call = ProviderCall::Get {
+                class: class.clone(),
+                key: key.clone(),
+            };
+            self.get_call(&slot, &loaded, caller, call).await?
         } else if slot.manifest.offers(Capability::Enumerate) {
-            let c = class.clone();
-            self.call(&slot, &loaded, caller, move |p, ctx| p.enumerate(&c, ctx))
+            let call = ProviderCall::Enumerate {
+                class: class.clone(),
+            };
+            self.enumerate_call(&slot, &loaded, caller, call)
                 .await?
                 .into_iter()
                 .find(|i| i.matches(&key))
@@ -304,61 +348,158 @@ impl Host {
     }
 
     async fn acquire(&self, slot: &Arc<Slot>) -> Result<Arc<Loaded>, RemoteError> {
-        let catalog = self.inner.catalog.clone();
-        slot.acquire(move |slot| load(catalog.clone(), slot)).await
+        let host = &self.inner;
+        slot.acquire(move |slot| load(host.clone(), slot)).await
     }
 
-    /// Calls the provider by its dispatch mode, under `catch_unwind`, within its deadline,
-    /// and records the outcome.
-    async fn call<T, F>(
+    async fn get_call(
         &self,
         slot: &Arc<Slot>,
         loaded: &Arc<Loaded>,
         caller: &Caller,
-        f: F,
-    ) -> Result<T, RemoteError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Provider, &CallContext) -> Result<T, ProviderError> + Send + 'static,
-    {
+        call: ProviderCall,
+    ) -> Result<Option<Instance>, RemoteError> {
+        match self.call(slot, loaded, caller, call).await? {
+            ProviderReply::Instance(found) => Ok(found),
+            other => Err(unexpected(slot, "get", &other)),
+        }
+    }
+
+    async fn enumerate_call(
+        &self,
+        slot: &Arc<Slot>,
+        loaded: &Arc<Loaded>,
+        caller: &Caller,
+        call: ProviderCall,
+    ) -> Result<Vec<Instance>, RemoteError> {
+        match self.call(slot, loaded, caller, call).await? {
+            ProviderReply::Instances(all) => Ok(all),
+            other => Err(unexpected(slot, "enumerate", &other)),
+        }
+    }
+
+    /// Calls the provider wherever it runs, under `catch_unwind` or in its own process,
+    /// within its deadline, and records the outcome. A provider error in the reply becomes
+    /// the returned error.
+    async fn call(
+        &self,
+        slot: &Arc<Slot>,
+        loaded: &Arc<Loaded>,
+        caller: &Caller,
+        call: ProviderCall,
+    ) -> Result<ProviderReply, RemoteError> {
         let timeout = slot.manifest.call_timeout;
-        let ctx = CallContext {
-            caller: *caller,
-            deadline: Some(Instant::now() + timeout),
-        };
         let name = &slot.manifest.name;
-        let result = match loaded.dispatch {
-            Dispatch::Inline => catch_unwind(AssertUnwindSafe(|| f(&*loaded.provider, &ctx)))
-                .map_err(|panic| panicked(slot, &panic)),
-            Dispatch::Blocking => {
-                let provider = loaded.provider.clone();
+        slot.begin_call();
+        let result = match &loaded.backend {
+            Backend::Local {
+                provider,
+                dispatch: Dispatch::Inline,
+            } => {
+                let ctx = CallContext {
+                    caller: *caller,
+                    deadline: Some(Instant::now() + timeout),
+                };
+                catch_unwind(AssertUnwindSafe(|| serve_call(&**provider, &call, &ctx)))
+                    .map_err(|panic| panicked(slot, &panic))
+            }
+            Backend::Local {
+                provider,
+                dispatch: Dispatch::Blocking,
+            } => {
+                let provider = provider.clone();
+                let ctx = CallContext {
+                    caller: *caller,
+                    deadline: Some(Instant::now() + timeout),
+                };
                 let task = tokio::task::spawn_blocking(move || {
-                    catch_unwind(AssertUnwindSafe(|| f(&*provider, &ctx)))
+                    catch_unwind(AssertUnwindSafe(|| serve_call(&*provider, &call, &ctx)))
                 });
                 match tokio::time::timeout(timeout, task).await {
-                    Ok(Ok(Ok(result))) => Ok(result),
+                    Ok(Ok(Ok(reply))) => Ok(reply),
                     Ok(Ok(Err(panic))) => Err(panicked(slot, &panic)),
                     Ok(Err(join)) => Err(slot.error(
                         ErrorCode::Internal,
                         format!("provider {name}: call task failed: {join}"),
                     )),
-                    Err(_) => Err(slot.error(
-                        ErrorCode::Timeout,
-                        format!(
+                    Err(_) => {
+                        let error = slot.error(
+                            ErrorCode::Timeout,
+                            format!(
+                                "provider {name} did not answer within {}",
+                                humantime::format_duration(timeout)
+                            ),
+                        );
+                        if slot.manifest.hosting == Hosting::InDaemon {
+                            // Its thread may be stuck inside it for good: stop using it.
+                            let mut failed = error.clone();
+                            failed.message = format!(
+                                "{}; marked failed, since an in-daemon provider cannot be stopped",
+                                failed.message
+                            );
+                            slot.lost(loaded, Lost::Failed(failed));
+                        }
+                        Err(error)
+                    }
+                }
+            }
+            Backend::Process {
+                conn,
+                name: in_process,
+            } => {
+                let who = CallerInfo {
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    pid: caller.pid,
+                };
+                match conn.call(in_process, who, timeout, call).await {
+                    Ok(reply) => Ok(reply),
+                    Err(CallFailure::Died(why)) => {
+                        slot.lost(loaded, Lost::Crashed(why.clone()));
+                        Err(slot.error(
+                            ErrorCode::ProviderFailed,
+                            format!("provider {name} crashed: {why}"),
+                        ))
+                    }
+                    Err(CallFailure::Timeout) => {
+                        let message = format!(
                             "provider {name} did not answer within {}",
                             humantime::format_duration(timeout)
-                        ),
-                    )),
+                        );
+                        conn.kill(format!("{} was killed: {message}", conn.label));
+                        slot.lost(loaded, Lost::Killed);
+                        Err(slot.error(
+                            ErrorCode::Timeout,
+                            format!("{message}; its process was killed and restarts on next use"),
+                        ))
+                    }
                 }
             }
         };
-        let result = result.and_then(|r| r.map_err(|e| provider_error(slot, e)));
+        slot.end_call();
+        let result = result.and_then(|reply| match reply {
+            ProviderReply::Error(fault) => Err(provider_error(slot, from_fault(fault))),
+            other => Ok(other),
+        });
         slot.record_call(result.as_ref().err());
         if let Err(error) = &result {
             tracing::debug!(provider = %name, %error, "provider call failed");
         }
         result
     }
+}
+
+fn unexpected(slot: &Slot, what: &str, reply: &ProviderReply) -> RemoteError {
+    let error = slot.error(
+        ErrorCode::ProviderFailed,
+        format!(
+            "provider {} answered `{}` to {what}",
+            slot.manifest.name,
+            reply.kind()
+        ),
+    );
+    slot.record_error(&error);
+    error
 }
 
 impl HostInner {
@@ -412,68 +553,184 @@ impl HostInner {
     }
 }
 
-/// Loads the provider a slot describes. Runs on its own task (see [`Slot::acquire`]).
-async fn load(catalog: Arc<HashMap<String, BuiltinProvider>>, slot: Arc<Slot>) -> LoadResult {
-    let name = slot.manifest.name.clone();
-    let builtin = match &slot.manifest.entry {
-        Entry::Builtin(entry) => catalog.get(entry).cloned().ok_or_else(|| {
-            slot.error(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "provider {name}: this build of purveyor has no builtin provider {entry:?}"
-                ),
-            )
-        })?,
-        Entry::Library { .. } | Entry::External { .. } => {
-            return Err(slot.error(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "provider {name}: hosting model {} is not available in this version of purveyor (only builtin)",
-                    slot.manifest.hosting
-                ),
-            ));
-        }
-    };
-    let factory = builtin.factory.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        catch_unwind(AssertUnwindSafe(|| {
-            let provider = factory()?;
-            let classes = provider.classes();
-            Ok::<_, ProviderError>((provider, classes))
-        }))
-    });
+/// Loads the provider a slot describes, wherever its manifest says it runs. Runs on its
+/// own task (see [`Slot::acquire`]).
+async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
+    let name = slot.manifest.name.to_string();
     let timeout = slot.manifest.call_timeout;
-    let (provider, classes) = match tokio::time::timeout(timeout, task).await {
-        Ok(Ok(Ok(Ok(made)))) => made,
-        Ok(Ok(Ok(Err(e)))) => {
-            return Err(slot.error(
-                ErrorCode::ProviderFailed,
-                format!("provider {name} failed to load: {e}"),
-            ));
+    let failed = |message: String| {
+        slot.error(
+            ErrorCode::ProviderFailed,
+            format!("provider {name} failed to load: {message}"),
+        )
+    };
+    let (backend, classes) = match &slot.manifest.entry {
+        Entry::Builtin(entry) => {
+            let builtin = host.catalog.get(entry).cloned().ok_or_else(|| {
+                failed(format!("this build of purveyor has no builtin provider {entry:?}"))
+            })?;
+            let factory = builtin.factory.clone();
+            let (provider, classes) = in_pool(&slot, timeout, move || {
+                let provider = factory().map_err(|e| e.to_string())?;
+                let classes = provider.classes();
+                Ok((provider, classes))
+            })
+            .await?;
+            let backend = Backend::Local {
+                provider,
+                dispatch: builtin.dispatch,
+            };
+            (backend, classes)
         }
-        Ok(Ok(Err(panic))) => return Err(panicked(&slot, &panic)),
-        Ok(Err(join)) => {
-            return Err(slot.error(
-                ErrorCode::Internal,
-                format!("provider {name}: load task failed: {join}"),
-            ));
+        Entry::Library { path, .. } if slot.manifest.hosting == Hosting::InDaemon => {
+            let path = slot.manifest.resolve(&path.to_string_lossy());
+            let n = name.clone();
+            let (provider, classes) = in_pool(&slot, timeout, move || {
+                let provider = LibraryProvider::open(&path, &n)?;
+                let classes = provider.classes();
+                Ok((Arc::new(provider) as Arc<dyn Provider>, classes))
+            })
+            .await?;
+            let backend = Backend::Local {
+                provider,
+                dispatch: Dispatch::Blocking,
+            };
+            (backend, classes)
         }
-        Err(_) => {
-            return Err(slot.error(
-                ErrorCode::Timeout,
-                format!(
-                    "provider {name} did not finish loading within {}",
-                    humantime::format_duration(timeout)
-                ),
-            ));
+        Entry::Library { path, host_group } => {
+            let path = slot.manifest.resolve(&path.to_string_lossy());
+            let program = host.config.worker_program().map_err(failed)?;
+            let worker_args: [std::ffi::OsString; 1] = ["worker".into()];
+            let spawn = || {
+                ProcessConn::spawn(
+                    program.as_os_str(),
+                    &worker_args,
+                    Encoding::Binary,
+                    &name,
+                    match host_group {
+                        Some(g) => format!("worker of host group {g}"),
+                        None => format!("worker for provider {name}"),
+                    },
+                    timeout,
+                )
+            };
+            let conn = match host_group {
+                Some(group) => {
+                    let mut groups = host.groups.lock().await;
+                    match groups.get(group).and_then(|w| w.upgrade()) {
+                        Some(conn) if conn.dead_reason().is_none() => conn,
+                        _ => {
+                            let conn = spawn().await.map_err(failed)?;
+                            groups.insert(group.clone(), Arc::downgrade(&conn));
+                            conn
+                        }
+                    }
+                }
+                None => spawn().await.map_err(failed)?,
+            };
+            let library = path.to_string_lossy().into_owned();
+            match process_call(&slot, &conn, ProviderCall::Load { library }).await? {
+                ProviderReply::Loaded => {}
+                ProviderReply::Error(fault) => return Err(failed(fault.message)),
+                other => return Err(failed(format!("its worker answered `{}` to load", other.kind()))),
+            }
+            let classes = process_classes(&slot, &conn).await?;
+            (Backend::Process { conn, name: name.clone() }, classes)
+        }
+        Entry::External { command } => {
+            let program = slot.manifest.resolve(&command[0]);
+            // A bare name is looked up in PATH; a path is relative to the manifest.
+            let program = if command[0].contains('/') {
+                program.into_os_string()
+            } else {
+                command[0].clone().into()
+            };
+            let args: Vec<std::ffi::OsString> = command[1..].iter().map(Into::into).collect();
+            let conn = ProcessConn::spawn(
+                &program,
+                &args,
+                Encoding::Json,
+                &name,
+                format!("external provider {name}"),
+                timeout,
+            )
+            .await
+            .map_err(failed)?;
+            let classes = process_classes(&slot, &conn).await?;
+            (Backend::Process { conn, name: name.clone() }, classes)
         }
     };
     let schemas = check_schemas(&slot, classes)?;
-    Ok(Loaded {
-        provider,
-        dispatch: builtin.dispatch,
-        schemas,
-    })
+    Ok(Loaded { backend, schemas })
+}
+
+/// Runs a load step on the blocking pool, under `catch_unwind`, within `timeout`.
+async fn in_pool<T: Send + 'static>(
+    slot: &Arc<Slot>,
+    timeout: std::time::Duration,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, RemoteError> {
+    let name = &slot.manifest.name;
+    let task = tokio::task::spawn_blocking(move || catch_unwind(AssertUnwindSafe(f)));
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(Ok(Ok(made)))) => Ok(made),
+        Ok(Ok(Ok(Err(e)))) => Err(slot.error(
+            ErrorCode::ProviderFailed,
+            format!("provider {name} failed to load: {e}"),
+        )),
+        Ok(Ok(Err(panic))) => Err(panicked(slot, &panic)),
+        Ok(Err(join)) => Err(slot.error(
+            ErrorCode::Internal,
+            format!("provider {name}: load task failed: {join}"),
+        )),
+        Err(_) => Err(slot.error(
+            ErrorCode::Timeout,
+            format!(
+                "provider {name} did not finish loading within {}",
+                humantime::format_duration(timeout)
+            ),
+        )),
+    }
+}
+
+/// One call to a provider process during its load.
+async fn process_call(
+    slot: &Slot,
+    conn: &ProcessConn,
+    call: ProviderCall,
+) -> Result<ProviderReply, RemoteError> {
+    let name = &slot.manifest.name;
+    let timeout = slot.manifest.call_timeout;
+    conn.call(name.as_str(), CallerInfo::default(), timeout, call)
+        .await
+        .map_err(|e| {
+            let message = match e {
+                CallFailure::Died(why) => format!("provider {name} failed to load: {why}"),
+                CallFailure::Timeout => {
+                    conn.kill(format!("{} was killed: it did not load in time", conn.label));
+                    format!(
+                        "provider {name} did not finish loading within {}",
+                        humantime::format_duration(timeout)
+                    )
+                }
+            };
+            slot.error(ErrorCode::ProviderFailed, message)
+        })
+}
+
+async fn process_classes(slot: &Slot, conn: &ProcessConn) -> Result<Vec<ClassSchema>, RemoteError> {
+    let name = &slot.manifest.name;
+    match process_call(slot, conn, ProviderCall::Classes).await? {
+        ProviderReply::Classes(classes) => Ok(classes),
+        ProviderReply::Error(fault) => Err(slot.error(
+            ErrorCode::ProviderFailed,
+            format!("provider {name} failed to load: {}", fault.message),
+        )),
+        other => Err(slot.error(
+            ErrorCode::ProviderFailed,
+            format!("provider {name} answered `{}` when asked for its classes", other.kind()),
+        )),
+    }
 }
 
 /// The provider must describe exactly the classes its manifest lists.

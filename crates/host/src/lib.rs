@@ -11,15 +11,19 @@
 mod builtin;
 mod config;
 mod engine;
+mod library;
 pub mod manifest;
+mod process;
 mod registry;
 mod self_provider;
 pub mod server;
 mod slot;
 pub mod socket;
+pub mod worker;
 
 pub use builtin::{BuiltinProvider, Dispatch, Factory};
 pub use config::HostConfig;
 pub use engine::{Host, HostBuilder};
+pub use library::LibraryProvider;
 pub use manifest::{Entry, Manifest, ManifestError, ManifestSource};
 pub use purveyor_provider::Caller;

@@ -52,6 +52,20 @@ pub enum Entry {
     External { command: Vec<String> },
 }
 
+impl Manifest {
+    /// `path` as written in this manifest: relative paths are relative to the manifest's
+    /// directory.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        match &self.source {
+            ManifestSource::File(file) if p.is_relative() => file
+                .parent()
+                .map_or_else(|| p.clone(), |dir| dir.join(&p)),
+            _ => p,
+        }
+    }
+}
+
 /// Where a manifest was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestSource {

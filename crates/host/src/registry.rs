@@ -92,7 +92,10 @@ impl Registry {
                 });
                 continue;
             }
-            let slot = Arc::new(Slot::new(manifest));
+            let mut slot = Slot::new(manifest);
+            slot.quarantine_crashes = config.quarantine_crashes;
+            slot.crash_window = config.crash_window;
+            let slot = Arc::new(slot);
             for class in &slot.manifest.classes {
                 by_class.insert(class.clone(), slot.clone());
             }

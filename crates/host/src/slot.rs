@@ -1,9 +1,9 @@
 //! One provider's lifecycle: registered → loading → loaded → releasing → registered, or
 //! failed with a back-off before the next attempt (see `docs/lifecycle.md`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::builtin::Dispatch;
 use crate::manifest::Manifest;
+use crate::process::ProcessConn;
 
 /// The schemas a loaded provider serves, by class.
 pub(crate) type SchemaSet = HashMap<ClassPath, Arc<ClassSchema>>;
@@ -22,9 +23,40 @@ pub(crate) type SchemaSet = HashMap<ClassPath, Arc<ClassSchema>>;
 /// A provider that is loaded and serving. Calls hold an `Arc` to it, so a release waits
 /// for nothing and in-flight calls finish on the instance they started with.
 pub(crate) struct Loaded {
-    pub provider: Arc<dyn Provider>,
-    pub dispatch: Dispatch,
+    pub backend: Backend,
     pub schemas: SchemaSet,
+}
+
+/// Where a loaded provider's calls go.
+pub(crate) enum Backend {
+    /// In this process: a builtin, or an in-daemon library (always `Blocking`).
+    Local {
+        provider: Arc<dyn Provider>,
+        dispatch: Dispatch,
+    },
+    /// In a process of its own: an isolated worker (maybe shared by a host group) or an
+    /// external executable. `name` is the provider's name in that process.
+    Process { conn: Arc<ProcessConn>, name: String },
+}
+
+impl Loaded {
+    pub fn pid(&self) -> Option<u32> {
+        match &self.backend {
+            Backend::Process { conn, .. } => Some(conn.pid),
+            Backend::Local { .. } => None,
+        }
+    }
+}
+
+/// Why a loaded provider is lost.
+pub(crate) enum Lost {
+    /// Its process ended (crash, exit, signal): counts towards quarantine.
+    Crashed(String),
+    /// Its process was killed after a missed deadline: restarted on next use.
+    Killed,
+    /// An in-daemon provider that missed a deadline: marked failed (its thread may still
+    /// be stuck in it), retried after the back-off.
+    Failed(RemoteError),
 }
 
 /// What a load produced.
@@ -48,6 +80,16 @@ pub(crate) struct Slot {
     /// Nanoseconds since the epoch; 0 when never used.
     last_use: AtomicI64,
     last_error: Mutex<Option<String>>,
+    crashes: AtomicU64,
+    /// When recent crashes happened, for quarantine.
+    recent_crashes: Mutex<VecDeque<Instant>>,
+    in_flight: AtomicU32,
+    /// Nanoseconds after `born` of the last activity (a call starting or ending, a load).
+    last_activity: AtomicU64,
+    born: Instant,
+    /// Quarantine: this many crashes within `crash_window`.
+    pub quarantine_crashes: u32,
+    pub crash_window: Duration,
 }
 
 enum State {
@@ -60,6 +102,8 @@ enum State {
         retry_at: Instant,
         attempts: u32,
     },
+    Quarantined(RemoteError),
+    ReleasedAsClient,
 }
 
 impl Slot {
@@ -73,6 +117,13 @@ impl Slot {
             errors: AtomicU64::new(0),
             last_use: AtomicI64::new(0),
             last_error: Mutex::new(None),
+            crashes: AtomicU64::new(0),
+            recent_crashes: Mutex::new(VecDeque::new()),
+            in_flight: AtomicU32::new(0),
+            last_activity: AtomicU64::new(0),
+            born: Instant::now(),
+            quarantine_crashes: 3,
+            crash_window: Duration::from_secs(60),
         }
     }
 
@@ -102,7 +153,8 @@ impl Slot {
                         );
                         return Err(error);
                     }
-                    State::Registered | State::Failed { .. } => {
+                    State::Quarantined(error) => return Err(error.clone()),
+                    State::Registered | State::ReleasedAsClient | State::Failed { .. } => {
                         let attempts = match &*state {
                             State::Failed { attempts, .. } => *attempts,
                             _ => 0,
@@ -136,13 +188,17 @@ impl Slot {
         }
     }
 
-    fn finish_load(&self, result: LoadResult, attempts: u32) {
+    fn finish_load(self: &Arc<Self>, result: LoadResult, attempts: u32) {
         let mut state = self.lock();
         match result {
             Ok(loaded) => {
                 self.loads.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(provider = %self.manifest.name, "provider loaded");
-                *state = State::Loaded(Arc::new(loaded));
+                tracing::info!(provider = %self.manifest.name, pid = ?loaded.pid(), "provider loaded");
+                let loaded = Arc::new(loaded);
+                self.touch();
+                *state = State::Loaded(loaded.clone());
+                drop(state);
+                self.watch_idle(&loaded);
             }
             Err(error) => {
                 let attempts = attempts + 1;
@@ -160,8 +216,10 @@ impl Slot {
         }
     }
 
-    /// Releases the provider if it is loaded: no new call reaches it, its cleanup hook runs
-    /// (bounded by its call timeout), and it returns to `registered`.
+    /// Releases the provider if it is loaded: no new call reaches it, calls in flight get
+    /// up to its call timeout to finish, its cleanup hook runs (bounded by the same
+    /// timeout), its process exits, and it returns to `registered` — or, if it is not pure,
+    /// to `released-as-client`.
     pub async fn release(self: &Arc<Self>, why: &str) {
         let (loaded, tx) = {
             let mut state = self.lock();
@@ -174,20 +232,191 @@ impl Slot {
             (loaded, tx)
         };
         tracing::info!(provider = %self.manifest.name, why, "releasing provider");
-        let provider = loaded.provider.clone();
-        let hook = tokio::task::spawn_blocking(move || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider.release()))
-        });
-        match tokio::time::timeout(self.manifest.call_timeout, hook).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(_) => tracing::warn!(provider = %self.manifest.name, "cleanup hook panicked"),
-            Err(_) => {
-                tracing::warn!(provider = %self.manifest.name, "cleanup hook did not finish in time")
+        let timeout = self.manifest.call_timeout;
+        let drained = tokio::time::timeout(timeout, async {
+            while self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(provider = %self.manifest.name, "calls still running at release; releasing anyway");
+        }
+        match &loaded.backend {
+            Backend::Local { provider, .. } => {
+                let provider = provider.clone();
+                let hook = tokio::task::spawn_blocking(move || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider.release()))
+                });
+                match tokio::time::timeout(timeout, hook).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(_) => tracing::warn!(provider = %self.manifest.name, "cleanup hook panicked"),
+                    Err(_) => {
+                        tracing::warn!(provider = %self.manifest.name, "cleanup hook did not finish in time")
+                    }
+                }
+            }
+            Backend::Process { conn, name } => {
+                let reply = conn
+                    .call(
+                        name,
+                        purveyor_protocol::CallerInfo::default(),
+                        timeout,
+                        purveyor_protocol::ProviderCall::Release,
+                    )
+                    .await;
+                if let Err(e) = reply {
+                    tracing::warn!(provider = %self.manifest.name, error = ?e, "release call failed");
+                }
+                if !self.manifest.pure {
+                    conn.detach();
+                } else if Arc::strong_count(conn) == 1 || self.shared_process().is_none() {
+                    conn.close(Duration::from_secs(2)).await;
+                }
             }
         }
-        *self.lock() = State::Registered;
+        *self.lock() = if self.manifest.pure {
+            State::Registered
+        } else {
+            State::ReleasedAsClient
+        };
         self.unloads.fetch_add(1, Ordering::Relaxed);
         drop(tx);
+        // The last reference may run a library's cleanup entry point: not on this thread.
+        tokio::task::spawn_blocking(move || drop(loaded));
+    }
+
+    /// The host group, when this provider shares a worker.
+    fn shared_process(&self) -> Option<&str> {
+        match &self.manifest.entry {
+            crate::manifest::Entry::Library { host_group, .. } => host_group.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Forgets `loaded` after it was lost (see [`Lost`]), if it is still the current one.
+    pub fn lost(&self, loaded: &Arc<Loaded>, how: Lost) {
+        let mut state = self.lock();
+        let State::Loaded(current) = &*state else {
+            return;
+        };
+        if !Arc::ptr_eq(current, loaded) {
+            return;
+        }
+        match how {
+            Lost::Killed => {
+                self.crashes.fetch_add(1, Ordering::Relaxed);
+                *state = State::Registered;
+            }
+            Lost::Crashed(why) => {
+                self.crashes.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                let mut recent = self
+                    .recent_crashes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                recent.push_back(now);
+                while recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.crash_window)
+                {
+                    recent.pop_front();
+                }
+                if recent.len() as u32 >= self.quarantine_crashes {
+                    let name = &self.manifest.name;
+                    let error = self.error(
+                        ErrorCode::ProviderFailed,
+                        format!(
+                            "provider {name} is quarantined: it crashed {} times within {} (last: {why}); run `purveyor providers enable {name}`",
+                            recent.len(),
+                            humantime::format_duration(self.crash_window)
+                        ),
+                    );
+                    tracing::error!(provider = %name, "provider quarantined");
+                    recent.clear();
+                    *state = State::Quarantined(error);
+                } else {
+                    *state = State::Registered;
+                }
+            }
+            Lost::Failed(error) => {
+                *state = State::Failed {
+                    error,
+                    retry_at: Instant::now() + FIRST_BACKOFF,
+                    attempts: 1,
+                };
+            }
+        }
+    }
+
+    /// Lets a quarantined provider load again. False if it was not quarantined.
+    pub fn enable(&self) -> bool {
+        let mut state = self.lock();
+        if matches!(&*state, State::Quarantined(_)) {
+            *state = State::Registered;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Kills the provider's process, if it has one (shutdown, after the grace period).
+    pub fn kill_process(&self) {
+        if let State::Loaded(loaded) = &*self.lock()
+            && let Backend::Process { conn, .. } = &loaded.backend
+            && self.manifest.pure
+        {
+            conn.kill(format!("{} was killed at shutdown", conn.label));
+        }
+    }
+
+    /// A call starts.
+    pub fn begin_call(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+    }
+
+    /// A call ended.
+    pub fn end_call(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn touch(&self) {
+        let now = self.born.elapsed().as_nanos() as u64;
+        self.last_activity.fetch_max(now, Ordering::AcqRel);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_nanos(self.last_activity.load(Ordering::Acquire));
+        self.born.elapsed().saturating_sub(last)
+    }
+
+    /// Releases `loaded` once it has been idle for `clear_after`: the rule is "released
+    /// at the first moment it has had no call running for `clear_after`", checked by a
+    /// timer set to exactly that moment (so the delay past it is timer latency only).
+    fn watch_idle(self: &Arc<Self>, loaded: &Arc<Loaded>) {
+        let slot = Arc::downgrade(self);
+        let loaded = Arc::downgrade(loaded);
+        tokio::spawn(async move {
+            loop {
+                let Some(s) = slot.upgrade() else { return };
+                let current = matches!(&*s.lock(), State::Loaded(l) if std::ptr::eq(Arc::as_ptr(l), loaded.as_ptr()));
+                if !current {
+                    return;
+                }
+                let clear = s.manifest.clear_after;
+                let busy = s.in_flight.load(Ordering::Acquire) > 0;
+                let idle = s.idle_for();
+                if !busy && idle >= clear {
+                    s.release("idle").await;
+                    return;
+                }
+                let wait = if busy { clear } else { clear - idle };
+                drop(s);
+                tokio::time::sleep(wait).await;
+            }
+        });
     }
 
     /// Records one call's outcome.
@@ -216,15 +445,33 @@ impl Slot {
             State::Loaded(_) => ProviderState::Loaded,
             State::Releasing(_) => ProviderState::Releasing,
             State::Failed { .. } => ProviderState::Failed,
+            State::Quarantined(_) => ProviderState::Quarantined,
+            State::ReleasedAsClient => ProviderState::ReleasedAsClient,
         }
     }
 
     pub fn status(&self) -> ProviderStatus {
         let last_use = self.last_use.load(Ordering::Relaxed);
+        let (state, pid) = {
+            let guard = self.lock();
+            let pid = match &*guard {
+                State::Loaded(l) => l.pid(),
+                _ => None,
+            };
+            drop(guard);
+            (self.state(), pid)
+        };
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        let unload_in_ms = (state == ProviderState::Loaded && in_flight == 0).then(|| {
+            self.manifest
+                .clear_after
+                .saturating_sub(self.idle_for())
+                .as_millis() as u64
+        });
         ProviderStatus {
             name: self.manifest.name.clone(),
             hosting: self.manifest.hosting,
-            state: self.state(),
+            state,
             classes: self.manifest.classes.clone(),
             pure: self.manifest.pure,
             clear_after_ms: self.manifest.clear_after.as_millis() as u64,
@@ -239,6 +486,10 @@ impl Slot {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone(),
+            pid,
+            crashes: self.crashes.load(Ordering::Relaxed),
+            in_flight,
+            unload_in_ms,
         }
     }
 

@@ -44,8 +44,16 @@ pub enum ProviderState {
     Loaded,
     /// Being released (idle unload or shutdown); cleanup hooks are running.
     Releasing,
-    /// The last load failed; the next request retries after a back-off.
+    /// The last load failed (or an in-daemon provider missed a deadline); the next request
+    /// retries after a back-off.
     Failed,
+    /// Crashed too often in a short time; not loaded again until enabled
+    /// (`purveyor providers enable NAME`).
+    Quarantined,
+    /// A non-pure provider the host released: it may run on as a client of the host, and
+    /// is neither counted as loaded nor waited for at shutdown. The next request loads a
+    /// fresh instance.
+    ReleasedAsClient,
 }
 
 impl Hosting {
@@ -89,6 +97,8 @@ impl ProviderState {
             ProviderState::Loaded => "loaded",
             ProviderState::Releasing => "releasing",
             ProviderState::Failed => "failed",
+            ProviderState::Quarantined => "quarantined",
+            ProviderState::ReleasedAsClient => "released-as-client",
         }
     }
 }

@@ -52,6 +52,26 @@ pub fn encode_frame<T: Serialize>(
     Ok(())
 }
 
+/// Appends `msg` to `out` as a bare payload, with no frame header (for the provider
+/// library ABI, where the length travels beside the bytes). On error `out` is unchanged.
+pub fn encode_payload<T: Serialize>(
+    encoding: Encoding,
+    msg: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    let result = match encoding {
+        Encoding::Json => serde_json::to_writer(&mut *out, msg).map_err(|e| e.to_string()),
+        Encoding::Binary => {
+            postcard::serialize_with_flavor(msg, AppendTo(out)).map_err(|e| e.to_string())
+        }
+    };
+    result.map_err(|message| {
+        out.truncate(start);
+        EncodeError::Serialize { encoding, message }
+    })
+}
+
 /// A postcard output that appends to a caller's buffer, so frames are built in place.
 struct AppendTo<'a>(&'a mut Vec<u8>);
 

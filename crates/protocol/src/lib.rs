@@ -15,8 +15,9 @@ mod codec;
 mod frame;
 mod message;
 mod paths;
+mod provider;
 
-pub use codec::{DecodeError, EncodeError, decode, encode_frame};
+pub use codec::{DecodeError, EncodeError, decode, encode_frame, encode_payload};
 pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
 pub use message::{
     ClassList, ClientMessage, Encoding, ErrorCode, Hello, HostMode, HostStatus, InstanceList,
@@ -24,3 +25,7 @@ pub use message::{
     Response, ServerMessage, Welcome,
 };
 pub use paths::default_socket_path;
+pub use provider::{
+    CallerInfo, FaultKind, PROVIDER_ABI_VERSION, ProviderCall, ProviderFault, ProviderHello,
+    ProviderReady, ProviderReply, ProviderRequest, ProviderResponse,
+};

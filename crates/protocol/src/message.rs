@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 0;
+pub const PROTOCOL_MINOR: u16 = 1;
 
 /// How the payloads after the handshake are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +106,9 @@ pub enum Request {
     },
     /// Every registered provider with its state and statistics.
     ListProviders,
+    /// Lets a quarantined provider load again (minor 1). Answered with `providers`,
+    /// holding that provider's status.
+    EnableProvider { name: ProviderName },
 }
 
 /// A successful answer.
@@ -198,6 +201,18 @@ pub struct ProviderStatus {
     pub errors: u64,
     pub last_use: Option<Timestamp>,
     pub last_error: Option<String>,
+    /// The process serving it (isolated and external providers, while loaded).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Times its process crashed (or was killed after a missed deadline).
+    #[serde(default)]
+    pub crashes: u64,
+    /// Calls running now.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// When loaded and idle: milliseconds until the idle unload.
+    #[serde(default)]
+    pub unload_in_ms: Option<u64>,
 }
 
 /// Why a request failed, or why the server is closing the connection.

@@ -1,0 +1,255 @@
+//! Provider libraries: a shared object exporting `purveyor_provider_install`, opened with
+//! `dlopen` and called through the C table it fills (see `docs/provider-abi.md`).
+//!
+//! **The `dlclose` rule.** Libraries are opened with `RTLD_NODELETE`: releasing a provider
+//! runs its cleanup entry point and frees everything it allocated through the table, and
+//! `dlclose` balances the `dlopen`, but the code stays mapped until the process exits.
+//! Unmapping a Rust library whose thread-local destructors are still registered on some
+//! pool thread crashes that thread later (rust-lang/rust#59629), and the host cannot know
+//! which libraries have them. Loading the same library again reuses the mapping, so
+//! loading and unloading it any number of times does not grow the process (the test
+//! `library_load_unload_1000_times` proves it).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
+use purveyor_protocol::{
+    CallerInfo, Encoding, PROVIDER_ABI_VERSION, ProviderCall, ProviderReply, ProviderRequest,
+    ProviderResponse, decode, encode_payload,
+};
+use purveyor_provider::abi::{
+    INSTALL_SYMBOL, InstallFn, PV_ENCODING_BINARY, PV_ENCODING_JSON, PV_ERR_ABI, PV_OK,
+    PvProvider, from_fault,
+};
+use purveyor_provider::{CallContext, Provider, ProviderError};
+
+/// A provider library, installed and ready for calls.
+pub struct LibraryProvider {
+    table: PvProvider,
+    encoding: Encoding,
+    path: PathBuf,
+    classes: Vec<ClassSchema>,
+    _library: libloading::Library,
+}
+
+// SAFETY: the ABI requires a library's `call` to be callable from several threads at
+// once, and its state to be usable from any thread (docs/provider-abi.md, "Threads").
+// The table itself is never written after `open`.
+unsafe impl Send for LibraryProvider {}
+// SAFETY: as above.
+unsafe impl Sync for LibraryProvider {}
+
+impl LibraryProvider {
+    /// Opens `path`, installs the provider named `name` from it and asks for its classes.
+    /// Every error names the library.
+    pub fn open(path: &Path, name: &str) -> Result<Self, String> {
+        let shown = path.display();
+        let flags = libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_NODELETE;
+        // SAFETY: loading a library runs its initialisers; the manifest names it as a
+        // provider library the administrator installed, which is the trust this needs.
+        let library = unsafe { libloading::os::unix::Library::open(Some(path), flags) }
+            .map_err(|e| format!("cannot load library {shown}: {}", dl_message(&e)))?;
+        let library = libloading::Library::from(library);
+        // SAFETY: the symbol is declared with the ABI's install signature; a library that
+        // exports it with another signature breaks the ABI contract.
+        let install: libloading::Symbol<InstallFn> =
+            unsafe { library.get(INSTALL_SYMBOL.as_bytes()) }.map_err(|_| {
+                format!(
+                    "library {shown} does not export {INSTALL_SYMBOL} (is it a Purveyor provider library?)"
+                )
+            })?;
+        let c_name = CString::new(name).map_err(|_| "provider name contains NUL".to_string())?;
+        let mut table = PvProvider::empty();
+        // SAFETY: `install` has the ABI signature; `table` is a valid, writable table and
+        // `c_name` a NUL-terminated string, both alive for the call.
+        let rc = unsafe { install(PROVIDER_ABI_VERSION, c_name.as_ptr(), &mut table) };
+        if rc == PV_ERR_ABI || table.abi_version != PROVIDER_ABI_VERSION {
+            return Err(format!(
+                "library {shown} speaks provider ABI version {}; this host speaks version {PROVIDER_ABI_VERSION}",
+                table.abi_version
+            ));
+        }
+        if rc != PV_OK {
+            return Err(format!(
+                "library {shown}: {INSTALL_SYMBOL} failed (returned {rc})"
+            ));
+        }
+        let encoding = match table.encoding {
+            PV_ENCODING_BINARY => Encoding::Binary,
+            PV_ENCODING_JSON => Encoding::Json,
+            other => {
+                return Err(format!(
+                    "library {shown} names encoding {other}; the ABI knows 0 (binary) and 1 (JSON)"
+                ));
+            }
+        };
+        if table.call.is_none() || table.free_reply.is_none() {
+            return Err(format!(
+                "library {shown} returned an incomplete table (call and free_reply are required)"
+            ));
+        }
+        let mut provider = LibraryProvider {
+            table,
+            encoding,
+            path: path.to_owned(),
+            classes: Vec::new(),
+            _library: library,
+        };
+        match provider.request(ProviderCall::Classes, &CallContext::internal()) {
+            Ok(ProviderReply::Classes(classes)) => provider.classes = classes,
+            Ok(ProviderReply::Error(fault)) => return Err(from_fault(fault).to_string()),
+            Ok(other) => {
+                return Err(format!(
+                    "library {shown} answered `{}` when asked for its classes",
+                    other.kind()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok(provider)
+    }
+
+    /// Sends one request through the table and decodes the reply.
+    pub fn request(
+        &self,
+        call: ProviderCall,
+        ctx: &CallContext,
+    ) -> Result<ProviderReply, ProviderError> {
+        let request = ProviderRequest {
+            id: 0,
+            provider: String::new(),
+            caller: CallerInfo {
+                uid: ctx.caller.uid,
+                gid: ctx.caller.gid,
+                pid: ctx.caller.pid,
+            },
+            deadline_ms: ctx.deadline.map_or(0, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+                    .as_millis()
+                    .max(1) as u64
+            }),
+            call,
+        };
+        let mut bytes = Vec::new();
+        encode_payload(self.encoding, &request, &mut bytes)
+            .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        let (call, free) = (
+            self.table.call.expect("checked in open"),
+            self.table.free_reply.expect("checked in open"),
+        );
+        let mut reply: *mut u8 = std::ptr::null_mut();
+        let mut reply_len: u64 = 0;
+        // SAFETY: the table came from the library's install function and `state` is live
+        // until `release`, which only runs after the last call (the host holds an `Arc`
+        // to this provider for every call in flight). The buffers are valid for the call.
+        let rc = unsafe {
+            call(
+                self.table.state,
+                bytes.as_ptr(),
+                bytes.len() as u64,
+                &mut reply,
+                &mut reply_len,
+            )
+        };
+        if rc != PV_OK || reply.is_null() {
+            return Err(ProviderError::Failed(format!(
+                "library {}: call returned {rc} with {}",
+                self.path.display(),
+                if reply.is_null() {
+                    "no reply"
+                } else {
+                    "a reply"
+                }
+            )));
+        }
+        // SAFETY: on success the library hands over `reply_len` readable bytes at `reply`,
+        // valid until we give them back with `free_reply` below.
+        let slice = unsafe { std::slice::from_raw_parts(reply, reply_len as usize) };
+        let decoded = decode::<ProviderResponse>(self.encoding, slice);
+        // SAFETY: the buffer the library made, given back once.
+        unsafe { free(self.table.state, reply, reply_len) };
+        let response = decoded.map_err(|e| {
+            ProviderError::Failed(format!("library {} replied with {e}", self.path.display()))
+        })?;
+        Ok(response.reply)
+    }
+
+    fn expect_reply<T>(
+        &self,
+        call: ProviderCall,
+        ctx: &CallContext,
+        pick: impl FnOnce(ProviderReply) -> Result<T, ProviderReply>,
+    ) -> Result<T, ProviderError> {
+        let what = format!("{call:?}");
+        match pick(self.request(call, ctx)?) {
+            Ok(v) => Ok(v),
+            Err(ProviderReply::Error(fault)) => Err(from_fault(fault)),
+            Err(other) => Err(ProviderError::Failed(format!(
+                "library {} answered `{}` to {what}",
+                self.path.display(),
+                other.kind()
+            ))),
+        }
+    }
+}
+
+impl Provider for LibraryProvider {
+    fn classes(&self) -> Vec<ClassSchema> {
+        self.classes.clone()
+    }
+
+    fn enumerate(
+        &self,
+        class: &ClassPath,
+        ctx: &CallContext,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let call = ProviderCall::Enumerate {
+            class: class.clone(),
+        };
+        self.expect_reply(call, ctx, |r| match r {
+            ProviderReply::Instances(v) => Ok(v),
+            other => Err(other),
+        })
+    }
+
+    fn get(
+        &self,
+        class: &ClassPath,
+        key: &InstanceKey,
+        ctx: &CallContext,
+    ) -> Result<Option<Instance>, ProviderError> {
+        let call = ProviderCall::Get {
+            class: class.clone(),
+            key: key.clone(),
+        };
+        self.expect_reply(call, ctx, |r| match r {
+            ProviderReply::Instance(v) => Ok(v),
+            other => Err(other),
+        })
+    }
+
+    // `release` is left as the trait's no-op: the library's cleanup entry point frees its
+    // state, so it must run after the last call, including a call the host abandoned at
+    // its deadline that is still running on a pool thread. Every call holds an `Arc` to
+    // this provider, so the last one to finish drops it, and `Drop` runs the entry point.
+}
+
+impl Drop for LibraryProvider {
+    fn drop(&mut self) {
+        if let Some(release) = self.table.release {
+            // SAFETY: `drop` runs once, after every holder of this provider (every call)
+            // is gone; no call can follow.
+            unsafe { release(self.table.state) };
+        }
+    }
+}
+
+fn dl_message(e: &libloading::Error) -> String {
+    match e {
+        libloading::Error::DlOpen { desc } => format!("{desc:?}")
+            .trim_matches('"')
+            .to_string(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,392 @@
+//! Providers in processes of their own: isolated workers (`purveyor worker`, loading
+//! provider libraries) and external executables. Both speak the provider channel
+//! (`docs/provider-abi.md`): length-prefixed frames over the child's stdin and stdout.
+//!
+//! **Invariants.** A request is registered as pending before its frame is written, and the
+//! reader task is the only one that completes pending requests, so a reply can never
+//! arrive for a request nobody waits on except after a timeout (then it is dropped). When
+//! the process ends — exit, signal, kill after a missed deadline, a malformed frame — every
+//! pending request fails with the reason, and so does every later one. Children get
+//! `PR_SET_PDEATHSIG(SIGKILL)` and see EOF on stdin when the host goes away, so none
+//! outlives the host.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use purveyor_protocol::{
+    CallerInfo, Encoding, FrameBuffer, PROVIDER_ABI_VERSION, ProviderCall, ProviderHello,
+    ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, decode, encode_frame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::oneshot;
+
+/// The largest frame a provider process may send.
+const MAX_PROVIDER_FRAME: u32 = 64 << 20;
+
+/// How a call to a process failed.
+#[derive(Debug)]
+pub(crate) enum CallFailure {
+    /// The process is gone; why (exit status or signal, or what it did wrong).
+    Died(String),
+    /// No answer before the deadline.
+    Timeout,
+}
+
+type Pending = HashMap<u32, oneshot::Sender<Result<ProviderReply, String>>>;
+
+/// A running provider process.
+pub(crate) struct ProcessConn {
+    /// `worker for uptime`, `worker of group g1`, `external provider uptime`.
+    pub label: String,
+    pub pid: u32,
+    encoding: Encoding,
+    writer: tokio::sync::Mutex<ChildStdin>,
+    pending: Mutex<Pending>,
+    /// Set once the process is gone (or being killed): why.
+    dead: Mutex<Option<String>>,
+    next_id: AtomicU32,
+    child: Mutex<Option<Child>>,
+    /// Set when the host no longer owns the process (a non-pure provider released as a
+    /// client): it is not killed when this handle goes.
+    detached: std::sync::atomic::AtomicBool,
+}
+
+impl ProcessConn {
+    /// Starts `program args…`, says hello and waits (up to `timeout`) for its answer.
+    pub async fn spawn(
+        program: &std::ffi::OsStr,
+        args: &[OsString],
+        encoding: Encoding,
+        provider: &str,
+        label: String,
+        timeout: Duration,
+    ) -> Result<Arc<ProcessConn>, String> {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env("PURVEYOR_PROVIDER", provider)
+            .kill_on_drop(false);
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid, _exit).
+        unsafe {
+            cmd.pre_exec(move || {
+                // The child dies with the thread that spawned it, which is one of the
+                // runtime's long-lived worker threads (never a pool thread that may retire).
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before prctl: then nobody would send the signal.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let shown = program.to_string_lossy();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {label} ({shown}): {e}"))?;
+        let pid = child.id().unwrap_or(0);
+        let mut stdin = child.stdin.take().expect("piped");
+        let mut stdout = child.stdout.take().expect("piped");
+        let handshake = async {
+            let hello = ProviderHello {
+                abi: PROVIDER_ABI_VERSION,
+                encoding,
+                provider: provider.to_string(),
+            };
+            let mut out = Vec::new();
+            encode_frame(Encoding::Json, &hello, MAX_PROVIDER_FRAME, &mut out)
+                .map_err(|e| e.to_string())?;
+            stdin
+                .write_all(&out)
+                .await
+                .map_err(|e| format!("cannot write its hello: {e}"))?;
+            let mut frames = FrameBuffer::new(MAX_PROVIDER_FRAME);
+            let payload = read_frame(&mut stdout, &mut frames)
+                .await?
+                .ok_or_else(|| "it closed its stdout before answering the hello".to_string())?;
+            let ready: ProviderReady = serde_json::from_slice(&payload).map_err(|e| {
+                format!("its answer to the hello is not {{\"abi\":{PROVIDER_ABI_VERSION}}}: {e}")
+            })?;
+            if ready.abi != PROVIDER_ABI_VERSION {
+                return Err(format!(
+                    "it speaks provider ABI version {}; this host speaks version {PROVIDER_ABI_VERSION}",
+                    ready.abi
+                ));
+            }
+            Ok::<_, String>(frames)
+        };
+        let frames = match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(frames)) => frames,
+            Ok(Err(e)) => {
+                let status = finish(&mut child, Duration::from_millis(200)).await;
+                return Err(format!("{label} (pid {pid}) failed to start: {e}{status}"));
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(format!(
+                    "{label} (pid {pid}) did not answer its hello within {}",
+                    humantime::format_duration(timeout)
+                ));
+            }
+        };
+        let conn = Arc::new(ProcessConn {
+            label,
+            pid,
+            encoding,
+            writer: tokio::sync::Mutex::new(stdin),
+            pending: Mutex::new(HashMap::new()),
+            dead: Mutex::new(None),
+            next_id: AtomicU32::new(1),
+            child: Mutex::new(Some(child)),
+            detached: std::sync::atomic::AtomicBool::new(false),
+        });
+        tokio::spawn(read_replies(Arc::downgrade(&conn), stdout, frames));
+        Ok(conn)
+    }
+
+    /// Sends one request and waits for its reply until `timeout`.
+    pub async fn call(
+        &self,
+        provider: &str,
+        caller: CallerInfo,
+        timeout: Duration,
+        call: ProviderCall,
+    ) -> Result<ProviderReply, CallFailure> {
+        if let Some(why) = self.dead_reason() {
+            return Err(CallFailure::Died(why));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = ProviderRequest {
+            id,
+            provider: provider.to_string(),
+            caller,
+            deadline_ms: timeout.as_millis() as u64,
+            call,
+        };
+        let mut frame = Vec::new();
+        encode_frame(self.encoding, &request, MAX_PROVIDER_FRAME, &mut frame)
+            .map_err(|e| CallFailure::Died(format!("cannot encode the request: {e}")))?;
+        let (tx, rx) = oneshot::channel();
+        self.lock_pending().insert(id, tx);
+        let exchange = async {
+            {
+                let mut w = self.writer.lock().await;
+                if let Err(e) = w.write_all(&frame).await {
+                    // The reader reports the exit; wait for it rather than guess.
+                    tracing::debug!(process = %self.label, error = %e, "write to provider failed");
+                }
+            }
+            rx.await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(why))) => Err(CallFailure::Died(why)),
+            Ok(Err(_)) => Err(CallFailure::Died(
+                self.dead_reason()
+                    .unwrap_or_else(|| "the process went away".into()),
+            )),
+            Err(_) => {
+                self.lock_pending().remove(&id);
+                Err(CallFailure::Timeout)
+            }
+        }
+    }
+
+    /// Why the process is gone, if it is.
+    pub fn dead_reason(&self) -> Option<String> {
+        self.dead.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Kills the process; pending and later calls fail with `why`.
+    pub fn kill(&self, why: String) {
+        {
+            let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+            if dead.is_none() {
+                *dead = Some(why);
+            }
+        }
+        if let Some(child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+
+    /// Closes stdin (the process should exit on EOF) and waits up to `grace` for it to
+    /// exit, then kills it.
+    pub async fn close(&self, grace: Duration) {
+        {
+            let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+            if dead.is_none() {
+                *dead = Some(format!("{} was released", self.label));
+            }
+        }
+        {
+            let mut w = self.writer.lock().await;
+            let _ = w.shutdown().await;
+        }
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
+            finish(&mut child, grace).await;
+        }
+    }
+
+    /// Lets the process run on after this handle is gone (non-pure providers).
+    pub fn detach(&self) {
+        self.detached.store(true, Ordering::Relaxed);
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for ProcessConn {
+    fn drop(&mut self) {
+        if self.detached.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(child) = self.child.get_mut().unwrap_or_else(|p| p.into_inner()) {
+            // The runtime reaps it in the background.
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Waits up to `grace` for the child to exit, kills it if it has not, and describes how
+/// it ended (`", exit status 3"`, `", killed by signal 11 (SIGSEGV)"`).
+async fn finish(child: &mut Child, grace: Duration) -> String {
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => status,
+        _ => {
+            let _ = child.start_kill();
+            match child.wait().await {
+                Ok(status) => status,
+                Err(e) => return format!(", and waiting for it failed: {e}"),
+            }
+        }
+    };
+    format!(", {}", describe_exit(status))
+}
+
+/// `exit status 3`, `killed by signal 11 (SIGSEGV)`.
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        format!("exit status {code}")
+    } else if let Some(signal) = status.signal() {
+        format!(
+            "killed by signal {signal} ({}){}",
+            signal_name(signal),
+            if status.core_dumped() {
+                ", core dumped"
+            } else {
+                ""
+            }
+        )
+    } else {
+        format!("{status}")
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "unknown signal",
+    }
+}
+
+async fn read_frame(
+    stdout: &mut ChildStdout,
+    frames: &mut FrameBuffer,
+) -> Result<Option<Vec<u8>>, String> {
+    loop {
+        match frames.next_frame() {
+            Ok(Some(payload)) => return Ok(Some(payload.to_vec())),
+            Ok(None) => {}
+            Err(e) => return Err(format!("it sent a bad frame: {e}")),
+        }
+        let n = stdout
+            .read(frames.spare())
+            .await
+            .map_err(|e| format!("reading its stdout failed: {e}"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        frames.filled(n);
+    }
+}
+
+/// The reader task: completes pending requests as replies arrive; when the process ends,
+/// fails them all with the reason.
+async fn read_replies(
+    conn: std::sync::Weak<ProcessConn>,
+    mut stdout: ChildStdout,
+    mut frames: FrameBuffer,
+) {
+    let why = loop {
+        let payload = match read_frame(&mut stdout, &mut frames).await {
+            Ok(Some(p)) => p,
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        };
+        let Some(conn) = conn.upgrade() else { return };
+        match decode::<ProviderResponse>(conn.encoding, &payload) {
+            Ok(response) => {
+                if let Some(tx) = conn.lock_pending().remove(&response.id) {
+                    let _ = tx.send(Ok(response.reply));
+                }
+            }
+            Err(e) => break Some(format!("it sent {e}")),
+        }
+    };
+    let Some(conn) = conn.upgrade() else { return };
+    // The host closed or killed it on purpose when a reason is already recorded.
+    let expected = why.is_none() && conn.dead_reason().is_some();
+    if let Some(why) = &why {
+        conn.kill(format!("{} was killed: {why}", conn.label));
+    }
+    let child = conn.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let ended = match child {
+        Some(mut child) => finish(&mut child, Duration::from_secs(2)).await,
+        None => String::new(),
+    };
+    let reason = {
+        let mut dead = conn.dead.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = match dead.take() {
+            Some(known) => format!("{known}{ended}"),
+            None => format!("{} (pid {}) ended{ended}", conn.label, conn.pid),
+        };
+        *dead = Some(reason.clone());
+        reason
+    };
+    if expected {
+        tracing::debug!(process = %conn.label, pid = conn.pid, %reason, "provider process ended");
+    } else {
+        tracing::warn!(process = %conn.label, pid = conn.pid, %reason, "provider process ended");
+    }
+    let pending: Vec<_> = conn.lock_pending().drain().collect();
+    for (_, tx) in pending {
+        let _ = tx.send(Err(reason.clone()));
+    }
+}

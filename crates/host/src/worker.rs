@@ -1,0 +1,230 @@
+//! The isolated worker (`purveyor worker`): loads provider libraries into a process of its
+//! own and serves them over the provider channel on stdin/stdout (`docs/provider-abi.md`).
+//!
+//! The same library runs unchanged here and in the daemon: both go through
+//! [`LibraryProvider`]. A few threads take turns reading the channel (leader/follower):
+//! the thread that reads a request also answers it, so a fast call costs no hand-off, and a
+//! slow one does not stop the others. The worker exits when stdin closes (the host
+//! released it or died).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use purveyor_protocol::{
+    Encoding, FaultKind, FrameBuffer, PROVIDER_ABI_VERSION, ProviderCall, ProviderFault,
+    ProviderHello, ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, decode,
+    encode_frame,
+};
+use purveyor_provider::abi::{panic_message, serve};
+
+use crate::library::LibraryProvider;
+
+/// Threads that take turns reading requests.
+const THREADS: usize = 4;
+const MAX_FRAME: u32 = 64 << 20;
+
+struct Input {
+    file: File,
+    frames: FrameBuffer,
+}
+
+struct Worker {
+    encoding: Encoding,
+    input: Mutex<Input>,
+    output: Mutex<File>,
+    providers: RwLock<HashMap<String, Arc<LibraryProvider>>>,
+}
+
+/// Runs the worker until stdin closes. Returns the process exit code.
+pub fn run() -> i32 {
+    // The channel gets private copies of stdin and stdout; fd 1 then points at stderr and
+    // fd 0 at /dev/null, so a provider that prints cannot corrupt the channel.
+    let (input, output) = match private_channel() {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("purveyor worker: cannot set up its channel: {e}");
+            return 2;
+        }
+    };
+    let mut input = Input {
+        file: input,
+        frames: FrameBuffer::new(MAX_FRAME),
+    };
+    let mut output = output;
+    let hello: ProviderHello = match read_frame(&mut input) {
+        Ok(Some(payload)) => match serde_json::from_slice(&payload) {
+            Ok(hello) => hello,
+            Err(e) => {
+                eprintln!("purveyor worker: malformed hello: {e}");
+                return 2;
+            }
+        },
+        Ok(None) => return 0,
+        Err(e) => {
+            eprintln!("purveyor worker: {e}");
+            return 2;
+        }
+    };
+    let mut frame = Vec::new();
+    let ready = ProviderReady {
+        abi: PROVIDER_ABI_VERSION,
+    };
+    if encode_frame(Encoding::Json, &ready, MAX_FRAME, &mut frame).is_err()
+        || output.write_all(&frame).is_err()
+    {
+        return 2;
+    }
+    if hello.abi != PROVIDER_ABI_VERSION {
+        eprintln!(
+            "purveyor worker: the host speaks provider ABI version {}; this worker speaks version {PROVIDER_ABI_VERSION}",
+            hello.abi
+        );
+        return 2;
+    }
+    let worker = Arc::new(Worker {
+        encoding: hello.encoding,
+        input: Mutex::new(input),
+        output: Mutex::new(output),
+        providers: RwLock::new(HashMap::new()),
+    });
+    let threads: Vec<_> = (1..THREADS)
+        .map(|_| {
+            let w = worker.clone();
+            std::thread::spawn(move || w.serve())
+        })
+        .collect();
+    let code = worker.serve();
+    // `serve` returns only at EOF or on a broken channel: nothing more to do.
+    drop(threads);
+    code
+}
+
+impl Worker {
+    fn serve(&self) -> i32 {
+        loop {
+            let payload = {
+                let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
+                match read_frame(&mut input) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => std::process::exit(0),
+                    Err(e) => {
+                        eprintln!("purveyor worker: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            };
+            let request: ProviderRequest = match decode(self.encoding, &payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("purveyor worker: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let id = request.id;
+            let reply = catch_unwind(AssertUnwindSafe(|| self.answer(request))).unwrap_or_else(
+                |panic| {
+                    fault(
+                        FaultKind::Failed,
+                        format!("the provider panicked: {}", panic_message(&*panic)),
+                    )
+                },
+            );
+            let mut frame = Vec::new();
+            let response = ProviderResponse { id, reply };
+            if let Err(e) = encode_frame(self.encoding, &response, MAX_FRAME, &mut frame) {
+                let response = ProviderResponse {
+                    id,
+                    reply: fault(FaultKind::Failed, format!("cannot encode the reply: {e}")),
+                };
+                frame.clear();
+                let _ = encode_frame(self.encoding, &response, MAX_FRAME, &mut frame);
+            }
+            let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+            if out.write_all(&frame).is_err() {
+                std::process::exit(0);
+            }
+        }
+    }
+
+    fn answer(&self, request: ProviderRequest) -> ProviderReply {
+        match &request.call {
+            ProviderCall::Load { library } => {
+                match LibraryProvider::open(Path::new(library), &request.provider) {
+                    Ok(p) => {
+                        self.providers
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(request.provider.clone(), Arc::new(p));
+                        ProviderReply::Loaded
+                    }
+                    Err(e) => fault(FaultKind::Failed, e),
+                }
+            }
+            ProviderCall::Release => {
+                // Dropping the last reference runs the library's cleanup entry point.
+                self.providers
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&request.provider);
+                ProviderReply::Released
+            }
+            _ => {
+                let provider = self
+                    .providers
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&request.provider)
+                    .cloned();
+                match provider {
+                    Some(p) => serve(&*p, &request),
+                    None => fault(
+                        FaultKind::NotFound,
+                        format!("this worker has no provider {:?} loaded", request.provider),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn fault(kind: FaultKind, message: String) -> ProviderReply {
+    ProviderReply::Error(ProviderFault { kind, message })
+}
+
+fn read_frame(input: &mut Input) -> Result<Option<Vec<u8>>, String> {
+    loop {
+        match input.frames.next_frame() {
+            Ok(Some(p)) => return Ok(Some(p.to_vec())),
+            Ok(None) => {}
+            Err(e) => return Err(format!("bad frame from the host: {e}")),
+        }
+        let n = input
+            .file
+            .read(input.frames.spare())
+            .map_err(|e| format!("reading from the host failed: {e}"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        input.frames.filled(n);
+    }
+}
+
+/// Private copies of fds 0 and 1 for the channel; fd 0 becomes /dev/null, fd 1 stderr.
+fn private_channel() -> std::io::Result<(File, File)> {
+    let input = File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let output = File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let null = File::open("/dev/null")?;
+    // SAFETY: dup2 on descriptors this process owns; fds 0 and 1 are replaced atomically
+    // and the channel keeps its own copies made above.
+    unsafe {
+        if libc::dup2(null.as_raw_fd(), 0) < 0 || libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((input, output))
+}

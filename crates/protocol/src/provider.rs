@@ -1,0 +1,173 @@
+//! The provider channel: what the host says to a provider that is not compiled into it,
+//! and what the provider answers (documented in `docs/provider-abi.md`).
+//!
+//! The same messages cross every boundary: the C ABI of a provider library (one request's
+//! bytes in, one reply's bytes out), an isolated worker process and an external executable
+//! (length-prefixed frames over stdin/stdout). So a provider is written once and hosted
+//! any way its manifest says.
+
+use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
+use serde::{Deserialize, Serialize};
+
+use crate::Encoding;
+
+/// The provider ABI's version. A library or process with another version is refused with
+/// a message naming both versions.
+pub const PROVIDER_ABI_VERSION: u32 = 1;
+
+/// The host's first frame to a provider process, always JSON:
+/// `{"abi":1,"encoding":"json","provider":"uptime"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderHello {
+    pub abi: u32,
+    /// The encoding of every later frame, both ways.
+    pub encoding: Encoding,
+    /// The provider the host starts the process for (the first one, for a shared worker).
+    #[serde(default)]
+    pub provider: String,
+}
+
+/// The process's answer to [`ProviderHello`], always JSON: `{"abi":1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderReady {
+    pub abi: u32,
+}
+
+/// Who is calling, from the client's socket credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CallerInfo {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// One request to a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderRequest {
+    /// Chosen by the host; the response carries it back. Responses may come in any order.
+    pub id: u32,
+    /// The provider this request is for (several share one worker with `host_group`).
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default)]
+    pub caller: CallerInfo,
+    /// Milliseconds the provider has before the host gives up on it; 0 when unbounded.
+    #[serde(default)]
+    pub deadline_ms: u64,
+    pub call: ProviderCall,
+}
+
+/// What the host asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProviderCall {
+    /// The schemas of the classes the provider serves. Answered with `classes`.
+    Classes,
+    /// Every instance of a class. Answered with `instances`.
+    Enumerate { class: ClassPath },
+    /// The instance with this full key. Answered with `instance` (null when there is none).
+    Get { class: ClassPath, key: InstanceKey },
+    /// The cleanup hook: the host is about to release the provider. Answered with
+    /// `released`; no further request for this provider follows.
+    Release,
+    /// To a worker only: load the provider library at `library` for `provider` (the
+    /// request's field). Answered with `loaded`.
+    Load { library: String },
+}
+
+/// One response from a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderResponse {
+    pub id: u32,
+    pub reply: ProviderReply,
+}
+
+/// What the provider answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProviderReply {
+    Classes(Vec<ClassSchema>),
+    Instances(Vec<Instance>),
+    Instance(Option<Instance>),
+    Released,
+    Loaded,
+    /// The provider could not do what was asked.
+    Error(ProviderFault),
+}
+
+/// A provider's failure, as it crosses a boundary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderFault {
+    pub kind: FaultKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    NotFound,
+    Unsupported,
+    InvalidArgument,
+    AccessDenied,
+    Failed,
+}
+
+impl ProviderReply {
+    /// The reply's name, for error messages about unexpected replies.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderReply::Classes(_) => "classes",
+            ProviderReply::Instances(_) => "instances",
+            ProviderReply::Instance(_) => "instance",
+            ProviderReply::Released => "released",
+            ProviderReply::Loaded => "loaded",
+            ProviderReply::Error(_) => "error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_forms_are_the_documented_ones() {
+        let req = ProviderRequest {
+            id: 3,
+            provider: "uptime".into(),
+            caller: CallerInfo {
+                uid: 1000,
+                gid: 1000,
+                pid: 42,
+            },
+            deadline_ms: 10000,
+            call: ProviderCall::Get {
+                class: ClassPath::new("demo.uptime").unwrap(),
+                key: InstanceKey::new(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"id":3,"provider":"uptime","caller":{"uid":1000,"gid":1000,"pid":42},"deadline_ms":10000,"call":{"get":{"class":"demo.uptime","key":{}}}}"#
+        );
+        let classes: ProviderRequest =
+            serde_json::from_str(r#"{"id":1,"call":"classes"}"#).unwrap();
+        assert_eq!(classes.call, ProviderCall::Classes);
+        let resp: ProviderResponse = serde_json::from_str(
+            r#"{"id":3,"reply":{"error":{"kind":"not_found","message":"no such thing"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            resp.reply,
+            ProviderReply::Error(ProviderFault {
+                kind: FaultKind::NotFound,
+                message: "no such thing".into()
+            })
+        );
+        let none: ProviderResponse =
+            serde_json::from_str(r#"{"id":4,"reply":{"instance":null}}"#).unwrap();
+        assert_eq!(none.reply, ProviderReply::Instance(None));
+    }
+}

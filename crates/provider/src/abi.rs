@@ -1,0 +1,305 @@
+//! The provider library ABI (documented in `docs/provider-abi.md`, mirrored by
+//! `include/purveyor/provider.h`), and the Rust side of it.
+//!
+//! A provider library exports one function, [`INSTALL_SYMBOL`]. The host calls it with its
+//! ABI version; the library fills a [`PvProvider`] table of C function pointers. Only C
+//! types cross: each request is a [`ProviderRequest`] encoded as bytes, each reply a
+//! [`ProviderResponse`] encoded as bytes, in the encoding the table names.
+//!
+//! A Rust author does not touch any of this: implement [`Provider`] and write
+//! `purveyor_provider::export_provider!(MyProvider::new);`.
+
+use std::ffi::{c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use purveyor_protocol::{
+    Encoding, FaultKind, PROVIDER_ABI_VERSION, ProviderCall, ProviderFault, ProviderReply,
+    ProviderRequest, ProviderResponse, decode, encode_payload,
+};
+
+use crate::{CallContext, Caller, Provider, ProviderError};
+
+/// The name of the one symbol a provider library exports.
+pub const INSTALL_SYMBOL: &str = "purveyor_provider_install";
+
+/// `encoding` values in [`PvProvider`].
+pub const PV_ENCODING_BINARY: u32 = 0;
+pub const PV_ENCODING_JSON: u32 = 1;
+
+/// Return values of the install function and of `call`.
+pub const PV_OK: i32 = 0;
+/// The library does not speak the host's ABI version (it still sets `abi_version`).
+pub const PV_ERR_ABI: i32 = 1;
+/// Any other failure.
+pub const PV_ERR_FAILED: i32 = 2;
+
+/// `int32_t purveyor_provider_install(uint32_t host_abi, const char *name, pv_provider *out)`.
+pub type InstallFn =
+    unsafe extern "C" fn(host_abi: u32, name: *const c_char, out: *mut PvProvider) -> i32;
+
+/// `call(state, request, request_len, &reply, &reply_len)`.
+pub type CallFn = unsafe extern "C" fn(
+    state: *mut c_void,
+    request: *const u8,
+    request_len: u64,
+    reply: *mut *mut u8,
+    reply_len: *mut u64,
+) -> i32;
+/// `free_reply(state, reply, reply_len)`: gives back a reply buffer `call` made.
+pub type FreeFn = unsafe extern "C" fn(state: *mut c_void, reply: *mut u8, reply_len: u64);
+/// `release(state)`: the cleanup hook; no call follows it.
+pub type ReleaseFn = unsafe extern "C" fn(state: *mut c_void);
+
+/// The table a library fills in. Layout pinned by the assertions below and by the C
+/// header's `_Static_assert`s.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PvProvider {
+    pub abi_version: u32,
+    pub encoding: u32,
+    pub state: *mut c_void,
+    pub call: Option<CallFn>,
+    pub free_reply: Option<FreeFn>,
+    pub release: Option<ReleaseFn>,
+}
+
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    const P: usize = size_of::<*const u8>();
+    assert!(offset_of!(PvProvider, abi_version) == 0);
+    assert!(offset_of!(PvProvider, encoding) == 4);
+    assert!(offset_of!(PvProvider, state) == 8);
+    assert!(offset_of!(PvProvider, call) == 8 + P);
+    assert!(offset_of!(PvProvider, free_reply) == 8 + 2 * P);
+    assert!(offset_of!(PvProvider, release) == 8 + 3 * P);
+    assert!(size_of::<PvProvider>() == 8 + 4 * P);
+};
+
+impl PvProvider {
+    /// An empty table, for the host to pass to an install function.
+    pub fn empty() -> Self {
+        PvProvider {
+            abi_version: 0,
+            encoding: 0,
+            state: std::ptr::null_mut(),
+            call: None,
+            free_reply: None,
+            release: None,
+        }
+    }
+}
+
+/// Answers one request with `provider`: the dispatch every hosting model shares.
+pub fn serve(provider: &dyn Provider, request: &ProviderRequest) -> ProviderReply {
+    let ctx = CallContext {
+        caller: Caller {
+            uid: request.caller.uid,
+            gid: request.caller.gid,
+            pid: request.caller.pid,
+        },
+        deadline: (request.deadline_ms > 0)
+            .then(|| Instant::now() + Duration::from_millis(request.deadline_ms)),
+    };
+    serve_call(provider, &request.call, &ctx)
+}
+
+/// Answers one call with `provider`, in `ctx`.
+pub fn serve_call(provider: &dyn Provider, call: &ProviderCall, ctx: &CallContext) -> ProviderReply {
+    let result = match call {
+        ProviderCall::Classes => Ok(ProviderReply::Classes(provider.classes())),
+        ProviderCall::Enumerate { class } => {
+            provider.enumerate(class, ctx).map(ProviderReply::Instances)
+        }
+        ProviderCall::Get { class, key } => {
+            provider.get(class, key, ctx).map(ProviderReply::Instance)
+        }
+        ProviderCall::Release => {
+            provider.release();
+            Ok(ProviderReply::Released)
+        }
+        other => Err(ProviderError::Unsupported(format!(
+            "this provider does not handle {other:?}"
+        ))),
+    };
+    result.unwrap_or_else(|e| ProviderReply::Error(fault(e)))
+}
+
+/// A [`ProviderError`] as it crosses a boundary.
+pub fn fault(error: ProviderError) -> ProviderFault {
+    let (kind, message) = match error {
+        ProviderError::NotFound(m) => (FaultKind::NotFound, m),
+        ProviderError::Unsupported(m) => (FaultKind::Unsupported, m),
+        ProviderError::InvalidArgument(m) => (FaultKind::InvalidArgument, m),
+        ProviderError::AccessDenied(m) => (FaultKind::AccessDenied, m),
+        ProviderError::Failed(m) => (FaultKind::Failed, m),
+    };
+    ProviderFault { kind, message }
+}
+
+/// A [`ProviderFault`] back as a [`ProviderError`].
+pub fn from_fault(fault: ProviderFault) -> ProviderError {
+    match fault.kind {
+        FaultKind::NotFound => ProviderError::NotFound(fault.message),
+        FaultKind::Unsupported => ProviderError::Unsupported(fault.message),
+        FaultKind::InvalidArgument => ProviderError::InvalidArgument(fault.message),
+        FaultKind::AccessDenied => ProviderError::AccessDenied(fault.message),
+        FaultKind::Failed => ProviderError::Failed(fault.message),
+    }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// What a Rust library's table points at: the provider, or why it could not be made.
+struct State {
+    provider: Result<Box<dyn Provider>, ProviderError>,
+}
+
+/// The body of the install function [`export_provider!`] writes.
+///
+/// # Safety
+/// `out` must be null or point to a writable [`PvProvider`].
+pub unsafe fn install<P, F>(host_abi: u32, out: *mut PvProvider, make: F) -> i32
+where
+    P: Provider,
+    F: FnOnce() -> Result<P, ProviderError>,
+{
+    if out.is_null() {
+        return PV_ERR_FAILED;
+    }
+    // SAFETY: the caller promises `out` points to a writable table.
+    let out = unsafe { &mut *out };
+    out.abi_version = PROVIDER_ABI_VERSION;
+    if host_abi != PROVIDER_ABI_VERSION {
+        return PV_ERR_ABI;
+    }
+    // A provider that fails to initialise (or panics doing so) still installs: every call
+    // answers with the reason, so the host reports it as a failed load, with the message.
+    let provider = match catch_unwind(AssertUnwindSafe(make)) {
+        Ok(made) => made.map(|p| Box::new(p) as Box<dyn Provider>),
+        Err(panic) => Err(ProviderError::Failed(format!(
+            "the provider panicked while initialising: {}",
+            panic_message(&*panic)
+        ))),
+    };
+    let state = Box::new(State { provider });
+    out.encoding = PV_ENCODING_BINARY;
+    out.state = Box::into_raw(state).cast();
+    out.call = Some(call_trampoline);
+    out.free_reply = Some(free_trampoline);
+    out.release = Some(release_trampoline);
+    PV_OK
+}
+
+unsafe extern "C" fn call_trampoline(
+    state: *mut c_void,
+    request: *const u8,
+    request_len: u64,
+    reply: *mut *mut u8,
+    reply_len: *mut u64,
+) -> i32 {
+    if state.is_null() || request.is_null() || reply.is_null() || reply_len.is_null() {
+        return PV_ERR_FAILED;
+    }
+    // SAFETY: `state` is the pointer `install` made from a live `Box<State>`; the host
+    // calls `release` (which frees it) only after the last call has returned.
+    let state = unsafe { &*state.cast::<State>() };
+    // SAFETY: the host passes a buffer of `request_len` readable bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(request, request_len as usize) };
+    let answer = catch_unwind(AssertUnwindSafe(|| {
+        let request: ProviderRequest = match decode(Encoding::Binary, bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                return ProviderResponse {
+                    id: 0,
+                    reply: ProviderReply::Error(ProviderFault {
+                        kind: FaultKind::InvalidArgument,
+                        message: e.to_string(),
+                    }),
+                };
+            }
+        };
+        let reply = match &state.provider {
+            Ok(p) => serve(&**p, &request),
+            Err(e) => ProviderReply::Error(fault(e.clone())),
+        };
+        ProviderResponse {
+            id: request.id,
+            reply,
+        }
+    }))
+    .unwrap_or_else(|panic| ProviderResponse {
+        id: 0,
+        reply: ProviderReply::Error(ProviderFault {
+            kind: FaultKind::Failed,
+            message: format!("the provider panicked: {}", panic_message(&*panic)),
+        }),
+    });
+    let mut out = Vec::new();
+    if encode_payload(Encoding::Binary, &answer, &mut out).is_err() {
+        return PV_ERR_FAILED;
+    }
+    let boxed = out.into_boxed_slice();
+    let len = boxed.len() as u64;
+    // SAFETY: checked non-null above; the host passes writable out-parameters.
+    unsafe {
+        *reply_len = len;
+        *reply = Box::into_raw(boxed).cast::<u8>();
+    }
+    PV_OK
+}
+
+unsafe extern "C" fn free_trampoline(_state: *mut c_void, reply: *mut u8, reply_len: u64) {
+    if reply.is_null() {
+        return;
+    }
+    let slice = std::ptr::slice_from_raw_parts_mut(reply, reply_len as usize);
+    // SAFETY: `reply` and `reply_len` are a buffer `call_trampoline` made with
+    // `Box::into_raw` of a boxed slice of exactly this length, given back once.
+    drop(unsafe { Box::from_raw(slice) });
+}
+
+unsafe extern "C" fn release_trampoline(state: *mut c_void) {
+    if state.is_null() {
+        return;
+    }
+    // SAFETY: `state` came from `Box::into_raw` in `install`; the host calls `release`
+    // once, after the last call.
+    let state = unsafe { Box::from_raw(state.cast::<State>()) };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if let Ok(p) = &state.provider {
+            p.release();
+        }
+        drop(state);
+    }));
+}
+
+/// Exports a provider from a `cdylib`: `export_provider!(MyProvider::new)`, where the
+/// expression is a function returning `Result<MyProvider, ProviderError>`.
+#[macro_export]
+macro_rules! export_provider {
+    ($make:expr) => {
+        /// The install function the host looks up (see `docs/provider-abi.md`).
+        ///
+        /// # Safety
+        /// Called by the host with a writable table.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn purveyor_provider_install(
+            host_abi: u32,
+            _name: *const ::std::ffi::c_char,
+            out: *mut $crate::abi::PvProvider,
+        ) -> i32 {
+            // SAFETY: the host passes a writable table, as the ABI requires.
+            unsafe { $crate::abi::install(host_abi, out, $make) }
+        }
+    };
+}

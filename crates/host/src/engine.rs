@@ -612,6 +612,7 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
                         None => format!("worker for provider {name}"),
                     },
                     timeout,
+                    None,
                 )
             };
             let conn = match host_group {
@@ -653,6 +654,7 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
                 &name,
                 format!("external provider {name}"),
                 timeout,
+                slot.manifest.dir(),
             )
             .await
             .map_err(failed)?;

@@ -53,6 +53,14 @@ pub enum Entry {
 }
 
 impl Manifest {
+    /// The directory of the manifest file (external providers run there).
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.source {
+            ManifestSource::File(file) => file.parent().filter(|d| !d.as_os_str().is_empty()),
+            ManifestSource::Builtin(_) => None,
+        }
+    }
+
     /// `path` as written in this manifest: relative paths are relative to the manifest's
     /// directory.
     pub fn resolve(&self, path: &str) -> PathBuf {

@@ -66,8 +66,12 @@ impl ProcessConn {
         provider: &str,
         label: String,
         timeout: Duration,
+        dir: Option<&std::path::Path>,
     ) -> Result<Arc<ProcessConn>, String> {
         let mut cmd = Command::new(program);
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -207,7 +207,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if global.json {
                 print_json(&providers)?;
             } else {
-                out(&format!("provider {name} enabled; it loads on its next request\n"))?;
+                out(&format!(
+                    "provider {name} enabled; it loads on its next request\n"
+                ))?;
             }
             Ok(ExitCode::SUCCESS)
         }

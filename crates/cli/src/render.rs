@@ -229,8 +229,18 @@ pub fn unit_name(unit: Unit) -> &'static str {
 
 pub fn providers(list: &[ProviderStatus]) -> String {
     let mut t = table(vec![
-        "PROVIDER", "HOSTING", "STATE", "PID", "LOADS", "UNLOADS", "CALLS", "ERRORS", "CRASHES",
-        "UNLOAD IN", "LAST USE", "CLASSES",
+        "PROVIDER",
+        "HOSTING",
+        "STATE",
+        "PID",
+        "LOADS",
+        "UNLOADS",
+        "CALLS",
+        "ERRORS",
+        "CRASHES",
+        "UNLOAD IN",
+        "LAST USE",
+        "CLASSES",
     ]);
     for p in list {
         let classes: Vec<&str> = p.classes.iter().map(|c| c.as_str()).collect();

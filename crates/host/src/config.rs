@@ -92,7 +92,10 @@ impl HostConfig {
             return Ok(exe);
         }
         // Beside it, or one directory up (test binaries live in target/*/deps).
-        let candidates = exe.parent().into_iter().chain(exe.parent().and_then(|p| p.parent()));
+        let candidates = exe
+            .parent()
+            .into_iter()
+            .chain(exe.parent().and_then(|p| p.parent()));
         for dir in candidates {
             let candidate = dir.join("purveyor");
             if candidate.is_file() {

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::future::join_all;
+use purveyor_model::Hosting;
 use purveyor_model::{
     Capability, ClassPath, ClassSchema, Instance, InstanceKey, ProviderState, Timestamp,
 };
-use purveyor_model::Hosting;
 use purveyor_protocol::{
     CallerInfo, ClassList, Encoding, ErrorCode, HostStatus, InstanceList, PROTOCOL_VERSION,
     ProviderCall, ProviderReply, ProviderStatus, RemoteError, Request, Response,
@@ -22,11 +22,11 @@ use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
 
 use crate::builtin::{BuiltinProvider, Dispatch};
 use crate::config::HostConfig;
+use crate::library::LibraryProvider;
 use crate::manifest::{Entry, ManifestError};
+use crate::process::{CallFailure, ProcessConn};
 use crate::registry::Registry;
 use crate::self_provider;
-use crate::library::LibraryProvider;
-use crate::process::{CallFailure, ProcessConn};
 use crate::slot::{Backend, LoadResult, Loaded, Lost, SchemaSet, Slot};
 
 /// `purveyor/0.1.0`: how the host names itself in handshakes and status.
@@ -165,14 +165,19 @@ impl Host {
         )
         .await;
         if released.is_err() {
-            tracing::warn!("providers still releasing after the grace period; killing their processes");
+            tracing::warn!(
+                "providers still releasing after the grace period; killing their processes"
+            );
         }
         for slot in self.inner.registry.slots.values() {
             slot.kill_process();
         }
     }
 
-    fn enable_provider(&self, name: &purveyor_model::ProviderName) -> Result<Response, RemoteError> {
+    fn enable_provider(
+        &self,
+        name: &purveyor_model::ProviderName,
+    ) -> Result<Response, RemoteError> {
         let Some(slot) = self.inner.registry.slots.get(name) else {
             return Err(RemoteError::new(
                 ErrorCode::NotFound,
@@ -182,7 +187,10 @@ impl Host {
         if !slot.enable() {
             return Err(slot.error(
                 ErrorCode::InvalidRequest,
-                format!("provider {name} is not quarantined (it is {})", slot.state()),
+                format!(
+                    "provider {name} is not quarantined (it is {})",
+                    slot.state()
+                ),
             ));
         }
         tracing::info!(provider = %name, "provider enabled after quarantine");
@@ -432,14 +440,16 @@ impl Host {
                         );
                         if slot.manifest.hosting == Hosting::InDaemon {
                             // Its thread may be stuck inside it for good: stop using it.
-                            let mut failed = error.clone();
+                            let mut failed = error;
                             failed.message = format!(
                                 "{}; marked failed, since an in-daemon provider cannot be stopped",
                                 failed.message
                             );
-                            slot.lost(loaded, Lost::Failed(failed));
+                            slot.lost(loaded, Lost::Failed(failed.clone()));
+                            Err(failed)
+                        } else {
+                            Err(error)
                         }
-                        Err(error)
                     }
                 }
             }
@@ -567,7 +577,9 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
     let (backend, classes) = match &slot.manifest.entry {
         Entry::Builtin(entry) => {
             let builtin = host.catalog.get(entry).cloned().ok_or_else(|| {
-                failed(format!("this build of purveyor has no builtin provider {entry:?}"))
+                failed(format!(
+                    "this build of purveyor has no builtin provider {entry:?}"
+                ))
             })?;
             let factory = builtin.factory.clone();
             let (provider, classes) = in_pool(&slot, timeout, move || {
@@ -633,10 +645,21 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
             match process_call(&slot, &conn, ProviderCall::Load { library }).await? {
                 ProviderReply::Loaded => {}
                 ProviderReply::Error(fault) => return Err(failed(fault.message)),
-                other => return Err(failed(format!("its worker answered `{}` to load", other.kind()))),
+                other => {
+                    return Err(failed(format!(
+                        "its worker answered `{}` to load",
+                        other.kind()
+                    )));
+                }
             }
             let classes = process_classes(&slot, &conn).await?;
-            (Backend::Process { conn, name: name.clone() }, classes)
+            (
+                Backend::Process {
+                    conn,
+                    name: name.clone(),
+                },
+                classes,
+            )
         }
         Entry::External { command } => {
             let program = slot.manifest.resolve(&command[0]);
@@ -659,7 +682,13 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
             .await
             .map_err(failed)?;
             let classes = process_classes(&slot, &conn).await?;
-            (Backend::Process { conn, name: name.clone() }, classes)
+            (
+                Backend::Process {
+                    conn,
+                    name: name.clone(),
+                },
+                classes,
+            )
         }
     };
     let schemas = check_schemas(&slot, classes)?;
@@ -709,7 +738,10 @@ async fn process_call(
             let message = match e {
                 CallFailure::Died(why) => format!("provider {name} failed to load: {why}"),
                 CallFailure::Timeout => {
-                    conn.kill(format!("{} was killed: it did not load in time", conn.label));
+                    conn.kill(format!(
+                        "{} was killed: it did not load in time",
+                        conn.label
+                    ));
                     format!(
                         "provider {name} did not finish loading within {}",
                         humantime::format_duration(timeout)
@@ -730,7 +762,10 @@ async fn process_classes(slot: &Slot, conn: &ProcessConn) -> Result<Vec<ClassSch
         )),
         other => Err(slot.error(
             ErrorCode::ProviderFailed,
-            format!("provider {name} answered `{}` when asked for its classes", other.kind()),
+            format!(
+                "provider {name} answered `{}` when asked for its classes",
+                other.kind()
+            ),
         )),
     }
 }

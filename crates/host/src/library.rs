@@ -19,8 +19,8 @@ use purveyor_protocol::{
     ProviderResponse, decode, encode_payload,
 };
 use purveyor_provider::abi::{
-    INSTALL_SYMBOL, InstallFn, PV_ENCODING_BINARY, PV_ENCODING_JSON, PV_ERR_ABI, PV_OK,
-    PvProvider, from_fault,
+    INSTALL_SYMBOL, InstallFn, PV_ENCODING_BINARY, PV_ENCODING_JSON, PV_ERR_ABI, PV_OK, PvProvider,
+    from_fault,
 };
 use purveyor_provider::{CallContext, Provider, ProviderError};
 
@@ -247,9 +247,7 @@ impl Drop for LibraryProvider {
 
 fn dl_message(e: &libloading::Error) -> String {
     match e {
-        libloading::Error::DlOpen { desc } => format!("{desc:?}")
-            .trim_matches('"')
-            .to_string(),
+        libloading::Error::DlOpen { desc } => format!("{desc:?}").trim_matches('"').to_string(),
         other => other.to_string(),
     }
 }

@@ -66,9 +66,9 @@ impl Manifest {
     pub fn resolve(&self, path: &str) -> PathBuf {
         let p = PathBuf::from(path);
         match &self.source {
-            ManifestSource::File(file) if p.is_relative() => file
-                .parent()
-                .map_or_else(|| p.clone(), |dir| dir.join(&p)),
+            ManifestSource::File(file) if p.is_relative() => {
+                file.parent().map_or_else(|| p.clone(), |dir| dir.join(&p))
+            }
             _ => p,
         }
     }

@@ -46,7 +46,8 @@ pub(crate) struct ProcessConn {
     pub label: String,
     pub pid: u32,
     encoding: Encoding,
-    writer: tokio::sync::Mutex<ChildStdin>,
+    /// `None` once closed: dropping it closes the pipe, which the process sees as EOF.
+    writer: tokio::sync::Mutex<Option<ChildStdin>>,
     pending: Mutex<Pending>,
     /// Set once the process is gone (or being killed): why.
     dead: Mutex<Option<String>>,
@@ -149,7 +150,7 @@ impl ProcessConn {
             label,
             pid,
             encoding,
-            writer: tokio::sync::Mutex::new(stdin),
+            writer: tokio::sync::Mutex::new(Some(stdin)),
             pending: Mutex::new(HashMap::new()),
             dead: Mutex::new(None),
             next_id: AtomicU32::new(1),
@@ -187,17 +188,28 @@ impl ProcessConn {
         let exchange = async {
             {
                 let mut w = self.writer.lock().await;
+                let Some(w) = w.as_mut() else {
+                    // Closed by a release: nobody will answer.
+                    return None;
+                };
                 if let Err(e) = w.write_all(&frame).await {
-                    // The reader reports the exit; wait for it rather than guess.
+                    // The reader reports the exit status; wait for it rather than guess.
                     tracing::debug!(process = %self.label, error = %e, "write to provider failed");
                 }
             }
-            rx.await
+            Some(rx.await)
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(why))) => Err(CallFailure::Died(why)),
-            Ok(Err(_)) => Err(CallFailure::Died(
+            Ok(Some(Ok(Ok(reply)))) => Ok(reply),
+            Ok(Some(Ok(Err(why)))) => Err(CallFailure::Died(why)),
+            Ok(None) => {
+                self.lock_pending().remove(&id);
+                Err(CallFailure::Died(
+                    self.dead_reason()
+                        .unwrap_or_else(|| format!("{} was released", self.label)),
+                ))
+            }
+            Ok(Some(Err(_))) => Err(CallFailure::Died(
                 self.dead_reason()
                     .unwrap_or_else(|| "the process went away".into()),
             )),
@@ -221,7 +233,12 @@ impl ProcessConn {
                 *dead = Some(why);
             }
         }
-        if let Some(child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(child) = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             let _ = child.start_kill();
         }
     }
@@ -235,10 +252,7 @@ impl ProcessConn {
                 *dead = Some(format!("{} was released", self.label));
             }
         }
-        {
-            let mut w = self.writer.lock().await;
-            let _ = w.shutdown().await;
-        }
+        drop(self.writer.lock().await.take());
         let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(mut child) = child {
             finish(&mut child, grace).await;

@@ -36,7 +36,10 @@ pub(crate) enum Backend {
     },
     /// In a process of its own: an isolated worker (maybe shared by a host group) or an
     /// external executable. `name` is the provider's name in that process.
-    Process { conn: Arc<ProcessConn>, name: String },
+    Process {
+        conn: Arc<ProcessConn>,
+        name: String,
+    },
 }
 
 impl Loaded {
@@ -250,7 +253,9 @@ impl Slot {
                 });
                 match tokio::time::timeout(timeout, hook).await {
                     Ok(Ok(Ok(()))) => {}
-                    Ok(_) => tracing::warn!(provider = %self.manifest.name, "cleanup hook panicked"),
+                    Ok(_) => {
+                        tracing::warn!(provider = %self.manifest.name, "cleanup hook panicked")
+                    }
                     Err(_) => {
                         tracing::warn!(provider = %self.manifest.name, "cleanup hook did not finish in time")
                     }

@@ -126,14 +126,13 @@ impl Worker {
                 }
             };
             let id = request.id;
-            let reply = catch_unwind(AssertUnwindSafe(|| self.answer(request))).unwrap_or_else(
-                |panic| {
+            let reply =
+                catch_unwind(AssertUnwindSafe(|| self.answer(request))).unwrap_or_else(|panic| {
                     fault(
                         FaultKind::Failed,
                         format!("the provider panicked: {}", panic_message(&*panic)),
                     )
-                },
-            );
+                });
             let mut frame = Vec::new();
             let response = ProviderResponse { id, reply };
             if let Err(e) = encode_frame(self.encoding, &response, MAX_FRAME, &mut frame) {

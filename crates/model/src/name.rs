@@ -60,8 +60,15 @@ pub enum NameError {
 ///
 /// Equality and order compare the names; two handles to the same interned name compare
 /// equal without reading it.
-#[derive(Debug, Clone, Hash)]
+#[derive(Debug, Clone)]
 pub struct Identifier(Arc<str>);
+
+impl std::hash::Hash for Identifier {
+    // Hashes the name, as `str` does: consistent with `Eq` and with `Borrow<str>`.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for Identifier {
     fn eq(&self, other: &Self) -> bool {

@@ -105,7 +105,11 @@ pub fn serve(provider: &dyn Provider, request: &ProviderRequest) -> ProviderRepl
 }
 
 /// Answers one call with `provider`, in `ctx`.
-pub fn serve_call(provider: &dyn Provider, call: &ProviderCall, ctx: &CallContext) -> ProviderReply {
+pub fn serve_call(
+    provider: &dyn Provider,
+    call: &ProviderCall,
+    ctx: &CallContext,
+) -> ProviderReply {
     let result = match call {
         ProviderCall::Classes => Ok(ProviderReply::Classes(provider.classes())),
         ProviderCall::Enumerate { class } => {

@@ -11,8 +11,8 @@ use std::time::Instant;
 pub mod abi;
 
 pub use purveyor_model as model;
-pub use purveyor_protocol as protocol;
 use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
+pub use purveyor_protocol as protocol;
 
 /// A provider: the code that supplies the instances of some classes.
 ///

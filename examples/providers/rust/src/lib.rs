@@ -45,9 +45,27 @@ impl Provider for Greeting {
             "A greeting per name",
             vec![
                 p("name", "string", Unit::None, Semantic::Key, "who"),
-                p("message", "string", Unit::None, Semantic::Discrete, "the greeting"),
-                p("greeted", "u64", Unit::Count, Semantic::Counter, "greetings so far"),
-                p("pid", "u64", Unit::None, Semantic::Discrete, "the serving process"),
+                p(
+                    "message",
+                    "string",
+                    Unit::None,
+                    Semantic::Discrete,
+                    "the greeting",
+                ),
+                p(
+                    "greeted",
+                    "u64",
+                    Unit::Count,
+                    Semantic::Counter,
+                    "greetings so far",
+                ),
+                p(
+                    "pid",
+                    "u64",
+                    Unit::None,
+                    Semantic::Discrete,
+                    "the serving process",
+                ),
             ],
         )]
     }

@@ -1,0 +1,800 @@
+//! Provider hosting and lifecycle, end to end: a real daemon (`purveyor serve`), real
+//! provider libraries built by the tests (`cc`) and by the workspace (the Rust example),
+//! real worker and external processes.
+
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use purveyor_client::{Client, ClientError, ConnectOptions};
+use purveyor_model::{ClassPath, Identifier, Instance, InstanceKey, ProviderState, Value};
+use purveyor_protocol::ProviderStatus;
+
+const BIN: &str = env!("CARGO_BIN_EXE_purveyor");
+const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+const DEMO_C: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/providers/c/demo.c"
+);
+const INCLUDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../include");
+
+/// Compiles `source` with `cc` (once per test process) into the target's temp directory.
+fn compile(out: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let dir = Path::new(TMP).join(format!("hosting-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(out);
+    let status = Command::new("cc")
+        .args(flags)
+        .arg("-I")
+        .arg(INCLUDE)
+        .arg("-o")
+        .arg(&path)
+        .arg(source)
+        .status()
+        .expect("a C compiler (cc) is needed for the hosting tests");
+    assert!(status.success(), "cc {flags:?} {source} failed");
+    path
+}
+
+fn c_library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| compile("libdemo_c.so", DEMO_C, &["-shared", "-fPIC", "-O2"]))
+}
+
+fn c_external() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile("demo-external", DEMO_C, &["-DPURVEYOR_EXTERNAL", "-O2"]))
+}
+
+/// The Rust example provider library, built by the workspace (or built here if not yet).
+fn rust_library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let path = Path::new(BIN).with_file_name("libpurveyor_example.so");
+        if !path.is_file() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "purveyor-example-provider"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "building the example provider failed");
+        }
+        assert!(path.is_file(), "{} is missing", path.display());
+        path
+    })
+}
+
+/// A daemon on a temp socket with its own providers directory; killed when dropped, and
+/// with it (PDEATHSIG) every provider process it started.
+struct Daemon {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start(manifests: &[(&str, String)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let providers = dir.path().join("providers");
+        std::fs::create_dir(&providers).unwrap();
+        for (name, text) in manifests {
+            std::fs::write(providers.join(format!("{name}.toml")), text).unwrap();
+        }
+        let socket = dir.path().join("d.sock");
+        let log = File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "-v", "--socket"])
+            .arg(&socket)
+            .arg("--providers")
+            .arg(&providers)
+            .env("PURVEYOR_WORKER", BIN)
+            .env("PURVEYOR_DEMO_RELEASED", dir.path().join("released.log"))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon {
+            dir,
+            socket,
+            child: Some(child),
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect_socket(&self.socket, &ConnectOptions::default()).unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn status(&self, provider: &str) -> ProviderStatus {
+        self.client()
+            .providers()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name.as_str() == provider)
+            .unwrap()
+    }
+
+    /// Signals the daemon and waits (bounded) for it to exit.
+    fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill sends a signal to our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        wait_child(&mut child, Duration::from_secs(20))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited; only a process that still runs counts.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn manifest(name: &str, hosting: &str, entry: &str, class: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\nhosting = \"{hosting}\"\n{entry}\nclasses = [\"{class}\"]\ncapabilities = [\"enumerate\", \"get\"]\n{extra}\n"
+    )
+}
+
+fn c_manifest(name: &str, hosting: &str, extra: &str) -> String {
+    let entry = if hosting == "external" {
+        format!("command = [{:?}]", c_external().display().to_string())
+    } else {
+        format!("library = {:?}", c_library().display().to_string())
+    };
+    manifest(name, hosting, &entry, "demo.counter", extra)
+}
+
+fn class(s: &str) -> ClassPath {
+    ClassPath::new(s).unwrap()
+}
+
+fn named(name: &str) -> InstanceKey {
+    let mut k = InstanceKey::new();
+    k.insert(Identifier::new("name").unwrap(), Value::String(name.into()));
+    k
+}
+
+fn u64_of(i: &Instance, prop: &str) -> u64 {
+    match i.get(prop) {
+        Some(Value::U64(v)) => *v,
+        other => panic!("{prop}: {other:?}"),
+    }
+}
+
+/// The same provider (one C source) through every hosting model answers the same way;
+/// only the serving process differs.
+#[test]
+fn conformance_in_all_three_hosting_models() {
+    for hosting in ["in-daemon", "isolated", "external"] {
+        let d = Daemon::start(&[("demo", c_manifest("demo", hosting, ""))]);
+        let mut c = d.client();
+        let all = c
+            .enumerate(&class("demo.counter"), &InstanceKey::new())
+            .unwrap();
+        let names: Vec<_> = all.iter().map(|i| i.get("name").cloned()).collect();
+        assert_eq!(
+            names,
+            vec![
+                Some(Value::String("a".into())),
+                Some(Value::String("b".into()))
+            ],
+            "{hosting}"
+        );
+        let a = c.get(&class("demo.counter"), &named("a")).unwrap();
+        let a2 = c.get(&class("demo.counter"), &named("a")).unwrap();
+        assert!(
+            u64_of(&a2, "hits") > u64_of(&a, "hits"),
+            "{hosting}: hits count"
+        );
+        match c.get(&class("demo.counter"), &named("nobody")) {
+            Err(ClientError::NotFound { .. }) => {}
+            other => panic!("{hosting}: {other:?}"),
+        }
+        let pid = u64_of(&a, "pid") as u32;
+        let status = d.status("demo");
+        assert_eq!(status.state, ProviderState::Loaded, "{hosting}");
+        assert_eq!(status.loads, 1, "{hosting}");
+        if hosting == "in-daemon" {
+            assert_eq!(pid, d.pid(), "in-daemon runs in the daemon");
+            assert_eq!(status.pid, None);
+        } else {
+            assert_ne!(pid, d.pid(), "{hosting} runs in a process of its own");
+            assert_eq!(status.pid, Some(pid), "{hosting}: status shows its pid");
+            assert!(alive(pid));
+        }
+        // JSON and binary encodings of the channel agree with the schema the host checks.
+        let schema = c.describe(&class("demo.counter")).unwrap();
+        assert_eq!(schema.keys().count(), 1);
+    }
+}
+
+/// The Rust example library runs unchanged in the daemon and in a worker; a panic in it
+/// fails that request only.
+#[test]
+fn rust_library_in_daemon_and_isolated_and_a_panic_is_an_error() {
+    let lib = rust_library().display().to_string();
+    for hosting in ["in-daemon", "isolated"] {
+        let m = manifest(
+            "greeting",
+            hosting,
+            &format!("library = {lib:?}"),
+            "demo.greeting",
+            "",
+        );
+        let d = Daemon::start(&[("greeting", m)]);
+        let mut c = d.client();
+        let bob = c.get(&class("demo.greeting"), &named("bob")).unwrap();
+        assert_eq!(
+            bob.get("message"),
+            Some(&Value::String("hello, bob".into()))
+        );
+        match c.get(&class("demo.greeting"), &named("panic")) {
+            Err(ClientError::ProviderFailed { provider, message }) => {
+                assert_eq!(provider.as_deref(), Some("greeting"));
+                assert!(message.contains("panicked: asked to panic"), "{message}");
+            }
+            other => panic!("{hosting}: {other:?}"),
+        }
+        let again = c.get(&class("demo.greeting"), &named("bob")).unwrap();
+        assert_eq!(
+            u64_of(&again, "greeted"),
+            2,
+            "{hosting}: same instance after the panic"
+        );
+        assert_eq!(u64_of(&again, "pid"), u64_of(&bob, "pid"));
+    }
+}
+
+#[test]
+fn abi_mismatch_and_missing_symbol_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.c");
+    std::fs::write(
+        &wrong,
+        "#include \"purveyor/provider.h\"\nint32_t purveyor_provider_install(uint32_t h, const char *n, pv_provider *o) { (void)h; (void)n; o->abi_version = 99; return PV_ERR_ABI; }\n",
+    )
+    .unwrap();
+    let none = dir.path().join("none.c");
+    std::fs::write(&none, "int not_a_provider(void) { return 1; }\n").unwrap();
+    let wrong_so = compile(
+        "libwrong.so",
+        wrong.to_str().unwrap(),
+        &["-shared", "-fPIC"],
+    );
+    let none_so = compile("libnone.so", none.to_str().unwrap(), &["-shared", "-fPIC"]);
+    let d = Daemon::start(&[
+        (
+            "wrong",
+            manifest(
+                "wrong",
+                "in-daemon",
+                &format!("library = {:?}", wrong_so.display().to_string()),
+                "demo.wrong",
+                "",
+            ),
+        ),
+        (
+            "none",
+            manifest(
+                "none",
+                "isolated",
+                &format!("library = {:?}", none_so.display().to_string()),
+                "demo.none",
+                "",
+            ),
+        ),
+        (
+            "missing",
+            manifest(
+                "missing",
+                "in-daemon",
+                "library = \"/nonexistent/libx.so\"",
+                "demo.missing",
+                "",
+            ),
+        ),
+    ]);
+    let mut c = d.client();
+    let err = c
+        .enumerate(&class("demo.wrong"), &InstanceKey::new())
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!(
+            "library {} speaks provider ABI version 99; this host speaks version 1",
+            wrong_so.display()
+        )),
+        "{text}"
+    );
+    let text = c
+        .enumerate(&class("demo.none"), &InstanceKey::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains(&format!(
+            "library {} does not export purveyor_provider_install",
+            none_so.display()
+        )),
+        "{text}"
+    );
+    let text = c
+        .enumerate(&class("demo.missing"), &InstanceKey::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("provider missing failed to load: cannot load library /nonexistent/libx.so"),
+        "{text}"
+    );
+    // The daemon serves everyone else.
+    c.ping().unwrap();
+    c.get(&class("system.load"), &InstanceKey::new()).unwrap();
+}
+
+/// A provider process that dies mid-call: the waiting client is told which signal or exit
+/// status, other providers carry on, and the next request starts a new process.
+#[test]
+fn crash_mid_call_is_isolated_and_restarts() {
+    let d = Daemon::start(&[("iso", c_manifest("iso", "isolated", ""))]);
+    let mut c = d.client();
+    let before = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
+    for (key, expect) in [
+        ("crash", "killed by signal 11 (SIGSEGV)"),
+        ("abort", "killed by signal 6 (SIGABRT)"),
+    ] {
+        match c.get(&class("demo.counter"), &named(key)) {
+            Err(ClientError::ProviderFailed { provider, message }) => {
+                assert_eq!(provider.as_deref(), Some("iso"));
+                assert!(
+                    message.starts_with("provider iso crashed: worker for provider iso (pid ")
+                        && message.contains(expect),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        c.get(&class("system.load"), &InstanceKey::new()).unwrap();
+    }
+    assert!(!alive(before), "the crashed worker is gone");
+    let after = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
+    assert_ne!(after, before, "a new worker serves the next request");
+    let status = d.status("iso");
+    assert_eq!(status.crashes, 2);
+    assert_eq!(status.loads, 3);
+}
+
+#[test]
+fn external_exit_status_is_reported() {
+    let d = Daemon::start(&[("ext", c_manifest("ext", "external", ""))]);
+    let mut c = d.client();
+    match c.get(&class("demo.counter"), &named("exit")) {
+        Err(ClientError::ProviderFailed { message, .. }) => {
+            assert!(
+                message.starts_with("provider ext crashed: external provider ext (pid ")
+                    && message.ends_with("exit status 3"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    c.get(&class("demo.counter"), &named("a")).unwrap();
+}
+
+#[test]
+fn crash_loop_is_quarantined_until_enabled() {
+    let d = Daemon::start(&[("iso", c_manifest("iso", "isolated", ""))]);
+    let mut c = d.client();
+    for _ in 0..3 {
+        assert!(matches!(
+            c.get(&class("demo.counter"), &named("crash")),
+            Err(ClientError::ProviderFailed { .. })
+        ));
+    }
+    assert_eq!(d.status("iso").state, ProviderState::Quarantined);
+    match c.get(&class("demo.counter"), &named("a")) {
+        Err(ClientError::ProviderFailed { message, .. }) => assert!(
+            message.starts_with("provider iso is quarantined: it crashed 3 times within 1m")
+                && message.ends_with("run `purveyor providers enable iso`"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let out = Command::new(BIN)
+        .args(["--socket"])
+        .arg(&d.socket)
+        .args(["providers", "enable", "iso"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    c.get(&class("demo.counter"), &named("a")).unwrap();
+}
+
+/// A call past its deadline: a timeout naming the provider; the worker is killed and a
+/// new one serves the next request. An in-daemon provider is marked failed instead.
+#[test]
+fn deadline_kills_a_hung_worker_and_fails_an_in_daemon_provider() {
+    let d = Daemon::start(&[(
+        "iso",
+        c_manifest("iso", "isolated", "call_timeout = \"300ms\""),
+    )]);
+    let mut c = d.client();
+    let before = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
+    match c.get(&class("demo.counter"), &named("hang")) {
+        Err(ClientError::Timeout { provider, message }) => {
+            assert_eq!(provider.as_deref(), Some("iso"));
+            assert_eq!(
+                message,
+                "provider iso did not answer within 300ms; its process was killed and restarts on next use"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_until("the hung worker to die", Duration::from_secs(5), || {
+        !alive(before)
+    });
+    let after = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
+    assert_ne!(before, after);
+    drop(d);
+
+    let d = Daemon::start(&[(
+        "ind",
+        c_manifest("ind", "in-daemon", "call_timeout = \"300ms\""),
+    )]);
+    let mut c = d.client();
+    assert!(matches!(
+        c.get(&class("demo.counter"), &named("hang")),
+        Err(ClientError::Timeout { .. })
+    ));
+    let status = d.status("ind");
+    assert_eq!(status.state, ProviderState::Failed);
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("marked failed, since an in-daemon provider cannot be stopped"),
+        "{status:?}"
+    );
+}
+
+/// `clear_after = 300ms`: released no earlier than 300 ms after the last request, and
+/// soon after; a request inside the window keeps it loaded; the worker really exits and
+/// the cleanup entry point ran.
+#[test]
+fn idle_unload_happens_inside_the_documented_window() {
+    let d = Daemon::start(&[(
+        "iso",
+        c_manifest("iso", "isolated", "clear_after = \"300ms\""),
+    )]);
+    let mut c = d.client();
+    let pid = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
+    // Keep it busy for longer than clear_after: it must stay loaded.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(150));
+        c.get(&class("demo.counter"), &named("a")).unwrap();
+    }
+    let last = Instant::now();
+    assert_eq!(d.status("iso").loads, 1);
+    assert_eq!(d.status("iso").unloads, 0);
+    wait_until("the idle unload", Duration::from_secs(5), || {
+        d.status("iso").state == ProviderState::Registered
+    });
+    let idle = last.elapsed();
+    assert!(
+        idle >= Duration::from_millis(300),
+        "released after {idle:?}, before clear_after"
+    );
+    assert!(
+        idle < Duration::from_millis(600),
+        "released after {idle:?}, later than 2 x clear_after"
+    );
+    wait_until("the worker to exit", Duration::from_secs(5), || !alive(pid));
+    let released = std::fs::read_to_string(d.dir.path().join("released.log")).unwrap();
+    assert_eq!(released.trim(), format!("released {pid}"));
+    assert_eq!(d.status("iso").unloads, 1);
+}
+
+#[test]
+fn hundred_concurrent_first_requests_cause_one_load() {
+    let d = Daemon::start(&[("iso", c_manifest("iso", "isolated", ""))]);
+    let mut c = d.client();
+    let ids: Vec<u32> = (0..100)
+        .map(|_| {
+            c.send(purveyor_protocol::Request::Get {
+                class: class("demo.counter"),
+                key: named("a"),
+            })
+            .unwrap()
+        })
+        .collect();
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in &ids {
+        let (_, reply) = c.recv().unwrap();
+        match reply.unwrap() {
+            purveyor_protocol::Response::Instance(i) => {
+                pids.insert(u64_of(&i, "pid"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(pids.len(), 1, "one worker served them all");
+    assert_eq!(d.status("iso").loads, 1);
+}
+
+#[test]
+fn host_group_shares_one_worker() {
+    let lib = rust_library().display().to_string();
+    let d = Daemon::start(&[
+        (
+            "c1",
+            c_manifest("c1", "isolated", "host_group = \"shared\""),
+        ),
+        (
+            "r1",
+            manifest(
+                "r1",
+                "isolated",
+                &format!("library = {lib:?}\nhost_group = \"shared\""),
+                "demo.greeting",
+                "",
+            ),
+        ),
+    ]);
+    let mut c = d.client();
+    let a = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid");
+    let b = u64_of(&c.get(&class("demo.greeting"), &named("x")).unwrap(), "pid");
+    assert_eq!(a, b, "one worker for the group");
+}
+
+#[test]
+fn non_pure_provider_is_released_as_a_client() {
+    let d = Daemon::start(&[(
+        "np",
+        c_manifest("np", "external", "pure = false\nclear_after = \"200ms\""),
+    )]);
+    let mut c = d.client();
+    c.get(&class("demo.counter"), &named("a")).unwrap();
+    wait_until("the release", Duration::from_secs(5), || {
+        d.status("np").state == ProviderState::ReleasedAsClient
+    });
+    let status = c.status().unwrap();
+    assert_eq!(status.providers_loaded, 0, "not counted as loaded");
+    // A new request loads a fresh instance.
+    c.get(&class("demo.counter"), &named("a")).unwrap();
+    assert_eq!(d.status("np").loads, 2);
+}
+
+/// SIGTERM with a provider stuck in a call: the daemon releases what it can, kills the
+/// rest and exits, leaving no provider process behind.
+#[test]
+fn sigterm_with_a_provider_mid_call_exits_and_kills_it() {
+    let mut d = Daemon::start(&[(
+        "iso",
+        c_manifest("iso", "isolated", "call_timeout = \"60s\""),
+    )]);
+    let mut c = d.client();
+    let pid = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
+    c.send(purveyor_protocol::Request::Get {
+        class: class("demo.counter"),
+        key: named("hang"),
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let status = d.stop(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_until("the worker to die", Duration::from_secs(5), || !alive(pid));
+}
+
+/// SIGKILL of the daemon leaves no orphans: workers and external providers die with it.
+#[test]
+fn sigkill_of_the_daemon_leaves_no_orphans() {
+    let mut d = Daemon::start(&[
+        ("iso", c_manifest("iso", "isolated", "")),
+        (
+            "uptime",
+            manifest(
+                "uptime",
+                "external",
+                &format!(
+                    "command = [\"python3\", {:?}]",
+                    concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/../../examples/providers/python/uptime.py"
+                    )
+                ),
+                "demo.uptime",
+                "",
+            ),
+        ),
+    ]);
+    let mut c = d.client();
+    let iso = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
+    let py = u64_of(
+        &c.get(&class("demo.uptime"), &InstanceKey::new()).unwrap(),
+        "pid",
+    ) as u32;
+    assert!(alive(iso) && alive(py));
+    d.stop(libc::SIGKILL);
+    wait_until("the worker to die", Duration::from_secs(5), || !alive(iso));
+    wait_until("the python provider to die", Duration::from_secs(5), || {
+        !alive(py)
+    });
+}
+
+#[test]
+fn python_example_serves_through_the_daemon() {
+    let d = Daemon::start(&[(
+        "uptime",
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/providers/python/uptime.toml"
+        ))
+        .unwrap()
+        .replace(
+            "\"uptime.py\"",
+            &format!(
+                "{:?}",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../examples/providers/python/uptime.py"
+                )
+            ),
+        ),
+    )]);
+    let mut c = d.client();
+    let up = c.get(&class("demo.uptime"), &InstanceKey::new()).unwrap();
+    match up.get("seconds") {
+        Some(Value::F64(s)) => assert!(*s > 0.0),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A 32-bit external provider (gcc -m32) served by the 64-bit daemon.
+#[test]
+#[ignore = "needs a 32-bit C toolchain (gcc-multilib); .ci/run installs it and runs this"]
+fn thirty_two_bit_external_provider() {
+    let exe = compile(
+        "demo-external-32",
+        DEMO_C,
+        &["-m32", "-DPURVEYOR_EXTERNAL", "-O2"],
+    );
+    let file = Command::new("file").arg(&exe).output();
+    if let Ok(out) = file {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("32-bit"), "{text}");
+    }
+    let m = manifest(
+        "ext32",
+        "external",
+        &format!("command = [{:?}]", exe.display().to_string()),
+        "demo.counter",
+        "",
+    );
+    let d = Daemon::start(&[("ext32", m)]);
+    let mut c = d.client();
+    let all = c
+        .enumerate(&class("demo.counter"), &InstanceKey::new())
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    let a = c.get(&class("demo.counter"), &named("a")).unwrap();
+    assert!(u64_of(&a, "hits") >= 1);
+}
+
+/// File-backed mappings (anonymous ones come and go with malloc arenas and thread
+/// stacks of the test's own threads) and resident memory.
+fn maps_and_rss() -> (usize, u64) {
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .is_some_and(|p| p.starts_with('/'))
+        })
+        .count();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    (maps, rss)
+}
+
+/// The `dlclose` rule (docs/provider-abi.md): the Rust example library loaded, called and
+/// released 1000 times in this process, with no growth in mappings or memory and no crash.
+#[test]
+fn library_load_unload_1000_times() {
+    use purveyor_host::LibraryProvider;
+    use purveyor_provider::{CallContext, Provider};
+    let path = rust_library();
+    let cycle = |i: usize| {
+        let p = LibraryProvider::open(path, "greeting").unwrap();
+        let ctx = CallContext::internal();
+        // Run the call on a fresh thread too: thread-local destructors in the library must
+        // not outlive its code.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let got = p.get(&class("demo.greeting"), &named("x"), &ctx).unwrap();
+                assert!(got.is_some(), "cycle {i}");
+            });
+        });
+        drop(p);
+    };
+    for i in 0..20 {
+        cycle(i);
+    }
+    let (maps_before, rss_before) = maps_and_rss();
+    for i in 0..1000 {
+        cycle(i);
+    }
+    let (maps_after, rss_after) = maps_and_rss();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert_eq!(maps_before, maps_after, "file mappings grew:\n{maps}");
+    let library_maps = maps
+        .lines()
+        .filter(|l| l.ends_with(path.to_str().unwrap()))
+        .count();
+    assert!(
+        (1..=6).contains(&library_maps),
+        "the library is mapped once (its segments), not per load:\n{maps}"
+    );
+    assert!(
+        rss_after < rss_before + 1024,
+        "RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+}

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use purveyor_bench::{echo_connection, ms, percentiles, us};
 use purveyor_client::{Client, ConnectOptions, Encoding, Target};
 use purveyor_model::{ClassPath, InstanceKey};
 use purveyor_protocol::{ClientMessage, HostMode, Request, encode_frame};
@@ -109,27 +110,6 @@ fn child(dir: &Path) {
             .await
             .unwrap();
     });
-}
-
-/// Reads a frame whose first payload byte says nothing; answers with a frame of the size
-/// the client asks for in the first 4 payload bytes.
-fn echo_connection(mut s: UnixStream) {
-    let mut header = [0u8; 4];
-    let mut buf = vec![0u8; 1 << 16];
-    let mut reply = Vec::new();
-    while s.read_exact(&mut header).is_ok() {
-        let len = u32::from_le_bytes(header) as usize;
-        if s.read_exact(&mut buf[..len]).is_err() {
-            return;
-        }
-        let want = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
-        reply.clear();
-        reply.extend_from_slice(&(want as u32).to_le_bytes());
-        reply.resize(4 + want, 0x5a);
-        if s.write_all(&reply).is_err() {
-            return;
-        }
-    }
 }
 
 struct Server {
@@ -423,18 +403,4 @@ fn purveyor_binary() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let bin = exe.parent()?.parent()?.join("purveyor");
     bin.exists().then_some(bin)
-}
-
-fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    (at(0.50), at(0.99))
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

@@ -2,7 +2,7 @@
 //! often each name was greeted, with the pid of the process serving it.
 //!
 //! Build: `cargo build -p purveyor-example-provider` → `target/debug/libpurveyor_example.so`.
-//! The manifest `examples/providers/rust/greeting.toml` hosts it isolated; change
+//! The manifest `examples/providers/rust/manifest/greeting.toml` hosts it isolated; change
 //! `hosting` to `"in-daemon"` to load it into the daemon. `get` with name `panic` panics,
 //! to show that a panic becomes an error for that request and nothing else.
 

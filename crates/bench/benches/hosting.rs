@@ -1,0 +1,311 @@
+//! Provider calls per hosting model, each next to the raw Unix-socket echo floor measured
+//! in the same run; cold load per model; memory per loaded provider
+//! (see `docs/performance.md`).
+//!
+//! Needs the release `purveyor` binary and example library, and `cc`:
+//! `cargo build --release -p purveyor -p purveyor-example-provider && cargo bench -p purveyor-bench --bench hosting`
+//! (or `bench/run`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use purveyor_bench::{echo_connection, ms, percentiles, us};
+use purveyor_client::{Client, ConnectOptions, Encoding};
+use purveyor_model::{ClassPath, Identifier, InstanceKey, ProviderState, Value};
+use purveyor_protocol::{ClientMessage, Request, Response, ServerMessage, encode_frame};
+
+const ROUNDS: usize = 10;
+const PER_ROUND: usize = 2000;
+const COLD_SAMPLES: usize = 20;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if let Ok(path) = std::env::var("PURVEYOR_BENCH_ECHO") {
+        echo_server(Path::new(&path));
+        return;
+    }
+    let Some(bin) = release_file("purveyor") else {
+        println!("hosting: skipped (run `cargo build --release -p purveyor` first)");
+        return;
+    };
+    let Some(rust_lib) = release_file("libpurveyor_example.so") else {
+        println!("hosting: skipped (run `cargo build --release -p purveyor-example-provider`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c_exe = dir.path().join("demo-external");
+    let demo_c = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/providers/c/demo.c"
+    );
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/../../include");
+    let ok = Command::new("cc")
+        .args(["-O2", "-DPURVEYOR_EXTERNAL", "-I", include, "-o"])
+        .arg(&c_exe)
+        .arg(demo_c)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cc failed");
+
+    let echo_path = dir.path().join("echo.sock");
+    let mut echo = Command::new(std::env::current_exe().unwrap())
+        .env("PURVEYOR_BENCH_ECHO", &echo_path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&echo_path);
+
+    println!(
+        "# purveyor hosting benchmark ({} round trips each, interleaved with the echo)",
+        ROUNDS * PER_ROUND
+    );
+    let lib = rust_lib.display().to_string();
+    let models: [(&str, String, &str, bool); 4] = [
+        ("builtin", String::new(), "purveyor.host", false),
+        (
+            "in-daemon",
+            format!("hosting = \"in-daemon\"\nlibrary = {lib:?}"),
+            "demo.greeting",
+            true,
+        ),
+        (
+            "isolated",
+            format!("hosting = \"isolated\"\nlibrary = {lib:?}"),
+            "demo.greeting",
+            true,
+        ),
+        (
+            "external (C)",
+            format!(
+                "hosting = \"external\"\ncommand = [{:?}]",
+                c_exe.display().to_string()
+            ),
+            "demo.counter",
+            true,
+        ),
+    ];
+    for (label, entry, class, keyed) in &models {
+        let pdir = dir.path().join(label.replace([' ', '(', ')'], ""));
+        std::fs::create_dir_all(&pdir).unwrap();
+        if !entry.is_empty() {
+            std::fs::write(
+                pdir.join("bench.toml"),
+                format!(
+                    "name = \"bench\"\n{entry}\nclasses = [\"{class}\"]\ncapabilities = [\"enumerate\", \"get\"]\nclear_after = \"100ms\"\n"
+                ),
+            )
+            .unwrap();
+        }
+        let socket = pdir.join("d.sock");
+        // PURVEYOR_BENCH_THREADS=N: the daemon's runtime threads (default: one per CPU).
+        let threads: Vec<String> = std::env::var("PURVEYOR_BENCH_THREADS")
+            .map(|t| vec!["--threads".into(), t])
+            .unwrap_or_default();
+        let mut daemon = Command::new(&bin)
+            .arg("serve")
+            .args(&threads)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--providers")
+            .arg(&pdir)
+            .env("PURVEYOR_WORKER", &bin)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_socket(&socket);
+        let mut c = Client::connect_socket(
+            &socket,
+            &ConnectOptions::default().encoding(Encoding::Binary),
+        )
+        .unwrap();
+        let mut key = InstanceKey::new();
+        if *keyed {
+            let name = if *class == "demo.counter" { "a" } else { "x" };
+            key.insert(Identifier::new("name").unwrap(), Value::String(name.into()));
+        }
+        let request = Request::Get {
+            class: ClassPath::new(*class).unwrap(),
+            key,
+        };
+        if !entry.is_empty() {
+            cold_load(label, &mut c, &request, &daemon);
+        }
+        latency(label, &mut c, &echo_path, &request);
+        if !entry.is_empty() {
+            memory(label, &mut c, &request, &daemon);
+        }
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+    drop(echo.stdin.take());
+    let _ = echo.kill();
+    let _ = echo.wait();
+}
+
+/// First request after the provider was unloaded: load + call, p50 over several loads.
+fn cold_load(label: &str, c: &mut Client, request: &Request, _daemon: &Child) {
+    let mut samples = Vec::new();
+    for _ in 0..COLD_SAMPLES {
+        wait_unloaded(c);
+        let t = Instant::now();
+        c.request(request.clone()).unwrap();
+        samples.push(t.elapsed());
+    }
+    let (p50, p99) = percentiles(&mut samples);
+    println!(
+        "{label:<13} cold first request (load + call): p50 {:>7.3} ms  max {:>7.3} ms",
+        ms(p50),
+        ms(p99)
+    );
+}
+
+fn wait_unloaded(c: &mut Client) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bench = c
+            .providers()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name.as_str() == "bench")
+            .unwrap();
+        if bench.state == ProviderState::Registered {
+            // Let a released worker finish exiting before the next sample.
+            std::thread::sleep(Duration::from_millis(20));
+            return;
+        }
+        assert!(Instant::now() < deadline, "the provider was not unloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn latency(label: &str, c: &mut Client, echo: &Path, request: &Request) {
+    let reply = c.request(request.clone()).unwrap();
+    let mut frame = Vec::new();
+    encode_frame(
+        Encoding::Binary,
+        &ClientMessage::Request {
+            id: 1,
+            request: request.clone(),
+        },
+        u32::MAX,
+        &mut frame,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    encode_frame(
+        Encoding::Binary,
+        &ServerMessage::Reply {
+            id: 1,
+            outcome: purveyor_protocol::Outcome::Ok(reply),
+        },
+        u32::MAX,
+        &mut out,
+    )
+    .unwrap();
+    let reply_len = out.len() - 4;
+    let payload = (frame.len() - 4).max(4);
+    let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
+    echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
+    echo_frame.resize(4 + payload, 0);
+    let mut e = UnixStream::connect(echo).unwrap();
+    let mut buf = vec![0u8; 4 + reply_len];
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for round in 0..=ROUNDS {
+        for _ in 0..PER_ROUND {
+            let t = Instant::now();
+            e.write_all(&echo_frame).unwrap();
+            e.read_exact(&mut buf).unwrap();
+            if round > 0 {
+                floor.push(t.elapsed());
+            }
+        }
+        for _ in 0..PER_ROUND {
+            let t = Instant::now();
+            match c.request(request.clone()).unwrap() {
+                Response::Instance(_) => {}
+                other => panic!("{other:?}"),
+            }
+            if round > 0 {
+                ours.push(t.elapsed());
+            }
+        }
+    }
+    let (p50, p99) = percentiles(&mut ours);
+    let (f50, f99) = percentiles(&mut floor);
+    println!(
+        "{label:<13} get ({reply_len} B reply): p50 {:>6.1} us  p99 {:>6.1} us | raw echo p50 {:>6.1} us  p99 {:>6.1} us | ratio p50 {:.2}x  p99 {:.2}x",
+        us(p50),
+        us(p99),
+        us(f50),
+        us(f99),
+        p50.as_secs_f64() / f50.as_secs_f64(),
+        p99.as_secs_f64() / f99.as_secs_f64()
+    );
+}
+
+/// Resident memory a loaded provider costs: the daemon's growth, plus its own process.
+fn memory(label: &str, c: &mut Client, request: &Request, daemon: &Child) {
+    wait_unloaded(c);
+    let before = rss_kb(daemon.id());
+    c.request(request.clone()).unwrap();
+    let after = rss_kb(daemon.id());
+    let status = c
+        .providers()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.name.as_str() == "bench")
+        .unwrap();
+    let process = status.pid.map_or(0, rss_kb);
+    println!(
+        "{label:<13} memory per loaded provider: daemon +{} kB, its process {} kB",
+        after.saturating_sub(before),
+        process
+    );
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The echo floor: answers each frame with a frame of the size its first 4 bytes ask for.
+fn echo_server(path: &Path) {
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || echo_connection(stream));
+        }
+    });
+    // Until the bench closes our stdin.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn release_file(name: &str) -> Option<PathBuf> {
+    // target/release/deps/hosting-HASH → target/release/NAME
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join(name);
+    path.exists().then_some(path)
+}

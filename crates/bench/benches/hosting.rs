@@ -6,16 +6,16 @@
 //! `cargo build --release -p purveyor -p purveyor-example-provider && cargo bench -p purveyor-bench --bench hosting`
 //! (or `bench/run`).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{echo_connection, ms, percentiles, us};
+use purveyor_bench::{against_echo, echo_connection, ms, percentiles};
 use purveyor_client::{Client, ConnectOptions, Encoding};
 use purveyor_model::{ClassPath, Identifier, InstanceKey, ProviderState, Value};
-use purveyor_protocol::{ClientMessage, Request, Response, ServerMessage, encode_frame};
+use purveyor_protocol::{Request, Response};
 
 const ROUNDS: usize = 10;
 const PER_ROUND: usize = 2000;
@@ -184,68 +184,12 @@ fn wait_unloaded(c: &mut Client) {
 }
 
 fn latency(label: &str, c: &mut Client, echo: &Path, request: &Request) {
-    let reply = c.request(request.clone()).unwrap();
-    let mut frame = Vec::new();
-    encode_frame(
-        Encoding::Binary,
-        &ClientMessage::Request {
-            id: 1,
-            request: request.clone(),
-        },
-        u32::MAX,
-        &mut frame,
-    )
-    .unwrap();
-    let mut out = Vec::new();
-    encode_frame(
-        Encoding::Binary,
-        &ServerMessage::Reply {
-            id: 1,
-            outcome: purveyor_protocol::Outcome::Ok(reply),
-        },
-        u32::MAX,
-        &mut out,
-    )
-    .unwrap();
-    let reply_len = out.len() - 4;
-    let payload = (frame.len() - 4).max(4);
-    let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
-    echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
-    echo_frame.resize(4 + payload, 0);
-    let mut e = UnixStream::connect(echo).unwrap();
-    let mut buf = vec![0u8; 4 + reply_len];
-    let (mut ours, mut floor) = (Vec::new(), Vec::new());
-    for round in 0..=ROUNDS {
-        for _ in 0..PER_ROUND {
-            let t = Instant::now();
-            e.write_all(&echo_frame).unwrap();
-            e.read_exact(&mut buf).unwrap();
-            if round > 0 {
-                floor.push(t.elapsed());
-            }
-        }
-        for _ in 0..PER_ROUND {
-            let t = Instant::now();
-            match c.request(request.clone()).unwrap() {
-                Response::Instance(_) => {}
-                other => panic!("{other:?}"),
-            }
-            if round > 0 {
-                ours.push(t.elapsed());
-            }
-        }
+    match c.request(request.clone()).unwrap() {
+        Response::Instance(_) => {}
+        other => panic!("{label}: {other:?}"),
     }
-    let (p50, p99) = percentiles(&mut ours);
-    let (f50, f99) = percentiles(&mut floor);
-    println!(
-        "{label:<13} get ({reply_len} B reply): p50 {:>6.1} us  p99 {:>6.1} us | raw echo p50 {:>6.1} us  p99 {:>6.1} us | ratio p50 {:.2}x  p99 {:.2}x",
-        us(p50),
-        us(p99),
-        us(f50),
-        us(f99),
-        p50.as_secs_f64() / f50.as_secs_f64(),
-        p99.as_secs_f64() / f99.as_secs_f64()
-    );
+    let m = against_echo(c, echo, request, ROUNDS, PER_ROUND);
+    println!("{label:<13} get ({} B reply): {}", m.reply_len, m.line());
 }
 
 /// Resident memory a loaded provider costs: the daemon's growth, plus its own process.

@@ -9,16 +9,16 @@
 //! Run: `cargo build --release -p purveyor && cargo bench -p purveyor-bench`
 //! (or `bench/run`).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{echo_connection, ms, percentiles, us};
+use purveyor_bench::{against_echo, echo_connection, ms, percentiles, us};
 use purveyor_client::{Client, ConnectOptions, Encoding, Target};
 use purveyor_model::{ClassPath, InstanceKey};
-use purveyor_protocol::{ClientMessage, HostMode, Request, encode_frame};
+use purveyor_protocol::{HostMode, Request};
 
 const CHILD_ENV: &str = "PURVEYOR_BENCH_CHILD";
 const ROUNDS: usize = 10;
@@ -162,68 +162,12 @@ fn latency(daemon: &Path, echo: &Path, class: &str) {
 
 fn latency_of(daemon: &Path, echo: &Path, what: &str, request: Request) {
     let mut c = client(daemon);
-    // The sizes the echo must mirror: this request's frame and its reply's frame.
-    let mut frame = Vec::new();
-    encode_frame(
-        Encoding::Binary,
-        &ClientMessage::Request {
-            id: 1,
-            request: request.clone(),
-        },
-        u32::MAX,
-        &mut frame,
-    )
-    .unwrap();
-    let reply_len = {
-        let reply = c.request(request.clone()).unwrap();
-        let mut out = Vec::new();
-        let msg = purveyor_protocol::ServerMessage::Reply {
-            id: 1,
-            outcome: purveyor_protocol::Outcome::Ok(reply),
-        };
-        encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
-        out.len() - 4
-    };
-    // Same payload size (at least the 4 bytes that tell the echo its reply size).
-    let payload = (frame.len() - 4).max(4);
-    let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
-    echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
-    echo_frame.resize(4 + payload, 0);
-    let mut e = UnixStream::connect(echo).unwrap();
-    let mut reply = vec![0u8; 4 + reply_len];
-
-    let mut ours = Vec::with_capacity(ROUNDS * PER_ROUND);
-    let mut floor = Vec::with_capacity(ROUNDS * PER_ROUND);
-    for round in 0..=ROUNDS {
-        let warmup = round == 0;
-        for _ in 0..PER_ROUND {
-            let t = Instant::now();
-            e.write_all(&echo_frame).unwrap();
-            e.read_exact(&mut reply).unwrap();
-            if !warmup {
-                floor.push(t.elapsed());
-            }
-        }
-        for _ in 0..PER_ROUND {
-            let t = Instant::now();
-            c.request(request.clone()).unwrap();
-            if !warmup {
-                ours.push(t.elapsed());
-            }
-        }
-    }
-    let (p50, p99) = percentiles(&mut ours);
-    let (f50, f99) = percentiles(&mut floor);
+    let m = against_echo(&mut c, echo, &request, ROUNDS, PER_ROUND);
     println!(
-        "{what:<18} ({} B request, {} B reply): p50 {:>6.1} us  p99 {:>6.1} us | raw echo p50 {:>6.1} us  p99 {:>6.1} us | ratio p50 {:.2}x  p99 {:.2}x",
-        frame.len() - 4,
-        reply_len,
-        us(p50),
-        us(p99),
-        us(f50),
-        us(f99),
-        p50.as_secs_f64() / f50.as_secs_f64(),
-        p99.as_secs_f64() / f99.as_secs_f64(),
+        "{what:<18} ({} B request, {} B reply): {}",
+        m.request_len,
+        m.reply_len,
+        m.line()
     );
 }
 

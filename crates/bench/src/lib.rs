@@ -2,7 +2,95 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use purveyor_client::{Client, Encoding};
+use purveyor_protocol::{ClientMessage, Outcome, Request, ServerMessage, encode_frame};
+
+/// One request's round trip next to the echo floor of the same sizes, in the same run.
+pub struct VsEcho {
+    pub request_len: usize,
+    pub reply_len: usize,
+    pub ours: (Duration, Duration),
+    pub floor: (Duration, Duration),
+}
+
+impl VsEcho {
+    /// `p50 … us  p99 … us | raw echo p50 … | ratio p50 …x  p99 …x`.
+    pub fn line(&self) -> String {
+        let ((p50, p99), (f50, f99)) = (self.ours, self.floor);
+        format!(
+            "p50 {:>6.1} us  p99 {:>6.1} us | raw echo p50 {:>6.1} us  p99 {:>6.1} us | ratio p50 {:.2}x  p99 {:.2}x",
+            us(p50),
+            us(p99),
+            us(f50),
+            us(f99),
+            p50.as_secs_f64() / f50.as_secs_f64(),
+            p99.as_secs_f64() / f99.as_secs_f64(),
+        )
+    }
+}
+
+/// Measures `request` through `c` against the echo server at `echo`, asked for frames of
+/// the same sizes: `rounds` rounds (after one warm-up) of `per_round` echoes, then
+/// `per_round` requests.
+pub fn against_echo(
+    c: &mut Client,
+    echo: &Path,
+    request: &Request,
+    rounds: usize,
+    per_round: usize,
+) -> VsEcho {
+    // The sizes the echo must mirror: this request's frame and its reply's frame.
+    let mut frame = Vec::new();
+    let msg = ClientMessage::Request {
+        id: 1,
+        request: request.clone(),
+    };
+    encode_frame(Encoding::Binary, &msg, u32::MAX, &mut frame).unwrap();
+    let reply = c.request(request.clone()).unwrap();
+    let mut out = Vec::new();
+    let msg = ServerMessage::Reply {
+        id: 1,
+        outcome: Outcome::Ok(reply),
+    };
+    encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
+    let (request_len, reply_len) = (frame.len() - 4, out.len() - 4);
+    // Same payload size (at least the 4 bytes that tell the echo its reply size).
+    let payload = request_len.max(4);
+    let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
+    echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
+    echo_frame.resize(4 + payload, 0);
+    let mut e = UnixStream::connect(echo).unwrap();
+    let mut buf = vec![0u8; 4 + reply_len];
+    let mut ours = Vec::with_capacity(rounds * per_round);
+    let mut floor = Vec::with_capacity(rounds * per_round);
+    for round in 0..=rounds {
+        let warmup = round == 0;
+        for _ in 0..per_round {
+            let t = Instant::now();
+            e.write_all(&echo_frame).unwrap();
+            e.read_exact(&mut buf).unwrap();
+            if !warmup {
+                floor.push(t.elapsed());
+            }
+        }
+        for _ in 0..per_round {
+            let t = Instant::now();
+            c.request(request.clone()).unwrap();
+            if !warmup {
+                ours.push(t.elapsed());
+            }
+        }
+    }
+    VsEcho {
+        request_len,
+        reply_len,
+        ours: percentiles(&mut ours),
+        floor: percentiles(&mut floor),
+    }
+}
 
 /// p50 and p99 of `samples` (sorted in place).
 pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {

@@ -876,11 +876,7 @@ fn provider_error(slot: &Slot, error: ProviderError) -> RemoteError {
 }
 
 fn panicked(slot: &Slot, panic: &Box<dyn std::any::Any + Send>) -> RemoteError {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic payload".into());
+    let what = purveyor_provider::abi::panic_message(&**panic);
     tracing::error!(provider = %slot.manifest.name, panic = %what, "provider panicked");
     slot.error(
         ErrorCode::ProviderFailed,

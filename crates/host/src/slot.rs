@@ -444,15 +444,7 @@ impl Slot {
     }
 
     pub fn state(&self) -> ProviderState {
-        match &*self.lock() {
-            State::Registered => ProviderState::Registered,
-            State::Loading(_) => ProviderState::Loading,
-            State::Loaded(_) => ProviderState::Loaded,
-            State::Releasing(_) => ProviderState::Releasing,
-            State::Failed { .. } => ProviderState::Failed,
-            State::Quarantined(_) => ProviderState::Quarantined,
-            State::ReleasedAsClient => ProviderState::ReleasedAsClient,
-        }
+        state_of(&self.lock())
     }
 
     pub fn status(&self) -> ProviderStatus {
@@ -463,8 +455,7 @@ impl Slot {
                 State::Loaded(l) => l.pid(),
                 _ => None,
             };
-            drop(guard);
-            (self.state(), pid)
+            (state_of(&guard), pid)
         };
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         let unload_in_ms = (state == ProviderState::Loaded && in_flight == 0).then(|| {
@@ -509,6 +500,18 @@ impl Slot {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn state_of(state: &State) -> ProviderState {
+    match state {
+        State::Registered => ProviderState::Registered,
+        State::Loading(_) => ProviderState::Loading,
+        State::Loaded(_) => ProviderState::Loaded,
+        State::Releasing(_) => ProviderState::Releasing,
+        State::Failed { .. } => ProviderState::Failed,
+        State::Quarantined(_) => ProviderState::Quarantined,
+        State::ReleasedAsClient => ProviderState::ReleasedAsClient,
     }
 }
 

@@ -92,20 +92,16 @@ pub fn run() -> i32 {
         output: Mutex::new(output),
         providers: RwLock::new(HashMap::new()),
     });
-    let threads: Vec<_> = (1..THREADS)
-        .map(|_| {
-            let w = worker.clone();
-            std::thread::spawn(move || w.serve())
-        })
-        .collect();
-    let code = worker.serve();
-    // `serve` returns only at EOF or on a broken channel: nothing more to do.
-    drop(threads);
-    code
+    for _ in 1..THREADS {
+        let w = worker.clone();
+        std::thread::spawn(move || w.serve());
+    }
+    worker.serve()
 }
 
 impl Worker {
-    fn serve(&self) -> i32 {
+    /// Serves until the channel closes, then exits the process.
+    fn serve(&self) -> ! {
         loop {
             let payload = {
                 let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());

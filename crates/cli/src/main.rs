@@ -117,7 +117,7 @@ enum Command {
     Worker,
     /// Run the daemon
     #[command(
-        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers"
+        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers\n  purveyor serve --clear-after counter=30s --clear-after instance=1m"
     )]
     Serve {
         /// Let the socket's group connect (mode 0660 instead of 0600)
@@ -126,6 +126,10 @@ enum Command {
         /// Worker threads (default: one per CPU)
         #[arg(long)]
         threads: Option<usize>,
+        /// Idle-unload default for providers of KIND whose manifest gives no clear_after
+        /// (KIND=DURATION, repeatable; kinds: instance 5m, counter 10m, event 10m, io 1m)
+        #[arg(long, value_name = "KIND=DURATION")]
+        clear_after: Vec<String>,
     },
     /// Say which host is in use (daemon or embedded) and how it is doing
     Status,
@@ -166,7 +170,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve {
             group_access,
             threads,
-        } => serve::run(&global, group_access, threads).map(|()| ExitCode::SUCCESS),
+            clear_after,
+        } => serve::run(&global, group_access, threads, &clear_after).map(|()| ExitCode::SUCCESS),
         Command::Check { path } => check::run(&global, path.as_deref()),
         Command::Ls { namespace, long } => {
             let mut client = connect(&global)?;

@@ -3,12 +3,28 @@
 use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result};
-use purveyor_host::{server, socket};
+use purveyor_host::{HostConfig, server, socket};
 use purveyor_protocol::HostMode;
 
 use crate::Global;
 
-pub fn run(global: &Global, group_access: bool, threads: Option<usize>) -> Result<()> {
+pub fn run(
+    global: &Global,
+    group_access: bool,
+    threads: Option<usize>,
+    clear_after: &[String],
+) -> Result<()> {
+    let mut config = if global.provider_dirs.is_empty() {
+        HostConfig::from_env(HostMode::Daemon)
+    } else {
+        HostConfig::with_dirs(HostMode::Daemon, global.provider_dirs.clone())
+    };
+    for setting in clear_after {
+        config
+            .clear_after
+            .apply(setting)
+            .map_err(|e| anyhow::anyhow!("--clear-after {setting}: {e}"))?;
+    }
     let path = global
         .socket
         .clone()
@@ -25,11 +41,10 @@ pub fn run(global: &Global, group_access: bool, threads: Option<usize>) -> Resul
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let dirs = (!global.provider_dirs.is_empty()).then(|| global.provider_dirs.clone());
     let result = runtime.block_on(async {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(listener)?;
-        let host = purveyor_client::default_host(HostMode::Daemon, dirs);
+        let host = purveyor_client::host_with(config);
         host.set_socket(Some(path.clone()));
         tracing::info!(
             socket = %path.display(),

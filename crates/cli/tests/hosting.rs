@@ -489,9 +489,33 @@ fn deadline_kills_a_hung_worker_and_fails_an_in_daemon_provider() {
         c_manifest("ind", "in-daemon", "call_timeout = \"300ms\""),
     )]);
     let mut c = d.client();
+    let asked = Instant::now();
+    match c.get(&class("demo.counter"), &named("hang")) {
+        Err(ClientError::Timeout { provider, message }) => {
+            assert_eq!(provider.as_deref(), Some("ind"));
+            assert_eq!(
+                message,
+                "provider ind did not answer within 300ms; marked failed, since an in-daemon provider cannot be stopped"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Answered by the watchdog at the deadline, although the call is still running.
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    // That connection's thread is stuck in the provider, so the daemon closed it ...
+    assert!(c.get(&class("purveyor.host"), &InstanceKey::new()).is_err());
+    // ... while a new one is served, and the provider refuses further calls at once.
+    let mut fresh = d.client();
+    fresh
+        .get(&class("purveyor.host"), &InstanceKey::new())
+        .unwrap();
     assert!(matches!(
-        c.get(&class("demo.counter"), &named("hang")),
-        Err(ClientError::Timeout { .. })
+        fresh.get(&class("demo.counter"), &named("a")),
+        Err(ClientError::Timeout { .. } | ClientError::ProviderFailed { .. })
     ));
     let status = d.status("ind");
     assert_eq!(status.state, ProviderState::Failed);
@@ -503,6 +527,11 @@ fn deadline_kills_a_hung_worker_and_fails_an_in_daemon_provider() {
             .contains("marked failed, since an in-daemon provider cannot be stopped"),
         "{status:?}"
     );
+    // Shutdown does not wait for the stuck thread.
+    let mut d = d;
+    let stopped = Instant::now();
+    assert!(d.stop(libc::SIGTERM).success());
+    assert!(stopped.elapsed() < Duration::from_secs(15));
 }
 
 /// `clear_after = 300ms`: released no earlier than 300 ms after the last request, and

@@ -21,4 +21,4 @@ pub use purveyor_protocol::{
 };
 
 #[cfg(feature = "embedded")]
-pub use options::default_host;
+pub use options::{default_host, host_with};

@@ -87,11 +87,17 @@ pub fn default_host(
     mode: purveyor_protocol::HostMode,
     provider_dirs: Option<Vec<PathBuf>>,
 ) -> purveyor_host::Host {
-    use purveyor_host::{BuiltinProvider, Dispatch, HostBuilder, HostConfig};
+    use purveyor_host::HostConfig;
     let config = match provider_dirs {
         Some(dirs) => HostConfig::with_dirs(mode, dirs),
         None => HostConfig::from_env(mode),
     };
+    host_with(config)
+}
+
+/// A host with `config` and the providers compiled into this build.
+pub fn host_with(config: purveyor_host::HostConfig) -> purveyor_host::Host {
+    use purveyor_host::{BuiltinProvider, Dispatch, HostBuilder};
     HostBuilder::new(config)
         .builtin(BuiltinProvider::new(
             "system",

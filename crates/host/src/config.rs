@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use purveyor_protocol::{HostMode, MAX_FRAME_DEFAULT};
 
+use crate::manifest::{MIN_CLEAR_AFTER, ProviderKind};
+
 /// What a host needs to start. [`HostConfig::from_env`] gives the defaults a user gets.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -30,6 +32,71 @@ pub struct HostConfig {
     /// quarantined until `purveyor providers enable NAME`.
     pub quarantine_crashes: u32,
     pub crash_window: Duration,
+    /// `clear_after` for providers whose manifest gives none, by kind.
+    pub clear_after: ClearAfter,
+}
+
+/// Default idle-unload intervals by provider kind, like cache-control classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClearAfter {
+    /// Instances and methods: 5 minutes.
+    pub instance: Duration,
+    /// Counters: 10 minutes, since scrapers read them every few seconds.
+    pub counter: Duration,
+    /// Events: 10 minutes.
+    pub event: Duration,
+    /// I/O procedures: 1 minute.
+    pub io: Duration,
+}
+
+impl Default for ClearAfter {
+    fn default() -> Self {
+        ClearAfter {
+            instance: Duration::from_secs(300),
+            counter: Duration::from_secs(600),
+            event: Duration::from_secs(600),
+            io: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ClearAfter {
+    pub fn get(&self, kind: ProviderKind) -> Duration {
+        match kind {
+            ProviderKind::Instance => self.instance,
+            ProviderKind::Counter => self.counter,
+            ProviderKind::Event => self.event,
+            ProviderKind::Io => self.io,
+        }
+    }
+
+    pub fn set(&mut self, kind: ProviderKind, value: Duration) {
+        *match kind {
+            ProviderKind::Instance => &mut self.instance,
+            ProviderKind::Counter => &mut self.counter,
+            ProviderKind::Event => &mut self.event,
+            ProviderKind::Io => &mut self.io,
+        } = value;
+    }
+
+    /// Applies `KIND=DURATION` (`counter=30s`), as `purveyor serve --clear-after` takes it.
+    pub fn apply(&mut self, setting: &str) -> Result<(), String> {
+        let (kind, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("{setting:?} is not KIND=DURATION (like counter=30s)"))?;
+        let kind: ProviderKind = kind.trim().parse()?;
+        let value = humantime::parse_duration(value.trim())
+            .map_err(|e| format!("{value:?} is not a duration ({e}); write it like 30s or 5m"))?;
+        if value < MIN_CLEAR_AFTER {
+            return Err(format!(
+                "{} is shorter than the minimum of {}",
+                humantime::format_duration(value),
+                humantime::format_duration(MIN_CLEAR_AFTER)
+            ));
+        }
+        self.set(kind, value);
+        Ok(())
+    }
 }
 
 impl HostConfig {
@@ -47,6 +114,7 @@ impl HostConfig {
             worker_program: None,
             quarantine_crashes: 3,
             crash_window: Duration::from_secs(60),
+            clear_after: ClearAfter::default(),
         }
     }
 

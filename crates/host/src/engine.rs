@@ -17,7 +17,7 @@ use purveyor_protocol::{
     CallerInfo, ClassList, Encoding, ErrorCode, HostStatus, InstanceList, PROTOCOL_VERSION,
     ProviderCall, ProviderReply, ProviderStatus, RemoteError, Request, Response,
 };
-use purveyor_provider::abi::{from_fault, serve_call};
+use purveyor_provider::abi::{fault, from_fault, serve_call};
 use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
 
 use crate::builtin::{BuiltinProvider, Dispatch};
@@ -28,6 +28,7 @@ use crate::process::{CallFailure, ProcessConn};
 use crate::registry::Registry;
 use crate::self_provider;
 use crate::slot::{Backend, LoadResult, Loaded, Lost, SchemaSet, Slot};
+use crate::watchdog::Watchdog;
 
 /// `purveyor/0.1.0`: how the host names itself in handshakes and status.
 pub const SERVER_NAME: &str = concat!("purveyor/", env!("CARGO_PKG_VERSION"));
@@ -58,6 +59,8 @@ pub(crate) struct HostInner {
     shutting_down: AtomicBool,
     /// Shared workers by host group. Held across a spawn so one group gets one worker.
     groups: tokio::sync::Mutex<HashMap<String, std::sync::Weak<ProcessConn>>>,
+    /// Keeps the deadlines of in-daemon calls, which run on the requesting thread.
+    watchdog: Watchdog,
 }
 
 impl HostBuilder {
@@ -94,6 +97,7 @@ impl HostBuilder {
                 requests: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
                 groups: tokio::sync::Mutex::new(HashMap::new()),
+                watchdog: Watchdog::default(),
             }
         });
         Host { inner }
@@ -430,27 +434,43 @@ impl Host {
                         ErrorCode::Internal,
                         format!("provider {name}: call task failed: {join}"),
                     )),
-                    Err(_) => {
-                        let error = slot.error(
-                            ErrorCode::Timeout,
-                            format!(
-                                "provider {name} did not answer within {}",
-                                humantime::format_duration(timeout)
-                            ),
-                        );
-                        if slot.manifest.hosting == Hosting::InDaemon {
-                            // Its thread may be stuck inside it for good: stop using it.
-                            let mut failed = error;
-                            failed.message = format!(
-                                "{}; marked failed, since an in-daemon provider cannot be stopped",
-                                failed.message
-                            );
-                            slot.lost(loaded, Lost::Failed(failed.clone()));
-                            Err(failed)
-                        } else {
-                            Err(error)
+                    Err(_) => Err(slot.error(
+                        ErrorCode::Timeout,
+                        format!(
+                            "provider {name} did not answer within {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    )),
+                }
+            }
+            Backend::Library(library) => {
+                let deadline = Instant::now() + timeout;
+                let ctx = CallContext {
+                    caller: *caller,
+                    deadline: Some(deadline),
+                };
+                let site = crate::server::CALL_SITE.try_with(Clone::clone).ok();
+                let expiry = {
+                    let (slot, loaded) = (slot.clone(), loaded.clone());
+                    Box::new(move || {
+                        let failed = in_daemon_overdue(&slot, timeout);
+                        slot.record_error(&failed);
+                        slot.lost(&loaded, Lost::Failed(failed.clone()));
+                        if let Some(site) = site {
+                            site.abandon(failed, slot.manifest.name.as_str());
                         }
-                    }
+                    })
+                };
+                let guard = self.inner.watchdog.watch(deadline, expiry);
+                let result = catch_unwind(AssertUnwindSafe(|| library.request(call, &ctx)))
+                    .map_err(|panic| panicked(slot, &panic));
+                if guard.finish() {
+                    // The watchdog recorded the error when the deadline passed.
+                    slot.end_call();
+                    slot.record_call(None);
+                    return Err(in_daemon_overdue(slot, timeout));
+                } else {
+                    result.map(|r| r.unwrap_or_else(|e| ProviderReply::Error(fault(e))))
                 }
             }
             Backend::Process {
@@ -597,17 +617,13 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
         Entry::Library { path, .. } if slot.manifest.hosting == Hosting::InDaemon => {
             let path = slot.manifest.resolve(&path.to_string_lossy());
             let n = name.clone();
-            let (provider, classes) = in_pool(&slot, timeout, move || {
-                let provider = LibraryProvider::open(&path, &n)?;
-                let classes = provider.classes();
-                Ok((Arc::new(provider) as Arc<dyn Provider>, classes))
+            let (library, classes) = in_pool(&slot, timeout, move || {
+                let library = LibraryProvider::open(&path, &n)?;
+                let classes = library.classes();
+                Ok((Arc::new(library), classes))
             })
             .await?;
-            let backend = Backend::Local {
-                provider,
-                dispatch: Dispatch::Blocking,
-            };
-            (backend, classes)
+            (Backend::Library(library), classes)
         }
         Entry::Library { path, host_group } => {
             let path = slot.manifest.resolve(&path.to_string_lossy());
@@ -695,6 +711,18 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
     Ok(Loaded { backend, schemas })
 }
 
+/// The error for an in-daemon call past its deadline: the provider is marked failed.
+fn in_daemon_overdue(slot: &Slot, timeout: std::time::Duration) -> RemoteError {
+    slot.error(
+        ErrorCode::Timeout,
+        format!(
+            "provider {} did not answer within {}; marked failed, since an in-daemon provider cannot be stopped",
+            slot.manifest.name,
+            humantime::format_duration(timeout)
+        ),
+    )
+}
+
 /// Runs a load step on the blocking pool, under `catch_unwind`, within `timeout`.
 async fn in_pool<T: Send + 'static>(
     slot: &Arc<Slot>,
@@ -727,7 +755,7 @@ async fn in_pool<T: Send + 'static>(
 /// One call to a provider process during its load.
 async fn process_call(
     slot: &Slot,
-    conn: &ProcessConn,
+    conn: &Arc<ProcessConn>,
     call: ProviderCall,
 ) -> Result<ProviderReply, RemoteError> {
     let name = &slot.manifest.name;
@@ -752,7 +780,10 @@ async fn process_call(
         })
 }
 
-async fn process_classes(slot: &Slot, conn: &ProcessConn) -> Result<Vec<ClassSchema>, RemoteError> {
+async fn process_classes(
+    slot: &Slot,
+    conn: &Arc<ProcessConn>,
+) -> Result<Vec<ClassSchema>, RemoteError> {
     let name = &slot.manifest.name;
     match process_call(slot, conn, ProviderCall::Classes).await? {
         ProviderReply::Classes(classes) => Ok(classes),

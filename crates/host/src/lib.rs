@@ -19,11 +19,12 @@ mod self_provider;
 pub mod server;
 mod slot;
 pub mod socket;
+mod watchdog;
 pub mod worker;
 
 pub use builtin::{BuiltinProvider, Dispatch, Factory};
-pub use config::HostConfig;
+pub use config::{ClearAfter, HostConfig};
 pub use engine::{Host, HostBuilder};
 pub use library::LibraryProvider;
-pub use manifest::{Entry, Manifest, ManifestError, ManifestSource};
+pub use manifest::{Entry, Manifest, ManifestError, ManifestSource, ProviderKind};
 pub use purveyor_provider::Caller;

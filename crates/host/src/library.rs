@@ -181,7 +181,7 @@ impl LibraryProvider {
         ctx: &CallContext,
         pick: impl FnOnce(ProviderReply) -> Result<T, ProviderReply>,
     ) -> Result<T, ProviderError> {
-        let what = format!("{call:?}");
+        let what = call.kind();
         match pick(self.request(call, ctx)?) {
             Ok(v) => Ok(v),
             Err(ProviderReply::Error(fault)) => Err(from_fault(fault)),

@@ -27,14 +27,70 @@ pub struct Manifest {
     pub entry: Entry,
     pub classes: Vec<ClassPath>,
     pub capabilities: BTreeSet<Capability>,
+    /// What the provider mainly serves; picks its default `clear_after`.
+    pub kind: ProviderKind,
     /// An idle provider is released no earlier than this after its last use, and no later
-    /// than twice this.
+    /// than twice this. Without `clear_after` in the file, the host configuration's
+    /// default for the provider's kind ([`DEFAULT_CLEAR_AFTER`] until the registry applies
+    /// it).
     pub clear_after: Duration,
+    /// Whether the file gave `clear_after`.
+    pub clear_after_given: bool,
     /// A pure provider exists only to serve requests; a non-pure one may live on after
     /// release and is not counted as loaded.
     pub pure: bool,
     pub call_timeout: Duration,
     pub source: ManifestSource,
+}
+
+/// What a provider mainly serves (`kind` in a manifest). Like cache-control classes, each
+/// kind has its own default `clear_after` in the host configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    /// Instances and methods (the default).
+    Instance,
+    /// Counters, read on every scrape.
+    Counter,
+    /// Events to subscribers.
+    Event,
+    /// I/O procedures.
+    Io,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::Instance,
+        ProviderKind::Counter,
+        ProviderKind::Event,
+        ProviderKind::Io,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Instance => "instance",
+            ProviderKind::Counter => "counter",
+            ProviderKind::Event => "event",
+            ProviderKind::Io => "io",
+        }
+    }
+}
+
+impl std::str::FromStr for ProviderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ProviderKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown provider kind {s:?} (expected instance, counter, event or io)")
+            })
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the host starts for a provider, by hosting model.
@@ -107,6 +163,7 @@ struct RawManifest {
     command: Option<Spanned<Vec<String>>>,
     classes: Spanned<Vec<Spanned<String>>>,
     capabilities: Option<Spanned<Vec<Spanned<String>>>>,
+    kind: Option<Spanned<String>>,
     clear_after: Option<Spanned<String>>,
     pure: Option<bool>,
     call_timeout: Option<Spanned<String>>,
@@ -249,6 +306,13 @@ impl Manifest {
             }
         }
 
+        let kind = match &raw.kind {
+            None => ProviderKind::Instance,
+            Some(k) => k.get_ref().parse().unwrap_or_else(|message| {
+                errors.push(Some(k.span()), Some("kind"), message);
+                ProviderKind::Instance
+            }),
+        };
         let clear_after = duration(
             &raw.clear_after,
             "clear_after",
@@ -286,7 +350,9 @@ impl Manifest {
                     entry,
                     classes,
                     capabilities,
+                    kind,
                     clear_after,
+                    clear_after_given: raw.clear_after.is_some(),
                     pure: raw.pure.unwrap_or(true),
                     call_timeout,
                     source,
@@ -605,13 +671,19 @@ pure = false
             (
                 "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\ncolour = \"red\"\n",
                 &[
-                    "providers/demo.toml:5:1: field `colour`: unknown field `colour`, expected one of `name`, `description`, `hosting`, `builtin`, `library`, `host_group`, `command`, `classes`, `capabilities`, `clear_after`, `pure`, `call_timeout`",
+                    "providers/demo.toml:5:1: field `colour`: unknown field `colour`, expected one of `name`, `description`, `hosting`, `builtin`, `library`, `host_group`, `command`, `classes`, `capabilities`, `kind`, `clear_after`, `pure`, `call_timeout`",
                 ],
             ),
             (
                 "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\npure = \"yes\"\n",
                 &[
                     "providers/demo.toml:5:8: field `pure`: invalid type: string \"yes\", expected a boolean",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\nkind = \"metrics\"\n",
+                &[
+                    "providers/demo.toml:5:8: field `kind`: unknown provider kind \"metrics\" (expected instance, counter, event or io)",
                 ],
             ),
             (
@@ -624,6 +696,50 @@ pure = false
             let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
             assert_eq!(got, *expected, "manifest:\n{text}");
         }
+    }
+
+    /// A manifest without `clear_after` takes the configured default for its kind; one
+    /// with it keeps its own.
+    #[test]
+    fn clear_after_defaults_come_from_the_configuration_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, extra: &str| {
+            let text = format!(
+                "name = \"{name}\"\nhosting = \"external\"\ncommand = [\"x\"]\nclasses = [\"{name}.a\"]\n{extra}"
+            );
+            std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+        };
+        write("plain", "");
+        write("counting", "kind = \"counter\"\n");
+        write("piping", "kind = \"io\"\n");
+        write("own", "kind = \"counter\"\nclear_after = \"7s\"\n");
+        let mut config = crate::HostConfig::with_dirs(
+            purveyor_protocol::HostMode::Embedded,
+            vec![dir.path().into()],
+        );
+        config.clear_after.apply("counter=42s").unwrap();
+        let registry = crate::registry::Registry::build(&config, &[]);
+        let clear = |name: &str| {
+            registry
+                .slots
+                .values()
+                .find(|s| s.manifest.name.as_str() == name)
+                .unwrap()
+                .manifest
+                .clear_after
+        };
+        assert_eq!(clear("plain"), Duration::from_secs(300));
+        assert_eq!(clear("counting"), Duration::from_secs(42));
+        assert_eq!(clear("piping"), Duration::from_secs(60));
+        assert_eq!(clear("own"), Duration::from_secs(7));
+        assert_eq!(
+            config.clear_after.apply("disk=1s").unwrap_err(),
+            "unknown provider kind \"disk\" (expected instance, counter, event or io)"
+        );
+        assert_eq!(
+            config.clear_after.apply("io=5ms").unwrap_err(),
+            "5ms is shorter than the minimum of 100ms"
+        );
     }
 
     #[test]

@@ -75,7 +75,10 @@ impl Registry {
 
         let mut slots = BTreeMap::new();
         let mut by_class: HashMap<ClassPath, Arc<Slot>> = HashMap::new();
-        for (name, manifest) in chosen {
+        for (name, mut manifest) in chosen {
+            if !manifest.clear_after_given {
+                manifest.clear_after = config.clear_after.get(manifest.kind);
+            }
             if let Some(clash) = manifest
                 .classes
                 .iter()

@@ -2,7 +2,10 @@
 //! replies in completion order.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -64,7 +67,13 @@ pub async fn serve(
             "connections still busy after the grace period; cutting them off"
         );
         connections.abort_all();
-        while connections.join_next().await.is_some() {}
+        // A connection whose thread is stuck in an in-daemon provider never ends: give the
+        // others a moment to unwind, then leave it behind.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        connections.detach_all();
     }
     host.shutdown().await;
     Ok(())
@@ -97,6 +106,96 @@ async fn connection(stream: UnixStream, host: Host, id: u32, stop: watch::Receiv
         .fetch_sub(1, Ordering::Relaxed);
 }
 
+tokio::task_local! {
+    /// The connection and request a call is made for, while the server answers it.
+    pub(crate) static CALL_SITE: CallSite;
+}
+
+/// A request on a connection: lets the watchdog answer a call whose thread is stuck in an
+/// in-daemon provider.
+#[derive(Clone)]
+pub(crate) struct CallSite {
+    conn: Arc<ConnectionSite>,
+    id: u32,
+}
+
+struct ConnectionSite {
+    /// The socket, open for as long as the connection task runs, which is at least as
+    /// long as any call on it.
+    fd: RawFd,
+    encoding: Encoding,
+    max: u32,
+    /// Set when the watchdog answered for a stuck call: the connection task must not
+    /// write again and ends as soon as the call returns.
+    abandoned: AtomicBool,
+}
+
+impl CallSite {
+    /// Answers this request with `error`, says goodbye and shuts the socket, from the
+    /// watchdog's thread while the connection's own thread is stuck in `provider`. Safe
+    /// because that thread is inside the call, not writing: replies are only written
+    /// between calls.
+    pub(crate) fn abandon(&self, error: RemoteError, provider: &str) {
+        let conn = &self.conn;
+        if conn.abandoned.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut out = Vec::new();
+        push_reply(
+            conn.encoding,
+            conn.max,
+            self.id,
+            Outcome::Err(error),
+            &mut out,
+        );
+        let bye = ServerMessage::Goodbye {
+            error: RemoteError::new(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "closing this connection: its thread is stuck in in-daemon provider {provider}, which missed its deadline; connect again"
+                ),
+            ),
+        };
+        let _ = encode_frame(conn.encoding, &bye, conn.max, &mut out);
+        send_all(conn.fd, &out, Duration::from_millis(500));
+        // SAFETY: the descriptor is open (see `ConnectionSite::fd`).
+        unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
+    }
+}
+
+/// Writes `bytes` to a non-blocking socket, waiting for room at most `patience` overall.
+fn send_all(fd: RawFd, mut bytes: &[u8], patience: Duration) {
+    let give_up = Instant::now() + patience;
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is valid for its length; the descriptor is open.
+        let n = unsafe {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        let left = give_up.saturating_duration_since(Instant::now());
+        if n < 0 && err.kind() == std::io::ErrorKind::WouldBlock && !left.is_zero() {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+            continue;
+        }
+        return;
+    }
+}
+
 struct Connection;
 
 impl Connection {
@@ -109,6 +208,7 @@ impl Connection {
     ) -> std::io::Result<()> {
         let config = host.config();
         let max = config.max_frame;
+        let fd = stream.as_raw_fd();
         let (mut rd, mut wr) = stream.split();
         let mut frames = FrameBuffer::new(max);
         let mut out = Vec::with_capacity(4096);
@@ -117,15 +217,25 @@ impl Connection {
             return Ok(());
         };
 
+        let site = Arc::new(ConnectionSite {
+            fd,
+            encoding,
+            max,
+            abandoned: AtomicBool::new(false),
+        });
         let answer = |rid: u32, request: Request| {
             let host = host.clone();
-            async move {
+            let at = CallSite {
+                conn: site.clone(),
+                id: rid,
+            };
+            CALL_SITE.scope(at, async move {
                 let outcome = match host.handle(request, &caller).await {
                     Ok(response) => Outcome::Ok(response),
                     Err(error) => Outcome::Err(error),
                 };
                 (rid, outcome)
-            }
+            })
         };
         let mut in_flight = FuturesUnordered::new();
         let mut reading = true;
@@ -142,6 +252,10 @@ impl Connection {
             tokio::select! {
                 biased;
                 Some((rid, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    if site.abandoned.load(Ordering::Acquire) {
+                        // The watchdog answered and closed the socket.
+                        return Ok(());
+                    }
                     push_reply(encoding, max, rid, outcome, &mut out);
                     // Batch every other reply that is already done into the same write.
                     while let Some(Some((rid, outcome))) = in_flight.next().now_or_never() {

@@ -14,6 +14,7 @@ use purveyor_provider::Provider;
 use tokio::sync::watch;
 
 use crate::builtin::Dispatch;
+use crate::library::LibraryProvider;
 use crate::manifest::Manifest;
 use crate::process::ProcessConn;
 
@@ -29,11 +30,14 @@ pub(crate) struct Loaded {
 
 /// Where a loaded provider's calls go.
 pub(crate) enum Backend {
-    /// In this process: a builtin, or an in-daemon library (always `Blocking`).
+    /// A builtin, in this process.
     Local {
         provider: Arc<dyn Provider>,
         dispatch: Dispatch,
     },
+    /// An in-daemon library, called on the requesting thread under the host's watchdog.
+    /// Its cleanup entry point runs when the last reference goes.
+    Library(Arc<LibraryProvider>),
     /// In a process of its own: an isolated worker (maybe shared by a host group) or an
     /// external executable. `name` is the provider's name in that process.
     Process {
@@ -46,7 +50,7 @@ impl Loaded {
     pub fn pid(&self) -> Option<u32> {
         match &self.backend {
             Backend::Process { conn, .. } => Some(conn.pid),
-            Backend::Local { .. } => None,
+            Backend::Local { .. } | Backend::Library(_) => None,
         }
     }
 }
@@ -261,6 +265,8 @@ impl Slot {
                     }
                 }
             }
+            // Its cleanup entry point runs when `loaded` is dropped, below.
+            Backend::Library(_) => {}
             Backend::Process { conn, name } => {
                 let reply = conn
                     .call(

@@ -114,6 +114,19 @@ pub enum FaultKind {
     Failed,
 }
 
+impl ProviderCall {
+    /// The call's name, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderCall::Classes => "classes",
+            ProviderCall::Enumerate { .. } => "enumerate",
+            ProviderCall::Get { .. } => "get",
+            ProviderCall::Release => "release",
+            ProviderCall::Load { .. } => "load",
+        }
+    }
+}
+
 impl ProviderReply {
     /// The reply's name, for error messages about unexpected replies.
     pub fn kind(&self) -> &'static str {

@@ -1,0 +1,200 @@
+//! Deadlines for calls that run on the caller's own thread.
+//!
+//! An in-daemon library is called directly on the thread serving the request: no hand-off
+//! to another thread, so the call costs what the library costs. Such a call cannot be
+//! interrupted, so its deadline is kept by this watchdog instead: one thread per host,
+//! started on first use, that runs a call's expiry action when the call is still running
+//! past its deadline. The engine's action marks the provider failed (no new call enters
+//! it) and, when the request came over a socket, answers the client and closes that
+//! connection, whose thread is stuck (see `server::CallSite`).
+//!
+//! **Invariants.** An expiry action runs at most once, with the state lock held, and only
+//! while its call is still registered: a call cannot finish (and its connection cannot
+//! close) while its action runs. Registration takes one uncontended lock and wakes the
+//! thread only when it has parked, which it does after a second with no calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How often a running watchdog looks for expired calls: the precision of a deadline.
+const TICK: Duration = Duration::from_millis(10);
+/// A watchdog that has seen no call for this long parks until the next one.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+type Expiry = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+pub(crate) struct Watchdog {
+    shared: Arc<Shared>,
+    thread: OnceLock<()>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<u64, Watched>,
+    next: u64,
+    parked: bool,
+    /// Set when the host goes: the thread ends.
+    stop: bool,
+}
+
+struct Watched {
+    deadline: Instant,
+    expiry: Option<Expiry>,
+}
+
+/// A registered call; [`Guard::finish`] (or drop) unregisters it.
+pub(crate) struct Guard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Watchdog {
+    /// Registers a call that must finish by `deadline`; `expiry` runs if it has not.
+    pub fn watch(&self, deadline: Instant, expiry: Expiry) -> Guard<'_> {
+        self.thread.get_or_init(|| {
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("purveyor-watchdog".into())
+                .spawn(move || run(&shared));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the deadline watchdog; in-daemon calls have no deadline");
+            }
+        });
+        let mut state = self.shared.lock();
+        let id = state.next;
+        state.next += 1;
+        state.calls.insert(
+            id,
+            Watched {
+                deadline,
+                expiry: Some(expiry),
+            },
+        );
+        if state.parked {
+            state.parked = false;
+            self.shared.wake.notify_one();
+        }
+        Guard {
+            shared: &self.shared,
+            id,
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Guard<'_> {
+    /// Unregisters the call; true when its deadline had passed and its action ran.
+    pub fn finish(self) -> bool {
+        let expired = self
+            .shared
+            .lock()
+            .calls
+            .remove(&self.id)
+            .is_some_and(|w| w.expiry.is_none());
+        std::mem::forget(self);
+        expired
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().calls.remove(&self.id);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut state = shared.lock();
+    let mut last_seen = Instant::now();
+    loop {
+        if state.stop {
+            return;
+        }
+        let now = Instant::now();
+        if state.calls.is_empty() {
+            if now.duration_since(last_seen) >= PARK_AFTER {
+                state.parked = true;
+                while state.parked && !state.stop {
+                    state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                last_seen = Instant::now();
+                continue;
+            }
+        } else {
+            last_seen = now;
+            for watched in state.calls.values_mut() {
+                if watched.deadline <= now
+                    && let Some(expiry) = watched.expiry.take()
+                {
+                    // Under the lock: the call cannot finish while this runs.
+                    if let Err(panic) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(expiry))
+                    {
+                        tracing::error!(
+                            panic = %purveyor_provider::abi::panic_message(&*panic),
+                            "a deadline action panicked"
+                        );
+                    }
+                }
+            }
+        }
+        state = shared
+            .wake
+            .wait_timeout(state, TICK)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn an_overdue_call_runs_its_action_once_and_a_prompt_one_never() {
+        let dog = Watchdog::default();
+        let fired = Arc::new(AtomicU32::new(0));
+        let f = fired.clone();
+        let prompt = dog.watch(
+            Instant::now() + Duration::from_secs(60),
+            Box::new(move || {
+                f.fetch_add(100, Ordering::SeqCst);
+            }),
+        );
+        let f = fired.clone();
+        let late = dog.watch(
+            Instant::now() + Duration::from_millis(20),
+            Box::new(move || {
+                f.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while fired.load(Ordering::SeqCst) == 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(late.finish());
+        assert!(!prompt.finish());
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
+    }
+}

@@ -155,7 +155,10 @@ pub fn cell(value: Option<&Value>, prop: &PropertyDef) -> String {
     };
     match (value, prop.unit) {
         (Value::U64(v), Unit::Bytes)
-            if matches!(prop.semantic, Semantic::Gauge | Semantic::Counter) =>
+            if matches!(
+                prop.semantic,
+                Semantic::Gauge | Semantic::Counter | Semantic::Delta
+            ) =>
         {
             bytes(*v as f64)
         }

@@ -55,9 +55,11 @@ pub fn run(
     }
 }
 
-/// Rates per second of each counter, by instance key and property, from two samples. A
-/// counter that went backwards (a restart, a wrap) has no rate for this interval: the
-/// older sample is dropped rather than showing nonsense.
+/// What two samples say about each instance's properties, by instance key and property:
+/// a counter's rate per second, a delta's difference, and an average's mean over the
+/// interval (a gauge `X` with counters `X_sum` and `X_count`: Δsum / Δcount; see
+/// `docs/counter-file.md`). A counter that went backwards (a restart, a wrap) has no
+/// value for this interval: the older sample is dropped rather than showing nonsense.
 pub fn rates(
     schema: &ClassSchema,
     before: &[Instance],
@@ -73,24 +75,42 @@ pub fn rates(
         .iter()
         .map(|i| (i.key(schema).to_string(), i))
         .collect();
+    let is_counter = |name: &str| {
+        schema
+            .property(name)
+            .is_some_and(|p| matches!(p.semantic, Semantic::Counter | Semantic::Delta))
+    };
     for instance in after {
         let key = instance.key(schema).to_string();
         let Some(prev) = old.get(&key) else { continue };
+        let change = |name: &str| {
+            let (a, b) = (
+                prev.get(name).and_then(Value::as_f64)?,
+                instance.get(name).and_then(Value::as_f64)?,
+            );
+            (b >= a).then_some(b - a)
+        };
         let mut per = BTreeMap::new();
-        for p in schema
-            .properties()
-            .iter()
-            .filter(|p| p.semantic == Semantic::Counter)
-        {
+        for p in schema.properties() {
             let name = p.name.as_str();
-            let (Some(a), Some(b)) = (
-                prev.get(name).and_then(Value::as_f64),
-                instance.get(name).and_then(Value::as_f64),
-            ) else {
-                continue;
+            let derived = match p.semantic {
+                Semantic::Counter => change(name).map(|d| d / secs),
+                Semantic::Delta => change(name),
+                Semantic::Gauge => {
+                    let (sum, count) = (format!("{name}_sum"), format!("{name}_count"));
+                    if is_counter(&sum) && is_counter(&count) {
+                        match (change(&sum), change(&count)) {
+                            (Some(ds), Some(dc)) if dc > 0.0 => Some(ds / dc),
+                            _ => None,
+                        }
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
             };
-            if b >= a {
-                per.insert(name.to_owned(), (b - a) / secs);
+            if let Some(v) = derived {
+                per.insert(name.to_owned(), v);
             }
         }
         out.insert(key, per);
@@ -115,12 +135,12 @@ fn table(
             .properties()
             .iter()
             .map(|p| {
-                if p.semantic != Semantic::Counter {
-                    return render::cell(instance.get(p.name.as_str()), p);
-                }
-                match rates.get(&key).and_then(|r| r.get(p.name.as_str())) {
-                    Some(rate) => rate_cell(*rate, p.unit),
-                    None => "-".into(),
+                let derived = rates.get(&key).and_then(|r| r.get(p.name.as_str()));
+                match (p.semantic, derived) {
+                    (Semantic::Counter, Some(rate)) => rate_cell(*rate, p.unit),
+                    (Semantic::Counter | Semantic::Delta, None) => "-".into(),
+                    (_, Some(v)) => render::float(*v),
+                    (_, None) => render::cell(instance.get(p.name.as_str()), p),
                 }
             })
             .collect();
@@ -205,6 +225,51 @@ mod tests {
         assert_eq!(r["if=a"]["rx"], 100.0);
         assert_eq!(r["if=b"]["rx"], 10.0);
         assert!(!r["if=a"].contains_key("q"), "gauges have no rate");
+    }
+
+    /// Deltas are differences; an average is Δsum / Δcount over the interval.
+    #[test]
+    fn deltas_and_averages_come_from_two_samples() {
+        let s = ClassSchema::new(
+            ClassPath::new("app.shop").unwrap(),
+            "",
+            vec![
+                PropertyDef::new("errors", "u64", Unit::Count, Semantic::Delta, ""),
+                PropertyDef::new("latency", "f64", Unit::Microseconds, Semantic::Gauge, ""),
+                PropertyDef::new(
+                    "latency_sum",
+                    "u64",
+                    Unit::Microseconds,
+                    Semantic::Counter,
+                    "",
+                ),
+                PropertyDef::new("latency_count", "u64", Unit::Count, Semantic::Counter, ""),
+            ],
+            vec![],
+            vec![],
+        )
+        .unwrap();
+        let at = |errors: u64, sum: u64, count: u64| {
+            Instance::from_pairs([
+                ("errors", Value::U64(errors)),
+                ("latency", Value::F64(sum as f64 / count as f64)),
+                ("latency_sum", Value::U64(sum)),
+                ("latency_count", Value::U64(count)),
+            ])
+        };
+        let r = rates(
+            &s,
+            &[at(5, 1000, 10)],
+            &[at(8, 1600, 13)],
+            Duration::from_secs(2),
+        );
+        let r = r.values().next().unwrap();
+        assert_eq!(r["errors"], 3.0);
+        assert_eq!(r["latency"], 200.0);
+        assert_eq!(
+            r["latency_sum"], 300.0,
+            "the sum is still a counter: per second"
+        );
     }
 
     #[test]

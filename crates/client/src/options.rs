@@ -106,5 +106,21 @@ pub fn host_with(config: purveyor_host::HostConfig) -> purveyor_host::Host {
             Dispatch::Inline,
             || Ok(purveyor_system::SystemProvider::new()),
         ))
+        .builtin(BuiltinProvider::new(
+            "counters",
+            purveyor_app_counters::MANIFEST,
+            // Reads of mapped memory and one non-blocking inotify read: never waits.
+            Dispatch::Inline,
+            || {
+                let grace = std::env::var("PURVEYOR_COUNTERS_GRACE")
+                    .ok()
+                    .and_then(|g| humantime::parse_duration(&g).ok())
+                    .unwrap_or(std::time::Duration::from_secs(60));
+                Ok(purveyor_app_counters::AppCounters::new(
+                    purveyor_app_counters::AppCounters::default_dirs(),
+                    grace,
+                ))
+            },
+        ))
         .build()
 }

@@ -143,9 +143,9 @@ impl Host {
             Request::EnableProvider { name } => self.enable_provider(&name),
             Request::ListClasses { namespace } => self.list_classes(namespace).await,
             Request::Describe { class } => {
-                let (_, loaded) = self.loaded_for(&class, None).await?;
+                let (slot, loaded) = self.loaded_for(&class, None).await?;
                 Ok(Response::Class(
-                    schema_of(&loaded, &class)?.as_ref().clone(),
+                    schema_for(&slot, &loaded, &class)?.as_ref().clone(),
                 ))
             }
             Request::Enumerate { class, selector } => self.enumerate(class, selector, caller).await,
@@ -211,7 +211,17 @@ impl Host {
             .registry
             .slots
             .values()
-            .filter(|s| s.manifest.classes.iter().any(wanted))
+            .filter(|s| {
+                s.manifest.classes.iter().any(wanted)
+                    || s.manifest.namespaces.iter().any(|ns| {
+                        namespace.as_ref().is_none_or(|want| {
+                            let (a, b) = (ns.as_str(), want.as_str());
+                            a == b
+                                || a.strip_prefix(b).is_some_and(|r| r.starts_with('.'))
+                                || b.strip_prefix(a).is_some_and(|r| r.starts_with('.'))
+                        })
+                    })
+            })
             .collect();
         let loads = join_all(slots.iter().map(|slot| self.acquire(slot))).await;
         let mut list = ClassList {
@@ -224,6 +234,18 @@ impl Host {
                     for class in slot.manifest.classes.iter().filter(|c| wanted(c)) {
                         if let Some(schema) = loaded.schemas.get(class) {
                             list.classes.push(schema.as_ref().clone());
+                        }
+                    }
+                    if !slot.manifest.namespaces.is_empty()
+                        && let Backend::Local { provider, .. } = &loaded.backend
+                    {
+                        let now = catch_unwind(AssertUnwindSafe(|| provider.classes()))
+                            .map_err(|panic| panicked(slot, &panic));
+                        match now {
+                            Ok(classes) => list.classes.extend(classes.into_iter().filter(|c| {
+                                slot.manifest.in_namespace(c.path()) && wanted(c.path())
+                            })),
+                            Err(error) => list.problems.push(error),
                         }
                     }
                 }
@@ -250,7 +272,7 @@ impl Host {
         caller: &Caller,
     ) -> Result<Response, RemoteError> {
         let (slot, loaded) = self.loaded_for(&class, Some(Capability::Enumerate)).await?;
-        let schema = schema_of(&loaded, &class)?.clone();
+        let schema = schema_for(&slot, &loaded, &class)?;
         check_selector(&schema, &selector)?;
         let use_get = selector.is_full_key(&schema) && slot.manifest.offers(Capability::Get);
         let instances = if use_get {
@@ -281,7 +303,7 @@ impl Host {
         caller: &Caller,
     ) -> Result<Response, RemoteError> {
         let (slot, loaded) = self.loaded_for(&class, None).await?;
-        let schema = schema_of(&loaded, &class)?.clone();
+        let schema = schema_for(&slot, &loaded, &class)?;
         check_selector(&schema, &key)?;
         if !key.is_full_key(&schema) {
             let keys: Vec<&str> = schema.keys().map(|k| k.name.as_str()).collect();
@@ -338,7 +360,7 @@ impl Host {
         class: &ClassPath,
         capability: Option<Capability>,
     ) -> Result<(Arc<Slot>, Arc<Loaded>), RemoteError> {
-        let Some(slot) = self.inner.registry.by_class.get(class) else {
+        let Some(slot) = self.inner.registry.slot_for(class) else {
             return Err(RemoteError::new(
                 ErrorCode::NotFound,
                 format!("no provider serves class {class}"),
@@ -806,6 +828,12 @@ fn check_schemas(slot: &Slot, classes: Vec<ClassSchema>) -> Result<SchemaSet, Re
     let name = &slot.manifest.name;
     let mut set = SchemaSet::new();
     for schema in classes {
+        if slot.manifest.in_namespace(schema.path())
+            && !slot.manifest.classes.contains(schema.path())
+        {
+            // Filled at run time: asked for when needed.
+            continue;
+        }
         if !slot.manifest.classes.contains(schema.path()) {
             return Err(slot.error(
                 ErrorCode::ProviderFailed,
@@ -830,13 +858,31 @@ fn check_schemas(slot: &Slot, classes: Vec<ClassSchema>) -> Result<SchemaSet, Re
     Ok(set)
 }
 
-fn schema_of<'a>(
-    loaded: &'a Loaded,
+/// The schema of `class`: fixed at load, or asked of a provider that fills a namespace.
+fn schema_for(
+    slot: &Slot,
+    loaded: &Loaded,
     class: &ClassPath,
-) -> Result<&'a Arc<ClassSchema>, RemoteError> {
-    loaded.schemas.get(class).ok_or_else(|| {
-        RemoteError::new(ErrorCode::Internal, format!("no schema for class {class}"))
-    })
+) -> Result<Arc<ClassSchema>, RemoteError> {
+    if let Some(schema) = loaded.schemas.get(class) {
+        return Ok(schema.clone());
+    }
+    if slot.manifest.in_namespace(class)
+        && let Backend::Local { provider, .. } = &loaded.backend
+    {
+        let found = catch_unwind(AssertUnwindSafe(|| provider.schema(class)))
+            .map_err(|panic| panicked(slot, &panic))?;
+        return found.ok_or_else(|| {
+            RemoteError::new(
+                ErrorCode::NotFound,
+                format!("no provider serves class {class}"),
+            )
+        });
+    }
+    Err(RemoteError::new(
+        ErrorCode::Internal,
+        format!("no schema for class {class}"),
+    ))
 }
 
 fn check_selector(schema: &ClassSchema, selector: &InstanceKey) -> Result<(), RemoteError> {

@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use purveyor_model::{Capability, ClassPath, Hosting, ProviderName};
+use purveyor_model::{Capability, ClassPath, Hosting, NamespacePath, ProviderName};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -26,6 +26,9 @@ pub struct Manifest {
     pub hosting: Hosting,
     pub entry: Entry,
     pub classes: Vec<ClassPath>,
+    /// Namespaces the provider fills at run time (`"app.*"` in `classes`): every class
+    /// below them is its, with the schema it gives when asked. Builtin providers only.
+    pub namespaces: Vec<NamespacePath>,
     pub capabilities: BTreeSet<Capability>,
     /// What the provider mainly serves; picks its default `clear_after`.
     pub kind: ProviderKind,
@@ -269,7 +272,27 @@ impl Manifest {
                 "a provider must serve at least one class".into(),
             );
         }
+        let mut namespaces = Vec::new();
         for class in raw.classes.get_ref() {
+            if let Some(ns) = class.get_ref().strip_suffix(".*") {
+                match NamespacePath::new(ns) {
+                    Ok(_) if hosting.is_some_and(|h| h != Hosting::Builtin) => errors.push(
+                        Some(class.span()),
+                        Some("classes"),
+                        format!(
+                            "a whole namespace ({ns}.*) can only be served by a builtin provider in this version"
+                        ),
+                    ),
+                    Ok(path) if namespaces.contains(&path) => errors.push(
+                        Some(class.span()),
+                        Some("classes"),
+                        format!("namespace {path}.* is listed twice"),
+                    ),
+                    Ok(path) => namespaces.push(path),
+                    Err(e) => errors.push(Some(class.span()), Some("classes"), e.to_string()),
+                }
+                continue;
+            }
             match ClassPath::new(class.get_ref().as_str()) {
                 Ok(path) if classes.contains(&path) => errors.push(
                     Some(class.span()),
@@ -349,6 +372,7 @@ impl Manifest {
                     hosting,
                     entry,
                     classes,
+                    namespaces,
                     capabilities,
                     kind,
                     clear_after,
@@ -360,6 +384,16 @@ impl Manifest {
             }
             _ => Err(errors.list),
         }
+    }
+
+    /// Whether `class` is the provider's, by name or by namespace.
+    pub fn serves(&self, class: &ClassPath) -> bool {
+        self.classes.contains(class) || self.in_namespace(class)
+    }
+
+    /// Whether `class` lies in one of the namespaces the provider fills at run time.
+    pub fn in_namespace(&self, class: &ClassPath) -> bool {
+        self.namespaces.iter().any(|ns| ns.contains(class))
     }
 
     /// Whether the manifest offers `capability`.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use purveyor_model::{ClassPath, ProviderName};
+use purveyor_model::{ClassPath, NamespacePath, ProviderName};
 
 use crate::builtin::BuiltinProvider;
 use crate::config::HostConfig;
@@ -17,6 +17,9 @@ pub(crate) const SELF_PROVIDER: &str = "purveyor";
 pub(crate) struct Registry {
     pub slots: BTreeMap<ProviderName, Arc<Slot>>,
     pub by_class: HashMap<ClassPath, Arc<Slot>>,
+    /// Namespaces filled at run time (`app.*`), and by whom. A class named by a manifest
+    /// wins over a namespace that contains it.
+    pub by_namespace: Vec<(NamespacePath, Arc<Slot>)>,
     /// Manifests that were refused, with why. The rest of the registry serves regardless.
     pub problems: Vec<ManifestError>,
     /// The directories that were read.
@@ -24,6 +27,16 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// The slot serving `class`: by name, else by namespace.
+    pub fn slot_for(&self, class: &ClassPath) -> Option<&Arc<Slot>> {
+        self.by_class.get(class).or_else(|| {
+            self.by_namespace
+                .iter()
+                .find(|(ns, _)| ns.contains(class))
+                .map(|(_, slot)| slot)
+        })
+    }
+
     /// Builds the registry from the built-in manifests, then the providers directories (a
     /// file replaces the built-in manifest of the same name; the first directory wins).
     pub fn build(config: &HostConfig, builtins: &[BuiltinProvider]) -> Registry {
@@ -75,6 +88,7 @@ impl Registry {
 
         let mut slots = BTreeMap::new();
         let mut by_class: HashMap<ClassPath, Arc<Slot>> = HashMap::new();
+        let mut by_namespace: Vec<(NamespacePath, Arc<Slot>)> = Vec::new();
         for (name, mut manifest) in chosen {
             if !manifest.clear_after_given {
                 manifest.clear_after = config.clear_after.get(manifest.kind);
@@ -102,6 +116,9 @@ impl Registry {
             for class in &slot.manifest.classes {
                 by_class.insert(class.clone(), slot.clone());
             }
+            for ns in &slot.manifest.namespaces {
+                by_namespace.push((ns.clone(), slot.clone()));
+            }
             slots.insert(name, slot);
         }
         for problem in &problems {
@@ -110,6 +127,7 @@ impl Registry {
         Registry {
             slots,
             by_class,
+            by_namespace,
             problems,
             dirs,
         }

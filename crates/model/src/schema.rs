@@ -18,6 +18,9 @@ pub enum Semantic {
     Counter,
     /// A value that changes rarely (a name, a state, a version).
     Discrete,
+    /// A monotonic count; consumers show the difference between two samples. (Last, so
+    /// that the binary encoding of the others is unchanged.)
+    Delta,
 }
 
 /// The unit of a property. Consumers convert from these (the OpenMetrics gateway names
@@ -267,7 +270,7 @@ impl TryFrom<RawSchema> for ClassSchema {
                         ty: prop.ty,
                     });
                 }
-                Semantic::Counter | Semantic::Gauge if !prop.ty.is_numeric() => {
+                Semantic::Counter | Semantic::Delta | Semantic::Gauge if !prop.ty.is_numeric() => {
                     return Err(SchemaError::NotNumeric {
                         class,
                         name: prop.name.to_string(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 1;
+pub const PROTOCOL_MINOR: u16 = 2;
 
 /// How the payloads after the handshake are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,8 +21,16 @@ pub use purveyor_protocol as protocol;
 /// provider should not hold locks across slow work.
 pub trait Provider: Send + Sync + 'static {
     /// The schemas of the classes this provider serves. Called once after loading; every
-    /// class its manifest lists must be here.
+    /// class its manifest lists must be here. A provider that fills a namespace at run
+    /// time (`"app.*"` in its manifest) is asked again whenever classes are listed, and
+    /// answers with the classes it has now.
     fn classes(&self) -> Vec<ClassSchema>;
+
+    /// The current schema of `class`, for a provider that fills a namespace at run time;
+    /// `None` when there is no such class now. Others keep the default.
+    fn schema(&self, _class: &ClassPath) -> Option<std::sync::Arc<ClassSchema>> {
+        None
+    }
 
     /// Every instance of `class`.
     fn enumerate(

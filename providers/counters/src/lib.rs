@@ -1,0 +1,522 @@
+//! The built-in `counters` provider: every counter file in the counters directories is
+//! served as class `app.NAME` (`docs/counter-file.md`).
+//!
+//! Files are found as they appear and disappear: each directory has an inotify watch,
+//! drained (one non-blocking read) at every request, and rescanned when it reported
+//! anything. A file that cannot be read is logged once, naming the file and the problem,
+//! and skipped; the others are served. A file whose publisher has exited is shown with
+//! `stale = true` and removed after the grace period.
+//!
+//! How each counter type becomes properties (the consumer's formulas):
+//! - `raw` → `NAME`, a gauge; `counter` → `NAME`, a counter (shown as a rate);
+//!   `delta` → `NAME`, a delta (shown as the difference between samples);
+//! - `average` → `NAME` (gauge: sum / count since the start; `watch` shows Δsum / Δcount),
+//!   `NAME_sum` and `NAME_count` (counters);
+//! - `fraction` → `NAME` (gauge, percent: 100 × value / base), `NAME_value`, `NAME_base`;
+//! - `elapsed` → `NAME` (gauge, seconds since the stored moment).
+//!
+//! A file is served to a caller only if its permissions let that caller read it.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use purveyor_counters::{CounterFile, CounterType, FileError};
+use purveyor_model::{
+    ClassPath, ClassSchema, Identifier, Instance, InstanceKey, PropertyDef, Semantic, Unit, Value,
+};
+use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
+
+/// The manifest the host registers this provider with.
+pub const MANIFEST: &str = r#"
+name = "counters"
+description = "Application counter sets published as counter files, as classes app.NAME"
+hosting = "builtin"
+builtin = "counters"
+classes = ["app.*"]
+capabilities = ["enumerate", "get"]
+kind = "counter"
+"#;
+
+/// The namespace counter sets are served in.
+pub const NAMESPACE: &str = "app";
+
+/// How often a publisher's liveness is checked (it reads /proc).
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+
+pub struct AppCounters {
+    grace: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    dirs: Vec<Dir>,
+    /// Served sets by name; the first directory that has a name wins.
+    sets: BTreeMap<String, Served>,
+    /// Files already reported as unreadable, by path, with their identity and size then,
+    /// so each problem is logged once.
+    reported: BTreeMap<PathBuf, ((u64, u64), u64)>,
+}
+
+struct Dir {
+    path: PathBuf,
+    watch: Option<OwnedFd>,
+    scanned: bool,
+}
+
+struct Served {
+    file: CounterFile,
+    identity: (u64, u64),
+    dir: usize,
+    schema: Arc<ClassSchema>,
+    /// Property names, built once.
+    names: Names,
+    checked: Instant,
+    gone_since: Option<Instant>,
+}
+
+struct Names {
+    instance: Identifier,
+    stale: Identifier,
+    /// Per counter, its properties in order (1 or 3).
+    counters: Vec<Vec<Identifier>>,
+}
+
+impl AppCounters {
+    /// Serves the counter files in `dirs` (the first that has a set name wins). A file
+    /// whose publisher exited is removed `grace` after that was noticed.
+    pub fn new(dirs: Vec<PathBuf>, grace: Duration) -> Self {
+        AppCounters {
+            grace,
+            state: Mutex::new(State {
+                dirs: dirs
+                    .into_iter()
+                    .map(|path| Dir {
+                        path,
+                        watch: None,
+                        scanned: false,
+                    })
+                    .collect(),
+                sets: BTreeMap::new(),
+                reported: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// The default directories: `$PURVEYOR_COUNTERS` (colon-separated) if set, else
+    /// `$XDG_RUNTIME_DIR/purveyor/counters` then `/run/purveyor/counters`.
+    pub fn default_dirs() -> Vec<PathBuf> {
+        if let Some(list) = std::env::var_os("PURVEYOR_COUNTERS") {
+            return std::env::split_paths(&list)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect();
+        }
+        let mut dirs = Vec::new();
+        if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            dirs.push(PathBuf::from(run).join("purveyor/counters"));
+        }
+        dirs.push(PathBuf::from("/run/purveyor/counters"));
+        dirs
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.refresh(self.grace);
+        f(&mut state)
+    }
+}
+
+impl Provider for AppCounters {
+    fn classes(&self) -> Vec<ClassSchema> {
+        self.with_state(|s| s.sets.values().map(|set| (*set.schema).clone()).collect())
+    }
+
+    fn schema(&self, class: &ClassPath) -> Option<Arc<ClassSchema>> {
+        self.with_state(|s| s.sets.get(set_name(class)?).map(|set| set.schema.clone()))
+    }
+
+    fn enumerate(
+        &self,
+        class: &ClassPath,
+        ctx: &CallContext,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        self.with_state(|s| {
+            let set = set_name(class)
+                .and_then(|name| s.sets.get(name))
+                .ok_or_else(|| ProviderError::NotFound(format!("no counter set for {class}")))?;
+            set.readable_by(&ctx.caller)?;
+            set.instances()
+        })
+    }
+
+    fn get(
+        &self,
+        class: &ClassPath,
+        key: &InstanceKey,
+        ctx: &CallContext,
+    ) -> Result<Option<Instance>, ProviderError> {
+        Ok(self
+            .enumerate(class, ctx)?
+            .into_iter()
+            .find(|i| i.matches(key)))
+    }
+}
+
+fn set_name(class: &ClassPath) -> Option<&str> {
+    class.as_str().strip_prefix("app.")
+}
+
+impl State {
+    /// Brings the served sets up to date with the directories.
+    fn refresh(&mut self, grace: Duration) {
+        for d in 0..self.dirs.len() {
+            let dir = &mut self.dirs[d];
+            if dir.watch.is_none() {
+                dir.watch = watch(&dir.path);
+                dir.scanned = false;
+            }
+            let changed = match &dir.watch {
+                Some(fd) => drain(fd),
+                None => false,
+            };
+            if changed && !dir.path.is_dir() {
+                // The directory went away: watch it again when it is back.
+                dir.watch = None;
+            }
+            if changed || !dir.scanned {
+                dir.scanned = dir.watch.is_some();
+                self.scan(d);
+            }
+        }
+        let now = Instant::now();
+        let mut remove = Vec::new();
+        for (name, set) in &mut self.sets {
+            if now.duration_since(set.checked) < LIVENESS_EVERY {
+                continue;
+            }
+            set.checked = now;
+            if !set.file.creator_gone() {
+                set.gone_since = None;
+                continue;
+            }
+            let since = *set.gone_since.get_or_insert(now);
+            if now.duration_since(since) >= grace {
+                remove.push(name.clone());
+            }
+        }
+        for name in remove {
+            if let Some(set) = self.sets.remove(&name) {
+                let path = set.file.path();
+                tracing::info!(file = %path.display(), pid = set.file.creator_pid, "removing the counter file of an exited publisher");
+                if let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot remove a stale counter file; no longer serving it");
+                }
+            }
+        }
+    }
+
+    /// Reads directory `d` again: new and replaced files are opened, vanished ones dropped.
+    fn scan(&mut self, d: usize) {
+        let dir = self.dirs[d].path.clone();
+        let mut present = std::collections::BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".counters"))
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                if name.starts_with('.') {
+                    continue;
+                }
+                present.insert(name.clone());
+                self.consider(d, &name, &path);
+            }
+        }
+        self.sets
+            .retain(|name, set| set.dir != d || present.contains(name));
+    }
+
+    fn consider(&mut self, d: usize, name: &str, path: &Path) {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        };
+        if let Some(set) = self.sets.get(name)
+            && (set.dir < d || (set.dir == d && set.identity == identity))
+        {
+            return;
+        }
+        if self.reported.get(path) == Some(&(identity, meta.len())) {
+            return;
+        }
+        match open(path, name, d) {
+            Ok(served) => {
+                tracing::info!(file = %path.display(), class = %served.schema.path(), "serving counter file");
+                self.reported.remove(path);
+                self.sets.insert(name.to_owned(), served);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "counter file not served");
+                self.reported
+                    .insert(path.to_path_buf(), (identity, meta.len()));
+            }
+        }
+    }
+}
+
+fn open(path: &Path, name: &str, dir: usize) -> Result<Served, FileError> {
+    let file = CounterFile::open(path)?;
+    let fail = |problem: String| FileError {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if file.name != name {
+        return Err(fail(format!(
+            "it names its set {:?} but the file is named {name}.counters",
+            file.name
+        )));
+    }
+    let (schema, names) = schema_of(&file).map_err(fail)?;
+    Ok(Served {
+        identity: file.identity(),
+        file,
+        dir,
+        schema: Arc::new(schema),
+        names,
+        checked: Instant::now(),
+        gone_since: None,
+    })
+}
+
+fn unit(u: purveyor_counters::Unit) -> Unit {
+    use purveyor_counters::Unit as U;
+    match u {
+        U::None => Unit::None,
+        U::Count => Unit::Count,
+        U::Bytes => Unit::Bytes,
+        U::Seconds => Unit::Seconds,
+        U::Milliseconds => Unit::Milliseconds,
+        U::Microseconds => Unit::Microseconds,
+        U::Nanoseconds => Unit::Nanoseconds,
+        U::Percent => Unit::Percent,
+        U::Packets => Unit::Packets,
+        U::Operations => Unit::Operations,
+    }
+}
+
+/// The class a counter file is served as, and its property names.
+fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Names), String> {
+    let mut props = Vec::new();
+    let p = PropertyDef::new;
+    if file.keyed {
+        props.push(p(
+            "instance",
+            "string",
+            Unit::None,
+            Semantic::Key,
+            "the instance",
+        ));
+    }
+    let mut counters = Vec::new();
+    for c in &file.counters {
+        let u = unit(c.unit);
+        let help = c.help.as_str();
+        let mine: Vec<PropertyDef> = match c.kind {
+            CounterType::Raw => vec![p(&c.name, "u64", u, Semantic::Gauge, help)],
+            CounterType::Counter => vec![p(&c.name, "u64", u, Semantic::Counter, help)],
+            CounterType::Delta => vec![p(&c.name, "u64", u, Semantic::Delta, help)],
+            CounterType::Average => vec![
+                p(&c.name, "f64", u, Semantic::Gauge, help),
+                p(
+                    &format!("{}_sum", c.name),
+                    "u64",
+                    u,
+                    Semantic::Counter,
+                    "the sum of the observations",
+                ),
+                p(
+                    &format!("{}_count", c.name),
+                    "u64",
+                    Unit::Count,
+                    Semantic::Counter,
+                    "the number of observations",
+                ),
+            ],
+            CounterType::Fraction => vec![
+                p(&c.name, "f64", Unit::Percent, Semantic::Gauge, help),
+                p(
+                    &format!("{}_value", c.name),
+                    "u64",
+                    Unit::Count,
+                    Semantic::Gauge,
+                    "the fraction's value",
+                ),
+                p(
+                    &format!("{}_base", c.name),
+                    "u64",
+                    Unit::Count,
+                    Semantic::Gauge,
+                    "the fraction's base",
+                ),
+            ],
+            CounterType::Elapsed => vec![p(&c.name, "f64", Unit::Seconds, Semantic::Gauge, help)],
+        };
+        counters.push(mine.iter().map(|d| d.name.clone()).collect());
+        props.extend(mine);
+    }
+    props.push(p(
+        "stale",
+        "bool",
+        Unit::None,
+        Semantic::Discrete,
+        "the publishing process has exited; the file goes after the grace period",
+    ));
+    let class = ClassPath::new(format!("{NAMESPACE}.{}", file.name)).map_err(|e| e.to_string())?;
+    let schema = ClassSchema::new(class, file.help.clone(), props, vec![], vec![])
+        .map_err(|e| format!("its counters do not make a valid class: {e}"))?;
+    let id = |s: &str| Identifier::new(s).map_err(|e| e.to_string());
+    Ok((
+        schema,
+        Names {
+            instance: id("instance")?,
+            stale: id("stale")?,
+            counters,
+        },
+    ))
+}
+
+impl Served {
+    /// Whether `caller` may read the file, by its owner, group and mode (supplementary
+    /// groups are not consulted).
+    fn readable_by(&self, caller: &Caller) -> Result<(), ProviderError> {
+        let f = &self.file;
+        let allowed = caller.uid == 0
+            || (caller.uid == f.uid && f.mode & 0o400 != 0)
+            || (caller.gid == f.gid && f.mode & 0o040 != 0)
+            || f.mode & 0o004 != 0;
+        if allowed {
+            Ok(())
+        } else {
+            Err(ProviderError::AccessDenied(format!(
+                "counter file {} (owner uid {}, gid {}, mode {:04o}) is not readable by uid {}",
+                f.path().display(),
+                f.uid,
+                f.gid,
+                f.mode,
+                caller.uid
+            )))
+        }
+    }
+
+    fn instances(&self) -> Result<Vec<Instance>, ProviderError> {
+        let snap = self
+            .file
+            .snapshot()
+            .map_err(|e| ProviderError::Failed(e.to_string()))?;
+        let stale = self.gone_since.is_some();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut out = Vec::with_capacity(snap.instances.len());
+        for i in snap.instances {
+            let mut inst = Instance::new();
+            if self.file.keyed {
+                inst.insert(self.names.instance.clone(), Value::String(i.name));
+            }
+            for (c, names) in self.file.counters.iter().zip(&self.names.counters) {
+                let at = c.slot as usize;
+                let v = i.values[at];
+                match c.kind {
+                    CounterType::Raw | CounterType::Counter | CounterType::Delta => {
+                        inst.insert(names[0].clone(), Value::U64(v));
+                    }
+                    CounterType::Average => {
+                        let count = i.values[at + 1];
+                        let mean = if count == 0 {
+                            0.0
+                        } else {
+                            v as f64 / count as f64
+                        };
+                        inst.insert(names[0].clone(), Value::F64(mean));
+                        inst.insert(names[1].clone(), Value::U64(v));
+                        inst.insert(names[2].clone(), Value::U64(count));
+                    }
+                    CounterType::Fraction => {
+                        let base = i.values[at + 1];
+                        let pct = if base == 0 {
+                            0.0
+                        } else {
+                            100.0 * v as f64 / base as f64
+                        };
+                        inst.insert(names[0].clone(), Value::F64(pct));
+                        inst.insert(names[1].clone(), Value::U64(v));
+                        inst.insert(names[2].clone(), Value::U64(base));
+                    }
+                    CounterType::Elapsed => {
+                        let secs = if v == 0 || v > now {
+                            0.0
+                        } else {
+                            (now - v) as f64 / 1e9
+                        };
+                        inst.insert(names[0].clone(), Value::F64(secs));
+                    }
+                }
+            }
+            inst.insert(self.names.stale.clone(), Value::Bool(stale));
+            out.push(inst);
+        }
+        Ok(out)
+    }
+}
+
+/// An inotify watch on `dir` for files appearing and disappearing; `None` if the
+/// directory does not exist (tried again at the next request).
+fn watch(dir: &Path) -> Option<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: plain system calls; the descriptor is owned below.
+    unsafe {
+        let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mask = libc::IN_CREATE
+            | libc::IN_DELETE
+            | libc::IN_MOVED_TO
+            | libc::IN_MOVED_FROM
+            | libc::IN_CLOSE_WRITE
+            | libc::IN_ATTRIB
+            | libc::IN_DELETE_SELF
+            | libc::IN_MOVE_SELF;
+        if libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) < 0 {
+            return None;
+        }
+        Some(fd)
+    }
+}
+
+/// Reads every pending event; true if there was any.
+fn drain(fd: &OwnedFd) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut any = false;
+    loop {
+        // SAFETY: reads into a buffer we own, of its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return any;
+        }
+        any = true;
+    }
+}

@@ -60,7 +60,7 @@ pub struct CounterFile {
     pub keyed: bool,
     pub creator_pid: u32,
     pub creator_start: u64,
-    /// Owner and mode of the file, for access checks.
+    /// Owner and mode of the file when it was opened (see [`CounterFile::access`]).
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
@@ -309,6 +309,14 @@ impl CounterFile {
             None => true,
             Some(start) => self.creator_start != 0 && start != self.creator_start,
         }
+    }
+
+    /// The file's owner, group and permission bits now (they may change while mapped).
+    pub fn access(&self) -> (u32, u32, u32) {
+        self.file
+            .metadata()
+            .map(|m| (m.uid(), m.gid(), m.mode() & 0o7777))
+            .unwrap_or((self.uid, self.gid, self.mode))
     }
 
     /// The file's identity (device, inode), to tell a replaced file from this one.

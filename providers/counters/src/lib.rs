@@ -401,19 +401,20 @@ impl Served {
     /// groups are not consulted).
     fn readable_by(&self, caller: &Caller) -> Result<(), ProviderError> {
         let f = &self.file;
+        let (uid, gid, mode) = f.access();
         let allowed = caller.uid == 0
-            || (caller.uid == f.uid && f.mode & 0o400 != 0)
-            || (caller.gid == f.gid && f.mode & 0o040 != 0)
-            || f.mode & 0o004 != 0;
+            || (caller.uid == uid && mode & 0o400 != 0)
+            || (caller.gid == gid && mode & 0o040 != 0)
+            || mode & 0o004 != 0;
         if allowed {
             Ok(())
         } else {
             Err(ProviderError::AccessDenied(format!(
                 "counter file {} (owner uid {}, gid {}, mode {:04o}) is not readable by uid {}",
                 f.path().display(),
-                f.uid,
-                f.gid,
-                f.mode,
+                uid,
+                gid,
+                mode,
                 caller.uid
             )))
         }

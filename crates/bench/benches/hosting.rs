@@ -6,13 +6,11 @@
 //! `cargo build --release -p purveyor -p purveyor-example-provider && cargo bench -p purveyor-bench --bench hosting`
 //! (or `bench/run`).
 
-use std::io::Read;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{against_echo, echo_connection, ms, percentiles};
+use purveyor_bench::{against_echo, echo_server, ms, percentiles, release_file, wait_for_socket};
 use purveyor_client::{Client, ConnectOptions, Encoding};
 use purveyor_model::{ClassPath, Identifier, InstanceKey, ProviderState, Value};
 use purveyor_protocol::{Request, Response};
@@ -221,35 +219,4 @@ fn rss_kb(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// The echo floor: answers each frame with a frame of the size its first 4 bytes ask for.
-fn echo_server(path: &Path) {
-    let listener = UnixListener::bind(path).unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || echo_connection(stream));
-        }
-    });
-    // Until the bench closes our stdin.
-    let _ = std::io::stdin().read_to_end(&mut Vec::new());
-}
-
-fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(path).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn release_file(name: &str) -> Option<PathBuf> {
-    // target/release/deps/hosting-HASH → target/release/NAME
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join(name);
-    path.exists().then_some(path)
 }

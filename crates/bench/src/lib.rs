@@ -1,8 +1,8 @@
 //! Helpers shared by the benchmarks: percentiles, units, and the raw echo floor.
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use purveyor_client::{Client, Encoding};
@@ -126,4 +126,35 @@ pub fn echo_connection(mut s: UnixStream) {
             return;
         }
     }
+}
+
+/// The echo floor: answers each frame with a frame of the size its first 4 bytes ask for.
+pub fn echo_server(path: &Path) {
+    let listener = UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || echo_connection(stream));
+        }
+    });
+    // Until the bench closes our stdin.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+}
+
+pub fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(path).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn release_file(name: &str) -> Option<PathBuf> {
+    // target/release/deps/BENCH-HASH → target/release/NAME
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join(name);
+    path.exists().then_some(path)
 }

@@ -98,6 +98,42 @@ pub struct ClassSchema {
     // Invariant: property, method and event names are unique; key properties are scalar,
     // not f64; counter and gauge properties are numeric.
     raw: RawSchema,
+    /// Property positions by name, for classes with many properties (checking an
+    /// instance of a 1 000-counter set must not cost a million string comparisons).
+    index: PropertyIndex,
+}
+
+/// Below this many properties a linear scan is as fast as hashing.
+const INDEX_FROM: usize = 16;
+
+#[derive(Clone, Default)]
+struct PropertyIndex(
+    Option<std::collections::HashMap<Box<str>, usize, foldhash::fast::RandomState>>,
+);
+
+impl PropertyIndex {
+    fn build(properties: &[PropertyDef]) -> Self {
+        PropertyIndex((properties.len() >= INDEX_FROM).then(|| {
+            properties
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (Box::from(p.name.as_str()), i))
+                .collect()
+        }))
+    }
+}
+
+// Derived from `raw`: two schemas are equal when their definitions are.
+impl PartialEq for PropertyIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for PropertyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PropertyIndex")
+    }
 }
 
 /// Why a schema was refused.
@@ -192,7 +228,10 @@ impl ClassSchema {
     }
 
     pub fn property(&self, name: &str) -> Option<&PropertyDef> {
-        self.raw.properties.iter().find(|p| p.name.as_str() == name)
+        match &self.index.0 {
+            Some(index) => index.get(name).map(|&i| &self.raw.properties[i]),
+            None => self.raw.properties.iter().find(|p| p.name.as_str() == name),
+        }
     }
 
     /// The key properties, in declaration order.
@@ -281,7 +320,8 @@ impl TryFrom<RawSchema> for ClassSchema {
                 _ => {}
             }
         }
-        Ok(ClassSchema { raw })
+        let index = PropertyIndex::build(&raw.properties);
+        Ok(ClassSchema { raw, index })
     }
 }
 

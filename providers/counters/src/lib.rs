@@ -77,11 +77,24 @@ struct Served {
     gone_since: Option<Instant>,
 }
 
+/// Every property of the class, sorted by name (so an instance is built in one pass),
+/// with where its value comes from.
 struct Names {
-    instance: Identifier,
-    stale: Identifier,
-    /// Per counter, its properties in order (1 or 3).
-    counters: Vec<Vec<Identifier>>,
+    props: Vec<(Identifier, Source)>,
+}
+
+#[derive(Clone, Copy)]
+enum Source {
+    Instance,
+    Stale,
+    /// A slot as is.
+    Slot(usize),
+    /// sum / count from a slot pair.
+    Mean(usize),
+    /// 100 × value / base from a slot pair.
+    Percent(usize),
+    /// Seconds since the nanosecond timestamp in a slot.
+    Elapsed(usize),
 }
 
 impl AppCounters {
@@ -328,7 +341,10 @@ fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Names), String> {
             "the instance",
         ));
     }
-    let mut counters = Vec::new();
+    let mut sources = vec![("stale".to_string(), Source::Stale)];
+    if file.keyed {
+        sources.push(("instance".to_string(), Source::Instance));
+    }
     for c in &file.counters {
         let u = unit(c.unit);
         let help = c.help.as_str();
@@ -372,7 +388,18 @@ fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Names), String> {
             ],
             CounterType::Elapsed => vec![p(&c.name, "f64", Unit::Seconds, Semantic::Gauge, help)],
         };
-        counters.push(mine.iter().map(|d| d.name.clone()).collect());
+        let at = c.slot as usize;
+        let first = match c.kind {
+            CounterType::Raw | CounterType::Counter | CounterType::Delta => Source::Slot(at),
+            CounterType::Average => Source::Mean(at),
+            CounterType::Fraction => Source::Percent(at),
+            CounterType::Elapsed => Source::Elapsed(at),
+        };
+        sources.push((c.name.clone(), first));
+        if mine.len() == 3 {
+            sources.push((mine[1].name.to_string(), Source::Slot(at)));
+            sources.push((mine[2].name.to_string(), Source::Slot(at + 1)));
+        }
         props.extend(mine);
     }
     props.push(p(
@@ -385,15 +412,12 @@ fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Names), String> {
     let class = ClassPath::new(format!("{NAMESPACE}.{}", file.name)).map_err(|e| e.to_string())?;
     let schema = ClassSchema::new(class, file.help.clone(), props, vec![], vec![])
         .map_err(|e| format!("its counters do not make a valid class: {e}"))?;
-    let id = |s: &str| Identifier::new(s).map_err(|e| e.to_string());
-    Ok((
-        schema,
-        Names {
-            instance: id("instance")?,
-            stale: id("stale")?,
-            counters,
-        },
-    ))
+    sources.sort_by(|a, b| a.0.cmp(&b.0));
+    let props = sources
+        .into_iter()
+        .map(|(name, source)| Ok((Identifier::new(&name).map_err(|e| e.to_string())?, source)))
+        .collect::<Result<_, String>>()?;
+    Ok((schema, Names { props }))
 }
 
 impl Served {
@@ -429,55 +453,42 @@ impl Served {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let mut out = Vec::with_capacity(snap.instances.len());
-        for i in snap.instances {
-            let mut inst = Instance::new();
-            if self.file.keyed {
-                inst.insert(self.names.instance.clone(), Value::String(i.name));
-            }
-            for (c, names) in self.file.counters.iter().zip(&self.names.counters) {
-                let at = c.slot as usize;
-                let v = i.values[at];
-                match c.kind {
-                    CounterType::Raw | CounterType::Counter | CounterType::Delta => {
-                        inst.insert(names[0].clone(), Value::U64(v));
-                    }
-                    CounterType::Average => {
-                        let count = i.values[at + 1];
-                        let mean = if count == 0 {
-                            0.0
-                        } else {
-                            v as f64 / count as f64
+        let out = snap
+            .instances
+            .into_iter()
+            .map(|i| {
+                let v = &i.values;
+                self.names
+                    .props
+                    .iter()
+                    .map(|(name, source)| {
+                        let value = match *source {
+                            Source::Instance => Value::String(i.name.clone()),
+                            Source::Stale => Value::Bool(stale),
+                            Source::Slot(at) => Value::U64(v[at]),
+                            Source::Mean(at) => Value::F64(ratio(v[at], v[at + 1], 1.0)),
+                            Source::Percent(at) => Value::F64(ratio(v[at], v[at + 1], 100.0)),
+                            Source::Elapsed(at) => Value::F64(if v[at] == 0 || v[at] > now {
+                                0.0
+                            } else {
+                                (now - v[at]) as f64 / 1e9
+                            }),
                         };
-                        inst.insert(names[0].clone(), Value::F64(mean));
-                        inst.insert(names[1].clone(), Value::U64(v));
-                        inst.insert(names[2].clone(), Value::U64(count));
-                    }
-                    CounterType::Fraction => {
-                        let base = i.values[at + 1];
-                        let pct = if base == 0 {
-                            0.0
-                        } else {
-                            100.0 * v as f64 / base as f64
-                        };
-                        inst.insert(names[0].clone(), Value::F64(pct));
-                        inst.insert(names[1].clone(), Value::U64(v));
-                        inst.insert(names[2].clone(), Value::U64(base));
-                    }
-                    CounterType::Elapsed => {
-                        let secs = if v == 0 || v > now {
-                            0.0
-                        } else {
-                            (now - v) as f64 / 1e9
-                        };
-                        inst.insert(names[0].clone(), Value::F64(secs));
-                    }
-                }
-            }
-            inst.insert(self.names.stale.clone(), Value::Bool(stale));
-            out.push(inst);
-        }
+                        (name.clone(), value)
+                    })
+                    .collect()
+            })
+            .collect();
         Ok(out)
+    }
+}
+
+/// `scale × a / b`, or 0 when `b` is 0.
+fn ratio(a: u64, b: u64, scale: f64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        scale * a as f64 / b as f64
     }
 }
 

@@ -118,6 +118,7 @@ pub fn host_with(config: purveyor_host::HostConfig) -> purveyor_host::Host {
                     .unwrap_or(std::time::Duration::from_secs(60));
                 Ok(purveyor_app_counters::AppCounters::new(
                     purveyor_app_counters::AppCounters::default_dirs(),
+                    purveyor_app_counters::AppCounters::default_mmv_dirs(),
                     grace,
                 ))
             },

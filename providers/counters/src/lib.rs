@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use purveyor_counters::{CounterFile, CounterType, FileError};
+
+mod mmv;
+use mmv::MmvFile;
 use purveyor_model::{
     ClassPath, ClassSchema, Identifier, Instance, InstanceKey, PropertyDef, Semantic, Unit, Value,
 };
@@ -53,6 +56,12 @@ pub struct AppCounters {
 
 struct State {
     dirs: Vec<Dir>,
+    /// Directories of PCP MMV files.
+    mmv_dirs: Vec<Dir>,
+    /// Served MMV files by file name.
+    mmv: BTreeMap<String, MmvServed>,
+    /// MMV classes by class path: (file name, class index).
+    mmv_classes: BTreeMap<String, (String, usize)>,
     /// Served sets by name; the first directory that has a name wins.
     sets: BTreeMap<String, Served>,
     /// Files already reported as unreadable, by path, with their identity and size then,
@@ -64,6 +73,13 @@ struct Dir {
     path: PathBuf,
     watch: Option<OwnedFd>,
     scanned: bool,
+}
+
+struct MmvServed {
+    file: MmvFile,
+    identity: (u64, u64),
+    size: u64,
+    dir: usize,
 }
 
 struct Served {
@@ -98,20 +114,26 @@ enum Source {
 }
 
 impl AppCounters {
-    /// Serves the counter files in `dirs` (the first that has a set name wins). A file
-    /// whose publisher exited is removed `grace` after that was noticed.
-    pub fn new(dirs: Vec<PathBuf>, grace: Duration) -> Self {
+    /// Serves the counter files in `dirs` (the first that has a set name wins) and the PCP
+    /// MMV files in `mmv_dirs`. A counter file whose publisher exited is removed `grace`
+    /// after that was noticed.
+    pub fn new(dirs: Vec<PathBuf>, mmv_dirs: Vec<PathBuf>, grace: Duration) -> Self {
+        let watched = |dirs: Vec<PathBuf>| {
+            dirs.into_iter()
+                .map(|path| Dir {
+                    path,
+                    watch: None,
+                    scanned: false,
+                })
+                .collect()
+        };
         AppCounters {
             grace,
             state: Mutex::new(State {
-                dirs: dirs
-                    .into_iter()
-                    .map(|path| Dir {
-                        path,
-                        watch: None,
-                        scanned: false,
-                    })
-                    .collect(),
+                dirs: watched(dirs),
+                mmv_dirs: watched(mmv_dirs),
+                mmv: BTreeMap::new(),
+                mmv_classes: BTreeMap::new(),
                 sets: BTreeMap::new(),
                 reported: BTreeMap::new(),
             }),
@@ -134,6 +156,20 @@ impl AppCounters {
         dirs
     }
 
+    /// The default PCP MMV directories: `$PURVEYOR_MMV` (colon-separated) if set, else
+    /// `$PCP_TMP_DIR/mmv`, else `/var/lib/pcp/tmp/mmv` (where PCP's library writes).
+    pub fn default_mmv_dirs() -> Vec<PathBuf> {
+        if let Some(list) = std::env::var_os("PURVEYOR_MMV") {
+            return std::env::split_paths(&list)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect();
+        }
+        match std::env::var_os("PCP_TMP_DIR").filter(|d| !d.is_empty()) {
+            Some(tmp) => vec![PathBuf::from(tmp).join("mmv")],
+            None => vec![PathBuf::from("/var/lib/pcp/tmp/mmv")],
+        }
+    }
+
     fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.refresh(self.grace);
@@ -143,11 +179,24 @@ impl AppCounters {
 
 impl Provider for AppCounters {
     fn classes(&self) -> Vec<ClassSchema> {
-        self.with_state(|s| s.sets.values().map(|set| (*set.schema).clone()).collect())
+        self.with_state(|s| {
+            let mut all: Vec<ClassSchema> =
+                s.sets.values().map(|set| (*set.schema).clone()).collect();
+            for (file, index) in s.mmv_classes.values() {
+                all.push((*s.mmv[file].file.classes[*index].schema).clone());
+            }
+            all
+        })
     }
 
     fn schema(&self, class: &ClassPath) -> Option<Arc<ClassSchema>> {
-        self.with_state(|s| s.sets.get(set_name(class)?).map(|set| set.schema.clone()))
+        self.with_state(|s| {
+            if let Some(set) = set_name(class).and_then(|n| s.sets.get(n)) {
+                return Some(set.schema.clone());
+            }
+            let (file, index) = s.mmv_classes.get(class.as_str())?;
+            Some(s.mmv[file].file.classes[*index].schema.clone())
+        })
     }
 
     fn enumerate(
@@ -156,11 +205,29 @@ impl Provider for AppCounters {
         ctx: &CallContext,
     ) -> Result<Vec<Instance>, ProviderError> {
         self.with_state(|s| {
-            let set = set_name(class)
-                .and_then(|name| s.sets.get(name))
+            if let Some(set) = set_name(class).and_then(|name| s.sets.get(name)) {
+                set.readable_by(&ctx.caller)?;
+                return set.instances();
+            }
+            let (file, index) = s
+                .mmv_classes
+                .get(class.as_str())
                 .ok_or_else(|| ProviderError::NotFound(format!("no counter set for {class}")))?;
-            set.readable_by(&ctx.caller)?;
-            set.instances()
+            let served = &s.mmv[file];
+            readable(served.file.path(), &ctx.caller)?;
+            if let Some(pid) = served.file.process
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                // PCP's MMV agent hides such files too (MMV_FLAG_PROCESS).
+                return Err(ProviderError::NotFound(format!(
+                    "{class}: the process that wrote {} (pid {pid}) has exited",
+                    served.file.path().display()
+                )));
+            }
+            served
+                .file
+                .read(*index)
+                .map_err(|e| ProviderError::Failed(e.to_string()))
         })
     }
 
@@ -202,6 +269,37 @@ impl State {
                 dir.scanned = dir.watch.is_some();
                 self.scan(d);
             }
+        }
+        let mut mmv_changed = false;
+        for d in 0..self.mmv_dirs.len() {
+            let dir = &mut self.mmv_dirs[d];
+            if dir.watch.is_none() {
+                dir.watch = watch(&dir.path);
+                dir.scanned = false;
+            }
+            let changed = match &dir.watch {
+                Some(fd) => drain(fd),
+                None => false,
+            };
+            if changed && !dir.path.is_dir() {
+                dir.watch = None;
+            }
+            if changed || !dir.scanned {
+                dir.scanned = dir.watch.is_some();
+                self.scan_mmv(d);
+                mmv_changed = true;
+            }
+        }
+        if mmv_changed {
+            self.mmv_classes =
+                self.mmv
+                    .iter()
+                    .flat_map(|(name, served)| {
+                        served.file.classes.iter().enumerate().map(move |(i, c)| {
+                            (c.schema.path().as_str().to_owned(), (name.clone(), i))
+                        })
+                    })
+                    .collect();
         }
         let now = Instant::now();
         let mut remove = Vec::new();
@@ -254,6 +352,60 @@ impl State {
         }
         self.sets
             .retain(|name, set| set.dir != d || present.contains(name));
+    }
+
+    /// Reads MMV directory `d` again.
+    fn scan_mmv(&mut self, d: usize) {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.mmv_dirs[d].path.clone();
+        let mut present = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if name.starts_with('.') || !meta.is_file() {
+                continue;
+            }
+            present.insert(name.clone());
+            let identity = (meta.dev(), meta.ino());
+            if let Some(served) = self.mmv.get(&name)
+                && (served.dir < d
+                    || (served.dir == d
+                        && served.identity == identity
+                        && served.size == meta.len()))
+            {
+                continue;
+            }
+            if self.reported.get(&path) == Some(&(identity, meta.len())) {
+                continue;
+            }
+            match MmvFile::open(&path, &name) {
+                Ok(file) => {
+                    tracing::info!(file = %path.display(), classes = file.classes.len(), "serving PCP MMV file");
+                    self.reported.remove(&path);
+                    self.mmv.insert(
+                        name,
+                        MmvServed {
+                            file,
+                            identity,
+                            size: meta.len(),
+                            dir: d,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "PCP MMV file not served");
+                    self.reported.insert(path, (identity, meta.len()));
+                    self.mmv.remove(&name);
+                }
+            }
+        }
+        self.mmv
+            .retain(|name, served| served.dir != d || present.contains(name));
     }
 
     fn consider(&mut self, d: usize, name: &str, path: &Path) {
@@ -426,22 +578,7 @@ impl Served {
     fn readable_by(&self, caller: &Caller) -> Result<(), ProviderError> {
         let f = &self.file;
         let (uid, gid, mode) = f.access();
-        let allowed = caller.uid == 0
-            || (caller.uid == uid && mode & 0o400 != 0)
-            || (caller.gid == gid && mode & 0o040 != 0)
-            || mode & 0o004 != 0;
-        if allowed {
-            Ok(())
-        } else {
-            Err(ProviderError::AccessDenied(format!(
-                "counter file {} (owner uid {}, gid {}, mode {:04o}) is not readable by uid {}",
-                f.path().display(),
-                uid,
-                gid,
-                mode,
-                caller.uid
-            )))
-        }
+        check_access(f.path(), uid, gid, mode, caller)
     }
 
     fn instances(&self) -> Result<Vec<Instance>, ProviderError> {
@@ -480,6 +617,38 @@ impl Served {
             })
             .collect();
         Ok(out)
+    }
+}
+
+/// Whether the file at `path` may be read by `caller`, from its current owner and mode.
+fn readable(path: &Path, caller: &Caller) -> Result<(), ProviderError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)
+        .map_err(|e| ProviderError::Failed(format!("{}: {e}", path.display())))?;
+    check_access(path, m.uid(), m.gid(), m.mode() & 0o7777, caller)
+}
+
+/// Root, the owner with 0400, the file's group with 0040, or anyone with 0004 (the
+/// caller's primary group only).
+fn check_access(
+    path: &Path,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    caller: &Caller,
+) -> Result<(), ProviderError> {
+    let allowed = caller.uid == 0
+        || (caller.uid == uid && mode & 0o400 != 0)
+        || (caller.gid == gid && mode & 0o040 != 0)
+        || mode & 0o004 != 0;
+    if allowed {
+        Ok(())
+    } else {
+        Err(ProviderError::AccessDenied(format!(
+            "counter file {} (owner uid {uid}, gid {gid}, mode {mode:04o}) is not readable by uid {}",
+            path.display(),
+            caller.uid
+        )))
     }
 }
 

@@ -454,7 +454,11 @@ mod tests {
             let path = dir.path().join(name);
             std::fs::write(&path, bytes).unwrap();
             let file = MmvFile::open(&path, name).unwrap();
-            let paths: Vec<&str> = file.classes.iter().map(|c| c.schema.path().as_str()).collect();
+            let paths: Vec<&str> = file
+                .classes
+                .iter()
+                .map(|c| c.schema.path().as_str())
+                .collect();
             assert_eq!(paths, [format!("app.{name}"), format!("app.{name}.indom1")]);
             let single = file.read(0).unwrap();
             assert_eq!(single[0].get("requests"), Some(&Value::U64(42)));
@@ -475,7 +479,11 @@ mod tests {
         };
         let (mut opened, mut refused) = (0, 0);
         for round in 0..4000 {
-            let mut bytes = if round % 2 == 0 { V1.to_vec() } else { V2.to_vec() };
+            let mut bytes = if round % 2 == 0 {
+                V1.to_vec()
+            } else {
+                V2.to_vec()
+            };
             for _ in 0..(next() % 6 + 1) {
                 let at = (next() % bytes.len() as u64) as usize;
                 if next() % 2 == 0 {
@@ -502,6 +510,9 @@ mod tests {
                 Err(_) => refused += 1,
             }
         }
-        assert!(opened > 0 && refused > 0, "opened {opened}, refused {refused}");
+        assert!(
+            opened > 0 && refused > 0,
+            "opened {opened}, refused {refused}"
+        );
     }
 }

@@ -25,13 +25,15 @@ const SEQLOCK_TRIES: usize = 10_000;
 /// A counter file that could not be read: which, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileError {
+    /// What the file is: `counter file`, `PCP MMV file`.
+    pub kind: &'static str,
     pub path: PathBuf,
     pub problem: String,
 }
 
 impl std::fmt::Display for FileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "counter file {}: {}", self.path.display(), self.problem)
+        write!(f, "{} {}: {}", self.kind, self.path.display(), self.problem)
     }
 }
 
@@ -89,6 +91,7 @@ impl CounterFile {
     /// Maps and checks the file at `path`.
     pub fn open(path: &Path) -> Result<CounterFile, FileError> {
         let fail = |problem: String| FileError {
+            kind: "counter file",
             path: path.to_path_buf(),
             problem,
         };
@@ -329,6 +332,7 @@ impl CounterFile {
 
     fn fail(&self, problem: String) -> FileError {
         FileError {
+            kind: "counter file",
             path: self.path.clone(),
             problem,
         }

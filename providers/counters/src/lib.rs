@@ -28,7 +28,7 @@ use purveyor_counters::{CounterFile, CounterType, FileError};
 mod mmv;
 use mmv::MmvFile;
 use purveyor_model::{
-    ClassPath, ClassSchema, Identifier, Instance, InstanceKey, PropertyDef, Semantic, Unit, Value,
+    ClassPath, ClassSchema, Identifier, Instance, PropertyDef, Semantic, Unit, Value,
 };
 use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
 
@@ -230,62 +230,42 @@ impl Provider for AppCounters {
                 .map_err(|e| ProviderError::Failed(e.to_string()))
         })
     }
-
-    fn get(
-        &self,
-        class: &ClassPath,
-        key: &InstanceKey,
-        ctx: &CallContext,
-    ) -> Result<Option<Instance>, ProviderError> {
-        Ok(self
-            .enumerate(class, ctx)?
-            .into_iter()
-            .find(|i| i.matches(key)))
-    }
 }
 
 fn set_name(class: &ClassPath) -> Option<&str> {
     class.as_str().strip_prefix("app.")
 }
 
+impl Dir {
+    /// Whether the directory must be read again: it was never read, or its watch reported
+    /// a change. Sets the watch up when the directory (re)appears, and drops it when the
+    /// directory went away, so it is watched again when it is back.
+    fn poll(&mut self) -> bool {
+        if self.watch.is_none() {
+            self.watch = watch(&self.path);
+            self.scanned = false;
+        }
+        let changed = self.watch.as_ref().is_some_and(drain);
+        if changed && !self.path.is_dir() {
+            self.watch = None;
+        }
+        let again = changed || !self.scanned;
+        self.scanned = self.watch.is_some();
+        again
+    }
+}
+
 impl State {
     /// Brings the served sets up to date with the directories.
     fn refresh(&mut self, grace: Duration) {
         for d in 0..self.dirs.len() {
-            let dir = &mut self.dirs[d];
-            if dir.watch.is_none() {
-                dir.watch = watch(&dir.path);
-                dir.scanned = false;
-            }
-            let changed = match &dir.watch {
-                Some(fd) => drain(fd),
-                None => false,
-            };
-            if changed && !dir.path.is_dir() {
-                // The directory went away: watch it again when it is back.
-                dir.watch = None;
-            }
-            if changed || !dir.scanned {
-                dir.scanned = dir.watch.is_some();
+            if self.dirs[d].poll() {
                 self.scan(d);
             }
         }
         let mut mmv_changed = false;
         for d in 0..self.mmv_dirs.len() {
-            let dir = &mut self.mmv_dirs[d];
-            if dir.watch.is_none() {
-                dir.watch = watch(&dir.path);
-                dir.scanned = false;
-            }
-            let changed = match &dir.watch {
-                Some(fd) => drain(fd),
-                None => false,
-            };
-            if changed && !dir.path.is_dir() {
-                dir.watch = None;
-            }
-            if changed || !dir.scanned {
-                dir.scanned = dir.watch.is_some();
+            if self.mmv_dirs[d].poll() {
                 self.scan_mmv(d);
                 mmv_changed = true;
             }
@@ -443,6 +423,7 @@ impl State {
 fn open(path: &Path, name: &str, dir: usize) -> Result<Served, FileError> {
     let file = CounterFile::open(path)?;
     let fail = |problem: String| FileError {
+        kind: "counter file",
         path: path.to_path_buf(),
         problem,
     };

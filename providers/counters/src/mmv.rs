@@ -79,6 +79,7 @@ struct Metric {
 impl MmvFile {
     pub fn open(path: &Path, name: &str) -> Result<MmvFile, FileError> {
         let fail = |problem: String| FileError {
+            kind: "PCP MMV file",
             path: path.to_path_buf(),
             problem,
         };
@@ -315,6 +316,7 @@ impl MmvFile {
         }
         if self.generation() != before || before.0 != before.1 {
             return Err(FileError {
+                kind: "PCP MMV file",
                 path: self.path.clone(),
                 problem: "it was rewritten while being read".into(),
             });

@@ -19,14 +19,14 @@ fn main() {
         std::time::Duration::from_secs(60),
     );
     let class = ClassPath::new("app.big").unwrap();
-    let ctx = CallContext {
-        caller: Caller {
+    let ctx = CallContext::new(
+        Caller {
             uid: 0,
             gid: 0,
             pid: 1,
         },
-        deadline: None,
-    };
+        None,
+    );
     let schema = p.schema(&class).unwrap();
     let n = 2000;
     let t = Instant::now();

@@ -6,6 +6,7 @@ mod check;
 mod render;
 mod serve;
 mod watch;
+mod write;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ Examples:
   purveyor watch system.cpu --interval 2s  CPU time as rates, refreshed
   purveyor ls system                       the classes of the system namespace
   purveyor providers                       every provider and its state
+  purveyor set config.setting name=color value=blue
+  purveyor call config.setting.rename name=color to=colour
+  purveyor events config.setting --filter action=deleted
   purveyor serve                           run the daemon on the default socket
 
 With no daemon running, commands run a host inside the purveyor process (embedded mode).
@@ -104,6 +108,52 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Create or update an instance: its key properties and the properties to set
+    #[command(
+        after_help = "Examples:\n  purveyor set config.setting name=color value=blue\n  purveyor set config.setting name=retries type=i64 value=3 --json"
+    )]
+    Set {
+        class: String,
+        /// NAME=VALUE for the key properties and each property to set
+        #[arg(required = true)]
+        assignments: Vec<String>,
+    },
+    /// Delete an instance, named by its key properties
+    #[command(after_help = "Examples:\n  purveyor delete config.setting name=color")]
+    Delete {
+        class: String,
+        /// NAME=VALUE for each key property
+        key: Vec<String>,
+    },
+    /// Call a method: key properties name the instance, the rest are arguments
+    #[command(
+        after_help = "Examples:\n  purveyor call config.setting.rename name=color to=colour\n  purveyor call config.setting.transfer name=a to=b amount=5 --json"
+    )]
+    Call {
+        /// CLASS.METHOD
+        method: String,
+        /// NAME=VALUE for the key properties and the method's parameters
+        args: Vec<String>,
+    },
+    /// Print a class's events as they happen
+    #[command(
+        after_help = "Examples:\n  purveyor events config.setting\n  purveyor events config.setting --event changed --filter action=deleted\n  purveyor events config.setting --filter 'version>=3' --count 10 --json\n\nFilters: NAME=VALUE, NAME!=VALUE, NAME<VALUE, NAME<=VALUE, NAME>VALUE, NAME>=VALUE; all must hold."
+    )]
+    Events {
+        class: String,
+        /// Only this event (default: all of the class's events)
+        #[arg(long)]
+        event: Option<String>,
+        /// A condition on the event's properties (repeatable)
+        #[arg(long = "filter", value_name = "CONDITION")]
+        filters: Vec<String>,
+        /// Stop after this many events
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop when no event arrives for this long
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
     /// List every registered provider with its state and statistics, or enable one
     #[command(
         after_help = "Examples:\n  purveyor providers\n  purveyor providers --json\n  purveyor providers enable crashy     after a quarantine"
@@ -130,6 +180,9 @@ enum Command {
         /// (KIND=DURATION, repeatable; kinds: instance 5m, counter 10m, event 10m, io 1m)
         #[arg(long, value_name = "KIND=DURATION")]
         clear_after: Vec<String>,
+        /// The access policy (docs/security.md) [default: /etc/purveyor/access.toml if it exists, else the built-in defaults]
+        #[arg(long, value_name = "FILE")]
+        access: Option<PathBuf>,
     },
     /// Say which host is in use (daemon or embedded) and how it is doing
     Status,
@@ -171,7 +224,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
             group_access,
             threads,
             clear_after,
-        } => serve::run(&global, group_access, threads, &clear_after).map(|()| ExitCode::SUCCESS),
+            access,
+        } => serve::run(
+            &global,
+            group_access,
+            threads,
+            &clear_after,
+            access.as_deref(),
+        )
+        .map(|()| ExitCode::SUCCESS),
+        Command::Set { class, assignments } => {
+            write::set(&mut connect(&global)?, global.json, &class, &assignments)
+        }
+        Command::Delete { class, key } => {
+            write::delete(&mut connect(&global)?, global.json, &class, &key)
+        }
+        Command::Call { method, args } => {
+            write::call(&mut connect(&global)?, global.json, &method, &args)
+        }
+        Command::Events {
+            class,
+            event,
+            filters,
+            count,
+            timeout,
+        } => write::events(
+            &mut connect(&global)?,
+            global.json,
+            write::EventsArgs {
+                class: &class,
+                event: event.as_deref(),
+                filters: &filters,
+                count,
+                timeout,
+            },
+        ),
         Command::Check { path } => check::run(&global, path.as_deref()),
         Command::Ls { namespace, long } => {
             let mut client = connect(&global)?;
@@ -386,6 +473,9 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 fn exit_code(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
+        if cause.downcast_ref::<purveyor_model::KeyError>().is_some() {
+            return 2;
+        }
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return match e {
                 ClientError::NotFound { .. } => 3,

@@ -13,6 +13,7 @@ pub fn run(
     group_access: bool,
     threads: Option<usize>,
     clear_after: &[String],
+    access: Option<&std::path::Path>,
 ) -> Result<()> {
     let mut config = if global.provider_dirs.is_empty() {
         HostConfig::from_env(HostMode::Daemon)
@@ -24,6 +25,16 @@ pub fn run(
             .clear_after
             .apply(setting)
             .map_err(|e| anyhow::anyhow!("--clear-after {setting}: {e}"))?;
+    }
+    let default_policy = std::path::Path::new("/etc/purveyor/access.toml");
+    let policy = match access {
+        Some(file) => Some(file),
+        None => default_policy.exists().then_some(default_policy),
+    };
+    if let Some(file) = policy {
+        let policy = purveyor_host::AccessPolicy::load(file)?;
+        config.access = std::sync::Arc::new(policy);
+        tracing::info!(file = %file.display(), "access policy loaded");
     }
     let path = global
         .socket

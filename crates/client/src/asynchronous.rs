@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey, NamespacePath};
+use purveyor_model::{
+    ClassPath, ClassSchema, Identifier, Instance, InstanceKey, NamespacePath, Value,
+};
 use purveyor_protocol::{
     ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Request, Response,
     encode_frame,
@@ -218,6 +220,28 @@ impl AsyncClient {
     pub async fn providers(&self) -> Result<Vec<ProviderStatus>, ClientError> {
         typed::providers(self.request(Request::ListProviders).await?)
     }
+
+    /// Creates or updates an instance; returns once the provider has committed it.
+    pub async fn put(&self, class: &ClassPath, instance: Instance) -> Result<(), ClientError> {
+        typed::done(self.request(typed::put(class, instance)).await?)
+    }
+
+    /// Deletes the instance with this full key.
+    pub async fn delete(&self, class: &ClassPath, key: &InstanceKey) -> Result<(), ClientError> {
+        typed::done(self.request(typed::delete(class, key)).await?)
+    }
+
+    /// Calls `method` of the instance with `key` (empty for a singleton or a static
+    /// method); returns its result.
+    pub async fn call(
+        &self,
+        class: &ClassPath,
+        method: &Identifier,
+        key: &InstanceKey,
+        args: Instance,
+    ) -> Result<Option<Value>, ClientError> {
+        typed::returned(self.request(typed::call(class, method, key, args)).await?)
+    }
 }
 
 impl Socket {
@@ -291,7 +315,8 @@ async fn read_replies(
                     }
                     continue;
                 }
-                Ok(Incoming::Push) => continue,
+                // Subscriptions are offered by the blocking client only.
+                Ok(Incoming::Push(..)) => continue,
                 Ok(Incoming::Goodbye(error)) => break error.to_string(),
                 Err(error) => break error.to_string(),
             },

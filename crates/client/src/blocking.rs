@@ -6,10 +6,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey, NamespacePath};
+use purveyor_model::{
+    ClassPath, ClassSchema, Condition, Identifier, Instance, InstanceKey, NamespacePath, Value,
+};
 use purveyor_protocol::{
-    ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Request, Response,
-    encode_frame,
+    ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Push, Request,
+    Response, encode_frame,
 };
 
 use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
@@ -37,6 +39,8 @@ struct SocketConn {
     max_frame: u32,
     /// Replies that arrived while waiting for another.
     early: HashMap<u32, Result<Response, ClientError>>,
+    /// Pushes (subscription events) that arrived while waiting for a reply.
+    pushes: std::collections::VecDeque<(u32, Push)>,
     /// For messages: the daemon's socket and how long a reply may take.
     path: PathBuf,
     reply_timeout: Duration,
@@ -46,9 +50,11 @@ struct SocketConn {
 struct Embedded {
     runtime: tokio::runtime::Runtime,
     host: purveyor_host::Host,
-    caller: purveyor_host::Caller,
+    /// This client's caller and subscriptions.
+    session: purveyor_host::Session,
     /// Replies of pipelined sends, in send order.
     queued: std::collections::VecDeque<(u32, Result<Response, ClientError>)>,
+    pushes: std::collections::VecDeque<(u32, Push)>,
 }
 
 impl Client {
@@ -109,6 +115,7 @@ impl Client {
                 encoding: options.encoding,
                 max_frame: welcome.max_frame,
                 early: HashMap::new(),
+                pushes: Default::default(),
                 path: path.to_owned(),
                 reply_timeout: options.reply_timeout,
             }),
@@ -131,12 +138,14 @@ impl Client {
             purveyor_protocol::HostMode::Embedded,
             options.provider_dirs.clone(),
         );
+        let session = host.session(purveyor_host::Caller::current_process());
         Ok(Client {
             transport: Transport::Embedded(Embedded {
                 runtime,
                 host,
-                caller: purveyor_host::Caller::current_process(),
+                session,
                 queued: Default::default(),
+                pushes: Default::default(),
             }),
             mode: Mode::Embedded,
             next_id: 1,
@@ -180,7 +189,7 @@ impl Client {
             }
             #[cfg(feature = "embedded")]
             Transport::Embedded(e) => {
-                let result = e.runtime.block_on(e.host.handle(request, &e.caller));
+                let result = e.runtime.block_on(e.host.handle_in(request, &e.session));
                 e.queued.push_back((id, result.map_err(Into::into)));
             }
         }
@@ -277,6 +286,83 @@ impl Client {
         typed::providers(self.request(Request::ListProviders)?)
     }
 
+    /// Creates or updates an instance; returns once the provider has committed it.
+    pub fn put(&mut self, class: &ClassPath, instance: Instance) -> Result<(), ClientError> {
+        typed::done(self.request(typed::put(class, instance))?)
+    }
+
+    /// Deletes the instance with this full key.
+    pub fn delete(&mut self, class: &ClassPath, key: &InstanceKey) -> Result<(), ClientError> {
+        typed::done(self.request(typed::delete(class, key))?)
+    }
+
+    /// Calls `method` of the instance with `key` (empty for a singleton or a static
+    /// method); returns its result.
+    pub fn call(
+        &mut self,
+        class: &ClassPath,
+        method: &Identifier,
+        key: &InstanceKey,
+        args: Instance,
+    ) -> Result<Option<Value>, ClientError> {
+        typed::returned(self.request(typed::call(class, method, key, args))?)
+    }
+
+    /// Subscribes to `class`'s events (all, or the one named) whose data satisfies every
+    /// condition; returns the subscription's handle. Read them with
+    /// [`Client::next_event`].
+    pub fn subscribe(
+        &mut self,
+        class: &ClassPath,
+        event: Option<&Identifier>,
+        filter: Vec<Condition>,
+    ) -> Result<u32, ClientError> {
+        typed::subscribed(self.request(Request::Subscribe {
+            class: class.clone(),
+            event: event.cloned(),
+            filter,
+        })?)
+    }
+
+    pub fn unsubscribe(&mut self, handle: u32) -> Result<(), ClientError> {
+        typed::done(self.request(Request::Unsubscribe { handle })?)
+    }
+
+    /// The next push (an event, or a report of events lost because this client read too
+    /// slowly) with its subscription handle; `None` if none arrives within `timeout`
+    /// (`None`: wait as long as it takes).
+    pub fn next_event(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<(u32, Push)>, ClientError> {
+        match &mut self.transport {
+            Transport::Socket(conn) => conn.next_push(timeout),
+            #[cfg(feature = "embedded")]
+            Transport::Embedded(e) => {
+                if e.pushes.is_empty() {
+                    let sink = e.session.sink().clone();
+                    let wait = async {
+                        loop {
+                            let got = sink.take();
+                            if !got.is_empty() {
+                                return got;
+                            }
+                            sink.ready().await;
+                        }
+                    };
+                    let got = match timeout {
+                        Some(t) => e
+                            .runtime
+                            .block_on(async { tokio::time::timeout(t, wait).await.ok() }),
+                        None => Some(e.runtime.block_on(wait)),
+                    };
+                    e.pushes.extend(got.unwrap_or_default());
+                }
+                Ok(e.pushes.pop_front())
+            }
+        }
+    }
+
     /// Lets a quarantined provider load again; returns its status.
     pub fn enable_provider(
         &mut self,
@@ -296,7 +382,10 @@ impl SocketConn {
             if let Some(payload) = frame {
                 match parse_incoming(self.encoding, payload)? {
                     Incoming::Reply(id, reply) => return Ok((id, reply)),
-                    Incoming::Push => continue,
+                    Incoming::Push(handle, push) => {
+                        self.pushes.push_back((handle, push));
+                        continue;
+                    }
                     Incoming::Goodbye(error) => return Err(error),
                 }
             }
@@ -307,6 +396,52 @@ impl SocketConn {
                 self.reply_timeout,
                 "a request",
             )?;
+        }
+    }
+}
+
+impl SocketConn {
+    fn next_push(&mut self, timeout: Option<Duration>) -> Result<Option<(u32, Push)>, ClientError> {
+        let give_up = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            if let Some(push) = self.pushes.pop_front() {
+                return Ok(Some(push));
+            }
+            if let Some(payload) = self
+                .frames
+                .next_frame()
+                .map_err(|e| ClientError::protocol(e.to_string()))?
+            {
+                match parse_incoming(self.encoding, payload)? {
+                    Incoming::Reply(id, reply) => {
+                        self.early.insert(id, reply);
+                    }
+                    Incoming::Push(handle, push) => return Ok(Some((handle, push))),
+                    Incoming::Goodbye(error) => return Err(error),
+                }
+                continue;
+            }
+            let left = match give_up {
+                Some(at) => match at.checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(None),
+                },
+                None => None,
+            };
+            self.stream.set_read_timeout(left)?;
+            let read = self.stream.read(self.frames.spare());
+            self.stream.set_read_timeout(Some(self.reply_timeout))?;
+            match read {
+                Ok(0) => {
+                    return Err(ClientError::protocol(format!(
+                        "the daemon at {} closed the connection",
+                        self.path.display()
+                    )));
+                }
+                Ok(n) => self.frames.filled(n),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

@@ -17,7 +17,7 @@ pub use blocking::Client;
 pub use error::ClientError;
 pub use options::{ConnectOptions, Mode, Target};
 pub use purveyor_protocol::{
-    ClassList, Encoding, HostMode, HostStatus, ProviderStatus, Request, Response,
+    ClassList, Encoding, HostMode, HostStatus, ProviderStatus, Push, Request, Response,
 };
 
 #[cfg(feature = "embedded")]

@@ -1,7 +1,7 @@
 //! Turning a response into the type a typed call promises.
 
-use purveyor_model::{ClassSchema, Instance};
-use purveyor_protocol::{ClassList, HostStatus, ProviderStatus, Response};
+use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
+use purveyor_protocol::{ClassList, HostStatus, ProviderStatus, Request, Response};
 
 use crate::ClientError;
 
@@ -37,5 +37,54 @@ pub(crate) fn pong(response: Response) -> Result<(), ClientError> {
     match response {
         Response::Pong => Ok(()),
         other => Err(unexpected("a pong", &other)),
+    }
+}
+
+pub(crate) fn done(response: Response) -> Result<(), ClientError> {
+    match response {
+        Response::Done => Ok(()),
+        other => Err(unexpected("done", &other)),
+    }
+}
+
+pub(crate) fn returned(response: Response) -> Result<Option<Value>, ClientError> {
+    match response {
+        Response::Returned(v) => Ok(v),
+        other => Err(unexpected("a method's result", &other)),
+    }
+}
+
+pub(crate) fn subscribed(response: Response) -> Result<u32, ClientError> {
+    match response {
+        Response::Subscribed { handle } => Ok(handle),
+        other => Err(unexpected("a subscription handle", &other)),
+    }
+}
+
+pub(crate) fn put(class: &ClassPath, instance: Instance) -> Request {
+    Request::Put {
+        class: class.clone(),
+        instance,
+    }
+}
+
+pub(crate) fn delete(class: &ClassPath, key: &InstanceKey) -> Request {
+    Request::Delete {
+        class: class.clone(),
+        key: key.clone(),
+    }
+}
+
+pub(crate) fn call(
+    class: &ClassPath,
+    method: &Identifier,
+    key: &InstanceKey,
+    args: Instance,
+) -> Request {
+    Request::Call {
+        class: class.clone(),
+        method: method.clone(),
+        key: key.clone(),
+        args,
     }
 }

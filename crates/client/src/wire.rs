@@ -2,8 +2,8 @@
 //! welcome, and how they turn a server message into a reply.
 
 use purveyor_protocol::{
-    Encoding, Hello, Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, Response, ServerMessage, Welcome,
-    decode, encode_frame,
+    Encoding, Hello, Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, Push, Response, ServerMessage,
+    Welcome, decode, encode_frame,
 };
 
 use crate::ClientError;
@@ -44,8 +44,8 @@ pub(crate) fn parse_welcome(payload: &[u8], encoding: Encoding) -> Result<Welcom
 /// What one frame from the server means to the client.
 pub(crate) enum Incoming {
     Reply(u32, Result<Response, ClientError>),
-    /// Pushes belong to subscriptions and dialogs, which this version does not open.
-    Push,
+    /// A message for a subscription (or, later, a dialog): its handle and content.
+    Push(u32, Push),
     Goodbye(ClientError),
 }
 
@@ -60,7 +60,7 @@ pub(crate) fn parse_incoming(encoding: Encoding, payload: &[u8]) -> Result<Incom
                 Outcome::Err(error) => Err(error.into()),
             },
         ),
-        ServerMessage::Push { .. } => Incoming::Push,
+        ServerMessage::Push { handle, push } => Incoming::Push(handle, push),
         ServerMessage::Goodbye { error } => Incoming::Goodbye(error.into()),
     })
 }

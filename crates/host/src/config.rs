@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use purveyor_protocol::{HostMode, MAX_FRAME_DEFAULT};
 
+use crate::access::AccessPolicy;
 use crate::manifest::{MIN_CLEAR_AFTER, ProviderKind};
 
 /// What a host needs to start. [`HostConfig::from_env`] gives the defaults a user gets.
@@ -34,6 +35,10 @@ pub struct HostConfig {
     pub crash_window: Duration,
     /// `clear_after` for providers whose manifest gives none, by kind.
     pub clear_after: ClearAfter,
+    /// Who may read, write, call and subscribe, by namespace (`docs/security.md`).
+    pub access: std::sync::Arc<AccessPolicy>,
+    /// The most events queued for one session; more are dropped and reported as lost.
+    pub event_queue: usize,
 }
 
 /// Default idle-unload intervals by provider kind, like cache-control classes.
@@ -115,6 +120,8 @@ impl HostConfig {
             quarantine_crashes: 3,
             crash_window: Duration::from_secs(60),
             clear_after: ClearAfter::default(),
+            access: std::sync::Arc::new(AccessPolicy::defaults()),
+            event_queue: 4096,
         }
     }
 

@@ -11,17 +11,20 @@ use std::time::Instant;
 use futures_util::future::join_all;
 use purveyor_model::Hosting;
 use purveyor_model::{
-    Capability, ClassPath, ClassSchema, Instance, InstanceKey, ProviderState, Timestamp,
+    Capability, ClassPath, ClassSchema, Condition, Identifier, Instance, InstanceKey,
+    ProviderState, Timestamp, Value,
 };
 use purveyor_protocol::{
     CallerInfo, ClassList, Encoding, ErrorCode, HostStatus, InstanceList, PROTOCOL_VERSION,
-    ProviderCall, ProviderReply, ProviderStatus, RemoteError, Request, Response,
+    ProviderCall, ProviderReply, ProviderStatus, RaisedEvent, RemoteError, Request, Response,
 };
 use purveyor_provider::abi::{fault, from_fault, serve_call};
 use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
 
+use crate::access::Permission;
 use crate::builtin::{BuiltinProvider, Dispatch};
 use crate::config::HostConfig;
+use crate::events::{EventBus, Session};
 use crate::library::LibraryProvider;
 use crate::manifest::{Entry, ManifestError};
 use crate::process::{CallFailure, ProcessConn};
@@ -61,6 +64,8 @@ pub(crate) struct HostInner {
     groups: tokio::sync::Mutex<HashMap<String, std::sync::Weak<ProcessConn>>>,
     /// Keeps the deadlines of in-daemon calls, which run on the requesting thread.
     watchdog: Watchdog,
+    /// Subscriptions, and the events delivered to and dropped for them.
+    pub events: Arc<EventBus>,
 }
 
 impl HostBuilder {
@@ -98,6 +103,7 @@ impl HostBuilder {
                 shutting_down: AtomicBool::new(false),
                 groups: tokio::sync::Mutex::new(HashMap::new()),
                 watchdog: Watchdog::default(),
+                events: Arc::new(EventBus::default()),
             }
         });
         Host { inner }
@@ -127,8 +133,36 @@ impl Host {
         &self.inner
     }
 
-    /// Answers one request for `caller`.
+    /// A session for `caller`: what a connection (or an embedded client) holds so that
+    /// it can subscribe to events. Dropping it ends its subscriptions.
+    pub fn session(&self, caller: Caller) -> Session {
+        Session::new(
+            caller,
+            self.inner.events.clone(),
+            self.inner.config.event_queue,
+        )
+    }
+
+    /// Answers one request for `caller`, outside any session (so it cannot subscribe).
     pub async fn handle(&self, request: Request, caller: &Caller) -> Result<Response, RemoteError> {
+        self.dispatch(request, caller, None).await
+    }
+
+    /// Answers one request made in `session`.
+    pub async fn handle_in(
+        &self,
+        request: Request,
+        session: &Session,
+    ) -> Result<Response, RemoteError> {
+        self.dispatch(request, &session.caller, Some(session)).await
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request,
+        caller: &Caller,
+        session: Option<&Session>,
+    ) -> Result<Response, RemoteError> {
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
         if self.inner.shutting_down.load(Ordering::Relaxed) {
             return Err(RemoteError::new(
@@ -140,21 +174,88 @@ impl Host {
             Request::Ping => Ok(Response::Pong),
             Request::Status => Ok(Response::Status(self.inner.status())),
             Request::ListProviders => Ok(Response::Providers(self.inner.provider_statuses())),
-            Request::EnableProvider { name } => self.enable_provider(&name),
-            Request::ListClasses { namespace } => self.list_classes(namespace).await,
+            Request::EnableProvider { name } => {
+                self.allowed(caller, Permission::Write, "purveyor")?;
+                self.enable_provider(&name)
+            }
+            Request::ListClasses { namespace } => self.list_classes(namespace, caller).await,
             Request::Describe { class } => {
+                self.allowed(caller, Permission::Read, class.as_str())?;
                 let (slot, loaded) = self.loaded_for(&class, None).await?;
                 Ok(Response::Class(
                     schema_for(&slot, &loaded, &class)?.as_ref().clone(),
                 ))
             }
-            Request::Enumerate { class, selector } => self.enumerate(class, selector, caller).await,
-            Request::Get { class, key } => self.get(class, key, caller).await,
+            Request::Enumerate { class, selector } => {
+                self.allowed(caller, Permission::Read, class.as_str())?;
+                self.enumerate(class, selector, caller).await
+            }
+            Request::Get { class, key } => {
+                self.allowed(caller, Permission::Read, class.as_str())?;
+                self.get(class, key, caller).await
+            }
+            Request::Put { class, instance } => {
+                self.allowed(caller, Permission::Write, class.as_str())?;
+                self.put(class, instance, caller).await
+            }
+            Request::Delete { class, key } => {
+                self.allowed(caller, Permission::Write, class.as_str())?;
+                self.delete(class, key, caller).await
+            }
+            Request::Call {
+                class,
+                method,
+                key,
+                args,
+            } => {
+                self.allowed(caller, Permission::Call, class.as_str())?;
+                self.call_method(class, method, key, args, caller).await
+            }
+            Request::Subscribe {
+                class,
+                event,
+                filter,
+            } => {
+                self.allowed(caller, Permission::Subscribe, class.as_str())?;
+                let session = session.ok_or_else(|| {
+                    RemoteError::new(
+                        ErrorCode::Unsupported,
+                        "subscribing needs a session (a connection); use Host::handle_in",
+                    )
+                })?;
+                self.subscribe(class, event, filter, session).await
+            }
+            Request::Unsubscribe { handle } => {
+                let ended =
+                    session.is_some_and(|s| self.inner.events.unsubscribe(handle, s.sink()));
+                if ended {
+                    Ok(Response::Done)
+                } else {
+                    Err(RemoteError::new(
+                        ErrorCode::NotFound,
+                        format!("this connection has no subscription {handle}"),
+                    ))
+                }
+            }
             other => Err(RemoteError::new(
                 ErrorCode::Unsupported,
                 format!("request {other:?} is not supported by this host"),
             )),
         }
+    }
+
+    /// Whether the access policy lets `caller` have `permission` on `path`.
+    fn allowed(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        path: &str,
+    ) -> Result<(), RemoteError> {
+        self.inner
+            .config
+            .access
+            .check(caller, permission, path)
+            .map_err(|message| RemoteError::new(ErrorCode::AccessDenied, message))
     }
 
     /// Stops taking requests and releases every loaded provider in parallel, running
@@ -204,7 +305,18 @@ impl Host {
     async fn list_classes(
         &self,
         namespace: Option<purveyor_model::NamespacePath>,
+        caller: &Caller,
     ) -> Result<Response, RemoteError> {
+        let access = &self.inner.config.access;
+        let mut refused: Option<String> = None;
+        let mut readable =
+            |class: &ClassPath| match access.check(caller, Permission::Read, class.as_str()) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.get_or_insert(why);
+                    false
+                }
+            };
         let wanted = |class: &ClassPath| namespace.as_ref().is_none_or(|ns| ns.contains(class));
         let slots: Vec<&Arc<Slot>> = self
             .inner
@@ -252,14 +364,18 @@ impl Host {
                 Err(error) => list.problems.push(error),
             }
         }
+        // Classes the caller may not read are left out, as if they were not there.
+        list.classes.retain(|c| readable(c.path()));
         if list.classes.is_empty()
             && list.problems.is_empty()
             && let Some(ns) = namespace
         {
-            return Err(RemoteError::new(
-                ErrorCode::NotFound,
-                format!("no class in namespace {ns}"),
-            ));
+            return Err(match refused {
+                Some(why) => RemoteError::new(ErrorCode::AccessDenied, why),
+                None => {
+                    RemoteError::new(ErrorCode::NotFound, format!("no class in namespace {ns}"))
+                }
+            });
         }
         list.classes.sort_by(|a, b| a.path().cmp(b.path()));
         Ok(Response::Classes(list))
@@ -304,21 +420,7 @@ impl Host {
     ) -> Result<Response, RemoteError> {
         let (slot, loaded) = self.loaded_for(&class, None).await?;
         let schema = schema_for(&slot, &loaded, &class)?;
-        check_selector(&schema, &key)?;
-        if !key.is_full_key(&schema) {
-            let keys: Vec<&str> = schema.keys().map(|k| k.name.as_str()).collect();
-            return Err(RemoteError::new(
-                ErrorCode::InvalidRequest,
-                if keys.is_empty() {
-                    format!("{class} is a singleton: get it without a key")
-                } else {
-                    format!(
-                        "{class} is keyed by {}: give exactly those properties (got {key})",
-                        keys.join(", ")
-                    )
-                },
-            ));
-        }
+        check_full_key(&schema, &key)?;
         let found = if slot.manifest.offers(Capability::Get) {
             let call = ProviderCall::Get {
                 class: class.clone(),
@@ -352,6 +454,215 @@ impl Host {
                 format!("no instance of {class} with {key}"),
             )),
         }
+    }
+
+    async fn put(
+        &self,
+        class: ClassPath,
+        instance: Instance,
+        caller: &Caller,
+    ) -> Result<Response, RemoteError> {
+        let (slot, loaded) = self.loaded_for(&class, Some(Capability::Put)).await?;
+        let schema = schema_for(&slot, &loaded, &class)?;
+        schema
+            .check_instance(&instance)
+            .map_err(|m| RemoteError::new(ErrorCode::InvalidRequest, m))?;
+        let call = ProviderCall::Put { class, instance };
+        self.write_call(&slot, &loaded, caller, call).await?;
+        Ok(Response::Done)
+    }
+
+    async fn delete(
+        &self,
+        class: ClassPath,
+        key: InstanceKey,
+        caller: &Caller,
+    ) -> Result<Response, RemoteError> {
+        let (slot, loaded) = self.loaded_for(&class, Some(Capability::Delete)).await?;
+        let schema = schema_for(&slot, &loaded, &class)?;
+        check_full_key(&schema, &key)?;
+        let call = ProviderCall::Delete { class, key };
+        self.write_call(&slot, &loaded, caller, call).await?;
+        Ok(Response::Done)
+    }
+
+    async fn call_method(
+        &self,
+        class: ClassPath,
+        method: Identifier,
+        key: InstanceKey,
+        args: Instance,
+        caller: &Caller,
+    ) -> Result<Response, RemoteError> {
+        let (slot, loaded) = self.loaded_for(&class, Some(Capability::Call)).await?;
+        let schema = schema_for(&slot, &loaded, &class)?;
+        let Some(def) = schema.method(method.as_str()) else {
+            let have: Vec<&str> = schema.methods().iter().map(|m| m.name.as_str()).collect();
+            return Err(RemoteError::new(
+                ErrorCode::NotFound,
+                if have.is_empty() {
+                    format!("class {class} has no methods")
+                } else {
+                    format!(
+                        "class {class} has no method {:?} (it has {})",
+                        method.as_str(),
+                        have.join(", ")
+                    )
+                },
+            ));
+        };
+        if !key.is_empty() {
+            check_full_key(&schema, &key)?;
+        }
+        def.check_args(&class, &args)
+            .map_err(|m| RemoteError::new(ErrorCode::InvalidRequest, m))?;
+        let declared = def.result;
+        let call = ProviderCall::Call {
+            class: class.clone(),
+            key,
+            method: method.clone(),
+            args,
+        };
+        let result = self.write_call(&slot, &loaded, caller, call).await?;
+        let fits = match (&result, declared) {
+            (None, None) => true,
+            (Some(v), Some(ty)) => v.conforms_to(ty),
+            _ => false,
+        };
+        if !fits {
+            let error = slot.error(
+                ErrorCode::ProviderFailed,
+                format!(
+                    "provider {} returned {} from {class}.{method}, which is declared to return {}",
+                    slot.manifest.name,
+                    result
+                        .as_ref()
+                        .map_or("nothing".to_string(), |v| v.value_type().to_string()),
+                    declared.map_or("nothing".to_string(), |t| t.to_string()),
+                ),
+            );
+            slot.record_error(&error);
+            return Err(error);
+        }
+        Ok(Response::Returned(result))
+    }
+
+    /// A put, delete or call: the provider's result, after its events are checked and
+    /// delivered.
+    async fn write_call(
+        &self,
+        slot: &Arc<Slot>,
+        loaded: &Arc<Loaded>,
+        caller: &Caller,
+        call: ProviderCall,
+    ) -> Result<Option<Value>, RemoteError> {
+        let what = call.kind();
+        match self.call(slot, loaded, caller, call).await? {
+            ProviderReply::Done { result, events } => {
+                self.deliver(slot, loaded, events);
+                Ok(result)
+            }
+            other => Err(unexpected(slot, what, &other)),
+        }
+    }
+
+    /// Checks events a provider raised against its schemas and offers them to
+    /// subscribers. An event that does not fit is dropped and recorded as the provider's
+    /// error; the change that raised it stands.
+    fn deliver(&self, slot: &Slot, loaded: &Loaded, events: Vec<RaisedEvent>) {
+        let bus = &self.inner.events;
+        for event in events {
+            if !bus.has_subscribers(&event.class) {
+                continue;
+            }
+            let problem = if !slot.manifest.serves(&event.class) {
+                Some(format!("it does not serve class {}", event.class))
+            } else {
+                match schema_for(slot, loaded, &event.class) {
+                    Err(e) => Some(e.message),
+                    Ok(schema) => match schema.event(event.event.as_str()) {
+                        None => Some(format!(
+                            "class {} declares no event {:?}",
+                            event.class,
+                            event.event.as_str()
+                        )),
+                        Some(def) => def.check_data(&event.class, &event.data).err(),
+                    },
+                }
+            };
+            match problem {
+                None => bus.publish(&event),
+                Some(problem) => {
+                    let error = slot.error(
+                        ErrorCode::ProviderFailed,
+                        format!(
+                            "provider {} raised a bad event: {problem}",
+                            slot.manifest.name
+                        ),
+                    );
+                    tracing::warn!(provider = %slot.manifest.name, %error, "event dropped");
+                    slot.record_error(&error);
+                }
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        class: ClassPath,
+        event: Option<Identifier>,
+        filter: Vec<Condition>,
+        session: &Session,
+    ) -> Result<Response, RemoteError> {
+        let (slot, loaded) = self.loaded_for(&class, Some(Capability::Subscribe)).await?;
+        let schema = schema_for(&slot, &loaded, &class)?;
+        let invalid = |m: String| RemoteError::new(ErrorCode::InvalidRequest, m);
+        if schema.events().is_empty() {
+            return Err(invalid(format!("class {class} declares no events")));
+        }
+        let events: Vec<&purveyor_model::EventDef> = match &event {
+            Some(name) => match schema.event(name.as_str()) {
+                Some(def) => vec![def],
+                None => {
+                    let have: Vec<&str> = schema.events().iter().map(|e| e.name.as_str()).collect();
+                    return Err(RemoteError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "class {class} has no event {:?} (it has {})",
+                            name.as_str(),
+                            have.join(", ")
+                        ),
+                    ));
+                }
+            },
+            None => schema.events().iter().collect(),
+        };
+        // A condition must fit every event it can apply to (one that has its property),
+        // and at least one must have it.
+        for condition in &filter {
+            let mut applies = false;
+            for def in &events {
+                if def.property(condition.property.as_str()).is_some() {
+                    applies = true;
+                    condition.check(&class, def).map_err(invalid)?;
+                }
+            }
+            if !applies {
+                return Err(invalid(format!(
+                    "no event of {class}{} has a property {:?} to filter on",
+                    event
+                        .as_ref()
+                        .map(|e| format!(" named {e}"))
+                        .unwrap_or_default(),
+                    condition.property.as_str()
+                )));
+            }
+        }
+        let handle = self
+            .inner
+            .events
+            .subscribe(class, event, filter, session.sink());
+        Ok(Response::Subscribed { handle })
     }
 
     /// The slot serving `class`, loaded, after checking it offers `capability`.
@@ -430,10 +741,7 @@ impl Host {
                 provider,
                 dispatch: Dispatch::Inline,
             } => {
-                let ctx = CallContext {
-                    caller: *caller,
-                    deadline: Some(Instant::now() + timeout),
-                };
+                let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
                 catch_unwind(AssertUnwindSafe(|| serve_call(&**provider, &call, &ctx)))
                     .map_err(|panic| panicked(slot, &panic))
             }
@@ -442,10 +750,7 @@ impl Host {
                 dispatch: Dispatch::Blocking,
             } => {
                 let provider = provider.clone();
-                let ctx = CallContext {
-                    caller: *caller,
-                    deadline: Some(Instant::now() + timeout),
-                };
+                let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
                 let task = tokio::task::spawn_blocking(move || {
                     catch_unwind(AssertUnwindSafe(|| serve_call(&*provider, &call, &ctx)))
                 });
@@ -467,10 +772,7 @@ impl Host {
             }
             Backend::Library(library) => {
                 let deadline = Instant::now() + timeout;
-                let ctx = CallContext {
-                    caller: *caller,
-                    deadline: Some(deadline),
-                };
+                let ctx = CallContext::new(*caller, Some(deadline));
                 let site = crate::server::CALL_SITE.try_with(Clone::clone).ok();
                 let expiry = {
                     let (slot, loaded) = (slot.clone(), loaded.clone());
@@ -882,6 +1184,27 @@ fn schema_for(
     Err(RemoteError::new(
         ErrorCode::Internal,
         format!("no schema for class {class}"),
+    ))
+}
+
+/// `key` must name exactly the class's key properties, with their types.
+fn check_full_key(schema: &ClassSchema, key: &InstanceKey) -> Result<(), RemoteError> {
+    check_selector(schema, key)?;
+    if key.is_full_key(schema) {
+        return Ok(());
+    }
+    let class = schema.path();
+    let keys: Vec<&str> = schema.keys().map(|k| k.name.as_str()).collect();
+    Err(RemoteError::new(
+        ErrorCode::InvalidRequest,
+        if keys.is_empty() {
+            format!("{class} is a singleton: name it without a key")
+        } else {
+            format!(
+                "{class} is keyed by {}: give exactly those properties (got {key})",
+                keys.join(", ")
+            )
+        },
     ))
 }
 

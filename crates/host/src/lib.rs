@@ -8,9 +8,11 @@
 //! before decoding, provider calls run under `catch_unwind`, and provider answers are checked
 //! against the provider's schema.
 
+pub mod access;
 mod builtin;
 mod config;
 mod engine;
+mod events;
 mod library;
 pub mod manifest;
 mod process;
@@ -22,9 +24,11 @@ pub mod socket;
 mod watchdog;
 pub mod worker;
 
+pub use access::{AccessPolicy, Permission};
 pub use builtin::{BuiltinProvider, Dispatch, Factory};
 pub use config::{ClearAfter, HostConfig};
 pub use engine::{Host, HostBuilder};
+pub use events::{EventSink, Session};
 pub use library::LibraryProvider;
 pub use manifest::{Entry, Manifest, ManifestError, ManifestSource, ProviderKind};
 pub use purveyor_provider::Caller;

@@ -116,7 +116,7 @@ impl LibraryProvider {
         call: ProviderCall,
         ctx: &CallContext,
     ) -> Result<ProviderReply, ProviderError> {
-        let request = ProviderRequest {
+        self.forward(&ProviderRequest {
             id: 0,
             provider: String::new(),
             caller: CallerInfo {
@@ -130,9 +130,14 @@ impl LibraryProvider {
                     .max(1) as u64
             }),
             call,
-        };
+        })
+    }
+
+    /// Passes a request to the library as it is, and returns its reply as it is (the
+    /// isolated worker's path: every call crosses unchanged, events included).
+    pub fn forward(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
         let mut bytes = Vec::new();
-        encode_payload(self.encoding, &request, &mut bytes)
+        encode_payload(self.encoding, request, &mut bytes)
             .map_err(|e| ProviderError::Failed(e.to_string()))?;
         let (call, free) = (
             self.table.call.expect("checked in open"),
@@ -194,6 +199,24 @@ impl LibraryProvider {
     }
 }
 
+impl LibraryProvider {
+    /// A put, delete or call: the result, with the library's events raised again in `ctx`.
+    fn written(
+        &self,
+        call: ProviderCall,
+        ctx: &CallContext,
+    ) -> Result<Option<purveyor_model::Value>, ProviderError> {
+        let (result, events) = self.expect_reply(call, ctx, |r| match r {
+            ProviderReply::Done { result, events } => Ok((result, events)),
+            other => Err(other),
+        })?;
+        for e in events {
+            ctx.emit(&e.class, e.event.as_str(), e.data);
+        }
+        Ok(result)
+    }
+}
+
 impl Provider for LibraryProvider {
     fn classes(&self) -> Vec<ClassSchema> {
         self.classes.clone()
@@ -227,6 +250,49 @@ impl Provider for LibraryProvider {
             ProviderReply::Instance(v) => Ok(v),
             other => Err(other),
         })
+    }
+
+    fn put(
+        &self,
+        class: &ClassPath,
+        instance: Instance,
+        ctx: &CallContext,
+    ) -> Result<(), ProviderError> {
+        let call = ProviderCall::Put {
+            class: class.clone(),
+            instance,
+        };
+        self.written(call, ctx).map(drop)
+    }
+
+    fn delete(
+        &self,
+        class: &ClassPath,
+        key: &InstanceKey,
+        ctx: &CallContext,
+    ) -> Result<(), ProviderError> {
+        let call = ProviderCall::Delete {
+            class: class.clone(),
+            key: key.clone(),
+        };
+        self.written(call, ctx).map(drop)
+    }
+
+    fn call(
+        &self,
+        class: &ClassPath,
+        key: &InstanceKey,
+        method: &purveyor_model::Identifier,
+        args: Instance,
+        ctx: &CallContext,
+    ) -> Result<Option<purveyor_model::Value>, ProviderError> {
+        let call = ProviderCall::Call {
+            class: class.clone(),
+            key: key.clone(),
+            method: method.clone(),
+            args,
+        };
+        self.written(call, ctx)
     }
 
     // `release` is left as the trait's no-op: the library's cleanup entry point frees its

@@ -88,6 +88,27 @@ impl Provider for SelfProvider {
                         Counter,
                         "requests answered",
                     ),
+                    p(
+                        "subscriptions",
+                        "u64",
+                        Unit::Count,
+                        Gauge,
+                        "event subscriptions open",
+                    ),
+                    p(
+                        "events_delivered",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "events queued for subscribers",
+                    ),
+                    p(
+                        "events_dropped",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "events dropped for subscribers that read too slowly",
+                    ),
                 ],
             ),
             ClassSchema::fixed(
@@ -166,6 +187,18 @@ impl Provider for SelfProvider {
                     (
                         "requests",
                         Value::U64(host.requests.load(Ordering::Relaxed)),
+                    ),
+                    (
+                        "subscriptions",
+                        Value::U64(host.events.subscriptions() as u64),
+                    ),
+                    (
+                        "events_delivered",
+                        Value::U64(host.events.delivered.load(Ordering::Relaxed)),
+                    ),
+                    (
+                        "events_dropped",
+                        Value::U64(host.events.dropped.load(Ordering::Relaxed)),
                     ),
                 ])])
             }

@@ -223,6 +223,8 @@ impl Connection {
             max,
             abandoned: AtomicBool::new(false),
         });
+        let session = host.session(caller);
+        let session = &session;
         let answer = |rid: u32, request: Request| {
             let host = host.clone();
             let at = CallSite {
@@ -230,7 +232,7 @@ impl Connection {
                 id: rid,
             };
             CALL_SITE.scope(at, async move {
-                let outcome = match host.handle(request, &caller).await {
+                let outcome = match host.handle_in(request, session).await {
                     Ok(response) => Outcome::Ok(response),
                     Err(error) => Outcome::Err(error),
                 };
@@ -263,6 +265,18 @@ impl Connection {
                     }
                     wr.write_all(&out).await?;
                     out.clear();
+                }
+                () = session.sink().ready() => {
+                    for (handle, push) in session.sink().take() {
+                        let msg = ServerMessage::Push { handle, push };
+                        if let Err(e) = encode_frame(encoding, &msg, max, &mut out) {
+                            tracing::warn!(connection = id, error = %e, "event too large to send; dropped");
+                        }
+                    }
+                    if !out.is_empty() {
+                        wr.write_all(&out).await?;
+                        out.clear();
+                    }
                 }
                 read = rd.read(frames.spare()), if reading && in_flight.len() < config.max_in_flight => {
                     let n = read?;

@@ -20,7 +20,7 @@ use purveyor_protocol::{
     ProviderHello, ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, decode,
     encode_frame,
 };
-use purveyor_provider::abi::{panic_message, serve};
+use purveyor_provider::abi::panic_message;
 
 use crate::library::LibraryProvider;
 
@@ -176,7 +176,9 @@ impl Worker {
                     .get(&request.provider)
                     .cloned();
                 match provider {
-                    Some(p) => serve(&*p, &request),
+                    Some(p) => p
+                        .forward(&request)
+                        .unwrap_or_else(|e| ProviderReply::Error(purveyor_provider::abi::fault(e))),
                     None => fault(
                         FaultKind::NotFound,
                         format!("this worker has no provider {:?} loaded", request.provider),

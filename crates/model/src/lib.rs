@@ -7,12 +7,14 @@
 //! **Invariant:** this crate does no I/O. Every name is a validated newtype, so a value of
 //! type [`ClassPath`] is always a well-formed class path.
 
+mod filter;
 mod instance;
 mod name;
 mod provider;
 mod schema;
 mod value;
 
+pub use filter::{CompareOp, Condition, matches_all};
 pub use instance::{Instance, InstanceKey, KeyError};
 pub use name::{ClassPath, Identifier, NameError, NamespacePath, ProviderName};
 pub use provider::{Capability, Hosting, ProviderState};

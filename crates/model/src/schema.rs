@@ -227,6 +227,14 @@ impl ClassSchema {
         &self.raw.events
     }
 
+    pub fn method(&self, name: &str) -> Option<&MethodDef> {
+        self.raw.methods.iter().find(|m| m.name.as_str() == name)
+    }
+
+    pub fn event(&self, name: &str) -> Option<&EventDef> {
+        self.raw.events.iter().find(|e| e.name.as_str() == name)
+    }
+
     pub fn property(&self, name: &str) -> Option<&PropertyDef> {
         match &self.index.0 {
             Some(index) => index.get(name).map(|&i| &self.raw.properties[i]),
@@ -279,6 +287,89 @@ impl ClassSchema {
             }
         }
         Ok(())
+    }
+}
+
+impl MethodDef {
+    /// Checks a call's arguments: every argument names a parameter and has its type, and
+    /// every required parameter is given. The message names the argument that is wrong.
+    pub fn check_args(&self, class: &ClassPath, args: &Instance) -> Result<(), String> {
+        for (name, value) in args.values() {
+            let Some(param) = self.params.iter().find(|p| p.name == *name) else {
+                return Err(format!(
+                    "method {class}.{} has no parameter {:?}",
+                    self.name,
+                    name.as_str()
+                ));
+            };
+            if !value.conforms_to(param.ty) {
+                return Err(format!(
+                    "parameter {:?} of {class}.{} has type {}, not {}",
+                    name.as_str(),
+                    self.name,
+                    param.ty,
+                    value.value_type()
+                ));
+            }
+        }
+        if let Some(missing) = self
+            .params
+            .iter()
+            .find(|p| !p.optional && args.get(p.name.as_str()).is_none())
+        {
+            return Err(format!(
+                "method {class}.{} needs parameter {:?} ({})",
+                self.name,
+                missing.name.as_str(),
+                missing.ty
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EventDef {
+    pub fn property(&self, name: &str) -> Option<&PropertyDef> {
+        self.properties.iter().find(|p| p.name.as_str() == name)
+    }
+
+    /// Checks an event's data: every value names one of the event's properties and has
+    /// its type.
+    pub fn check_data(&self, class: &ClassPath, data: &Instance) -> Result<(), String> {
+        for (name, value) in data.values() {
+            let Some(prop) = self.property(name.as_str()) else {
+                return Err(format!(
+                    "event {class}.{} has no property {:?}",
+                    self.name,
+                    name.as_str()
+                ));
+            };
+            if !value.conforms_to(prop.ty) {
+                return Err(format!(
+                    "property {:?} of event {class}.{} has type {}, not {}",
+                    name.as_str(),
+                    self.name,
+                    prop.ty,
+                    value.value_type()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ParamDef {
+    /// Shorthand for parameters fixed in source code, like [`PropertyDef::new`].
+    ///
+    /// # Panics
+    /// If `name` or `ty` is invalid.
+    pub fn new(name: &str, ty: &str, optional: bool, description: &str) -> Self {
+        ParamDef {
+            name: Identifier::new(name).expect("parameter name in source code is valid"),
+            ty: ty.parse().expect("parameter type in source code is valid"),
+            optional,
+            description: description.into(),
+        }
     }
 }
 
@@ -430,6 +521,39 @@ mod tests {
             s.check_instance(&no_key)
                 .unwrap_err()
                 .contains("key property \"k\"")
+        );
+    }
+
+    #[test]
+    fn checks_method_arguments() {
+        let class = ClassPath::new("config.setting").unwrap();
+        let rename = MethodDef {
+            name: Identifier::new("rename").unwrap(),
+            params: vec![
+                ParamDef::new("to", "string", false, ""),
+                ParamDef::new("force", "bool", true, ""),
+            ],
+            result: None,
+            description: String::new(),
+        };
+        let ok = Instance::from_pairs([("to", Value::String("b".into()))]);
+        assert_eq!(rename.check_args(&class, &ok), Ok(()));
+        assert_eq!(
+            rename.check_args(&class, &Instance::new()).unwrap_err(),
+            "method config.setting.rename needs parameter \"to\" (string)"
+        );
+        let wrong = Instance::from_pairs([("to", Value::U64(1))]);
+        assert_eq!(
+            rename.check_args(&class, &wrong).unwrap_err(),
+            "parameter \"to\" of config.setting.rename has type string, not u64"
+        );
+        let unknown = Instance::from_pairs([
+            ("to", Value::String("b".into())),
+            ("into", Value::String("c".into())),
+        ]);
+        assert_eq!(
+            rename.check_args(&class, &unknown).unwrap_err(),
+            "method config.setting.rename has no parameter \"into\""
         );
     }
 

@@ -27,5 +27,5 @@ pub use message::{
 pub use paths::default_socket_path;
 pub use provider::{
     CallerInfo, FaultKind, PROVIDER_ABI_VERSION, ProviderCall, ProviderFault, ProviderHello,
-    ProviderReady, ProviderReply, ProviderRequest, ProviderResponse,
+    ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, RaisedEvent,
 };

@@ -3,15 +3,15 @@
 use std::fmt;
 
 use purveyor_model::{
-    ClassPath, ClassSchema, Hosting, Identifier, Instance, InstanceKey, NamespacePath,
-    ProviderName, ProviderState, Timestamp,
+    ClassPath, ClassSchema, Condition, Hosting, Identifier, Instance, InstanceKey, NamespacePath,
+    ProviderName, ProviderState, Timestamp, Value,
 };
 use serde::{Deserialize, Serialize};
 
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 2;
+pub const PROTOCOL_MINOR: u16 = 3;
 
 /// How the payloads after the handshake are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +109,41 @@ pub enum Request {
     /// Lets a quarantined provider load again (minor 1). Answered with `providers`,
     /// holding that provider's status.
     EnableProvider { name: ProviderName },
+    /// Creates or updates the instance whose key properties `instance` carries (minor 3).
+    /// Checked against the schema first. Answered with `done`.
+    Put {
+        class: ClassPath,
+        instance: Instance,
+    },
+    /// Deletes the instance with this full key (minor 3). Answered with `done`.
+    Delete {
+        class: ClassPath,
+        #[serde(default)]
+        key: InstanceKey,
+    },
+    /// Calls a method of the instance with this key (empty for a singleton or a static
+    /// method) with typed arguments, checked against the schema (minor 3). Answered with
+    /// `returned`.
+    Call {
+        class: ClassPath,
+        method: Identifier,
+        #[serde(default)]
+        key: InstanceKey,
+        #[serde(default)]
+        args: Instance,
+    },
+    /// Subscribes this connection to `class`'s events (all of them, or the one named),
+    /// keeping those whose data satisfies every condition (minor 3). Answered with
+    /// `subscribed`; the events arrive as pushes for the handle.
+    Subscribe {
+        class: ClassPath,
+        #[serde(default)]
+        event: Option<Identifier>,
+        #[serde(default)]
+        filter: Vec<Condition>,
+    },
+    /// Ends a subscription (minor 3). Answered with `done`.
+    Unsubscribe { handle: u32 },
 }
 
 /// A successful answer.
@@ -123,6 +158,15 @@ pub enum Response {
     Instances(InstanceList),
     Instance(Instance),
     Providers(Vec<ProviderStatus>),
+    /// A put, delete or unsubscribe was done (for a put or delete: committed by the
+    /// provider).
+    Done,
+    /// A method's result (`null` for a method without one).
+    Returned(Option<Value>),
+    /// A subscription's handle: every event for it arrives as a push with this handle.
+    Subscribed {
+        handle: u32,
+    },
 }
 
 /// Server-pushed messages. Subscriptions and dialogs (later protocol minors) add variants.
@@ -136,6 +180,10 @@ pub enum Push {
         event: Identifier,
         data: Instance,
     },
+    /// Events for the subscription `handle` names were dropped because this connection
+    /// did not read them fast enough: `dropped` since the last such report. Sent before
+    /// any event that came after the loss.
+    Lost { dropped: u64 },
 }
 
 /// The classes of a namespace, and the providers that could not say what theirs are.

@@ -6,7 +6,7 @@
 //! (length-prefixed frames over stdin/stdout). So a provider is written once and hosted
 //! any way its manifest says.
 
-use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
+use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::Encoding;
@@ -74,6 +74,23 @@ pub enum ProviderCall {
     /// To a worker only: load the provider library at `library` for `provider` (the
     /// request's field). Answered with `loaded`.
     Load { library: String },
+    /// Create or update an instance (already checked against the schema). Answered with
+    /// `done`, after the change is committed.
+    Put {
+        class: ClassPath,
+        instance: Instance,
+    },
+    /// Delete the instance with this full key. Answered with `done`, after the change is
+    /// committed; `not_found` when there is none.
+    Delete { class: ClassPath, key: InstanceKey },
+    /// Call a method (arguments already checked against the schema). Answered with `done`
+    /// carrying the result.
+    Call {
+        class: ClassPath,
+        key: InstanceKey,
+        method: Identifier,
+        args: Instance,
+    },
 }
 
 /// One response from a provider.
@@ -95,6 +112,22 @@ pub enum ProviderReply {
     Loaded,
     /// The provider could not do what was asked.
     Error(ProviderFault),
+    /// A put, delete or call is done: the method's result (if it has one), and the events
+    /// the change raised, which the host delivers to subscribers after checking them.
+    Done {
+        #[serde(default)]
+        result: Option<Value>,
+        #[serde(default)]
+        events: Vec<RaisedEvent>,
+    },
+}
+
+/// An event a provider raises.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RaisedEvent {
+    pub class: ClassPath,
+    pub event: Identifier,
+    pub data: Instance,
 }
 
 /// A provider's failure, as it crosses a boundary.
@@ -123,6 +156,9 @@ impl ProviderCall {
             ProviderCall::Get { .. } => "get",
             ProviderCall::Release => "release",
             ProviderCall::Load { .. } => "load",
+            ProviderCall::Put { .. } => "put",
+            ProviderCall::Delete { .. } => "delete",
+            ProviderCall::Call { .. } => "call",
         }
     }
 }
@@ -137,6 +173,7 @@ impl ProviderReply {
             ProviderReply::Released => "released",
             ProviderReply::Loaded => "loaded",
             ProviderReply::Error(_) => "error",
+            ProviderReply::Done { .. } => "done",
         }
     }
 }

@@ -92,15 +92,15 @@ impl PvProvider {
 
 /// Answers one request with `provider`: the dispatch every hosting model shares.
 pub fn serve(provider: &dyn Provider, request: &ProviderRequest) -> ProviderReply {
-    let ctx = CallContext {
-        caller: Caller {
+    let ctx = CallContext::new(
+        Caller {
             uid: request.caller.uid,
             gid: request.caller.gid,
             pid: request.caller.pid,
         },
-        deadline: (request.deadline_ms > 0)
+        (request.deadline_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(request.deadline_ms)),
-    };
+    );
     serve_call(provider, &request.call, &ctx)
 }
 
@@ -122,11 +122,32 @@ pub fn serve_call(
             provider.release();
             Ok(ProviderReply::Released)
         }
+        ProviderCall::Put { class, instance } => provider
+            .put(class, instance.clone(), ctx)
+            .map(|()| done(None, ctx)),
+        ProviderCall::Delete { class, key } => {
+            provider.delete(class, key, ctx).map(|()| done(None, ctx))
+        }
+        ProviderCall::Call {
+            class,
+            key,
+            method,
+            args,
+        } => provider
+            .call(class, key, method, args.clone(), ctx)
+            .map(|result| done(result, ctx)),
         other => Err(ProviderError::Unsupported(format!(
             "this provider does not handle {other:?}"
         ))),
     };
     result.unwrap_or_else(|e| ProviderReply::Error(fault(e)))
+}
+
+fn done(result: Option<purveyor_model::Value>, ctx: &CallContext) -> ProviderReply {
+    ProviderReply::Done {
+        result,
+        events: ctx.take_events(),
+    }
 }
 
 /// A [`ProviderError`] as it crosses a boundary.

@@ -6,13 +6,17 @@
 //!
 //! **API boundary:** provider authors depend on this crate and `purveyor-model` only.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 pub mod abi;
+#[cfg(feature = "store")]
+pub mod store;
 
 pub use purveyor_model as model;
-use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
+use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
 pub use purveyor_protocol as protocol;
+use purveyor_protocol::RaisedEvent;
 
 /// A provider: the code that supplies the instances of some classes.
 ///
@@ -53,17 +57,64 @@ pub trait Provider: Send + Sync + 'static {
             .find(|instance| instance.matches(key)))
     }
 
+    /// Creates or updates the instance whose key properties `instance` carries. The host
+    /// has checked it against the schema. Return only once the change is durable (commit
+    /// it with [`store::Store`]): the host may stop the provider at any moment after.
+    /// Raise change events with [`CallContext::emit`].
+    fn put(
+        &self,
+        class: &ClassPath,
+        _instance: Instance,
+        _ctx: &CallContext,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "{class} cannot be written"
+        )))
+    }
+
+    /// Deletes the instance with this full key; [`ProviderError::NotFound`] when there is
+    /// none. Durable on return, like [`Provider::put`].
+    fn delete(
+        &self,
+        class: &ClassPath,
+        _key: &InstanceKey,
+        _ctx: &CallContext,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "instances of {class} cannot be deleted"
+        )))
+    }
+
+    /// Runs a method of the instance with this key (empty for a singleton or a static
+    /// method). The host has checked the arguments against the method's parameters, and
+    /// checks the result against its declared type. Durable on return, like
+    /// [`Provider::put`].
+    fn call(
+        &self,
+        class: &ClassPath,
+        _key: &InstanceKey,
+        method: &Identifier,
+        _args: Instance,
+        _ctx: &CallContext,
+    ) -> Result<Option<Value>, ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "method {class}.{method} is not implemented"
+        )))
+    }
+
     /// The cleanup hook: called once when the host releases the provider (idle unload or
     /// shutdown), after the last call. Close what the OS does not reclaim here.
     fn release(&self) {}
 }
 
-/// Who is calling, and until when.
-#[derive(Debug, Clone)]
+/// Who is calling, and until when; and the events the call raises.
+#[derive(Debug)]
 pub struct CallContext {
     pub caller: Caller,
     /// The host abandons the call after this instant.
     pub deadline: Option<Instant>,
+    /// Events raised by this call, delivered when it returns successfully.
+    events: Mutex<Vec<RaisedEvent>>,
 }
 
 /// The peer a request came from, from the socket's credentials (`SO_PEERCRED`); in
@@ -92,12 +143,40 @@ pub enum ProviderError {
 }
 
 impl CallContext {
+    pub fn new(caller: Caller, deadline: Option<Instant>) -> Self {
+        CallContext {
+            caller,
+            deadline,
+            events: Mutex::new(Vec::new()),
+        }
+    }
+
     /// A context for calls made by the host itself or by tests.
     pub fn internal() -> Self {
-        CallContext {
-            caller: Caller::current_process(),
-            deadline: None,
-        }
+        Self::new(Caller::current_process(), None)
+    }
+
+    /// Raises an event of `class` (declared in its schema) carrying `data`. The host
+    /// checks it and delivers it to matching subscribers once the call has succeeded; a
+    /// call that fails raises nothing.
+    pub fn emit(&self, class: &ClassPath, event: &str, data: Instance) {
+        let Ok(event) = Identifier::new(event) else {
+            // Not a valid name, so not declared in any schema: the host would refuse it.
+            return;
+        };
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(RaisedEvent {
+                class: class.clone(),
+                event,
+                data,
+            });
+    }
+
+    /// The events raised so far, taken out.
+    pub fn take_events(&self) -> Vec<RaisedEvent> {
+        std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

@@ -1,0 +1,195 @@
+//! `purveyor set`, `delete`, `call` and `events`: writing to providers and following
+//! their events.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use purveyor_client::{Client, Mode, Push};
+use purveyor_model::{
+    ClassPath, ClassSchema, Condition, Identifier, Instance, InstanceKey, Timestamp, Value,
+};
+
+use crate::{out, print_json, render};
+
+/// `NAME=VALUE…` typed by the class's properties.
+fn assignments(schema: &ClassSchema, args: &[String]) -> Result<Instance> {
+    let parsed = InstanceKey::parse(schema, args)?;
+    Ok(parsed
+        .values()
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect())
+}
+
+fn key_of(schema: &ClassSchema, args: &[String]) -> Result<InstanceKey> {
+    let key = InstanceKey::parse(schema, args)?;
+    if !key.is_full_key(schema) {
+        let keys: Vec<&str> = schema.keys().map(|k| k.name.as_str()).collect();
+        bail!(
+            "{} is keyed by {}: give exactly those (as NAME=VALUE)",
+            schema.path(),
+            if keys.is_empty() {
+                "nothing (a singleton)".to_string()
+            } else {
+                keys.join(", ")
+            }
+        );
+    }
+    Ok(key)
+}
+
+pub fn set(client: &mut Client, json: bool, class: &str, args: &[String]) -> Result<ExitCode> {
+    let class = ClassPath::new(class)?;
+    let schema = client.describe(&class)?;
+    let instance = assignments(&schema, args)?;
+    let key = instance.key(&schema);
+    client.put(&class, instance)?;
+    if json {
+        print_json(&serde_json::json!({"class": class, "key": key.to_string(), "done": true}))?;
+    } else {
+        out(&format!("{class} {key}: set\n"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn delete(client: &mut Client, json: bool, class: &str, args: &[String]) -> Result<ExitCode> {
+    let class = ClassPath::new(class)?;
+    let schema = client.describe(&class)?;
+    let key = key_of(&schema, args)?;
+    client.delete(&class, &key)?;
+    if json {
+        print_json(&serde_json::json!({"class": class, "key": key.to_string(), "done": true}))?;
+    } else {
+        out(&format!("{class} {key}: deleted\n"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn call(client: &mut Client, json: bool, target: &str, args: &[String]) -> Result<ExitCode> {
+    let Some((class, method)) = target.rsplit_once('.') else {
+        bail!("{target:?} is not CLASS.METHOD (like config.setting.rename)");
+    };
+    let class = ClassPath::new(class)?;
+    let method = Identifier::new(method)?;
+    let schema = client.describe(&class)?;
+    let Some(def) = schema.method(method.as_str()) else {
+        let have: Vec<&str> = schema.methods().iter().map(|m| m.name.as_str()).collect();
+        bail!(
+            "class {class} has no method {method:?}{}",
+            if have.is_empty() {
+                String::new()
+            } else {
+                format!(" (it has {})", have.join(", "))
+            }
+        );
+    };
+    let mut key = InstanceKey::new();
+    let mut call_args = Instance::new();
+    for arg in args {
+        let Some((name, text)) = arg.split_once('=') else {
+            bail!("{arg:?} is not of the form NAME=VALUE");
+        };
+        if let Some(prop) = schema.keys().find(|k| k.name.as_str() == name) {
+            key.insert(prop.name.clone(), parse(text, prop.ty, name)?);
+        } else if let Some(param) = def.params.iter().find(|p| p.name.as_str() == name) {
+            call_args.insert(param.name.clone(), parse(text, param.ty, name)?);
+        } else {
+            bail!("{name:?} is neither a key property of {class} nor a parameter of {method}");
+        }
+    }
+    let result = client.call(&class, &method, &key, call_args)?;
+    if json {
+        print_json(&serde_json::json!({
+            "result": result.as_ref().map(render::plain_json),
+        }))?;
+    } else if let Some(value) = result {
+        out(&format!("{value}\n"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse(text: &str, ty: purveyor_model::ValueType, name: &str) -> Result<Value> {
+    Value::parse_as(text, ty).map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+pub struct EventsArgs<'a> {
+    pub class: &'a str,
+    pub event: Option<&'a str>,
+    pub filters: &'a [String],
+    pub count: Option<u64>,
+    pub timeout: Option<Duration>,
+}
+
+pub fn events(client: &mut Client, json: bool, args: EventsArgs<'_>) -> Result<ExitCode> {
+    let class = ClassPath::new(args.class)?;
+    let schema = client.describe(&class)?;
+    let event = args.event.map(Identifier::new).transpose()?;
+    let mut filter = Vec::new();
+    for text in args.filters {
+        let name = text.split(['=', '!', '<', '>']).next().unwrap_or_default();
+        let def = match &event {
+            Some(e) => schema.event(e.as_str()),
+            None => schema
+                .events()
+                .iter()
+                .find(|d| d.property(name.trim()).is_some())
+                .or(schema.events().first()),
+        };
+        let Some(def) = def else {
+            bail!("class {class} declares no events");
+        };
+        filter.push(Condition::parse(&class, def, text).map_err(anyhow::Error::msg)?);
+    }
+    let handle = client.subscribe(&class, event.as_ref(), filter)?;
+    if matches!(client.mode(), Mode::Embedded) {
+        eprintln!(
+            "purveyor: no daemon is running: only changes made by this process raise events here"
+        );
+    }
+    if !json {
+        eprintln!("subscribed to {class} events (handle {handle}); waiting");
+    }
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    while args.count.is_none_or(|c| seen < c) {
+        let Some((_, push)) = client.next_event(args.timeout)? else {
+            // Timed out waiting: done.
+            break;
+        };
+        let line = match push {
+            Push::Event { event, data, .. } => {
+                seen += 1;
+                if json {
+                    serde_json::json!({
+                        "time": Timestamp::now().0,
+                        "class": class,
+                        "event": event,
+                        "data": render::instance_json(&data),
+                    })
+                    .to_string()
+                } else {
+                    let fields: Vec<String> =
+                        data.values().map(|(n, v)| format!("{n}={v}")).collect();
+                    format!(
+                        "{} {event} {}",
+                        render::timestamp(Timestamp::now().0),
+                        fields.join(" ")
+                    )
+                }
+            }
+            Push::Lost { dropped } => {
+                if json {
+                    serde_json::json!({ "lost": dropped }).to_string()
+                } else {
+                    format!("({dropped} events lost: this client read too slowly)")
+                }
+            }
+            other => format!("{other:?}"),
+        };
+        let mut lock = stdout.lock();
+        writeln!(lock, "{line}")?;
+        lock.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,305 @@
+//! Events: subscriptions, fan-out, and the bounded queue of each session.
+//!
+//! A provider raises events in the reply to a put, delete or call ([`RaisedEvent`]); the
+//! engine checks them against the class's schema and hands them to the [`EventBus`], which
+//! offers each to every subscription of that class whose event name and filter match.
+//!
+//! **Invariant:** publishing never blocks and never grows memory without bound. Each
+//! session (a connection, or an embedded client) has one queue of at most
+//! `HostConfig::event_queue` events; an event offered to a full queue is dropped and
+//! counted for its subscription, and the session is sent [`Push::Lost`] with the count
+//! before any later event, so a slow subscriber learns exactly how many it missed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use purveyor_model::{ClassPath, Condition, Identifier, matches_all};
+use purveyor_protocol::{Push, RaisedEvent};
+use purveyor_provider::Caller;
+
+/// Every subscription in a host.
+#[derive(Default)]
+pub(crate) struct EventBus {
+    next_handle: AtomicU32,
+    subs: RwLock<Subs>,
+    /// Events queued for a subscriber, and events dropped for a full queue.
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Subs {
+    by_class: HashMap<ClassPath, Vec<Arc<Subscription>>>,
+    by_handle: HashMap<u32, ClassPath>,
+}
+
+struct Subscription {
+    handle: u32,
+    event: Option<Identifier>,
+    filter: Vec<Condition>,
+    sink: Arc<EventSink>,
+}
+
+/// One session's queue of pushes.
+pub struct EventSink {
+    state: Mutex<SinkState>,
+    notify: tokio::sync::Notify,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct SinkState {
+    queue: VecDeque<(u32, Push)>,
+    /// Drops not yet reported, by handle, in the order they first happened.
+    lost: Vec<(u32, u64)>,
+}
+
+/// A client's session with the host: who it is, and the queue its subscriptions fill.
+/// Dropping it ends its subscriptions.
+pub struct Session {
+    pub caller: Caller,
+    sink: Arc<EventSink>,
+    bus: Arc<EventBus>,
+}
+
+impl EventBus {
+    /// Adds a subscription for `sink`; returns its handle (never 0).
+    pub fn subscribe(
+        &self,
+        class: ClassPath,
+        event: Option<Identifier>,
+        filter: Vec<Condition>,
+        sink: &Arc<EventSink>,
+    ) -> u32 {
+        let mut subs = self.subs.write().unwrap_or_else(|p| p.into_inner());
+        let handle = loop {
+            let h = self
+                .next_handle
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            if h != 0 && !subs.by_handle.contains_key(&h) {
+                break h;
+            }
+        };
+        subs.by_handle.insert(handle, class.clone());
+        subs.by_class
+            .entry(class)
+            .or_default()
+            .push(Arc::new(Subscription {
+                handle,
+                event,
+                filter,
+                sink: sink.clone(),
+            }));
+        handle
+    }
+
+    /// Ends subscription `handle` if `sink` owns it; whether it did.
+    pub fn unsubscribe(&self, handle: u32, sink: &Arc<EventSink>) -> bool {
+        let mut subs = self.subs.write().unwrap_or_else(|p| p.into_inner());
+        let Some(class) = subs.by_handle.get(&handle).cloned() else {
+            return false;
+        };
+        let Some(list) = subs.by_class.get_mut(&class) else {
+            return false;
+        };
+        let Some(at) = list
+            .iter()
+            .position(|s| s.handle == handle && Arc::ptr_eq(&s.sink, sink))
+        else {
+            return false;
+        };
+        list.swap_remove(at);
+        if list.is_empty() {
+            subs.by_class.remove(&class);
+        }
+        subs.by_handle.remove(&handle);
+        true
+    }
+
+    /// Ends every subscription of `sink`.
+    fn unsubscribe_all(&self, sink: &Arc<EventSink>) {
+        let mut subs = self.subs.write().unwrap_or_else(|p| p.into_inner());
+        let Subs {
+            by_class,
+            by_handle,
+        } = &mut *subs;
+        by_class.retain(|_, list| {
+            list.retain(|s| {
+                let mine = Arc::ptr_eq(&s.sink, sink);
+                if mine {
+                    by_handle.remove(&s.handle);
+                }
+                !mine
+            });
+            !list.is_empty()
+        });
+    }
+
+    /// Whether anyone subscribes to `class` (so a provider's events are worth checking).
+    pub fn has_subscribers(&self, class: &ClassPath) -> bool {
+        self.subs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_class
+            .contains_key(class)
+    }
+
+    /// Offers `event` to every matching subscription.
+    pub fn publish(&self, event: &RaisedEvent) {
+        let subs = self.subs.read().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = subs.by_class.get(&event.class) else {
+            return;
+        };
+        for sub in list {
+            if sub.event.as_ref().is_some_and(|e| *e != event.event)
+                || !matches_all(&sub.filter, &event.data)
+            {
+                continue;
+            }
+            let push = Push::Event {
+                class: event.class.clone(),
+                event: event.event.clone(),
+                data: event.data.clone(),
+            };
+            if sub.sink.offer(sub.handle, push) {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn subscriptions(&self) -> usize {
+        self.subs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_handle
+            .len()
+    }
+}
+
+impl EventSink {
+    pub(crate) fn new(capacity: usize) -> Self {
+        EventSink {
+            state: Mutex::new(SinkState::default()),
+            notify: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues a push; `false` (and the drop counted for `handle`) when the queue is full.
+    fn offer(&self, handle: u32, push: Push) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let queued = if state.queue.len() < self.capacity {
+            state.queue.push_back((handle, push));
+            true
+        } else {
+            match state.lost.iter_mut().find(|(h, _)| *h == handle) {
+                Some((_, n)) => *n += 1,
+                None => state.lost.push((handle, 1)),
+            }
+            false
+        };
+        drop(state);
+        self.notify.notify_one();
+        queued
+    }
+
+    /// Takes every queued push, followed by the loss reports (each loss happened after
+    /// every push queued before it).
+    pub fn take(&self) -> Vec<(u32, Push)> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(u32, Push)> = state.queue.drain(..).collect();
+        out.extend(
+            state
+                .lost
+                .drain(..)
+                .map(|(handle, dropped)| (handle, Push::Lost { dropped })),
+        );
+        out
+    }
+
+    /// Waits until something may be queued (a wake-up may find nothing).
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+}
+
+impl Session {
+    pub(crate) fn new(caller: Caller, bus: Arc<EventBus>, capacity: usize) -> Self {
+        Session {
+            caller,
+            sink: Arc::new(EventSink::new(capacity)),
+            bus,
+        }
+    }
+
+    /// The queue this session's subscriptions fill.
+    pub fn sink(&self) -> &Arc<EventSink> {
+        &self.sink
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.bus.unsubscribe_all(&self.sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use purveyor_model::{CompareOp, Instance, Value};
+
+    fn raised(n: u64) -> RaisedEvent {
+        RaisedEvent {
+            class: ClassPath::new("config.setting").unwrap(),
+            event: Identifier::new("changed").unwrap(),
+            data: Instance::from_pairs([("n", Value::U64(n))]),
+        }
+    }
+
+    fn numbers(pushes: &[(u32, Push)]) -> Vec<String> {
+        pushes
+            .iter()
+            .map(|(_, p)| match p {
+                Push::Event { data, .. } => data.get("n").unwrap().to_string(),
+                Push::Lost { dropped } => format!("lost {dropped}"),
+                _ => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn filters_select_and_a_full_queue_counts_what_it_drops() {
+        let bus = Arc::new(EventBus::default());
+        let caller = Caller::current_process();
+        let slow = Session::new(caller, bus.clone(), 3);
+        let picky = Session::new(caller, bus.clone(), 100);
+        let class = ClassPath::new("config.setting").unwrap();
+        let h1 = bus.subscribe(class.clone(), None, vec![], slow.sink());
+        let even = Condition {
+            property: Identifier::new("n").unwrap(),
+            op: CompareOp::Ge,
+            value: Value::U64(8),
+        };
+        bus.subscribe(class.clone(), None, vec![even], picky.sink());
+        for n in 0..10 {
+            bus.publish(&raised(n));
+        }
+        assert_eq!(numbers(&slow.sink().take()), ["0", "1", "2", "lost 7"]);
+        assert_eq!(numbers(&picky.sink().take()), ["8", "9"]);
+        assert_eq!(bus.dropped.load(Ordering::Relaxed), 7);
+        bus.publish(&raised(10));
+        assert_eq!(numbers(&slow.sink().take()), ["10"]);
+        // Only the owner can end a subscription; a dropped session ends its own.
+        assert!(!bus.unsubscribe(h1, picky.sink()));
+        assert!(bus.unsubscribe(h1, slow.sink()));
+        assert_eq!(bus.subscriptions(), 1);
+        drop(picky);
+        assert_eq!(bus.subscriptions(), 0);
+        assert!(!bus.has_subscribers(&class));
+    }
+}

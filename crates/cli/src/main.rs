@@ -183,6 +183,12 @@ enum Command {
         /// The access policy (docs/security.md) [default: /etc/purveyor/access.toml if it exists, else the built-in defaults]
         #[arg(long, value_name = "FILE")]
         access: Option<PathBuf>,
+        /// Quarantine a provider whose process crashes this many times within a minute (0: never)
+        #[arg(long, value_name = "N", default_value = "3")]
+        quarantine_after: u32,
+        /// Events queued for one client before more are dropped (and reported as lost)
+        #[arg(long, value_name = "N", default_value = "4096")]
+        event_queue: usize,
     },
     /// Say which host is in use (daemon or embedded) and how it is doing
     Status,
@@ -225,12 +231,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             threads,
             clear_after,
             access,
+            quarantine_after,
+            event_queue,
         } => serve::run(
             &global,
-            group_access,
-            threads,
-            &clear_after,
-            access.as_deref(),
+            serve::Options {
+                group_access,
+                threads,
+                clear_after: &clear_after,
+                access: access.as_deref(),
+                quarantine_after,
+                event_queue,
+            },
         )
         .map(|()| ExitCode::SUCCESS),
         Command::Set { class, assignments } => {

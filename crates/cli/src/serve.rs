@@ -8,18 +8,32 @@ use purveyor_protocol::HostMode;
 
 use crate::Global;
 
-pub fn run(
-    global: &Global,
-    group_access: bool,
-    threads: Option<usize>,
-    clear_after: &[String],
-    access: Option<&std::path::Path>,
-) -> Result<()> {
+/// `purveyor serve`'s options.
+pub struct Options<'a> {
+    pub group_access: bool,
+    pub threads: Option<usize>,
+    pub clear_after: &'a [String],
+    pub access: Option<&'a std::path::Path>,
+    pub quarantine_after: u32,
+    pub event_queue: usize,
+}
+
+pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
+    let Options {
+        group_access,
+        threads,
+        clear_after,
+        access,
+        quarantine_after,
+        event_queue,
+    } = options;
     let mut config = if global.provider_dirs.is_empty() {
         HostConfig::from_env(HostMode::Daemon)
     } else {
         HostConfig::with_dirs(HostMode::Daemon, global.provider_dirs.clone())
     };
+    config.quarantine_crashes = quarantine_after;
+    config.event_queue = event_queue.max(1);
     for setting in clear_after {
         config
             .clear_after

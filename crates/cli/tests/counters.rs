@@ -1,19 +1,19 @@
 //! Application counters end to end: publishers (Rust in this process, C built by the
 //! tests, 32- and 64-bit), a real daemon that finds their files, and clients.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use purveyor_client::{Client, ClientError, ConnectOptions};
+mod common;
+
+use common::{BIN, Daemon, wait_until};
+use purveyor_client::{Client, ClientError};
 use purveyor_counters::{CounterSet, CounterType, Unit};
 use purveyor_model::{ClassPath, Identifier, Instance, InstanceKey, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_purveyor");
 const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 const INCLUDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../include");
 const PUBLISH_C: &str = concat!(
@@ -51,57 +51,15 @@ fn compile(out: &str, source: &str, flags: &[&str]) -> PathBuf {
 }
 
 /// A daemon whose counters directory is `counters`; killed when dropped.
-struct Daemon {
-    _dir: tempfile::TempDir,
-    socket: PathBuf,
-    child: Child,
-}
-
-impl Daemon {
-    fn start(counters: &Path, grace: &str) -> Daemon {
-        Daemon::start_env(&[
+fn daemon(counters: &Path, grace: &str) -> Daemon {
+    Daemon::start(
+        &[],
+        &[],
+        &[
             ("PURVEYOR_COUNTERS", counters.as_os_str()),
             ("PURVEYOR_COUNTERS_GRACE", grace.as_ref()),
-        ])
-    }
-
-    fn start_env(env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let providers = dir.path().join("providers");
-        std::fs::create_dir(&providers).unwrap();
-        let socket = dir.path().join("d.sock");
-        let log = File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "-v", "--socket"])
-            .arg(&socket)
-            .arg("--providers")
-            .arg(&providers)
-            .envs(env.iter().copied())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Daemon {
-            _dir: dir,
-            socket,
-            child,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_socket(&self.socket, &ConnectOptions::default()).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        ],
+    )
 }
 
 /// A C publisher, stopped (and its file removed) when its stdin closes, or killed.
@@ -169,20 +127,12 @@ fn f64_of(i: &Instance, name: &str) -> f64 {
     }
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Every counter type from a Rust publisher through the daemon, with its formula; sets
 /// and instances that appear and go while the daemon runs.
 #[test]
 fn rust_publisher_through_the_daemon_with_every_counter_type() {
     let counters = tempfile::tempdir().unwrap();
-    let d = Daemon::start(counters.path(), "60s");
+    let d = daemon(counters.path(), "60s");
     let mut c = d.client();
     assert!(matches!(
         c.get(&class("app.shop"), &instance_key("till1")),
@@ -279,7 +229,7 @@ fn rust_publisher_through_the_daemon_with_every_counter_type() {
 fn a_killed_publisher_leaves_a_stale_file_that_is_removed_after_the_grace() {
     let counters = tempfile::tempdir().unwrap();
     let publish = compile("publish64", PUBLISH_C, &[]);
-    let d = Daemon::start(counters.path(), "500ms");
+    let d = daemon(counters.path(), "500ms");
     let mut c = d.client();
     let mut p = CPublisher::start(&publish, counters.path(), "victim");
     let a = c.get(&class("app.victim"), &instance_key("a")).unwrap();
@@ -316,7 +266,7 @@ fn a_corrupt_file_does_not_stop_the_others() {
         .create_in(counters.path())
         .unwrap();
     set.counter("n").unwrap().add(5);
-    let d = Daemon::start(counters.path(), "60s");
+    let d = daemon(counters.path(), "60s");
     let mut c = d.client();
     let good = c.get(&class("app.good"), &InstanceKey::new()).unwrap();
     assert_eq!(u64_of(&good, "n"), 5);
@@ -324,7 +274,7 @@ fn a_corrupt_file_does_not_stop_the_others() {
         c.get(&class("app.junk"), &InstanceKey::new()),
         Err(ClientError::NotFound { .. })
     ));
-    let log = std::fs::read_to_string(d._dir.path().join("daemon.log")).unwrap();
+    let log = d.log();
     assert!(
         log.contains("junk.counters: not a counter file (magic"),
         "the log names the file and the problem:\n{log}"
@@ -350,7 +300,7 @@ fn file_permissions_are_respected() {
     set.counter("n").unwrap().add(1);
     // The daemon (root) can read every file; the check is that it serves only what the
     // caller could read. Let another user reach the daemon's socket for this test.
-    let d = Daemon::start(counters.path(), "60s");
+    let d = daemon(counters.path(), "60s");
     for dir in d.socket.ancestors().skip(1).take(1) {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -407,7 +357,7 @@ fn files_cross_between_32_and_64_bit_processes() {
     };
     assert_eq!(read(&read64, &p.path), expected, "64-bit C reader");
     assert_eq!(read(&read32, &p.path), expected, "32-bit C reader");
-    let d = Daemon::start(counters.path(), "60s");
+    let d = daemon(counters.path(), "60s");
     let mut c = d.client();
     let a = c.get(&class("app.from32"), &instance_key("a")).unwrap();
     assert_eq!(u64_of(&a, "big"), 0x1_2345_6789, "no 32-bit truncation");
@@ -448,10 +398,14 @@ const MMV_WRITER: &str = concat!(
 /// A daemon whose PCP MMV directory is `mmv` (and whose counters directory is empty).
 fn daemon_with_mmv(mmv: &Path) -> (Daemon, tempfile::TempDir) {
     let counters = tempfile::tempdir().unwrap();
-    let d = Daemon::start_env(&[
-        ("PURVEYOR_COUNTERS", counters.path().as_os_str()),
-        ("PURVEYOR_MMV", mmv.as_os_str()),
-    ]);
+    let d = Daemon::start(
+        &[],
+        &[],
+        &[
+            ("PURVEYOR_COUNTERS", counters.path().as_os_str()),
+            ("PURVEYOR_MMV", mmv.as_os_str()),
+        ],
+    );
     (d, counters)
 }
 
@@ -521,7 +475,7 @@ fn pcp_mmv_files_are_served_read_only() {
         c.get(&class("app.broken"), &InstanceKey::new()),
         Err(ClientError::NotFound { .. })
     ));
-    let log = std::fs::read_to_string(d._dir.path().join("daemon.log")).unwrap();
+    let log = d.log();
     assert!(
         log.contains("broken: section") && log.contains("lies outside the file's"),
         "the log names the file and the problem:\n{log}"

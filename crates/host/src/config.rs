@@ -30,7 +30,7 @@ pub struct HostConfig {
     /// `purveyor` beside this executable or one directory up.
     pub worker_program: Option<PathBuf>,
     /// A provider whose process crashes this many times within `crash_window` is
-    /// quarantined until `purveyor providers enable NAME`.
+    /// quarantined until `purveyor providers enable NAME`; 0: never.
     pub quarantine_crashes: u32,
     pub crash_window: Duration,
     /// `clear_after` for providers whose manifest gives none, by kind.

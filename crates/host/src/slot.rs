@@ -333,7 +333,7 @@ impl Slot {
                 {
                     recent.pop_front();
                 }
-                if recent.len() as u32 >= self.quarantine_crashes {
+                if self.quarantine_crashes > 0 && recent.len() as u32 >= self.quarantine_crashes {
                     let name = &self.manifest.name;
                     let error = self.error(
                         ErrorCode::ProviderFailed,

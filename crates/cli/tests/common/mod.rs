@@ -1,0 +1,133 @@
+//! What the end-to-end tests share: a real daemon (`purveyor serve`) on a temp socket,
+//! restartable, always killed when the test ends (and with it, by PDEATHSIG, every
+//! provider process it started).
+
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use purveyor_client::{Client, ConnectOptions};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_purveyor");
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Daemon {
+    /// Writes `manifests` into a fresh providers directory and starts a daemon on it, with
+    /// `args` after `serve` and `env` added. Provider state goes to its `state` directory.
+    pub fn start(
+        manifests: &[(&str, String)],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let providers = dir.path().join("providers");
+        std::fs::create_dir(&providers).unwrap();
+        for (name, text) in manifests {
+            std::fs::write(providers.join(format!("{name}.toml")), text).unwrap();
+        }
+        let socket = dir.path().join("d.sock");
+        let mut daemon = Daemon {
+            socket,
+            child: None,
+            args: args.iter().map(Into::into).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.into(), v.to_os_string()))
+                .collect(),
+            dir,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Starts the daemon again (after [`Daemon::kill`]) on the same socket and directory.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the daemon is running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "-v", "--socket"])
+            .arg(&self.socket)
+            .arg("--providers")
+            .arg(self.dir.path().join("providers"))
+            .args(&self.args)
+            .env("PURVEYOR_WORKER", BIN)
+            .env("PURVEYOR_STATE_DIR", self.dir.path().join("state"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&self.socket).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect_socket(&self.socket, &ConnectOptions::default()).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// SIGKILLs the daemon and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every few milliseconds until it holds; panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A library built by the workspace next to the `purveyor` binary (built here if not yet,
+/// when only this crate's tests were asked for).
+pub fn workspace_library(file: &str, package: &str) -> PathBuf {
+    let path = Path::new(BIN).with_file_name(file);
+    if !path.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", package])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building {package} failed");
+    }
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}

@@ -1,0 +1,730 @@
+//! Writable providers end to end: the example `config` provider (a Rust library with a
+//! transactional store) hosted isolated by a real daemon; schema checks, events and their
+//! filters, the slow-subscriber bound, access control with real peer credentials, and the
+//! crash test: writers against a provider (and a daemon) killed at random moments.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Daemon, wait_until, workspace_library};
+use purveyor_client::{Client, ClientError, Push};
+use purveyor_model::{ClassPath, CompareOp, Condition, Identifier, Instance, InstanceKey, Value};
+
+fn config_library() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| workspace_library("libpurveyor_config.so", "purveyor-example-config"))
+}
+
+fn config_manifest(hosting: &str) -> (&'static str, String) {
+    (
+        "config",
+        format!(
+            "name = \"config\"\nhosting = \"{hosting}\"\nlibrary = {:?}\nclasses = [\"config.setting\"]\ncapabilities = [\"enumerate\", \"get\", \"put\", \"delete\", \"call\", \"subscribe\"]\ncall_timeout = \"5s\"\n",
+            config_library().display().to_string()
+        ),
+    )
+}
+
+/// A daemon serving the config provider isolated, its state in the daemon's temp dir.
+fn start(args: &[&str]) -> Daemon {
+    Daemon::start(&[config_manifest("isolated")], args, &[])
+}
+
+fn class() -> ClassPath {
+    ClassPath::new("config.setting").unwrap()
+}
+
+fn id(s: &str) -> Identifier {
+    Identifier::new(s).unwrap()
+}
+
+fn named(name: &str) -> InstanceKey {
+    let mut k = InstanceKey::new();
+    k.insert(id("name"), Value::String(name.into()));
+    k
+}
+
+fn setting(name: &str, ty: &str, value: &str) -> Instance {
+    Instance::from_pairs([
+        ("name", Value::String(name.into())),
+        ("type", Value::String(ty.into())),
+        ("value", Value::String(value.into())),
+    ])
+}
+
+fn value_of(client: &mut Client, name: &str) -> Option<String> {
+    match client.get(&class(), &named(name)) {
+        Ok(i) => match i.get("value") {
+            Some(Value::String(s)) => Some(s.clone()),
+            other => panic!("setting {name} has value {other:?}"),
+        },
+        Err(ClientError::NotFound { .. }) => None,
+        Err(e) => panic!("get {name}: {e}"),
+    }
+}
+
+fn transfer(
+    client: &mut Client,
+    from: &str,
+    to: &str,
+    amount: i64,
+) -> Result<Option<Value>, ClientError> {
+    let args = Instance::from_pairs([
+        ("to", Value::String(to.into())),
+        ("amount", Value::I64(amount)),
+    ]);
+    client.call(&class(), &id("transfer"), &named(from), args)
+}
+
+fn rename(client: &mut Client, from: &str, to: &str) -> Result<Option<Value>, ClientError> {
+    let args = Instance::from_pairs([("to", Value::String(to.into()))]);
+    client.call(&class(), &id("rename"), &named(from), args)
+}
+
+fn message(result: Result<impl std::fmt::Debug, ClientError>) -> String {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::InvalidRequest { message }) => message,
+        Err(e) => panic!("expected invalid_request, got {e:?}"),
+    }
+}
+
+#[test]
+fn puts_deletes_and_calls_are_checked_against_the_schema() {
+    let daemon = start(&[]);
+    let mut c = daemon.client();
+    let cls = class();
+    // Wrong type, unknown property, missing key: refused before the provider sees them.
+    let wrong = Instance::from_pairs([
+        ("name", Value::String("a".into())),
+        ("value", Value::U64(1)),
+    ]);
+    assert_eq!(
+        message(c.put(&cls, wrong)),
+        "property \"value\" of config.setting has type u64 but the schema says string"
+    );
+    let unknown = Instance::from_pairs([
+        ("name", Value::String("a".into())),
+        ("colour", Value::String("x".into())),
+    ]);
+    assert_eq!(
+        message(c.put(&cls, unknown)),
+        "property \"colour\" is not in the schema of config.setting"
+    );
+    let keyless = Instance::from_pairs([("value", Value::String("x".into()))]);
+    assert_eq!(
+        message(c.put(&cls, keyless)),
+        "key property \"name\" of config.setting is missing"
+    );
+    assert_eq!(
+        message(c.delete(&cls, &InstanceKey::new())),
+        "config.setting is keyed by name: give exactly those properties (got (singleton))"
+    );
+    // The provider's own checks come back as invalid_request too.
+    assert_eq!(
+        message(c.put(&cls, setting("n", "i64", "ten"))),
+        "setting \"n\": \"ten\" is not a valid i64"
+    );
+    c.put(&cls, setting("a", "i64", "10")).unwrap();
+    c.put(&cls, setting("b", "i64", "1")).unwrap();
+    // Calls: unknown method, missing, unknown and mistyped arguments.
+    assert!(matches!(
+        c.call(&cls, &id("explode"), &named("a"), Instance::new()),
+        Err(ClientError::NotFound { message }) if message == "class config.setting has no method \"explode\" (it has rename, transfer)"
+    ));
+    assert_eq!(
+        message(c.call(
+            &cls,
+            &id("transfer"),
+            &named("a"),
+            Instance::from_pairs([("to", Value::String("b".into()))])
+        )),
+        "method config.setting.transfer needs parameter \"amount\" (i64)"
+    );
+    assert_eq!(
+        message(c.call(
+            &cls,
+            &id("rename"),
+            &named("a"),
+            Instance::from_pairs([
+                ("to", Value::String("c".into())),
+                ("force", Value::Bool(true))
+            ])
+        )),
+        "method config.setting.rename has no parameter \"force\""
+    );
+    assert_eq!(
+        message(c.call(
+            &cls,
+            &id("transfer"),
+            &named("a"),
+            Instance::from_pairs([("to", Value::String("b".into())), ("amount", Value::U64(1))])
+        )),
+        "parameter \"amount\" of config.setting.transfer has type i64, not u64"
+    );
+    // And a good call returns its typed result.
+    assert_eq!(transfer(&mut c, "a", "b", 4).unwrap(), Some(Value::I64(6)));
+    assert_eq!(value_of(&mut c, "b").as_deref(), Some("5"));
+    c.delete(&cls, &named("b")).unwrap();
+    assert!(matches!(
+        c.delete(&cls, &named("b")),
+        Err(ClientError::NotFound { .. })
+    ));
+    // The CLI: the same checks, with exit codes.
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["set", "config.setting", "name=c", "value=hi"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["call", "config.setting.rename", "name=c", "to=d"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["get", "config.setting", "name=d", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"value\": \"hi\""),
+        "{out:?}"
+    );
+    let out = cli(&["set", "config.setting", "name=e", "colour=x"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("class config.setting has no property \"colour\"")
+    );
+}
+
+fn events_of(client: &mut Client, wait: Duration) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Some((_, push)) = client.next_event(Some(wait)).unwrap() {
+        seen.push(match push {
+            Push::Event { event, data, .. } => {
+                let fields: Vec<String> = data
+                    .values()
+                    .filter(|(n, _)| n.as_str() != "type")
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect();
+                format!("{event} {}", fields.join(" "))
+            }
+            Push::Lost { dropped } => format!("lost {dropped}"),
+            other => format!("{other:?}"),
+        });
+    }
+    seen
+}
+
+#[test]
+fn events_reach_the_subscribers_whose_filters_match() {
+    let daemon = start(&[]);
+    let cls = class();
+    let mut all = daemon.client();
+    let mut deletions = daemon.client();
+    let mut renames = daemon.client();
+    let mut big = daemon.client();
+    all.subscribe(&cls, None, vec![]).unwrap();
+    let deleted = Condition {
+        property: id("action"),
+        op: CompareOp::Eq,
+        value: Value::String("deleted".into()),
+    };
+    deletions
+        .subscribe(&cls, Some(&id("changed")), vec![deleted])
+        .unwrap();
+    renames
+        .subscribe(&cls, Some(&id("renamed")), vec![])
+        .unwrap();
+    let version2 = Condition {
+        property: id("version"),
+        op: CompareOp::Ge,
+        value: Value::U64(2),
+    };
+    big.subscribe(&cls, None, vec![version2]).unwrap();
+    // Bad subscriptions get exact errors.
+    assert!(matches!(
+        all.subscribe(&cls, Some(&id("exploded")), vec![]),
+        Err(ClientError::NotFound { message }) if message == "class config.setting has no event \"exploded\" (it has changed, renamed)"
+    ));
+    let bad = Condition {
+        property: id("colour"),
+        op: CompareOp::Eq,
+        value: Value::U64(1),
+    };
+    assert_eq!(
+        message(all.subscribe(&cls, None, vec![bad])),
+        "no event of config.setting has a property \"colour\" to filter on"
+    );
+
+    let mut w = daemon.client();
+    w.put(&cls, setting("x", "string", "1")).unwrap();
+    w.put(&cls, setting("x", "string", "2")).unwrap();
+    rename(&mut w, "x", "y").unwrap();
+    w.delete(&cls, &named("y")).unwrap();
+    let wait = Duration::from_millis(300);
+    assert_eq!(
+        events_of(&mut all, wait),
+        [
+            "changed action=created name=x value=1 version=1",
+            "changed action=updated name=x value=2 version=2",
+            "renamed from=x to=y",
+            "changed action=deleted name=y value=2 version=3",
+        ]
+    );
+    assert_eq!(
+        events_of(&mut deletions, wait),
+        ["changed action=deleted name=y value=2 version=3"]
+    );
+    assert_eq!(events_of(&mut renames, wait), ["renamed from=x to=y"]);
+    assert_eq!(
+        events_of(&mut big, wait),
+        [
+            "changed action=updated name=x value=2 version=2",
+            "changed action=deleted name=y value=2 version=3",
+        ]
+    );
+    // Unsubscribed (or disconnected) subscribers get nothing more.
+    drop(big);
+    let mut r = daemon.client();
+    let h = r.subscribe(&cls, None, vec![]).unwrap();
+    r.unsubscribe(h).unwrap();
+    assert!(matches!(
+        r.unsubscribe(h),
+        Err(ClientError::NotFound { .. })
+    ));
+    w.put(&cls, setting("z", "string", "1")).unwrap();
+    assert!(events_of(&mut r, wait).is_empty());
+    let host = w
+        .get(
+            &ClassPath::new("purveyor.host").unwrap(),
+            &InstanceKey::new(),
+        )
+        .unwrap();
+    assert_eq!(host.get("subscriptions"), Some(&Value::U64(3)));
+}
+
+#[test]
+fn a_slow_subscriber_loses_counted_events_and_delays_nobody() {
+    let daemon = start(&["--event-queue", "8"]);
+    let cls = class();
+    let mut slow = daemon.client();
+    slow.subscribe(&cls, None, vec![]).unwrap();
+    // 16 KiB values: the socket's buffers hold a few dozen events, the queue 8 more.
+    let big = "v".repeat(16 * 1024);
+    let mut w = daemon.client();
+    let n = 120u64;
+    let started = Instant::now();
+    for i in 0..n {
+        w.put(&cls, setting(&format!("s{i}"), "string", &big))
+            .unwrap();
+    }
+    // The writer was never held up by the subscriber that does not read.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let mut events = 0u64;
+    let mut lost = 0u64;
+    while let Some((_, push)) = slow.next_event(Some(Duration::from_millis(500))).unwrap() {
+        match push {
+            Push::Event { .. } => events += 1,
+            Push::Lost { dropped } => lost += dropped,
+            other => panic!("unexpected push {other:?}"),
+        }
+    }
+    assert!(lost > 0, "nothing was dropped ({events} events)");
+    assert_eq!(
+        events + lost,
+        n,
+        "every event is either delivered or counted as lost"
+    );
+    let host = w
+        .get(
+            &ClassPath::new("purveyor.host").unwrap(),
+            &InstanceKey::new(),
+        )
+        .unwrap();
+    assert_eq!(host.get("events_dropped"), Some(&Value::U64(lost)));
+}
+
+/// Runs the CLI as `uid`/`gid` (real peer credentials on the socket).
+fn as_user(daemon: &Daemon, uid: u32, gid: u32, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(args)
+        .uid(uid)
+        .gid(gid)
+        .env_remove("PURVEYOR_SOCKET")
+        .output()
+        .unwrap()
+}
+
+/// Each access decision as a table of users × operations, enforced by the daemon on the
+/// credentials of real processes. Needs root (to run clients as other users).
+#[test]
+fn access_is_enforced_per_namespace_with_peer_credentials() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running clients as other users needs root");
+        return;
+    }
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        policy.path(),
+        "[namespace.config]\nread = [\"@local\"]\nwrite = [\"uid:65533\"]\ncall = [\"gid:65533\"]\nsubscribe = [\"uid:65533\"]\n",
+    )
+    .unwrap();
+    let daemon = start(&["--access", policy.path().to_str().unwrap()]);
+    // Let other users reach the socket: its directory and the socket itself.
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    daemon
+        .client()
+        .put(&class(), setting("a", "i64", "1"))
+        .unwrap();
+    daemon
+        .client()
+        .put(&class(), setting("b", "i64", "1"))
+        .unwrap();
+    let nobody = (65534, 65534);
+    let writer = (65533, 65534);
+    let caller = (65532, 65533);
+    let set = ["set", "config.setting", "name=a", "value=2"];
+    let call = [
+        "call",
+        "config.setting.transfer",
+        "name=a",
+        "to=b",
+        "amount=1",
+    ];
+    let get = ["get", "config.setting", "name=a"];
+    let sys = ["get", "system.load"];
+    let subscribe = ["events", "config.setting", "--timeout", "100ms"];
+    type Case<'a> = ((u32, u32), &'a [&'a str], Option<&'a str>);
+    let table: &[Case] = &[
+        (nobody, &sys, None),
+        (nobody, &get, None),
+        (
+            nobody,
+            &set,
+            Some("lacks the write permission on config.setting"),
+        ),
+        (
+            nobody,
+            &call,
+            Some("lacks the call permission on config.setting"),
+        ),
+        (
+            nobody,
+            &subscribe,
+            Some("lacks the subscribe permission on config.setting"),
+        ),
+        (writer, &set, None),
+        (writer, &subscribe, None),
+        (writer, &call, Some("lacks the call permission")),
+        (caller, &call, None),
+        (caller, &set, Some("lacks the write permission")),
+        (nobody, &["get", "purveyor.host"], None),
+        (
+            nobody,
+            &["providers", "enable", "config"],
+            Some("lacks the write permission on purveyor"),
+        ),
+    ];
+    for ((uid, gid), args, refusal) in table {
+        let out = as_user(&daemon, *uid, *gid, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match refusal {
+            None => assert!(out.status.success(), "uid {uid} {args:?}: {stderr}"),
+            Some(why) => {
+                assert_eq!(
+                    out.status.code(),
+                    Some(4),
+                    "uid {uid} {args:?} should be refused: {stderr}"
+                );
+                assert!(stderr.contains(why), "uid {uid} {args:?}: {stderr}");
+            }
+        }
+    }
+    // The provider saw who wrote: updated_by is the writer's uid.
+    let a = daemon.client().get(&class(), &named("a")).unwrap();
+    assert_eq!(a.get("updated_by"), Some(&Value::U64(65532)));
+    // ls shows a user only the classes it may read.
+    let out = as_user(&daemon, nobody.0, nobody.1, &["ls", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("system.load") && text.contains("config.setting"),
+        "{text}"
+    );
+}
+
+// --- The crash test -------------------------------------------------------------------
+
+const ACCOUNTS: usize = 8;
+const START_BALANCE: i64 = 1000;
+
+/// What the writers know was acknowledged.
+#[derive(Default)]
+struct Acked {
+    /// Settings a put acknowledged, with the value it wrote.
+    puts: BTreeMap<String, String>,
+}
+
+fn pid_of_provider(client: &mut Client) -> Option<u32> {
+    client
+        .providers()
+        .ok()?
+        .into_iter()
+        .find(|p| p.name.as_str() == "config")
+        .and_then(|p| p.pid)
+}
+
+fn connect_retrying(socket: &Path, stop: &AtomicBool) -> Option<Client> {
+    let options = purveyor_client::ConnectOptions {
+        reply_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(c) = Client::connect_socket(socket, &options) {
+            return Some(c);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// One writer: puts of its own settings (each acknowledged one recorded), transfers
+/// between the shared accounts, and renames of its own token back and forth.
+fn writer(
+    n: usize,
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Acked>>,
+    ops: Arc<AtomicU64>,
+) {
+    let cls = class();
+    let mut client = match connect_retrying(&socket, &stop) {
+        Some(c) => c,
+        None => return,
+    };
+    let token = |side: &str| format!("token{n}-{side}");
+    let mut i = 0u64;
+    let mut rng = n as u64 * 7919 + 1;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let result = match i % 3 {
+            0 => {
+                let name = format!("w{n}-{i}");
+                let value = format!("{}", rng % 1_000_000);
+                let r = client
+                    .put(&cls, setting(&name, "string", &value))
+                    .map(|_| None);
+                if r.is_ok() {
+                    acked.lock().unwrap().puts.insert(name, value);
+                }
+                r
+            }
+            1 => {
+                let from = (rng % ACCOUNTS as u64) as usize;
+                let to = (from + 1 + (rng >> 8) as usize % (ACCOUNTS - 1)) % ACCOUNTS;
+                transfer(
+                    &mut client,
+                    &format!("acct{from}"),
+                    &format!("acct{to}"),
+                    (rng % 50) as i64 - 10,
+                )
+            }
+            _ => {
+                // Wherever the token is now (a rename whose answer was lost may have
+                // happened or not), move it to the other name.
+                let here = ["a", "b"]
+                    .into_iter()
+                    .find(|s| client.get(&cls, &named(&token(s))).is_ok());
+                match here {
+                    Some(side) => rename(
+                        &mut client,
+                        &token(side),
+                        &token(if side == "a" { "b" } else { "a" }),
+                    ),
+                    None => Ok(None),
+                }
+            }
+        };
+        ops.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(_) => {}
+            // The provider was killed under the call, or is restarting: go on.
+            Err(
+                ClientError::ProviderFailed { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::NotFound { .. }
+                | ClientError::InvalidRequest { .. },
+            ) => {}
+            // The daemon went away: connect again.
+            Err(_) => match connect_retrying(&socket, &stop) {
+                Some(c) => client = c,
+                None => return,
+            },
+        }
+    }
+}
+
+/// Checks every invariant against the store as the restarted system serves it.
+fn check_invariants(client: &mut Client, acked: &Acked, writers: usize) {
+    let all = client.enumerate(&class(), &InstanceKey::new()).unwrap();
+    let values: BTreeMap<String, String> = all
+        .iter()
+        .map(|i| match (i.get("name"), i.get("value")) {
+            (Some(Value::String(n)), Some(Value::String(v))) => (n.clone(), v.clone()),
+            other => panic!("malformed setting {other:?}"),
+        })
+        .collect();
+    for (name, value) in &acked.puts {
+        assert_eq!(
+            values.get(name),
+            Some(value),
+            "acknowledged put of {name} is lost"
+        );
+    }
+    let sum: i64 = (0..ACCOUNTS)
+        .map(|a| values[&format!("acct{a}")].parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(
+        sum,
+        START_BALANCE * ACCOUNTS as i64,
+        "a transfer was half applied"
+    );
+    for n in 0..writers {
+        let sides: BTreeSet<&str> = ["a", "b"]
+            .into_iter()
+            .filter(|s| values.contains_key(&format!("token{n}-{s}")))
+            .collect();
+        assert_eq!(
+            sides.len(),
+            1,
+            "token {n} is under {sides:?}: a rename was half applied"
+        );
+    }
+}
+
+/// Runs writers for `duration` while killing the provider's worker (or the whole daemon)
+/// at random moments; returns (kills, operations).
+fn crash_run(
+    daemon: &mut Daemon,
+    kill_daemon: bool,
+    duration: Duration,
+    writers: usize,
+    acked: &Arc<Mutex<Acked>>,
+) -> (u64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..writers)
+        .map(|n| {
+            let (socket, stop, acked, ops) = (
+                daemon.socket.clone(),
+                stop.clone(),
+                acked.clone(),
+                ops.clone(),
+            );
+            std::thread::spawn(move || writer(n, socket, stop, acked, ops))
+        })
+        .collect();
+    let mut kills = 0u64;
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(30 + rng % 170));
+        if kill_daemon {
+            daemon.kill();
+            kills += 1;
+            daemon.spawn();
+        } else if let Some(pid) = pid_of_provider(&mut daemon.client()) {
+            // SAFETY: SIGKILL to the provider's worker, a child of our daemon.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            kills += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("a writer panicked");
+    }
+    (kills, ops.load(Ordering::Relaxed))
+}
+
+/// The proof that nothing is lost. `PURVEYOR_CRASH_SECS` lengthens each phase (the
+/// benchmark variant, `bench/crash`).
+#[test]
+fn acknowledged_writes_survive_provider_and_daemon_kills() {
+    let secs: u64 = std::env::var("PURVEYOR_CRASH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let writers = 4;
+    let mut daemon = start(&["--quarantine-after", "0"]);
+    {
+        let mut c = daemon.client();
+        for a in 0..ACCOUNTS {
+            c.put(
+                &class(),
+                setting(&format!("acct{a}"), "i64", &START_BALANCE.to_string()),
+            )
+            .unwrap();
+        }
+        for n in 0..writers {
+            c.put(&class(), setting(&format!("token{n}-a"), "string", "t"))
+                .unwrap();
+        }
+    }
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let (provider_kills, ops1) = crash_run(
+        &mut daemon,
+        false,
+        Duration::from_secs(secs),
+        writers,
+        &acked,
+    );
+    check_invariants(&mut daemon.client(), &acked.lock().unwrap(), writers);
+    let (daemon_kills, ops2) = crash_run(
+        &mut daemon,
+        true,
+        Duration::from_secs(secs),
+        writers,
+        &acked,
+    );
+    wait_until(
+        "the restarted daemon to serve",
+        Duration::from_secs(10),
+        || {
+            daemon
+                .client()
+                .enumerate(&class(), &InstanceKey::new())
+                .is_ok()
+        },
+    );
+    check_invariants(&mut daemon.client(), &acked.lock().unwrap(), writers);
+    let puts = acked.lock().unwrap().puts.len();
+    eprintln!(
+        "crash test: survived {provider_kills} provider kills and {daemon_kills} daemon kills; {} operations, {puts} acknowledged puts, all present",
+        ops1 + ops2
+    );
+    assert!(
+        provider_kills >= 5 && daemon_kills >= 5,
+        "too few kills to prove anything"
+    );
+    assert!(
+        puts >= 10,
+        "too few acknowledged writes to prove anything ({puts})"
+    );
+}

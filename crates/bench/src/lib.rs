@@ -158,3 +158,39 @@ pub fn release_file(name: &str) -> Option<PathBuf> {
     let path = exe.parent()?.parent()?.join(name);
     path.exists().then_some(path)
 }
+
+/// A `purveyor serve` started for a benchmark; killed (with its provider processes) when
+/// dropped.
+pub struct BenchDaemon {
+    pub socket: PathBuf,
+    child: std::process::Child,
+}
+
+impl BenchDaemon {
+    /// Starts `bin serve` on `dir/d.sock` with manifests from `dir/providers`, `args` and
+    /// `env` added, and waits for its socket.
+    pub fn start(bin: &Path, dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> BenchDaemon {
+        let providers = dir.join("providers");
+        std::fs::create_dir_all(&providers).unwrap();
+        let socket = dir.join("d.sock");
+        let child = std::process::Command::new(bin)
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .arg("--providers")
+            .arg(&providers)
+            .args(args)
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_socket(&socket);
+        BenchDaemon { socket, child }
+    }
+}
+
+impl Drop for BenchDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,226 @@
+//! Writable providers, each figure next to its floor measured in the same run (see
+//! `docs/performance.md`):
+//! - acknowledged durable puts per second through the daemon (the example `config`
+//!   provider, isolated, one redb commit per put), next to the bare store's commits per
+//!   second on the same disk with the same data;
+//! - event fan-out: the time from sending a put until each of 100 subscribers (100
+//!   connections) holds its event, next to the same bytes written to 100 Unix sockets
+//!   and read by 100 threads.
+//!
+//! Needs the release `purveyor` binary and config library (`bench/run` builds them).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use purveyor_bench::{BenchDaemon, percentiles, release_file, us};
+use purveyor_client::{Client, ConnectOptions, Push};
+use purveyor_model::{ClassPath, Instance, Value};
+use purveyor_provider::store::Store;
+
+const PUTS: usize = 400;
+const SUBSCRIBERS: usize = 100;
+const EVENTS: usize = 200;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let (Some(bin), Some(lib)) = (
+        release_file("purveyor"),
+        release_file("libpurveyor_config.so"),
+    ) else {
+        println!(
+            "writes: skipped (run `cargo build --release -p purveyor -p purveyor-example-config` first)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let providers = dir.path().join("providers");
+    std::fs::create_dir_all(&providers).unwrap();
+    std::fs::write(
+        providers.join("config.toml"),
+        format!(
+            "name = \"config\"\nhosting = \"isolated\"\nlibrary = {:?}\nclasses = [\"config.setting\"]\ncapabilities = [\"enumerate\", \"get\", \"put\", \"delete\", \"call\", \"subscribe\"]\n",
+            lib.display().to_string()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let daemon = BenchDaemon::start(&bin, dir.path(), &[], &[("PURVEYOR_STATE_DIR", &state)]);
+    println!("# purveyor writes benchmark ({PUTS} puts; {SUBSCRIBERS} subscribers)");
+    let bare = bare_store(dir.path());
+    let one = through_daemon(&daemon.socket, 1);
+    let four = through_daemon(&daemon.socket, 4);
+    println!(
+        "durable writes: bare store {bare:.0} commits/s; through the daemon {one:.0} puts/s with 1 client ({:.2}× the store), {four:.0} puts/s with 4 clients ({:.2}×)",
+        one / bare,
+        four / bare
+    );
+    fan_out(&daemon.socket);
+}
+
+fn setting(name: &str, value: &str) -> Instance {
+    Instance::from_pairs([
+        ("name", Value::String(name.into())),
+        ("type", Value::String("string".into())),
+        ("value", Value::String(value.into())),
+    ])
+}
+
+/// Commits per second of the store the provider uses, one instance per transaction.
+fn bare_store(dir: &Path) -> f64 {
+    let store = Store::open_at(&dir.join("bare.redb")).unwrap();
+    let start = Instant::now();
+    for i in 0..PUTS {
+        let s = setting(&format!("k{}", i % 50), &i.to_string());
+        store
+            .write(|tx| tx.put_instance("settings", &format!("k{}", i % 50), &s))
+            .unwrap();
+    }
+    PUTS as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Acknowledged puts per second with `clients` connections writing at once.
+fn through_daemon(socket: &Path, clients: usize) -> f64 {
+    let class = ClassPath::new("config.setting").unwrap();
+    let per = PUTS / clients;
+    let mut conns: Vec<Client> = (0..clients)
+        .map(|_| Client::connect_socket(socket, &ConnectOptions::default()).unwrap())
+        .collect();
+    // Load the provider first.
+    conns[0].put(&class, setting("warm", "1")).unwrap();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for (c, conn) in conns.iter_mut().enumerate() {
+            let class = &class;
+            s.spawn(move || {
+                for i in 0..per {
+                    conn.put(class, setting(&format!("c{c}-{}", i % 50), &i.to_string()))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    (per * clients) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Time from sending a put until the first and the last of 100 subscribers holds its
+/// event, and the same for 100 bare sockets.
+fn fan_out(socket: &Path) {
+    let class = ClassPath::new("config.setting").unwrap();
+    let ready = Arc::new(Barrier::new(SUBSCRIBERS + 1));
+    // received[subscriber][event] = when it arrived.
+    let received: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
+        Arc::new(Mutex::new(vec![vec![None; EVENTS]; SUBSCRIBERS]));
+    let subscribers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|n| {
+            let (socket, class, ready, received) = (
+                socket.to_owned(),
+                class.clone(),
+                ready.clone(),
+                received.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut c = Client::connect_socket(&socket, &ConnectOptions::default()).unwrap();
+                c.subscribe(&class, None, vec![]).unwrap();
+                ready.wait();
+                let mut got = 0;
+                while got < EVENTS {
+                    let Some((_, Push::Event { data, .. })) =
+                        c.next_event(Some(Duration::from_secs(10))).unwrap()
+                    else {
+                        panic!("subscriber {n}: no event within 10 s (or one lost)");
+                    };
+                    let at = Instant::now();
+                    let Some(Value::String(v)) = data.get("value") else {
+                        continue;
+                    };
+                    let i: usize = v.parse().unwrap();
+                    received.lock().unwrap()[n][i] = Some(at);
+                    got += 1;
+                }
+            })
+        })
+        .collect();
+    ready.wait();
+    let mut writer = Client::connect_socket(socket, &ConnectOptions::default()).unwrap();
+    let mut sent = Vec::with_capacity(EVENTS);
+    let mut ack = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS {
+        let t = Instant::now();
+        writer.put(&class, setting("fan", &i.to_string())).unwrap();
+        ack.push(t.elapsed());
+        sent.push(t);
+        // Let the fan-out finish before the next event.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for s in subscribers {
+        s.join().unwrap();
+    }
+    let received = received.lock().unwrap();
+    let mut first = Vec::new();
+    let mut last = Vec::new();
+    for (i, t) in sent.iter().enumerate() {
+        let times: Vec<Instant> = received.iter().map(|r| r[i].unwrap()).collect();
+        first.push(*times.iter().min().unwrap() - *t);
+        last.push(*times.iter().max().unwrap() - *t);
+    }
+    let (ack50, _) = percentiles(&mut ack);
+    let (first50, _) = percentiles(&mut first);
+    let (last50, last99) = percentiles(&mut last);
+    let floor = socket_fan_out();
+    println!(
+        "event fan-out to {SUBSCRIBERS} subscribers: put acknowledged {:.0} µs p50; first subscriber {:.0} µs, last {:.0} µs p50 ({:.0} µs p99) after the put was sent; bare 100-socket fan-out of the same bytes {:.0} µs p50 → last subscriber {:.0} µs after the ack ({:.1}× the bare fan-out)",
+        us(ack50),
+        us(first50),
+        us(last50),
+        us(last99),
+        us(floor),
+        us(last50.saturating_sub(ack50)),
+        last50.saturating_sub(ack50).as_secs_f64() / floor.as_secs_f64()
+    );
+}
+
+/// One writer, 100 socket pairs, 100 reader threads: from the first write until the last
+/// reader holds its frame (p50 over the same number of rounds).
+fn socket_fan_out() -> Duration {
+    let frame = vec![7u8; 160];
+    let mut writers = Vec::new();
+    let received: Arc<Mutex<Vec<Vec<Option<Instant>>>>> =
+        Arc::new(Mutex::new(vec![vec![None; EVENTS]; SUBSCRIBERS]));
+    let readers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|n| {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            writers.push(a);
+            let (received, len) = (received.clone(), frame.len());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; len];
+                for i in 0..EVENTS {
+                    b.read_exact(&mut buf).unwrap();
+                    received.lock().unwrap()[n][i] = Some(Instant::now());
+                }
+            })
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for _ in 0..EVENTS {
+        sent.push(Instant::now());
+        for w in &mut writers {
+            w.write_all(&frame).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for r in readers {
+        r.join().unwrap();
+    }
+    let received = received.lock().unwrap();
+    let mut last: Vec<Duration> = sent
+        .iter()
+        .enumerate()
+        .map(|(i, t)| received.iter().map(|r| r[i].unwrap()).max().unwrap() - *t)
+        .collect();
+    percentiles(&mut last).0
+}

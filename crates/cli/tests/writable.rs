@@ -728,3 +728,76 @@ fn acknowledged_writes_survive_provider_and_daemon_kills() {
         "too few acknowledged writes to prove anything ({puts})"
     );
 }
+
+const TICKER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/providers/python/ticker.py"
+);
+
+/// An external provider raises events outside any call; the host checks them (a bogus one
+/// is dropped and recorded), delivers the matching ones, and keeps the provider loaded
+/// while anyone subscribes, then releases it when idle.
+#[test]
+fn an_external_provider_raises_events_of_its_own_and_stays_loaded_while_subscribed() {
+    let manifest = format!(
+        "name = \"ticker\"\nhosting = \"external\"\ncommand = [\"python3\", {TICKER:?}]\nclasses = [\"demo.ticker\"]\ncapabilities = [\"get\", \"subscribe\"]\nclear_after = \"300ms\"\n"
+    );
+    let interval: &std::ffi::OsStr = "40".as_ref();
+    let daemon = Daemon::start(
+        &[("ticker", manifest)],
+        &[],
+        &[("TICKER_INTERVAL_MS", interval)],
+    );
+    let ticker = ClassPath::new("demo.ticker").unwrap();
+    let status = |d: &Daemon| {
+        d.client()
+            .providers()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name.as_str() == "ticker")
+            .unwrap()
+    };
+    let mut sub = daemon.client();
+    let even = Condition {
+        property: id("parity"),
+        op: CompareOp::Eq,
+        value: Value::String("even".into()),
+    };
+    sub.subscribe(&ticker, Some(&id("tick")), vec![even])
+        .unwrap();
+    // Well past clear_after: the subscription keeps the provider loaded.
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        if let Some((_, Push::Event { data, .. })) =
+            sub.next_event(Some(Duration::from_millis(500))).unwrap()
+        {
+            let Some(Value::U64(n)) = data.get("n") else {
+                panic!("tick without n: {data:?}")
+            };
+            seen.push(*n);
+        }
+    }
+    assert!(seen.len() >= 5, "too few ticks: {seen:?}");
+    assert!(
+        seen.iter().all(|n| n % 2 == 0),
+        "the filter let odd ticks through: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ticks out of order: {seen:?}"
+    );
+    let s = status(&daemon);
+    assert_eq!((s.loads, s.unloads), (1, 0), "{s:?}");
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("declares no event \"bogus\"")),
+        "{s:?}"
+    );
+    // Without subscribers it is idle, and released.
+    drop(sub);
+    wait_until("the ticker to be released", Duration::from_secs(10), || {
+        status(&daemon).unloads == 1
+    });
+}

@@ -559,51 +559,12 @@ impl Host {
         let what = call.kind();
         match self.call(slot, loaded, caller, call).await? {
             ProviderReply::Done { result, events } => {
-                self.deliver(slot, loaded, events);
+                deliver(&self.inner.events, slot, events, |class| {
+                    schema_for(slot, loaded, class)
+                });
                 Ok(result)
             }
             other => Err(unexpected(slot, what, &other)),
-        }
-    }
-
-    /// Checks events a provider raised against its schemas and offers them to
-    /// subscribers. An event that does not fit is dropped and recorded as the provider's
-    /// error; the change that raised it stands.
-    fn deliver(&self, slot: &Slot, loaded: &Loaded, events: Vec<RaisedEvent>) {
-        let bus = &self.inner.events;
-        for event in events {
-            if !bus.has_subscribers(&event.class) {
-                continue;
-            }
-            let problem = if !slot.manifest.serves(&event.class) {
-                Some(format!("it does not serve class {}", event.class))
-            } else {
-                match schema_for(slot, loaded, &event.class) {
-                    Err(e) => Some(e.message),
-                    Ok(schema) => match schema.event(event.event.as_str()) {
-                        None => Some(format!(
-                            "class {} declares no event {:?}",
-                            event.class,
-                            event.event.as_str()
-                        )),
-                        Some(def) => def.check_data(&event.class, &event.data).err(),
-                    },
-                }
-            };
-            match problem {
-                None => bus.publish(&event),
-                Some(problem) => {
-                    let error = slot.error(
-                        ErrorCode::ProviderFailed,
-                        format!(
-                            "provider {} raised a bad event: {problem}",
-                            slot.manifest.name
-                        ),
-                    );
-                    tracing::warn!(provider = %slot.manifest.name, %error, "event dropped");
-                    slot.record_error(&error);
-                }
-            }
         }
     }
 
@@ -658,10 +619,10 @@ impl Host {
                 )));
             }
         }
-        let handle = self
-            .inner
-            .events
-            .subscribe(class, event, filter, session.sink());
+        let handle =
+            self.inner
+                .events
+                .subscribe(class, event, filter, session.sink(), Box::new(slot.pin()));
         Ok(Response::Subscribed { handle })
     }
 
@@ -1032,7 +993,67 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
         }
     };
     let schemas = check_schemas(&slot, classes)?;
+    if let (Backend::Process { conn, .. }, Entry::External { .. }) =
+        (&backend, &slot.manifest.entry)
+    {
+        // An external provider may raise events at any time, in frames of its own.
+        let (bus, slot, schemas) = (host.events.clone(), Arc::downgrade(&slot), schemas.clone());
+        conn.on_events(Box::new(move |events| {
+            if let Some(slot) = slot.upgrade() {
+                deliver(&bus, &slot, events, |class| {
+                    schemas.get(class).cloned().ok_or_else(|| {
+                        RemoteError::new(ErrorCode::NotFound, format!("no schema for {class}"))
+                    })
+                });
+            }
+        }));
+    }
     Ok(Loaded { backend, schemas })
+}
+
+/// Checks events a provider raised against its schemas (`schema_of`) and offers them to
+/// subscribers. An event that does not fit is dropped and recorded as the provider's
+/// error; the change that raised it stands.
+fn deliver(
+    bus: &EventBus,
+    slot: &Slot,
+    events: Vec<RaisedEvent>,
+    schema_of: impl Fn(&ClassPath) -> Result<Arc<ClassSchema>, RemoteError>,
+) {
+    for event in events {
+        if !bus.has_subscribers(&event.class) {
+            continue;
+        }
+        let problem = if !slot.manifest.serves(&event.class) {
+            Some(format!("it does not serve class {}", event.class))
+        } else {
+            match schema_of(&event.class) {
+                Err(e) => Some(e.message),
+                Ok(schema) => match schema.event(event.event.as_str()) {
+                    None => Some(format!(
+                        "class {} declares no event {:?}",
+                        event.class,
+                        event.event.as_str()
+                    )),
+                    Some(def) => def.check_data(&event.class, &event.data).err(),
+                },
+            }
+        };
+        match problem {
+            None => bus.publish(&event),
+            Some(problem) => {
+                let error = slot.error(
+                    ErrorCode::ProviderFailed,
+                    format!(
+                        "provider {} raised a bad event: {problem}",
+                        slot.manifest.name
+                    ),
+                );
+                tracing::warn!(provider = %slot.manifest.name, %error, "event dropped");
+                slot.record_error(&error);
+            }
+        }
+    }
 }
 
 /// The error for an in-daemon call past its deadline: the provider is marked failed.

@@ -39,6 +39,8 @@ struct Subscription {
     event: Option<Identifier>,
     filter: Vec<Condition>,
     sink: Arc<EventSink>,
+    /// Dropped with the subscription (the engine's hold on the provider).
+    _hold: Box<dyn Send + Sync>,
 }
 
 /// One session's queue of pushes.
@@ -71,6 +73,7 @@ impl EventBus {
         event: Option<Identifier>,
         filter: Vec<Condition>,
         sink: &Arc<EventSink>,
+        hold: Box<dyn Send + Sync>,
     ) -> u32 {
         let mut subs = self.subs.write().unwrap_or_else(|p| p.into_inner());
         let handle = loop {
@@ -91,6 +94,7 @@ impl EventBus {
                 event,
                 filter,
                 sink: sink.clone(),
+                _hold: hold,
             }));
         handle
     }
@@ -279,13 +283,13 @@ mod tests {
         let slow = Session::new(caller, bus.clone(), 3);
         let picky = Session::new(caller, bus.clone(), 100);
         let class = ClassPath::new("config.setting").unwrap();
-        let h1 = bus.subscribe(class.clone(), None, vec![], slow.sink());
+        let h1 = bus.subscribe(class.clone(), None, vec![], slow.sink(), Box::new(()));
         let even = Condition {
             property: Identifier::new("n").unwrap(),
             op: CompareOp::Ge,
             value: Value::U64(8),
         };
-        bus.subscribe(class.clone(), None, vec![even], picky.sink());
+        bus.subscribe(class.clone(), None, vec![even], picky.sink(), Box::new(()));
         for n in 0..10 {
             bus.publish(&raised(n));
         }

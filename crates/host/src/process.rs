@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use purveyor_protocol::{
     CallerInfo, Encoding, FrameBuffer, PROVIDER_ABI_VERSION, ProviderCall, ProviderHello,
-    ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, decode, encode_frame,
+    ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, RaisedEvent, decode,
+    encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -56,7 +57,12 @@ pub(crate) struct ProcessConn {
     /// Set when the host no longer owns the process (a non-pure provider released as a
     /// client): it is not killed when this handle goes.
     detached: std::sync::atomic::AtomicBool,
+    /// Where events the process raises on its own (frames with id 0) go.
+    events: std::sync::OnceLock<EventHandler>,
 }
+
+/// Receives the events a provider process raises outside any call.
+pub(crate) type EventHandler = Box<dyn Fn(Vec<RaisedEvent>) + Send + Sync>;
 
 impl ProcessConn {
     /// Starts `program args…`, says hello and waits (up to `timeout`) for its answer.
@@ -156,6 +162,7 @@ impl ProcessConn {
             next_id: AtomicU32::new(1),
             child: Mutex::new(Some(child)),
             detached: std::sync::atomic::AtomicBool::new(false),
+            events: std::sync::OnceLock::new(),
         });
         tokio::spawn(read_replies(Arc::downgrade(&conn), stdout, frames));
         Ok(conn)
@@ -172,7 +179,11 @@ impl ProcessConn {
         if let Some(why) = self.dead_reason() {
             return Err(CallFailure::Died(why));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Id 0 is the process's own (events raised outside any call): never a request's.
+        let id = match self.next_id.fetch_add(1, Ordering::Relaxed) {
+            0 => self.next_id.fetch_add(1, Ordering::Relaxed),
+            id => id,
+        };
         let request = ProviderRequest {
             id,
             provider: provider.to_string(),
@@ -257,6 +268,11 @@ impl ProcessConn {
         if let Some(mut child) = child {
             finish(&mut child, grace).await;
         }
+    }
+
+    /// Sets where the process's own events go (once; later calls are ignored).
+    pub fn on_events(&self, handler: EventHandler) {
+        let _ = self.events.set(handler);
     }
 
     /// Lets the process run on after this handle is gone (non-pure providers).
@@ -370,6 +386,16 @@ async fn read_replies(
         };
         let Some(conn) = conn.upgrade() else { return };
         match decode::<ProviderResponse>(conn.encoding, &payload) {
+            Ok(ProviderResponse {
+                id: 0,
+                reply: ProviderReply::Done { events, .. },
+            }) => match conn.events.get() {
+                // Id 0 is never a request's: events raised outside any call.
+                Some(handler) => handler(events),
+                None => {
+                    tracing::debug!(process = %conn.label, "events before the provider loaded; dropped")
+                }
+            },
             Ok(response) => {
                 if let Some(tx) = conn.lock_pending().remove(&response.id) {
                     let _ = tx.send(Ok(response.reply));

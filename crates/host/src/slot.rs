@@ -21,6 +21,17 @@ use crate::process::ProcessConn;
 /// The schemas a loaded provider serves, by class.
 pub(crate) type SchemaSet = HashMap<ClassPath, Arc<ClassSchema>>;
 
+/// A subscription's hold on its provider: see [`Slot::pin`].
+pub(crate) struct SlotPin(Arc<Slot>);
+
+impl Drop for SlotPin {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::AcqRel);
+        // Its idle time counts from the end of the last subscription.
+        self.0.touch();
+    }
+}
+
 /// A provider that is loaded and serving. Calls hold an `Arc` to it, so a release waits
 /// for nothing and in-flight calls finish on the instance they started with.
 pub(crate) struct Loaded {
@@ -91,6 +102,9 @@ pub(crate) struct Slot {
     /// When recent crashes happened, for quarantine.
     recent_crashes: Mutex<VecDeque<Instant>>,
     in_flight: AtomicU32,
+    /// Open subscriptions to its classes: while there are any, it is not idle-unloaded
+    /// (it is the source of their events).
+    subscribers: AtomicU32,
     /// Nanoseconds after `born` of the last activity (a call starting or ending, a load).
     last_activity: AtomicU64,
     born: Instant,
@@ -127,6 +141,7 @@ impl Slot {
             crashes: AtomicU64::new(0),
             recent_crashes: Mutex::new(VecDeque::new()),
             in_flight: AtomicU32::new(0),
+            subscribers: AtomicU32::new(0),
             last_activity: AtomicU64::new(0),
             born: Instant::now(),
             quarantine_crashes: 3,
@@ -417,7 +432,8 @@ impl Slot {
                     return;
                 }
                 let clear = s.manifest.clear_after;
-                let busy = s.in_flight.load(Ordering::Acquire) > 0;
+                let busy = s.in_flight.load(Ordering::Acquire) > 0
+                    || s.subscribers.load(Ordering::Acquire) > 0;
                 let idle = s.idle_for();
                 if !busy && idle >= clear {
                     s.release("idle").await;
@@ -428,6 +444,13 @@ impl Slot {
                 tokio::time::sleep(wait).await;
             }
         });
+    }
+
+    /// Keeps the provider loaded for as long as the returned guard lives (a subscription
+    /// to one of its classes).
+    pub fn pin(self: &Arc<Self>) -> SlotPin {
+        self.subscribers.fetch_add(1, Ordering::AcqRel);
+        SlotPin(self.clone())
     }
 
     /// Records one call's outcome.

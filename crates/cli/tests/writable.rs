@@ -801,3 +801,52 @@ fn an_external_provider_raises_events_of_its_own_and_stays_loaded_while_subscrib
         status(&daemon).unloads == 1
     });
 }
+
+/// The async client subscribes too: events arrive while the same connection makes
+/// requests, and the wait ends with an error when the daemon goes away.
+#[test]
+fn the_async_client_receives_events_while_it_makes_requests() {
+    let mut daemon = start(&[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = daemon.socket.clone();
+    let client = runtime.block_on(async {
+        let c = purveyor_client::AsyncClient::connect_socket(
+            &socket,
+            &purveyor_client::ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+        c.subscribe(&class(), Some(&id("changed")), vec![])
+            .await
+            .unwrap();
+        c
+    });
+    let mut w = daemon.client();
+    w.put(&class(), setting("x", "string", "1")).unwrap();
+    w.put(&class(), setting("x", "string", "2")).unwrap();
+    runtime.block_on(async {
+        for want in ["1", "2"] {
+            let (_, push) = tokio::time::timeout(Duration::from_secs(10), client.next_event())
+                .await
+                .expect("an event within 10 s")
+                .unwrap();
+            let Push::Event { data, .. } = push else {
+                panic!("unexpected push {push:?}")
+            };
+            assert_eq!(data.get("value"), Some(&Value::String(want.into())));
+            // Requests on the same connection go on meanwhile.
+            client.get(&class(), &named("x")).await.unwrap();
+        }
+    });
+    daemon.kill();
+    let ended = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), client.next_event()).await
+    });
+    assert!(
+        matches!(ended, Ok(Err(ClientError::Protocol { .. }))),
+        "{ended:?}"
+    );
+}

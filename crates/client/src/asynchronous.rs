@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use purveyor_model::{
-    ClassPath, ClassSchema, Identifier, Instance, InstanceKey, NamespacePath, Value,
+    ClassPath, ClassSchema, Condition, Identifier, Instance, InstanceKey, NamespacePath, Value,
 };
 use purveyor_protocol::{
-    ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Request, Response,
-    encode_frame,
+    ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Push, PushQueue,
+    Request, Response, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -28,6 +28,8 @@ type Pending = Arc<Mutex<PendingState>>;
 pub struct AsyncClient {
     transport: Transport,
     mode: Mode,
+    /// Pushes taken from the queue and not yet returned by `next_event`.
+    taken: Mutex<std::collections::VecDeque<(u32, Push)>>,
 }
 
 enum Transport {
@@ -35,18 +37,29 @@ enum Transport {
     #[cfg(feature = "embedded")]
     Embedded {
         host: purveyor_host::Host,
-        caller: purveyor_host::Caller,
+        session: purveyor_host::Session,
     },
 }
 
 struct Socket {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
+    pushes: Arc<Pushes>,
     next_id: AtomicU32,
     encoding: Encoding,
     max_frame: u32,
     reader: tokio::task::JoinHandle<()>,
 }
+
+/// Pushes the reader received, bounded like the server's queue, and their wake-up.
+struct Pushes {
+    queue: PushQueue,
+    notify: tokio::sync::Notify,
+}
+
+/// Pushes the client keeps before the application reads them; more are dropped and
+/// reported as lost.
+const PUSH_QUEUE: usize = 4096;
 
 #[derive(Default)]
 struct PendingState {
@@ -115,16 +128,22 @@ impl AsyncClient {
             })??;
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::default();
+        let pushes = Arc::new(Pushes {
+            queue: PushQueue::new(PUSH_QUEUE),
+            notify: tokio::sync::Notify::new(),
+        });
         let reader = tokio::spawn(read_replies(
             read,
             frames,
             options.encoding,
             pending.clone(),
+            pushes.clone(),
         ));
         Ok(AsyncClient {
             transport: Transport::Socket(Socket {
                 writer: tokio::sync::Mutex::new(write),
                 pending,
+                pushes,
                 next_id: AtomicU32::new(1),
                 encoding: options.encoding,
                 max_frame: welcome.max_frame,
@@ -133,20 +152,21 @@ impl AsyncClient {
             mode: Mode::Daemon {
                 socket: path.to_owned(),
             },
+            taken: Default::default(),
         })
     }
 
     #[cfg(feature = "embedded")]
     fn embedded(options: &ConnectOptions) -> Result<AsyncClient, ClientError> {
+        let host = crate::default_host(
+            purveyor_protocol::HostMode::Embedded,
+            options.provider_dirs.clone(),
+        );
+        let session = host.session(purveyor_host::Caller::current_process());
         Ok(AsyncClient {
-            transport: Transport::Embedded {
-                host: crate::default_host(
-                    purveyor_protocol::HostMode::Embedded,
-                    options.provider_dirs.clone(),
-                ),
-                caller: purveyor_host::Caller::current_process(),
-            },
+            transport: Transport::Embedded { host, session },
             mode: Mode::Embedded,
+            taken: Default::default(),
         })
     }
 
@@ -166,8 +186,8 @@ impl AsyncClient {
         match &self.transport {
             Transport::Socket(socket) => socket.request(request).await,
             #[cfg(feature = "embedded")]
-            Transport::Embedded { host, caller } => {
-                host.handle(request, caller).await.map_err(Into::into)
+            Transport::Embedded { host, session } => {
+                host.handle_in(request, session).await.map_err(Into::into)
             }
         }
     }
@@ -242,6 +262,64 @@ impl AsyncClient {
     ) -> Result<Option<Value>, ClientError> {
         typed::returned(self.request(typed::call(class, method, key, args)).await?)
     }
+
+    /// Subscribes to `class`'s events (all, or the one named) whose data satisfies every
+    /// condition; returns the handle. Read them with [`AsyncClient::next_event`].
+    pub async fn subscribe(
+        &self,
+        class: &ClassPath,
+        event: Option<&Identifier>,
+        filter: Vec<Condition>,
+    ) -> Result<u32, ClientError> {
+        typed::subscribed(self.request(typed::subscribe(class, event, filter)).await?)
+    }
+
+    pub async fn unsubscribe(&self, handle: u32) -> Result<(), ClientError> {
+        typed::done(self.request(Request::Unsubscribe { handle }).await?)
+    }
+
+    /// The next push (an event, or a report of events lost because this client read too
+    /// slowly) with its subscription handle. Waits for one; fails when the connection
+    /// closes. One task should read events; requests go on meanwhile.
+    pub async fn next_event(&self) -> Result<(u32, Push), ClientError> {
+        loop {
+            if let Some(push) = self.lock_taken().pop_front() {
+                return Ok(push);
+            }
+            match &self.transport {
+                Transport::Socket(socket) => {
+                    let woken = socket.pushes.notify.notified();
+                    let got = socket.pushes.queue.take();
+                    if !got.is_empty() {
+                        self.lock_taken().extend(got);
+                        continue;
+                    }
+                    let closed = socket
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .closed
+                        .clone();
+                    if let Some(why) = closed {
+                        return Err(ClientError::protocol(why));
+                    }
+                    woken.await;
+                }
+                #[cfg(feature = "embedded")]
+                Transport::Embedded { session, .. } => {
+                    let got = session.sink().take();
+                    if got.is_empty() {
+                        session.sink().ready().await;
+                    }
+                    self.lock_taken().extend(got);
+                }
+            }
+        }
+    }
+
+    fn lock_taken(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(u32, Push)>> {
+        self.taken.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Socket {
@@ -300,6 +378,7 @@ async fn read_replies(
     mut frames: FrameBuffer,
     encoding: Encoding,
     pending: Pending,
+    pushes: Arc<Pushes>,
 ) {
     let why = loop {
         match frames.next_frame() {
@@ -315,8 +394,11 @@ async fn read_replies(
                     }
                     continue;
                 }
-                // Subscriptions are offered by the blocking client only.
-                Ok(Incoming::Push(..)) => continue,
+                Ok(Incoming::Push(handle, push)) => {
+                    pushes.queue.offer(handle, push);
+                    pushes.notify.notify_one();
+                    continue;
+                }
                 Ok(Incoming::Goodbye(error)) => break error.to_string(),
                 Err(error) => break error.to_string(),
             },
@@ -334,4 +416,6 @@ async fn read_replies(
     for (_, tx) in pending.waiting.drain() {
         let _ = tx.send(Err(ClientError::protocol(why.clone())));
     }
+    // A task waiting for an event learns that none will come.
+    pushes.notify.notify_one();
 }

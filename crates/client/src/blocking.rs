@@ -317,11 +317,7 @@ impl Client {
         event: Option<&Identifier>,
         filter: Vec<Condition>,
     ) -> Result<u32, ClientError> {
-        typed::subscribed(self.request(Request::Subscribe {
-            class: class.clone(),
-            event: event.cloned(),
-            filter,
-        })?)
+        typed::subscribed(self.request(typed::subscribe(class, event, filter))?)
     }
 
     pub fn unsubscribe(&mut self, handle: u32) -> Result<(), ClientError> {

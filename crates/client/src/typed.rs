@@ -68,6 +68,18 @@ pub(crate) fn put(class: &ClassPath, instance: Instance) -> Request {
     }
 }
 
+pub(crate) fn subscribe(
+    class: &ClassPath,
+    event: Option<&Identifier>,
+    filter: Vec<purveyor_model::Condition>,
+) -> Request {
+    Request::Subscribe {
+        class: class.clone(),
+        event: event.cloned(),
+        filter,
+    }
+}
+
 pub(crate) fn delete(class: &ClassPath, key: &InstanceKey) -> Request {
     Request::Delete {
         class: class.clone(),

@@ -10,12 +10,12 @@
 //! counted for its subscription, and the session is sent [`Push::Lost`] with the count
 //! before any later event, so a slow subscriber learns exactly how many it missed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use purveyor_model::{ClassPath, Condition, Identifier, matches_all};
-use purveyor_protocol::{Push, RaisedEvent};
+use purveyor_protocol::{Push, PushQueue, RaisedEvent};
 use purveyor_provider::Caller;
 
 /// Every subscription in a host.
@@ -43,18 +43,10 @@ struct Subscription {
     _hold: Box<dyn Send + Sync>,
 }
 
-/// One session's queue of pushes.
+/// One session's queue of pushes, and its wake-up.
 pub struct EventSink {
-    state: Mutex<SinkState>,
+    queue: PushQueue,
     notify: tokio::sync::Notify,
-    capacity: usize,
-}
-
-#[derive(Default)]
-struct SinkState {
-    queue: VecDeque<(u32, Push)>,
-    /// Drops not yet reported, by handle, in the order they first happened.
-    lost: Vec<(u32, u64)>,
 }
 
 /// A client's session with the host: who it is, and the queue its subscriptions fill.
@@ -187,26 +179,14 @@ impl EventBus {
 impl EventSink {
     pub(crate) fn new(capacity: usize) -> Self {
         EventSink {
-            state: Mutex::new(SinkState::default()),
+            queue: PushQueue::new(capacity),
             notify: tokio::sync::Notify::new(),
-            capacity: capacity.max(1),
         }
     }
 
-    /// Queues a push; `false` (and the drop counted for `handle`) when the queue is full.
+    /// Queues a push; `false` (and the drop counted) when the queue is full.
     fn offer(&self, handle: u32, push: Push) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let queued = if state.queue.len() < self.capacity {
-            state.queue.push_back((handle, push));
-            true
-        } else {
-            match state.lost.iter_mut().find(|(h, _)| *h == handle) {
-                Some((_, n)) => *n += 1,
-                None => state.lost.push((handle, 1)),
-            }
-            false
-        };
-        drop(state);
+        let queued = self.queue.offer(handle, push);
         self.notify.notify_one();
         queued
     }
@@ -214,15 +194,7 @@ impl EventSink {
     /// Takes every queued push, followed by the loss reports (each loss happened after
     /// every push queued before it).
     pub fn take(&self) -> Vec<(u32, Push)> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<(u32, Push)> = state.queue.drain(..).collect();
-        out.extend(
-            state
-                .lost
-                .drain(..)
-                .map(|(handle, dropped)| (handle, Push::Lost { dropped })),
-        );
-        out
+        self.queue.take()
     }
 
     /// Waits until something may be queued (a wake-up may find nothing).

@@ -16,6 +16,7 @@ mod frame;
 mod message;
 mod paths;
 mod provider;
+mod pushes;
 
 pub use codec::{DecodeError, EncodeError, decode, encode_frame, encode_payload};
 pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
@@ -29,3 +30,4 @@ pub use provider::{
     CallerInfo, FaultKind, PROVIDER_ABI_VERSION, ProviderCall, ProviderFault, ProviderHello,
     ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, RaisedEvent,
 };
+pub use pushes::PushQueue;

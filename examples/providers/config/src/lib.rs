@@ -246,18 +246,15 @@ impl Provider for Config {
                 .or_else(|| old.as_ref().and_then(|o| text(o, "type")))
                 .unwrap_or("string")
                 .to_string();
-            let Ok(parsed) = ty.parse::<ValueType>() else {
-                return Err(ProviderError::InvalidArgument(format!(
-                    "type {ty:?} is not one of {}",
-                    TYPES.join(", ")
-                )));
+            let parsed = match ty.parse::<ValueType>() {
+                Ok(parsed) if TYPES.contains(&ty.as_str()) => parsed,
+                _ => {
+                    return Err(ProviderError::InvalidArgument(format!(
+                        "type {ty:?} is not one of {}",
+                        TYPES.join(", ")
+                    )));
+                }
             };
-            if !TYPES.contains(&ty.as_str()) {
-                return Err(ProviderError::InvalidArgument(format!(
-                    "type {ty:?} is not one of {}",
-                    TYPES.join(", ")
-                )));
-            }
             let value = text(&instance, "value")
                 .or_else(|| old.as_ref().and_then(|o| text(o, "value")))
                 .ok_or_else(|| {

@@ -32,8 +32,9 @@ Examples:
 
 With no daemon running, commands run a host inside the purveyor process (embedded mode).
 
-Exit codes: 0 success; 1 other failure; 2 usage error; 3 not found; 4 access denied;
-5 provider failed or timed out; 6 daemon unreachable or protocol error.";
+Exit codes: 0 success; 1 other failure; 2 usage error (or a request that does not fit
+the schema); 3 not found; 4 access denied; 5 provider failed or timed out; 6 daemon
+unreachable or protocol error.";
 
 #[derive(Parser)]
 #[command(name = "purveyor", version, about = "Purveyor: a provider host for Linux", after_help = AFTER_HELP)]
@@ -492,6 +493,8 @@ fn exit_code(error: &anyhow::Error) -> u8 {
             return match e {
                 ClientError::NotFound { .. } => 3,
                 ClientError::AccessDenied { .. } => 4,
+                // The request does not fit the schema: the user's to fix, like a usage error.
+                ClientError::InvalidRequest { .. } => 2,
                 ClientError::ProviderFailed { .. } | ClientError::Timeout { .. } => 5,
                 ClientError::Connect { .. } | ClientError::Protocol { .. } | ClientError::Io(_) => {
                     6

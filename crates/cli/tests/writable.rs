@@ -196,6 +196,9 @@ fn puts_deletes_and_calls_are_checked_against_the_schema() {
         String::from_utf8_lossy(&out.stdout).contains("\"value\": \"hi\""),
         "{out:?}"
     );
+    let out = cli(&["set", "config.setting", "name=e", "type=i64", "value=ten"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"ten\" is not a valid i64"));
     let out = cli(&["set", "config.setting", "name=e", "colour=x"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(

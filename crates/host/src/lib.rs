@@ -2,7 +2,8 @@
 //! lifecycle, request dispatch, and the Unix-socket server.
 //!
 //! The same [`Host`] serves a daemon (`purveyor serve`, through [`server::serve`]) and an
-//! embedded client (the client library calls [`Host::handle`] directly).
+//! embedded client (the client library calls [`Host::handle_in`] directly, in a
+//! [`Session`] of its own).
 //!
 //! **Invariant:** nothing from a socket or a provider can panic the host: frames are checked
 //! before decoding, provider calls run under `catch_unwind`, and provider answers are checked

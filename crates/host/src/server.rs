@@ -11,7 +11,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use purveyor_protocol::{
     ClientMessage, Encoding, ErrorCode, FrameBuffer, Hello, Outcome, PROTOCOL_MINOR,
-    PROTOCOL_VERSION, RemoteError, Request, ServerMessage, Welcome, decode, encode_frame,
+    PROTOCOL_VERSION, Push, RemoteError, Request, ServerMessage, Welcome, decode, encode_frame,
 };
 use purveyor_provider::Caller;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -270,7 +270,10 @@ impl Connection {
                     for (handle, push) in session.sink().take() {
                         let msg = ServerMessage::Push { handle, push };
                         if let Err(e) = encode_frame(encoding, &msg, max, &mut out) {
+                            // Too large for a frame: the client is told it lost one.
                             tracing::warn!(connection = id, error = %e, "event too large to send; dropped");
+                            let lost = ServerMessage::Push { handle, push: Push::Lost { dropped: 1 } };
+                            let _ = encode_frame(encoding, &lost, max, &mut out);
                         }
                     }
                     if !out.is_empty() {

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use purveyor_bench::{against_echo, echo_server, release_file, wait_for_socket};
+use purveyor_bench::{BenchDaemon, against_echo, echo_server, release_file, wait_for_socket};
 use purveyor_client::{Client, ConnectOptions, Encoding};
 use purveyor_counters::{CounterFile, CounterSet, CounterType, Unit};
 use purveyor_model::{ClassPath, InstanceKey};
@@ -186,21 +186,10 @@ fn get_through_daemon(dir: &Path) {
         .spawn()
         .unwrap();
     wait_for_socket(&echo_path);
-    let providers = dir.join("providers");
-    std::fs::create_dir_all(&providers).unwrap();
-    let socket = dir.join("d.sock");
-    let mut daemon = Command::new(&bin)
-        .args(["serve", "--socket"])
-        .arg(&socket)
-        .arg("--providers")
-        .arg(&providers)
-        .env("PURVEYOR_COUNTERS", &counters)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&socket);
+    let daemon = BenchDaemon::start(&bin, dir, &[], &[("PURVEYOR_COUNTERS", &counters)]);
+    let socket = &daemon.socket;
     let mut c = Client::connect_socket(
-        &socket,
+        socket,
         &ConnectOptions::default().encoding(Encoding::Binary),
     )
     .unwrap();
@@ -214,8 +203,6 @@ fn get_through_daemon(dir: &Path) {
         m.reply_len,
         m.line()
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     drop(echo.stdin.take());
     let _ = echo.kill();
     let _ = echo.wait();

@@ -7,10 +7,12 @@
 //! (or `bench/run`).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{against_echo, echo_server, ms, percentiles, release_file, wait_for_socket};
+use purveyor_bench::{
+    BenchDaemon, against_echo, echo_server, ms, percentiles, release_file, wait_for_socket,
+};
 use purveyor_client::{Client, ConnectOptions, Encoding};
 use purveyor_model::{ClassPath, Identifier, InstanceKey, ProviderState, Value};
 use purveyor_protocol::{Request, Response};
@@ -88,7 +90,8 @@ fn main() {
         ),
     ];
     for (label, entry, class, keyed) in &models {
-        let pdir = dir.path().join(label.replace([' ', '(', ')'], ""));
+        let base = dir.path().join(label.replace([' ', '(', ')'], ""));
+        let pdir = base.join("providers");
         std::fs::create_dir_all(&pdir).unwrap();
         if !entry.is_empty() {
             std::fs::write(
@@ -99,25 +102,15 @@ fn main() {
             )
             .unwrap();
         }
-        let socket = pdir.join("d.sock");
         // PURVEYOR_BENCH_THREADS=N: the daemon's runtime threads (default: one per CPU).
         let threads: Vec<String> = std::env::var("PURVEYOR_BENCH_THREADS")
             .map(|t| vec!["--threads".into(), t])
             .unwrap_or_default();
-        let mut daemon = Command::new(&bin)
-            .arg("serve")
-            .args(&threads)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--providers")
-            .arg(&pdir)
-            .env("PURVEYOR_WORKER", &bin)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_socket(&socket);
+        let threads: Vec<&str> = threads.iter().map(String::as_str).collect();
+        let daemon = BenchDaemon::start(&bin, &base, &threads, &[("PURVEYOR_WORKER", &bin)]);
+        let socket = &daemon.socket;
         let mut c = Client::connect_socket(
-            &socket,
+            socket,
             &ConnectOptions::default().encoding(Encoding::Binary),
         )
         .unwrap();
@@ -131,14 +124,12 @@ fn main() {
             key,
         };
         if !entry.is_empty() {
-            cold_load(label, &mut c, &request, &daemon);
+            cold_load(label, &mut c, &request);
         }
         latency(label, &mut c, &echo_path, &request);
         if !entry.is_empty() {
             memory(label, &mut c, &request, &daemon);
         }
-        let _ = daemon.kill();
-        let _ = daemon.wait();
     }
     drop(echo.stdin.take());
     let _ = echo.kill();
@@ -146,7 +137,7 @@ fn main() {
 }
 
 /// First request after the provider was unloaded: load + call, p50 over several loads.
-fn cold_load(label: &str, c: &mut Client, request: &Request, _daemon: &Child) {
+fn cold_load(label: &str, c: &mut Client, request: &Request) {
     let mut samples = Vec::new();
     for _ in 0..COLD_SAMPLES {
         wait_unloaded(c);
@@ -191,11 +182,11 @@ fn latency(label: &str, c: &mut Client, echo: &Path, request: &Request) {
 }
 
 /// Resident memory a loaded provider costs: the daemon's growth, plus its own process.
-fn memory(label: &str, c: &mut Client, request: &Request, daemon: &Child) {
+fn memory(label: &str, c: &mut Client, request: &Request, daemon: &BenchDaemon) {
     wait_unloaded(c);
-    let before = rss_kb(daemon.id());
+    let before = rss_kb(daemon.pid());
     c.request(request.clone()).unwrap();
-    let after = rss_kb(daemon.id());
+    let after = rss_kb(daemon.pid());
     let status = c
         .providers()
         .unwrap()

@@ -186,6 +186,10 @@ impl BenchDaemon {
         wait_for_socket(&socket);
         BenchDaemon { socket, child }
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for BenchDaemon {

@@ -307,7 +307,7 @@ fn events_reach_the_subscribers_whose_filters_match() {
     assert!(events_of(&mut r, wait).is_empty());
     let host = w
         .get(
-            &ClassPath::new("purveyor.host").unwrap(),
+            &ClassPath::new("purveyor.events").unwrap(),
             &InstanceKey::new(),
         )
         .unwrap();
@@ -348,7 +348,7 @@ fn a_slow_subscriber_loses_counted_events_and_delays_nobody() {
     );
     let host = w
         .get(
-            &ClassPath::new("purveyor.host").unwrap(),
+            &ClassPath::new("purveyor.events").unwrap(),
             &InstanceKey::new(),
         )
         .unwrap();

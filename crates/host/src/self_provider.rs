@@ -18,7 +18,7 @@ name = "purveyor"
 description = "The host's own numbers: each provider's lifecycle and calls, connections, requests"
 hosting = "builtin"
 builtin = "purveyor"
-classes = ["purveyor.host", "purveyor.provider"]
+classes = ["purveyor.host", "purveyor.events", "purveyor.provider"]
 capabilities = ["enumerate", "get"]
 pure = true
 clear_after = "1h"
@@ -88,6 +88,12 @@ impl Provider for SelfProvider {
                         Counter,
                         "requests answered",
                     ),
+                ],
+            ),
+            ClassSchema::fixed(
+                "purveyor.events",
+                "Event subscriptions and what was delivered to them",
+                vec![
                     p(
                         "subscriptions",
                         "u64",
@@ -188,20 +194,22 @@ impl Provider for SelfProvider {
                         "requests",
                         Value::U64(host.requests.load(Ordering::Relaxed)),
                     ),
-                    (
-                        "subscriptions",
-                        Value::U64(host.events.subscriptions() as u64),
-                    ),
-                    (
-                        "events_delivered",
-                        Value::U64(host.events.delivered.load(Ordering::Relaxed)),
-                    ),
-                    (
-                        "events_dropped",
-                        Value::U64(host.events.dropped.load(Ordering::Relaxed)),
-                    ),
                 ])])
             }
+            "purveyor.events" => Ok(vec![Instance::from_pairs([
+                (
+                    "subscriptions",
+                    Value::U64(host.events.subscriptions() as u64),
+                ),
+                (
+                    "events_delivered",
+                    Value::U64(host.events.delivered.load(Ordering::Relaxed)),
+                ),
+                (
+                    "events_dropped",
+                    Value::U64(host.events.dropped.load(Ordering::Relaxed)),
+                ),
+            ])]),
             "purveyor.provider" => Ok(host
                 .provider_statuses()
                 .into_iter()

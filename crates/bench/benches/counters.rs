@@ -9,11 +9,10 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use purveyor_bench::{BenchDaemon, against_echo, echo_server, release_file, wait_for_socket};
+use purveyor_bench::{BenchDaemon, EchoChild, against_echo, helper_mode, release_file};
 use purveyor_client::{Client, ConnectOptions, Encoding};
 use purveyor_counters::{CounterFile, CounterSet, CounterType, Unit};
 use purveyor_model::{ClassPath, InstanceKey};
@@ -22,11 +21,7 @@ use purveyor_protocol::Request;
 const UPDATES: u64 = 20_000_000;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    if let Ok(path) = std::env::var("PURVEYOR_BENCH_ECHO") {
-        echo_server(Path::new(&path));
+    if helper_mode() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -179,13 +174,8 @@ fn get_through_daemon(dir: &Path) {
     }
     let set = b.create_in(&counters).unwrap();
     set.counter("c1").unwrap().add(1);
-    let echo_path = dir.join("echo.sock");
-    let mut echo = Command::new(std::env::current_exe().unwrap())
-        .env("PURVEYOR_BENCH_ECHO", &echo_path)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&echo_path);
+    let echo = EchoChild::spawn(dir);
+    let echo_path = &echo.socket;
     let daemon = BenchDaemon::start(&bin, dir, &[], &[("PURVEYOR_COUNTERS", &counters)]);
     let socket = &daemon.socket;
     let mut c = Client::connect_socket(
@@ -197,13 +187,10 @@ fn get_through_daemon(dir: &Path) {
         class: ClassPath::new("app.big").unwrap(),
         key: InstanceKey::new(),
     };
-    let m = against_echo(&mut c, &echo_path, &request, 10, 300);
+    let m = against_echo(&mut c, echo_path, &request, 10, 300);
     println!(
         "get app.big (1 000 counters, {} B reply) through the daemon: {}",
         m.reply_len,
         m.line()
     );
-    drop(echo.stdin.take());
-    let _ = echo.kill();
-    let _ = echo.wait();
 }

@@ -7,11 +7,11 @@
 //! (or `bench/run`).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use purveyor_bench::{
-    BenchDaemon, against_echo, echo_server, ms, percentiles, release_file, wait_for_socket,
+    BenchDaemon, EchoChild, against_echo, helper_mode, ms, percentiles, release_file,
 };
 use purveyor_client::{Client, ConnectOptions, Encoding};
 use purveyor_model::{ClassPath, Identifier, InstanceKey, ProviderState, Value};
@@ -22,11 +22,7 @@ const PER_ROUND: usize = 2000;
 const COLD_SAMPLES: usize = 20;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
-    if let Ok(path) = std::env::var("PURVEYOR_BENCH_ECHO") {
-        echo_server(Path::new(&path));
+    if helper_mode() {
         return;
     }
     let Some(bin) = release_file("purveyor") else {
@@ -52,13 +48,8 @@ fn main() {
         .is_ok_and(|s| s.success());
     assert!(ok, "cc failed");
 
-    let echo_path = dir.path().join("echo.sock");
-    let mut echo = Command::new(std::env::current_exe().unwrap())
-        .env("PURVEYOR_BENCH_ECHO", &echo_path)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&echo_path);
+    let echo = EchoChild::spawn(dir.path());
+    let echo_path = &echo.socket;
 
     println!(
         "# purveyor hosting benchmark ({} round trips each, interleaved with the echo)",
@@ -126,14 +117,11 @@ fn main() {
         if !entry.is_empty() {
             cold_load(label, &mut c, &request);
         }
-        latency(label, &mut c, &echo_path, &request);
+        latency(label, &mut c, echo_path, &request);
         if !entry.is_empty() {
             memory(label, &mut c, &request, &daemon);
         }
     }
-    drop(echo.stdin.take());
-    let _ = echo.kill();
-    let _ = echo.wait();
 }
 
 /// First request after the provider was unloaded: load + call, p50 over several loads.

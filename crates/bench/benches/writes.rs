@@ -25,7 +25,7 @@ const SUBSCRIBERS: usize = 100;
 const EVENTS: usize = 200;
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    if purveyor_bench::helper_mode() {
         return;
     }
     let (Some(bin), Some(lib)) = (

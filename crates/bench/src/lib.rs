@@ -198,3 +198,45 @@ impl Drop for BenchDaemon {
         let _ = self.child.wait();
     }
 }
+
+/// What every benchmark's `main` checks first: `cargo bench -- --list` (nothing to list
+/// for a custom harness), and whether this process is an [`EchoChild`]. `true`: return.
+pub fn helper_mode() -> bool {
+    if std::env::args().any(|a| a == "--list") {
+        return true;
+    }
+    if let Ok(path) = std::env::var("PURVEYOR_BENCH_ECHO") {
+        echo_server(Path::new(&path));
+        return true;
+    }
+    false
+}
+
+/// The echo floor in a process of its own (this benchmark's executable, in
+/// [`helper_mode`]), so that floor and request cross the same two processes; stopped when
+/// dropped.
+pub struct EchoChild {
+    pub socket: PathBuf,
+    child: std::process::Child,
+}
+
+impl EchoChild {
+    pub fn spawn(dir: &Path) -> EchoChild {
+        let socket = dir.join("echo.sock");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("PURVEYOR_BENCH_ECHO", &socket)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_socket(&socket);
+        EchoChild { socket, child }
+    }
+}
+
+impl Drop for EchoChild {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -22,23 +22,6 @@ fn assignments(schema: &ClassSchema, args: &[String]) -> Result<Instance> {
         .collect())
 }
 
-fn key_of(schema: &ClassSchema, args: &[String]) -> Result<InstanceKey> {
-    let key = InstanceKey::parse(schema, args)?;
-    if !key.is_full_key(schema) {
-        let keys: Vec<&str> = schema.keys().map(|k| k.name.as_str()).collect();
-        bail!(
-            "{} is keyed by {}: give exactly those (as NAME=VALUE)",
-            schema.path(),
-            if keys.is_empty() {
-                "nothing (a singleton)".to_string()
-            } else {
-                keys.join(", ")
-            }
-        );
-    }
-    Ok(key)
-}
-
 pub fn set(client: &mut Client, json: bool, class: &str, args: &[String]) -> Result<ExitCode> {
     let class = ClassPath::new(class)?;
     let schema = client.describe(&class)?;
@@ -56,7 +39,8 @@ pub fn set(client: &mut Client, json: bool, class: &str, args: &[String]) -> Res
 pub fn delete(client: &mut Client, json: bool, class: &str, args: &[String]) -> Result<ExitCode> {
     let class = ClassPath::new(class)?;
     let schema = client.describe(&class)?;
-    let key = key_of(&schema, args)?;
+    // The host checks that this is exactly the key, and says which properties it needs.
+    let key = InstanceKey::parse(&schema, args)?;
     client.delete(&class, &key)?;
     if json {
         print_json(&serde_json::json!({"class": class, "key": key.to_string(), "done": true}))?;

@@ -9,13 +9,11 @@ use std::time::Duration;
 
 mod common;
 
-use common::{BIN, Daemon, wait_until};
+use common::{BIN, Daemon, TMP, class, keyed, u64_of, wait_until};
 use purveyor_client::{Client, ClientError};
 use purveyor_counters::{CounterSet, CounterType, Unit};
-use purveyor_model::{ClassPath, Identifier, Instance, InstanceKey, Value};
+use purveyor_model::{Instance, InstanceKey, Value};
 
-const TMP: &str = env!("CARGO_TARGET_TMPDIR");
-const INCLUDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../include");
 const PUBLISH_C: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../examples/counters/c/publish.c"
@@ -25,29 +23,18 @@ const READ_C: &str = concat!(
     "/../../examples/counters/c/read.c"
 );
 
+/// Compiles a C example with every warning an error.
 fn compile(out: &str, source: &str, flags: &[&str]) -> PathBuf {
-    let dir = Path::new(TMP).join(format!("counters-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(out);
-    let status = Command::new("cc")
-        .args([
-            "-std=c11",
-            "-D_GNU_SOURCE",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-O2",
-        ])
-        .args(flags)
-        .arg("-I")
-        .arg(INCLUDE)
-        .arg("-o")
-        .arg(&path)
-        .arg(source)
-        .status()
-        .expect("a C compiler (cc) is needed for the counter tests");
-    assert!(status.success(), "cc {flags:?} {source} failed");
-    path
+    let strict = [
+        "-std=c11",
+        "-D_GNU_SOURCE",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-O2",
+    ];
+    let all: Vec<&str> = strict.iter().chain(flags).copied().collect();
+    common::compile(out, source, &all)
 }
 
 /// A daemon whose counters directory is `counters`; killed when dropped.
@@ -100,24 +87,8 @@ impl Drop for CPublisher {
     }
 }
 
-fn class(s: &str) -> ClassPath {
-    ClassPath::new(s).unwrap()
-}
-
 fn instance_key(name: &str) -> InstanceKey {
-    let mut k = InstanceKey::new();
-    k.insert(
-        Identifier::new("instance").unwrap(),
-        Value::String(name.into()),
-    );
-    k
-}
-
-fn u64_of(i: &Instance, name: &str) -> u64 {
-    match i.get(name) {
-        Some(Value::U64(v)) => *v,
-        other => panic!("{name}: {other:?}"),
-    }
+    keyed("instance", name)
 }
 
 fn f64_of(i: &Instance, name: &str) -> f64 {

@@ -2,43 +2,23 @@
 //! provider libraries built by the tests (`cc`) and by the workspace (the Rust example),
 //! real worker and external processes.
 
-use std::fs::File;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use purveyor_client::{Client, ClientError, ConnectOptions};
-use purveyor_model::{ClassPath, Identifier, Instance, InstanceKey, ProviderState, Value};
-use purveyor_protocol::ProviderStatus;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_purveyor");
-const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+use common::{BIN, Daemon, class, compile, named, u64_of, wait_until, workspace_library};
+use purveyor_client::ClientError;
+use purveyor_model::{InstanceKey, ProviderState, Value};
+
 const DEMO_C: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../examples/providers/c/demo.c"
 );
-const INCLUDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../include");
 
 /// Compiles `source` with `cc` (once per test process) into the target's temp directory.
-fn compile(out: &str, source: &str, flags: &[&str]) -> PathBuf {
-    let dir = Path::new(TMP).join(format!("hosting-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(out);
-    let status = Command::new("cc")
-        .args(flags)
-        .arg("-I")
-        .arg(INCLUDE)
-        .arg("-o")
-        .arg(&path)
-        .arg(source)
-        .status()
-        .expect("a C compiler (cc) is needed for the hosting tests");
-    assert!(status.success(), "cc {flags:?} {source} failed");
-    path
-}
-
 fn c_library() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| compile("libdemo_c.so", DEMO_C, &["-shared", "-fPIC", "-O2"]))
@@ -52,112 +32,12 @@ fn c_external() -> &'static Path {
 /// The Rust example provider library, built by the workspace (or built here if not yet).
 fn rust_library() -> &'static Path {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let path = Path::new(BIN).with_file_name("libpurveyor_example.so");
-        if !path.is_file() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "purveyor-example-provider"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "building the example provider failed");
-        }
-        assert!(path.is_file(), "{} is missing", path.display());
-        path
-    })
+    LIB.get_or_init(|| workspace_library("libpurveyor_example.so", "purveyor-example-provider"))
 }
 
-/// A daemon on a temp socket with its own providers directory; killed when dropped, and
-/// with it (PDEATHSIG) every provider process it started.
-struct Daemon {
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    child: Option<Child>,
-}
-
-impl Daemon {
-    fn start(manifests: &[(&str, String)]) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let providers = dir.path().join("providers");
-        std::fs::create_dir(&providers).unwrap();
-        for (name, text) in manifests {
-            std::fs::write(providers.join(format!("{name}.toml")), text).unwrap();
-        }
-        let socket = dir.path().join("d.sock");
-        let log = File::create(dir.path().join("daemon.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "-v", "--socket"])
-            .arg(&socket)
-            .arg("--providers")
-            .arg(&providers)
-            .env("PURVEYOR_WORKER", BIN)
-            .env("PURVEYOR_DEMO_RELEASED", dir.path().join("released.log"))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the daemon did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Daemon {
-            dir,
-            socket,
-            child: Some(child),
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect_socket(&self.socket, &ConnectOptions::default()).unwrap()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    fn status(&self, provider: &str) -> ProviderStatus {
-        self.client()
-            .providers()
-            .unwrap()
-            .into_iter()
-            .find(|p| p.name.as_str() == provider)
-            .unwrap()
-    }
-
-    /// Signals the daemon and waits (bounded) for it to exit.
-    fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill sends a signal to our own child's pid.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        wait_child(&mut child, Duration::from_secs(20))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process {} did not exit within {limit:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// A daemon serving `manifests` (see `common::Daemon`).
+fn start(manifests: &[(&str, String)]) -> Daemon {
+    Daemon::start(manifests, &[], &[])
 }
 
 fn alive(pid: u32) -> bool {
@@ -168,14 +48,6 @@ fn alive(pid: u32) -> bool {
             !state.starts_with('Z') && !state.starts_with('X')
         })
         .unwrap_or(false)
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn manifest(name: &str, hosting: &str, entry: &str, class: &str, extra: &str) -> String {
@@ -193,29 +65,12 @@ fn c_manifest(name: &str, hosting: &str, extra: &str) -> String {
     manifest(name, hosting, &entry, "demo.counter", extra)
 }
 
-fn class(s: &str) -> ClassPath {
-    ClassPath::new(s).unwrap()
-}
-
-fn named(name: &str) -> InstanceKey {
-    let mut k = InstanceKey::new();
-    k.insert(Identifier::new("name").unwrap(), Value::String(name.into()));
-    k
-}
-
-fn u64_of(i: &Instance, prop: &str) -> u64 {
-    match i.get(prop) {
-        Some(Value::U64(v)) => *v,
-        other => panic!("{prop}: {other:?}"),
-    }
-}
-
 /// The same provider (one C source) through every hosting model answers the same way;
 /// only the serving process differs.
 #[test]
 fn conformance_in_all_three_hosting_models() {
     for hosting in ["in-daemon", "isolated", "external"] {
-        let d = Daemon::start(&[("demo", c_manifest("demo", hosting, ""))]);
+        let d = start(&[("demo", c_manifest("demo", hosting, ""))]);
         let mut c = d.client();
         let all = c
             .enumerate(&class("demo.counter"), &InstanceKey::new())
@@ -270,7 +125,7 @@ fn rust_library_in_daemon_and_isolated_and_a_panic_is_an_error() {
             "demo.greeting",
             "",
         );
-        let d = Daemon::start(&[("greeting", m)]);
+        let d = start(&[("greeting", m)]);
         let mut c = d.client();
         let bob = c.get(&class("demo.greeting"), &named("bob")).unwrap();
         assert_eq!(
@@ -311,7 +166,7 @@ fn abi_mismatch_and_missing_symbol_are_named() {
         &["-shared", "-fPIC"],
     );
     let none_so = compile("libnone.so", none.to_str().unwrap(), &["-shared", "-fPIC"]);
-    let d = Daemon::start(&[
+    let d = start(&[
         (
             "wrong",
             manifest(
@@ -383,7 +238,7 @@ fn abi_mismatch_and_missing_symbol_are_named() {
 /// status, other providers carry on, and the next request starts a new process.
 #[test]
 fn crash_mid_call_is_isolated_and_restarts() {
-    let d = Daemon::start(&[("iso", c_manifest("iso", "isolated", ""))]);
+    let d = start(&[("iso", c_manifest("iso", "isolated", ""))]);
     let mut c = d.client();
     let before = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
     for (key, expect) in [
@@ -413,7 +268,7 @@ fn crash_mid_call_is_isolated_and_restarts() {
 
 #[test]
 fn external_exit_status_is_reported() {
-    let d = Daemon::start(&[("ext", c_manifest("ext", "external", ""))]);
+    let d = start(&[("ext", c_manifest("ext", "external", ""))]);
     let mut c = d.client();
     match c.get(&class("demo.counter"), &named("exit")) {
         Err(ClientError::ProviderFailed { message, .. }) => {
@@ -430,7 +285,7 @@ fn external_exit_status_is_reported() {
 
 #[test]
 fn crash_loop_is_quarantined_until_enabled() {
-    let d = Daemon::start(&[("iso", c_manifest("iso", "isolated", ""))]);
+    let d = start(&[("iso", c_manifest("iso", "isolated", ""))]);
     let mut c = d.client();
     for _ in 0..3 {
         assert!(matches!(
@@ -461,7 +316,7 @@ fn crash_loop_is_quarantined_until_enabled() {
 /// new one serves the next request. An in-daemon provider is marked failed instead.
 #[test]
 fn deadline_kills_a_hung_worker_and_fails_an_in_daemon_provider() {
-    let d = Daemon::start(&[(
+    let d = start(&[(
         "iso",
         c_manifest("iso", "isolated", "call_timeout = \"300ms\""),
     )]);
@@ -484,7 +339,7 @@ fn deadline_kills_a_hung_worker_and_fails_an_in_daemon_provider() {
     assert_ne!(before, after);
     drop(d);
 
-    let d = Daemon::start(&[(
+    let d = start(&[(
         "ind",
         c_manifest("ind", "in-daemon", "call_timeout = \"300ms\""),
     )]);
@@ -539,7 +394,7 @@ fn deadline_kills_a_hung_worker_and_fails_an_in_daemon_provider() {
 /// the cleanup entry point ran.
 #[test]
 fn idle_unload_happens_inside_the_documented_window() {
-    let d = Daemon::start(&[(
+    let d = start(&[(
         "iso",
         c_manifest("iso", "isolated", "clear_after = \"300ms\""),
     )]);
@@ -573,7 +428,7 @@ fn idle_unload_happens_inside_the_documented_window() {
 
 #[test]
 fn hundred_concurrent_first_requests_cause_one_load() {
-    let d = Daemon::start(&[("iso", c_manifest("iso", "isolated", ""))]);
+    let d = start(&[("iso", c_manifest("iso", "isolated", ""))]);
     let mut c = d.client();
     let ids: Vec<u32> = (0..100)
         .map(|_| {
@@ -601,7 +456,7 @@ fn hundred_concurrent_first_requests_cause_one_load() {
 #[test]
 fn host_group_shares_one_worker() {
     let lib = rust_library().display().to_string();
-    let d = Daemon::start(&[
+    let d = start(&[
         (
             "c1",
             c_manifest("c1", "isolated", "host_group = \"shared\""),
@@ -625,7 +480,7 @@ fn host_group_shares_one_worker() {
 
 #[test]
 fn non_pure_provider_is_released_as_a_client() {
-    let d = Daemon::start(&[(
+    let d = start(&[(
         "np",
         c_manifest("np", "external", "pure = false\nclear_after = \"200ms\""),
     )]);
@@ -645,7 +500,7 @@ fn non_pure_provider_is_released_as_a_client() {
 /// rest and exits, leaving no provider process behind.
 #[test]
 fn sigterm_with_a_provider_mid_call_exits_and_kills_it() {
-    let mut d = Daemon::start(&[(
+    let mut d = start(&[(
         "iso",
         c_manifest("iso", "isolated", "call_timeout = \"60s\""),
     )]);
@@ -671,7 +526,7 @@ fn sigterm_with_a_provider_mid_call_exits_and_kills_it() {
 /// SIGKILL of the daemon leaves no orphans: workers and external providers die with it.
 #[test]
 fn sigkill_of_the_daemon_leaves_no_orphans() {
-    let mut d = Daemon::start(&[
+    let mut d = start(&[
         ("iso", c_manifest("iso", "isolated", "")),
         (
             "uptime",
@@ -706,7 +561,7 @@ fn sigkill_of_the_daemon_leaves_no_orphans() {
 
 #[test]
 fn python_example_serves_through_the_daemon() {
-    let d = Daemon::start(&[(
+    let d = start(&[(
         "uptime",
         std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -753,7 +608,7 @@ fn thirty_two_bit_external_provider() {
         "demo.counter",
         "",
     );
-    let d = Daemon::start(&[("ext32", m)]);
+    let d = start(&[("ext32", m)]);
     let mut c = d.client();
     let all = c
         .enumerate(&class("demo.counter"), &InstanceKey::new())

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Daemon, wait_until, workspace_library};
+use common::{BIN, Daemon, named, wait_until, workspace_library};
 use purveyor_client::{Client, ClientError, Push};
 use purveyor_model::{ClassPath, CompareOp, Condition, Identifier, Instance, InstanceKey, Value};
 
@@ -39,17 +39,11 @@ fn start(args: &[&str]) -> Daemon {
 }
 
 fn class() -> ClassPath {
-    ClassPath::new("config.setting").unwrap()
+    common::class("config.setting")
 }
 
 fn id(s: &str) -> Identifier {
     Identifier::new(s).unwrap()
-}
-
-fn named(name: &str) -> InstanceKey {
-    let mut k = InstanceKey::new();
-    k.insert(id("name"), Value::String(name.into()));
-    k
 }
 
 fn setting(name: &str, ty: &str, value: &str) -> Instance {
@@ -502,6 +496,14 @@ fn connect_retrying(socket: &Path, stop: &AtomicBool) -> Option<Client> {
     None
 }
 
+/// The next number of a xorshift sequence (repeatable randomness for the crash test).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// One writer: puts of its own settings (each acknowledged one recorded), transfers
 /// between the shared accounts, and renames of its own token back and forth.
 fn writer(
@@ -521,9 +523,7 @@ fn writer(
     let mut rng = n as u64 * 7919 + 1;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
+        xorshift(&mut rng);
         let result = match i % 3 {
             0 => {
                 let name = format!("w{n}-{i}");
@@ -645,9 +645,7 @@ fn crash_run(
     let mut rng = 0x9e3779b97f4a7c15u64;
     let end = Instant::now() + duration;
     while Instant::now() < end {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
+        xorshift(&mut rng);
         std::thread::sleep(Duration::from_millis(30 + rng % 170));
         if kill_daemon {
             daemon.kill();

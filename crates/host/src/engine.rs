@@ -703,7 +703,7 @@ impl Host {
                 dispatch: Dispatch::Inline,
             } => {
                 let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
-                catch_unwind(AssertUnwindSafe(|| serve_call(&**provider, &call, &ctx)))
+                catch_unwind(AssertUnwindSafe(|| serve_call(&**provider, call, &ctx)))
                     .map_err(|panic| panicked(slot, &panic))
             }
             Backend::Local {
@@ -713,7 +713,7 @@ impl Host {
                 let provider = provider.clone();
                 let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
                 let task = tokio::task::spawn_blocking(move || {
-                    catch_unwind(AssertUnwindSafe(|| serve_call(&*provider, &call, &ctx)))
+                    catch_unwind(AssertUnwindSafe(|| serve_call(&*provider, call, &ctx)))
                 });
                 match tokio::time::timeout(timeout, task).await {
                     Ok(Ok(Ok(reply))) => Ok(reply),

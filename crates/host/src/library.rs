@@ -211,7 +211,7 @@ impl LibraryProvider {
             other => Err(other),
         })?;
         for e in events {
-            ctx.emit(&e.class, e.event.as_str(), e.data);
+            ctx.emit(&e.class, e.event.as_str(), e.data)?;
         }
         Ok(result)
     }

@@ -91,7 +91,7 @@ impl PvProvider {
 }
 
 /// Answers one request with `provider`: the dispatch every hosting model shares.
-pub fn serve(provider: &dyn Provider, request: &ProviderRequest) -> ProviderReply {
+pub fn serve(provider: &dyn Provider, request: ProviderRequest) -> ProviderReply {
     let ctx = CallContext::new(
         Caller {
             uid: request.caller.uid,
@@ -101,32 +101,29 @@ pub fn serve(provider: &dyn Provider, request: &ProviderRequest) -> ProviderRepl
         (request.deadline_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(request.deadline_ms)),
     );
-    serve_call(provider, &request.call, &ctx)
+    serve_call(provider, request.call, &ctx)
 }
 
-/// Answers one call with `provider`, in `ctx`.
-pub fn serve_call(
-    provider: &dyn Provider,
-    call: &ProviderCall,
-    ctx: &CallContext,
-) -> ProviderReply {
+/// Answers one call with `provider`, in `ctx`. The call is moved in, so a put's
+/// instance and a method's arguments reach the provider without a copy.
+pub fn serve_call(provider: &dyn Provider, call: ProviderCall, ctx: &CallContext) -> ProviderReply {
     let result = match call {
         ProviderCall::Classes => Ok(ProviderReply::Classes(provider.classes())),
-        ProviderCall::Enumerate { class } => {
-            provider.enumerate(class, ctx).map(ProviderReply::Instances)
-        }
+        ProviderCall::Enumerate { class } => provider
+            .enumerate(&class, ctx)
+            .map(ProviderReply::Instances),
         ProviderCall::Get { class, key } => {
-            provider.get(class, key, ctx).map(ProviderReply::Instance)
+            provider.get(&class, &key, ctx).map(ProviderReply::Instance)
         }
         ProviderCall::Release => {
             provider.release();
             Ok(ProviderReply::Released)
         }
         ProviderCall::Put { class, instance } => provider
-            .put(class, instance.clone(), ctx)
+            .put(&class, instance, ctx)
             .map(|()| done(None, ctx)),
         ProviderCall::Delete { class, key } => {
-            provider.delete(class, key, ctx).map(|()| done(None, ctx))
+            provider.delete(&class, &key, ctx).map(|()| done(None, ctx))
         }
         ProviderCall::Call {
             class,
@@ -134,7 +131,7 @@ pub fn serve_call(
             method,
             args,
         } => provider
-            .call(class, key, method, args.clone(), ctx)
+            .call(&class, &key, &method, args, ctx)
             .map(|result| done(result, ctx)),
         other => Err(ProviderError::Unsupported(format!(
             "this provider does not handle {other:?}"
@@ -253,14 +250,12 @@ unsafe extern "C" fn call_trampoline(
                 };
             }
         };
+        let id = request.id;
         let reply = match &state.provider {
-            Ok(p) => serve(&**p, &request),
+            Ok(p) => serve(&**p, request),
             Err(e) => ProviderReply::Error(fault(e.clone())),
         };
-        ProviderResponse {
-            id: request.id,
-            reply,
-        }
+        ProviderResponse { id, reply }
     }))
     .unwrap_or_else(|panic| ProviderResponse {
         id: 0,

@@ -158,12 +158,17 @@ impl CallContext {
 
     /// Raises an event of `class` (declared in its schema) carrying `data`. The host
     /// checks it and delivers it to matching subscribers once the call has succeeded; a
-    /// call that fails raises nothing.
-    pub fn emit(&self, class: &ClassPath, event: &str, data: Instance) {
-        let Ok(event) = Identifier::new(event) else {
-            // Not a valid name, so not declared in any schema: the host would refuse it.
-            return;
-        };
+    /// call that fails raises nothing. An event name that is not an identifier is an
+    /// error naming it (return it, and a store transaction around the emit aborts).
+    pub fn emit(
+        &self,
+        class: &ClassPath,
+        event: &str,
+        data: Instance,
+    ) -> Result<(), ProviderError> {
+        let event = Identifier::new(event).map_err(|e| {
+            ProviderError::Failed(format!("cannot raise event {event:?} of {class}: {e}"))
+        })?;
         self.events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -172,6 +177,7 @@ impl CallContext {
                 event,
                 data,
             });
+        Ok(())
     }
 
     /// The events raised so far, taken out.
@@ -199,4 +205,23 @@ fn current_uid() -> u32 {
 fn current_gid() -> u32 {
     // SAFETY: getegid has no preconditions and cannot fail.
     unsafe { libc::getegid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_name_that_is_not_an_identifier_is_an_error_naming_it() {
+        let ctx = CallContext::internal();
+        let class = ClassPath::new("config.setting").unwrap();
+        let err = ctx.emit(&class, "Changed", Instance::new()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot raise event \"Changed\" of config.setting: "),
+            "{err}"
+        );
+        ctx.emit(&class, "changed", Instance::new()).unwrap();
+        assert_eq!(ctx.take_events().len(), 1);
+    }
 }

@@ -68,6 +68,11 @@ impl Daemon {
             .args(&self.args)
             .env("PURVEYOR_WORKER", BIN)
             .env("PURVEYOR_STATE_DIR", self.dir.path().join("state"))
+            // Where the C demo provider records its release hook.
+            .env(
+                "PURVEYOR_DEMO_RELEASED",
+                self.dir.path().join("released.log"),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(Stdio::from(log))
             .spawn()
@@ -92,6 +97,24 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// A provider's status, as `purveyor providers` shows it.
+    pub fn status(&self, provider: &str) -> purveyor_protocol::ProviderStatus {
+        self.client()
+            .providers()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name.as_str() == provider)
+            .unwrap()
+    }
+
+    /// Signals the daemon and waits (bounded) for it to exit.
+    pub fn stop(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill sends a signal to our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        wait_child(&mut child, Duration::from_secs(20))
+    }
+
     /// SIGKILLs the daemon and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -104,6 +127,21 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits (bounded) for a child to exit; kills it and panics after `limit`.
+pub fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -130,4 +168,52 @@ pub fn workspace_library(file: &str, package: &str) -> PathBuf {
     }
     assert!(path.is_file(), "{} is missing", path.display());
     path
+}
+
+pub const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+const INCLUDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../include");
+
+/// Compiles `source` with `cc` and `flags` (headers from `include/`) into this test
+/// process's temp directory.
+pub fn compile(out: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let dir = Path::new(TMP).join(format!("cc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(out);
+    let status = Command::new("cc")
+        .args(flags)
+        .arg("-I")
+        .arg(INCLUDE)
+        .arg("-o")
+        .arg(&path)
+        .arg(source)
+        .status()
+        .expect("a C compiler (cc) is needed for these tests");
+    assert!(status.success(), "cc {flags:?} {source} failed");
+    path
+}
+
+pub fn class(s: &str) -> purveyor_model::ClassPath {
+    purveyor_model::ClassPath::new(s).unwrap()
+}
+
+/// The key `PROPERTY=NAME` (a string key).
+pub fn keyed(property: &str, name: &str) -> purveyor_model::InstanceKey {
+    let mut k = purveyor_model::InstanceKey::new();
+    k.insert(
+        purveyor_model::Identifier::new(property).unwrap(),
+        purveyor_model::Value::String(name.into()),
+    );
+    k
+}
+
+/// The key `name=NAME`.
+pub fn named(name: &str) -> purveyor_model::InstanceKey {
+    keyed("name", name)
+}
+
+pub fn u64_of(i: &purveyor_model::Instance, prop: &str) -> u64 {
+    match i.get(prop) {
+        Some(purveyor_model::Value::U64(v)) => *v,
+        other => panic!("{prop}: {other:?}"),
+    }
 }

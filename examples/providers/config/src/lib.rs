@@ -86,14 +86,19 @@ fn stamped(mut setting: Instance, previous: u64, ctx: &CallContext) -> Instance 
     setting
 }
 
-fn changed(ctx: &CallContext, class: &ClassPath, action: &str, setting: &Instance) {
+fn changed(
+    ctx: &CallContext,
+    class: &ClassPath,
+    action: &str,
+    setting: &Instance,
+) -> Result<(), ProviderError> {
     let mut data = Instance::from_pairs([("action", Value::String(action.into()))]);
     for p in ["name", "type", "value", "version"] {
         if let Some(v) = setting.get(p) {
             data.set(p, v.clone());
         }
     }
-    ctx.emit(class, "changed", data);
+    ctx.emit(class, "changed", data)
 }
 
 fn parse_i64(setting: &Instance) -> Result<i64, ProviderError> {
@@ -273,8 +278,7 @@ impl Provider for Config {
             let setting = stamped(setting, old.as_ref().map_or(0, version), ctx);
             tx.put_instance(TABLE, &name, &setting)?;
             let action = if old.is_some() { "updated" } else { "created" };
-            changed(ctx, class, action, &setting);
-            Ok(())
+            changed(ctx, class, action, &setting)
         })
     }
 
@@ -288,8 +292,7 @@ impl Provider for Config {
         self.store.write(|tx| {
             let old = existing(tx, name)?;
             tx.remove(TABLE, name)?;
-            changed(ctx, class, "deleted", &old);
-            Ok(())
+            changed(ctx, class, "deleted", &old)
         })
     }
 
@@ -325,7 +328,7 @@ impl Provider for Config {
                         ("from", Value::String(name.to_string())),
                         ("to", Value::String(to.clone())),
                     ]),
-                );
+                )?;
                 Ok(None)
             }),
             "transfer" => {
@@ -354,7 +357,7 @@ impl Provider for Config {
                         updated.set("value", Value::String(value.to_string()));
                         let updated = stamped(updated, previous, ctx);
                         tx.put_instance(TABLE, &n, &updated)?;
-                        changed(ctx, class, "transferred", &updated);
+                        changed(ctx, class, "transferred", &updated)?;
                     }
                     Ok(Some(Value::I64(a2)))
                 })

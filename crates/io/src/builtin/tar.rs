@@ -1,0 +1,197 @@
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::{IoError, IoName, IoProcedure, IoStream, OpenMode};
+
+/// `TAR `: the members of a (plain, uncompressed) tar archive: `backup.tar+etc/hosts`.
+/// Reading finds the member and reads its bytes in place (seekable, no copy of the
+/// archive). Writing appends a new member when the stream is closed, so a later read of
+/// that name finds the newest member, as `tar` does.
+#[derive(Debug, Default)]
+pub struct Tar;
+
+/// Where a member's data lies in its archive.
+struct Member {
+    offset: u64,
+    size: u64,
+}
+
+/// The archive's members in order, and where the next member would go.
+fn scan(archive: &Path, what: &str) -> Result<(Vec<(String, Member)>, u64), IoError> {
+    let file = File::open(archive).map_err(|e| IoError::os(format!("open {what}"), e))?;
+    let mut tar = tar::Archive::new(file);
+    let bad =
+        |e: std::io::Error| IoError::Invalid(format!("{what} is not a readable tar archive: {e}"));
+    let mut members = Vec::new();
+    let mut end = 0;
+    for entry in tar.entries().map_err(bad)? {
+        let entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?;
+        let name = normalize(&path.to_string_lossy());
+        let member = Member {
+            offset: entry.raw_file_position(),
+            size: entry.size(),
+        };
+        end = member.offset + member.size.div_ceil(512) * 512;
+        members.push((name, member));
+    }
+    Ok((members, end))
+}
+
+fn normalize(path: &str) -> String {
+    let trimmed = path.trim_start_matches("./").trim_end_matches('/');
+    trimmed
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl IoProcedure for Tar {
+    fn describe(&self) -> String {
+        "tar archive members (read, seek; write appends)".into()
+    }
+
+    fn open(&self, name: &IoName, mode: OpenMode) -> Result<Box<dyn IoStream>, IoError> {
+        let what = name.path.display().to_string();
+        let element = normalize(&name.element);
+        if element.is_empty() {
+            return Err(IoError::Invalid(format!(
+                "{name}: name a member of the archive ({what}+dir/file)"
+            )));
+        }
+        match mode {
+            OpenMode::Read => {
+                let (members, _) = scan(&name.path, &what)?;
+                let Some((_, member)) = members.into_iter().rev().find(|(n, _)| *n == element)
+                else {
+                    return Err(IoError::NotFound(format!("member {element} of {what}")));
+                };
+                let mut file =
+                    File::open(&name.path).map_err(|e| IoError::os(format!("open {what}"), e))?;
+                file.seek(SeekFrom::Start(member.offset))
+                    .map_err(|e| IoError::os(format!("seek {what}"), e))?;
+                Ok(Box::new(MemberRead {
+                    file,
+                    member,
+                    position: 0,
+                    what: format!("{what}+{element}"),
+                }))
+            }
+            OpenMode::Write => Ok(Box::new(MemberWrite {
+                archive: name.path.clone(),
+                element,
+                data: Vec::new(),
+            })),
+            OpenMode::ReadWrite => Err(IoError::unsupported(format!(
+                "opening {name} for reading and writing (tar members are read, or written whole)"
+            ))),
+        }
+    }
+}
+
+struct MemberRead {
+    file: File,
+    member: Member,
+    position: u64,
+    what: String,
+}
+
+impl IoStream for MemberRead {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, IoError> {
+        let left = self.member.size - self.position;
+        let want = (buf.len() as u64).min(left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self
+            .file
+            .read(&mut buf[..want])
+            .map_err(|e| IoError::os(format!("read {}", self.what), e))?;
+        self.position += n as u64;
+        Ok(n)
+    }
+
+    fn seek(&mut self, pos: SeekFrom) -> Result<u64, IoError> {
+        let size = self.member.size as i64;
+        let target = match pos {
+            SeekFrom::Start(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            SeekFrom::Current(d) => (self.position as i64).saturating_add(d),
+            SeekFrom::End(d) => size.saturating_add(d),
+        };
+        if !(0..=size).contains(&target) {
+            return Err(IoError::Invalid(format!(
+                "seek to {target} in {}: outside the member's {size} bytes",
+                self.what
+            )));
+        }
+        self.file
+            .seek(SeekFrom::Start(self.member.offset + target as u64))
+            .map_err(|e| IoError::os(format!("seek {}", self.what), e))?;
+        self.position = target as u64;
+        Ok(self.position)
+    }
+
+    fn size(&self) -> Option<u64> {
+        Some(self.member.size)
+    }
+}
+
+struct MemberWrite {
+    archive: std::path::PathBuf,
+    element: String,
+    data: Vec<u8>,
+}
+
+impl IoStream for MemberWrite {
+    fn read(&mut self, _: &mut [u8]) -> Result<usize, IoError> {
+        Err(IoError::unsupported(format!(
+            "reading {}+{}, opened for writing",
+            self.archive.display(),
+            self.element
+        )))
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<usize, IoError> {
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    /// Appends the member after the archive's last one (creating the archive if needed)
+    /// and ends the archive again.
+    fn close(self: Box<Self>) -> Result<(), IoError> {
+        let what = self.archive.display().to_string();
+        let end = if self.archive.exists() {
+            scan(&self.archive, &what)?.1
+        } else {
+            0
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.archive)
+            .map_err(|e| IoError::os(format!("open {what} for writing"), e))?;
+        file.seek(SeekFrom::Start(end))
+            .map_err(|e| IoError::os(format!("seek {what}"), e))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(self.data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        let mut builder = tar::Builder::new(file);
+        builder
+            .append_data(&mut header, &self.element, self.data.as_slice())
+            .map_err(|e| IoError::os(format!("append {} to {what}", self.element), e))?;
+        let mut file = builder
+            .into_inner()
+            .map_err(|e| IoError::os(format!("end {what}"), e))?;
+        file.flush()
+            .and_then(|()| file.sync_all())
+            .map_err(|e| IoError::os(format!("sync {what}"), e))
+    }
+}

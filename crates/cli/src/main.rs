@@ -3,6 +3,7 @@
 //! the exit codes documented in `--help`.
 
 mod check;
+mod io;
 mod render;
 mod serve;
 mod watch;
@@ -28,6 +29,8 @@ Examples:
   purveyor set config.setting name=color value=blue
   purveyor call config.setting.rename name=color to=colour
   purveyor events config.setting --filter action=deleted
+  purveyor cat backup.tar+etc/hosts        one member of an archive
+  purveyor cp notes.txt notes.gz+          through an I/O procedure
   purveyor serve                           run the daemon on the default socket
 
 With no daemon running, commands run a host inside the purveyor process (embedded mode).
@@ -191,6 +194,31 @@ enum Command {
         #[arg(long, value_name = "N", default_value = "4096")]
         event_queue: usize,
     },
+    /// I/O procedures: list the codes the host serves
+    #[command(after_help = "Examples:\n  purveyor io ls\n  purveyor io ls --json")]
+    Io {
+        #[command(subcommand)]
+        action: IoAction,
+    },
+    /// Print streams to stdout: plain files or procedure names (file.EXT+element)
+    #[command(
+        after_help = "Examples:\n  purveyor cat /etc/hostname\n  purveyor cat backup.tar+etc/hosts\n  purveyor cat logs.gz+ | grep error\n  purveyor cat report.xor+             through a global procedure a provider installs"
+    )]
+    Cat {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Copy a stream: either side may be a procedure name (file.EXT+element)
+    #[command(
+        after_help = "Examples:\n  purveyor cp notes.txt notes.gz+           compress\n  purveyor cp backup.tar+etc/hosts hosts    extract one member\n  purveyor cp hosts backup.tar+etc/hosts    append a member\n  purveyor cp secret.txt secret.xor+        through a provider's procedure"
+    )]
+    Cp {
+        src: String,
+        dst: String,
+        /// No progress line
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Say which host is in use (daemon or embedded) and how it is doing
     Status,
     /// Validate provider manifests
@@ -201,6 +229,12 @@ enum Command {
         /// A directory of manifests, or one manifest file (default: the configured directories)
         path: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum IoAction {
+    /// The installed codes in lookup order: scope, provider, open streams
+    Ls,
 }
 
 #[derive(Subcommand)]
@@ -273,6 +307,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Check { path } => check::run(&global, path.as_deref()),
+        Command::Io {
+            action: IoAction::Ls,
+        } => io::ls(&mut connect(&global)?, global.json),
+        Command::Cat { names } => io::cat(&mut connect(&global)?, &names),
+        Command::Cp { src, dst, quiet } => io::cp(&mut connect(&global)?, &src, &dst, quiet),
         Command::Ls { namespace, long } => {
             let mut client = connect(&global)?;
             ls(&mut client, &global, namespace.as_deref(), long)

@@ -1,7 +1,7 @@
 //! The blocking client.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +41,8 @@ struct SocketConn {
     early: HashMap<u32, Result<Response, ClientError>>,
     /// Pushes (subscription events) that arrived while waiting for a reply.
     pushes: std::collections::VecDeque<(u32, Push)>,
+    /// Descriptors the daemon passed (`io_open` with `pass_fd`), in arrival order.
+    pub(crate) fds: std::collections::VecDeque<std::os::fd::OwnedFd>,
     /// For messages: the daemon's socket and how long a reply may take.
     path: PathBuf,
     reply_timeout: Duration,
@@ -102,6 +104,7 @@ impl Client {
             read_some(
                 &mut stream,
                 &mut frames,
+                &mut Default::default(),
                 path,
                 options.reply_timeout,
                 "the handshake",
@@ -116,6 +119,7 @@ impl Client {
                 max_frame: welcome.max_frame,
                 early: HashMap::new(),
                 pushes: Default::default(),
+                fds: Default::default(),
                 path: path.to_owned(),
                 reply_timeout: options.reply_timeout,
             }),
@@ -168,6 +172,20 @@ impl Client {
     pub fn request(&mut self, request: Request) -> Result<Response, ClientError> {
         let id = self.send(request)?;
         self.recv_for(id)
+    }
+
+    /// The next descriptor the daemon passed, in arrival order.
+    pub(crate) fn take_fd(&mut self) -> Option<std::os::fd::OwnedFd> {
+        match &mut self.transport {
+            Transport::Socket(conn) => conn.fds.pop_front(),
+            #[cfg(feature = "embedded")]
+            Transport::Embedded(_) => None,
+        }
+    }
+
+    /// Whether this client talks to a daemon over a socket (which can pass descriptors).
+    pub(crate) fn on_socket(&self) -> bool {
+        matches!(self.transport, Transport::Socket(_))
     }
 
     /// Sends a request without waiting; returns its id. Collect replies with
@@ -388,6 +406,7 @@ impl SocketConn {
             read_some(
                 &mut self.stream,
                 &mut self.frames,
+                &mut self.fds,
                 &self.path,
                 self.reply_timeout,
                 "a request",
@@ -425,7 +444,7 @@ impl SocketConn {
                 None => None,
             };
             self.stream.set_read_timeout(left)?;
-            let read = self.stream.read(self.frames.spare());
+            let read = recv(&self.stream, self.frames.spare(), &mut self.fds);
             self.stream.set_read_timeout(Some(self.reply_timeout))?;
             match read {
                 Ok(0) => {
@@ -442,16 +461,27 @@ impl SocketConn {
     }
 }
 
+/// `read`, keeping any file descriptor the daemon passed.
+fn recv(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut std::collections::VecDeque<std::os::fd::OwnedFd>,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    purveyor_protocol::fds::recv(stream.as_raw_fd(), buf, fds)
+}
+
 /// Reads what has arrived into `frames`. A timeout, or the daemon closing the connection,
 /// is an error that names the socket and what was awaited.
 fn read_some(
     stream: &mut UnixStream,
     frames: &mut FrameBuffer,
+    fds: &mut std::collections::VecDeque<std::os::fd::OwnedFd>,
     path: &Path,
     timeout: Duration,
     awaiting: &str,
 ) -> Result<(), ClientError> {
-    match stream.read(frames.spare()) {
+    match recv(stream, frames.spare(), fds) {
         Ok(0) => Err(ClientError::protocol(format!(
             "the daemon at {} closed the connection during {awaiting}",
             path.display()

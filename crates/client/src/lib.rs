@@ -8,6 +8,7 @@
 mod asynchronous;
 mod blocking;
 mod error;
+pub mod io;
 mod options;
 mod typed;
 mod wire;
@@ -17,7 +18,8 @@ pub use blocking::Client;
 pub use error::ClientError;
 pub use options::{ConnectOptions, Mode, Target};
 pub use purveyor_protocol::{
-    ClassList, Encoding, HostMode, HostStatus, ProviderStatus, Push, Request, Response,
+    ClassList, Encoding, HostMode, HostStatus, IoMode, IoProcedureInfo, ProviderStatus, Push,
+    Request, Response,
 };
 
 #[cfg(feature = "embedded")]

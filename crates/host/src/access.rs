@@ -131,6 +131,13 @@ impl AccessPolicy {
                 source: "built-in default".into(),
             });
         }
+        // Streams through I/O procedures: files are opened with the caller's own
+        // permissions, so every local user may use them.
+        rules.push(Rule {
+            namespace: "io".into(),
+            grants: [local(), local(), None, None],
+            source: "built-in default".into(),
+        });
         rules.push(Rule {
             namespace: String::new(),
             grants: [owner(), owner(), owner(), owner()],

@@ -25,6 +25,7 @@ use crate::access::Permission;
 use crate::builtin::{BuiltinProvider, Dispatch};
 use crate::config::HostConfig;
 use crate::events::{EventBus, Session};
+use crate::io::ProcedureServer;
 use crate::library::LibraryProvider;
 use crate::manifest::{Entry, ManifestError};
 use crate::process::{CallFailure, ProcessConn};
@@ -50,7 +51,7 @@ pub struct Host {
 
 pub(crate) struct HostInner {
     pub config: HostConfig,
-    registry: Registry,
+    pub(crate) registry: Registry,
     catalog: Arc<HashMap<String, BuiltinProvider>>,
     pub started: Timestamp,
     /// This process's id, read once (getpid is a system call).
@@ -66,6 +67,8 @@ pub(crate) struct HostInner {
     watchdog: Watchdog,
     /// Subscriptions, and the events delivered to and dropped for them.
     pub events: Arc<EventBus>,
+    /// The built-in I/O procedures (`DOS `, `MEM `, `GZ  `, `TAR `).
+    pub builtin_io: Arc<ProcedureServer>,
 }
 
 impl HostBuilder {
@@ -104,6 +107,7 @@ impl HostBuilder {
                 groups: tokio::sync::Mutex::new(HashMap::new()),
                 watchdog: Watchdog::default(),
                 events: Arc::new(EventBus::default()),
+                builtin_io: Arc::new(ProcedureServer::new(purveyor_io::Registry::new())),
             }
         });
         Host { inner }
@@ -237,6 +241,15 @@ impl Host {
                     ))
                 }
             }
+            io @ (Request::IoList
+            | Request::IoOpen { .. }
+            | Request::IoRead { .. }
+            | Request::IoWrite { .. }
+            | Request::IoSeek { .. }
+            | Request::IoMessage { .. }
+            | Request::IoClose { .. }
+            | Request::IoDelete { .. }
+            | Request::IoRename { .. }) => self.io_request(io, caller, session).await,
             other => Err(RemoteError::new(
                 ErrorCode::Unsupported,
                 format!("request {other:?} is not supported by this host"),
@@ -245,7 +258,7 @@ impl Host {
     }
 
     /// Whether the access policy lets `caller` have `permission` on `path`.
-    fn allowed(
+    pub(crate) fn allowed(
         &self,
         caller: &Caller,
         permission: Permission,
@@ -653,7 +666,7 @@ impl Host {
         Ok((slot.clone(), loaded))
     }
 
-    async fn acquire(&self, slot: &Arc<Slot>) -> Result<Arc<Loaded>, RemoteError> {
+    pub(crate) async fn acquire(&self, slot: &Arc<Slot>) -> Result<Arc<Loaded>, RemoteError> {
         let host = &self.inner;
         slot.acquire(move |slot| load(host.clone(), slot)).await
     }
@@ -687,7 +700,7 @@ impl Host {
     /// Calls the provider wherever it runs, under `catch_unwind` or in its own process,
     /// within its deadline, and records the outcome. A provider error in the reply becomes
     /// the returned error.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         slot: &Arc<Slot>,
         loaded: &Arc<Loaded>,
@@ -756,6 +769,29 @@ impl Host {
                     return Err(in_daemon_overdue(slot, timeout));
                 } else {
                     result.map(|r| r.unwrap_or_else(|e| ProviderReply::Error(fault(e))))
+                }
+            }
+            Backend::Io(server) => {
+                let server = server.clone();
+                let who = CallerInfo {
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    pid: caller.pid,
+                };
+                let task = tokio::task::spawn_blocking(move || server.answer(call, who));
+                match tokio::time::timeout(timeout, task).await {
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(join)) => Err(slot.error(
+                        ErrorCode::ProviderFailed,
+                        format!("I/O procedure provider {name} panicked: {join}"),
+                    )),
+                    Err(_) => Err(slot.error(
+                        ErrorCode::Timeout,
+                        format!(
+                            "I/O procedure provider {name} did not answer within {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    )),
                 }
             }
             Backend::Process {
@@ -899,6 +935,14 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
             };
             (backend, classes)
         }
+        Entry::Library { path, .. }
+            if slot.manifest.hosting == Hosting::InDaemon && !slot.manifest.io.is_empty() =>
+        {
+            let path = slot.manifest.resolve(&path.to_string_lossy());
+            let server =
+                in_pool(&slot, timeout, move || ProcedureServer::from_library(&path)).await?;
+            (Backend::Io(Arc::new(server)), Vec::new())
+        }
         Entry::Library { path, .. } if slot.manifest.hosting == Hosting::InDaemon => {
             let path = slot.manifest.resolve(&path.to_string_lossy());
             let n = name.clone();
@@ -943,7 +987,13 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
                 None => spawn().await.map_err(failed)?,
             };
             let library = path.to_string_lossy().into_owned();
-            match process_call(&slot, &conn, ProviderCall::Load { library }).await? {
+            let io = !slot.manifest.io.is_empty();
+            let load = if io {
+                ProviderCall::LoadIo { library }
+            } else {
+                ProviderCall::Load { library }
+            };
+            match process_call(&slot, &conn, load).await? {
                 ProviderReply::Loaded => {}
                 ProviderReply::Error(fault) => return Err(failed(fault.message)),
                 other => {
@@ -953,7 +1003,11 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
                     )));
                 }
             }
-            let classes = process_classes(&slot, &conn).await?;
+            let classes = if io {
+                Vec::new()
+            } else {
+                process_classes(&slot, &conn).await?
+            };
             (
                 Backend::Process {
                     conn,
@@ -982,7 +1036,11 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
             )
             .await
             .map_err(failed)?;
-            let classes = process_classes(&slot, &conn).await?;
+            let classes = if slot.manifest.io.is_empty() {
+                process_classes(&slot, &conn).await?
+            } else {
+                Vec::new()
+            };
             (
                 Backend::Process {
                     conn,

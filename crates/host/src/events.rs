@@ -53,6 +53,8 @@ pub struct EventSink {
 /// Dropping it ends its subscriptions.
 pub struct Session {
     pub caller: Caller,
+    /// The streams this session opened (closed when it ends).
+    pub io: crate::io::SessionIo,
     sink: Arc<EventSink>,
     bus: Arc<EventBus>,
 }
@@ -207,6 +209,7 @@ impl Session {
     pub(crate) fn new(caller: Caller, bus: Arc<EventBus>, capacity: usize) -> Self {
         Session {
             caller,
+            io: Default::default(),
             sink: Arc::new(EventSink::new(capacity)),
             bus,
         }

@@ -14,6 +14,7 @@ mod builtin;
 mod config;
 mod engine;
 mod events;
+pub mod io;
 mod library;
 pub mod manifest;
 mod process;

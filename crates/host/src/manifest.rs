@@ -29,6 +29,8 @@ pub struct Manifest {
     /// Namespaces the provider fills at run time (`"app.*"` in `classes`): every class
     /// below them is its, with the schema it gives when asked. Builtin providers only.
     pub namespaces: Vec<NamespacePath>,
+    /// The I/O procedures the provider installs globally (`io = ["XOR "]`).
+    pub io: Vec<purveyor_io::FourCC>,
     pub capabilities: BTreeSet<Capability>,
     /// What the provider mainly serves; picks its default `clear_after`.
     pub kind: ProviderKind,
@@ -164,7 +166,11 @@ struct RawManifest {
     library: Option<Spanned<String>>,
     host_group: Option<Spanned<String>>,
     command: Option<Spanned<Vec<String>>>,
-    classes: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    classes: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Four-character codes of the I/O procedures the provider installs globally.
+    #[serde(default)]
+    io: Option<Spanned<Vec<Spanned<String>>>>,
     capabilities: Option<Spanned<Vec<Spanned<String>>>>,
     kind: Option<Spanned<String>>,
     clear_after: Option<Spanned<String>>,
@@ -264,16 +270,59 @@ impl Manifest {
 
         let entry = hosting.and_then(|hosting| entry(&raw, hosting, &mut errors));
 
-        let mut classes = Vec::new();
-        if raw.classes.get_ref().is_empty() {
+        let mut io = Vec::new();
+        for code in raw.io.iter().flat_map(|list| list.get_ref()) {
+            match code.get_ref().parse::<purveyor_io::FourCC>() {
+                Ok(c) if io.contains(&c) => errors.push(
+                    Some(code.span()),
+                    Some("io"),
+                    format!("I/O procedure {c} is listed twice"),
+                ),
+                Ok(c) => io.push(c),
+                Err(e) => errors.push(Some(code.span()), Some("io"), e.to_string()),
+            }
+        }
+        let no_classes: &[Spanned<String>] = &[];
+        let listed = raw
+            .classes
+            .as_ref()
+            .map_or(no_classes, |c| c.get_ref().as_slice());
+        let classes_span = raw.classes.as_ref().map(|c| c.span());
+        let io_span = raw.io.as_ref().map(|c| c.span());
+        if raw.io.is_some() {
+            if io.is_empty() && errors.list.is_empty() {
+                errors.push(
+                    io_span.clone(),
+                    Some("io"),
+                    "an I/O procedure provider must install at least one code".into(),
+                );
+            }
+            if !listed.is_empty() {
+                errors.push(
+                    classes_span,
+                    Some("classes"),
+                    "an I/O procedure provider (with `io`) serves no classes in this version"
+                        .into(),
+                );
+            }
+            if hosting == Some(Hosting::Builtin) {
+                errors.push(
+                    io_span,
+                    Some("io"),
+                    "builtin I/O procedures are the host's own (DOS, MEM, GZ, TAR); a provider of I/O procedures is a library or an executable".into(),
+                );
+            }
+        } else if listed.is_empty() {
             errors.push(
-                Some(raw.classes.span()),
+                classes_span,
                 Some("classes"),
-                "a provider must serve at least one class".into(),
+                "a provider must serve at least one class (or install I/O procedures with `io`)"
+                    .into(),
             );
         }
+        let mut classes = Vec::new();
         let mut namespaces = Vec::new();
-        for class in raw.classes.get_ref() {
+        for class in listed {
             if let Some(ns) = class.get_ref().strip_suffix(".*") {
                 match NamespacePath::new(ns) {
                     Ok(_) if hosting.is_some_and(|h| h != Hosting::Builtin) => errors.push(
@@ -330,6 +379,7 @@ impl Manifest {
         }
 
         let kind = match &raw.kind {
+            None if !io.is_empty() => ProviderKind::Io,
             None => ProviderKind::Instance,
             Some(k) => k.get_ref().parse().unwrap_or_else(|message| {
                 errors.push(Some(k.span()), Some("kind"), message);
@@ -373,6 +423,7 @@ impl Manifest {
                     entry,
                     classes,
                     namespaces,
+                    io,
                     capabilities,
                     kind,
                     clear_after,

@@ -20,6 +20,8 @@ pub(crate) struct Registry {
     /// Namespaces filled at run time (`app.*`), and by whom. A class named by a manifest
     /// wins over a namespace that contains it.
     pub by_namespace: Vec<(NamespacePath, Arc<Slot>)>,
+    /// I/O procedures installed globally, and by whom.
+    pub by_io: HashMap<purveyor_io::FourCC, Arc<Slot>>,
     /// Manifests that were refused, with why. The rest of the registry serves regardless.
     pub problems: Vec<ManifestError>,
     /// The directories that were read.
@@ -89,7 +91,24 @@ impl Registry {
         let mut slots = BTreeMap::new();
         let mut by_class: HashMap<ClassPath, Arc<Slot>> = HashMap::new();
         let mut by_namespace: Vec<(NamespacePath, Arc<Slot>)> = Vec::new();
+        let mut by_io: HashMap<purveyor_io::FourCC, Arc<Slot>> = HashMap::new();
         for (name, mut manifest) in chosen {
+            if let Some((code, other)) = manifest
+                .io
+                .iter()
+                .find_map(|c| by_io.get(c).map(|s| (c, s)))
+            {
+                problems.push(ManifestError {
+                    file: manifest.source.to_string(),
+                    line: None,
+                    field: Some("io".into()),
+                    message: format!(
+                        "I/O procedure {code} is already installed by provider {} ({}); provider {name} is not registered",
+                        other.manifest.name, other.manifest.source
+                    ),
+                });
+                continue;
+            }
             if !manifest.clear_after_given {
                 manifest.clear_after = config.clear_after.get(manifest.kind);
             }
@@ -119,6 +138,9 @@ impl Registry {
             for ns in &slot.manifest.namespaces {
                 by_namespace.push((ns.clone(), slot.clone()));
             }
+            for code in &slot.manifest.io {
+                by_io.insert(*code, slot.clone());
+            }
             slots.insert(name, slot);
         }
         for problem in &problems {
@@ -128,6 +150,7 @@ impl Registry {
             slots,
             by_class,
             by_namespace,
+            by_io,
             problems,
             dirs,
         }

@@ -11,7 +11,8 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use purveyor_protocol::{
     ClientMessage, Encoding, ErrorCode, FrameBuffer, Hello, Outcome, PROTOCOL_MINOR,
-    PROTOCOL_VERSION, Push, RemoteError, Request, ServerMessage, Welcome, decode, encode_frame,
+    PROTOCOL_VERSION, Push, RemoteError, Request, Response, ServerMessage, Welcome, decode,
+    encode_frame,
 };
 use purveyor_provider::Caller;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,8 +22,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::Host;
 use crate::engine::SERVER_NAME;
+use crate::{Host, Session};
 
 /// Serves `host` on `listener` until `shutdown` completes. Then it stops accepting, lets
 /// in-flight requests finish within the configured grace period, tells every client
@@ -224,7 +225,10 @@ impl Connection {
             abandoned: AtomicBool::new(false),
         });
         let session = host.session(caller);
+        // A Unix socket can carry file descriptors (plain files opened for reading).
+        session.io.allow_fds();
         let session = &session;
+        let mut fds: Vec<std::os::fd::OwnedFd> = Vec::new();
         let answer = |rid: u32, request: Request| {
             let host = host.clone();
             let at = CallSite {
@@ -258,12 +262,22 @@ impl Connection {
                         // The watchdog answered and closed the socket.
                         return Ok(());
                     }
+                    take_fd(session, &outcome, &mut fds);
                     push_reply(encoding, max, rid, outcome, &mut out);
                     // Batch every other reply that is already done into the same write.
                     while let Some(Some((rid, outcome))) = in_flight.next().now_or_never() {
+                        take_fd(session, &outcome, &mut fds);
                         push_reply(encoding, max, rid, outcome, &mut out);
                     }
-                    wr.write_all(&out).await?;
+                    if fds.is_empty() {
+                        wr.write_all(&out).await?;
+                    } else {
+                        // The descriptors ride on the first byte of this write, so the
+                        // client has them before it reads the replies that name them.
+                        let sent = send_with_fds(wr.as_ref(), &out, &fds).await?;
+                        fds.clear();
+                        wr.write_all(&out[sent..]).await?;
+                    }
                     out.clear();
                 }
                 () = session.sink().ready() => {
@@ -315,6 +329,38 @@ impl Connection {
         }
         let _ = wr.shutdown().await;
         Ok(())
+    }
+}
+
+/// The descriptor an `io_opened` reply with `fd` promises, from the session's stash.
+fn take_fd(session: &Session, outcome: &Outcome, fds: &mut Vec<std::os::fd::OwnedFd>) {
+    if let Outcome::Ok(Response::IoOpened {
+        handle, fd: true, ..
+    }) = outcome
+        && let Some(fd) = session.io.take_fd(*handle)
+    {
+        fds.push(fd);
+    }
+}
+
+/// Sends the start of `bytes` with `fds` attached (`SCM_RIGHTS`); returns how many bytes
+/// went (at least one).
+async fn send_with_fds(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fds: &[std::os::fd::OwnedFd],
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            purveyor_protocol::fds::send(stream.as_raw_fd(), bytes, &raw)
+        }) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

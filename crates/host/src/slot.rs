@@ -55,13 +55,15 @@ pub(crate) enum Backend {
         conn: Arc<ProcessConn>,
         name: String,
     },
+    /// An in-daemon I/O procedure library, served on the blocking pool.
+    Io(Arc<crate::io::ProcedureServer>),
 }
 
 impl Loaded {
     pub fn pid(&self) -> Option<u32> {
         match &self.backend {
             Backend::Process { conn, .. } => Some(conn.pid),
-            Backend::Local { .. } | Backend::Library(_) => None,
+            Backend::Local { .. } | Backend::Library(_) | Backend::Io(_) => None,
         }
     }
 }
@@ -280,8 +282,9 @@ impl Slot {
                     }
                 }
             }
-            // Its cleanup entry point runs when `loaded` is dropped, below.
-            Backend::Library(_) => {}
+            // Its cleanup entry point (or a procedure's destroy) runs when `loaded` is
+            // dropped, below.
+            Backend::Library(_) | Backend::Io(_) => {}
             Backend::Process { conn, name } => {
                 let reply = conn
                     .call(
@@ -321,6 +324,11 @@ impl Slot {
     }
 
     /// Forgets `loaded` after it was lost (see [`Lost`]), if it is still the current one.
+    /// Whether `loaded` is still what this slot serves (not released, crashed or replaced).
+    pub fn is_current(&self, loaded: &Arc<Loaded>) -> bool {
+        matches!(&*self.lock(), State::Loaded(current) if Arc::ptr_eq(current, loaded))
+    }
+
     pub fn lost(&self, loaded: &Arc<Loaded>, how: Lost) {
         let mut state = self.lock();
         let State::Loaded(current) = &*state else {

@@ -22,6 +22,7 @@ use purveyor_protocol::{
 };
 use purveyor_provider::abi::panic_message;
 
+use crate::io::ProcedureServer;
 use crate::library::LibraryProvider;
 
 /// Threads that take turns reading requests.
@@ -38,6 +39,8 @@ struct Worker {
     input: Mutex<Input>,
     output: Mutex<File>,
     providers: RwLock<HashMap<String, Arc<LibraryProvider>>>,
+    /// I/O procedure libraries, by provider name.
+    procedures: RwLock<HashMap<String, Arc<ProcedureServer>>>,
 }
 
 /// Runs the worker until stdin closes. Returns the process exit code.
@@ -91,6 +94,7 @@ pub fn run() -> i32 {
         input: Mutex::new(input),
         output: Mutex::new(output),
         providers: RwLock::new(HashMap::new()),
+        procedures: RwLock::new(HashMap::new()),
     });
     for _ in 1..THREADS {
         let w = worker.clone();
@@ -160,13 +164,47 @@ impl Worker {
                     Err(e) => fault(FaultKind::Failed, e),
                 }
             }
+            ProviderCall::LoadIo { library } => {
+                match ProcedureServer::from_library(Path::new(library)) {
+                    Ok(server) => {
+                        self.procedures
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(request.provider.clone(), Arc::new(server));
+                        ProviderReply::Loaded
+                    }
+                    Err(e) => fault(FaultKind::Failed, e),
+                }
+            }
             ProviderCall::Release => {
                 // Dropping the last reference runs the library's cleanup entry point.
                 self.providers
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&request.provider);
+                self.procedures
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&request.provider);
                 ProviderReply::Released
+            }
+            call if call.kind().starts_with("io_") => {
+                let server = self
+                    .procedures
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&request.provider)
+                    .cloned();
+                match server {
+                    Some(server) => server.answer(request.call, request.caller),
+                    None => fault(
+                        FaultKind::NotFound,
+                        format!(
+                            "this worker has no I/O procedure library {:?} loaded",
+                            request.provider
+                        ),
+                    ),
+                }
             }
             _ => {
                 let provider = self

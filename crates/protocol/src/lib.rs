@@ -12,6 +12,7 @@
 //! integer has a fixed width, so 32-bit and 64-bit peers read the same message.
 
 mod codec;
+pub mod fds;
 mod frame;
 mod message;
 mod paths;
@@ -22,8 +23,8 @@ pub use codec::{DecodeError, EncodeError, decode, encode_frame, encode_payload};
 pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
 pub use message::{
     ClassList, ClientMessage, Encoding, ErrorCode, Hello, HostMode, HostStatus, InstanceList,
-    Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, ProviderStatus, Push, RemoteError, Request,
-    Response, ServerMessage, Welcome,
+    IoMode, IoProcedureInfo, IoWhence, Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, ProviderStatus,
+    Push, RemoteError, Request, Response, ServerMessage, Welcome,
 };
 pub use paths::default_socket_path;
 pub use provider::{

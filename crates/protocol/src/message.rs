@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 3;
+pub const PROTOCOL_MINOR: u16 = 4;
 
 /// How the payloads after the handshake are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +144,50 @@ pub enum Request {
     },
     /// Ends a subscription (minor 3). Answered with `done`.
     Unsubscribe { handle: u32 },
+    /// The I/O procedures the host serves: the global ones its providers install, then its
+    /// built-ins (minor 4). Answered with `io_procedures`.
+    IoList,
+    /// Opens a stream on `name` (`report.xor+`, `backup.tar+etc/hosts`, a plain path)
+    /// (minor 4). Answered with `io_opened`. With `pass_fd`, a plain local file opened for
+    /// reading may come back as a file descriptor instead of a stream (`fd` in the answer).
+    IoOpen {
+        name: String,
+        mode: IoMode,
+        #[serde(default)]
+        pass_fd: bool,
+    },
+    /// Reads up to `max` bytes from a stream (minor 4). Answered with `io_data`; empty at
+    /// the end. The host reads only when asked: this is the flow control.
+    IoRead { handle: u32, max: u32 },
+    /// Writes to a stream, then flushes it with `flush` (minor 4). Answered with
+    /// `io_value`: the bytes written.
+    IoWrite {
+        handle: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        #[serde(default)]
+        flush: bool,
+    },
+    /// Moves a stream's position (minor 4). Answered with `io_value`: the new position.
+    IoSeek {
+        handle: u32,
+        offset: i64,
+        whence: IoWhence,
+    },
+    /// A custom message (numbered from 0x4000) to a stream's procedure (minor 4).
+    /// Answered with `io_value`: the procedure's answer.
+    IoMessage {
+        handle: u32,
+        message: u32,
+        #[serde(default, with = "serde_bytes")]
+        input: Vec<u8>,
+    },
+    /// Closes a stream: the procedure finishes it (minor 4). Answered with `done`.
+    IoClose { handle: u32 },
+    /// Deletes what `name` names, through its procedure (minor 4). Answered with `done`.
+    IoDelete { name: String },
+    /// Renames within one procedure (minor 4). Answered with `done`.
+    IoRename { from: String, to: String },
 }
 
 /// A successful answer.
@@ -167,6 +211,60 @@ pub enum Response {
     Subscribed {
         handle: u32,
     },
+    /// The I/O procedures a host serves, in lookup order.
+    IoProcedures(Vec<IoProcedureInfo>),
+    /// A stream is open: its handle, and its size when the procedure knows it. With
+    /// `fd`, the file's descriptor came with this reply (`SCM_RIGHTS`) and `handle` is
+    /// not a stream (there is nothing to close on the host).
+    IoOpened {
+        handle: u32,
+        #[serde(default)]
+        size: Option<u64>,
+        #[serde(default)]
+        fd: bool,
+    },
+    /// Bytes read from a stream; empty at its end.
+    IoData(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A count, a position or a custom message's answer.
+    IoValue(i64),
+}
+
+/// How a stream is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    Read,
+    /// Create or truncate, then write.
+    Write,
+    ReadWrite,
+}
+
+/// Where a seek's offset counts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoWhence {
+    Start,
+    Current,
+    End,
+}
+
+/// One I/O procedure a host serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoProcedureInfo {
+    /// The four-character code, padded: `"XOR "`.
+    pub code: String,
+    /// `global` (a provider installs it) or `built-in`.
+    pub scope: String,
+    /// `provider xor`, `built-in`.
+    pub origin: String,
+    #[serde(default)]
+    pub description: String,
+    /// Streams open on it now, through this host.
+    #[serde(default)]
+    pub open_streams: u32,
+    /// Hidden by another install of the same code that is looked up first.
+    #[serde(default)]
+    pub shadowed: bool,
 }
 
 /// Server-pushed messages. Subscriptions and dialogs (later protocol minors) add variants.

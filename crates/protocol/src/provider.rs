@@ -9,7 +9,7 @@
 use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::Encoding;
+use crate::{Encoding, IoMode, IoWhence};
 
 /// The provider ABI's version. A library or process with another version is refused with
 /// a message naming both versions.
@@ -91,6 +91,61 @@ pub enum ProviderCall {
         method: Identifier,
         args: Instance,
     },
+    /// To a worker only: load the I/O procedure library at `library` for `provider`
+    /// (it exports `purveyor_io_install`). Answered with `loaded`.
+    LoadIo { library: String },
+    /// Open a stream through the procedure installed for `code`, on the container (or
+    /// file) `path` and the `element` in it, with the caller's file permissions. Answered
+    /// with `io_opened`.
+    IoOpen {
+        code: String,
+        path: String,
+        #[serde(default)]
+        element: String,
+        mode: IoMode,
+    },
+    /// Read up to `max` bytes. Answered with `io_data` (empty at the end).
+    IoRead { stream: u32, max: u32 },
+    /// Write, then flush with `flush`. Answered with `io_value` (bytes written).
+    IoWrite {
+        stream: u32,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+        #[serde(default)]
+        flush: bool,
+    },
+    /// Answered with `io_value` (the new position).
+    IoSeek {
+        stream: u32,
+        offset: i64,
+        whence: IoWhence,
+    },
+    /// A custom message. Answered with `io_value`.
+    IoMessage {
+        stream: u32,
+        message: u32,
+        #[serde(default, with = "serde_bytes")]
+        input: Vec<u8>,
+    },
+    /// Close (finish) a stream. Answered with `done`.
+    IoClose { stream: u32 },
+    /// Delete through the procedure for `code`. Answered with `done`.
+    IoDelete {
+        code: String,
+        path: String,
+        #[serde(default)]
+        element: String,
+    },
+    /// Rename through the procedure for `code`. Answered with `done`.
+    IoRename {
+        code: String,
+        from: String,
+        #[serde(default)]
+        from_element: String,
+        to: String,
+        #[serde(default)]
+        to_element: String,
+    },
 }
 
 /// One response from a provider.
@@ -120,6 +175,16 @@ pub enum ProviderReply {
         #[serde(default)]
         events: Vec<RaisedEvent>,
     },
+    /// A stream opened by `io_open`, with its size when known.
+    IoOpened {
+        stream: u32,
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    /// Bytes read.
+    IoData(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A count, position or custom answer.
+    IoValue(i64),
 }
 
 /// An event a provider raises.
@@ -159,6 +224,15 @@ impl ProviderCall {
             ProviderCall::Put { .. } => "put",
             ProviderCall::Delete { .. } => "delete",
             ProviderCall::Call { .. } => "call",
+            ProviderCall::LoadIo { .. } => "load_io",
+            ProviderCall::IoOpen { .. } => "io_open",
+            ProviderCall::IoRead { .. } => "io_read",
+            ProviderCall::IoWrite { .. } => "io_write",
+            ProviderCall::IoSeek { .. } => "io_seek",
+            ProviderCall::IoMessage { .. } => "io_message",
+            ProviderCall::IoClose { .. } => "io_close",
+            ProviderCall::IoDelete { .. } => "io_delete",
+            ProviderCall::IoRename { .. } => "io_rename",
         }
     }
 }
@@ -174,6 +248,9 @@ impl ProviderReply {
             ProviderReply::Loaded => "loaded",
             ProviderReply::Error(_) => "error",
             ProviderReply::Done { .. } => "done",
+            ProviderReply::IoOpened { .. } => "io_opened",
+            ProviderReply::IoData(_) => "io_data",
+            ProviderReply::IoValue(_) => "io_value",
         }
     }
 }

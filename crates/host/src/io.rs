@@ -836,11 +836,15 @@ impl crate::Host {
             }
             StreamTarget::Provider { slot, loaded, .. } => {
                 let opening = matches!(call, ProviderCall::IoOpen { .. });
-                if !opening && !slot.is_current(loaded) {
-                    let why = match &loaded.backend {
-                        Backend::Process { conn, .. } => conn.dead_reason(),
-                        _ => None,
-                    };
+                let dead = || match &loaded.backend {
+                    Backend::Process { conn, .. } => conn.dead_reason(),
+                    _ => None,
+                };
+                if !opening && (!slot.is_current(loaded) || dead().is_some()) {
+                    let why = dead();
+                    if let Some(why) = &why {
+                        slot.lost(loaded, crate::slot::Lost::Crashed(why.clone()));
+                    }
                     return Err(slot.error(
                         ErrorCode::ProviderFailed,
                         match why {
@@ -855,7 +859,17 @@ impl crate::Host {
                         },
                     ));
                 }
-                self.call(slot, loaded, caller, call).await
+                let result = self.call(slot, loaded, caller, call).await;
+                match (result, dead()) {
+                    (Err(_), Some(why)) if !opening => Err(slot.error(
+                        ErrorCode::ProviderFailed,
+                        format!(
+                            "I/O procedure provider {} crashed ({why}); stream {} is lost",
+                            slot.manifest.name, stream.name
+                        ),
+                    )),
+                    (result, _) => result,
+                }
             }
         }
     }

@@ -314,7 +314,7 @@ impl Manifest {
             }
         } else if listed.is_empty() {
             errors.push(
-                classes_span,
+                classes_span.or(Some(0..0)),
                 Some("classes"),
                 "a provider must serve at least one class (or install I/O procedures with `io`)"
                     .into(),
@@ -696,7 +696,23 @@ pure = false
         let cases: &[(&str, &[&str])] = &[
             (
                 "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\n",
-                &["providers/demo.toml:1:1: field `classes`: missing field `classes`"],
+                &[
+                    "providers/demo.toml:1:1: field `classes`: a provider must serve at least one class (or install I/O procedures with `io`)",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"isolated\"\nlibrary = \"x.so\"\nio = [\"xor\", \"TAR\", \"TAR \"]\nclasses = [\"demo.a\"]\n",
+                &[
+                    "providers/demo.toml:4:7: field `io`: four-character code \"xor \" has a lowercase letter; codes are uppercase (\"XOR \")",
+                    "providers/demo.toml:4:21: field `io`: I/O procedure \"TAR \" is listed twice",
+                    "providers/demo.toml:5:11: field `classes`: an I/O procedure provider (with `io`) serves no classes in this version",
+                ],
+            ),
+            (
+                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nio = [\"XOR \"]\n",
+                &[
+                    "providers/demo.toml:4:6: field `io`: builtin I/O procedures are the host's own (DOS, MEM, GZ, TAR); a provider of I/O procedures is a library or an executable",
+                ],
             ),
             (
                 "name = \"demo\"\nhosting = \"dll\"\nclasses = [\"demo.thing\"]\n",
@@ -756,7 +772,7 @@ pure = false
             (
                 "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\ncolour = \"red\"\n",
                 &[
-                    "providers/demo.toml:5:1: field `colour`: unknown field `colour`, expected one of `name`, `description`, `hosting`, `builtin`, `library`, `host_group`, `command`, `classes`, `capabilities`, `kind`, `clear_after`, `pure`, `call_timeout`",
+                    "providers/demo.toml:5:1: field `colour`: unknown field `colour`, expected one of `name`, `description`, `hosting`, `builtin`, `library`, `host_group`, `command`, `classes`, `io`, `capabilities`, `kind`, `clear_after`, `pure`, `call_timeout`",
                 ],
             ),
             (

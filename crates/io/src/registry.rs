@@ -160,7 +160,9 @@ impl Registry {
 
     /// The procedure `code` resolves to now, with its scope.
     pub fn find(&self, code: FourCC) -> Option<(Arc<dyn IoProcedure>, Scope)> {
-        self.resolve(code).map(|(p, scope, _)| (p, scope))
+        let (procedure, scope, open) = self.resolve(code)?;
+        drop(OpenGuard(open));
+        Some((procedure, scope))
     }
 
     fn resolve(&self, code: FourCC) -> Option<(Arc<dyn IoProcedure>, Scope, Arc<AtomicUsize>)> {

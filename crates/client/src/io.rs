@@ -105,9 +105,10 @@ impl Client {
         max: u32,
     ) -> Result<usize, ClientError> {
         if let Some(file) = &mut stream.file {
-            buf.resize(max as usize, 0);
-            let n = file.read(buf)?;
-            buf.truncate(n);
+            // Into the buffer's spare capacity, without zero-filling it first.
+            buf.clear();
+            buf.reserve(max as usize);
+            let n = Read::by_ref(file).take(u64::from(max)).read_to_end(buf)?;
             return Ok(n);
         }
         match self.request(Request::IoRead {

@@ -334,3 +334,39 @@ fn files_open_with_the_callers_permissions() {
         b"root only\n"
     );
 }
+
+/// An external executable (Python, standard library only) serves a global procedure over
+/// the JSON provider channel.
+#[test]
+fn an_external_executable_serves_a_global_procedure() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/providers/python");
+    let manifest = std::fs::read_to_string(dir.join("upper.toml"))
+        .unwrap()
+        .replace(
+            "\"upper.py\"",
+            &format!("{:?}", dir.join("upper.py").display().to_string()),
+        );
+    let daemon = Daemon::start(&[("upper", manifest)], &[], &[]);
+    let notes = daemon.dir.path().join("notes.up");
+    std::fs::write(&notes, "quiet words\n".repeat(20_000)).unwrap();
+    let mut client = daemon.client();
+    let name = format!("{}+", notes.display());
+    let back = read_all(&mut client, &name).unwrap();
+    assert!(back == "QUIET WORDS\n".repeat(20_000).as_bytes());
+    let err = client.io_open(&name, IoMode::Write).unwrap_err();
+    assert!(matches!(err, ClientError::Unsupported { .. }), "{err}");
+    let err = client
+        .io_open(
+            &format!("{}/missing.up+", daemon.dir.path().display()),
+            IoMode::Read,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ClientError::NotFound { .. }), "{err}");
+    assert!(
+        client
+            .io_list()
+            .unwrap()
+            .iter()
+            .any(|p| p.code == "UP  " && p.origin.contains("external"))
+    );
+}

@@ -474,18 +474,23 @@ impl Drop for SessionIo {
     }
 }
 
+/// Closes a stream of a local procedure server on the blocking pool (finishing a stream
+/// may write and sync a file), or here when there is no runtime.
+fn close_off_thread(server: Arc<ProcedureServer>, id: u32) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || server.close(id))),
+        Err(_) => drop(server.close(id)),
+    }
+}
+
 /// Closes a stream whose client is gone, without waiting for it.
 fn close_abandoned(stream: Arc<SessionStream>) {
     use crate::slot::Backend;
     let id = stream.id;
     match &stream.target {
-        StreamTarget::Builtin(server) => {
-            let _ = server.close(id);
-        }
+        StreamTarget::Builtin(server) => close_off_thread(server.clone(), id),
         StreamTarget::Provider { loaded, slot, .. } => match &loaded.backend {
-            Backend::Io(server) => {
-                let _ = server.close(id);
-            }
+            Backend::Io(server) => close_off_thread(server.clone(), id),
             Backend::Process { conn, name } => {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let (conn, name) = (conn.clone(), name.clone());

@@ -158,8 +158,7 @@ impl ProcedureServer {
                 element,
             } => {
                 let name = io_name(&code, path, element)?;
-                let code = name.code.expect("io_name sets the code");
-                let (procedure, _) = self.registry.find(code).ok_or(IoError::NoProcedure(code))?;
+                let procedure = self.procedure(&name)?;
                 as_caller(caller, || procedure.delete(&name))?;
                 Ok(done())
             }
@@ -172,8 +171,7 @@ impl ProcedureServer {
             } => {
                 let from = io_name(&code, from, from_element)?;
                 let to = io_name(&code, to, to_element)?;
-                let code = from.code.expect("io_name sets the code");
-                let (procedure, _) = self.registry.find(code).ok_or(IoError::NoProcedure(code))?;
+                let procedure = self.procedure(&from)?;
                 as_caller(caller, || procedure.rename(&from, &to))?;
                 Ok(done())
             }
@@ -182,6 +180,15 @@ impl ProcedureServer {
                 other.kind()
             ))),
         }
+    }
+
+    /// The procedure a name from an I/O call routes to.
+    fn procedure(&self, name: &IoName) -> Result<Arc<dyn purveyor_io::IoProcedure>, IoError> {
+        let code = name.code.expect("io_name sets the code");
+        self.registry
+            .find(code)
+            .map(|(procedure, _)| procedure)
+            .ok_or(IoError::NoProcedure(code))
     }
 
     fn insert(&self, stream: Box<dyn IoStream>, guard: StreamGuard) -> u32 {
@@ -845,34 +852,33 @@ impl crate::Host {
                     Backend::Process { conn, .. } => conn.dead_reason(),
                     _ => None,
                 };
+                // The stream lived in a provider that is gone: say which, and why.
+                let lost = |why: Option<String>| {
+                    let provider = &slot.manifest.name;
+                    slot.error(
+                        ErrorCode::ProviderFailed,
+                        match why {
+                            Some(why) => format!(
+                                "I/O procedure provider {provider} crashed ({why}); stream {} is lost",
+                                stream.name
+                            ),
+                            None => format!(
+                                "I/O procedure provider {provider} was released; stream {} is lost",
+                                stream.name
+                            ),
+                        },
+                    )
+                };
                 if !opening && (!slot.is_current(loaded) || dead().is_some()) {
                     let why = dead();
                     if let Some(why) = &why {
                         slot.lost(loaded, crate::slot::Lost::Crashed(why.clone()));
                     }
-                    return Err(slot.error(
-                        ErrorCode::ProviderFailed,
-                        match why {
-                            Some(why) => format!(
-                                "I/O procedure provider {} crashed ({why}); stream {} is lost",
-                                slot.manifest.name, stream.name
-                            ),
-                            None => format!(
-                                "I/O procedure provider {} was released; stream {} is lost",
-                                slot.manifest.name, stream.name
-                            ),
-                        },
-                    ));
+                    return Err(lost(why));
                 }
                 let result = self.call(slot, loaded, caller, call).await;
                 match (result, dead()) {
-                    (Err(_), Some(why)) if !opening => Err(slot.error(
-                        ErrorCode::ProviderFailed,
-                        format!(
-                            "I/O procedure provider {} crashed ({why}); stream {} is lost",
-                            slot.manifest.name, stream.name
-                        ),
-                    )),
+                    (Err(_), Some(why)) if !opening => Err(lost(Some(why))),
                     (result, _) => result,
                 }
             }

@@ -188,7 +188,7 @@ impl Worker {
                     .remove(&request.provider);
                 ProviderReply::Released
             }
-            call if call.kind().starts_with("io_") => {
+            call if call.is_io() => {
                 let server = self
                     .procedures
                     .read()

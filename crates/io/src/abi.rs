@@ -156,6 +156,29 @@ impl LibraryProcedure {
         unsafe { f(self.table.state, stream, message, arg, buf, len) }
     }
 
+    /// A message whose argument is one struct (`buf` = `args`, `len` = its size); a
+    /// negative answer becomes an error about `verb name`.
+    fn send_args<T>(
+        &self,
+        stream: *mut *mut c_void,
+        message: u32,
+        args: &mut T,
+        verb: &str,
+        name: &IoName,
+    ) -> Result<i64, IoError> {
+        let rc = self.call(
+            stream,
+            message,
+            0,
+            (args as *mut T).cast(),
+            size_of::<T>() as u64,
+        );
+        if rc < 0 {
+            return Err(IoError::from_errno(-rc as i32, self.what(verb, name)));
+        }
+        Ok(rc)
+    }
+
     fn what(&self, verb: &str, name: &IoName) -> String {
         format!(
             "{verb} {name} (procedure {} from {})",
@@ -174,16 +197,7 @@ impl IoProcedure for Arc<LibraryProcedure> {
         let path = name.path.to_string_lossy();
         let mut args = name_args(name, mode.to_raw(), &path);
         let mut stream: *mut c_void = std::ptr::null_mut();
-        let rc = self.call(
-            &mut stream,
-            msg::OPEN,
-            0,
-            (&raw mut args).cast(),
-            size_of::<PvIoName>() as u64,
-        );
-        if rc < 0 {
-            return Err(IoError::from_errno(-rc as i32, self.what("open", name)));
-        }
+        self.send_args(&mut stream, msg::OPEN, &mut args, "open", name)?;
         Ok(Box::new(LibraryStream {
             procedure: self.clone(),
             stream,
@@ -197,33 +211,15 @@ impl IoProcedure for Arc<LibraryProcedure> {
             from: name_args(from, 0, &fp),
             to: name_args(to, 0, &tp),
         };
-        let rc = self.call(
-            std::ptr::null_mut(),
-            msg::RENAME,
-            0,
-            (&raw mut args).cast(),
-            size_of::<PvIoRename>() as u64,
-        );
-        if rc < 0 {
-            return Err(IoError::from_errno(-rc as i32, self.what("rename", from)));
-        }
-        Ok(())
+        self.send_args(std::ptr::null_mut(), msg::RENAME, &mut args, "rename", from)
+            .map(drop)
     }
 
     fn delete(&self, name: &IoName) -> Result<(), IoError> {
         let path = name.path.to_string_lossy();
         let mut args = name_args(name, 0, &path);
-        let rc = self.call(
-            std::ptr::null_mut(),
-            msg::DELETE,
-            0,
-            (&raw mut args).cast(),
-            size_of::<PvIoName>() as u64,
-        );
-        if rc < 0 {
-            return Err(IoError::from_errno(-rc as i32, self.what("delete", name)));
-        }
-        Ok(())
+        self.send_args(std::ptr::null_mut(), msg::DELETE, &mut args, "delete", name)
+            .map(drop)
     }
 }
 

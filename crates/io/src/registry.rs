@@ -206,7 +206,7 @@ impl Registry {
 
     /// Opens an already parsed name.
     pub fn open_name(&self, name: &IoName, mode: OpenMode) -> Result<Stream, IoError> {
-        let code = self.code_of(name)?;
+        let code = Self::code_of(name);
         let (procedure, scope, open) = self.resolve(code).ok_or(IoError::NoProcedure(code))?;
         let guard = OpenGuard(open);
         let inner = procedure.open(name, mode)?;
@@ -219,24 +219,23 @@ impl Registry {
         })
     }
 
-    fn code_of(&self, name: &IoName) -> Result<FourCC, IoError> {
-        Ok(match name.code {
-            Some(code) => code,
-            None => FourCC::new("DOS ").expect("valid"),
-        })
+    /// The code a name routes to: its extension's, or `DOS ` for a plain name.
+    fn code_of(name: &IoName) -> FourCC {
+        name.code
+            .unwrap_or_else(|| FourCC::new("DOS ").expect("valid"))
     }
 
     fn procedure_for(&self, name: &IoName) -> Result<Arc<dyn IoProcedure>, IoError> {
-        let code = self.code_of(name)?;
-        let (procedure, _, open) = self.resolve(code).ok_or(IoError::NoProcedure(code))?;
-        drop(OpenGuard(open));
-        Ok(procedure)
+        let code = Self::code_of(name);
+        self.find(code)
+            .map(|(procedure, _)| procedure)
+            .ok_or(IoError::NoProcedure(code))
     }
 
     /// Renames within one procedure (both names must route to the same code).
     pub fn rename(&self, from: &str, to: &str) -> Result<(), IoError> {
         let (from, to) = (IoName::parse(from)?, IoName::parse(to)?);
-        if self.code_of(&from)? != self.code_of(&to)? {
+        if Self::code_of(&from) != Self::code_of(&to) {
             return Err(IoError::Invalid(format!(
                 "cannot rename {from} to {to}: they belong to different I/O procedures"
             )));

@@ -237,6 +237,24 @@ impl ProviderCall {
     }
 }
 
+impl ProviderCall {
+    /// Whether this is one of the I/O procedure calls (`io_*`), which an I/O procedure
+    /// provider answers.
+    pub fn is_io(&self) -> bool {
+        matches!(
+            self,
+            ProviderCall::IoOpen { .. }
+                | ProviderCall::IoRead { .. }
+                | ProviderCall::IoWrite { .. }
+                | ProviderCall::IoSeek { .. }
+                | ProviderCall::IoMessage { .. }
+                | ProviderCall::IoClose { .. }
+                | ProviderCall::IoDelete { .. }
+                | ProviderCall::IoRename { .. }
+        )
+    }
+}
+
 impl ProviderReply {
     /// The reply's name, for error messages about unexpected replies.
     pub fn kind(&self) -> &'static str {

@@ -171,7 +171,7 @@ enum Command {
     Worker,
     /// Run the daemon
     #[command(
-        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers\n  purveyor serve --clear-after counter=30s --clear-after instance=1m"
+        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers\n  purveyor serve --clear-after counter=30s --clear-after instance=1m\n  purveyor serve --http 9464                       JSON API and /metrics on 127.0.0.1:9464\n  purveyor serve --http 0.0.0.0:9464 --http-config /etc/purveyor/http.toml"
     )]
     Serve {
         /// Let the socket's group connect (mode 0660 instead of 0600)
@@ -193,6 +193,12 @@ enum Command {
         /// Events queued for one client before more are dropped (and reported as lost)
         #[arg(long, value_name = "N", default_value = "4096")]
         event_queue: usize,
+        /// Also serve HTTP (JSON API, /metrics, /healthz, /readyz; docs/http.md) on ADDR: a bare PORT is on loopback
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+        /// The HTTP gateway's configuration [default: /etc/purveyor/http.toml if it exists]
+        #[arg(long, value_name = "FILE", requires = "http")]
+        http_config: Option<PathBuf>,
     },
     /// I/O procedures: list the codes the host serves
     #[command(after_help = "Examples:\n  purveyor io ls\n  purveyor io ls --json")]
@@ -268,6 +274,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             access,
             quarantine_after,
             event_queue,
+            http,
+            http_config,
         } => serve::run(
             &global,
             serve::Options {
@@ -277,6 +285,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 access: access.as_deref(),
                 quarantine_after,
                 event_queue,
+                http: http.as_deref(),
+                http_config: http_config.as_deref(),
             },
         )
         .map(|()| ExitCode::SUCCESS),

@@ -16,6 +16,8 @@ pub struct Options<'a> {
     pub access: Option<&'a std::path::Path>,
     pub quarantine_after: u32,
     pub event_queue: usize,
+    pub http: Option<&'a str>,
+    pub http_config: Option<&'a std::path::Path>,
 }
 
 pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
@@ -26,7 +28,26 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         access,
         quarantine_after,
         event_queue,
+        http,
+        http_config,
     } = options;
+    // The gateway's address and configuration are checked before anything is bound.
+    let gateway = match http {
+        None => None,
+        Some(addr) => {
+            let addr = purveyor_gateway::parse_addr(addr).map_err(anyhow::Error::msg)?;
+            let default_config = std::path::Path::new("/etc/purveyor/http.toml");
+            let file = http_config.or(default_config.exists().then_some(default_config));
+            let config = match file {
+                Some(file) => purveyor_gateway::GatewayConfig::load(file)?,
+                None => purveyor_gateway::GatewayConfig::default(),
+            };
+            let tcp = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            tcp.set_nonblocking(true)?;
+            Some((tcp, config))
+        }
+    };
     let mut config = if global.provider_dirs.is_empty() {
         HostConfig::from_env(HostMode::Daemon)
     } else {
@@ -71,12 +92,42 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let host = purveyor_client::host_with(config);
         host.set_socket(Some(path.clone()));
+        // One signal stops both servers.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let http = match gateway {
+            None => None,
+            Some((tcp, config)) => {
+                let tcp = tokio::net::TcpListener::from_std(tcp)?;
+                let addr = tcp.local_addr()?;
+                if !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "the HTTP gateway listens beyond loopback; anonymous requests can read what every local user can");
+                }
+                tracing::info!(%addr, "HTTP gateway listening");
+                let mut stopped = stopped.clone();
+                let served = purveyor_gateway::serve(tcp, host.clone(), config, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                });
+                Some(tokio::spawn(served))
+            }
+        };
         tracing::info!(
             socket = %path.display(),
             pid = std::process::id(),
             "purveyor daemon listening"
         );
-        server::serve(listener, host, shutdown_signal()).await
+        let signal = async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        };
+        let result = server::serve(listener, host, signal).await;
+        if let Some(http) = http {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), http).await {
+                Ok(Ok(Err(error))) => tracing::error!(%error, "HTTP gateway failed"),
+                Ok(_) => {}
+                Err(_) => tracing::warn!("HTTP gateway did not stop within 2 s"),
+            }
+        }
+        result
     });
     // A provider call stuck on a blocking thread must not keep the daemon alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

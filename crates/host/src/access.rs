@@ -305,6 +305,11 @@ fn parse_principal(text: &str) -> Result<Principal, String> {
 }
 
 fn lookup_user(name: &str) -> Option<u32> {
+    user_ids(name).map(|(uid, _)| uid)
+}
+
+/// The uid and primary gid of the user `name` (through NSS), if there is one.
+pub fn user_ids(name: &str) -> Option<(u32, u32)> {
     let name = CString::new(name).ok()?;
     // SAFETY: zeroed passwd is a valid out-parameter; the buffer outlives the call and the
     // result is read before it is freed.
@@ -319,7 +324,7 @@ fn lookup_user(name: &str) -> Option<u32> {
             buf.len(),
             &mut out,
         );
-        (rc == 0 && !out.is_null()).then_some(pwd.pw_uid)
+        (rc == 0 && !out.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
     }
 }
 

@@ -27,7 +27,7 @@ use crate::config::HostConfig;
 use crate::events::{EventBus, Session};
 use crate::io::ProcedureServer;
 use crate::library::LibraryProvider;
-use crate::manifest::{Entry, ManifestError};
+use crate::manifest::{Entry, Manifest, ManifestError};
 use crate::process::{CallFailure, ProcessConn};
 use crate::registry::Registry;
 use crate::self_provider;
@@ -330,22 +330,98 @@ impl Host {
                     false
                 }
             };
-        let wanted = |class: &ClassPath| namespace.as_ref().is_none_or(|ns| ns.contains(class));
+        let mut list = self
+            .collect_classes(namespace.as_slice(), &|_: &Slot| true)
+            .await;
+        // Classes the caller may not read are left out, as if they were not there.
+        list.classes.retain(|c| readable(c.path()));
+        if list.classes.is_empty()
+            && list.problems.is_empty()
+            && let Some(ns) = namespace
+        {
+            return Err(match refused {
+                Some(why) => RemoteError::new(ErrorCode::AccessDenied, why),
+                None => {
+                    RemoteError::new(ErrorCode::NotFound, format!("no class in namespace {ns}"))
+                }
+            });
+        }
+        list.classes.sort_by(|a, b| a.path().cmp(b.path()));
+        Ok(Response::Classes(list))
+    }
+
+    /// The classes under `namespaces` (every class when empty) that `caller` may read,
+    /// for an exporter such as the HTTP gateway's `/metrics`. A scrape must not wake
+    /// providers that idle unload released: only providers that are loaded now are asked,
+    /// plus those `wake` allows loading (the gateway lets builtin providers and the
+    /// namespaces its configuration names be loaded).
+    pub async fn export_classes(
+        &self,
+        namespaces: &[purveyor_model::NamespacePath],
+        wake: &(dyn Fn(&Manifest) -> bool + Sync),
+        caller: &Caller,
+    ) -> ClassList {
+        let take = |slot: &Slot| slot.state() == ProviderState::Loaded || wake(&slot.manifest);
+        let mut list = self.collect_classes(namespaces, &take).await;
+        let access = &self.inner.config.access;
+        list.classes.retain(|c| {
+            access
+                .check(caller, Permission::Read, c.path().as_str())
+                .is_ok()
+        });
+        list.classes.sort_by(|a, b| a.path().cmp(b.path()));
+        list
+    }
+
+    /// The instances of `class` for an exporter: the same as an `Enumerate` request by
+    /// `caller`, except that the provider's calls do not count as use, so periodic scrapes
+    /// do not keep an otherwise idle provider loaded.
+    pub async fn scrape(
+        &self,
+        class: ClassPath,
+        caller: &Caller,
+    ) -> Result<InstanceList, RemoteError> {
+        let request = Request::Enumerate {
+            class,
+            selector: InstanceKey::new(),
+        };
+        match PASSIVE.scope((), self.handle(request, caller)).await? {
+            Response::Instances(list) => Ok(list),
+            other => Err(RemoteError::new(
+                ErrorCode::Internal,
+                format!("enumerate answered {other:?}"),
+            )),
+        }
+    }
+
+    /// The classes under `namespaces` (all when empty) of the providers `take` accepts,
+    /// loading them; one problem per provider that failed.
+    async fn collect_classes(
+        &self,
+        namespaces: &[purveyor_model::NamespacePath],
+        take: &(dyn Fn(&Slot) -> bool + Sync),
+    ) -> ClassList {
+        let wanted = |class: &ClassPath| {
+            namespaces.is_empty() || namespaces.iter().any(|ns| ns.contains(class))
+        };
+        let overlaps = |ns: &purveyor_model::NamespacePath| {
+            namespaces.is_empty()
+                || namespaces.iter().any(|want| {
+                    let (a, b) = (ns.as_str(), want.as_str());
+                    a == b
+                        || a.strip_prefix(b).is_some_and(|r| r.starts_with('.'))
+                        || b.strip_prefix(a).is_some_and(|r| r.starts_with('.'))
+                })
+        };
         let slots: Vec<&Arc<Slot>> = self
             .inner
             .registry
             .slots
             .values()
             .filter(|s| {
-                s.manifest.classes.iter().any(wanted)
-                    || s.manifest.namespaces.iter().any(|ns| {
-                        namespace.as_ref().is_none_or(|want| {
-                            let (a, b) = (ns.as_str(), want.as_str());
-                            a == b
-                                || a.strip_prefix(b).is_some_and(|r| r.starts_with('.'))
-                                || b.strip_prefix(a).is_some_and(|r| r.starts_with('.'))
-                        })
-                    })
+                (s.manifest.classes.iter().any(wanted)
+                    || s.manifest.namespaces.iter().any(overlaps))
+                    && take(s)
             })
             .collect();
         let loads = join_all(slots.iter().map(|slot| self.acquire(slot))).await;
@@ -377,21 +453,7 @@ impl Host {
                 Err(error) => list.problems.push(error),
             }
         }
-        // Classes the caller may not read are left out, as if they were not there.
-        list.classes.retain(|c| readable(c.path()));
-        if list.classes.is_empty()
-            && list.problems.is_empty()
-            && let Some(ns) = namespace
-        {
-            return Err(match refused {
-                Some(why) => RemoteError::new(ErrorCode::AccessDenied, why),
-                None => {
-                    RemoteError::new(ErrorCode::NotFound, format!("no class in namespace {ns}"))
-                }
-            });
-        }
-        list.classes.sort_by(|a, b| a.path().cmp(b.path()));
-        Ok(Response::Classes(list))
+        list
     }
 
     async fn enumerate(
@@ -709,7 +771,8 @@ impl Host {
     ) -> Result<ProviderReply, RemoteError> {
         let timeout = slot.manifest.call_timeout;
         let name = &slot.manifest.name;
-        slot.begin_call();
+        let passive = PASSIVE.try_with(|_| ()).is_ok();
+        slot.begin_call(passive);
         let result = match &loaded.backend {
             Backend::Local {
                 provider,
@@ -764,7 +827,7 @@ impl Host {
                     .map_err(|panic| panicked(slot, &panic));
                 if guard.finish() {
                     // The watchdog recorded the error when the deadline passed.
-                    slot.end_call();
+                    slot.end_call(passive);
                     slot.record_call(None);
                     return Err(in_daemon_overdue(slot, timeout));
                 } else {
@@ -827,7 +890,7 @@ impl Host {
                 }
             }
         };
-        slot.end_call();
+        slot.end_call(passive);
         let result = result.and_then(|reply| match reply {
             ProviderReply::Error(fault) => Err(provider_error(slot, from_fault(fault))),
             other => Ok(other),
@@ -902,6 +965,12 @@ impl HostInner {
     pub fn provider_statuses(&self) -> Vec<ProviderStatus> {
         self.registry.slots.values().map(|s| s.status()).collect()
     }
+}
+
+tokio::task_local! {
+    /// Set while an exporter scrapes (see [`Host::scrape`]): provider calls made in this
+    /// scope do not count as use for idle unloading.
+    static PASSIVE: ();
 }
 
 /// Loads the provider a slot describes, wherever its manifest says it runs. Runs on its

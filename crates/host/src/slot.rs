@@ -404,15 +404,21 @@ impl Slot {
         }
     }
 
-    /// A call starts.
-    pub fn begin_call(&self) {
+    /// A call starts. A passive call (an exporter's scrape) keeps the provider from being
+    /// released while it runs but does not count as use: scraping every 15 s must not keep
+    /// an idle provider loaded for ever.
+    pub fn begin_call(&self, passive: bool) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.touch();
+        if !passive {
+            self.touch();
+        }
     }
 
     /// A call ended.
-    pub fn end_call(&self) {
-        self.touch();
+    pub fn end_call(&self, passive: bool) {
+        if !passive {
+            self.touch();
+        }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 

@@ -217,3 +217,89 @@ pub fn u64_of(i: &purveyor_model::Instance, prop: &str) -> u64 {
         other => panic!("{prop}: {other:?}"),
     }
 }
+
+/// One HTTP answer: the status, the headers (names lowercased) and the body.
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// An HTTP/1.0 request (so that no server answers in chunks) on loopback, bounded by a
+/// 30 s read timeout.
+pub fn http(
+    method: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).expect("the answer is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpReply {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// The address a daemon started with `--http 127.0.0.1:0` listens on, from its log.
+pub fn http_addr(daemon: &Daemon) -> std::net::SocketAddr {
+    let mut found = None;
+    wait_until(
+        "the HTTP gateway to listen",
+        Duration::from_secs(10),
+        || {
+            let log = daemon.log();
+            found = log
+                .lines()
+                .find(|l| l.contains("HTTP gateway listening"))
+                .and_then(|l| l.split("127.0.0.1:").nth(1))
+                .map(|rest| {
+                    rest.chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                })
+                .and_then(|port| port.parse::<u16>().ok());
+            found.is_some()
+        },
+    );
+    std::net::SocketAddr::from(([127, 0, 0, 1], found.unwrap()))
+}

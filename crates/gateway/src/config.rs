@@ -130,7 +130,12 @@ impl GatewayConfig {
             config.tokens.push(token);
         }
         if let Some(otlp) = raw.otlp {
-            let span = otlp.span();
+            if !cfg!(feature = "otlp") {
+                return Err(error(
+                    Some(otlp.span()),
+                    "[otlp]: this build of purveyor has no OTLP export (build it with `--features otlp`)".into(),
+                ));
+            }
             let otlp = otlp.into_inner();
             let endpoint = otlp.endpoint.get_ref().clone();
             if !endpoint.starts_with("http://") {
@@ -156,7 +161,6 @@ impl GatewayConfig {
                         )
                     })?,
             };
-            let _ = span;
             config.otlp = Some(OtlpConfig { endpoint, interval });
         }
         Ok(config)
@@ -180,6 +184,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "otlp")]
     fn a_full_file_parses() {
         let hash = crate::auth::sha256_hex("s3cret");
         let config = parse(&format!(
@@ -215,14 +220,6 @@ mod tests {
                 "/etc/purveyor/http.toml:1: token \"ops\": there is no user named \"no-such-user-here\"",
             ),
             (
-                "[otlp]\nendpoint = \"https://collector\"\n",
-                "/etc/purveyor/http.toml:2: otlp.endpoint \"https://collector\": only http://",
-            ),
-            (
-                "[otlp]\nendpoint = \"http://x\"\ninterval = \"often\"\n",
-                "/etc/purveyor/http.toml:3: otlp.interval \"often\" is not a duration",
-            ),
-            (
                 "[metric]\n",
                 "/etc/purveyor/http.toml:1: unknown field `metric`",
             ),
@@ -231,5 +228,31 @@ mod tests {
             let error = parse(text).unwrap_err();
             assert!(error.starts_with(expected), "{text:?}: {error}");
         }
+    }
+
+    #[test]
+    #[cfg(feature = "otlp")]
+    fn otlp_errors_name_the_line() {
+        let cases = [
+            (
+                "[otlp]\nendpoint = \"https://collector\"\n",
+                "/etc/purveyor/http.toml:2: otlp.endpoint \"https://collector\": only http://",
+            ),
+            (
+                "[otlp]\nendpoint = \"http://x\"\ninterval = \"often\"\n",
+                "/etc/purveyor/http.toml:3: otlp.interval \"often\" is not a duration",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).unwrap_err();
+            assert!(error.starts_with(expected), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "otlp"))]
+    fn otlp_needs_the_feature() {
+        let error = parse("[otlp]\nendpoint = \"http://127.0.0.1:4318/v1/metrics\"\n").unwrap_err();
+        assert!(error.contains("has no OTLP export"), "{error}");
     }
 }

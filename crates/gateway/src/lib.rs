@@ -43,16 +43,36 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes.
+/// Serves the gateway on `listener` until `shutdown` completes; with `[otlp]` in the
+/// configuration (and the `otlp` feature), pushes metrics to the collector meanwhile.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     host: Host,
     config: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    #[cfg(feature = "otlp")]
+    if let Some(otlp) = config.otlp.clone() {
+        let mut stopped = stopped.clone();
+        tracing::info!(endpoint = %otlp.endpoint, interval = ?otlp.interval, "OTLP export on");
+        tokio::spawn(otlp::run(
+            host.clone(),
+            config.metrics.clone(),
+            otlp,
+            async move {
+                // Also ends when the sender goes (the server failed).
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
+    }
+    drop(stopped);
     let gateway = Arc::new(Gateway { host, config });
     axum::serve(listener, http::router(gateway))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
         .await
 }
 

@@ -91,9 +91,10 @@ fn shop(counters: &Path) -> CounterSet {
 fn json_api_reads_anonymously_and_writes_only_with_a_token() {
     let counters = tempfile::tempdir().unwrap();
     let config = format!(
-        "[[token]]\nname = \"ops\"\nsha256 = \"{}\"\nuser = \"root\"\n\n[[token]]\nname = \"viewer\"\nsha256 = \"{}\"\nuser = \"root\"\nread_only = true\n",
+        "[[token]]\nname = \"ops\"\nsha256 = \"{}\"\nuser = \"root\"\n\n[[token]]\nname = \"viewer\"\nsha256 = \"{}\"\nuser = \"root\"\nread_only = true\n\n[[token]]\nname = \"guest\"\nsha256 = \"{}\"\nuser = \"nobody\"\n",
         sha256("ops-secret"),
-        sha256("viewer-secret")
+        sha256("viewer-secret"),
+        sha256("guest-secret")
     );
     let config_library = workspace_library("libpurveyor_config.so", "purveyor-example-config");
     let manifest = (
@@ -166,6 +167,16 @@ fn json_api_reads_anonymously_and_writes_only_with_a_token() {
     assert!(anonymous.body.contains("needs a bearer token"));
     assert_eq!(put(Some("viewer-secret")).status, 403);
     assert_eq!(put(Some("guess")).status, 401);
+    // A token grants what the access policy gives its user: nobody may not write config.
+    let guest = put(Some("guest-secret"));
+    assert_eq!(guest.status, 403, "{}", guest.body);
+    assert!(
+        guest
+            .body
+            .contains("lacks the write permission on config.setting"),
+        "{}",
+        guest.body
+    );
     let ops = put(Some("ops-secret"));
     assert_eq!(ops.status, 204, "{}", ops.body);
     let auth = [("Authorization", "Bearer ops-secret")];

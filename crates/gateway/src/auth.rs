@@ -56,8 +56,8 @@ pub struct Identity {
     pub caller: Caller,
     /// Put, delete and method calls; never for anonymous requests.
     pub may_write: bool,
-    /// `anonymous` or `token NAME`, for errors and the log.
-    pub who: String,
+    /// The configured token's name; `None` for an anonymous request.
+    pub token: Option<String>,
 }
 
 impl Identity {
@@ -67,7 +67,15 @@ impl Identity {
         Identity {
             caller: Caller { uid, gid, pid: 0 },
             may_write: false,
-            who: "anonymous".into(),
+            token: None,
+        }
+    }
+
+    /// `anonymous` or `token NAME`, for errors and the log.
+    pub fn who(&self) -> String {
+        match &self.token {
+            None => "anonymous".into(),
+            Some(name) => format!("token {name}"),
         }
     }
 }
@@ -107,7 +115,7 @@ pub fn identify(tokens: &[Token], authorization: Option<&str>) -> Result<Identit
             pid: 0,
         },
         may_write: !token.read_only,
-        who: format!("token {}", token.name),
+        token: Some(token.name.clone()),
     })
 }
 
@@ -146,7 +154,7 @@ mod tests {
         assert_ne!(anonymous.caller.uid, 0);
         let ops = identify(&tokens, Some("Bearer s3cret")).unwrap();
         assert_eq!(
-            (ops.caller.uid, ops.may_write, ops.who.as_str()),
+            (ops.caller.uid, ops.may_write, ops.who().as_str()),
             (0, true, "token ops")
         );
         let viewer = identify(&tokens, Some("Bearer look")).unwrap();

@@ -119,7 +119,7 @@ fn writer(gateway: &Gateway, headers: &HeaderMap, what: &str) -> Result<Identity
     if identity.may_write {
         return Ok(identity);
     }
-    let (status, message) = if identity.who == "anonymous" {
+    let (status, message) = if identity.token.is_none() {
         (
             StatusCode::UNAUTHORIZED,
             format!(
@@ -129,7 +129,7 @@ fn writer(gateway: &Gateway, headers: &HeaderMap, what: &str) -> Result<Identity
     } else {
         (
             StatusCode::FORBIDDEN,
-            format!("{what}: {} is read-only", identity.who),
+            format!("{what}: {} is read-only", identity.who()),
         )
     };
     Err(Failure::new(status, ErrorCode::AccessDenied, message))

@@ -107,7 +107,13 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
                 let served = purveyor_gateway::serve(tcp, host.clone(), config, async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 });
-                Some(tokio::spawn(served))
+                // A failure is logged when it happens, not at shutdown; the socket
+                // server goes on.
+                Some(tokio::spawn(async move {
+                    if let Err(error) = served.await {
+                        tracing::error!(%addr, %error, "HTTP gateway stopped");
+                    }
+                }))
             }
         };
         tracing::info!(
@@ -120,12 +126,12 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
             let _ = stop.send(true);
         };
         let result = server::serve(listener, host, signal).await;
-        if let Some(http) = http {
-            match tokio::time::timeout(std::time::Duration::from_secs(2), http).await {
-                Ok(Ok(Err(error))) => tracing::error!(%error, "HTTP gateway failed"),
-                Ok(_) => {}
-                Err(_) => tracing::warn!("HTTP gateway did not stop within 2 s"),
-            }
+        if let Some(http) = http
+            && tokio::time::timeout(std::time::Duration::from_secs(2), http)
+                .await
+                .is_err()
+        {
+            tracing::warn!("HTTP gateway did not stop within 2 s");
         }
         result
     });

@@ -2,7 +2,7 @@
 //! `/etc/purveyor/http.toml` when it exists): what `/metrics` exports, the bearer tokens
 //! that grant more than anonymous reads, and the OTLP export. Format in `docs/http.md`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use purveyor_model::NamespacePath;
@@ -28,13 +28,7 @@ pub struct OtlpConfig {
 }
 
 /// A refused configuration file, naming the file, the line and the entry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub line: Option<u32>,
-    pub message: String,
-}
+pub use purveyor_host::config_file::FileError as ConfigError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,20 +69,13 @@ struct RawOtlp {
 impl GatewayConfig {
     /// Reads a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            line: None,
-            message: format!("cannot read it: {e}"),
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &purveyor_host::config_file::read(path)?)
     }
 
     /// Parses a configuration file's text (`path` names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let error = |span: Option<std::ops::Range<usize>>, message: String| ConfigError {
-            path: path.to_owned(),
-            line: span.map(|s| text[..s.start.min(text.len())].matches('\n').count() as u32 + 1),
-            message,
+        let error = |span: Option<std::ops::Range<usize>>, message: String| {
+            ConfigError::at(path, text, span, message)
         };
         let raw: Raw =
             toml::from_str(text).map_err(|e| error(e.span(), e.message().to_string()))?;

@@ -168,10 +168,19 @@ async fn schema(gateway: &Gateway, identity: &Identity, class: &ClassPath) -> Re
     }
 }
 
-/// `?name=value&…` typed by the class's schema.
-fn selector(schema: &ClassSchema, query: &[(String, String)]) -> Result<InstanceKey> {
+/// `?name=value&…` typed by the class's schema (asked for only when there is a query).
+async fn selector(
+    gateway: &Gateway,
+    identity: &Identity,
+    class: &ClassPath,
+    query: &[(String, String)],
+) -> Result<InstanceKey> {
+    if query.is_empty() {
+        return Ok(InstanceKey::new());
+    }
+    let schema = schema(gateway, identity, class).await?;
     let pairs: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    InstanceKey::parse(schema, &pairs).map_err(|e| {
+    InstanceKey::parse(&schema, &pairs).map_err(|e| {
         Failure::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRequest,
@@ -312,11 +321,7 @@ async fn instances(
 ) -> Result<Response> {
     let identity = identity(&gateway, &headers)?;
     let class = class_path(&class)?;
-    let selector = if query.is_empty() {
-        InstanceKey::new()
-    } else {
-        selector(&schema(&gateway, &identity, &class).await?, &query)?
-    };
+    let selector = selector(&gateway, &identity, &class, &query).await?;
     match ask(&gateway, &identity, Request::Enumerate { class, selector }).await? {
         Answer::Instances(list) => Ok(json(&list)),
         other => Err(unexpected(&other)),
@@ -358,7 +363,7 @@ async fn delete(
 ) -> Result<Response> {
     let identity = writer(&gateway, &headers, "delete")?;
     let class = class_path(&class)?;
-    let key = selector(&schema(&gateway, &identity, &class).await?, &query)?;
+    let key = selector(&gateway, &identity, &class, &query).await?;
     ask(&gateway, &identity, Request::Delete { class, key }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -379,11 +384,7 @@ async fn call(
             format!("{method:?} is not a method name: {e}"),
         )
     })?;
-    let key = if query.is_empty() {
-        InstanceKey::new()
-    } else {
-        selector(&schema(&gateway, &identity, &class).await?, &query)?
-    };
+    let key = selector(&gateway, &identity, &class, &query).await?;
     let args: Instance = if bytes.is_empty() {
         Instance::default()
     } else {

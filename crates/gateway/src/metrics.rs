@@ -109,17 +109,8 @@ impl Selection {
             || manifest
                 .namespaces
                 .iter()
-                .any(|n| self.load.iter().any(|ns| overlap(ns.as_str(), n.as_str())))
+                .any(|n| self.load.iter().any(|ns| ns.overlaps(n)))
     }
-}
-
-/// Whether one namespace is the other or below it.
-fn overlap(a: &str, b: &str) -> bool {
-    let below = |x: &str, y: &str| {
-        x.strip_prefix(y)
-            .is_some_and(|r| r.is_empty() || r.starts_with('.'))
-    };
-    below(a, b) || below(b, a)
 }
 
 /// Reads every exported class as `caller` (its access rules apply) and converts it.

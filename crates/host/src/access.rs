@@ -13,7 +13,7 @@
 
 use std::ffi::CString;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use purveyor_provider::Caller;
 use serde::Deserialize;
@@ -91,13 +91,7 @@ pub struct AccessPolicy {
 }
 
 /// A refused policy file, naming the file, the line and the entry.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-pub struct AccessError {
-    pub path: PathBuf,
-    pub line: Option<u32>,
-    pub message: String,
-}
+pub type AccessError = crate::config_file::FileError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -154,20 +148,13 @@ impl AccessPolicy {
 
     /// Reads a policy file; its rules take precedence over the defaults.
     pub fn load(path: &Path) -> Result<Self, AccessError> {
-        let text = std::fs::read_to_string(path).map_err(|e| AccessError {
-            path: path.to_owned(),
-            line: None,
-            message: format!("cannot read it: {e}"),
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &crate::config_file::read(path)?)
     }
 
     /// Parses a policy file's text (`path` names it in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Self, AccessError> {
-        let error = |span: Option<std::ops::Range<usize>>, message: String| AccessError {
-            path: path.to_owned(),
-            line: span.map(|s| text[..s.start.min(text.len())].matches('\n').count() as u32 + 1),
-            message,
+        let error = |span: Option<std::ops::Range<usize>>, message: String| {
+            AccessError::at(path, text, span, message)
         };
         let raw: RawPolicy =
             toml::from_str(text).map_err(|e| error(e.span(), e.message().to_string()))?;
@@ -348,7 +335,7 @@ fn lookup_group(name: &str) -> Option<u32> {
 
 /// The supplementary groups of process `pid`, from `/proc/PID/status` (empty when it is
 /// gone or unreadable: then only the primary group counts).
-fn supplementary_groups(pid: u32) -> Vec<u32> {
+pub(crate) fn supplementary_groups(pid: u32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Vec::new();
     };

@@ -405,13 +405,7 @@ impl Host {
             namespaces.is_empty() || namespaces.iter().any(|ns| ns.contains(class))
         };
         let overlaps = |ns: &purveyor_model::NamespacePath| {
-            namespaces.is_empty()
-                || namespaces.iter().any(|want| {
-                    let (a, b) = (ns.as_str(), want.as_str());
-                    a == b
-                        || a.strip_prefix(b).is_some_and(|r| r.starts_with('.'))
-                        || b.strip_prefix(a).is_some_and(|r| r.starts_with('.'))
-                })
+            namespaces.is_empty() || namespaces.iter().any(|want| want.overlaps(ns))
         };
         let slots: Vec<&Arc<Slot>> = self
             .inner

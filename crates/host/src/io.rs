@@ -312,17 +312,7 @@ pub fn as_caller<T>(
 /// The caller's supplementary groups, from `/proc/PID/status` (its primary group when
 /// that cannot be read).
 fn caller_groups(caller: CallerInfo) -> Vec<libc::gid_t> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", caller.pid)).unwrap_or_default();
-    let mut groups: Vec<libc::gid_t> = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut groups = crate::access::supplementary_groups(caller.pid);
     if !groups.contains(&caller.gid) {
         groups.push(caller.gid);
     }

@@ -12,6 +12,7 @@
 pub mod access;
 mod builtin;
 mod config;
+pub mod config_file;
 mod engine;
 mod events;
 pub mod io;

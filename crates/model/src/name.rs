@@ -165,6 +165,16 @@ impl NamespacePath {
         let ns = class.namespace_str();
         ns == self.0 || (ns.starts_with(&self.0) && ns.as_bytes()[self.0.len()] == b'.')
     }
+
+    /// Whether the two namespaces are the same, or one lies below the other (then some
+    /// class can be in both).
+    pub fn overlaps(&self, other: &NamespacePath) -> bool {
+        let below = |a: &str, b: &str| {
+            a.strip_prefix(b)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+        };
+        below(&self.0, &other.0) || below(&other.0, &self.0)
+    }
 }
 
 impl ClassPath {
@@ -386,6 +396,16 @@ impl std::borrow::Borrow<str> for Identifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_overlap_when_one_is_below_the_other() {
+        let ns = |s: &str| NamespacePath::new(s).unwrap();
+        assert!(ns("app").overlaps(&ns("app")));
+        assert!(ns("app").overlaps(&ns("app.web")));
+        assert!(ns("app.web").overlaps(&ns("app")));
+        assert!(!ns("app").overlaps(&ns("apps")));
+        assert!(!ns("app.web").overlaps(&ns("app.db")));
+    }
 
     #[test]
     fn class_path_splits_namespace_and_name() {

@@ -99,7 +99,11 @@ impl AsyncClient {
         };
         let mut stream = UnixStream::connect(path).await.map_err(connect_err)?;
         stream
-            .write_all(&hello_frame(options.encoding, &options.client_name))
+            .write_all(&hello_frame(
+                options.encoding,
+                &options.client_name,
+                options.ui,
+            ))
             .await
             .map_err(connect_err)?;
         let mut frames = FrameBuffer::new(purveyor_protocol::MAX_FRAME_DEFAULT);

@@ -14,8 +14,10 @@ use purveyor_protocol::{
     Response, encode_frame,
 };
 
+use crate::dialog::{DialogUi, OpenDialog, UiAction};
 use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
 use crate::{ClientError, ConnectOptions, Mode, Target, typed};
+use purveyor_protocol::DialogInput;
 
 /// A blocking client. Requests go one at a time through [`Client::request`], or pipelined
 /// through [`Client::send`] and [`Client::recv`].
@@ -23,6 +25,10 @@ pub struct Client {
     transport: Transport,
     mode: Mode,
     next_id: u32,
+    /// Shows dialogs while this client waits, when the application installed one.
+    ui: Option<Box<dyn DialogUi + Send>>,
+    /// Requests the dialog driver sent, whose replies nobody waits for.
+    internal: std::collections::HashSet<u32>,
 }
 
 enum Transport {
@@ -91,7 +97,11 @@ impl Client {
             .set_read_timeout(Some(options.reply_timeout))
             .map_err(connect_err)?;
         stream
-            .write_all(&hello_frame(options.encoding, &options.client_name))
+            .write_all(&hello_frame(
+                options.encoding,
+                &options.client_name,
+                options.ui,
+            ))
             .map_err(connect_err)?;
         let mut frames = FrameBuffer::new(purveyor_protocol::MAX_FRAME_DEFAULT);
         let welcome = loop {
@@ -127,6 +137,8 @@ impl Client {
                 socket: path.to_owned(),
             },
             next_id: 1,
+            ui: None,
+            internal: Default::default(),
         })
     }
 
@@ -143,6 +155,7 @@ impl Client {
             options.provider_dirs.clone(),
         );
         let session = host.session(purveyor_host::Caller::current_process());
+        session.ui.set_shows(options.ui);
         Ok(Client {
             transport: Transport::Embedded(Embedded {
                 runtime,
@@ -153,6 +166,8 @@ impl Client {
             }),
             mode: Mode::Embedded,
             next_id: 1,
+            ui: None,
+            internal: Default::default(),
         })
     }
 
@@ -207,11 +222,70 @@ impl Client {
             }
             #[cfg(feature = "embedded")]
             Transport::Embedded(e) => {
-                let result = e.runtime.block_on(e.host.handle_in(request, &e.session));
+                let result = match self.ui.as_deref_mut() {
+                    // The provider may open an in-call dialog: show it while the call runs.
+                    Some(ui) => e.handle_showing(request, ui),
+                    None => e.runtime.block_on(e.host.handle_in(request, &e.session)),
+                };
                 e.queued.push_back((id, result.map_err(Into::into)));
             }
         }
         Ok(id)
+    }
+
+    /// Shows dialogs with `ui` from now on: those of this client's calls (connect with
+    /// [`ConnectOptions::ui`]) and, for an agent, spontaneous ones.
+    pub fn set_dialog_ui(&mut self, ui: Box<dyn DialogUi + Send>) {
+        self.ui = Some(ui);
+    }
+
+    /// Makes this client its user's UI agent; returns the agent's handle.
+    pub fn register_agent(&mut self) -> Result<u32, ClientError> {
+        match self.request(Request::RegisterAgent)? {
+            Response::Agent { handle } => Ok(handle),
+            other => Err(typed::unexpected("agent", &other)),
+        }
+    }
+
+    /// Says dialog `handle` is shown (the driver does this itself after
+    /// [`DialogUi::open`]).
+    pub fn dialog_ready(&mut self, handle: u32) -> Result<(), ClientError> {
+        typed::done(self.request(Request::DialogReady { handle })?)
+    }
+
+    /// Sends input (a button, fields, data) to the provider of dialog `handle`.
+    pub fn dialog_send(&mut self, handle: u32, input: DialogInput) -> Result<(), ClientError> {
+        typed::done(self.request(Request::DialogSend { handle, input })?)
+    }
+
+    /// Closes dialog `handle`; its provider is told the user closed it.
+    pub fn dialog_close(&mut self, handle: u32) -> Result<(), ClientError> {
+        typed::done(self.request(Request::DialogClose { handle })?)
+    }
+
+    /// Passes the dialog pushes waiting on the socket to the UI, and sends what it does.
+    fn drive_dialogs(&mut self) -> Result<(), ClientError> {
+        let Transport::Socket(conn) = &mut self.transport else {
+            return Ok(());
+        };
+        let Some(ui) = self.ui.as_deref_mut() else {
+            return Ok(());
+        };
+        let mut requests = Vec::new();
+        let mut rest = std::collections::VecDeque::new();
+        for (handle, push) in conn.pushes.drain(..) {
+            if is_dialog(&push) {
+                requests.extend(drive(ui, handle, push));
+            } else {
+                rest.push_back((handle, push));
+            }
+        }
+        conn.pushes = rest;
+        for request in requests {
+            let id = self.send(request)?;
+            self.internal.insert(id);
+        }
+        Ok(())
     }
 
     /// The next reply to arrive, with its request id.
@@ -220,9 +294,21 @@ impl Client {
             Transport::Socket(conn) => {
                 if let Some(&id) = conn.early.keys().next() {
                     let reply = conn.early.remove(&id).expect("key just seen");
-                    return Ok((id, reply));
+                    if !self.internal.remove(&id) {
+                        return Ok((id, reply));
+                    }
                 }
-                conn.next_reply()
+                loop {
+                    let showing = self.ui.is_some();
+                    let Transport::Socket(conn) = &mut self.transport else {
+                        unreachable!("matched above")
+                    };
+                    match conn.next_reply(showing)? {
+                        Some((id, _)) if self.internal.remove(&id) => {}
+                        Some(reply) => return Ok(reply),
+                        None => self.drive_dialogs()?,
+                    }
+                }
             }
             #[cfg(feature = "embedded")]
             Transport::Embedded(e) => {
@@ -242,13 +328,23 @@ impl Client {
             {
                 return reply;
             }
+            let showing = self.ui.is_some();
             let (got, reply) = match &mut self.transport {
-                Transport::Socket(conn) => conn.next_reply()?,
+                Transport::Socket(conn) => match conn.next_reply(showing)? {
+                    Some(reply) => reply,
+                    None => {
+                        self.drive_dialogs()?;
+                        continue;
+                    }
+                },
                 #[cfg(feature = "embedded")]
                 Transport::Embedded(_) => self.recv()?,
             };
             if got == id {
                 return reply;
+            }
+            if self.internal.remove(&got) {
+                continue;
             }
             if let Transport::Socket(conn) = &mut self.transport {
                 conn.early.insert(got, reply);
@@ -349,6 +445,31 @@ impl Client {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<(u32, Push)>, ClientError> {
+        if self.ui.is_none() {
+            return self.next_push(timeout);
+        }
+        // Dialog pushes go to the UI; the first other push is returned.
+        let give_up = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let left = give_up.map(|at| at.saturating_duration_since(std::time::Instant::now()));
+            let Some((handle, push)) = self.next_push(left)? else {
+                return Ok(None);
+            };
+            if !is_dialog(&push) {
+                return Ok(Some((handle, push)));
+            }
+            let ui = self.ui.as_deref_mut().expect("checked above");
+            let requests = drive(ui, handle, push);
+            for request in requests {
+                self.request(request).map(drop).or_else(benign)?;
+            }
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn next_push(&mut self, timeout: Option<Duration>) -> Result<Option<(u32, Push)>, ClientError> {
         match &mut self.transport {
             Transport::Socket(conn) => conn.next_push(timeout),
             #[cfg(feature = "embedded")]
@@ -386,8 +507,102 @@ impl Client {
     }
 }
 
+/// What a dialog push makes the UI do, as the requests that carry it to the host: a
+/// dialog that opened is signalled ready once `open` has shown it.
+fn drive(ui: &mut (dyn DialogUi + Send), handle: u32, push: Push) -> Vec<Request> {
+    let act = |action: UiAction| match action {
+        UiAction::Wait => None,
+        UiAction::Send(input) => Some(Request::DialogSend { handle, input }),
+        UiAction::Close => Some(Request::DialogClose { handle }),
+    };
+    match push {
+        Push::DialogOpen {
+            provider,
+            request,
+            deadline_ms,
+            form,
+        } => {
+            let action = ui.open(&OpenDialog {
+                handle,
+                provider,
+                request,
+                deadline_ms,
+                form,
+            });
+            std::iter::once(Request::DialogReady { handle })
+                .chain(act(action))
+                .collect()
+        }
+        Push::DialogUpdate { update } => act(ui.update(handle, &update)).into_iter().collect(),
+        Push::DialogClosed { reason } => {
+            ui.closed(handle, &reason);
+            Vec::new()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn is_dialog(push: &Push) -> bool {
+    matches!(
+        push,
+        Push::DialogOpen { .. } | Push::DialogUpdate { .. } | Push::DialogClosed { .. }
+    )
+}
+
+/// A dialog request that failed because the dialog closed meanwhile is no error.
+fn benign(e: ClientError) -> Result<(), ClientError> {
+    match &e {
+        ClientError::NotFound { .. } => Ok(()),
+        _ => Err(e),
+    }
+}
+
+#[cfg(feature = "embedded")]
+impl Embedded {
+    /// Answers `request` while showing the dialogs it opens with `ui`.
+    fn handle_showing(
+        &mut self,
+        request: Request,
+        ui: &mut (dyn DialogUi + Send),
+    ) -> Result<Response, purveyor_protocol::RemoteError> {
+        let Embedded {
+            runtime,
+            host,
+            session,
+            pushes,
+            ..
+        } = self;
+        runtime.block_on(async {
+            let call = host.handle_in(request, session);
+            tokio::pin!(call);
+            loop {
+                tokio::select! {
+                    result = &mut call => return result,
+                    () = session.sink().ready() => {
+                        for (handle, push) in session.sink().take() {
+                            if !is_dialog(&push) {
+                                pushes.push_back((handle, push));
+                                continue;
+                            }
+                            for request in drive(ui, handle, push) {
+                                // The dialog may have closed meanwhile: nothing to do.
+                                let _ = host.handle_in(request, session).await;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
 impl SocketConn {
-    fn next_reply(&mut self) -> Result<(u32, Result<Response, ClientError>), ClientError> {
+    /// The next reply; with `showing`, `None` as soon as a dialog push arrives (the
+    /// caller shows it: the reply may wait for it).
+    fn next_reply(
+        &mut self,
+        showing: bool,
+    ) -> Result<Option<(u32, Result<Response, ClientError>)>, ClientError> {
         loop {
             let frame = self
                 .frames
@@ -395,9 +610,13 @@ impl SocketConn {
                 .map_err(|e| ClientError::protocol(e.to_string()))?;
             if let Some(payload) = frame {
                 match parse_incoming(self.encoding, payload)? {
-                    Incoming::Reply(id, reply) => return Ok((id, reply)),
+                    Incoming::Reply(id, reply) => return Ok(Some((id, reply))),
                     Incoming::Push(handle, push) => {
+                        let dialog = is_dialog(&push);
                         self.pushes.push_back((handle, push));
+                        if dialog && showing {
+                            return Ok(None);
+                        }
                         continue;
                     }
                     Incoming::Goodbye(error) => return Err(error),

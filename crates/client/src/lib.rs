@@ -7,6 +7,7 @@
 
 mod asynchronous;
 mod blocking;
+pub mod dialog;
 mod error;
 pub mod io;
 mod options;
@@ -15,11 +16,12 @@ mod wire;
 
 pub use asynchronous::AsyncClient;
 pub use blocking::Client;
+pub use dialog::{DialogUi, ModuleUi, OpenDialog, UiAction};
 pub use error::ClientError;
 pub use options::{ConnectOptions, Mode, Target};
 pub use purveyor_protocol::{
-    ClassList, Encoding, HostMode, HostStatus, IoMode, IoProcedureInfo, ProviderStatus, Push,
-    Request, Response,
+    Button, ClassList, DialogInput, Encoding, Field, FieldKind, Form, FormUpdate, HostMode,
+    HostStatus, IoMode, IoProcedureInfo, Progress, ProviderStatus, Push, Request, Response,
 };
 
 #[cfg(feature = "embedded")]

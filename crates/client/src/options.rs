@@ -35,6 +35,9 @@ pub struct ConnectOptions {
     pub provider_dirs: Option<Vec<PathBuf>>,
     /// How long to wait for any one reply from a daemon before giving up.
     pub reply_timeout: std::time::Duration,
+    /// This client shows in-call dialogs (install a [`crate::DialogUi`]); without it, a
+    /// provider that asks for one is told "no UI available".
+    pub ui: bool,
 }
 
 impl Default for ConnectOptions {
@@ -45,6 +48,7 @@ impl Default for ConnectOptions {
             client_name: concat!("purveyor-client/", env!("CARGO_PKG_VERSION")).into(),
             provider_dirs: None,
             reply_timeout: std::time::Duration::from_secs(60),
+            ui: false,
         }
     }
 }

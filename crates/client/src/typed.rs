@@ -5,7 +5,7 @@ use purveyor_protocol::{ClassList, HostStatus, ProviderStatus, Request, Response
 
 use crate::ClientError;
 
-fn unexpected(wanted: &str, got: &Response) -> ClientError {
+pub(crate) fn unexpected(wanted: &str, got: &Response) -> ClientError {
     ClientError::protocol(format!("expected {wanted} in the reply, got {got:?}"))
 }
 

@@ -9,12 +9,13 @@ use purveyor_protocol::{
 use crate::ClientError;
 
 /// The hello frame.
-pub(crate) fn hello_frame(encoding: Encoding, client: &str) -> Vec<u8> {
+pub(crate) fn hello_frame(encoding: Encoding, client: &str, ui: bool) -> Vec<u8> {
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         minor: PROTOCOL_MINOR,
         encoding,
         client: client.into(),
+        ui,
     };
     let mut out = Vec::new();
     encode_frame(Encoding::Json, &hello, u32::MAX, &mut out).expect("a hello always encodes");

@@ -88,6 +88,8 @@ pub struct AccessPolicy {
     /// Most specific namespace first; the defaults after the configured rules.
     rules: Vec<Rule>,
     owner: u32,
+    /// `(user, agent_user)`: the agents of `agent_user` may also show `user`'s dialogs.
+    dialog_delegates: Vec<(u32, u32)>,
 }
 
 /// A refused policy file, naming the file, the line and the entry.
@@ -98,6 +100,9 @@ pub type AccessError = crate::config_file::FileError;
 struct RawPolicy {
     #[serde(default)]
     namespace: std::collections::BTreeMap<String, toml::Spanned<RawRule>>,
+    /// `alice = ["user:root"]`: root's agents may also show alice's dialogs.
+    #[serde(default)]
+    dialogs: std::collections::BTreeMap<toml::Spanned<String>, Vec<toml::Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +148,7 @@ impl AccessPolicy {
             rules,
             // SAFETY: geteuid has no preconditions and cannot fail.
             owner: unsafe { libc::geteuid() },
+            dialog_delegates: Vec::new(),
         }
     }
 
@@ -195,7 +201,34 @@ impl AccessPolicy {
                 source: path.display().to_string(),
             });
         }
-        Ok(Self::with_rules(rules))
+        let mut delegates = Vec::new();
+        for (user, agents) in raw.dialogs {
+            let uid = user_principal(user.get_ref()).map_err(|message| {
+                error(
+                    Some(user.span()),
+                    format!("dialogs of {:?}: {message}", user.get_ref()),
+                )
+            })?;
+            for agent in agents {
+                let agent_uid = user_principal(agent.get_ref()).map_err(|message| {
+                    error(
+                        Some(agent.span()),
+                        format!("dialogs of {:?}: {message}", user.get_ref()),
+                    )
+                })?;
+                delegates.push((uid, agent_uid));
+            }
+        }
+        let mut policy = Self::with_rules(rules);
+        policy.dialog_delegates = delegates;
+        Ok(policy)
+    }
+
+    /// Whether a UI agent of `agent_uid` may show a dialog meant for `user`: the same
+    /// user, or one the policy's `[dialogs]` table allows. Root gets no exception:
+    /// dialogs carry secrets.
+    pub fn may_show_dialogs(&self, agent_uid: u32, user: u32) -> bool {
+        agent_uid == user || self.dialog_delegates.contains(&(user, agent_uid))
     }
 
     /// Whether `caller` has `permission` on the namespace or class `path`; the refusal
@@ -288,6 +321,19 @@ fn parse_principal(text: &str) -> Result<Principal, String> {
         _ => Err(format!(
             "{text:?} is not @local, @owner, user:NAME, uid:N, group:NAME or gid:N"
         )),
+    }
+}
+
+/// A user in the `[dialogs]` table: `NAME`, `user:NAME` or `uid:N`.
+fn user_principal(text: &str) -> Result<u32, String> {
+    let spelled = if text.contains(':') {
+        text.to_string()
+    } else {
+        format!("user:{text}")
+    };
+    match parse_principal(&spelled)? {
+        Principal::Uid(uid) => Ok(uid),
+        _ => Err(format!("{text:?} is not a user (NAME, user:NAME or uid:N)")),
     }
 }
 
@@ -535,5 +581,25 @@ read = ["uid:1000"]
         let read = x.grants[0].as_ref().unwrap();
         assert_eq!(read[0].0, Principal::Uid(0));
         assert_eq!(read[1].0, Principal::Gid(0));
+    }
+
+    #[test]
+    fn the_dialogs_table_lets_named_agents_show_a_users_dialogs() {
+        let path = Path::new("/etc/purveyor/access.toml");
+        let policy =
+            AccessPolicy::parse(path, "[dialogs]\nnobody = [\"root\", \"uid:7\"]\n").unwrap();
+        assert!(policy.may_show_dialogs(0, 65534));
+        assert!(policy.may_show_dialogs(7, 65534));
+        assert!(policy.may_show_dialogs(1000, 1000));
+        // Not the other way round, and root gets no exception otherwise.
+        assert!(!policy.may_show_dialogs(65534, 0));
+        assert!(!policy.may_show_dialogs(0, 1000));
+        let err = AccessPolicy::parse(path, "[dialogs]\nnobody = [\"group:root\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/purveyor/access.toml:2: dialogs of \"nobody\": \"group:root\" is not a user (NAME, user:NAME or uid:N)"
+        );
     }
 }

@@ -24,6 +24,7 @@ use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
 use crate::access::Permission;
 use crate::builtin::{BuiltinProvider, Dispatch};
 use crate::config::HostConfig;
+use crate::dialogs::DialogHub;
 use crate::events::{EventBus, Session};
 use crate::io::ProcedureServer;
 use crate::library::LibraryProvider;
@@ -69,6 +70,8 @@ pub(crate) struct HostInner {
     pub events: Arc<EventBus>,
     /// The built-in I/O procedures (`DOS `, `MEM `, `GZ  `, `TAR `).
     pub builtin_io: Arc<ProcedureServer>,
+    /// Dialogs, UI agents and the calls that may open dialogs.
+    pub dialogs: Arc<DialogHub>,
 }
 
 impl HostBuilder {
@@ -93,7 +96,9 @@ impl HostBuilder {
             builtins.push(self_provider::builtin(weak.clone()));
             let registry = Registry::build(&self.config, &builtins);
             let catalog = builtins.into_iter().map(|b| (b.name.clone(), b)).collect();
+            let dialogs = Arc::new(DialogHub::new(self.config.access.clone()));
             HostInner {
+                dialogs,
                 config: self.config,
                 registry,
                 catalog: Arc::new(catalog),
@@ -144,6 +149,7 @@ impl Host {
             caller,
             self.inner.events.clone(),
             self.inner.config.event_queue,
+            self.inner.dialogs.clone(),
         )
     }
 
@@ -174,7 +180,64 @@ impl Host {
                 "the host is shutting down",
             ));
         }
+        // A call from a client that shows dialogs gets a token its provider can open an
+        // in-call dialog with, for as long as the call runs.
+        if let Some(session) = session
+            && session.ui.shows()
+            && matches!(
+                request,
+                Request::Get { .. }
+                    | Request::Enumerate { .. }
+                    | Request::Put { .. }
+                    | Request::Delete { .. }
+                    | Request::Call { .. }
+            )
+        {
+            let id = crate::server::CALL_SITE.try_with(|site| site.id()).ok();
+            let token = self.inner.dialogs.begin_call(&session.ui, id);
+            return UI_TOKEN
+                .scope(token.token, self.answer(request, caller, Some(session)))
+                .await;
+        }
+        self.answer(request, caller, session).await
+    }
+
+    async fn answer(
+        &self,
+        request: Request,
+        caller: &Caller,
+        session: Option<&Session>,
+    ) -> Result<Response, RemoteError> {
+        let dialogs = &self.inner.dialogs;
+        let need_session = |what: &str| {
+            RemoteError::new(
+                ErrorCode::Unsupported,
+                format!("{what} needs a session (a connection); use Host::handle_in"),
+            )
+        };
         match request {
+            Request::RegisterAgent => {
+                let session = session.ok_or_else(|| need_session("registering an agent"))?;
+                Ok(Response::Agent {
+                    handle: dialogs.register_agent(&session.ui),
+                })
+            }
+            Request::DialogReady { handle } => {
+                let session = session.ok_or_else(|| need_session("a dialog"))?;
+                dialogs.ready(&session.ui, handle).map(|()| Response::Done)
+            }
+            Request::DialogSend { handle, input } => {
+                let session = session.ok_or_else(|| need_session("a dialog"))?;
+                dialogs
+                    .send(&session.ui, handle, input)
+                    .map(|()| Response::Done)
+            }
+            Request::DialogClose { handle } => {
+                let session = session.ok_or_else(|| need_session("a dialog"))?;
+                dialogs
+                    .client_close(&session.ui, handle)
+                    .map(|()| Response::Done)
+            }
             Request::Ping => Ok(Response::Pong),
             Request::Status => Ok(Response::Status(self.inner.status())),
             Request::ListProviders => Ok(Response::Providers(self.inner.provider_statuses())),
@@ -276,6 +339,8 @@ impl Host {
     /// still running. (In-daemon providers still in a call are cut off.)
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
+        // Open dialogs hold their providers: close them first, telling both sides.
+        self.inner.dialogs.shutdown();
         let slots = self.inner.registry.slots.values();
         let released = tokio::time::timeout(
             self.inner.config.shutdown_grace,
@@ -860,7 +925,19 @@ impl Host {
                     gid: caller.gid,
                     pid: caller.pid,
                 };
-                match conn.call(in_process, who, timeout, call).await {
+                // A call whose client shows dialogs may wait for one: its deadline is
+                // suspended while a dialog of it is open.
+                let ui = UI_TOKEN.try_with(|t| *t).unwrap_or(0);
+                let hub = &self.inner.dialogs;
+                let extend = move || {
+                    (ui != 0)
+                        .then(|| hub.extended_deadline(ui, timeout))
+                        .flatten()
+                };
+                match conn
+                    .call_with(in_process, who, timeout, call, ui, &extend)
+                    .await
+                {
                     Ok(reply) => Ok(reply),
                     Err(CallFailure::Died(why)) => {
                         slot.lost(loaded, Lost::Crashed(why.clone()));
@@ -962,6 +1039,11 @@ impl HostInner {
 }
 
 tokio::task_local! {
+    /// The dialog token of the request being answered (see `DialogHub::begin_call`).
+    static UI_TOKEN: u32;
+}
+
+tokio::task_local! {
     /// Set while an exporter scrapes (see [`Host::scrape`]): provider calls made in this
     /// scope do not count as use for idle unloading.
     static PASSIVE: ();
@@ -978,6 +1060,7 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
             format!("provider {name} failed to load: {message}"),
         )
     };
+    let mut guard = None;
     let (backend, classes) = match &slot.manifest.entry {
         Entry::Builtin(entry) => {
             let builtin = host.catalog.get(entry).cloned().ok_or_else(|| {
@@ -1009,12 +1092,54 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
         Entry::Library { path, .. } if slot.manifest.hosting == Hosting::InDaemon => {
             let path = slot.manifest.resolve(&path.to_string_lossy());
             let n = name.clone();
+            // The library's dialogs: news goes to it through its table, and what it sends
+            // comes back through the line `attach` gives it.
+            let target: Arc<std::sync::OnceLock<std::sync::Weak<LibraryProvider>>> =
+                Default::default();
+            let origin = {
+                let (target, n) = (target.clone(), name.clone());
+                host.dialogs.origin(
+                    name.clone(),
+                    Box::new(move |dialog, event| {
+                        if let Some(library) = target.get().and_then(std::sync::Weak::upgrade) {
+                            let _ = library.forward(&dialog_news(&n, dialog, event));
+                        }
+                    }),
+                    pin_for(&slot),
+                )
+            };
+            let line = {
+                let (hub, origin) = (Arc::downgrade(&host.dialogs), origin.clone());
+                move |encoding: Encoding| -> Box<dyn Fn(&[u8]) + Send + Sync> {
+                    Box::new(move |bytes| {
+                        let Some(hub) = hub.upgrade() else { return };
+                        match purveyor_protocol::decode::<purveyor_protocol::ProviderResponse>(
+                            encoding, bytes,
+                        ) {
+                            Ok(purveyor_protocol::ProviderResponse {
+                                reply: ProviderReply::Dialog { dialog, op, .. },
+                                ..
+                            }) => hub.provider_op(&origin, dialog, op),
+                            Ok(other) => {
+                                tracing::warn!(provider = %origin.provider, reply = other.reply.kind(), "a library sent a message that is not a dialog; ignored")
+                            }
+                            Err(e) => {
+                                tracing::warn!(provider = %origin.provider, error = %e, "a library sent a malformed dialog message")
+                            }
+                        }
+                    })
+                }
+            };
             let (library, classes) = in_pool(&slot, timeout, move || {
-                let library = LibraryProvider::open(&path, &n)?;
+                let mut library = LibraryProvider::open(&path, &n)?;
+                let encoding = library.encoding();
+                library.attach_host(line(encoding))?;
                 let classes = library.classes();
                 Ok((Arc::new(library), classes))
             })
             .await?;
+            let _ = target.set(Arc::downgrade(&library));
+            guard = Some(host.dialogs.guard(origin));
             (Backend::Library(library), classes)
         }
         Entry::Library { path, host_group } => {
@@ -1114,6 +1239,40 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
         }
     };
     let schemas = check_schemas(&slot, classes)?;
+    if let Backend::Process { conn, name } = &backend {
+        // Its dialogs: news goes down the channel, operations come up it, and the
+        // process's end closes them with the reason.
+        let origin = {
+            let (weak, n) = (Arc::downgrade(conn), name.clone());
+            host.dialogs.origin(
+                name.clone(),
+                Box::new(move |dialog, event| {
+                    if let Some(conn) = weak.upgrade() {
+                        conn.notify_dialog(&n, dialog, event);
+                    }
+                }),
+                pin_for(&slot),
+            )
+        };
+        let hub = Arc::downgrade(&host.dialogs);
+        conn.on_dialogs(name, {
+            let (hub, origin) = (hub.clone(), origin.clone());
+            Arc::new(move |dialog, op| {
+                if let Some(hub) = hub.upgrade() {
+                    hub.provider_op(&origin, dialog, op);
+                }
+            })
+        });
+        conn.on_exit({
+            let (id, n) = (origin.id(), name.clone());
+            Box::new(move |reason| {
+                if let Some(hub) = hub.upgrade() {
+                    hub.origin_gone(id, &format!("provider {n} went away: {reason}"));
+                }
+            })
+        });
+        guard = Some(host.dialogs.guard(origin));
+    }
     if let (Backend::Process { conn, .. }, Entry::External { .. }) =
         (&backend, &slot.manifest.entry)
     {
@@ -1129,7 +1288,33 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
             }
         }));
     }
-    Ok(Loaded { backend, schemas })
+    Ok(Loaded {
+        backend,
+        schemas,
+        _dialogs: guard,
+    })
+}
+
+/// What keeps `slot`'s provider loaded while one of its dialogs is open.
+fn pin_for(slot: &Arc<Slot>) -> Box<dyn Fn() -> Box<dyn Send + Sync> + Send + Sync> {
+    let slot = Arc::downgrade(slot);
+    Box::new(move || Box::new(slot.upgrade().map(|s| s.pin())))
+}
+
+/// News of a provider's dialog, as the request (id 0, never answered) that carries it.
+fn dialog_news(
+    provider: &str,
+    dialog: u32,
+    event: purveyor_protocol::DialogEvent,
+) -> purveyor_protocol::ProviderRequest {
+    purveyor_protocol::ProviderRequest {
+        id: 0,
+        provider: provider.to_string(),
+        caller: CallerInfo::default(),
+        deadline_ms: 0,
+        ui: 0,
+        call: ProviderCall::Dialog { dialog, event },
+    }
 }
 
 /// Checks events a provider raised against its schemas (`schema_of`) and offers them to

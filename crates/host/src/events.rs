@@ -43,20 +43,28 @@ struct Subscription {
     _hold: Box<dyn Send + Sync>,
 }
 
-/// One session's queue of pushes, and its wake-up.
+/// One session's queues of pushes, and their wake-up: events (bounded, with counted
+/// loss) and dialog messages (never dropped; bounded by refusing new dialogs).
 pub struct EventSink {
     queue: PushQueue,
+    reliable: std::sync::Mutex<std::collections::VecDeque<(u32, Push)>>,
     notify: tokio::sync::Notify,
 }
 
-/// A client's session with the host: who it is, and the queue its subscriptions fill.
-/// Dropping it ends its subscriptions.
+/// Dialog messages queued for a session that does not read; more refuse or close dialogs.
+const RELIABLE_MAX: usize = 65_536;
+
+/// A client's session with the host: who it is, and the queue its subscriptions and
+/// dialogs fill. Dropping it ends its subscriptions, its dialogs and its agent.
 pub struct Session {
     pub caller: Caller,
     /// The streams this session opened (closed when it ends).
     pub io: crate::io::SessionIo,
+    /// Its dialogs' side.
+    pub ui: crate::dialogs::SessionUi,
     sink: Arc<EventSink>,
     bus: Arc<EventBus>,
+    dialogs: Arc<crate::dialogs::DialogHub>,
 }
 
 impl EventBus {
@@ -182,6 +190,7 @@ impl EventSink {
     pub(crate) fn new(capacity: usize) -> Self {
         EventSink {
             queue: PushQueue::new(capacity),
+            reliable: Default::default(),
             notify: tokio::sync::Notify::new(),
         }
     }
@@ -193,10 +202,33 @@ impl EventSink {
         queued
     }
 
-    /// Takes every queued push, followed by the loss reports (each loss happened after
-    /// every push queued before it).
+    /// Queues a dialog message, which is never dropped; `false` when the session has
+    /// [`RELIABLE_MAX`] waiting (it is not reading).
+    pub(crate) fn offer_reliable(&self, handle: u32, push: Push) -> bool {
+        let mut reliable = self.reliable.lock().unwrap_or_else(|p| p.into_inner());
+        if reliable.len() >= RELIABLE_MAX {
+            return false;
+        }
+        reliable.push_back((handle, push));
+        drop(reliable);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Takes every queued push: dialog messages, then events, followed by the loss
+    /// reports (each loss happened after every event queued before it).
     pub fn take(&self) -> Vec<(u32, Push)> {
-        self.queue.take()
+        let mut out: Vec<(u32, Push)> = self
+            .reliable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        if out.is_empty() {
+            return self.queue.take();
+        }
+        out.extend(self.queue.take());
+        out
     }
 
     /// Waits until something may be queued (a wake-up may find nothing).
@@ -206,12 +238,25 @@ impl EventSink {
 }
 
 impl Session {
-    pub(crate) fn new(caller: Caller, bus: Arc<EventBus>, capacity: usize) -> Self {
+    pub(crate) fn new(
+        caller: Caller,
+        bus: Arc<EventBus>,
+        capacity: usize,
+        dialogs: Arc<crate::dialogs::DialogHub>,
+    ) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let sink = Arc::new(EventSink::new(capacity));
         Session {
             caller,
             io: Default::default(),
-            sink: Arc::new(EventSink::new(capacity)),
+            ui: crate::dialogs::SessionUi::new(
+                NEXT.fetch_add(1, Ordering::Relaxed),
+                caller,
+                sink.clone(),
+            ),
+            sink,
             bus,
+            dialogs,
         }
     }
 
@@ -224,6 +269,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.bus.unsubscribe_all(&self.sink);
+        self.dialogs.session_gone(&self.ui);
     }
 }
 
@@ -255,8 +301,11 @@ mod tests {
     fn filters_select_and_a_full_queue_counts_what_it_drops() {
         let bus = Arc::new(EventBus::default());
         let caller = Caller::current_process();
-        let slow = Session::new(caller, bus.clone(), 3);
-        let picky = Session::new(caller, bus.clone(), 100);
+        let hub = Arc::new(crate::dialogs::DialogHub::new(Arc::new(
+            crate::access::AccessPolicy::defaults(),
+        )));
+        let slow = Session::new(caller, bus.clone(), 3, hub.clone());
+        let picky = Session::new(caller, bus.clone(), 100, hub);
         let class = ClassPath::new("config.setting").unwrap();
         let h1 = bus.subscribe(class.clone(), None, vec![], slow.sink(), Box::new(()));
         let even = Condition {

@@ -19,8 +19,8 @@ use purveyor_protocol::{
     ProviderResponse, decode, encode_payload,
 };
 use purveyor_provider::abi::{
-    INSTALL_SYMBOL, InstallFn, PV_ENCODING_BINARY, PV_ENCODING_JSON, PV_ERR_ABI, PV_OK, PvProvider,
-    from_fault,
+    ATTACH_SYMBOL, AttachFn, INSTALL_SYMBOL, InstallFn, PV_ENCODING_BINARY, PV_ENCODING_JSON,
+    PV_ERR_ABI, PV_OK, PvHost, PvProvider, from_fault,
 };
 use purveyor_provider::{CallContext, Provider, ProviderError};
 
@@ -30,7 +30,31 @@ pub struct LibraryProvider {
     encoding: Encoding,
     path: PathBuf,
     classes: Vec<ClassSchema>,
+    /// The host's line for dialogs, when attached: freed after the cleanup entry point.
+    host_line: Option<Box<HostLine>>,
     _library: libloading::Library,
+}
+
+/// What `purveyor_provider_attach` is given: `table.state` points at `send`.
+struct HostLine {
+    table: PvHost,
+    send: Box<dyn Fn(&[u8]) + Send + Sync>,
+}
+
+unsafe extern "C" fn host_send(state: *mut std::ffi::c_void, message: *const u8, len: u64) {
+    if state.is_null() || message.is_null() {
+        return;
+    }
+    // SAFETY: `state` points at the `HostLine`'s `send`, alive until after `release`;
+    // the library passes `len` readable bytes.
+    let (send, bytes) = unsafe {
+        (
+            &*state.cast::<Box<dyn Fn(&[u8]) + Send + Sync>>(),
+            std::slice::from_raw_parts(message, len as usize),
+        )
+    };
+    // A panic must not unwind into the library's C frames.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| send(bytes)));
 }
 
 // SAFETY: the ABI requires a library's `call` to be callable from several threads at
@@ -94,6 +118,7 @@ impl LibraryProvider {
             encoding,
             path: path.to_owned(),
             classes: Vec::new(),
+            host_line: None,
             _library: library,
         };
         match provider.request(ProviderCall::Classes, &CallContext::internal()) {
@@ -110,6 +135,45 @@ impl LibraryProvider {
         Ok(provider)
     }
 
+    /// The encoding of the library's requests, replies and dialog messages.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Gives the library the host's line for dialogs, if it exports
+    /// `purveyor_provider_attach`: `send` receives each message it sends (a
+    /// `ProviderResponse` with id 0, in [`LibraryProvider::encoding`]). Whether it did.
+    pub fn attach_host(&mut self, send: Box<dyn Fn(&[u8]) + Send + Sync>) -> Result<bool, String> {
+        // SAFETY: the symbol, when exported, has the ABI's attach signature.
+        let attach: libloading::Symbol<AttachFn> =
+            match unsafe { self._library.get(ATTACH_SYMBOL.as_bytes()) } {
+                Ok(f) => f,
+                Err(_) => return Ok(false),
+            };
+        let attach = *attach;
+        let mut line = Box::new(HostLine {
+            table: PvHost {
+                abi_version: PROVIDER_ABI_VERSION,
+                reserved: 0,
+                state: std::ptr::null_mut(),
+                send: Some(host_send),
+            },
+            send,
+        });
+        line.table.state = (&mut line.send as *mut Box<dyn Fn(&[u8]) + Send + Sync>).cast();
+        // SAFETY: `state` is the library's live state; the host table lives in a box kept
+        // until after `release` (field order and `Drop` below).
+        let rc = unsafe { attach(self.table.state, &line.table) };
+        self.host_line = Some(line);
+        if rc != PV_OK {
+            return Err(format!(
+                "library {}: {ATTACH_SYMBOL} failed (returned {rc})",
+                self.path.display()
+            ));
+        }
+        Ok(true)
+    }
+
     /// Sends one request through the table and decodes the reply.
     pub fn request(
         &self,
@@ -124,6 +188,7 @@ impl LibraryProvider {
                 gid: ctx.caller.gid,
                 pid: ctx.caller.pid,
             },
+            ui: 0,
             deadline_ms: ctx.deadline.map_or(0, |d| {
                 d.saturating_duration_since(std::time::Instant::now())
                     .as_millis()

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use purveyor_protocol::{
-    CallerInfo, Encoding, FrameBuffer, PROVIDER_ABI_VERSION, ProviderCall, ProviderHello,
-    ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, RaisedEvent, decode,
-    encode_frame,
+    CallerInfo, DialogEvent, DialogOp, Encoding, FrameBuffer, PROVIDER_ABI_VERSION, ProviderCall,
+    ProviderHello, ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, RaisedEvent,
+    decode, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -59,7 +59,18 @@ pub(crate) struct ProcessConn {
     detached: std::sync::atomic::AtomicBool,
     /// Where events the process raises on its own (frames with id 0) go.
     events: std::sync::OnceLock<EventHandler>,
+    /// Where each of its providers' dialog operations go, by provider name.
+    dialogs: Mutex<HashMap<String, DialogRoute>>,
+    /// Run once with the reason when the process ends; `None` once it has.
+    exit_hooks: Mutex<Option<Vec<ExitHook>>>,
+    /// Dialog news for the process, written in order by a task of its own.
+    notices: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
 }
+
+/// Receives one provider's dialog operations: `(dialog, op)`.
+pub(crate) type DialogRoute = Arc<dyn Fn(u32, DialogOp) + Send + Sync>;
+/// Told why the process ended.
+pub(crate) type ExitHook = Box<dyn FnOnce(&str) + Send>;
 
 /// Receives the events a provider process raises outside any call.
 pub(crate) type EventHandler = Box<dyn Fn(Vec<RaisedEvent>) + Send + Sync>;
@@ -152,6 +163,7 @@ impl ProcessConn {
                 ));
             }
         };
+        let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
         let conn = Arc::new(ProcessConn {
             label,
             pid,
@@ -163,9 +175,58 @@ impl ProcessConn {
             child: Mutex::new(Some(child)),
             detached: std::sync::atomic::AtomicBool::new(false),
             events: std::sync::OnceLock::new(),
+            dialogs: Mutex::new(HashMap::new()),
+            exit_hooks: Mutex::new(Some(Vec::new())),
+            notices,
         });
         tokio::spawn(read_replies(Arc::downgrade(&conn), stdout, frames));
+        tokio::spawn(write_notices(Arc::downgrade(&conn), notices_rx));
         Ok(conn)
+    }
+
+    /// Routes `provider`'s dialog operations to `route`.
+    pub fn on_dialogs(&self, provider: &str, route: DialogRoute) {
+        self.dialogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(provider.to_string(), route);
+    }
+
+    /// Runs `hook` with the reason when the process ends (at once if it has).
+    pub fn on_exit(&self, hook: ExitHook) {
+        let mut hooks = self.exit_hooks.lock().unwrap_or_else(|p| p.into_inner());
+        match hooks.as_mut() {
+            Some(hooks) => hooks.push(hook),
+            None => {
+                drop(hooks);
+                hook(
+                    &self
+                        .dead_reason()
+                        .unwrap_or_else(|| format!("{} ended", self.label)),
+                );
+            }
+        }
+    }
+
+    /// Tells `provider` news of its dialog number `dialog` (never answered).
+    pub fn notify_dialog(&self, provider: &str, dialog: u32, event: DialogEvent) {
+        let request = ProviderRequest {
+            id: 0,
+            provider: provider.to_string(),
+            caller: CallerInfo::default(),
+            deadline_ms: 0,
+            ui: 0,
+            call: ProviderCall::Dialog { dialog, event },
+        };
+        let mut frame = Vec::new();
+        match encode_frame(self.encoding, &request, MAX_PROVIDER_FRAME, &mut frame) {
+            Ok(()) => {
+                let _ = self.notices.send(frame);
+            }
+            Err(e) => {
+                tracing::warn!(process = %self.label, error = %e, "cannot encode dialog news")
+            }
+        }
     }
 
     /// Sends one request and waits for its reply until `timeout`.
@@ -175,6 +236,21 @@ impl ProcessConn {
         caller: CallerInfo,
         timeout: Duration,
         call: ProviderCall,
+    ) -> Result<ProviderReply, CallFailure> {
+        self.call_with(provider, caller, timeout, call, 0, &|| None)
+            .await
+    }
+
+    /// Like [`ProcessConn::call`], with the token `ui` for in-call dialogs; when the
+    /// deadline passes, `extend` may give a later one (a dialog of the call is open).
+    pub async fn call_with(
+        &self,
+        provider: &str,
+        caller: CallerInfo,
+        timeout: Duration,
+        call: ProviderCall,
+        ui: u32,
+        extend: &(dyn Fn() -> Option<std::time::Instant> + Sync),
     ) -> Result<ProviderReply, CallFailure> {
         if let Some(why) = self.dead_reason() {
             return Err(CallFailure::Died(why));
@@ -189,6 +265,7 @@ impl ProcessConn {
             provider: provider.to_string(),
             caller,
             deadline_ms: timeout.as_millis() as u64,
+            ui,
             call,
         };
         let mut frame = Vec::new();
@@ -210,7 +287,18 @@ impl ProcessConn {
             }
             Some(rx.await)
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        tokio::pin!(exchange);
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let outcome = loop {
+            match tokio::time::timeout_at(deadline, &mut exchange).await {
+                Ok(done) => break Ok(done),
+                Err(elapsed) => match extend() {
+                    Some(later) if later > std::time::Instant::now() => deadline = later.into(),
+                    _ => break Err(elapsed),
+                },
+            }
+        };
+        match outcome {
             Ok(Some(Ok(Ok(reply)))) => Ok(reply),
             Ok(Some(Ok(Err(why)))) => Err(CallFailure::Died(why)),
             Ok(None) => {
@@ -388,6 +476,33 @@ async fn read_replies(
         match decode::<ProviderResponse>(conn.encoding, &payload) {
             Ok(ProviderResponse {
                 id: 0,
+                reply:
+                    ProviderReply::Dialog {
+                        provider,
+                        dialog,
+                        op,
+                    },
+            }) => {
+                let route = {
+                    let routes = conn.dialogs.lock().unwrap_or_else(|p| p.into_inner());
+                    match routes.get(&provider) {
+                        Some(route) => Some(route.clone()),
+                        // A process serving one provider may leave its name out.
+                        None if provider.is_empty() && routes.len() == 1 => {
+                            routes.values().next().cloned()
+                        }
+                        None => None,
+                    }
+                };
+                match route {
+                    Some(route) => route(dialog, op),
+                    None => {
+                        tracing::warn!(process = %conn.label, %provider, "a dialog from a provider this process does not serve; ignored")
+                    }
+                }
+            }
+            Ok(ProviderResponse {
+                id: 0,
                 reply: ProviderReply::Done { events, .. },
             }) => match conn.events.get() {
                 // Id 0 is never a request's: events raised outside any call.
@@ -429,8 +544,33 @@ async fn read_replies(
     } else {
         tracing::warn!(process = %conn.label, pid = conn.pid, %reason, "provider process ended");
     }
+    // Dialogs learn why first, then the calls in flight.
+    let hooks = conn
+        .exit_hooks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_default();
+    for hook in hooks {
+        hook(&reason);
+    }
     let pending: Vec<_> = conn.lock_pending().drain().collect();
     for (_, tx) in pending {
         let _ = tx.send(Err(reason.clone()));
+    }
+}
+
+/// Writes dialog news to the process, in the order it was sent, until it goes.
+async fn write_notices(
+    conn: std::sync::Weak<ProcessConn>,
+    mut notices: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    while let Some(frame) = notices.recv().await {
+        let Some(conn) = conn.upgrade() else { return };
+        let mut w = conn.writer.lock().await;
+        let Some(w) = w.as_mut() else { return };
+        if let Err(e) = w.write_all(&frame).await {
+            tracing::debug!(process = %conn.label, error = %e, "dialog news not written");
+        }
     }
 }

@@ -18,7 +18,7 @@ name = "purveyor"
 description = "The host's own numbers: each provider's lifecycle and calls, connections, requests"
 hosting = "builtin"
 builtin = "purveyor"
-classes = ["purveyor.host", "purveyor.events", "purveyor.provider"]
+classes = ["purveyor.host", "purveyor.events", "purveyor.dialogs", "purveyor.provider"]
 capabilities = ["enumerate", "get"]
 pure = true
 clear_after = "1h"
@@ -118,6 +118,22 @@ impl Provider for SelfProvider {
                 ],
             ),
             ClassSchema::fixed(
+                "purveyor.dialogs",
+                "Dialogs between providers and applications, and the UI agents",
+                vec![
+                    p("open", "u64", Unit::Count, Gauge, "dialogs open now"),
+                    p("agents", "u64", Unit::Count, Gauge, "UI agents registered"),
+                    p("opened", "u64", Unit::Count, Counter, "dialogs opened"),
+                    p(
+                        "refused",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "dialogs refused (no agent, no UI available, another user)",
+                    ),
+                ],
+            ),
+            ClassSchema::fixed(
                 "purveyor.provider",
                 "Each registered provider's lifecycle and calls",
                 vec![
@@ -208,6 +224,18 @@ impl Provider for SelfProvider {
                 (
                     "events_dropped",
                     Value::U64(host.events.dropped.load(Ordering::Relaxed)),
+                ),
+            ])]),
+            "purveyor.dialogs" => Ok(vec![Instance::from_pairs([
+                ("open", Value::U64(host.dialogs.open_dialogs() as u64)),
+                ("agents", Value::U64(host.dialogs.agents() as u64)),
+                (
+                    "opened",
+                    Value::U64(host.dialogs.opened.load(Ordering::Relaxed)),
+                ),
+                (
+                    "refused",
+                    Value::U64(host.dialogs.refused.load(Ordering::Relaxed)),
                 ),
             ])]),
             "purveyor.provider" => Ok(host

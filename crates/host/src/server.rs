@@ -120,6 +120,13 @@ pub(crate) struct CallSite {
     id: u32,
 }
 
+impl CallSite {
+    /// The client's id for the request.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+}
+
 struct ConnectionSite {
     /// The socket, open for as long as the connection task runs, which is at least as
     /// long as any call on it.
@@ -214,7 +221,7 @@ impl Connection {
         let mut frames = FrameBuffer::new(max);
         let mut out = Vec::with_capacity(4096);
 
-        let Some(encoding) = handshake(&mut rd, &mut wr, &mut frames, host, id).await? else {
+        let Some((encoding, ui)) = handshake(&mut rd, &mut wr, &mut frames, host, id).await? else {
             return Ok(());
         };
 
@@ -225,6 +232,7 @@ impl Connection {
             abandoned: AtomicBool::new(false),
         });
         let session = host.session(caller);
+        session.ui.set_shows(ui);
         // A Unix socket can carry file descriptors (plain files opened for reading).
         session.io.allow_fds();
         let session = &session;
@@ -388,7 +396,7 @@ async fn handshake(
     frames: &mut FrameBuffer,
     host: &Host,
     id: u32,
-) -> std::io::Result<Option<Encoding>> {
+) -> std::io::Result<Option<(Encoding, bool)>> {
     let config = host.config();
     let first = tokio::time::timeout(config.handshake_timeout, async {
         loop {
@@ -450,7 +458,7 @@ async fn handshake(
         return Ok(None);
     }
     wr.write_all(&out).await?;
-    Ok(Some(hello.encoding))
+    Ok(Some((hello.encoding, hello.ui)))
 }
 
 /// Says goodbye in JSON (no encoding was agreed) and gives up on the connection.

@@ -37,6 +37,9 @@ impl Drop for SlotPin {
 pub(crate) struct Loaded {
     pub backend: Backend,
     pub schemas: SchemaSet,
+    /// Closes the provider's dialogs when it is released (its process's end closes
+    /// them sooner, with the reason).
+    pub _dialogs: Option<crate::dialogs::OriginGuard>,
 }
 
 /// Where a loaded provider's calls go.

@@ -27,6 +27,9 @@ use crate::library::LibraryProvider;
 
 /// Threads that take turns reading requests.
 const THREADS: usize = 4;
+/// The most threads: a call waiting on a dialog holds its thread, and a thread is started
+/// whenever none is left to read (the dialog's answer must be read by someone).
+const MAX_THREADS: usize = 64;
 const MAX_FRAME: u32 = 64 << 20;
 
 struct Input {
@@ -37,7 +40,10 @@ struct Input {
 struct Worker {
     encoding: Encoding,
     input: Mutex<Input>,
-    output: Mutex<File>,
+    output: Arc<Mutex<File>>,
+    /// Threads, and those free to read the next request.
+    threads: std::sync::atomic::AtomicUsize,
+    idle: std::sync::atomic::AtomicUsize,
     providers: RwLock<HashMap<String, Arc<LibraryProvider>>>,
     /// I/O procedure libraries, by provider name.
     procedures: RwLock<HashMap<String, Arc<ProcedureServer>>>,
@@ -92,7 +98,9 @@ pub fn run() -> i32 {
     let worker = Arc::new(Worker {
         encoding: hello.encoding,
         input: Mutex::new(input),
-        output: Mutex::new(output),
+        output: Arc::new(Mutex::new(output)),
+        threads: THREADS.into(),
+        idle: THREADS.into(),
         providers: RwLock::new(HashMap::new()),
         procedures: RwLock::new(HashMap::new()),
     });
@@ -105,7 +113,8 @@ pub fn run() -> i32 {
 
 impl Worker {
     /// Serves until the channel closes, then exits the process.
-    fn serve(&self) -> ! {
+    fn serve(self: &Arc<Self>) -> ! {
+        use std::sync::atomic::Ordering;
         loop {
             let payload = {
                 let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,6 +135,21 @@ impl Worker {
                 }
             };
             let id = request.id;
+            // Dialog news is never answered, and must not wait behind a busy thread.
+            let news = id == 0 && matches!(request.call, ProviderCall::Dialog { .. });
+            if news {
+                let _ = catch_unwind(AssertUnwindSafe(|| self.answer(request)));
+                continue;
+            }
+            if self.idle.fetch_sub(1, Ordering::AcqRel) == 1
+                && self.threads.fetch_add(1, Ordering::AcqRel) < MAX_THREADS
+            {
+                // This was the last free thread: start another, so some thread is always
+                // reading (a call may wait on a dialog whose answer comes on this channel).
+                self.idle.fetch_add(1, Ordering::AcqRel);
+                let w = self.clone();
+                std::thread::spawn(move || w.serve());
+            }
             let reply =
                 catch_unwind(AssertUnwindSafe(|| self.answer(request))).unwrap_or_else(|panic| {
                     fault(
@@ -147,13 +171,20 @@ impl Worker {
             if out.write_all(&frame).is_err() {
                 std::process::exit(0);
             }
+            drop(out);
+            self.idle.fetch_add(1, Ordering::AcqRel);
         }
     }
 
     fn answer(&self, request: ProviderRequest) -> ProviderReply {
         match &request.call {
             ProviderCall::Load { library } => {
-                match LibraryProvider::open(Path::new(library), &request.provider) {
+                match LibraryProvider::open(Path::new(library), &request.provider).and_then(
+                    |mut p| {
+                        p.attach_host(self.dialog_line(&request.provider, p.encoding()))?;
+                        Ok(p)
+                    },
+                ) {
                     Ok(p) => {
                         self.providers
                             .write()
@@ -224,6 +255,34 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+impl Worker {
+    /// The line a library's dialog messages take: to the host, named for `provider`.
+    fn dialog_line(&self, provider: &str, library: Encoding) -> Box<dyn Fn(&[u8]) + Send + Sync> {
+        let (output, encoding, provider) =
+            (self.output.clone(), self.encoding, provider.to_string());
+        Box::new(move |bytes| {
+            let Ok(mut message) = decode::<ProviderResponse>(library, bytes) else {
+                eprintln!("purveyor worker: provider {provider} sent a malformed dialog message");
+                return;
+            };
+            if let ProviderReply::Dialog {
+                provider: named, ..
+            } = &mut message.reply
+            {
+                named.clone_from(&provider);
+            } else {
+                return;
+            }
+            message.id = 0;
+            let mut frame = Vec::new();
+            if encode_frame(encoding, &message, MAX_FRAME, &mut frame).is_ok() {
+                let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = out.write_all(&frame);
+            }
+        })
     }
 }
 

@@ -12,6 +12,7 @@
 //! integer has a fixed width, so 32-bit and 64-bit peers read the same message.
 
 mod codec;
+mod dialog;
 pub mod fds;
 mod frame;
 mod message;
@@ -20,6 +21,9 @@ mod provider;
 mod pushes;
 
 pub use codec::{DecodeError, EncodeError, decode, encode_frame, encode_payload};
+pub use dialog::{
+    Button, DialogEvent, DialogInput, DialogOp, Field, FieldKind, Form, FormUpdate, Progress,
+};
 pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
 pub use message::{
     ClassList, ClientMessage, Encoding, ErrorCode, Hello, HostMode, HostStatus, InstanceList,

@@ -8,10 +8,12 @@ use purveyor_model::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::{DialogInput, Form, FormUpdate};
+
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 4;
+pub const PROTOCOL_MINOR: u16 = 5;
 
 /// How the payloads after the handshake are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +35,11 @@ pub struct Hello {
     pub encoding: Encoding,
     #[serde(default)]
     pub client: String,
+    /// The client shows in-call dialogs (minor 5). A client without a UI (`--no-input`,
+    /// no terminal) leaves it false, and a provider asking it for a dialog is told "no UI
+    /// available".
+    #[serde(default)]
+    pub ui: bool,
 }
 
 /// The server's answer to [`Hello`], always JSON. After it, both sides use `encoding`.
@@ -188,6 +195,19 @@ pub enum Request {
     IoDelete { name: String },
     /// Renames within one procedure (minor 4). Answered with `done`.
     IoRename { from: String, to: String },
+    /// Makes this connection its user's UI agent: spontaneous dialogs for the user come
+    /// to it (minor 5; the most recently registered agent of a user wins). Answered with
+    /// `agent`.
+    RegisterAgent,
+    /// The dialog `handle` is shown: the host delivers the updates it held (minor 5).
+    /// Answered with `done`.
+    DialogReady { handle: u32 },
+    /// Input for the provider: a button pressed, fields' values, or intermediate data
+    /// (minor 5). Answered with `done` once the provider has been sent it.
+    DialogSend { handle: u32, input: DialogInput },
+    /// Closes the dialog; the provider is told the user closed it (minor 5). Answered
+    /// with `done`.
+    DialogClose { handle: u32 },
 }
 
 /// A successful answer.
@@ -227,6 +247,10 @@ pub enum Response {
     IoData(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A count, a position or a custom message's answer.
     IoValue(i64),
+    /// This connection is a UI agent, with this handle (a provider may target it).
+    Agent {
+        handle: u32,
+    },
 }
 
 /// How a stream is opened.
@@ -267,7 +291,7 @@ pub struct IoProcedureInfo {
     pub shadowed: bool,
 }
 
-/// Server-pushed messages. Subscriptions and dialogs (later protocol minors) add variants.
+/// Server-pushed messages: events of subscriptions, and dialogs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -282,6 +306,22 @@ pub enum Push {
     /// did not read them fast enough: `dropped` since the last such report. Sent before
     /// any event that came after the loss.
     Lost { dropped: u64 },
+    /// A dialog opened for this connection (minor 5): for the request `request` (an
+    /// in-call dialog) or, with none, a spontaneous one for this agent. The application
+    /// shows it, then sends `dialog_ready`; updates come after that.
+    DialogOpen {
+        /// The provider asking.
+        provider: String,
+        #[serde(default)]
+        request: Option<u32>,
+        /// Milliseconds before the host closes it.
+        deadline_ms: u64,
+        form: Form,
+    },
+    /// A change to the dialog `handle` names.
+    DialogUpdate { update: FormUpdate },
+    /// The dialog is closed, and why. Nothing more comes for its handle.
+    DialogClosed { reason: String },
 }
 
 /// The classes of a namespace, and the providers that could not say what theirs are.

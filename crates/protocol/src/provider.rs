@@ -9,7 +9,7 @@
 use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::{Encoding, IoMode, IoWhence};
+use crate::{DialogEvent, DialogOp, Encoding, IoMode, IoWhence};
 
 /// The provider ABI's version. A library or process with another version is refused with
 /// a message naming both versions.
@@ -54,6 +54,10 @@ pub struct ProviderRequest {
     /// Milliseconds the provider has before the host gives up on it; 0 when unbounded.
     #[serde(default)]
     pub deadline_ms: u64,
+    /// Nonzero when the caller can be shown an in-call dialog: the token a dialog's
+    /// `open` names to reach it (see `docs/dialogs.md`).
+    #[serde(default)]
+    pub ui: u32,
     pub call: ProviderCall,
 }
 
@@ -146,6 +150,8 @@ pub enum ProviderCall {
         #[serde(default)]
         to_element: String,
     },
+    /// News of the provider's dialog number `dialog`. Sent with id 0 and never answered.
+    Dialog { dialog: u32, event: DialogEvent },
 }
 
 /// One response from a provider.
@@ -185,6 +191,13 @@ pub enum ProviderReply {
     IoData(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A count, position or custom answer.
     IoValue(i64),
+    /// Not an answer (sent with id 0, at any time): the provider `provider` opens,
+    /// updates or closes its dialog number `dialog`.
+    Dialog {
+        provider: String,
+        dialog: u32,
+        op: DialogOp,
+    },
 }
 
 /// An event a provider raises.
@@ -233,6 +246,7 @@ impl ProviderCall {
             ProviderCall::IoClose { .. } => "io_close",
             ProviderCall::IoDelete { .. } => "io_delete",
             ProviderCall::IoRename { .. } => "io_rename",
+            ProviderCall::Dialog { .. } => "dialog",
         }
     }
 }
@@ -269,6 +283,7 @@ impl ProviderReply {
             ProviderReply::IoOpened { .. } => "io_opened",
             ProviderReply::IoData(_) => "io_data",
             ProviderReply::IoValue(_) => "io_value",
+            ProviderReply::Dialog { .. } => "dialog",
         }
     }
 }
@@ -288,6 +303,7 @@ mod tests {
                 pid: 42,
             },
             deadline_ms: 10000,
+            ui: 0,
             call: ProviderCall::Get {
                 class: ClassPath::new("demo.uptime").unwrap(),
                 key: InstanceKey::new(),
@@ -295,7 +311,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&req).unwrap(),
-            r#"{"id":3,"provider":"uptime","caller":{"uid":1000,"gid":1000,"pid":42},"deadline_ms":10000,"call":{"get":{"class":"demo.uptime","key":{}}}}"#
+            r#"{"id":3,"provider":"uptime","caller":{"uid":1000,"gid":1000,"pid":42},"deadline_ms":10000,"ui":0,"call":{"get":{"class":"demo.uptime","key":{}}}}"#
         );
         let classes: ProviderRequest =
             serde_json::from_str(r#"{"id":1,"call":"classes"}"#).unwrap();

@@ -18,10 +18,12 @@ use purveyor_protocol::{
     ProviderRequest, ProviderResponse, decode, encode_payload,
 };
 
-use crate::{CallContext, Caller, Provider, ProviderError};
+use crate::{CallContext, Caller, HostHandle, Provider, ProviderError};
 
 /// The name of the one symbol a provider library exports.
 pub const INSTALL_SYMBOL: &str = "purveyor_provider_install";
+/// The optional second export: the host's line for dialogs (`docs/dialogs.md`).
+pub const ATTACH_SYMBOL: &str = "purveyor_provider_attach";
 
 /// `encoding` values in [`PvProvider`].
 pub const PV_ENCODING_BINARY: u32 = 0;
@@ -50,6 +52,36 @@ pub type CallFn = unsafe extern "C" fn(
 pub type FreeFn = unsafe extern "C" fn(state: *mut c_void, reply: *mut u8, reply_len: u64);
 /// `release(state)`: the cleanup hook; no call follows it.
 pub type ReleaseFn = unsafe extern "C" fn(state: *mut c_void);
+
+/// `send(host_state, message, len)`: a [`ProviderResponse`] with id 0 carrying a
+/// `dialog` reply, in the table's encoding. Never blocks for long; callable from any
+/// thread, at any time between `attach` and `release`.
+pub type HostSendFn = unsafe extern "C" fn(host_state: *mut c_void, message: *const u8, len: u64);
+
+/// `int32_t purveyor_provider_attach(void *state, const pv_host *host)`: called once after
+/// install, before any call; `host` stays valid until after `release`.
+pub type AttachFn = unsafe extern "C" fn(state: *mut c_void, host: *const PvHost) -> i32;
+
+/// The host's side of the line, given to `purveyor_provider_attach`. Layout pinned below
+/// and by the C header.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PvHost {
+    pub abi_version: u32,
+    pub reserved: u32,
+    pub state: *mut c_void,
+    pub send: Option<HostSendFn>,
+}
+
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    const P: usize = size_of::<*const u8>();
+    assert!(offset_of!(PvHost, abi_version) == 0);
+    assert!(offset_of!(PvHost, reserved) == 4);
+    assert!(offset_of!(PvHost, state) == 8);
+    assert!(offset_of!(PvHost, send) == 8 + P);
+    assert!(size_of::<PvHost>() == 8 + 2 * P);
+};
 
 /// The table a library fills in. Layout pinned by the assertions below and by the C
 /// header's `_Static_assert`s.
@@ -90,8 +122,13 @@ impl PvProvider {
     }
 }
 
-/// Answers one request with `provider`: the dispatch every hosting model shares.
-pub fn serve(provider: &dyn Provider, request: ProviderRequest) -> ProviderReply {
+/// Answers one request with `provider`: the dispatch every hosting model shares. `host`
+/// is the line for dialogs, when the host gave one.
+pub fn serve(
+    provider: &dyn Provider,
+    request: ProviderRequest,
+    host: Option<&HostHandle>,
+) -> ProviderReply {
     let ctx = CallContext::new(
         Caller {
             uid: request.caller.uid,
@@ -100,7 +137,8 @@ pub fn serve(provider: &dyn Provider, request: ProviderRequest) -> ProviderReply
         },
         (request.deadline_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(request.deadline_ms)),
-    );
+    )
+    .with_dialogs(host.cloned(), request.ui);
     serve_call(provider, request.call, &ctx)
 }
 
@@ -133,6 +171,15 @@ pub fn serve_call(provider: &dyn Provider, call: ProviderCall, ctx: &CallContext
         } => provider
             .call(&class, &key, &method, args, ctx)
             .map(|result| done(result, ctx)),
+        ProviderCall::Dialog { dialog, event } => match ctx.host() {
+            Some(host) => {
+                host.deliver(dialog, event);
+                Ok(done(None, ctx))
+            }
+            None => Err(ProviderError::Unsupported(
+                "dialog news for a provider the host never attached".into(),
+            )),
+        },
         other => Err(ProviderError::Unsupported(format!(
             "this provider does not handle {other:?}"
         ))),
@@ -184,6 +231,8 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// What a Rust library's table points at: the provider, or why it could not be made.
 struct State {
     provider: Result<Box<dyn Provider>, ProviderError>,
+    /// Set by `purveyor_provider_attach`.
+    host: std::sync::OnceLock<HostHandle>,
 }
 
 /// The body of the install function [`export_provider!`] writes.
@@ -213,7 +262,10 @@ where
             panic_message(&*panic)
         ))),
     };
-    let state = Box::new(State { provider });
+    let state = Box::new(State {
+        provider,
+        host: std::sync::OnceLock::new(),
+    });
     out.encoding = PV_ENCODING_BINARY;
     out.state = Box::into_raw(state).cast();
     out.call = Some(call_trampoline);
@@ -252,7 +304,7 @@ unsafe extern "C" fn call_trampoline(
         };
         let id = request.id;
         let reply = match &state.provider {
-            Ok(p) => serve(&**p, request),
+            Ok(p) => serve(&**p, request, state.host.get()),
             Err(e) => ProviderReply::Error(fault(e.clone())),
         };
         ProviderResponse { id, reply }
@@ -303,6 +355,73 @@ unsafe extern "C" fn release_trampoline(state: *mut c_void) {
     }));
 }
 
+/// The host's send function and state, callable from any thread (the ABI's promise).
+struct HostLine {
+    send: HostSendFn,
+    state: *mut c_void,
+}
+
+impl HostLine {
+    fn send(&self, bytes: &[u8]) {
+        // SAFETY: the host keeps `send` and its state valid until after `release`.
+        unsafe { (self.send)(self.state, bytes.as_ptr(), bytes.len() as u64) };
+    }
+}
+
+// SAFETY: the ABI requires `send` to be callable from any thread with `state`, until after
+// `release` (docs/dialogs.md); the provider's handles never outlive that.
+unsafe impl Send for HostLine {}
+// SAFETY: as above.
+unsafe impl Sync for HostLine {}
+
+/// The body of `purveyor_provider_attach` that [`export_provider!`] writes: keeps the
+/// host's line and hands the provider a [`HostHandle`] on it.
+///
+/// # Safety
+/// `state` must be the table's state from [`install`]; `host` null or valid until after
+/// `release`.
+pub unsafe fn attach(state: *mut c_void, host: *const PvHost) -> i32 {
+    if state.is_null() || host.is_null() {
+        return PV_ERR_FAILED;
+    }
+    // SAFETY: the caller promises both pointers are live.
+    let (state, host) = unsafe { (&*state.cast::<State>(), &*host) };
+    let Some(send) = host.send else {
+        return PV_ERR_FAILED;
+    };
+    let line = HostLine {
+        send,
+        state: host.state,
+    };
+    let handle = HostHandle::new(move |dialog, op| {
+        let message = ProviderResponse {
+            id: 0,
+            reply: ProviderReply::Dialog {
+                provider: String::new(),
+                dialog,
+                op,
+            },
+        };
+        let mut bytes = Vec::new();
+        if encode_payload(Encoding::Binary, &message, &mut bytes).is_ok() {
+            line.send(&bytes);
+        }
+    });
+    if state.host.set(handle.clone()).is_err() {
+        return PV_ERR_FAILED;
+    }
+    let attached = catch_unwind(AssertUnwindSafe(|| {
+        if let Ok(p) = &state.provider {
+            p.attach(handle);
+        }
+    }));
+    if attached.is_ok() {
+        PV_OK
+    } else {
+        PV_ERR_FAILED
+    }
+}
+
 /// Exports a provider from a `cdylib`: `export_provider!(MyProvider::new)`, where the
 /// expression is a function returning `Result<MyProvider, ProviderError>`.
 #[macro_export]
@@ -320,6 +439,19 @@ macro_rules! export_provider {
         ) -> i32 {
             // SAFETY: the host passes a writable table, as the ABI requires.
             unsafe { $crate::abi::install(host_abi, out, $make) }
+        }
+
+        /// The host's line for dialogs (see `docs/dialogs.md`).
+        ///
+        /// # Safety
+        /// Called by the host with the table's state and a host table valid until release.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn purveyor_provider_attach(
+            state: *mut ::std::ffi::c_void,
+            host: *const $crate::abi::PvHost,
+        ) -> i32 {
+            // SAFETY: as the ABI requires (see above).
+            unsafe { $crate::abi::attach(state, host) }
         }
     };
 }

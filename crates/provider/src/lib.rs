@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 pub mod abi;
+pub mod dialog;
 #[cfg(feature = "store")]
 pub mod store;
 
@@ -17,6 +18,9 @@ pub use purveyor_model as model;
 use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
 pub use purveyor_protocol as protocol;
 use purveyor_protocol::RaisedEvent;
+
+pub use dialog::{Dialog, DialogError, DialogTarget, HostHandle};
+pub use purveyor_protocol::{Button, DialogInput, Field, FieldKind, Form, FormUpdate, Progress};
 
 /// A provider: the code that supplies the instances of some classes.
 ///
@@ -105,6 +109,11 @@ pub trait Provider: Send + Sync + 'static {
     /// The cleanup hook: called once when the host releases the provider (idle unload or
     /// shutdown), after the last call. Close what the OS does not reclaim here.
     fn release(&self) {}
+
+    /// Called once after loading, before any call, by a host that routes dialogs: keep
+    /// `host` to open spontaneous dialogs later, from any thread
+    /// ([`HostHandle::open_dialog`]).
+    fn attach(&self, _host: HostHandle) {}
 }
 
 /// Who is calling, and until when; and the events the call raises.
@@ -115,6 +124,10 @@ pub struct CallContext {
     pub deadline: Option<Instant>,
     /// Events raised by this call, delivered when it returns successfully.
     events: Mutex<Vec<RaisedEvent>>,
+    /// The line to the host for dialogs, when the host routes them.
+    host: Option<HostHandle>,
+    /// The token of this call's client for in-call dialogs; 0 when it cannot show one.
+    ui: u32,
 }
 
 /// The peer a request came from, from the socket's credentials (`SO_PEERCRED`); in
@@ -148,7 +161,42 @@ impl CallContext {
             caller,
             deadline,
             events: Mutex::new(Vec::new()),
+            host: None,
+            ui: 0,
         }
+    }
+
+    /// This context with a line to the host for dialogs, and the token (the request's
+    /// `ui`, 0 for none) that lets the call open an in-call dialog.
+    pub fn with_dialogs(mut self, host: Option<HostHandle>, ui: u32) -> Self {
+        self.host = host;
+        self.ui = ui;
+        self
+    }
+
+    /// The line to the host, for spontaneous dialogs; `None` when the host does not route
+    /// dialogs to this provider.
+    pub fn host(&self) -> Option<&HostHandle> {
+        self.host.as_ref()
+    }
+
+    /// Opens an in-call dialog: the host shows `form` to the client whose call this is,
+    /// and this call waits for it (the call's deadline is suspended while the dialog is
+    /// open). Refused at once with "no UI available" when the client cannot show one
+    /// (`--no-input`, no terminal, an HTTP request).
+    pub fn dialog(&self, form: Form) -> Result<Dialog, DialogError> {
+        let Some(host) = &self.host else {
+            return Err(DialogError::Refused(
+                "no UI available: this provider's host does not route dialogs to it".into(),
+            ));
+        };
+        if self.ui == 0 {
+            return Err(DialogError::Refused(
+                "no UI available: this call did not come from a client that can show dialogs"
+                    .into(),
+            ));
+        }
+        host.open(form, self.ui, None, None, None)
     }
 
     /// A context for calls made by the host itself or by tests.

@@ -3,13 +3,14 @@
 //! the exit codes documented in `--help`.
 
 mod check;
+mod dialog;
 mod io;
 mod render;
 mod serve;
 mod watch;
 mod write;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -68,6 +69,13 @@ struct Global {
     /// More logging on stderr (-v info, -vv debug) [env: PURVEYOR_LOG]
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Never ask anything: a provider that wants a dialog is told "no UI available" (also
+    /// when stdin is not a terminal)
+    #[arg(long, global = true)]
+    no_input: bool,
+    /// Load dialog UI modules from this trusted directory (repeatable) [env: PURVEYOR_UI_MODULES, colon-separated]
+    #[arg(long = "ui-modules", global = true, value_name = "DIR")]
+    ui_modules: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -227,6 +235,11 @@ enum Command {
     },
     /// Say which host is in use (daemon or embedded) and how it is doing
     Status,
+    /// Be this user's UI agent: show the dialogs providers open on their own
+    #[command(
+        after_help = "Answer a dialog by typing a button's number (or name) and Enter.\n\nExamples:\n  purveyor agent\n  purveyor agent --ui-modules /usr/lib/purveyor/ui      with trusted UI modules\n  (in another terminal) purveyor call phone.line dial number=555-0100"
+    )]
+    Agent,
     /// Validate provider manifests
     #[command(
         after_help = "Examples:\n  purveyor check                 the configured directories\n  purveyor check ./providers"
@@ -267,6 +280,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
     match cli.command {
+        Command::Agent => {
+            dialog::check_agent(global.no_input)?;
+            let client = connect_with(&global, false)?;
+            dialog::run_agent(client, ui_module_dirs(&global)).map(|()| ExitCode::SUCCESS)
+        }
         Command::Serve {
             group_access,
             threads,
@@ -453,7 +471,27 @@ fn get(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Connects; the client shows in-call dialogs in the terminal unless `--no-input` is
+/// given or stdin is not a terminal (then providers are told "no UI available").
 fn connect(global: &Global) -> Result<Client> {
+    let ui = !global.no_input && std::io::stdin().is_terminal();
+    let mut client = connect_with(global, ui)?;
+    if ui {
+        client.set_dialog_ui(dialog::command_ui(ui_module_dirs(global)));
+    }
+    Ok(client)
+}
+
+/// The trusted UI module directories: `--ui-modules`, then `PURVEYOR_UI_MODULES`.
+fn ui_module_dirs(global: &Global) -> Vec<PathBuf> {
+    let mut dirs = global.ui_modules.clone();
+    if let Some(env) = std::env::var_os("PURVEYOR_UI_MODULES") {
+        dirs.extend(std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()));
+    }
+    dirs
+}
+
+fn connect_with(global: &Global, ui: bool) -> Result<Client> {
     let target = if global.embedded {
         Target::Embedded
     } else if let Some(socket) = &global.socket {
@@ -467,7 +505,8 @@ fn connect(global: &Global) -> Result<Client> {
         .encoding(match global.encoding {
             WireEncoding::Binary => Encoding::Binary,
             WireEncoding::Json => Encoding::Json,
-        });
+        })
+        .ui(ui);
     if !global.provider_dirs.is_empty() {
         options = options.provider_dirs(global.provider_dirs.clone());
     }

@@ -114,6 +114,10 @@ struct Module {
     _library: libloading::Library,
 }
 
+// SAFETY: the UI module ABI lets a module be called from any thread, one call at a time
+// (docs/dialogs.md); `ModuleUi` takes `&mut self` for every call.
+unsafe impl Send for Module {}
+
 impl Module {
     fn event(&self, event: &UiEvent) -> UiAction {
         let Ok(bytes) = serde_json::to_vec(event) else {
@@ -173,7 +177,8 @@ pub struct ModuleUi<G: DialogUi> {
 }
 
 impl<G: DialogUi> ModuleUi<G> {
-    /// Modules are looked up as `DIR/NAME.so` in `dirs`, in order. The application —
+    /// Modules are looked up as `DIR/NAME.so` (or `DIR/libNAME.so`, `-` as `_`) in `dirs`,
+    /// in order. The application —
     /// never the provider — names these directories.
     pub fn new(dirs: Vec<PathBuf>, generic: G) -> Self {
         ModuleUi {
@@ -208,9 +213,11 @@ impl<G: DialogUi> ModuleUi<G> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
             return None;
         }
+        // `NAME.so`, or as cargo names a cdylib: `libNAME.so` with `-` as `_`.
+        let cargo = format!("lib{}.so", name.replace('-', "_"));
         self.dirs
             .iter()
-            .map(|d| d.join(format!("{name}.so")))
+            .flat_map(|d| [d.join(format!("{name}.so")), d.join(&cargo)])
             .find(|p| p.is_file())
     }
 }

@@ -64,6 +64,12 @@ impl ConnectOptions {
         self
     }
 
+    /// Whether this client shows in-call dialogs (see [`ConnectOptions::ui`]).
+    pub fn ui(mut self, ui: bool) -> Self {
+        self.ui = ui;
+        self
+    }
+
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = name.into();
         self

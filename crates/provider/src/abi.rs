@@ -424,8 +424,35 @@ pub unsafe fn attach(state: *mut c_void, host: *const PvHost) -> i32 {
 
 /// Exports a provider from a `cdylib`: `export_provider!(MyProvider::new)`, where the
 /// expression is a function returning `Result<MyProvider, ProviderError>`.
+///
+/// `export_provider!(named MyProvider::for_name)` passes the provider's name from its
+/// manifest (a `&str`), for a library that serves several providers.
 #[macro_export]
 macro_rules! export_provider {
+    (named $make:expr) => {
+        /// The install function the host looks up (see `docs/provider-abi.md`).
+        ///
+        /// # Safety
+        /// Called by the host with a writable table and a NUL-terminated name.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn purveyor_provider_install(
+            host_abi: u32,
+            name: *const ::std::ffi::c_char,
+            out: *mut $crate::abi::PvProvider,
+        ) -> i32 {
+            let name = if name.is_null() {
+                ""
+            } else {
+                // SAFETY: the host passes a NUL-terminated name, alive for the call.
+                unsafe { ::std::ffi::CStr::from_ptr(name) }
+                    .to_str()
+                    .unwrap_or("")
+            };
+            // SAFETY: the host passes a writable table, as the ABI requires.
+            unsafe { $crate::abi::install(host_abi, out, || ($make)(name)) }
+        }
+        $crate::export_provider!(@attach);
+    };
     ($make:expr) => {
         /// The install function the host looks up (see `docs/provider-abi.md`).
         ///
@@ -440,7 +467,9 @@ macro_rules! export_provider {
             // SAFETY: the host passes a writable table, as the ABI requires.
             unsafe { $crate::abi::install(host_abi, out, $make) }
         }
-
+        $crate::export_provider!(@attach);
+    };
+    (@attach) => {
         /// The host's line for dialogs (see `docs/dialogs.md`).
         ///
         /// # Safety

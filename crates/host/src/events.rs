@@ -260,6 +260,12 @@ impl Session {
         }
     }
 
+    /// The client has gone (its connection closed): its dialogs close now, with the
+    /// providers told, even while its calls are still finishing.
+    pub fn client_gone(&self) {
+        self.dialogs.session_gone(&self.ui);
+    }
+
     /// The queue this session's subscriptions fill.
     pub fn sink(&self) -> &Arc<EventSink> {
         &self.sink

@@ -270,6 +270,9 @@ impl Connection {
                         // The watchdog answered and closed the socket.
                         return Ok(());
                     }
+                    // Pushes queued before this reply go before it (a dialog's last update
+                    // and its close come before the reply of the call that opened it).
+                    encode_pushes(session, encoding, max, id, &mut out);
                     take_fd(session, &outcome, &mut fds);
                     push_reply(encoding, max, rid, outcome, &mut out);
                     // Batch every other reply that is already done into the same write.
@@ -289,24 +292,25 @@ impl Connection {
                     out.clear();
                 }
                 () = session.sink().ready() => {
-                    for (handle, push) in session.sink().take() {
-                        let msg = ServerMessage::Push { handle, push };
-                        if let Err(e) = encode_frame(encoding, &msg, max, &mut out) {
-                            // Too large for a frame: the client is told it lost one.
-                            tracing::warn!(connection = id, error = %e, "event too large to send; dropped");
-                            let lost = ServerMessage::Push { handle, push: Push::Lost { dropped: 1 } };
-                            let _ = encode_frame(encoding, &lost, max, &mut out);
-                        }
-                    }
+                    encode_pushes(session, encoding, max, id, &mut out);
                     if !out.is_empty() {
                         wr.write_all(&out).await?;
                         out.clear();
                     }
                 }
                 read = rd.read(frames.spare()), if reading && in_flight.len() < config.max_in_flight => {
-                    let n = read?;
+                    let n = match read {
+                        Ok(n) => n,
+                        Err(e) => {
+                            session.client_gone();
+                            return Err(e);
+                        }
+                    };
                     if n == 0 {
                         reading = false;
+                        // Nobody will answer this client's dialogs: close them now, so
+                        // the calls waiting on them finish.
+                        session.client_gone();
                         if frames.buffered() > 0 {
                             goodbye = Some(RemoteError::new(
                                 ErrorCode::Protocol,
@@ -337,6 +341,22 @@ impl Connection {
         }
         let _ = wr.shutdown().await;
         Ok(())
+    }
+}
+
+/// Encodes every push queued for `session` into `out`.
+fn encode_pushes(session: &Session, encoding: Encoding, max: u32, id: u32, out: &mut Vec<u8>) {
+    for (handle, push) in session.sink().take() {
+        let msg = ServerMessage::Push { handle, push };
+        if let Err(e) = encode_frame(encoding, &msg, max, out) {
+            // Too large for a frame: the client is told it lost one.
+            tracing::warn!(connection = id, error = %e, "push too large to send; dropped");
+            let lost = ServerMessage::Push {
+                handle,
+                push: Push::Lost { dropped: 1 },
+            };
+            let _ = encode_frame(encoding, &lost, max, out);
+        }
     }
 }
 

@@ -82,18 +82,17 @@ fn read_secret() -> Option<String> {
 }
 
 fn progress_line(p: &Progress) -> String {
-    if p.total > 0 {
-        let width = 20u64;
-        let filled = (p.done.min(p.total) * width / p.total) as usize;
-        format!(
+    let width = 20u64;
+    let done = p.done.min(p.total);
+    match (done * width).checked_div(p.total) {
+        Some(filled) => format!(
             "  [{}{}] {}% {}",
-            "#".repeat(filled),
-            ".".repeat(width as usize - filled),
-            p.done.min(p.total) * 100 / p.total,
+            "#".repeat(filled as usize),
+            ".".repeat((width - filled) as usize),
+            done * 100 / p.total,
             p.text
-        )
-    } else {
-        format!("  [{}] {}", p.done, p.text)
+        ),
+        None => format!("  [{}] {}", p.done, p.text),
     }
 }
 

@@ -507,6 +507,9 @@ impl Client {
     }
 }
 
+/// A reply and the id of its request.
+type Reply = (u32, Result<Response, ClientError>);
+
 /// What a dialog push makes the UI do, as the requests that carry it to the host: a
 /// dialog that opened is signalled ready once `open` has shown it.
 fn drive(ui: &mut (dyn DialogUi + Send), handle: u32, push: Push) -> Vec<Request> {
@@ -599,10 +602,7 @@ impl Embedded {
 impl SocketConn {
     /// The next reply; with `showing`, `None` as soon as a dialog push arrives (the
     /// caller shows it: the reply may wait for it).
-    fn next_reply(
-        &mut self,
-        showing: bool,
-    ) -> Result<Option<(u32, Result<Response, ClientError>)>, ClientError> {
+    fn next_reply(&mut self, showing: bool) -> Result<Option<Reply>, ClientError> {
         loop {
             let frame = self
                 .frames

@@ -1110,7 +1110,7 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
             };
             let line = {
                 let (hub, origin) = (Arc::downgrade(&host.dialogs), origin.clone());
-                move |encoding: Encoding| -> Box<dyn Fn(&[u8]) + Send + Sync> {
+                move |encoding: Encoding| -> crate::library::HostLineFn {
                     Box::new(move |bytes| {
                         let Some(hub) = hub.upgrade() else { return };
                         match purveyor_protocol::decode::<purveyor_protocol::ProviderResponse>(
@@ -1119,7 +1119,7 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
                             Ok(purveyor_protocol::ProviderResponse {
                                 reply: ProviderReply::Dialog { dialog, op, .. },
                                 ..
-                            }) => hub.provider_op(&origin, dialog, op),
+                            }) => hub.provider_op(&origin, dialog, *op),
                             Ok(other) => {
                                 tracing::warn!(provider = %origin.provider, reply = other.reply.kind(), "a library sent a message that is not a dialog; ignored")
                             }

@@ -35,10 +35,13 @@ pub struct LibraryProvider {
     _library: libloading::Library,
 }
 
+/// Receives each message a library sends on the host's line.
+pub type HostLineFn = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// What `purveyor_provider_attach` is given: `table.state` points at `send`.
 struct HostLine {
     table: PvHost,
-    send: Box<dyn Fn(&[u8]) + Send + Sync>,
+    send: HostLineFn,
 }
 
 unsafe extern "C" fn host_send(state: *mut std::ffi::c_void, message: *const u8, len: u64) {
@@ -49,7 +52,7 @@ unsafe extern "C" fn host_send(state: *mut std::ffi::c_void, message: *const u8,
     // the library passes `len` readable bytes.
     let (send, bytes) = unsafe {
         (
-            &*state.cast::<Box<dyn Fn(&[u8]) + Send + Sync>>(),
+            &*state.cast::<HostLineFn>(),
             std::slice::from_raw_parts(message, len as usize),
         )
     };
@@ -143,7 +146,7 @@ impl LibraryProvider {
     /// Gives the library the host's line for dialogs, if it exports
     /// `purveyor_provider_attach`: `send` receives each message it sends (a
     /// `ProviderResponse` with id 0, in [`LibraryProvider::encoding`]). Whether it did.
-    pub fn attach_host(&mut self, send: Box<dyn Fn(&[u8]) + Send + Sync>) -> Result<bool, String> {
+    pub fn attach_host(&mut self, send: HostLineFn) -> Result<bool, String> {
         // SAFETY: the symbol, when exported, has the ABI's attach signature.
         let attach: libloading::Symbol<AttachFn> =
             match unsafe { self._library.get(ATTACH_SYMBOL.as_bytes()) } {
@@ -160,7 +163,7 @@ impl LibraryProvider {
             },
             send,
         });
-        line.table.state = (&mut line.send as *mut Box<dyn Fn(&[u8]) + Send + Sync>).cast();
+        line.table.state = (&mut line.send as *mut HostLineFn).cast();
         // SAFETY: `state` is the library's live state; the host table lives in a box kept
         // until after `release` (field order and `Drop` below).
         let rc = unsafe { attach(self.table.state, &line.table) };

@@ -495,7 +495,7 @@ async fn read_replies(
                     }
                 };
                 match route {
-                    Some(route) => route(dialog, op),
+                    Some(route) => route(dialog, *op),
                     None => {
                         tracing::warn!(process = %conn.label, %provider, "a dialog from a provider this process does not serve; ignored")
                     }

@@ -260,7 +260,7 @@ impl Worker {
 
 impl Worker {
     /// The line a library's dialog messages take: to the host, named for `provider`.
-    fn dialog_line(&self, provider: &str, library: Encoding) -> Box<dyn Fn(&[u8]) + Send + Sync> {
+    fn dialog_line(&self, provider: &str, library: Encoding) -> crate::library::HostLineFn {
         let (output, encoding, provider) =
             (self.output.clone(), self.encoding, provider.to_string());
         Box::new(move |bytes| {

@@ -196,7 +196,8 @@ pub enum ProviderReply {
     Dialog {
         provider: String,
         dialog: u32,
-        op: DialogOp,
+        /// Boxed: a form is large, and every other reply small.
+        op: Box<DialogOp>,
     },
 }
 

@@ -399,7 +399,7 @@ pub unsafe fn attach(state: *mut c_void, host: *const PvHost) -> i32 {
             reply: ProviderReply::Dialog {
                 provider: String::new(),
                 dialog,
-                op,
+                op: Box::new(op),
             },
         };
         let mut bytes = Vec::new();

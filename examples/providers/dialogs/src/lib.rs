@@ -169,7 +169,7 @@ impl Provider for Dialogs {
                     vec![MethodDef {
                         name: id("destroy"),
                         params: Vec::new(),
-                        result: string.clone(),
+                        result: string,
                         description: "Destroys the vault, after the caller confirms and types its passphrase".into(),
                     }],
                     Vec::new(),
@@ -192,13 +192,13 @@ impl Provider for Dialogs {
                                 ParamDef::new("count", "u64", false, "updates sent right after opening"),
                                 ParamDef::new("deadline_ms", "u64", true, "the dialog's deadline"),
                             ],
-                            result: string.clone(),
+                            result: string,
                             description: "Opens a dialog on the caller's agent, sends `count` updates at once, waits for a button".into(),
                         },
                         MethodDef {
                             name: id("round_trips"),
                             params: vec![ParamDef::new("count", "u64", false, "exchanges to time")],
-                            result: string.clone(),
+                            result: string,
                             description: "Times `count` update → agent input round trips; returns their latencies in ns, comma-separated".into(),
                         },
                         MethodDef {
@@ -207,7 +207,7 @@ impl Provider for Dialogs {
                                 ParamDef::new("agent", "u64", false, "an agent handle"),
                                 ParamDef::new("user", "u64", false, "the user the dialog is for"),
                             ],
-                            result: string.clone(),
+                            result: string,
                             description: "Tries to open a dialog on one agent for one user; returns the host's answer".into(),
                         },
                         MethodDef {

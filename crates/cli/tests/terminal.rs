@@ -1,0 +1,180 @@
+//! The terminal flow for real: `purveyor call` and `purveyor agent` run in tmux panes;
+//! the test types with `send-keys` and reads what the user saw with `capture-pane`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A tmux session on a private server socket, killed when the test ends.
+struct Tmux {
+    socket: PathBuf,
+    name: String,
+}
+
+impl Tmux {
+    fn start(dir: &std::path::Path, name: &str, command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: dir.join(format!("tmux-{name}")),
+            name: name.to_string(),
+        };
+        let status = tmux
+            .cmd()
+            .args([
+                "new-session",
+                "-d",
+                "-x",
+                "160",
+                "-y",
+                "50",
+                "-s",
+                name,
+                command,
+            ])
+            .status()
+            .expect("tmux is needed for this test (.ci/run installs it)");
+        assert!(status.success(), "tmux new-session failed");
+        tmux
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.arg("-S").arg(&self.socket);
+        cmd
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let status = self
+            .cmd()
+            .args(["send-keys", "-t", &self.name])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", &self.name, "-S", "-100"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits (bounded) until the screen shows `text`; panics with the screen if not.
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {text:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+fn daemon() -> Daemon {
+    let lib = workspace_library("libpurveyor_dialogs.so", "purveyor-example-dialogs");
+    let manifest = |name: &str, classes: &str| {
+        format!(
+            "name = \"{name}\"\nhosting = \"isolated\"\nlibrary = {lib:?}\nclasses = [{classes}]\ncapabilities = [\"enumerate\", \"get\", \"call\"]\n"
+        )
+    };
+    Daemon::start(
+        &[
+            ("phone", manifest("phone", "\"phone.line\"")),
+            (
+                "confirm",
+                manifest("confirm", "\"demo.vault\", \"demo.dialog_probe\""),
+            ),
+        ],
+        &[],
+        &[],
+    )
+}
+
+#[test]
+#[ignore = "needs tmux; .ci/run installs it and runs the ignored tests"]
+fn the_terminal_asks_in_call_hides_the_secret_and_the_agent_talks_on_the_phone() {
+    let d = daemon();
+    let socket = d.socket.display().to_string();
+
+    // In-call: `purveyor call` asks for the confirmation and the passphrase.
+    let call = Tmux::start(
+        d.dir.path(),
+        "call",
+        &format!(
+            "{BIN} call --socket {socket} demo.vault.destroy name=photos; echo EXIT=$?; sleep 60"
+        ),
+    );
+    call.wait_for("Destroy vault photos?");
+    call.wait_for("Really destroy photos? [y/N]:");
+    call.keys(&["y", "Enter"]);
+    call.wait_for("The vault's passphrase (hidden):");
+    call.keys(&["purveyor", "Enter"]);
+    call.wait_for("[1] Destroy  [2] Cancel:");
+    call.keys(&["1", "Enter"]);
+    let screen = call.wait_for("EXIT=0");
+    assert!(screen.contains("destroyed photos (812 files)"), "{screen}");
+    assert!(
+        screen.contains("[####################] 100% shredded"),
+        "{screen}"
+    );
+    // The passphrase was never echoed.
+    let typed = screen
+        .lines()
+        .find(|l| l.contains("(hidden):"))
+        .unwrap_or_default();
+    assert!(
+        !typed.contains("purveyor"),
+        "the secret was echoed: {typed:?}"
+    );
+
+    // Spontaneous: the agent shows the phone's dialog and its updates.
+    let agent = Tmux::start(
+        d.dir.path(),
+        "agent",
+        &format!("{BIN} agent --socket {socket}"),
+    );
+    agent.wait_for("showing dialogs for uid");
+    let out = Command::new(BIN)
+        .args([
+            "call",
+            "--socket",
+            &socket,
+            "phone.line.dial",
+            "number=555-0100",
+            "talk_ms=300",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.wait_for("Pick up the handset, then choose Talk.");
+    agent.wait_for("[1] Talk  [2] Hang up");
+    agent.keys(&["1", "Enter"]);
+    agent.wait_for("Connected to 555-0100. Talking...");
+    agent.wait_for("555-0100 hung up. You may hang up now.");
+    agent.keys(&["1", "Enter"]);
+    let screen = agent.wait_for("closed: call ended");
+    assert!(screen.contains("== Phone: calling 555-0100 =="), "{screen}");
+}

@@ -593,3 +593,50 @@ fn a_dialog_past_its_deadline_is_closed_on_both_sides() {
         "{err}"
     );
 }
+
+#[test]
+fn a_trusted_ui_module_renders_the_dialog_that_names_it_and_the_generic_ui_the_rest() {
+    use purveyor_client::{Form, ModuleUi};
+    let module = workspace_library("libphone_keypad.so", "purveyor-example-ui");
+    let trusted = tempfile::tempdir().unwrap();
+    std::fs::copy(&module, trusted.path().join("phone-keypad.so")).unwrap();
+    let dialog = |handle: u32, ui_module: Option<&str>| OpenDialog {
+        handle,
+        provider: "phone".into(),
+        request: None,
+        deadline_ms: 1000,
+        form: Form {
+            title: "Phone: calling 555-0100".into(),
+            ui_module: ui_module.map(Into::into),
+            ..Form::default()
+        },
+    };
+    let (generic, log) = Scripted::new(|_| UiAction::Wait);
+    let mut ui = ModuleUi::new(vec![trusted.path().to_owned()], generic);
+    // The module draws it (and waits for the agent's typed answer): the generic UI is
+    // not asked.
+    assert_eq!(ui.open(&dialog(1, Some("phone-keypad"))), UiAction::Wait);
+    ui.closed(1, "call ended");
+    assert!(log.lock().unwrap().is_empty(), "{:?}", log.lock().unwrap());
+    // A form naming no module, or one that is not there, gets the generic form.
+    ui.open(&dialog(2, None));
+    ui.open(&dialog(3, Some("no-such-module")));
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "open Phone: calling 555-0100",
+            "open Phone: calling 555-0100"
+        ]
+    );
+
+    // A module anyone may write is not trusted: the generic form instead.
+    use std::os::unix::fs::PermissionsExt;
+    let loose = tempfile::tempdir().unwrap();
+    let copy = loose.path().join("phone-keypad.so");
+    std::fs::copy(&module, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (generic, log) = Scripted::new(|_| UiAction::Wait);
+    let mut ui = ModuleUi::new(vec![loose.path().to_owned()], generic);
+    ui.open(&dialog(4, Some("phone-keypad")));
+    assert_eq!(*log.lock().unwrap(), ["open Phone: calling 555-0100"]);
+}

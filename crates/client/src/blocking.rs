@@ -1,5 +1,8 @@
 //! The blocking client.
 
+// Without the embedded host, a socket is the only transport.
+#![cfg_attr(not(feature = "embedded"), allow(irrefutable_let_patterns))]
+
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixStream;

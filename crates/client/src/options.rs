@@ -106,6 +106,7 @@ pub fn default_host(
 }
 
 /// A host with `config` and the providers compiled into this build.
+#[cfg(feature = "embedded")]
 pub fn host_with(config: purveyor_host::HostConfig) -> purveyor_host::Host {
     use purveyor_host::{BuiltinProvider, Dispatch, HostBuilder};
     HostBuilder::new(config)

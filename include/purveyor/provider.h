@@ -50,6 +50,24 @@ _Static_assert(offsetof(pv_provider, free_reply) == 8 + 2 * sizeof(void *), "pv_
 _Static_assert(offsetof(pv_provider, release) == 8 + 3 * sizeof(void *), "pv_provider layout");
 _Static_assert(sizeof(pv_provider) == 8 + 4 * sizeof(void *), "pv_provider layout");
 
+/* The host's line for dialogs (docs/dialogs.md), given to the optional export
+ * purveyor_provider_attach once after install, valid until after release. send() takes one
+ * ProviderResponse with id 0 and a "dialog" reply, in the table's encoding, from any
+ * thread. */
+typedef struct pv_host {
+    uint32_t abi_version;
+    uint32_t reserved;
+    void *state;
+    void (*send)(void *state, const uint8_t *message, uint64_t len);
+} pv_host;
+
+_Static_assert(offsetof(pv_host, state) == 8, "pv_host layout");
+_Static_assert(offsetof(pv_host, send) == 8 + sizeof(void *), "pv_host layout");
+_Static_assert(sizeof(pv_host) == 8 + 2 * sizeof(void *), "pv_host layout");
+
+/* Optional: receives the host's line for dialogs. Returns PV_OK. */
+int32_t purveyor_provider_attach(void *state, const pv_host *host);
+
 /* The one exported function. `name` is the provider's name from its manifest. Always sets
  * out->abi_version; returns PV_OK, PV_ERR_ABI or PV_ERR_FAILED. */
 int32_t purveyor_provider_install(uint32_t host_abi, const char *name, pv_provider *out);

@@ -145,6 +145,27 @@ fn the_terminal_asks_in_call_hides_the_secret_and_the_agent_talks_on_the_phone()
         "the secret was echoed: {typed:?}"
     );
 
+    // The embedded host (no daemon) shows the call's dialog the same way.
+    let providers = d.dir.path().join("providers").display().to_string();
+    let embedded = Tmux::start(
+        d.dir.path(),
+        "embedded",
+        &format!(
+            "{BIN} --embedded --providers {providers} call demo.vault.destroy name=taxes; echo EXIT=$?; sleep 60"
+        ),
+    );
+    embedded.wait_for("Really destroy taxes? [y/N]:");
+    embedded.keys(&["n", "Enter"]);
+    embedded.wait_for("The vault's passphrase (hidden):");
+    embedded.keys(&["x", "Enter"]);
+    embedded.wait_for("[1] Destroy  [2] Cancel:");
+    embedded.keys(&["2", "Enter"]);
+    let screen = embedded.wait_for("EXIT=");
+    assert!(
+        screen.contains("taxes was not destroyed: cancelled"),
+        "{screen}"
+    );
+
     // Spontaneous: the agent shows the phone's dialog and its updates.
     let agent = Tmux::start(
         d.dir.path(),

@@ -295,11 +295,12 @@ impl Client {
     pub fn recv(&mut self) -> Result<(u32, Result<Response, ClientError>), ClientError> {
         match &mut self.transport {
             Transport::Socket(conn) => {
+                // Replies to the dialog driver's own requests are nobody's.
+                let internal = &mut self.internal;
+                conn.early.retain(|id, _| !internal.remove(id));
                 if let Some(&id) = conn.early.keys().next() {
                     let reply = conn.early.remove(&id).expect("key just seen");
-                    if !self.internal.remove(&id) {
-                        return Ok((id, reply));
-                    }
+                    return Ok((id, reply));
                 }
                 loop {
                     let showing = self.ui.is_some();

@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,32 +14,10 @@ use purveyor_client::{
 };
 use purveyor_model::{Identifier, Instance, InstanceKey, Value};
 
-fn library() -> PathBuf {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| workspace_library("libpurveyor_dialogs.so", "purveyor-example-dialogs"))
-        .clone()
-}
-
 /// Both example providers, with a call timeout shorter than the dialogs the tests hold
 /// open (a call's deadline is suspended while its dialog is open).
 fn daemon() -> Daemon {
-    let lib = library();
-    let manifest = |name: &str, classes: &str| {
-        format!(
-            "name = \"{name}\"\nhosting = \"isolated\"\nlibrary = {lib:?}\nclasses = [{classes}]\ncapabilities = [\"enumerate\", \"get\", \"call\"]\ncall_timeout = \"2s\"\n"
-        )
-    };
-    Daemon::start(
-        &[
-            ("phone", manifest("phone", "\"phone.line\"")),
-            (
-                "confirm",
-                manifest("confirm", "\"demo.vault\", \"demo.dialog_probe\""),
-            ),
-        ],
-        &[],
-        &[],
-    )
+    dialog_daemon("call_timeout = \"2s\"")
 }
 
 /// A client that shows dialogs with `ui`.
@@ -121,6 +98,41 @@ fn call_str(
     }
 }
 
+/// `demo.vault.destroy` of `vault`, from a client whose UI answers the dialog by
+/// pressing `button` with the confirmation and `passphrase`.
+/// The user takes `delay` to answer.
+fn destroy(
+    d: &Daemon,
+    vault: &str,
+    button: &'static str,
+    passphrase: &'static str,
+    delay: Duration,
+) -> (Result<String, ClientError>, Arc<Mutex<Vec<String>>>) {
+    let (ui, log) = Scripted::new(move |seen| {
+        if seen.starts_with("open") {
+            std::thread::sleep(delay);
+            press(
+                button,
+                &[
+                    ("sure", Value::Bool(true)),
+                    ("passphrase", Value::String(passphrase.into())),
+                ],
+            )
+        } else {
+            UiAction::Wait
+        }
+    });
+    let mut client = showing(d, ui);
+    let result = call_str(
+        &mut client,
+        "demo.vault",
+        "destroy",
+        named(vault),
+        Instance::new(),
+    );
+    (result, log)
+}
+
 fn last_outcome(d: &Daemon) -> String {
     let probe = d
         .client()
@@ -136,29 +148,14 @@ fn last_outcome(d: &Daemon) -> String {
 fn an_in_call_dialog_goes_to_the_caller_and_its_answer_finishes_the_call() {
     let d = daemon();
     // The user takes longer than the call's 2 s timeout: the call waits for them.
-    let (ui, log) = Scripted::new(|seen| {
-        if seen.starts_with("open") {
-            std::thread::sleep(Duration::from_millis(2500));
-            press(
-                "destroy",
-                &[
-                    ("sure", Value::Bool(true)),
-                    ("passphrase", Value::String("purveyor".into())),
-                ],
-            )
-        } else {
-            UiAction::Wait
-        }
-    });
-    let mut client = showing(&d, ui);
-    let done = call_str(
-        &mut client,
-        "demo.vault",
+    let (done, log) = destroy(
+        &d,
+        "photos",
         "destroy",
-        named("photos"),
-        Instance::new(),
-    )
-    .unwrap();
+        "purveyor",
+        Duration::from_millis(2500),
+    );
+    let done = done.unwrap();
     assert_eq!(done, "destroyed photos (812 files)");
     // The provider's last update and its close reach the client before the reply.
     assert_eq!(
@@ -179,45 +176,13 @@ fn an_in_call_dialog_goes_to_the_caller_and_its_answer_finishes_the_call() {
     assert!(!left.iter().any(|n| n.contains("photos")), "{left:?}");
 
     // A wrong passphrase and a cancel are the provider's errors.
-    let (ui, _) = Scripted::new(|seen| {
-        if seen.starts_with("open") {
-            press(
-                "destroy",
-                &[
-                    ("sure", Value::Bool(true)),
-                    ("passphrase", Value::String("guess".into())),
-                ],
-            )
-        } else {
-            UiAction::Wait
-        }
-    });
-    let mut client = showing(&d, ui);
-    let err = call_str(
-        &mut client,
-        "demo.vault",
-        "destroy",
-        named("taxes"),
-        Instance::new(),
-    )
-    .unwrap_err();
+    let err = destroy(&d, "taxes", "destroy", "guess", Duration::ZERO)
+        .0
+        .unwrap_err();
     assert!(err.to_string().contains("wrong passphrase"), "{err}");
-    let (ui, _) = Scripted::new(|seen| {
-        if seen.starts_with("open") {
-            press("cancel", &[])
-        } else {
-            UiAction::Wait
-        }
-    });
-    let mut client = showing(&d, ui);
-    let err = call_str(
-        &mut client,
-        "demo.vault",
-        "destroy",
-        named("taxes"),
-        Instance::new(),
-    )
-    .unwrap_err();
+    let err = destroy(&d, "taxes", "cancel", "purveyor", Duration::ZERO)
+        .0
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("taxes was not destroyed: cancelled"),

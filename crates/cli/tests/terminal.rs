@@ -88,30 +88,10 @@ impl Drop for Tmux {
     }
 }
 
-fn daemon() -> Daemon {
-    let lib = workspace_library("libpurveyor_dialogs.so", "purveyor-example-dialogs");
-    let manifest = |name: &str, classes: &str| {
-        format!(
-            "name = \"{name}\"\nhosting = \"isolated\"\nlibrary = {lib:?}\nclasses = [{classes}]\ncapabilities = [\"enumerate\", \"get\", \"call\"]\n"
-        )
-    };
-    Daemon::start(
-        &[
-            ("phone", manifest("phone", "\"phone.line\"")),
-            (
-                "confirm",
-                manifest("confirm", "\"demo.vault\", \"demo.dialog_probe\""),
-            ),
-        ],
-        &[],
-        &[],
-    )
-}
-
 #[test]
 #[ignore = "needs tmux; .ci/run installs it and runs the ignored tests"]
 fn the_terminal_asks_in_call_hides_the_secret_and_the_agent_talks_on_the_phone() {
-    let d = daemon();
+    let d = dialog_daemon("");
     let socket = d.socket.display().to_string();
 
     // In-call: `purveyor call` asks for the confirmation and the passphrase.

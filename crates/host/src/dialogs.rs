@@ -127,7 +127,8 @@ struct Open {
     ready: bool,
     held: Vec<Push>,
     deadline: Instant,
-    deadline_text: String,
+    /// How long it may stay open (for the message when it may not any more).
+    span: Duration,
     call: u32,
     _pin: Box<dyn Send + Sync>,
 }
@@ -464,7 +465,7 @@ impl DialogHub {
                 ready: false,
                 held: Vec::new(),
                 deadline,
-                deadline_text: humantime::format_duration(span).to_string(),
+                span,
                 call,
                 _pin: (origin.pin)(),
             },
@@ -680,14 +681,17 @@ fn expire_loop(hub: Weak<DialogHub>) {
                 return;
             }
             let now = Instant::now();
-            let late: Vec<(u32, String)> = state
+            let late: Vec<(u32, Duration)> = state
                 .dialogs
                 .iter()
                 .filter(|(_, d)| d.deadline <= now)
-                .map(|(h, d)| (*h, d.deadline_text.clone()))
+                .map(|(h, d)| (*h, d.span))
                 .collect();
             for (handle, span) in late {
-                let reason = format!("its deadline passed (open for {span})");
+                let reason = format!(
+                    "its deadline passed (open for {})",
+                    humantime::format_duration(span)
+                );
                 close(&mut state, handle, &reason, true, true, &mut after);
             }
         };

@@ -1102,7 +1102,9 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
                     name.clone(),
                     Box::new(move |dialog, event| {
                         if let Some(library) = target.get().and_then(std::sync::Weak::upgrade) {
-                            let _ = library.forward(&dialog_news(&n, dialog, event));
+                            let _ = library.forward(
+                                &purveyor_protocol::ProviderRequest::dialog_news(&n, dialog, event),
+                            );
                         }
                     }),
                     pin_for(&slot),
@@ -1299,22 +1301,6 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
 fn pin_for(slot: &Arc<Slot>) -> Box<dyn Fn() -> Box<dyn Send + Sync> + Send + Sync> {
     let slot = Arc::downgrade(slot);
     Box::new(move || Box::new(slot.upgrade().map(|s| s.pin())))
-}
-
-/// News of a provider's dialog, as the request (id 0, never answered) that carries it.
-fn dialog_news(
-    provider: &str,
-    dialog: u32,
-    event: purveyor_protocol::DialogEvent,
-) -> purveyor_protocol::ProviderRequest {
-    purveyor_protocol::ProviderRequest {
-        id: 0,
-        provider: provider.to_string(),
-        caller: CallerInfo::default(),
-        deadline_ms: 0,
-        ui: 0,
-        call: ProviderCall::Dialog { dialog, event },
-    }
 }
 
 /// Checks events a provider raised against its schemas (`schema_of`) and offers them to

@@ -48,6 +48,8 @@ struct Subscription {
 pub struct EventSink {
     queue: PushQueue,
     reliable: std::sync::Mutex<std::collections::VecDeque<(u32, Push)>>,
+    /// Set by every offer, cleared by `take`: a reply checks it before taking the locks.
+    pending: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
 }
 
@@ -191,6 +193,7 @@ impl EventSink {
         EventSink {
             queue: PushQueue::new(capacity),
             reliable: Default::default(),
+            pending: Default::default(),
             notify: tokio::sync::Notify::new(),
         }
     }
@@ -198,6 +201,8 @@ impl EventSink {
     /// Queues a push; `false` (and the drop counted) when the queue is full.
     fn offer(&self, handle: u32, push: Push) -> bool {
         let queued = self.queue.offer(handle, push);
+        // Set even for a drop: the loss report is pending.
+        self.pending.store(true, Ordering::Release);
         self.notify.notify_one();
         queued
     }
@@ -211,6 +216,7 @@ impl EventSink {
         }
         reliable.push_back((handle, push));
         drop(reliable);
+        self.pending.store(true, Ordering::Release);
         self.notify.notify_one();
         true
     }
@@ -218,6 +224,10 @@ impl EventSink {
     /// Takes every queued push: dialog messages, then events, followed by the loss
     /// reports (each loss happened after every event queued before it).
     pub fn take(&self) -> Vec<(u32, Push)> {
+        // Cleared before draining: an offer racing with this take sets it again.
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
         let mut out: Vec<(u32, Push)> = self
             .reliable
             .lock()

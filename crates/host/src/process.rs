@@ -210,14 +210,7 @@ impl ProcessConn {
 
     /// Tells `provider` news of its dialog number `dialog` (never answered).
     pub fn notify_dialog(&self, provider: &str, dialog: u32, event: DialogEvent) {
-        let request = ProviderRequest {
-            id: 0,
-            provider: provider.to_string(),
-            caller: CallerInfo::default(),
-            deadline_ms: 0,
-            ui: 0,
-            call: ProviderCall::Dialog { dialog, event },
-        };
+        let request = ProviderRequest::dialog_news(provider, dialog, event);
         let mut frame = Vec::new();
         match encode_frame(self.encoding, &request, MAX_PROVIDER_FRAME, &mut frame) {
             Ok(()) => {

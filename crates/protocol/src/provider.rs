@@ -226,6 +226,20 @@ pub enum FaultKind {
     Failed,
 }
 
+impl ProviderRequest {
+    /// News of `provider`'s dialog number `dialog`: sent with id 0, never answered.
+    pub fn dialog_news(provider: &str, dialog: u32, event: DialogEvent) -> Self {
+        ProviderRequest {
+            id: 0,
+            provider: provider.to_string(),
+            caller: CallerInfo::default(),
+            deadline_ms: 0,
+            ui: 0,
+            call: ProviderCall::Dialog { dialog, event },
+        }
+    }
+}
+
 impl ProviderCall {
     /// The call's name, for error messages.
     pub fn kind(&self) -> &'static str {

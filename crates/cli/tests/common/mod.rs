@@ -303,3 +303,25 @@ pub fn http_addr(daemon: &Daemon) -> std::net::SocketAddr {
     );
     std::net::SocketAddr::from(([127, 0, 0, 1], found.unwrap()))
 }
+
+/// A daemon with both dialog examples (`examples/providers/dialogs`), isolated, with
+/// `extra` manifest lines (`call_timeout = "2s"`).
+pub fn dialog_daemon(extra: &str) -> Daemon {
+    let lib = workspace_library("libpurveyor_dialogs.so", "purveyor-example-dialogs");
+    let manifest = |name: &str, classes: &str| {
+        format!(
+            "name = \"{name}\"\nhosting = \"isolated\"\nlibrary = {lib:?}\nclasses = [{classes}]\ncapabilities = [\"enumerate\", \"get\", \"call\"]\n{extra}\n"
+        )
+    };
+    Daemon::start(
+        &[
+            ("phone", manifest("phone", "\"phone.line\"")),
+            (
+                "confirm",
+                manifest("confirm", "\"demo.vault\", \"demo.dialog_probe\""),
+            ),
+        ],
+        &[],
+        &[],
+    )
+}

@@ -80,7 +80,7 @@ impl Daemon {
     fn raw(&self, encoding: &str) -> UnixStream {
         let mut s = UnixStream::connect(&self.path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let hello = format!(r#"{{"protocol":1,"encoding":"{encoding}","client":"raw-test"}}"#);
+        let hello = format!(r#"{{"protocol":1,"minor":6,"encoding":"{encoding}","client":"raw-test"}}"#);
         write_frame(&mut s, hello.as_bytes());
         let welcome = read_frame(&mut s).unwrap();
         assert!(
@@ -590,6 +590,23 @@ fn bad_handshakes_are_refused_with_a_reason() {
         "protocol version 99 is not supported; this server speaks version 1"
     );
 
+    // A binary client from before minor 6 would misread instances: it is told why.
+    let mut s = UnixStream::connect(&daemon.path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write_frame(&mut s, br#"{"protocol":1,"minor":5,"encoding":"binary"}"#);
+    let error = goodbye_of(&mut s);
+    assert!(
+        error.message.starts_with("this client speaks minor version 5 of protocol 1, whose binary instances this server no longer reads"),
+        "{}",
+        error.message
+    );
+    // The same client in JSON is served.
+    let mut s = UnixStream::connect(&daemon.path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write_frame(&mut s, br#"{"protocol":1,"minor":5,"encoding":"json"}"#);
+    let welcome: serde_json::Value = serde_json::from_slice(&read_frame(&mut s).unwrap()).unwrap();
+    assert_eq!(welcome["minor"], 6, "{welcome}");
+
     let mut s = UnixStream::connect(&daemon.path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write_frame(&mut s, b"hello?");
@@ -611,10 +628,13 @@ fn json_speaker_with_only_a_standard_library_gets_answers() {
         br#"{"request":{"id":7,"request":{"get":{"class":"test.slow","key":{"ms":{"u64":0}}}}}}"#,
     );
     let reply = String::from_utf8(read_frame(&mut s).unwrap()).unwrap();
-    assert_eq!(
-        reply,
-        r#"{"reply":{"id":7,"outcome":{"ok":{"instance":{"label":{"string":"slept 0"},"ms":{"u64":0}}}}}}"#
-    );
+    // An instance is a JSON object: its keys may come in any order.
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        r#"{"reply":{"id":7,"outcome":{"ok":{"instance":{"label":{"string":"slept 0"},"ms":{"u64":0}}}}}}"#,
+    )
+    .unwrap();
+    assert_eq!(reply, expected);
 }
 
 #[test]

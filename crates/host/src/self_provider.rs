@@ -191,26 +191,18 @@ impl Provider for SelfProvider {
                     HostMode::Daemon => "daemon",
                     HostMode::Embedded => "embedded",
                 };
-                Ok(vec![Instance::from_pairs([
-                    ("server", Value::String(SERVER_NAME.into())),
-                    ("mode", Value::String(mode.into())),
-                    ("pid", Value::U64(host.pid.into())),
-                    ("started", Value::Timestamp(host.started)),
-                    ("providers", Value::U64(providers.into())),
-                    ("providers_loaded", Value::U64(loaded.into())),
-                    (
-                        "connections_open",
-                        Value::U64(host.connections_open.load(Ordering::Relaxed).into()),
-                    ),
-                    (
-                        "connections",
-                        Value::U64(host.connections_total.load(Ordering::Relaxed)),
-                    ),
-                    (
-                        "requests",
-                        Value::U64(host.requests.load(Ordering::Relaxed)),
-                    ),
-                ])])
+                let open = host.connections_open.load(Ordering::Relaxed);
+                Ok(vec![purveyor_model::instance! {
+                    "server" => Value::String(SERVER_NAME.into()),
+                    "mode" => Value::String(mode.into()),
+                    "pid" => Value::U64(host.pid.into()),
+                    "started" => Value::Timestamp(host.started),
+                    "providers" => Value::U64(providers.into()),
+                    "providers_loaded" => Value::U64(loaded.into()),
+                    "connections_open" => Value::U64(open.into()),
+                    "connections" => Value::U64(host.connections_total.load(Ordering::Relaxed)),
+                    "requests" => Value::U64(host.requests.load(Ordering::Relaxed)),
+                }])
             }
             "purveyor.events" => Ok(vec![Instance::from_pairs([
                 (

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use purveyor_protocol::{
-    ClientMessage, Encoding, ErrorCode, FrameBuffer, Hello, Outcome, PROTOCOL_MINOR,
-    PROTOCOL_VERSION, Push, RemoteError, Request, Response, ServerMessage, Welcome, decode,
-    encode_frame,
+    BINARY_INSTANCES_SINCE, ClientMessage, Encoding, ErrorCode, FrameBuffer, Hello, Outcome,
+    PROTOCOL_MINOR, PROTOCOL_VERSION, Push, RemoteError, Request, Response, ServerMessage, Welcome,
+    decode, encode_frame,
 };
 use purveyor_provider::Caller;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -460,6 +460,14 @@ async fn handshake(
         let message = format!(
             "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
             hello.protocol
+        );
+        refuse(wr, message).await;
+        return Ok(None);
+    }
+    if hello.encoding == Encoding::Binary && hello.minor < BINARY_INSTANCES_SINCE {
+        let message = format!(
+            "this client speaks minor version {} of protocol {PROTOCOL_VERSION}, whose binary instances this server no longer reads (minor {BINARY_INSTANCES_SINCE} changed them); upgrade the client or use the JSON encoding",
+            hello.minor
         );
         refuse(wr, message).await;
         return Ok(None);

@@ -1,54 +1,494 @@
 //! Instances and their keys.
+//!
+//! An instance is a table of property names ([`Names`], shared) and a vector of values in
+//! the table's order. A provider builds every instance of a class from one table (usually
+//! the schema's own, [`ClassSchema::names`]), a reply is decoded into instances that share
+//! one table per distinct set of names, and the host checks a table against a schema once,
+//! not once per instance. Per instance there is one vector of values: no map to build,
+//! no name to copy, intern or compare.
+//!
+//! **Binary form** (see `docs/protocol.md`): an instance is the pair (names blob, values);
+//! a list of instances is the pair (distinct names blobs, (blob index, values) per
+//! instance). A names blob is, per name, one length byte and the name's bytes. The JSON
+//! form is an object of name → value, as before.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::{Arc, LazyLock, OnceLock};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{ClassSchema, Identifier, Value};
 
-/// The values of one instance of a class, by property name. JSON form: an object
-/// `{"cpu": {"string": "cpu0"}, "user": {"f64": 12.5}}`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Instance {
-    #[serde(deserialize_with = "sorted_map")]
-    values: BTreeMap<Identifier, Value>,
+/// Below this many names a linear scan finds a name as fast as a binary search.
+const LINEAR: usize = 16;
+
+/// The property names of instances, in the order their values are kept. Names are
+/// unique. Cloning shares the table.
+#[derive(Clone)]
+pub struct Names(Arc<NameTable>);
+
+#[derive(Clone, Default)]
+struct NameTable {
+    names: Vec<Identifier>,
+    /// Positions in `names` ordered by name, for lookups in tables longer than `LINEAR`.
+    sorted: OnceLock<Vec<u32>>,
+    /// The binary form, once encoded or as decoded.
+    blob: OnceLock<Box<[u8]>>,
+    /// The first schema this table was checked against, and each name's position in it.
+    resolved: OnceLock<Resolved>,
 }
 
-/// Reads a map into a `BTreeMap` by collecting its entries first and building the tree in
-/// one pass: entries arrive in order (they were written from a `BTreeMap`), and one
-/// insert per entry would compare names O(n log n) times (an instance of a 1 000-counter
-/// set). A repeated name keeps its last value, as inserting would.
-fn sorted_map<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<Identifier, Value>, D::Error> {
-    struct Entries;
-    impl<'de> serde::de::Visitor<'de> for Entries {
-        type Value = BTreeMap<Identifier, Value>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a map of property names to values")
+/// A table's names resolved against one schema (by its id).
+#[derive(Clone)]
+struct Resolved {
+    schema: u64,
+    props: Box<[u32]>,
+}
+
+/// A table of names that repeats one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("property {0:?} is named twice")]
+pub struct DuplicateName(pub String);
+
+static EMPTY: LazyLock<Names> = LazyLock::new(|| Names(Arc::default()));
+
+impl Names {
+    /// A table of `names`, in this order.
+    pub fn new(names: Vec<Identifier>) -> Result<Self, DuplicateName> {
+        let sorted = check_unique(&names)?;
+        let table = NameTable {
+            names,
+            ..NameTable::default()
+        };
+        if let Some(sorted) = sorted {
+            let _ = table.sorted.set(sorted);
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
-            while let Some(entry) = map.next_entry::<Identifier, Value>()? {
-                entries.push(entry);
-            }
-            Ok(entries.into_iter().collect())
-        }
+        Ok(Names(Arc::new(table)))
     }
-    d.deserialize_map(Entries)
+
+    /// A table of names fixed in source code.
+    ///
+    /// # Panics
+    /// If a name is not a valid identifier or is repeated.
+    pub fn fixed(names: &[&str]) -> Self {
+        let names = names
+            .iter()
+            .map(|n| Identifier::new(n).expect("property name in source code is valid"))
+            .collect();
+        Names::new(names).expect("property names in source code are unique")
+    }
+
+    /// The table with no names.
+    pub fn empty() -> Self {
+        EMPTY.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.names.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[Identifier] {
+        &self.0.names
+    }
+
+    /// Where `name` is in the table.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        let names = &self.0.names;
+        if names.len() <= LINEAR {
+            return names.iter().position(|n| n.as_str() == name);
+        }
+        let sorted = self
+            .0
+            .sorted
+            .get_or_init(|| check_unique(names).ok().flatten().unwrap_or_default());
+        sorted
+            .binary_search_by(|&at| names[at as usize].as_str().cmp(name))
+            .ok()
+            .map(|i| sorted[i] as usize)
+    }
+
+    /// Whether the two are one table (not merely equal names).
+    pub fn same(&self, other: &Names) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Appends `name`, which is not in the table. Copies the table if it is shared.
+    fn push(&mut self, name: Identifier) {
+        let table = Arc::make_mut(&mut self.0);
+        table.blob = OnceLock::new();
+        table.resolved = OnceLock::new();
+        let at = table.names.len() as u32;
+        if let Some(sorted) = table.sorted.get_mut() {
+            let names = &table.names;
+            let i = sorted.partition_point(|&p| names[p as usize] < name);
+            sorted.insert(i, at);
+        }
+        table.names.push(name);
+    }
+
+    /// The binary form: per name, its length in one byte, then its bytes.
+    fn blob(&self) -> &[u8] {
+        self.0.blob.get_or_init(|| {
+            let mut out =
+                Vec::with_capacity(self.0.names.iter().map(|n| n.as_str().len() + 1).sum());
+            for name in &self.0.names {
+                // Identifiers are at most 64 bytes.
+                out.push(name.as_str().len() as u8);
+                out.extend_from_slice(name.as_str().as_bytes());
+            }
+            out.into_boxed_slice()
+        })
+    }
+
+    /// Reads a names blob from a peer. Blobs seen recently on this thread are not parsed
+    /// again: the table decoded then is shared (bytes compared, not only hashed).
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.is_empty() {
+            return Ok(Names::empty());
+        }
+        let cacheable = bytes.len() <= DECODE_CACHE_MAX_BLOB;
+        let slot = if cacheable {
+            let slot = DECODED.with(|c| {
+                let c = c.borrow();
+                (c.hasher.hash_one(bytes) as usize) % DECODE_CACHE_SLOTS
+            });
+            let hit = DECODED.with(|c| {
+                c.borrow().slots[slot]
+                    .as_ref()
+                    .filter(|n| n.0.blob.get().is_some_and(|b| **b == *bytes))
+                    .cloned()
+            });
+            if let Some(hit) = hit {
+                return Ok(hit);
+            }
+            Some(slot)
+        } else {
+            None
+        };
+        let mut names = Vec::new();
+        let mut rest = bytes;
+        while let Some((&len, tail)) = rest.split_first() {
+            let len = len as usize;
+            if len > tail.len() {
+                return Err(format!(
+                    "a names blob ends inside a name: {len} bytes announced, {} left",
+                    tail.len()
+                ));
+            }
+            let (name, tail) = tail.split_at(len);
+            let name = std::str::from_utf8(name)
+                .map_err(|_| "a property name is not UTF-8".to_string())?;
+            names.push(Identifier::new(name).map_err(|e| e.to_string())?);
+            rest = tail;
+        }
+        let table = Names::new(names).map_err(|e| e.to_string())?;
+        let _ = table.0.blob.set(bytes.into());
+        if let Some(slot) = slot {
+            DECODED.with(|c| c.borrow_mut().slots[slot] = Some(table.clone()));
+        }
+        Ok(table)
+    }
+
+    /// This table's names resolved against `schema`, if that was the first schema it was
+    /// checked against.
+    pub(crate) fn resolved(&self, schema: u64) -> Option<&[u32]> {
+        self.0
+            .resolved
+            .get()
+            .filter(|r| r.schema == schema)
+            .map(|r| &*r.props)
+    }
+
+    /// Remembers the table's names resolved against `schema` (the first schema only).
+    pub(crate) fn remember(&self, schema: u64, props: Box<[u32]>) {
+        let _ = self.0.resolved.set(Resolved { schema, props });
+    }
+}
+
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(&self.0.names).finish()
+    }
+}
+
+/// Blobs decoded recently, per thread, by hash: a reply names the same properties as
+/// the last one, so its names are neither parsed nor interned again.
+const DECODE_CACHE_SLOTS: usize = 64;
+/// Larger blobs are decoded every time (the cache stays small).
+const DECODE_CACHE_MAX_BLOB: usize = 16 * 1024;
+
+struct DecodeCache {
+    hasher: foldhash::fast::RandomState,
+    slots: Vec<Option<Names>>,
+}
+
+thread_local! {
+    static DECODED: RefCell<DecodeCache> = RefCell::new(DecodeCache {
+        hasher: foldhash::fast::RandomState::default(),
+        slots: vec![None; DECODE_CACHE_SLOTS],
+    });
+}
+
+/// `Ok(Some(sorted positions))` for a long table, `Ok(None)` for a short one, or the
+/// first repeated name.
+fn check_unique(names: &[Identifier]) -> Result<Option<Vec<u32>>, DuplicateName> {
+    if names.len() <= LINEAR {
+        for (i, a) in names.iter().enumerate() {
+            if names[..i].contains(a) {
+                return Err(DuplicateName(a.to_string()));
+            }
+        }
+        return Ok(None);
+    }
+    let mut sorted: Vec<u32> = (0..names.len() as u32).collect();
+    sorted.sort_unstable_by(|&a, &b| names[a as usize].cmp(&names[b as usize]));
+    if let Some(w) = sorted
+        .windows(2)
+        .find(|w| names[w[0] as usize] == names[w[1] as usize])
+    {
+        return Err(DuplicateName(names[w[0] as usize].to_string()));
+    }
+    Ok(Some(sorted))
+}
+
+/// The values of one instance of a class, by property name. JSON form: an object
+/// `{"cpu": {"string": "cpu0"}, "user": {"f64": 12.5}}`.
+///
+/// Invariant: `values` has one value per name of `names`, in its order.
+#[derive(Clone)]
+pub struct Instance {
+    names: Names,
+    values: Vec<Value>,
+}
+
+impl Default for Instance {
+    fn default() -> Self {
+        Instance::new()
+    }
+}
+
+impl PartialEq for Instance {
+    /// Equal when both have the same properties with equal values, in any order.
+    fn eq(&self, other: &Self) -> bool {
+        if self.names.same(&other.names) {
+            return self.values == other.values;
+        }
+        self.len() == other.len()
+            && self
+                .values()
+                .all(|(name, value)| other.get(name.as_str()) == Some(value))
+    }
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.values()).finish()
+    }
 }
 
 impl FromIterator<(Identifier, Value)> for Instance {
-    /// Builds the instance in one pass (fast when the names come sorted).
+    /// Builds the instance in one pass; a repeated name keeps its last value.
     fn from_iter<I: IntoIterator<Item = (Identifier, Value)>>(iter: I) -> Self {
-        Instance {
-            values: iter.into_iter().collect(),
+        let (names, values): (Vec<Identifier>, Vec<Value>) = iter.into_iter().unzip();
+        match check_unique(&names) {
+            Ok(sorted) => {
+                let table = NameTable {
+                    names,
+                    ..NameTable::default()
+                };
+                if let Some(sorted) = sorted {
+                    let _ = table.sorted.set(sorted);
+                }
+                Instance {
+                    names: Names(Arc::new(table)),
+                    values,
+                }
+            }
+            Err(_) => {
+                let mut instance = Instance::new();
+                for (name, value) in names.into_iter().zip(values) {
+                    instance.insert(name, value);
+                }
+                instance
+            }
         }
+    }
+}
+
+impl Serialize for Instance {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.collect_map(self.values());
+        }
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&Blob(&self.names))?;
+        t.serialize_element(&self.values)?;
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Instance {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            return d.deserialize_map(MapForm);
+        }
+        struct Pair;
+        impl<'de> Visitor<'de> for Pair {
+            type Value = Instance;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an instance: a names blob and its values")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Instance, A::Error> {
+                let NamesBlob(names) = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let values: Vec<Value> = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                Instance::from_table(names, values).map_err(refuse)
+            }
+        }
+        d.deserialize_tuple(2, Pair)
+    }
+}
+
+/// Reads the JSON form, an object of name → value, keeping the last of repeated names.
+struct MapForm;
+
+impl<'de> Visitor<'de> for MapForm {
+    type Value = Instance;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map of property names to values")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Instance, A::Error> {
+        let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+        while let Some(entry) = map.next_entry::<Identifier, Value>()? {
+            entries.push(entry);
+        }
+        Ok(entries.into_iter().collect())
+    }
+}
+
+thread_local! {
+    /// Why the last binary instance on this thread was refused: postcard keeps only the
+    /// kind of a custom error, so the decoder asks for the words here.
+    static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// A custom decoding error whose message is kept for [`take_refusal`].
+fn refuse<E: de::Error>(message: String) -> E {
+    let error = E::custom(&message);
+    REFUSAL.with(|r| *r.borrow_mut() = Some(message));
+    error
+}
+
+/// Why the last binary instance decoded on this thread was refused, if one was (and
+/// forgets it). Binary decoders add it to their error: postcard's own error does not
+/// carry the message.
+pub fn take_refusal() -> Option<String> {
+    REFUSAL.with(|r| r.borrow_mut().take())
+}
+
+/// A table's binary form, written as bytes.
+struct Blob<'a>(&'a Names);
+
+impl Serialize for Blob<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0.blob())
+    }
+}
+
+/// A table read from its binary form.
+struct NamesBlob(Names);
+
+impl<'de> Deserialize<'de> for NamesBlob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BlobVisitor;
+        impl<'de> Visitor<'de> for BlobVisitor {
+            type Value = NamesBlob;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a names blob")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<NamesBlob, E> {
+                Names::decode(v).map(NamesBlob).map_err(refuse)
+            }
+        }
+        d.deserialize_bytes(BlobVisitor)
+    }
+}
+
+/// The serde form of a list of instances: in binary, each distinct table of names once
+/// (tables with the same names are sent as one), then each instance as the index of its
+/// table and its values; in JSON, a list of objects. Use with `#[serde(with = ...)]`.
+pub mod list {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(instances: &[Instance], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return s.collect_seq(instances);
+        }
+        let mut tables: Vec<&Names> = Vec::new();
+        let mut by_blob: HashMap<&[u8], u32> = HashMap::new();
+        let mut rows = Vec::with_capacity(instances.len());
+        let mut last: Option<(&Names, u32)> = None;
+        for instance in instances {
+            let at = match last {
+                Some((names, at)) if names.same(&instance.names) => at,
+                _ => *by_blob.entry(instance.names.blob()).or_insert_with(|| {
+                    tables.push(&instance.names);
+                    tables.len() as u32 - 1
+                }),
+            };
+            last = Some((&instance.names, at));
+            rows.push((at, &instance.values));
+        }
+        let tables: Vec<Blob> = tables.into_iter().map(Blob).collect();
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&tables)?;
+        t.serialize_element(&rows)?;
+        t.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Instance>, D::Error> {
+        if d.is_human_readable() {
+            return Vec::<Instance>::deserialize(d);
+        }
+        struct Pair;
+        impl<'de> Visitor<'de> for Pair {
+            type Value = Vec<Instance>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of instances: names blobs, then rows")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let tables: Vec<NamesBlob> = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let rows: Vec<(u32, Vec<Value>)> = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                rows.into_iter()
+                    .map(|(at, values)| {
+                        let names = tables.get(at as usize).ok_or_else(|| {
+                            refuse(format!(
+                                "an instance names table {at}, but there are {}",
+                                tables.len()
+                            ))
+                        })?;
+                        Instance::from_table(names.0.clone(), values).map_err(refuse)
+                    })
+                    .collect()
+            }
+        }
+        d.deserialize_tuple(2, Pair)
     }
 }
 
@@ -78,7 +518,39 @@ pub enum KeyError {
 
 impl Instance {
     pub fn new() -> Self {
-        Self::default()
+        Instance {
+            names: Names::empty(),
+            values: Vec::new(),
+        }
+    }
+
+    /// An instance with `values` for the names of `names`, in order: the fast way to
+    /// build many instances of one class (`Instance::with_values(schema.names(), …)`).
+    ///
+    /// # Panics
+    /// If there is not exactly one value per name.
+    pub fn with_values(names: &Names, values: Vec<Value>) -> Self {
+        assert_eq!(
+            names.len(),
+            values.len(),
+            "one value per name: {names:?} has {} names",
+            names.len()
+        );
+        Instance {
+            names: names.clone(),
+            values,
+        }
+    }
+
+    fn from_table(names: Names, values: Vec<Value>) -> Result<Self, String> {
+        if names.len() != values.len() {
+            return Err(format!(
+                "an instance has {} property names but {} values",
+                names.len(),
+                values.len()
+            ));
+        }
+        Ok(Instance { names, values })
     }
 
     /// Builds an instance from `(name, value)` pairs.
@@ -86,11 +558,15 @@ impl Instance {
     /// # Panics
     /// If a name is not a valid identifier: this is for names fixed in source code.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Self {
-        let mut instance = Self::new();
-        for (name, value) in pairs {
-            instance.set(name, value);
-        }
-        instance
+        pairs
+            .into_iter()
+            .map(|(name, value)| {
+                (
+                    Identifier::new(name).expect("property name in source code is valid"),
+                    value,
+                )
+            })
+            .collect()
     }
 
     /// Sets a property.
@@ -100,19 +576,37 @@ impl Instance {
     /// [`Instance::insert`] for names that arrive at run time.
     pub fn set(&mut self, name: &str, value: Value) {
         let name = Identifier::new(name).expect("property name in source code is valid");
-        self.values.insert(name, value);
+        self.insert(name, value);
     }
 
+    /// Sets a property, adding it if the instance does not have it.
     pub fn insert(&mut self, name: Identifier, value: Value) {
-        self.values.insert(name, value);
+        match self.names.position(name.as_str()) {
+            Some(at) => self.values[at] = value,
+            None => {
+                self.names.push(name);
+                self.values.push(value);
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.values.get(name)
+        self.names.position(name).map(|at| &self.values[at])
     }
 
+    /// The properties, in the order of the instance's table of names.
     pub fn values(&self) -> impl Iterator<Item = (&Identifier, &Value)> {
-        self.values.iter()
+        self.names.as_slice().iter().zip(&self.values)
+    }
+
+    /// The instance's table of names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The values, one per name of [`Instance::names`], in its order.
+    pub fn value_slice(&self) -> &[Value] {
+        &self.values
     }
 
     pub fn len(&self) -> usize {
@@ -127,7 +621,7 @@ impl Instance {
     pub fn key(&self, schema: &ClassSchema) -> InstanceKey {
         let mut key = InstanceKey::default();
         for prop in schema.keys() {
-            if let Some(value) = self.values.get(&prop.name) {
+            if let Some(value) = self.get(prop.name.as_str()) {
                 key.values.insert(prop.name.clone(), value.clone());
             }
         }
@@ -139,7 +633,7 @@ impl Instance {
         selector
             .values
             .iter()
-            .all(|(name, value)| self.values.get(name) == Some(value))
+            .all(|(name, value)| self.get(name.as_str()) == Some(value))
     }
 }
 
@@ -234,15 +728,135 @@ mod tests {
     use super::*;
     use crate::{ClassPath, PropertyDef, Semantic, Unit};
 
-    /// Instances are decoded in one pass; names in any order land sorted, and a repeated
-    /// name keeps its last value.
+    /// The JSON form decodes in any order; a repeated name keeps its last value.
     #[test]
-    fn instances_decode_in_any_order_and_the_last_duplicate_wins() {
+    fn json_instances_keep_the_last_duplicate() {
         let i: Instance =
             serde_json::from_str(r#"{"b":{"u64":1},"a":{"u64":2},"b":{"u64":3}}"#).unwrap();
-        let names: Vec<&str> = i.values().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["a", "b"]);
+        assert_eq!(i.len(), 2);
+        assert_eq!(i.get("a"), Some(&Value::U64(2)));
         assert_eq!(i.get("b"), Some(&Value::U64(3)));
+        let back: Instance = serde_json::from_str(&serde_json::to_string(&i).unwrap()).unwrap();
+        assert_eq!(back, i);
+    }
+
+    fn binary<T: Serialize>(value: &T) -> Vec<u8> {
+        postcard::to_stdvec(value).unwrap()
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct List(#[serde(with = "list")] Vec<Instance>);
+
+    /// Binary instances carry one table of names per distinct set of names, and decode
+    /// into instances that share it.
+    #[test]
+    fn binary_lists_send_each_table_once_and_decode_shared() {
+        let names = Names::fixed(&["pid", "name"]);
+        let rows: Vec<Instance> = (0..100)
+            .map(|pid| {
+                Instance::with_values(&names, vec![Value::U64(pid), Value::String("x".into())])
+            })
+            .collect();
+        // Equal names in another table are sent as the same table too.
+        let mut odd = Instance::from_pairs([("pid", Value::U64(7))]);
+        odd.set("name", Value::String("y".into()));
+        let mut all = rows.clone();
+        all.push(odd);
+        let bytes = binary(&List(all.clone()));
+        // "pid" and "name" appear once on the wire.
+        let count = bytes.windows(4).filter(|w| w == b"name").count();
+        assert_eq!(count, 1, "{bytes:?}");
+        let List(back) = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, all);
+        assert!(back.iter().all(|i| i.names().same(back[0].names())));
+        // A second decode on this thread reuses the first table.
+        let List(again) = postcard::from_bytes(&bytes).unwrap();
+        assert!(again[0].names().same(back[0].names()));
+        // JSON is a list of objects.
+        let json = serde_json::to_string(&List(rows[..1].to_vec())).unwrap();
+        assert_eq!(json, r#"[{"pid":{"u64":0},"name":{"string":"x"}}]"#);
+    }
+
+    /// A peer's bytes are checked: names, counts and table indexes.
+    #[test]
+    fn hostile_binary_instances_are_refused_with_the_reason() {
+        fn why<T: for<'de> Deserialize<'de> + fmt::Debug>(bytes: &[u8]) -> String {
+            take_refusal();
+            postcard::from_bytes::<T>(bytes).unwrap_err();
+            take_refusal().unwrap()
+        }
+        let err = why::<Instance>;
+        let list_err = why::<List>;
+        // blob "\x01a\x01a": a name twice.
+        assert!(err(&[4, 1, b'a', 1, b'a', 2, 1, 1, 1, 2]).contains("\"a\" is named twice"));
+        // blob announces 5 bytes, has 1.
+        assert!(err(&[2, 5, b'a', 0]).contains("ends inside a name"));
+        // an invalid identifier.
+        assert!(err(&[2, 1, b'A', 1, 1, 1]).contains("invalid identifier"));
+        // one name, two values.
+        assert!(err(&[2, 1, b'a', 2, 1, 1, 1, 2]).contains("1 property names but 2 values"));
+        // a row naming table 3 of 1.
+        assert!(
+            list_err(&[1, 2, 1, b'a', 1, 3, 1, 1, 1]).contains("names table 3, but there are 1")
+        );
+    }
+
+    #[test]
+    fn set_insert_and_lookups_in_long_tables() {
+        let mut i = Instance::new();
+        for n in (0..40).rev() {
+            i.set(&format!("c{n}"), Value::U64(n));
+        }
+        i.set("c3", Value::U64(33));
+        assert_eq!(i.len(), 40);
+        assert_eq!(i.get("c3"), Some(&Value::U64(33)));
+        assert_eq!(i.get("c39"), Some(&Value::U64(39)));
+        assert_eq!(i.get("c40"), None);
+        // Insertion order is kept.
+        assert_eq!(i.values().next().unwrap().0.as_str(), "c39");
+        // A shared table is copied, not changed, by an insert.
+        let names = i.names().clone();
+        let mut j = i.clone();
+        j.set("extra", Value::Bool(true));
+        assert_eq!(names.len(), 40);
+        assert_eq!(j.get("extra"), Some(&Value::Bool(true)));
+        assert_eq!(i.get("extra"), None);
+        assert_ne!(i, j);
+        assert_eq!(
+            Names::new(vec![Identifier::new("x").unwrap(); 2])
+                .unwrap_err()
+                .to_string(),
+            "property \"x\" is named twice"
+        );
+    }
+
+    #[test]
+    fn instances_are_checked_once_per_table() {
+        let s = schema();
+        let good =
+            Instance::from_pairs([("name", Value::String("a".into())), ("pid", Value::U64(1))]);
+        assert_eq!(s.check_instance(&good), Ok(()));
+        // Resolved once; the types are still checked per instance.
+        let mut bad = good.clone();
+        bad.insert(Identifier::new("pid").unwrap(), Value::String("one".into()));
+        assert!(bad.names().same(good.names()));
+        assert_eq!(
+            s.check_instance(&bad).unwrap_err(),
+            "property \"pid\" of system.process has type string but the schema says u64"
+        );
+        let built =
+            Instance::with_values(s.names(), vec![Value::U64(1), Value::String("b".into())]);
+        assert_eq!(s.check_instance(&built), Ok(()));
+        let no_key = Instance::from_pairs([("name", Value::String("a".into()))]);
+        assert_eq!(
+            s.check_instance(&no_key).unwrap_err(),
+            "key property \"pid\" of system.process is missing"
+        );
+        let stranger = Instance::from_pairs([("pid", Value::U64(1)), ("uid", Value::U64(0))]);
+        assert_eq!(
+            s.check_instance(&stranger).unwrap_err(),
+            "property \"uid\" is not in the schema of system.process"
+        );
     }
 
     fn schema() -> ClassSchema {

@@ -15,10 +15,24 @@ mod schema;
 mod value;
 
 pub use filter::{CompareOp, Condition, matches_all};
-pub use instance::{Instance, InstanceKey, KeyError};
+pub use instance::{
+    DuplicateName, Instance, InstanceKey, KeyError, Names, list as instance_list, take_refusal,
+};
 pub use name::{ClassPath, Identifier, NameError, NamespacePath, ProviderName};
 pub use provider::{Capability, Hosting, ProviderState};
 pub use schema::{
     ClassSchema, EventDef, MethodDef, ParamDef, PropertyDef, SchemaError, Semantic, Unit,
 };
 pub use value::{ParseValueError, ScalarType, Timestamp, Value, ValueType};
+
+/// An instance of properties fixed in source code, built from one table of names made
+/// once per call site: `instance! { "load1" => Value::F64(0.5), "runnable" => Value::U64(2) }`.
+/// The fast way for a provider to build many instances (no name is looked up or copied).
+#[macro_export]
+macro_rules! instance {
+    ($($name:literal => $value:expr),* $(,)?) => {{
+        static NAMES: ::std::sync::LazyLock<$crate::Names> =
+            ::std::sync::LazyLock::new(|| $crate::Names::fixed(&[$($name),*]));
+        $crate::Instance::with_values(&NAMES, ::std::vec![$($value),*])
+    }};
+}

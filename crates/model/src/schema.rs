@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClassPath, Identifier, Instance, ValueType};
+use crate::{ClassPath, Identifier, Instance, Names, Value, ValueType};
 
 /// What a property's number means to a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,41 +98,34 @@ pub struct ClassSchema {
     // Invariant: property, method and event names are unique; key properties are scalar,
     // not f64; counter and gauge properties are numeric.
     raw: RawSchema,
-    /// Property positions by name, for classes with many properties (checking an
-    /// instance of a 1 000-counter set must not cost a million string comparisons).
-    index: PropertyIndex,
+    derived: Derived,
 }
 
-/// Below this many properties a linear scan is as fast as hashing.
-const INDEX_FROM: usize = 16;
-
-#[derive(Clone, Default)]
-struct PropertyIndex(
-    Option<std::collections::HashMap<Box<str>, usize, foldhash::fast::RandomState>>,
-);
-
-impl PropertyIndex {
-    fn build(properties: &[PropertyDef]) -> Self {
-        PropertyIndex((properties.len() >= INDEX_FROM).then(|| {
-            properties
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (Box::from(p.name.as_str()), i))
-                .collect()
-        }))
-    }
+/// What is derived from a schema's definition once, when it is built.
+#[derive(Clone)]
+struct Derived {
+    /// The property names in declaration order: the table instances of this class are
+    /// built from. Its lookups are what [`ClassSchema::property`] uses (a binary search
+    /// above 16 properties: checking an instance of a 1 000-counter set must not cost a
+    /// million string comparisons).
+    names: Names,
+    /// Tells this schema apart from others in the tables of names that were checked
+    /// against it (clones share it: they are the same definition).
+    id: u64,
+    /// The positions of the key properties.
+    keys: Box<[u32]>,
 }
 
 // Derived from `raw`: two schemas are equal when their definitions are.
-impl PartialEq for PropertyIndex {
+impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl std::fmt::Debug for PropertyIndex {
+impl std::fmt::Debug for Derived {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PropertyIndex")
+        f.write_str("Derived")
     }
 }
 
@@ -236,10 +229,17 @@ impl ClassSchema {
     }
 
     pub fn property(&self, name: &str) -> Option<&PropertyDef> {
-        match &self.index.0 {
-            Some(index) => index.get(name).map(|&i| &self.raw.properties[i]),
-            None => self.raw.properties.iter().find(|p| p.name.as_str() == name),
-        }
+        self.derived
+            .names
+            .position(name)
+            .map(|at| &self.raw.properties[at])
+    }
+
+    /// The property names in declaration order, as a table to build instances from:
+    /// `Instance::with_values(schema.names(), values)`. Instances built so are checked
+    /// against this schema without looking a name up.
+    pub fn names(&self) -> &Names {
+        &self.derived.names
     }
 
     /// The key properties, in declaration order.
@@ -258,34 +258,64 @@ impl ClassSchema {
     /// Checks an instance against this schema: every value names a declared property and
     /// has its type, and every key property is present. Returns a message naming the
     /// property that is wrong.
+    ///
+    /// The names are resolved once per table of names (see [`Names`]): instances built
+    /// from [`ClassSchema::names`], or decoded from one reply, cost a type check per value.
     pub fn check_instance(&self, instance: &Instance) -> Result<(), String> {
-        for (name, value) in instance.values() {
-            let Some(prop) = self.property(name.as_str()) else {
+        let names = instance.names();
+        let props = &self.raw.properties;
+        let values = instance.value_slice();
+        if names.same(&self.derived.names) {
+            return self.check_types(values.iter().zip(props), instance);
+        }
+        if let Some(at) = names.resolved(self.derived.id) {
+            let pairs = values.iter().zip(at.iter().map(|&i| &props[i as usize]));
+            return self.check_types(pairs, instance);
+        }
+        let mut at = Vec::with_capacity(names.len());
+        for name in names.as_slice() {
+            let Some(i) = self.derived.names.position(name.as_str()) else {
                 return Err(format!(
                     "property {:?} is not in the schema of {}",
                     name.as_str(),
                     self.path()
                 ));
             };
+            at.push(i as u32);
+        }
+        for &key in &self.derived.keys {
+            if !at.contains(&key) {
+                return Err(format!(
+                    "key property {:?} of {} is missing",
+                    props[key as usize].name.as_str(),
+                    self.path()
+                ));
+            }
+        }
+        let pairs = values.iter().zip(at.iter().map(|&i| &props[i as usize]));
+        self.check_types(pairs, instance)?;
+        names.remember(self.derived.id, at.into_boxed_slice());
+        Ok(())
+    }
+
+    /// Checks each value's type against its property's. Names and keys are known good.
+    fn check_types<'a>(
+        &self,
+        pairs: impl Iterator<Item = (&'a Value, &'a PropertyDef)>,
+        instance: &Instance,
+    ) -> Result<(), String> {
+        for (value, prop) in pairs {
             if !value.conforms_to(prop.ty) {
                 return Err(format!(
                     "property {:?} of {} has type {} but the schema says {}",
-                    name.as_str(),
+                    prop.name.as_str(),
                     self.path(),
                     value.value_type(),
                     prop.ty
                 ));
             }
         }
-        for key in self.keys() {
-            if instance.get(key.name.as_str()).is_none() {
-                return Err(format!(
-                    "key property {:?} of {} is missing",
-                    key.name.as_str(),
-                    self.path()
-                ));
-            }
-        }
+        debug_assert!(self.keys().all(|k| instance.get(k.name.as_str()).is_some()));
         Ok(())
     }
 }
@@ -411,8 +441,18 @@ impl TryFrom<RawSchema> for ClassSchema {
                 _ => {}
             }
         }
-        let index = PropertyIndex::build(&raw.properties);
-        Ok(ClassSchema { raw, index })
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let names = raw.properties.iter().map(|p| p.name.clone()).collect();
+        let derived = Derived {
+            // Unique: checked just above.
+            names: Names::new(names).expect("property names are unique"),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            keys: (raw.properties.iter().enumerate())
+                .filter(|(_, p)| p.semantic == Semantic::Key)
+                .map(|(i, _)| i as u32)
+                .collect(),
+        };
+        Ok(ClassSchema { raw, derived })
     }
 }
 

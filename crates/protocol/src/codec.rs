@@ -102,10 +102,14 @@ pub fn decode<T: DeserializeOwned>(encoding: Encoding, payload: &[u8]) -> Result
             message: e.to_string(),
         }),
         Encoding::Binary => {
+            purveyor_model::take_refusal();
             let (msg, rest) = postcard::take_from_bytes(payload).map_err(|e| DecodeError {
                 encoding: "binary",
                 len: payload.len(),
-                message: e.to_string(),
+                message: match purveyor_model::take_refusal() {
+                    Some(why) => format!("{e}: {why}"),
+                    None => e.to_string(),
+                },
             })?;
             if !rest.is_empty() {
                 return Err(DecodeError {

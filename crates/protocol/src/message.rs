@@ -13,7 +13,10 @@ use crate::{DialogInput, Form, FormUpdate};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 5;
+pub const PROTOCOL_MINOR: u16 = 6;
+/// The first minor version whose binary form of instances this side speaks (names sent
+/// once per reply: `docs/protocol.md`). Binary peers below it are refused.
+pub const BINARY_INSTANCES_SINCE: u16 = 6;
 
 /// How the payloads after the handshake are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +340,7 @@ pub struct ClassList {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceList {
     pub class: ClassPath,
+    #[serde(with = "purveyor_model::instance_list")]
     pub instances: Vec<Instance>,
 }
 

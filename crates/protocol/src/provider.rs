@@ -167,7 +167,7 @@ pub struct ProviderResponse {
 #[non_exhaustive]
 pub enum ProviderReply {
     Classes(Vec<ClassSchema>),
-    Instances(Vec<Instance>),
+    Instances(#[serde(with = "purveyor_model::instance_list")] Vec<Instance>),
     Instance(Option<Instance>),
     Released,
     Loaded,

@@ -27,9 +27,7 @@ use purveyor_counters::{CounterFile, CounterType, FileError};
 
 mod mmv;
 use mmv::MmvFile;
-use purveyor_model::{
-    ClassPath, ClassSchema, Identifier, Instance, PropertyDef, Semantic, Unit, Value,
-};
+use purveyor_model::{ClassPath, ClassSchema, Instance, PropertyDef, Semantic, Unit, Value};
 use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
 
 /// The manifest the host registers this provider with.
@@ -87,16 +85,16 @@ struct Served {
     identity: (u64, u64),
     dir: usize,
     schema: Arc<ClassSchema>,
-    /// Property names, built once.
-    names: Names,
+    /// Where each property's value comes from, built once.
+    layout: Layout,
     checked: Instant,
     gone_since: Option<Instant>,
 }
 
-/// Every property of the class, sorted by name (so an instance is built in one pass),
-/// with where its value comes from.
-struct Names {
-    props: Vec<(Identifier, Source)>,
+/// Where each property of the class comes from, in the schema's order: an instance is
+/// the schema's table of names and one vector of values.
+struct Layout {
+    sources: Vec<Source>,
 }
 
 #[derive(Clone, Copy)]
@@ -433,13 +431,13 @@ fn open(path: &Path, name: &str, dir: usize) -> Result<Served, FileError> {
             file.name
         )));
     }
-    let (schema, names) = schema_of(&file).map_err(fail)?;
+    let (schema, layout) = schema_of(&file).map_err(fail)?;
     Ok(Served {
         identity: file.identity(),
         file,
         dir,
         schema: Arc::new(schema),
-        names,
+        layout,
         checked: Instant::now(),
         gone_since: None,
     })
@@ -461,8 +459,8 @@ fn unit(u: purveyor_counters::Unit) -> Unit {
     }
 }
 
-/// The class a counter file is served as, and its property names.
-fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Names), String> {
+/// The class a counter file is served as, and where its properties come from.
+fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Layout), String> {
     let mut props = Vec::new();
     let p = PropertyDef::new;
     if file.keyed {
@@ -474,9 +472,9 @@ fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Names), String> {
             "the instance",
         ));
     }
-    let mut sources = vec![("stale".to_string(), Source::Stale)];
+    let mut sources = Vec::new();
     if file.keyed {
-        sources.push(("instance".to_string(), Source::Instance));
+        sources.push(Source::Instance);
     }
     for c in &file.counters {
         let u = unit(c.unit);
@@ -528,10 +526,10 @@ fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Names), String> {
             CounterType::Fraction => Source::Percent(at),
             CounterType::Elapsed => Source::Elapsed(at),
         };
-        sources.push((c.name.clone(), first));
+        sources.push(first);
         if mine.len() == 3 {
-            sources.push((mine[1].name.to_string(), Source::Slot(at)));
-            sources.push((mine[2].name.to_string(), Source::Slot(at + 1)));
+            sources.push(Source::Slot(at));
+            sources.push(Source::Slot(at + 1));
         }
         props.extend(mine);
     }
@@ -545,12 +543,8 @@ fn schema_of(file: &CounterFile) -> Result<(ClassSchema, Names), String> {
     let class = ClassPath::new(format!("{NAMESPACE}.{}", file.name)).map_err(|e| e.to_string())?;
     let schema = ClassSchema::new(class, file.help.clone(), props, vec![], vec![])
         .map_err(|e| format!("its counters do not make a valid class: {e}"))?;
-    sources.sort_by(|a, b| a.0.cmp(&b.0));
-    let props = sources
-        .into_iter()
-        .map(|(name, source)| Ok((Identifier::new(&name).map_err(|e| e.to_string())?, source)))
-        .collect::<Result<_, String>>()?;
-    Ok((schema, Names { props }))
+    sources.push(Source::Stale);
+    Ok((schema, Layout { sources }))
 }
 
 impl Served {
@@ -576,25 +570,21 @@ impl Served {
             .into_iter()
             .map(|i| {
                 let v = &i.values;
-                self.names
-                    .props
-                    .iter()
-                    .map(|(name, source)| {
-                        let value = match *source {
-                            Source::Instance => Value::String(i.name.clone()),
-                            Source::Stale => Value::Bool(stale),
-                            Source::Slot(at) => Value::U64(v[at]),
-                            Source::Mean(at) => Value::F64(ratio(v[at], v[at + 1], 1.0)),
-                            Source::Percent(at) => Value::F64(ratio(v[at], v[at + 1], 100.0)),
-                            Source::Elapsed(at) => Value::F64(if v[at] == 0 || v[at] > now {
-                                0.0
-                            } else {
-                                (now - v[at]) as f64 / 1e9
-                            }),
-                        };
-                        (name.clone(), value)
+                let values = (self.layout.sources.iter())
+                    .map(|source| match *source {
+                        Source::Instance => Value::String(i.name.clone()),
+                        Source::Stale => Value::Bool(stale),
+                        Source::Slot(at) => Value::U64(v[at]),
+                        Source::Mean(at) => Value::F64(ratio(v[at], v[at + 1], 1.0)),
+                        Source::Percent(at) => Value::F64(ratio(v[at], v[at + 1], 100.0)),
+                        Source::Elapsed(at) => Value::F64(if v[at] == 0 || v[at] > now {
+                            0.0
+                        } else {
+                            (now - v[at]) as f64 / 1e9
+                        }),
                     })
-                    .collect()
+                    .collect();
+                Instance::with_values(self.schema.names(), values)
             })
             .collect();
         Ok(out)

@@ -85,14 +85,14 @@ pub fn load(text: &str) -> Result<Instance, String> {
     let (runnable, threads) = words[3]
         .split_once('/')
         .ok_or_else(|| format!("field 4 {:?} is not RUNNABLE/THREADS", words[3]))?;
-    Ok(Instance::from_pairs([
-        ("load1", Value::F64(number(words[0], 0, "load1")?)),
-        ("load5", Value::F64(number(words[1], 0, "load5")?)),
-        ("load15", Value::F64(number(words[2], 0, "load15")?)),
-        ("runnable", Value::U64(number(runnable, 0, "runnable")?)),
-        ("threads", Value::U64(number(threads, 0, "threads")?)),
-        ("last_pid", Value::U64(number(words[4], 0, "last_pid")?)),
-    ]))
+    Ok(purveyor_model::instance! {
+        "load1" => Value::F64(number(words[0], 0, "load1")?),
+        "load5" => Value::F64(number(words[1], 0, "load5")?),
+        "load15" => Value::F64(number(words[2], 0, "load15")?),
+        "runnable" => Value::U64(number(runnable, 0, "runnable")?),
+        "threads" => Value::U64(number(threads, 0, "threads")?),
+        "last_pid" => Value::U64(number(words[4], 0, "last_pid")?),
+    })
 }
 
 /// What [`process_stat`] needs to scale raw numbers.
@@ -126,27 +126,18 @@ pub fn process_stat(text: &str, params: ProcessParams) -> Result<Instance, Strin
     let started = params
         .boot_time_ns
         .saturating_add((start_ticks as f64 / params.clock_ticks * 1e9) as i64);
-    Ok(Instance::from_pairs([
-        ("pid", Value::U64(pid)),
-        ("ppid", Value::U64(field(4, "ppid")?)),
-        ("name", Value::String(name.into())),
-        ("state", Value::String((*state).into())),
-        ("threads", Value::U64(field(20, "num_threads")?)),
-        (
-            "rss",
-            Value::U64(field(24, "rss")?.saturating_mul(params.page_size)),
-        ),
-        ("vsize", Value::U64(field(23, "vsize")?)),
-        (
-            "user_time",
-            Value::F64(field(14, "utime")? as f64 / params.clock_ticks),
-        ),
-        (
-            "system_time",
-            Value::F64(field(15, "stime")? as f64 / params.clock_ticks),
-        ),
-        ("started", Value::Timestamp(Timestamp(started))),
-    ]))
+    Ok(purveyor_model::instance! {
+        "pid" => Value::U64(pid),
+        "ppid" => Value::U64(field(4, "ppid")?),
+        "name" => Value::String(name.into()),
+        "state" => Value::String((*state).into()),
+        "threads" => Value::U64(field(20, "num_threads")?),
+        "rss" => Value::U64(field(24, "rss")?.saturating_mul(params.page_size)),
+        "vsize" => Value::U64(field(23, "vsize")?),
+        "user_time" => Value::F64(field(14, "utime")? as f64 / params.clock_ticks),
+        "system_time" => Value::F64(field(15, "stime")? as f64 / params.clock_ticks),
+        "started" => Value::Timestamp(Timestamp(started)),
+    })
 }
 
 /// `/proc/diskstats`: sectors are 512 bytes, times are milliseconds.

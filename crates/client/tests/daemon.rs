@@ -80,7 +80,8 @@ impl Daemon {
     fn raw(&self, encoding: &str) -> UnixStream {
         let mut s = UnixStream::connect(&self.path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let hello = format!(r#"{{"protocol":1,"minor":6,"encoding":"{encoding}","client":"raw-test"}}"#);
+        let hello =
+            format!(r#"{{"protocol":1,"minor":6,"encoding":"{encoding}","client":"raw-test"}}"#);
         write_frame(&mut s, hello.as_bytes());
         let welcome = read_frame(&mut s).unwrap();
         assert!(

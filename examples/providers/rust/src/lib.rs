@@ -25,15 +25,13 @@ impl Greeting {
     }
 
     fn instance(&self, name: &str) -> Instance {
-        Instance::from_pairs([
-            ("name", Value::String(name.to_string())),
-            ("message", Value::String(format!("hello, {name}"))),
-            (
-                "greeted",
-                Value::U64(self.greeted.fetch_add(1, Ordering::Relaxed) + 1),
-            ),
-            ("pid", Value::U64(u64::from(std::process::id()))),
-        ])
+        // One table of names for every instance this provider builds.
+        purveyor_provider::model::instance! {
+            "name" => Value::String(name.to_string()),
+            "message" => Value::String(format!("hello, {name}")),
+            "greeted" => Value::U64(self.greeted.fetch_add(1, Ordering::Relaxed) + 1),
+            "pid" => Value::U64(u64::from(std::process::id())),
+        }
     }
 }
 

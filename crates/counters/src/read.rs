@@ -379,7 +379,12 @@ impl CounterFile {
         let generation = self.u64_at(header::GENERATION);
         for attempt in 0..SEQLOCK_TRIES {
             if attempt >= 100 {
-                std::thread::yield_now();
+                // The writer is busy: give it time to finish a burst of changes. A yield
+                // is not enough: it returns at once when the writer runs on the other core,
+                // and a reader sharing a core with it is preempted mid-read by a writer
+                // waking from a short sleep. Sleeping 1..50 µs bounds all tries to ~0.6 s.
+                let backoff = (attempt - 99).min(50) as u64;
+                std::thread::sleep(std::time::Duration::from_micros(backoff));
             }
             let before = generation.load(Ordering::Acquire);
             if before % 2 == 1 {

@@ -22,6 +22,7 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::refusal::refuse;
 use crate::{ClassSchema, Identifier, Value};
 
 /// Below this many names a linear scan finds a name as fast as a binary search.
@@ -61,6 +62,11 @@ impl Names {
     /// A table of `names`, in this order.
     pub fn new(names: Vec<Identifier>) -> Result<Self, DuplicateName> {
         let sorted = check_unique(&names)?;
+        Ok(Names::checked(names, sorted))
+    }
+
+    /// A table of names [`check_unique`] accepted, with the order it computed.
+    fn checked(names: Vec<Identifier>, sorted: Option<Vec<u32>>) -> Self {
         let table = NameTable {
             names,
             ..NameTable::default()
@@ -68,7 +74,7 @@ impl Names {
         if let Some(sorted) = sorted {
             let _ = table.sorted.set(sorted);
         }
-        Ok(Names(Arc::new(table)))
+        Names(Arc::new(table))
     }
 
     /// A table of names fixed in source code.
@@ -157,15 +163,13 @@ impl Names {
         }
         let cacheable = bytes.len() <= DECODE_CACHE_MAX_BLOB;
         let slot = if cacheable {
-            let slot = DECODED.with(|c| {
+            let (slot, hit) = DECODED.with(|c| {
                 let c = c.borrow();
-                (c.hasher.hash_one(bytes) as usize) % DECODE_CACHE_SLOTS
-            });
-            let hit = DECODED.with(|c| {
-                c.borrow().slots[slot]
-                    .as_ref()
+                let slot = (c.hasher.hash_one(bytes) as usize) % DECODE_CACHE_SLOTS;
+                let hit = (c.slots[slot].as_ref())
                     .filter(|n| n.0.blob.get().is_some_and(|b| **b == *bytes))
-                    .cloned()
+                    .cloned();
+                (slot, hit)
             });
             if let Some(hit) = hit {
                 return Ok(hit);
@@ -300,19 +304,10 @@ impl FromIterator<(Identifier, Value)> for Instance {
     fn from_iter<I: IntoIterator<Item = (Identifier, Value)>>(iter: I) -> Self {
         let (names, values): (Vec<Identifier>, Vec<Value>) = iter.into_iter().unzip();
         match check_unique(&names) {
-            Ok(sorted) => {
-                let table = NameTable {
-                    names,
-                    ..NameTable::default()
-                };
-                if let Some(sorted) = sorted {
-                    let _ = table.sorted.set(sorted);
-                }
-                Instance {
-                    names: Names(Arc::new(table)),
-                    values,
-                }
-            }
+            Ok(sorted) => Instance {
+                names: Names::checked(names, sorted),
+                values,
+            },
             Err(_) => {
                 let mut instance = Instance::new();
                 for (name, value) in names.into_iter().zip(values) {
@@ -376,26 +371,6 @@ impl<'de> Visitor<'de> for MapForm {
         }
         Ok(entries.into_iter().collect())
     }
-}
-
-thread_local! {
-    /// Why the last binary instance on this thread was refused: postcard keeps only the
-    /// kind of a custom error, so the decoder asks for the words here.
-    static REFUSAL: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// A custom decoding error whose message is kept for [`take_refusal`].
-fn refuse<E: de::Error>(message: String) -> E {
-    let error = E::custom(&message);
-    REFUSAL.with(|r| *r.borrow_mut() = Some(message));
-    error
-}
-
-/// Why the last binary instance decoded on this thread was refused, if one was (and
-/// forgets it). Binary decoders add it to their error: postcard's own error does not
-/// carry the message.
-pub fn take_refusal() -> Option<String> {
-    REFUSAL.with(|r| r.borrow_mut().take())
 }
 
 /// A table's binary form, written as bytes.
@@ -781,9 +756,9 @@ mod tests {
     #[test]
     fn hostile_binary_instances_are_refused_with_the_reason() {
         fn why<T: for<'de> Deserialize<'de> + fmt::Debug>(bytes: &[u8]) -> String {
-            take_refusal();
+            crate::take_refusal();
             postcard::from_bytes::<T>(bytes).unwrap_err();
-            take_refusal().unwrap()
+            crate::take_refusal().unwrap()
         }
         let err = why::<Instance>;
         let list_err = why::<List>;

@@ -11,15 +11,15 @@ mod filter;
 mod instance;
 mod name;
 mod provider;
+mod refusal;
 mod schema;
 mod value;
 
 pub use filter::{CompareOp, Condition, matches_all};
-pub use instance::{
-    DuplicateName, Instance, InstanceKey, KeyError, Names, list as instance_list, take_refusal,
-};
+pub use instance::{DuplicateName, Instance, InstanceKey, KeyError, Names, list as instance_list};
 pub use name::{ClassPath, Identifier, NameError, NamespacePath, ProviderName};
 pub use provider::{Capability, Hosting, ProviderState};
+pub use refusal::take_refusal;
 pub use schema::{
     ClassSchema, EventDef, MethodDef, ParamDef, PropertyDef, SchemaError, Semantic, Unit,
 };

@@ -376,7 +376,7 @@ impl<'de> Deserialize<'de> for Identifier {
                 f.write_str("an identifier")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Identifier, E> {
-                Identifier::new(v).map_err(E::custom)
+                Identifier::new(v).map_err(|e| crate::refusal::refuse(e.to_string()))
             }
         }
         // Borrowed when the format allows it: no allocation for an interned name.

@@ -196,6 +196,54 @@ mod tests {
         );
     }
 
+    /// A binary peer is told what was wrong, not only that something was: a property
+    /// name in a key, and a table of names in an instance.
+    #[test]
+    fn binary_refusals_name_what_was_wrong() {
+        let mut key = InstanceKey::new();
+        key.insert(
+            purveyor_model::Identifier::new("pid").unwrap(),
+            Value::U64(1),
+        );
+        let msg = ClientMessage::Request {
+            id: 1,
+            request: Request::Get {
+                class: ClassPath::new("system.process").unwrap(),
+                key,
+            },
+        };
+        let mut bytes = Vec::new();
+        encode_payload(Encoding::Binary, &msg, &mut bytes).unwrap();
+        let at = bytes.windows(3).position(|w| w == b"pid").unwrap();
+        bytes[at] = b'P';
+        let err = decode::<ClientMessage>(Encoding::Binary, &bytes).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "invalid identifier \"Pid\": it must start with a lowercase ASCII letter"
+            ),
+            "{err}"
+        );
+        let reply = ServerMessage::Reply {
+            id: 1,
+            outcome: Outcome::Ok(Response::Instance(Instance::from_pairs([(
+                "pid",
+                Value::U64(1),
+            )]))),
+        };
+        let mut bytes = Vec::new();
+        encode_payload(Encoding::Binary, &reply, &mut bytes).unwrap();
+        let at = bytes.windows(3).position(|w| w == b"pid").unwrap();
+        bytes[at - 1] = 9; // the name's length byte now runs past the blob
+        let err = decode::<ServerMessage>(Encoding::Binary, &bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("a names blob ends inside a name"),
+            "{err}"
+        );
+        // A later success does not carry an old reason.
+        decode::<ClientMessage>(Encoding::Binary, &[0, 0]).ok();
+        assert_eq!(purveyor_model::take_refusal(), None);
+    }
+
     #[test]
     fn oversized_message_is_refused_and_buffer_kept() {
         let mut out = vec![1, 2, 3];

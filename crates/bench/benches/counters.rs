@@ -187,7 +187,7 @@ fn get_through_daemon(dir: &Path) {
         class: ClassPath::new("app.big").unwrap(),
         key: InstanceKey::new(),
     };
-    let m = against_echo(&mut c, echo_path, &request, 10, 300);
+    let m = against_echo(&mut c, echo_path, None, &request, 10, 300);
     println!(
         "get app.big (1 000 counters, {} B reply) through the daemon: {}",
         m.reply_len,

@@ -165,7 +165,7 @@ fn latency(label: &str, c: &mut Client, echo: &Path, request: &Request) {
         Response::Instance(_) => {}
         other => panic!("{label}: {other:?}"),
     }
-    let m = against_echo(c, echo, request, ROUNDS, PER_ROUND);
+    let m = against_echo(c, echo, None, request, ROUNDS, PER_ROUND);
     println!("{label:<13} get ({} B reply): {}", m.reply_len, m.line());
 }
 

@@ -162,7 +162,7 @@ fn latency(daemon: &Path, echo: &Path, class: &str) {
 
 fn latency_of(daemon: &Path, echo: &Path, what: &str, request: Request) {
     let mut c = client(daemon);
-    let m = against_echo(&mut c, echo, &request, ROUNDS, PER_ROUND);
+    let m = against_echo(&mut c, echo, Some(daemon), &request, ROUNDS, PER_ROUND);
     println!(
         "{what:<18} ({} B request, {} B reply): {}",
         m.request_len,
@@ -182,7 +182,11 @@ fn in_process() {
         Some(vec![PathBuf::from("/nonexistent")]),
     );
     let caller = purveyor_host::Caller::current_process();
-    for class in ["purveyor.host", "system.load"] {
+    let classes = match std::env::var("PURVEYOR_BENCH_CLASS") {
+        Ok(class) => vec![class],
+        Err(_) => vec!["purveyor.host".to_string(), "system.load".to_string()],
+    };
+    for class in &classes {
         let request = Request::Get {
             class: ClassPath::new(class).unwrap(),
             key: InstanceKey::new(),

@@ -14,6 +14,9 @@ pub struct VsEcho {
     pub reply_len: usize,
     pub ours: (Duration, Duration),
     pub floor: (Duration, Duration),
+    /// The same request on a bare socket to the daemon: a pre-encoded frame written, the
+    /// reply's bytes read and not decoded (the daemon's share without the client library).
+    pub bare: Option<(Duration, Duration)>,
 }
 
 impl VsEcho {
@@ -28,7 +31,15 @@ impl VsEcho {
             us(f99),
             p50.as_secs_f64() / f50.as_secs_f64(),
             p99.as_secs_f64() / f99.as_secs_f64(),
-        )
+        ) + &match self.bare {
+            Some((b50, b99)) => format!(
+                " | bare socket p50 {:>6.1} us  p99 {:>6.1} us ({:.2}x)",
+                us(b50),
+                us(b99),
+                b50.as_secs_f64() / f50.as_secs_f64()
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -38,6 +49,7 @@ impl VsEcho {
 pub fn against_echo(
     c: &mut Client,
     echo: &Path,
+    bare: Option<&Path>,
     request: &Request,
     rounds: usize,
     per_round: usize,
@@ -66,6 +78,9 @@ pub fn against_echo(
     let mut buf = vec![0u8; 4 + reply_len];
     let mut ours = Vec::with_capacity(rounds * per_round);
     let mut floor = Vec::with_capacity(rounds * per_round);
+    let mut bare_samples = Vec::with_capacity(rounds * per_round);
+    let mut bare = bare.map(bare_connection);
+    let mut bare_buf = vec![0u8; out.len()];
     for round in 0..=rounds {
         let warmup = round == 0;
         for _ in 0..per_round {
@@ -74,6 +89,16 @@ pub fn against_echo(
             e.read_exact(&mut buf).unwrap();
             if !warmup {
                 floor.push(t.elapsed());
+            }
+        }
+        if let Some(b) = bare.as_mut() {
+            for _ in 0..per_round {
+                let t = Instant::now();
+                b.write_all(&frame).unwrap();
+                b.read_exact(&mut bare_buf).unwrap();
+                if !warmup {
+                    bare_samples.push(t.elapsed());
+                }
             }
         }
         for _ in 0..per_round {
@@ -89,7 +114,25 @@ pub fn against_echo(
         reply_len,
         ours: percentiles(&mut ours),
         floor: percentiles(&mut floor),
+        bare: (!bare_samples.is_empty()).then(|| percentiles(&mut bare_samples)),
     }
+}
+
+/// A connection to the daemon at `path` that has said hello in the binary encoding, for
+/// writing pre-encoded frames and reading replies without decoding them.
+fn bare_connection(path: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(path).unwrap();
+    let hello = format!(
+        r#"{{"protocol":1,"minor":{},"encoding":"binary","client":"bench-bare"}}"#,
+        purveyor_protocol::PROTOCOL_MINOR
+    );
+    s.write_all(&(hello.len() as u32).to_le_bytes()).unwrap();
+    s.write_all(hello.as_bytes()).unwrap();
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).unwrap();
+    let mut welcome = vec![0u8; u32::from_le_bytes(header) as usize];
+    s.read_exact(&mut welcome).unwrap();
+    s
 }
 
 /// p50 and p99 of `samples` (sorted in place).

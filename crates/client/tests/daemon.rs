@@ -665,6 +665,63 @@ fn requests_sent_right_behind_the_hello_are_answered() {
 }
 
 #[test]
+fn requests_in_pieces_and_in_batches_are_each_answered_once() {
+    // The server peeks requests and takes them off the socket after answering (server.rs,
+    // "Intake"): bytes must be neither lost nor read twice, whether frames arrive split,
+    // several at once, or both, and whether answers come at once (ping, purveyor.host
+    // from an inline builtin) or later (test.slow on the blocking pool).
+    let daemon = Daemon::with_test_providers();
+    let mut s = daemon.raw("json");
+    let requests = [
+        r#""ping""#,
+        r#"{"get":{"class":"purveyor.host","key":{}}}"#,
+        r#"{"get":{"class":"test.slow","key":{"ms":{"u64":5}}}}"#,
+        r#"{"enumerate":{"class":"purveyor.host","selector":{}}}"#,
+    ];
+    let mut bytes = Vec::new();
+    let total = 60u32;
+    for id in 1..=total {
+        let request = requests[id as usize % requests.len()];
+        let payload = format!(r#"{{"request":{{"id":{id},"request":{request}}}}}"#);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(payload.as_bytes());
+    }
+    // Chunks of 1 to 97 bytes: some split a header, some hold several frames.
+    let mut rest = &bytes[..];
+    let mut size = 1;
+    while !rest.is_empty() {
+        let n = size.min(rest.len());
+        s.write_all(&rest[..n]).unwrap();
+        rest = &rest[n..];
+        size = (size * 7 + 3) % 97 + 1;
+        if size % 3 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..total {
+        let reply: serde_json::Value =
+            serde_json::from_slice(&read_frame(&mut s).unwrap()).unwrap();
+        let id = reply["reply"]["id"].as_u64().unwrap();
+        assert!(
+            reply["reply"]["outcome"]["ok"].is_object()
+                || reply["reply"]["outcome"]["ok"] == "pong",
+            "{reply}"
+        );
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len() as u32, total, "every request answered: {seen:?}");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "each answered once: {seen:?}"
+    );
+    // The connection is still in step: one more request, one more answer.
+    write_frame(&mut s, br#"{"request":{"id":99,"request":"ping"}}"#);
+    let reply = String::from_utf8(read_frame(&mut s).unwrap()).unwrap();
+    assert!(reply.contains(r#""id":99"#), "{reply}");
+}
+
+#[test]
 fn json_and_binary_encodings_give_the_same_answers() {
     let daemon = Daemon::standard();
     let mut binary = daemon.client_with(Encoding::Binary);

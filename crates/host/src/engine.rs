@@ -173,13 +173,7 @@ impl Host {
         caller: &Caller,
         session: Option<&Session>,
     ) -> Result<Response, RemoteError> {
-        self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        if self.inner.shutting_down.load(Ordering::Relaxed) {
-            return Err(RemoteError::new(
-                ErrorCode::ShuttingDown,
-                "the host is shutting down",
-            ));
-        }
+        self.admit()?;
         // A call from a client that shows dialogs gets a token its provider can open an
         // in-call dialog with, for as long as the call runs.
         if let Some(session) = session
@@ -195,11 +189,24 @@ impl Host {
         {
             let id = crate::server::CALL_SITE.try_with(|site| site.id()).ok();
             let token = self.inner.dialogs.begin_call(&session.ui, id);
-            return UI_TOKEN
-                .scope(token.token, self.answer(request, caller, Some(session)))
-                .await;
+            return Box::pin(
+                UI_TOKEN.scope(token.token, self.answer(request, caller, Some(session))),
+            )
+            .await;
         }
         self.answer(request, caller, session).await
+    }
+
+    /// Counts a request, and refuses it once the host is shutting down.
+    fn admit(&self) -> Result<(), RemoteError> {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        if self.inner.shutting_down.load(Ordering::Relaxed) {
+            return Err(RemoteError::new(
+                ErrorCode::ShuttingDown,
+                "the host is shutting down",
+            ));
+        }
+        Ok(())
     }
 
     async fn answer(
@@ -245,10 +252,12 @@ impl Host {
                 self.allowed(caller, Permission::Write, "purveyor")?;
                 self.enable_provider(&name)
             }
-            Request::ListClasses { namespace } => self.list_classes(namespace, caller).await,
+            Request::ListClasses { namespace } => {
+                Box::pin(self.list_classes(namespace, caller)).await
+            }
             Request::Describe { class } => {
                 self.allowed(caller, Permission::Read, class.as_str())?;
-                let (slot, loaded) = self.loaded_for(&class, None).await?;
+                let (slot, loaded) = Box::pin(self.loaded_for(&class, None)).await?;
                 Ok(Response::Class(
                     schema_for(&slot, &loaded, &class)?.as_ref().clone(),
                 ))
@@ -263,11 +272,11 @@ impl Host {
             }
             Request::Put { class, instance } => {
                 self.allowed(caller, Permission::Write, class.as_str())?;
-                self.put(class, instance, caller).await
+                Box::pin(self.put(class, instance, caller)).await
             }
             Request::Delete { class, key } => {
                 self.allowed(caller, Permission::Write, class.as_str())?;
-                self.delete(class, key, caller).await
+                Box::pin(self.delete(class, key, caller)).await
             }
             Request::Call {
                 class,
@@ -276,7 +285,7 @@ impl Host {
                 args,
             } => {
                 self.allowed(caller, Permission::Call, class.as_str())?;
-                self.call_method(class, method, key, args, caller).await
+                Box::pin(self.call_method(class, method, key, args, caller)).await
             }
             Request::Subscribe {
                 class,
@@ -290,7 +299,7 @@ impl Host {
                         "subscribing needs a session (a connection); use Host::handle_in",
                     )
                 })?;
-                self.subscribe(class, event, filter, session).await
+                Box::pin(self.subscribe(class, event, filter, session)).await
             }
             Request::Unsubscribe { handle } => {
                 let ended =
@@ -312,7 +321,7 @@ impl Host {
             | Request::IoMessage { .. }
             | Request::IoClose { .. }
             | Request::IoDelete { .. }
-            | Request::IoRename { .. }) => self.io_request(io, caller, session).await,
+            | Request::IoRename { .. }) => Box::pin(self.io_request(io, caller, session)).await,
             other => Err(RemoteError::new(
                 ErrorCode::Unsupported,
                 format!("request {other:?} is not supported by this host"),
@@ -522,28 +531,10 @@ impl Host {
         caller: &Caller,
     ) -> Result<Response, RemoteError> {
         let (slot, loaded) = self.loaded_for(&class, Some(Capability::Enumerate)).await?;
-        let schema = schema_for(&slot, &loaded, &class)?;
-        check_selector(&schema, &selector)?;
-        let use_get = selector.is_full_key(&schema) && slot.manifest.offers(Capability::Get);
-        let instances = if use_get {
-            let call = ProviderCall::Get {
-                class: class.clone(),
-                key: selector,
-            };
-            self.get_call(&slot, &loaded, caller, call)
-                .await?
-                .into_iter()
-                .collect()
-        } else {
-            let call = ProviderCall::Enumerate {
-                class: class.clone(),
-            };
-            let mut all = self.enumerate_call(&slot, &loaded, caller, call).await?;
-            all.retain(|i| i.matches(&selector));
-            all
-        };
-        check_answer(&slot, &schema, &instances)?;
-        Ok(Response::Instances(InstanceList { class, instances }))
+        let (schema, call) = enumerate_call_for(&slot, &loaded, &class, &selector)?;
+        let asked_get = matches!(call, ProviderCall::Get { .. });
+        let reply = self.call(&slot, &loaded, caller, call).await?;
+        enumerate_answer(&slot, &schema, class, selector, asked_get, reply)
     }
 
     async fn get(
@@ -553,41 +544,68 @@ impl Host {
         caller: &Caller,
     ) -> Result<Response, RemoteError> {
         let (slot, loaded) = self.loaded_for(&class, None).await?;
-        let schema = schema_for(&slot, &loaded, &class)?;
-        check_full_key(&schema, &key)?;
-        let found = if slot.manifest.offers(Capability::Get) {
-            let call = ProviderCall::Get {
-                class: class.clone(),
-                key: key.clone(),
-            };
-            self.get_call(&slot, &loaded, caller, call).await?
-        } else if slot.manifest.offers(Capability::Enumerate) {
-            let call = ProviderCall::Enumerate {
-                class: class.clone(),
-            };
-            self.enumerate_call(&slot, &loaded, caller, call)
-                .await?
-                .into_iter()
-                .find(|i| i.matches(&key))
-        } else {
-            return Err(slot.error(
-                ErrorCode::Unsupported,
-                format!(
-                    "provider {} offers neither get nor enumerate",
-                    slot.manifest.name
-                ),
-            ));
-        };
-        match found {
-            Some(instance) => {
-                check_answer(&slot, &schema, std::slice::from_ref(&instance))?;
-                Ok(Response::Instance(instance))
+        let (schema, call) = get_call_for(&slot, &loaded, &class, &key)?;
+        let asked_get = matches!(call, ProviderCall::Get { .. });
+        let reply = self.call(&slot, &loaded, caller, call).await?;
+        get_answer(&slot, &schema, class, key, asked_get, reply)
+    }
+
+    /// Answers `request` on this thread, at once, when nothing in it needs waiting: a
+    /// ping, the status, or a get or enumerate of a loaded provider whose calls run
+    /// inline (a builtin dispatched inline, an in-daemon library). Otherwise gives the
+    /// request back, to be answered by [`Host::handle_in`]. The server calls this first
+    /// so the common request costs no task, no future and no wake-up
+    /// (`docs/performance.md`); both paths give the same answer.
+    pub(crate) fn answer_now(
+        &self,
+        request: Request,
+        session: &Session,
+    ) -> Result<Result<Response, RemoteError>, Request> {
+        let ready = match &request {
+            Request::Ping | Request::Status => None,
+            // A client that shows dialogs gets a dialog token with each call: async path.
+            Request::Get { class, .. } | Request::Enumerate { class, .. }
+                if !session.ui.shows() =>
+            {
+                match self.inner.registry.slot_for(class) {
+                    Some(slot) => match slot.loaded_now() {
+                        Some(loaded) if loaded.calls_inline() => Some((slot, loaded)),
+                        _ => return Err(request),
+                    },
+                    None => return Err(request),
+                }
             }
-            None => Err(RemoteError::new(
-                ErrorCode::NotFound,
-                format!("no instance of {class} with {key}"),
-            )),
+            _ => return Err(request),
+        };
+        if let Err(refused) = self.admit() {
+            return Ok(Err(refused));
         }
+        let caller = &session.caller;
+        Ok(match (request, ready) {
+            (Request::Ping, _) => Ok(Response::Pong),
+            (Request::Status, _) => Ok(Response::Status(self.inner.status())),
+            (Request::Get { class, key }, Some((slot, loaded))) => (|| {
+                self.allowed(caller, Permission::Read, class.as_str())?;
+                let (schema, call) = get_call_for(slot, &loaded, &class, &key)?;
+                let asked_get = matches!(call, ProviderCall::Get { .. });
+                let reply = self.call_inline(slot, &loaded, caller, call)?;
+                get_answer(slot, &schema, class, key, asked_get, reply)
+            })(),
+            (Request::Enumerate { class, selector }, Some((slot, loaded))) => (|| {
+                self.allowed(caller, Permission::Read, class.as_str())?;
+                if !slot.manifest.offers(Capability::Enumerate) {
+                    return Err(not_offered(slot, Capability::Enumerate));
+                }
+                let (schema, call) = enumerate_call_for(slot, &loaded, &class, &selector)?;
+                let asked_get = matches!(call, ProviderCall::Get { .. });
+                let reply = self.call_inline(slot, &loaded, caller, call)?;
+                enumerate_answer(slot, &schema, class, selector, asked_get, reply)
+            })(),
+            (other, _) => Err(RemoteError::new(
+                ErrorCode::Internal,
+                format!("request {other:?} cannot be answered at once"),
+            )),
+        })
     }
 
     async fn put(
@@ -775,13 +793,7 @@ impl Host {
         if let Some(cap) = capability
             && !slot.manifest.offers(cap)
         {
-            return Err(slot.error(
-                ErrorCode::Unsupported,
-                format!(
-                    "provider {} does not offer {cap} (its manifest's capabilities)",
-                    slot.manifest.name
-                ),
-            ));
+            return Err(not_offered(slot, cap));
         }
         let loaded = self.acquire(slot).await?;
         Ok((slot.clone(), loaded))
@@ -790,32 +802,6 @@ impl Host {
     pub(crate) async fn acquire(&self, slot: &Arc<Slot>) -> Result<Arc<Loaded>, RemoteError> {
         let host = &self.inner;
         slot.acquire(move |slot| load(host.clone(), slot)).await
-    }
-
-    async fn get_call(
-        &self,
-        slot: &Arc<Slot>,
-        loaded: &Arc<Loaded>,
-        caller: &Caller,
-        call: ProviderCall,
-    ) -> Result<Option<Instance>, RemoteError> {
-        match self.call(slot, loaded, caller, call).await? {
-            ProviderReply::Instance(found) => Ok(found),
-            other => Err(unexpected(slot, "get", &other)),
-        }
-    }
-
-    async fn enumerate_call(
-        &self,
-        slot: &Arc<Slot>,
-        loaded: &Arc<Loaded>,
-        caller: &Caller,
-        call: ProviderCall,
-    ) -> Result<Vec<Instance>, RemoteError> {
-        match self.call(slot, loaded, caller, call).await? {
-            ProviderReply::Instances(all) => Ok(all),
-            other => Err(unexpected(slot, "enumerate", &other)),
-        }
     }
 
     /// Calls the provider wherever it runs, under `catch_unwind` or in its own process,
@@ -828,19 +814,19 @@ impl Host {
         caller: &Caller,
         call: ProviderCall,
     ) -> Result<ProviderReply, RemoteError> {
+        if loaded.calls_inline() {
+            return self.call_inline(slot, loaded, caller, call);
+        }
         let timeout = slot.manifest.call_timeout;
         let name = &slot.manifest.name;
         let passive = PASSIVE.try_with(|_| ()).is_ok();
-        slot.begin_call(passive);
+        slot.begin_call();
         let result = match &loaded.backend {
             Backend::Local {
-                provider,
                 dispatch: Dispatch::Inline,
-            } => {
-                let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
-                catch_unwind(AssertUnwindSafe(|| serve_call(&**provider, call, &ctx)))
-                    .map_err(|panic| panicked(slot, &panic))
+                ..
             }
+            | Backend::Library(_) => unreachable!("inline calls return above"),
             Backend::Local {
                 provider,
                 dispatch: Dispatch::Blocking,
@@ -850,7 +836,7 @@ impl Host {
                 let task = tokio::task::spawn_blocking(move || {
                     catch_unwind(AssertUnwindSafe(|| serve_call(&*provider, call, &ctx)))
                 });
-                match tokio::time::timeout(timeout, task).await {
+                match Box::pin(tokio::time::timeout(timeout, task)).await {
                     Ok(Ok(Ok(reply))) => Ok(reply),
                     Ok(Ok(Err(panic))) => Err(panicked(slot, &panic)),
                     Ok(Err(join)) => Err(slot.error(
@@ -866,33 +852,6 @@ impl Host {
                     )),
                 }
             }
-            Backend::Library(library) => {
-                let deadline = Instant::now() + timeout;
-                let ctx = CallContext::new(*caller, Some(deadline));
-                let site = crate::server::CALL_SITE.try_with(Clone::clone).ok();
-                let expiry = {
-                    let (slot, loaded) = (slot.clone(), loaded.clone());
-                    Box::new(move || {
-                        let failed = in_daemon_overdue(&slot, timeout);
-                        slot.record_error(&failed);
-                        slot.lost(&loaded, Lost::Failed(failed.clone()));
-                        if let Some(site) = site {
-                            site.abandon(failed, slot.manifest.name.as_str());
-                        }
-                    })
-                };
-                let guard = self.inner.watchdog.watch(deadline, expiry);
-                let result = catch_unwind(AssertUnwindSafe(|| library.request(call, &ctx)))
-                    .map_err(|panic| panicked(slot, &panic));
-                if guard.finish() {
-                    // The watchdog recorded the error when the deadline passed.
-                    slot.end_call(passive);
-                    slot.record_call(None);
-                    return Err(in_daemon_overdue(slot, timeout));
-                } else {
-                    result.map(|r| r.unwrap_or_else(|e| ProviderReply::Error(fault(e))))
-                }
-            }
             Backend::Io(server) => {
                 let server = server.clone();
                 let who = CallerInfo {
@@ -901,7 +860,7 @@ impl Host {
                     pid: caller.pid,
                 };
                 let task = tokio::task::spawn_blocking(move || server.answer(call, who));
-                match tokio::time::timeout(timeout, task).await {
+                match Box::pin(tokio::time::timeout(timeout, task)).await {
                     Ok(Ok(reply)) => Ok(reply),
                     Ok(Err(join)) => Err(slot.error(
                         ErrorCode::ProviderFailed,
@@ -934,10 +893,9 @@ impl Host {
                         .then(|| hub.extended_deadline(ui, timeout))
                         .flatten()
                 };
-                match conn
-                    .call_with(in_process, who, timeout, call, ui, &extend)
-                    .await
-                {
+                // Boxed, like the other awaits of rarely taken branches below: the future
+                // of every request is as large as its largest branch (`docs/performance.md`).
+                match Box::pin(conn.call_with(in_process, who, timeout, call, ui, &extend)).await {
                     Ok(reply) => Ok(reply),
                     Err(CallFailure::Died(why)) => {
                         slot.lost(loaded, Lost::Crashed(why.clone()));
@@ -961,17 +919,201 @@ impl Host {
                 }
             }
         };
-        slot.end_call(passive);
-        let result = result.and_then(|reply| match reply {
-            ProviderReply::Error(fault) => Err(provider_error(slot, from_fault(fault))),
-            other => Ok(other),
-        });
-        slot.record_call(result.as_ref().err());
-        if let Err(error) = &result {
-            tracing::debug!(provider = %name, %error, "provider call failed");
-        }
-        result
+        finish_call(slot, passive, result)
     }
+
+    /// [`Host::call`] for a provider whose calls run on this thread
+    /// ([`Loaded::calls_inline`]): a builtin under `catch_unwind`, or an in-daemon library
+    /// under `catch_unwind` and the watchdog, which answers the client itself if the call
+    /// overruns its deadline (the thread may be stuck in the library).
+    fn call_inline(
+        &self,
+        slot: &Arc<Slot>,
+        loaded: &Arc<Loaded>,
+        caller: &Caller,
+        call: ProviderCall,
+    ) -> Result<ProviderReply, RemoteError> {
+        let timeout = slot.manifest.call_timeout;
+        let passive = PASSIVE.try_with(|_| ()).is_ok();
+        slot.begin_call();
+        let result = match &loaded.backend {
+            Backend::Local {
+                provider,
+                dispatch: Dispatch::Inline,
+            } => {
+                let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
+                catch_unwind(AssertUnwindSafe(|| serve_call(&**provider, call, &ctx)))
+                    .map_err(|panic| panicked(slot, &panic))
+            }
+            Backend::Library(library) => {
+                let deadline = Instant::now() + timeout;
+                let ctx = CallContext::new(*caller, Some(deadline));
+                let site = crate::server::CALL_SITE.try_with(Clone::clone).ok();
+                let expiry = {
+                    let (slot, loaded) = (slot.clone(), loaded.clone());
+                    Box::new(move || {
+                        let failed = in_daemon_overdue(&slot, timeout);
+                        slot.record_error(&failed);
+                        slot.lost(&loaded, Lost::Failed(failed.clone()));
+                        if let Some(site) = site {
+                            site.abandon(failed, slot.manifest.name.as_str());
+                        }
+                    })
+                };
+                let guard = self.inner.watchdog.watch(deadline, expiry);
+                let result = catch_unwind(AssertUnwindSafe(|| library.request(call, &ctx)))
+                    .map_err(|panic| panicked(slot, &panic));
+                if guard.finish() {
+                    // The watchdog recorded the error when the deadline passed.
+                    slot.end_call(passive);
+                    slot.record_call(None);
+                    return Err(in_daemon_overdue(slot, timeout));
+                } else {
+                    result.map(|r| r.unwrap_or_else(|e| ProviderReply::Error(fault(e))))
+                }
+            }
+            _ => Err(slot.error(
+                ErrorCode::Internal,
+                format!(
+                    "provider {}: its calls do not run inline",
+                    slot.manifest.name
+                ),
+            )),
+        };
+        finish_call(slot, passive, result)
+    }
+}
+
+/// Ends a call begun with `slot.begin_call()` (a `passive` one does not count as use):
+/// records its outcome, and makes a provider error in the reply the returned error.
+fn finish_call(
+    slot: &Slot,
+    passive: bool,
+    result: Result<ProviderReply, RemoteError>,
+) -> Result<ProviderReply, RemoteError> {
+    slot.end_call(passive);
+    let result = result.and_then(|reply| match reply {
+        ProviderReply::Error(fault) => Err(provider_error(slot, from_fault(fault))),
+        other => Ok(other),
+    });
+    slot.record_call(result.as_ref().err());
+    if let Err(error) = &result {
+        tracing::debug!(provider = %slot.manifest.name, %error, "provider call failed");
+    }
+    result
+}
+
+fn not_offered(slot: &Slot, cap: Capability) -> RemoteError {
+    slot.error(
+        ErrorCode::Unsupported,
+        format!(
+            "provider {} does not offer {cap} (its manifest's capabilities)",
+            slot.manifest.name
+        ),
+    )
+}
+
+/// A get's schema and provider call, after checking the key: `get` when the provider
+/// offers it, else `enumerate` (the answer then picks the instance).
+fn get_call_for(
+    slot: &Slot,
+    loaded: &Loaded,
+    class: &ClassPath,
+    key: &InstanceKey,
+) -> Result<(Arc<ClassSchema>, ProviderCall), RemoteError> {
+    let schema = schema_for(slot, loaded, class)?;
+    check_full_key(&schema, key)?;
+    let call = if slot.manifest.offers(Capability::Get) {
+        ProviderCall::Get {
+            class: class.clone(),
+            key: key.clone(),
+        }
+    } else if slot.manifest.offers(Capability::Enumerate) {
+        ProviderCall::Enumerate {
+            class: class.clone(),
+        }
+    } else {
+        return Err(slot.error(
+            ErrorCode::Unsupported,
+            format!(
+                "provider {} offers neither get nor enumerate",
+                slot.manifest.name
+            ),
+        ));
+    };
+    Ok((schema, call))
+}
+
+/// A get's response from its provider's reply (to the call [`get_call_for`] made).
+fn get_answer(
+    slot: &Slot,
+    schema: &ClassSchema,
+    class: ClassPath,
+    key: InstanceKey,
+    asked_get: bool,
+    reply: ProviderReply,
+) -> Result<Response, RemoteError> {
+    let found = match (asked_get, reply) {
+        (true, ProviderReply::Instance(found)) => found,
+        (false, ProviderReply::Instances(all)) => all.into_iter().find(|i| i.matches(&key)),
+        (true, other) => return Err(unexpected(slot, "get", &other)),
+        (false, other) => return Err(unexpected(slot, "enumerate", &other)),
+    };
+    match found {
+        Some(instance) => {
+            check_answer(slot, schema, std::slice::from_ref(&instance))?;
+            Ok(Response::Instance(instance))
+        }
+        None => Err(RemoteError::new(
+            ErrorCode::NotFound,
+            format!("no instance of {class} with {key}"),
+        )),
+    }
+}
+
+/// An enumerate's schema and provider call, after checking the selector: `get` when the
+/// selector is a full key and the provider offers get, else `enumerate`.
+fn enumerate_call_for(
+    slot: &Slot,
+    loaded: &Loaded,
+    class: &ClassPath,
+    selector: &InstanceKey,
+) -> Result<(Arc<ClassSchema>, ProviderCall), RemoteError> {
+    let schema = schema_for(slot, loaded, class)?;
+    check_selector(&schema, selector)?;
+    let call = if selector.is_full_key(&schema) && slot.manifest.offers(Capability::Get) {
+        ProviderCall::Get {
+            class: class.clone(),
+            key: selector.clone(),
+        }
+    } else {
+        ProviderCall::Enumerate {
+            class: class.clone(),
+        }
+    };
+    Ok((schema, call))
+}
+
+/// An enumerate's response from its provider's reply: the instances the selector matches.
+fn enumerate_answer(
+    slot: &Slot,
+    schema: &ClassSchema,
+    class: ClassPath,
+    selector: InstanceKey,
+    asked_get: bool,
+    reply: ProviderReply,
+) -> Result<Response, RemoteError> {
+    let instances: Vec<Instance> = match (asked_get, reply) {
+        (true, ProviderReply::Instance(found)) => found.into_iter().collect(),
+        (false, ProviderReply::Instances(mut all)) => {
+            all.retain(|i| i.matches(&selector));
+            all
+        }
+        (true, other) => return Err(unexpected(slot, "get", &other)),
+        (false, other) => return Err(unexpected(slot, "enumerate", &other)),
+    };
+    check_answer(slot, schema, &instances)?;
+    Ok(Response::Instances(InstanceList { class, instances }))
 }
 
 fn unexpected(slot: &Slot, what: &str, reply: &ProviderReply) -> RemoteError {
@@ -1441,7 +1583,7 @@ async fn process_classes(
 /// The provider must describe exactly the classes its manifest lists.
 fn check_schemas(slot: &Slot, classes: Vec<ClassSchema>) -> Result<SchemaSet, RemoteError> {
     let name = &slot.manifest.name;
-    let mut set = SchemaSet::new();
+    let mut set = SchemaSet::default();
     for schema in classes {
         if slot.manifest.in_namespace(schema.path())
             && !slot.manifest.classes.contains(schema.path())

@@ -16,7 +16,7 @@ pub(crate) const SELF_PROVIDER: &str = "purveyor";
 
 pub(crate) struct Registry {
     pub slots: BTreeMap<ProviderName, Arc<Slot>>,
-    pub by_class: HashMap<ClassPath, Arc<Slot>>,
+    pub by_class: HashMap<ClassPath, Arc<Slot>, foldhash::fast::RandomState>,
     /// Namespaces filled at run time (`app.*`), and by whom. A class named by a manifest
     /// wins over a namespace that contains it.
     pub by_namespace: Vec<(NamespacePath, Arc<Slot>)>,
@@ -89,7 +89,8 @@ impl Registry {
         }
 
         let mut slots = BTreeMap::new();
-        let mut by_class: HashMap<ClassPath, Arc<Slot>> = HashMap::new();
+        let mut by_class: HashMap<ClassPath, Arc<Slot>, foldhash::fast::RandomState> =
+            HashMap::default();
         let mut by_namespace: Vec<(NamespacePath, Arc<Slot>)> = Vec::new();
         let mut by_io: HashMap<purveyor_io::FourCC, Arc<Slot>> = HashMap::new();
         for (name, mut manifest) in chosen {

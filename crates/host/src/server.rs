@@ -252,12 +252,44 @@ impl Connection {
             })
         };
         let mut in_flight = FuturesUnordered::new();
+        // Bytes of requests read with `MSG_PEEK` and not yet taken off the socket; taken
+        // after their replies are written, or before the next read (see `Intake`).
+        let mut owed = 0usize;
+        // Whether to peek the next request: the last one took long to answer.
+        let mut peek_next = true;
         let mut reading = true;
         let mut goodbye: Option<RemoteError> = None;
+        // Answers a request at once when it needs no waiting (`Host::answer_now`), into
+        // `out`; gives it back otherwise.
+        let now = |rid: u32, request: Request, out: &mut Vec<u8>| {
+            let at = CallSite {
+                conn: site.clone(),
+                id: rid,
+            };
+            let outcome = match CALL_SITE.sync_scope(at, || host.answer_now(request, session))? {
+                Ok(response) => Outcome::Ok(response),
+                Err(error) => Outcome::Err(error),
+            };
+            // Pushes queued before this reply go before it.
+            encode_pushes(session, encoding, max, id, out);
+            push_reply(encoding, max, rid, outcome, out);
+            Ok(())
+        };
         // Requests the client sent right behind its hello are already buffered.
-        if let Err(message) = start_requests(&mut frames, encoding, &mut in_flight, &answer) {
+        if let Err(message) = start_requests(
+            &mut frames,
+            encoding,
+            &mut in_flight,
+            &answer,
+            &now,
+            &mut out,
+        ) {
             goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
             reading = false;
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+            out.clear();
         }
         loop {
             if !reading && in_flight.is_empty() {
@@ -280,6 +312,8 @@ impl Connection {
                         take_fd(session, &outcome, &mut fds);
                         push_reply(encoding, max, rid, outcome, &mut out);
                     }
+                    // A request that had to wait was slow: peek the next one.
+                    peek_next = true;
                     if fds.is_empty() {
                         wr.write_all(&out).await?;
                     } else {
@@ -290,6 +324,7 @@ impl Connection {
                         wr.write_all(&out[sent..]).await?;
                     }
                     out.clear();
+                    take_owed(fd, &mut owed)?;
                 }
                 () = session.sink().ready() => {
                     encode_pushes(session, encoding, max, id, &mut out);
@@ -298,9 +333,18 @@ impl Connection {
                         out.clear();
                     }
                 }
-                read = rd.read(frames.spare()), if reading && in_flight.len() < config.max_in_flight => {
+                ready = std::future::poll_fn(|cx| rd.as_ref().poll_read_ready(cx)), if reading && in_flight.len() < config.max_in_flight => {
+                    // Peek only when no partial frame is buffered: the bytes then stay
+                    // on the socket until the replies are out (see `Intake`).
+                    let peek = peek_next && frames.buffered() == 0;
+                    let read = ready.and_then(|()| take_owed(fd, &mut owed)).and_then(|()| {
+                        rd.as_ref().try_io(tokio::io::Interest::READABLE, || {
+                            recv(fd, frames.spare(), if peek { libc::MSG_PEEK } else { 0 })
+                        })
+                    });
                     let n = match read {
                         Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Err(e) => {
                             session.client_gone();
                             return Err(e);
@@ -319,11 +363,32 @@ impl Connection {
                         }
                         continue;
                     }
+                    let read_at = Instant::now();
                     frames.filled(n);
-                    if let Err(message) = start_requests(&mut frames, encoding, &mut in_flight, &answer) {
+                    if peek {
+                        owed = n;
+                    }
+                    let waiting = in_flight.len();
+                    if let Err(message) = start_requests(&mut frames, encoding, &mut in_flight, &answer, &now, &mut out) {
                         tracing::warn!(connection = id, %message, "bad frame; closing the connection");
                         goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
                         reading = false;
+                    }
+                    if site.abandoned.load(Ordering::Acquire) {
+                        // The watchdog answered an overdue in-daemon call and closed the
+                        // socket.
+                        return Ok(());
+                    }
+                    if !out.is_empty() {
+                        // Answered at once: decide how to read the next request by how
+                        // long these answers took.
+                        peek_next = read_at.elapsed() > QUICK_ANSWER;
+                        wr.write_all(&out).await?;
+                        out.clear();
+                    }
+                    if in_flight.len() == waiting {
+                        // Nothing left to answer from these bytes: take them now.
+                        take_owed(fd, &mut owed)?;
                     }
                 }
                 _ = stop.changed(), if reading => {
@@ -342,6 +407,67 @@ impl Connection {
         let _ = wr.shutdown().await;
         Ok(())
     }
+}
+
+// Intake: why requests are peeked, and taken off the socket only after their replies.
+//
+// When a reader takes bytes off a Unix stream socket, the kernel tells the *sender* there
+// is room to write again (`unix_write_space`), and that wakes the sender even when it
+// sleeps in `recv` waiting for our reply: its wait queue is shared by readers and
+// writers, and a blocking `recv` does not filter wake-ups by event. The client's CPU
+// thus wakes when we read its request, finds nothing, and sleeps again. When the reply
+// comes within about a microsecond the client is still awake and the wake-up was free;
+// when the host needs longer (any real request), the client's (virtual) CPU has halted
+// again and waking it a second time costs several microseconds (measured in
+// `docs/performance.md`). So a request is read with `MSG_PEEK`, answered, and only then
+// taken off the socket: the client is woken once, by its reply.
+//
+// Invariants: `owed` counts bytes that are in `frames` (already parsed) and still on the
+// socket; they are taken (`take_owed`) before any other read, so the socket and the frame
+// buffer never disagree. Peeking happens only when `frames` holds no partial frame, so a
+// large frame arriving in pieces is read normally, never peeked twice.
+
+/// An answer written within this long of reading its request comes before the client's
+/// CPU has gone back to sleep, so peeking would not help it (see `Intake`): the next
+/// request is read normally.
+const QUICK_ANSWER: Duration = Duration::from_nanos(1500);
+
+/// `recv(2)` with `flags` into `buf`, non-blocking.
+fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length; the descriptor is open.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            flags | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Takes the `owed` bytes (already peeked and parsed) off the socket.
+fn take_owed(fd: RawFd, owed: &mut usize) -> std::io::Result<()> {
+    let mut scratch = [0u8; 4096];
+    while *owed > 0 {
+        let want = (*owed).min(scratch.len());
+        match recv(fd, &mut scratch[..want], 0) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "peeked bytes vanished from the socket",
+                ));
+            }
+            Ok(n) => *owed -= n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Encodes every push queued for `session` into `out`.
@@ -392,17 +518,24 @@ async fn send_with_fds(
     }
 }
 
-/// Starts a request for every complete frame in `frames`. A frame that is oversized or
-/// does not decode is an error: the connection must close.
+/// Answers or starts a request for every complete frame in `frames`: `now` answers one
+/// into `out` if it can at once, else gives it back and `answer` starts it. A frame that
+/// is oversized or does not decode is an error: the connection must close.
 fn start_requests<F>(
     frames: &mut FrameBuffer,
     encoding: Encoding,
     in_flight: &mut FuturesUnordered<F>,
     answer: &impl Fn(u32, Request) -> F,
+    now: &impl Fn(u32, Request, &mut Vec<u8>) -> Result<(), Request>,
+    out: &mut Vec<u8>,
 ) -> Result<(), String> {
     while let Some(payload) = frames.next_frame().map_err(|e| e.to_string())? {
         match decode::<ClientMessage>(encoding, payload).map_err(|e| e.to_string())? {
-            ClientMessage::Request { id, request } => in_flight.push(answer(id, request)),
+            ClientMessage::Request { id, request } => {
+                if let Err(request) = now(id, request, out) {
+                    in_flight.push(answer(id, request));
+                }
+            }
         }
     }
     Ok(())

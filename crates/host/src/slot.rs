@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,10 @@ use crate::library::LibraryProvider;
 use crate::manifest::Manifest;
 use crate::process::ProcessConn;
 
-/// The schemas a loaded provider serves, by class.
-pub(crate) type SchemaSet = HashMap<ClassPath, Arc<ClassSchema>>;
+/// The schemas a loaded provider serves, by class. (Looked up on every request: a fast
+/// hash, as in the registry; class paths are validated names, not attacker-chosen keys
+/// in a way that matters here, and foldhash is seeded per process.)
+pub(crate) type SchemaSet = HashMap<ClassPath, Arc<ClassSchema>, foldhash::fast::RandomState>;
 
 /// A subscription's hold on its provider: see [`Slot::pin`].
 pub(crate) struct SlotPin(Arc<Slot>);
@@ -63,6 +65,18 @@ pub(crate) enum Backend {
 }
 
 impl Loaded {
+    /// Whether its calls run on the calling thread, to completion, with nothing to await:
+    /// a builtin dispatched inline or an in-daemon library.
+    pub fn calls_inline(&self) -> bool {
+        matches!(
+            self.backend,
+            Backend::Local {
+                dispatch: Dispatch::Inline,
+                ..
+            } | Backend::Library(_)
+        )
+    }
+
     pub fn pid(&self) -> Option<u32> {
         match &self.backend {
             Backend::Process { conn, .. } => Some(conn.pid),
@@ -100,8 +114,8 @@ pub(crate) struct Slot {
     unloads: AtomicU64,
     calls: AtomicU64,
     errors: AtomicU64,
-    /// Nanoseconds since the epoch; 0 when never used.
-    last_use: AtomicI64,
+    /// Nanoseconds after `born` at the end of the last call; 0 when never used.
+    last_use: AtomicU64,
     last_error: Mutex<Option<String>>,
     crashes: AtomicU64,
     /// When recent crashes happened, for quarantine.
@@ -113,6 +127,9 @@ pub(crate) struct Slot {
     /// Nanoseconds after `born` of the last activity (a call starting or ending, a load).
     last_activity: AtomicU64,
     born: Instant,
+    /// The wall clock at `born`: `last_use` is shown as `born_wall` plus it, so a call
+    /// reads the clock once (`docs/performance.md`).
+    born_wall: Timestamp,
     /// Quarantine: this many crashes within `crash_window`.
     pub quarantine_crashes: u32,
     pub crash_window: Duration,
@@ -141,7 +158,7 @@ impl Slot {
             unloads: AtomicU64::new(0),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            last_use: AtomicI64::new(0),
+            last_use: AtomicU64::new(0),
             last_error: Mutex::new(None),
             crashes: AtomicU64::new(0),
             recent_crashes: Mutex::new(VecDeque::new()),
@@ -149,6 +166,7 @@ impl Slot {
             subscribers: AtomicU32::new(0),
             last_activity: AtomicU64::new(0),
             born: Instant::now(),
+            born_wall: Timestamp::now(),
             quarantine_crashes: 3,
             crash_window: Duration::from_secs(60),
         }
@@ -386,6 +404,14 @@ impl Slot {
         }
     }
 
+    /// The loaded provider if it is loaded now (no waiting, no loading).
+    pub fn loaded_now(&self) -> Option<Arc<Loaded>> {
+        match &*self.lock() {
+            State::Loaded(loaded) => Some(loaded.clone()),
+            _ => None,
+        }
+    }
+
     /// Lets a quarantined provider load again. False if it was not quarantined.
     pub fn enable(&self) -> bool {
         let mut state = self.lock();
@@ -410,24 +436,30 @@ impl Slot {
     /// A call starts. A passive call (an exporter's scrape) keeps the provider from being
     /// released while it runs but does not count as use: scraping every 15 s must not keep
     /// an idle provider loaded for ever.
-    pub fn begin_call(&self, passive: bool) {
+    pub fn begin_call(&self) {
+        // No clock here: while a call runs the provider is busy, not idle, and its idle
+        // time counts from the call's end (`end_call`).
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if !passive {
-            self.touch();
-        }
     }
 
-    /// A call ended.
+    /// A call ended: its end is the provider's last use, and (unless passive) its last
+    /// activity.
     pub fn end_call(&self, passive: bool) {
+        let now = self.since_born();
         if !passive {
-            self.touch();
+            self.last_activity.fetch_max(now, Ordering::AcqRel);
         }
+        self.last_use.fetch_max(now.max(1), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
+    fn since_born(&self) -> u64 {
+        self.born.elapsed().as_nanos() as u64
+    }
+
     fn touch(&self) {
-        let now = self.born.elapsed().as_nanos() as u64;
-        self.last_activity.fetch_max(now, Ordering::AcqRel);
+        self.last_activity
+            .fetch_max(self.since_born(), Ordering::AcqRel);
     }
 
     fn idle_for(&self) -> Duration {
@@ -473,7 +505,6 @@ impl Slot {
     /// Records one call's outcome.
     pub fn record_call(&self, error: Option<&RemoteError>) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.last_use.store(Timestamp::now().0, Ordering::Relaxed);
         if let Some(error) = error {
             self.record_error(error);
         }
@@ -494,7 +525,14 @@ impl Slot {
     }
 
     pub fn status(&self) -> ProviderStatus {
-        let last_use = self.last_use.load(Ordering::Relaxed);
+        let last_use = match self.last_use.load(Ordering::Relaxed) {
+            0 => None,
+            since_born => Some(Timestamp(
+                self.born_wall
+                    .0
+                    .saturating_add(since_born.min(i64::MAX as u64) as i64),
+            )),
+        };
         let (state, pid) = {
             let guard = self.lock();
             let pid = match &*guard {
@@ -522,7 +560,7 @@ impl Slot {
             unloads: self.unloads.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
-            last_use: (last_use != 0).then_some(Timestamp(last_use)),
+            last_use,
             last_error: self
                 .last_error
                 .lock()

@@ -947,7 +947,6 @@ impl Host {
             }
             Backend::Library(library) => {
                 let deadline = Instant::now() + timeout;
-                let ctx = CallContext::new(*caller, Some(deadline));
                 let site = crate::server::CALL_SITE.try_with(Clone::clone).ok();
                 let expiry = {
                     let (slot, loaded) = (slot.clone(), loaded.clone());
@@ -961,8 +960,10 @@ impl Host {
                     })
                 };
                 let guard = self.inner.watchdog.watch(deadline, expiry);
-                let result = catch_unwind(AssertUnwindSafe(|| library.request(call, &ctx)))
-                    .map_err(|panic| panicked(slot, &panic));
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    library.request_within(call, caller, Some(timeout))
+                }))
+                .map_err(|panic| panicked(slot, &panic));
                 if guard.finish() {
                     // The watchdog recorded the error when the deadline passed.
                     slot.end_call(passive);

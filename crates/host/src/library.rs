@@ -183,20 +183,30 @@ impl LibraryProvider {
         call: ProviderCall,
         ctx: &CallContext,
     ) -> Result<ProviderReply, ProviderError> {
+        let left = ctx
+            .deadline
+            .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        self.request_within(call, &ctx.caller, left)
+    }
+
+    /// [`LibraryProvider::request`] for a call with `left` to run (`None`: no deadline),
+    /// for a caller that has just computed its deadline and need not read the clock again.
+    pub fn request_within(
+        &self,
+        call: ProviderCall,
+        caller: &purveyor_provider::Caller,
+        left: Option<std::time::Duration>,
+    ) -> Result<ProviderReply, ProviderError> {
         self.forward(&ProviderRequest {
             id: 0,
             provider: String::new(),
             caller: CallerInfo {
-                uid: ctx.caller.uid,
-                gid: ctx.caller.gid,
-                pid: ctx.caller.pid,
+                uid: caller.uid,
+                gid: caller.gid,
+                pid: caller.pid,
             },
             ui: 0,
-            deadline_ms: ctx.deadline.map_or(0, |d| {
-                d.saturating_duration_since(std::time::Instant::now())
-                    .as_millis()
-                    .max(1) as u64
-            }),
+            deadline_ms: left.map_or(0, |d| d.as_millis().max(1) as u64),
             call,
         })
     }
@@ -204,8 +214,27 @@ impl LibraryProvider {
     /// Passes a request to the library as it is, and returns its reply as it is (the
     /// isolated worker's path: every call crosses unchanged, events included).
     pub fn forward(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
-        let mut bytes = Vec::new();
-        encode_payload(self.encoding, request, &mut bytes)
+        thread_local! {
+            // This thread's request buffer, kept between calls (a call does not recurse
+            // into another library call on the same thread while its bytes are in use;
+            // if one did, it would find the buffer taken and use a fresh one).
+            static BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        let mut bytes = BUFFER.take();
+        bytes.clear();
+        let result = self.forward_bytes(request, &mut bytes);
+        if bytes.capacity() <= 64 * 1024 {
+            BUFFER.set(bytes);
+        }
+        result
+    }
+
+    fn forward_bytes(
+        &self,
+        request: &ProviderRequest,
+        bytes: &mut Vec<u8>,
+    ) -> Result<ProviderReply, ProviderError> {
+        encode_payload(self.encoding, request, bytes)
             .map_err(|e| ProviderError::Failed(e.to_string()))?;
         let (call, free) = (
             self.table.call.expect("checked in open"),

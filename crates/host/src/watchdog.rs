@@ -13,7 +13,6 @@
 //! close) while its action runs. Registration takes one uncontended lock and wakes the
 //! thread only when it has parked, which it does after a second with no calls.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,8 +37,12 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    calls: HashMap<u64, Watched>,
-    next: u64,
+    /// Registered calls by index (a slab: registering reuses a free index, so it neither
+    /// hashes nor allocates once the slab has grown to the number of concurrent calls).
+    calls: Vec<Option<Watched>>,
+    free: Vec<usize>,
+    /// How many entries of `calls` are occupied.
+    live: usize,
     parked: bool,
     /// Set when the host goes: the thread ends.
     stop: bool,
@@ -53,7 +56,7 @@ struct Watched {
 /// A registered call; [`Guard::finish`] (or drop) unregisters it.
 pub(crate) struct Guard<'a> {
     shared: &'a Shared,
-    id: u64,
+    index: usize,
 }
 
 impl Watchdog {
@@ -69,22 +72,28 @@ impl Watchdog {
             }
         });
         let mut state = self.shared.lock();
-        let id = state.next;
-        state.next += 1;
-        state.calls.insert(
-            id,
-            Watched {
-                deadline,
-                expiry: Some(expiry),
-            },
-        );
+        let watched = Some(Watched {
+            deadline,
+            expiry: Some(expiry),
+        });
+        let index = match state.free.pop() {
+            Some(index) => {
+                state.calls[index] = watched;
+                index
+            }
+            None => {
+                state.calls.push(watched);
+                state.calls.len() - 1
+            }
+        };
+        state.live += 1;
         if state.parked {
             state.parked = false;
             self.shared.wake.notify_one();
         }
         Guard {
             shared: &self.shared,
-            id,
+            index,
         }
     }
 }
@@ -102,8 +111,7 @@ impl Guard<'_> {
         let expired = self
             .shared
             .lock()
-            .calls
-            .remove(&self.id)
+            .remove(self.index)
             .is_some_and(|w| w.expiry.is_none());
         std::mem::forget(self);
         expired
@@ -112,7 +120,16 @@ impl Guard<'_> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        self.shared.lock().calls.remove(&self.id);
+        self.shared.lock().remove(self.index);
+    }
+}
+
+impl State {
+    fn remove(&mut self, index: usize) -> Option<Watched> {
+        let watched = self.calls.get_mut(index)?.take()?;
+        self.free.push(index);
+        self.live -= 1;
+        Some(watched)
     }
 }
 
@@ -130,7 +147,7 @@ fn run(shared: &Shared) {
             return;
         }
         let now = Instant::now();
-        if state.calls.is_empty() {
+        if state.live == 0 {
             if now.duration_since(last_seen) >= PARK_AFTER {
                 state.parked = true;
                 while state.parked && !state.stop {
@@ -141,7 +158,7 @@ fn run(shared: &Shared) {
             }
         } else {
             last_seen = now;
-            for watched in state.calls.values_mut() {
+            for watched in state.calls.iter_mut().flatten() {
                 if watched.deadline <= now
                     && let Some(expiry) = watched.expiry.take()
                 {

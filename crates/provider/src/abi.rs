@@ -316,11 +316,24 @@ unsafe extern "C" fn call_trampoline(
             message: format!("the provider panicked: {}", panic_message(&*panic)),
         }),
     });
-    let mut out = Vec::new();
-    if encode_payload(Encoding::Binary, &answer, &mut out).is_err() {
-        return PV_ERR_FAILED;
+    thread_local! {
+        // The encoding buffer, kept between calls: the reply is then copied into a box of
+        // its exact size (one allocation, no growing and shrinking per call).
+        static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let boxed = out.into_boxed_slice();
+    let boxed = OUT.with(|out| {
+        let mut out = out.try_borrow_mut().ok()?;
+        out.clear();
+        encode_payload(Encoding::Binary, &answer, &mut out).ok()?;
+        let boxed = Box::<[u8]>::from(&out[..]);
+        if out.capacity() > 64 * 1024 {
+            *out = Vec::new();
+        }
+        Some(boxed)
+    });
+    let Some(boxed) = boxed else {
+        return PV_ERR_FAILED;
+    };
     let len = boxed.len() as u64;
     // SAFETY: checked non-null above; the host passes writable out-parameters.
     unsafe {

@@ -15,12 +15,16 @@ use purveyor_provider::{CallContext, Provider, ProviderError, export_provider};
 
 pub struct Greeting {
     greeted: AtomicU64,
+    pid: u32,
 }
 
 impl Greeting {
     pub fn new() -> Result<Self, ProviderError> {
         Ok(Greeting {
             greeted: AtomicU64::new(0),
+            // The serving process's id, read once: it cannot change while it serves
+            // (getpid is a system call, not worth making per call).
+            pid: std::process::id(),
         })
     }
 
@@ -30,7 +34,7 @@ impl Greeting {
             "name" => Value::String(name.to_string()),
             "message" => Value::String(format!("hello, {name}")),
             "greeted" => Value::U64(self.greeted.fetch_add(1, Ordering::Relaxed) + 1),
-            "pid" => Value::U64(u64::from(std::process::id())),
+            "pid" => Value::U64(u64::from(self.pid)),
         }
     }
 }

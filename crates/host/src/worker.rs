@@ -2,10 +2,18 @@
 //! own and serves them over the provider channel on stdin/stdout (`docs/provider-abi.md`).
 //!
 //! The same library runs unchanged here and in the daemon: both go through
-//! [`LibraryProvider`]. A few threads take turns reading the channel (leader/follower):
-//! the thread that reads a request also answers it, so a fast call costs no hand-off, and a
-//! slow one does not stop the others. The worker exits when stdin closes (the host
-//! released it or died).
+//! [`LibraryProvider`]. The thread that reads a request also answers it, then reads the
+//! next: a fast call costs no hand-off and no wake-up of another thread. A slow call does
+//! not stop the others: a watcher thread that sees calls running while nobody has read the
+//! channel for a tick wakes a spare thread to read (or starts one), so the other
+//! providers of a host group, and the answers to a call's dialog, wait at most about a
+//! tick. When the slow call ends, its thread finds another reading and becomes a spare.
+//! The worker exits when stdin closes (the host released it or died).
+//!
+//! Invariants: only the thread holding `input` reads the channel; a thread that cannot
+//! take `input` waits as a spare, never on the lock, so finishing a call never wakes
+//! another thread; while a call runs, some thread reads within about [`TICK`] (up to
+//! [`MAX_THREADS`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,7 +21,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, TryLockError};
+use std::time::{Duration, Instant};
 
 use purveyor_protocol::{
     Encoding, FaultKind, FrameBuffer, PROVIDER_ABI_VERSION, ProviderCall, ProviderFault,
@@ -25,11 +35,15 @@ use purveyor_provider::abi::panic_message;
 use crate::io::ProcedureServer;
 use crate::library::LibraryProvider;
 
-/// Threads that take turns reading requests.
+/// Threads started with the worker: one reader and spares.
 const THREADS: usize = 4;
 /// The most threads: a call waiting on a dialog holds its thread, and a thread is started
 /// whenever none is left to read (the dialog's answer must be read by someone).
 const MAX_THREADS: usize = 64;
+/// How long calls may run with nobody reading the channel before a spare is woken.
+const TICK: Duration = Duration::from_millis(2);
+/// A watcher that has seen no call for this long parks until the next one.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 const MAX_FRAME: u32 = 64 << 20;
 
 struct Input {
@@ -41,9 +55,20 @@ struct Worker {
     encoding: Encoding,
     input: Mutex<Input>,
     output: Arc<Mutex<File>>,
-    /// Threads, and those free to read the next request.
-    threads: std::sync::atomic::AtomicUsize,
-    idle: std::sync::atomic::AtomicUsize,
+    /// Threads serving (reading, answering or waiting as spares).
+    threads: AtomicUsize,
+    /// Calls being answered.
+    busy: AtomicUsize,
+    /// A thread is in a read of the channel.
+    reading: AtomicBool,
+    /// When a request was last read, in nanoseconds after `epoch`.
+    last_read: AtomicU64,
+    epoch: Instant,
+    spares: Mutex<Spares>,
+    spare_wake: Condvar,
+    /// The watcher parks after [`PARK_AFTER`] without calls; the first call wakes it.
+    watcher_parked: AtomicBool,
+    watcher_wake: Condvar,
     providers: RwLock<HashMap<String, Arc<LibraryProvider>>>,
     /// I/O procedure libraries, by provider name.
     procedures: RwLock<HashMap<String, Arc<ProcedureServer>>>,
@@ -100,7 +125,14 @@ pub fn run() -> i32 {
         input: Mutex::new(input),
         output: Arc::new(Mutex::new(output)),
         threads: THREADS.into(),
-        idle: THREADS.into(),
+        busy: 0.into(),
+        reading: false.into(),
+        last_read: 0.into(),
+        epoch: Instant::now(),
+        spares: Mutex::new(Spares::default()),
+        spare_wake: Condvar::new(),
+        watcher_parked: false.into(),
+        watcher_wake: Condvar::new(),
         providers: RwLock::new(HashMap::new()),
         procedures: RwLock::new(HashMap::new()),
     });
@@ -108,23 +140,43 @@ pub fn run() -> i32 {
         let w = worker.clone();
         std::thread::spawn(move || w.serve());
     }
+    let w = worker.clone();
+    std::thread::spawn(move || w.watch());
     worker.serve()
+}
+
+/// Threads waiting to be asked to read.
+#[derive(Default)]
+struct Spares {
+    waiting: usize,
+    /// Wake-ups asked for and not yet taken.
+    wanted: usize,
 }
 
 impl Worker {
     /// Serves until the channel closes, then exits the process.
     fn serve(self: &Arc<Self>) -> ! {
-        use std::sync::atomic::Ordering;
         loop {
-            let payload = {
-                let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
-                match read_frame(&mut input) {
-                    Ok(Some(p)) => p,
-                    Ok(None) => std::process::exit(0),
-                    Err(e) => {
-                        eprintln!("purveyor worker: {e}");
-                        std::process::exit(2);
-                    }
+            let mut input = match self.input.try_lock() {
+                Ok(input) => input,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    // Another thread reads: wait until the watcher needs one more.
+                    self.wait_as_spare();
+                    continue;
+                }
+            };
+            self.reading.store(true, Ordering::SeqCst);
+            let read = read_frame(&mut input);
+            self.last_read.store(self.now(), Ordering::SeqCst);
+            self.reading.store(false, Ordering::SeqCst);
+            drop(input);
+            let payload = match read {
+                Ok(Some(p)) => p,
+                Ok(None) => std::process::exit(0),
+                Err(e) => {
+                    eprintln!("purveyor worker: {e}");
+                    std::process::exit(2);
                 }
             };
             let request: ProviderRequest = match decode(self.encoding, &payload) {
@@ -141,14 +193,11 @@ impl Worker {
                 let _ = catch_unwind(AssertUnwindSafe(|| self.answer(request)));
                 continue;
             }
-            if self.idle.fetch_sub(1, Ordering::AcqRel) == 1
-                && self.threads.fetch_add(1, Ordering::AcqRel) < MAX_THREADS
+            if self.busy.fetch_add(1, Ordering::SeqCst) == 0
+                && self.watcher_parked.swap(false, Ordering::SeqCst)
             {
-                // This was the last free thread: start another, so some thread is always
-                // reading (a call may wait on a dialog whose answer comes on this channel).
-                self.idle.fetch_add(1, Ordering::AcqRel);
-                let w = self.clone();
-                std::thread::spawn(move || w.serve());
+                let _spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+                self.watcher_wake.notify_one();
             }
             let reply =
                 catch_unwind(AssertUnwindSafe(|| self.answer(request))).unwrap_or_else(|panic| {
@@ -172,7 +221,72 @@ impl Worker {
                 std::process::exit(0);
             }
             drop(out);
-            self.idle.fetch_add(1, Ordering::AcqRel);
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Waits until the watcher asks for a reader.
+    fn wait_as_spare(&self) {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        spares.waiting += 1;
+        while spares.wanted == 0 {
+            spares = self
+                .spare_wake
+                .wait(spares)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        spares.wanted -= 1;
+        spares.waiting -= 1;
+    }
+
+    /// The watcher: every tick while calls run, if nobody is reading and nobody has read
+    /// for a tick, wakes a spare to read (or starts a thread when none is waiting).
+    fn watch(self: Arc<Self>) {
+        let mut last_busy = Instant::now();
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            spares = self
+                .watcher_wake
+                .wait_timeout(spares, TICK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            if self.busy.load(Ordering::SeqCst) == 0 {
+                if last_busy.elapsed() >= PARK_AFTER {
+                    self.watcher_parked.store(true, Ordering::SeqCst);
+                    // A call that started before the flag was set is seen here.
+                    while self.watcher_parked.load(Ordering::SeqCst)
+                        && self.busy.load(Ordering::SeqCst) == 0
+                    {
+                        spares = self
+                            .watcher_wake
+                            .wait(spares)
+                            .unwrap_or_else(|p| p.into_inner());
+                    }
+                    self.watcher_parked.store(false, Ordering::SeqCst);
+                    last_busy = Instant::now();
+                }
+                continue;
+            }
+            last_busy = Instant::now();
+            let quiet = self
+                .now()
+                .saturating_sub(self.last_read.load(Ordering::SeqCst));
+            if self.reading.load(Ordering::SeqCst) || quiet < TICK.as_nanos() as u64 {
+                continue;
+            }
+            if spares.waiting > spares.wanted {
+                spares.wanted += 1;
+                self.spare_wake.notify_one();
+            } else if self.threads.fetch_add(1, Ordering::SeqCst) < MAX_THREADS {
+                let w = self.clone();
+                std::thread::spawn(move || w.serve());
+            } else {
+                self.threads.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 

@@ -81,33 +81,31 @@ pub fn against_echo(
     let mut bare_samples = Vec::with_capacity(rounds * per_round);
     let mut bare = bare.map(bare_connection);
     let mut bare_buf = vec![0u8; out.len()];
+    // `per_round` round trips of `one`, timed into `samples` unless warming up.
+    let time = |samples: &mut Vec<Duration>, warmup: bool, one: &mut dyn FnMut()| {
+        for _ in 0..per_round {
+            let t = Instant::now();
+            one();
+            if !warmup {
+                samples.push(t.elapsed());
+            }
+        }
+    };
     for round in 0..=rounds {
         let warmup = round == 0;
-        for _ in 0..per_round {
-            let t = Instant::now();
+        time(&mut floor, warmup, &mut || {
             e.write_all(&echo_frame).unwrap();
             e.read_exact(&mut buf).unwrap();
-            if !warmup {
-                floor.push(t.elapsed());
-            }
-        }
+        });
         if let Some(b) = bare.as_mut() {
-            for _ in 0..per_round {
-                let t = Instant::now();
+            time(&mut bare_samples, warmup, &mut || {
                 b.write_all(&frame).unwrap();
                 b.read_exact(&mut bare_buf).unwrap();
-                if !warmup {
-                    bare_samples.push(t.elapsed());
-                }
-            }
+            });
         }
-        for _ in 0..per_round {
-            let t = Instant::now();
+        time(&mut ours, warmup, &mut || {
             c.request(request.clone()).unwrap();
-            if !warmup {
-                ours.push(t.elapsed());
-            }
-        }
+        });
     }
     VsEcho {
         request_len,

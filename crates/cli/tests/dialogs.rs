@@ -315,23 +315,30 @@ fn with_no_agent_the_provider_gets_no_agent_at_once() {
     );
 }
 
+/// Calls `demo.dialog_probe.burst` with `args` from a client of its own, on a thread: the
+/// call opens a dialog for an agent and returns when it ends.
+fn burst_in_background(
+    d: &Daemon,
+    args: Instance,
+) -> std::thread::JoinHandle<Result<String, ClientError>> {
+    let mut client = d.client();
+    std::thread::spawn(move || {
+        call_str(
+            &mut client,
+            "demo.dialog_probe",
+            "burst",
+            InstanceKey::new(),
+            args,
+        )
+    })
+}
+
 #[test]
 fn updates_sent_before_the_ready_signal_are_held_and_delivered_after_it() {
     let d = daemon();
     let mut agent = d.client();
     agent.register_agent().unwrap();
-    let caller = {
-        let mut client = d.client();
-        std::thread::spawn(move || {
-            call_str(
-                &mut client,
-                "demo.dialog_probe",
-                "burst",
-                InstanceKey::new(),
-                Instance::from_pairs([("count", Value::U64(5))]),
-            )
-        })
-    };
+    let caller = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(5))]));
     let (handle, push) = agent
         .next_event(Some(Duration::from_secs(10)))
         .unwrap()
@@ -512,18 +519,10 @@ fn a_dialog_past_its_deadline_is_closed_on_both_sides() {
     let d = daemon();
     let mut agent = d.client();
     agent.register_agent().unwrap();
-    let caller = {
-        let mut client = d.client();
-        std::thread::spawn(move || {
-            call_str(
-                &mut client,
-                "demo.dialog_probe",
-                "burst",
-                InstanceKey::new(),
-                Instance::from_pairs([("count", Value::U64(0)), ("deadline_ms", Value::U64(300))]),
-            )
-        })
-    };
+    let caller = burst_in_background(
+        &d,
+        Instance::from_pairs([("count", Value::U64(0)), ("deadline_ms", Value::U64(300))]),
+    );
     let (handle, push) = agent
         .next_event(Some(Duration::from_secs(10)))
         .unwrap()

@@ -189,10 +189,9 @@ impl Host {
         {
             let id = crate::server::CALL_SITE.try_with(|site| site.id()).ok();
             let token = self.inner.dialogs.begin_call(&session.ui, id);
-            return Box::pin(
-                UI_TOKEN.scope(token.token, self.answer(request, caller, Some(session))),
-            )
-            .await;
+            return UI_TOKEN
+                .scope(token.token, self.answer(request, caller, Some(session)))
+                .await;
         }
         self.answer(request, caller, session).await
     }
@@ -252,12 +251,10 @@ impl Host {
                 self.allowed(caller, Permission::Write, "purveyor")?;
                 self.enable_provider(&name)
             }
-            Request::ListClasses { namespace } => {
-                Box::pin(self.list_classes(namespace, caller)).await
-            }
+            Request::ListClasses { namespace } => self.list_classes(namespace, caller).await,
             Request::Describe { class } => {
                 self.allowed(caller, Permission::Read, class.as_str())?;
-                let (slot, loaded) = Box::pin(self.loaded_for(&class, None)).await?;
+                let (slot, loaded) = self.loaded_for(&class, None).await?;
                 Ok(Response::Class(
                     schema_for(&slot, &loaded, &class)?.as_ref().clone(),
                 ))
@@ -272,11 +269,11 @@ impl Host {
             }
             Request::Put { class, instance } => {
                 self.allowed(caller, Permission::Write, class.as_str())?;
-                Box::pin(self.put(class, instance, caller)).await
+                self.put(class, instance, caller).await
             }
             Request::Delete { class, key } => {
                 self.allowed(caller, Permission::Write, class.as_str())?;
-                Box::pin(self.delete(class, key, caller)).await
+                self.delete(class, key, caller).await
             }
             Request::Call {
                 class,
@@ -285,7 +282,7 @@ impl Host {
                 args,
             } => {
                 self.allowed(caller, Permission::Call, class.as_str())?;
-                Box::pin(self.call_method(class, method, key, args, caller)).await
+                self.call_method(class, method, key, args, caller).await
             }
             Request::Subscribe {
                 class,
@@ -299,7 +296,7 @@ impl Host {
                         "subscribing needs a session (a connection); use Host::handle_in",
                     )
                 })?;
-                Box::pin(self.subscribe(class, event, filter, session)).await
+                self.subscribe(class, event, filter, session).await
             }
             Request::Unsubscribe { handle } => {
                 let ended =
@@ -321,7 +318,7 @@ impl Host {
             | Request::IoMessage { .. }
             | Request::IoClose { .. }
             | Request::IoDelete { .. }
-            | Request::IoRename { .. }) => Box::pin(self.io_request(io, caller, session)).await,
+            | Request::IoRename { .. }) => self.io_request(io, caller, session).await,
             other => Err(RemoteError::new(
                 ErrorCode::Unsupported,
                 format!("request {other:?} is not supported by this host"),
@@ -836,7 +833,7 @@ impl Host {
                 let task = tokio::task::spawn_blocking(move || {
                     catch_unwind(AssertUnwindSafe(|| serve_call(&*provider, call, &ctx)))
                 });
-                match Box::pin(tokio::time::timeout(timeout, task)).await {
+                match tokio::time::timeout(timeout, task).await {
                     Ok(Ok(Ok(reply))) => Ok(reply),
                     Ok(Ok(Err(panic))) => Err(panicked(slot, &panic)),
                     Ok(Err(join)) => Err(slot.error(
@@ -860,7 +857,7 @@ impl Host {
                     pid: caller.pid,
                 };
                 let task = tokio::task::spawn_blocking(move || server.answer(call, who));
-                match Box::pin(tokio::time::timeout(timeout, task)).await {
+                match tokio::time::timeout(timeout, task).await {
                     Ok(Ok(reply)) => Ok(reply),
                     Ok(Err(join)) => Err(slot.error(
                         ErrorCode::ProviderFailed,
@@ -893,9 +890,10 @@ impl Host {
                         .then(|| hub.extended_deadline(ui, timeout))
                         .flatten()
                 };
-                // Boxed, like the other awaits of rarely taken branches below: the future
-                // of every request is as large as its largest branch (`docs/performance.md`).
-                match Box::pin(conn.call_with(in_process, who, timeout, call, ui, &extend)).await {
+                match conn
+                    .call_with(in_process, who, timeout, call, ui, &extend)
+                    .await
+                {
                     Ok(reply) => Ok(reply),
                     Err(CallFailure::Died(why)) => {
                         slot.lost(loaded, Lost::Crashed(why.clone()));

@@ -118,6 +118,17 @@ fn main() {
             cold_load(label, &mut c, &request);
         }
         latency(label, &mut c, echo_path, &request);
+        if *label == "isolated" {
+            // The same calls with direct channels off: client → daemon → worker and back.
+            let mut relayed = Client::connect_socket(
+                socket,
+                &ConnectOptions::default()
+                    .encoding(Encoding::Binary)
+                    .direct(false),
+            )
+            .unwrap();
+            latency("isolated, relayed", &mut relayed, echo_path, &request);
+        }
         if !entry.is_empty() {
             memory(label, &mut c, &request, &daemon);
         }
@@ -161,12 +172,28 @@ fn wait_unloaded(c: &mut Client) {
 }
 
 fn latency(label: &str, c: &mut Client, echo: &Path, request: &Request) {
-    match c.request(request.clone()).unwrap() {
-        Response::Instance(_) => {}
-        other => panic!("{label}: {other:?}"),
+    // Enough reads for a client to open its direct channel, where it may (more after
+    // the cold loads closed its earlier channels unused).
+    for done in 0..200 {
+        match c.request(request.clone()).unwrap() {
+            Response::Instance(_) => {}
+            other => panic!("{label}: {other:?}"),
+        }
+        if done >= 2 && !c.direct_channels().is_empty() {
+            break;
+        }
     }
+    let direct = if c.direct_channels().is_empty() {
+        ""
+    } else {
+        " on a direct channel"
+    };
     let m = against_echo(c, echo, None, request, ROUNDS, PER_ROUND);
-    println!("{label:<13} get ({} B reply): {}", m.reply_len, m.line());
+    println!(
+        "{label:<13} get ({} B reply){direct}: {}",
+        m.reply_len,
+        m.line()
+    );
 }
 
 /// Resident memory a loaded provider costs: the daemon's growth, plus its own process.

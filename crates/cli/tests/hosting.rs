@@ -406,6 +406,8 @@ fn idle_unload_happens_inside_the_documented_window() {
         c.get(&class("demo.counter"), &named("a")).unwrap();
     }
     let last = Instant::now();
+    // The later reads went on a direct channel to the worker: the host heard of them.
+    assert_eq!(c.direct_channels().len(), 1, "{:?}", c.direct_channels());
     assert_eq!(d.status("iso").loads, 1);
     assert_eq!(d.status("iso").unloads, 0);
     wait_until("the idle unload", Duration::from_secs(5), || {
@@ -424,6 +426,154 @@ fn idle_unload_happens_inside_the_documented_window() {
     let released = std::fs::read_to_string(d.dir.path().join("released.log")).unwrap();
     assert_eq!(released.trim(), format!("released {pid}"));
     assert_eq!(d.status("iso").unloads, 1);
+}
+
+/// After two reads through the daemon, a client reads an isolated provider on a direct
+/// channel to its worker: the same answers and errors, and the host counts the calls.
+/// Providers not in an isolated worker, and clients that opt out, stay on the daemon.
+#[test]
+fn isolated_reads_go_on_a_direct_channel() {
+    let d = start(&[("iso", c_manifest("iso", "isolated", ""))]);
+    let mut c = d.client();
+    let counter = class("demo.counter");
+    let first = c.get(&counter, &named("a")).unwrap();
+    assert!(c.direct_channels().is_empty(), "one read is not enough");
+    c.get(&counter, &named("a")).unwrap();
+    assert_eq!(
+        c.direct_channels(),
+        vec![("iso".to_string(), vec![counter.clone()])]
+    );
+    let direct = c.get(&counter, &named("a")).unwrap();
+    assert_eq!(u64_of(&direct, "hits"), u64_of(&first, "hits") + 2);
+    assert_eq!(u64_of(&direct, "pid"), u64_of(&first, "pid"));
+    let all = c.enumerate(&counter, &InstanceKey::new()).unwrap();
+    assert_eq!(all.len(), 2);
+    let one = c.enumerate(&counter, &named("b")).unwrap();
+    assert_eq!(one.len(), 1);
+    match c.get(&counter, &named("nobody")) {
+        Err(ClientError::NotFound { message }) => {
+            assert_eq!(message, "no instance of demo.counter with name=nobody")
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.get(&counter, &InstanceKey::new()) {
+        Err(ClientError::InvalidRequest { message }) => {
+            assert!(
+                message.starts_with("demo.counter is keyed by name"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.direct_channels().len(), 1, "errors keep the channel");
+    // Calls on the channel reach the host's statistics (when the worker goes quiet):
+    // two through the daemon, four direct (the keyless get was refused before any call).
+    wait_until(
+        "the host to count direct calls",
+        Duration::from_secs(10),
+        || d.status("iso").calls >= 6,
+    );
+    assert_eq!(d.status("iso").calls, 6);
+    // A builtin provider has no worker to reach: its reads stay on the daemon.
+    for _ in 0..3 {
+        c.get(&class("system.load"), &InstanceKey::new()).unwrap();
+    }
+    assert_eq!(c.direct_channels().len(), 1);
+    // A client may opt out.
+    let mut plain = purveyor_client::Client::connect_socket(
+        &d.socket,
+        &purveyor_client::ConnectOptions::default().direct(false),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        plain.get(&counter, &named("a")).unwrap();
+    }
+    assert!(plain.direct_channels().is_empty());
+}
+
+/// A worker that crashes during a direct call: the client's error names the provider
+/// and the signal, as through the daemon, and the next read restarts it.
+#[test]
+fn crash_on_a_direct_channel_is_reported_and_restarts() {
+    let d = start(&[("iso", c_manifest("iso", "isolated", ""))]);
+    let mut c = d.client();
+    let counter = class("demo.counter");
+    for _ in 0..3 {
+        c.get(&counter, &named("a")).unwrap();
+    }
+    let before = u64_of(&c.get(&counter, &named("a")).unwrap(), "pid") as u32;
+    assert_eq!(c.direct_channels().len(), 1);
+    match c.get(&counter, &named("crash")) {
+        Err(ClientError::ProviderFailed { provider, message }) => {
+            assert_eq!(provider.as_deref(), Some("iso"));
+            assert!(
+                message.starts_with("provider iso crashed: worker for provider iso (pid ")
+                    && message.contains("killed by signal 11 (SIGSEGV)"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        c.direct_channels().is_empty(),
+        "the dead channel is dropped"
+    );
+    let after = u64_of(&c.get(&counter, &named("a")).unwrap(), "pid") as u32;
+    assert_ne!(after, before, "a new worker serves the next read");
+    assert!(!alive(before));
+    assert_eq!(d.status("iso").crashes, 1);
+    // It served, so the class gets a channel to the new worker.
+    for _ in 0..2 {
+        c.get(&counter, &named("a")).unwrap();
+    }
+    assert_eq!(c.direct_channels().len(), 1);
+}
+
+/// A direct call past its deadline: the worker answers the client with a timeout naming
+/// the provider, the host kills the worker, and a new one serves the next read.
+#[test]
+fn deadline_on_a_direct_channel_kills_the_worker() {
+    let d = start(&[(
+        "iso",
+        c_manifest("iso", "isolated", "call_timeout = \"300ms\""),
+    )]);
+    let mut c = d.client();
+    let counter = class("demo.counter");
+    for _ in 0..3 {
+        c.get(&counter, &named("a")).unwrap();
+    }
+    assert_eq!(c.direct_channels().len(), 1);
+    let before = u64_of(&c.get(&counter, &named("a")).unwrap(), "pid") as u32;
+    let asked = Instant::now();
+    match c.get(&counter, &named("hang")) {
+        Err(ClientError::Timeout { provider, message }) => {
+            assert_eq!(provider.as_deref(), Some("iso"));
+            assert_eq!(
+                message,
+                "provider iso did not answer within 300ms; its process was killed and restarts on next use"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    wait_until("the hung worker to die", Duration::from_secs(5), || {
+        !alive(before)
+    });
+    let after = u64_of(&c.get(&counter, &named("a")).unwrap(), "pid") as u32;
+    assert_ne!(before, after);
+    let status = d.status("iso");
+    assert_eq!(status.crashes, 1, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("did not answer a direct call within 300ms")),
+        "{status:?}"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ use purveyor_protocol::{
 };
 
 use crate::dialog::{DialogUi, OpenDialog, UiAction};
+use crate::direct::{DIRECT_SINCE, DirectRoutes, Plan};
 use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
 use crate::{ClientError, ConnectOptions, Mode, Target, typed};
 use purveyor_protocol::DialogInput;
@@ -32,6 +33,9 @@ pub struct Client {
     ui: Option<Box<dyn DialogUi + Send>>,
     /// Requests the dialog driver sent, whose replies nobody waits for.
     internal: std::collections::HashSet<u32>,
+    /// Direct channels to isolated workers, when the daemon offers them and the options
+    /// allow.
+    direct: Option<DirectRoutes>,
 }
 
 enum Transport {
@@ -142,6 +146,8 @@ impl Client {
             next_id: 1,
             ui: None,
             internal: Default::default(),
+            direct: (options.direct && !options.ui && welcome.minor >= DIRECT_SINCE)
+                .then(DirectRoutes::default),
         })
     }
 
@@ -171,6 +177,7 @@ impl Client {
             next_id: 1,
             ui: None,
             internal: Default::default(),
+            direct: None,
         })
     }
 
@@ -186,10 +193,99 @@ impl Client {
         &self.mode
     }
 
-    /// Sends one request and waits for its reply.
+    /// Sends one request and waits for its reply. A get or enumerate of a provider in an
+    /// isolated worker may go on a direct channel to it (see [`ConnectOptions::direct`]).
     pub fn request(&mut self, request: Request) -> Result<Response, ClientError> {
+        if self.direct.is_some()
+            && self.ui.is_none()
+            && matches!(request, Request::Get { .. } | Request::Enumerate { .. })
+        {
+            return self.read_routed(request);
+        }
         let id = self.send(request)?;
         self.recv_for(id)
+    }
+
+    /// A get or enumerate: on its class's direct channel if it has one (through the
+    /// daemon if that fails), else through the daemon, asking for a channel once the
+    /// class has been read often enough.
+    fn read_routed(&mut self, request: Request) -> Result<Response, ClientError> {
+        let (Request::Get { class, .. } | Request::Enumerate { class, .. }) = &request else {
+            unreachable!("only reads are routed")
+        };
+        let routes = self.direct.as_mut().expect("checked by the caller");
+        match routes.plan(class) {
+            Plan::Channel(at) => {
+                let id = self.next_id;
+                self.next_id = self.next_id.wrapping_add(1).max(1);
+                let routes = self.direct.as_mut().expect("checked by the caller");
+                if let Ok(reply) = routes.call(at, id, &request) {
+                    return reply;
+                }
+                // The channel failed: the daemon restarts the provider, or says how it
+                // died.
+                let id = self.send(request)?;
+                self.recv_for(id)
+            }
+            Plan::Daemon => {
+                let id = self.send(request)?;
+                self.recv_for(id)
+            }
+            Plan::DaemonThenAttach => {
+                let class = class.clone();
+                let id = self.send(request)?;
+                let reply = self.recv_for(id);
+                if reply.is_ok() {
+                    self.attach(class);
+                }
+                reply
+            }
+        }
+    }
+
+    /// Asks the daemon for a direct channel for `class`; `unsupported` routes the class
+    /// through the daemon for good, another error until more reads.
+    fn attach(&mut self, class: ClassPath) {
+        let asked = self.send(Request::Direct {
+            class: class.clone(),
+        });
+        let answer = asked.and_then(|id| self.recv_for(id));
+        let timeout = match &self.transport {
+            Transport::Socket(conn) => conn.reply_timeout,
+            #[cfg(feature = "embedded")]
+            Transport::Embedded(_) => return,
+        };
+        let fd = match &answer {
+            Ok(Response::Direct { .. }) => self.take_fd(),
+            _ => None,
+        };
+        let Some(routes) = self.direct.as_mut() else {
+            return;
+        };
+        match (answer, fd) {
+            (
+                Ok(Response::Direct {
+                    provider, classes, ..
+                }),
+                Some(fd),
+            ) => {
+                let stream = UnixStream::from(fd);
+                match stream.set_read_timeout(Some(timeout)) {
+                    Ok(()) => routes.attached(provider.to_string(), classes, stream),
+                    Err(_) => routes.refused(&class, false),
+                }
+            }
+            (Err(ClientError::Unsupported { .. }), _) => routes.refused(&class, true),
+            _ => routes.refused(&class, false),
+        }
+    }
+
+    /// The providers this client reads through direct channels, with their classes.
+    pub fn direct_channels(&self) -> Vec<(String, Vec<ClassPath>)> {
+        self.direct
+            .as_ref()
+            .map(DirectRoutes::channels)
+            .unwrap_or_default()
     }
 
     /// The next descriptor the daemon passed, in arrival order.

@@ -38,6 +38,9 @@ pub struct ConnectOptions {
     /// This client shows in-call dialogs (install a [`crate::DialogUi`]); without it, a
     /// provider that asks for one is told "no UI available".
     pub ui: bool,
+    /// Reads of a provider in an isolated worker may go on a direct channel to the worker
+    /// (`docs/protocol.md`, "Direct channels"). On unless `PURVEYOR_DIRECT=0`.
+    pub direct: bool,
 }
 
 impl Default for ConnectOptions {
@@ -49,6 +52,7 @@ impl Default for ConnectOptions {
             provider_dirs: None,
             reply_timeout: std::time::Duration::from_secs(60),
             ui: false,
+            direct: std::env::var_os("PURVEYOR_DIRECT").is_none_or(|v| v != "0"),
         }
     }
 }
@@ -67,6 +71,13 @@ impl ConnectOptions {
     /// Whether this client shows in-call dialogs (see [`ConnectOptions::ui`]).
     pub fn ui(mut self, ui: bool) -> Self {
         self.ui = ui;
+        self
+    }
+
+    /// Whether reads may go on direct channels to isolated workers (see
+    /// [`ConnectOptions::direct`]).
+    pub fn direct(mut self, direct: bool) -> Self {
+        self.direct = direct;
         self
     }
 

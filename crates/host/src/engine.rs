@@ -15,13 +15,15 @@ use purveyor_model::{
     ProviderState, Timestamp, Value,
 };
 use purveyor_protocol::{
-    CallerInfo, ClassList, Encoding, ErrorCode, HostStatus, InstanceList, PROTOCOL_VERSION,
-    ProviderCall, ProviderReply, ProviderStatus, RaisedEvent, RemoteError, Request, Response,
+    CallerInfo, ClassList, DirectNews, Encoding, ErrorCode, HostStatus, InstanceList,
+    PROTOCOL_VERSION, ProviderCall, ProviderReply, ProviderStatus, RaisedEvent, RemoteError,
+    Request, Response,
 };
 use purveyor_provider::abi::{fault, from_fault, serve_call};
-use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
+use purveyor_provider::{CallContext, Caller, Provider};
 
 use crate::access::Permission;
+use crate::answer::check_full_key;
 use crate::builtin::{BuiltinProvider, Dispatch};
 use crate::config::HostConfig;
 use crate::dialogs::DialogHub;
@@ -29,7 +31,7 @@ use crate::events::{EventBus, Session};
 use crate::io::ProcedureServer;
 use crate::library::LibraryProvider;
 use crate::manifest::{Entry, Manifest, ManifestError};
-use crate::process::{CallFailure, ProcessConn};
+use crate::process::{CallFailure, ProcessConn, ProcessKind};
 use crate::registry::Registry;
 use crate::self_provider;
 use crate::slot::{Backend, LoadResult, Loaded, Lost, SchemaSet, Slot};
@@ -266,6 +268,11 @@ impl Host {
             Request::Get { class, key } => {
                 self.allowed(caller, Permission::Read, class.as_str())?;
                 self.get(class, key, caller).await
+            }
+            Request::Direct { class } => {
+                let session = session.ok_or_else(|| need_session("a direct channel"))?;
+                self.allowed(caller, Permission::Read, class.as_str())?;
+                self.direct(class, session).await
             }
             Request::Put { class, instance } => {
                 self.allowed(caller, Permission::Write, class.as_str())?;
@@ -775,6 +782,77 @@ impl Host {
         Ok(Response::Subscribed { handle })
     }
 
+    /// Opens a direct channel from `session`'s client to the isolated worker serving
+    /// `class` (`docs/protocol.md`, "Direct channels"): a socket pair, one end handed to
+    /// the worker with the caller's credentials and the schemas of the classes the access
+    /// policy lets it read, the other stashed for the reply to carry.
+    async fn direct(&self, class: ClassPath, session: &Session) -> Result<Response, RemoteError> {
+        let unsupported = |why: String| Err(RemoteError::new(ErrorCode::Unsupported, why));
+        if session.ui.shows() {
+            return unsupported(
+                "a connection that shows dialogs calls through the daemon, which holds its dialogs"
+                    .into(),
+            );
+        }
+        if !session.io.fds_allowed() {
+            return unsupported(
+                "this connection cannot carry a socket: direct channels need a local Unix socket"
+                    .into(),
+            );
+        }
+        let caller = &session.caller;
+        let (slot, loaded) = self.loaded_for(&class, None).await?;
+        let conn = match &loaded.backend {
+            Backend::Process { conn, .. } if conn.takes_direct() => conn,
+            _ => {
+                return unsupported(format!(
+                    "provider {} of {class} is not in an isolated worker (hosting {}): its calls go through the daemon",
+                    slot.manifest.name, slot.manifest.hosting
+                ));
+            }
+        };
+        let mut classes: Vec<ClassSchema> = loaded
+            .schemas
+            .iter()
+            .filter(|(path, _)| {
+                self.allowed(caller, Permission::Read, path.as_str())
+                    .is_ok()
+            })
+            .map(|(_, schema)| schema.as_ref().clone())
+            .collect();
+        classes.sort_by(|a, b| a.path().cmp(b.path()));
+        let paths = classes.iter().map(|c| c.path().clone()).collect();
+        let offers = slot.offers();
+        let attach = purveyor_protocol::DirectAttach {
+            provider: slot.manifest.name.to_string(),
+            caller: CallerInfo {
+                uid: caller.uid,
+                gid: caller.gid,
+                pid: caller.pid,
+            },
+            classes,
+            offers_get: offers.get,
+            offers_enumerate: offers.enumerate,
+            deadline_ms: slot.manifest.call_timeout.as_millis() as u64,
+            keep_ms: direct_keep(slot.manifest.clear_after).as_millis() as u64,
+        };
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {
+            RemoteError::new(
+                ErrorCode::Internal,
+                format!("cannot make a direct channel: {e}"),
+            )
+        })?;
+        conn.attach(&attach, &theirs)
+            .map_err(|e| slot.error(ErrorCode::ProviderFailed, e))?;
+        drop(theirs);
+        let token = session.io.stash_fd(ours.into());
+        Ok(Response::Direct {
+            token,
+            provider: slot.manifest.name.clone(),
+            classes: paths,
+        })
+    }
+
     /// The slot serving `class`, loaded, after checking it offers `capability`.
     async fn loaded_for(
         &self,
@@ -992,7 +1070,7 @@ fn finish_call(
 ) -> Result<ProviderReply, RemoteError> {
     slot.end_call(passive);
     let result = result.and_then(|reply| match reply {
-        ProviderReply::Error(fault) => Err(provider_error(slot, from_fault(fault))),
+        ProviderReply::Error(fault) => Err(slot.offers().provider_error(from_fault(fault))),
         other => Ok(other),
     });
     slot.record_call(result.as_ref().err());
@@ -1003,17 +1081,18 @@ fn finish_call(
 }
 
 fn not_offered(slot: &Slot, cap: Capability) -> RemoteError {
-    slot.error(
-        ErrorCode::Unsupported,
-        format!(
-            "provider {} does not offer {cap} (its manifest's capabilities)",
-            slot.manifest.name
-        ),
-    )
+    slot.offers().not_offered(&cap.to_string())
 }
 
-/// A get's schema and provider call, after checking the key: `get` when the provider
-/// offers it, else `enumerate` (the answer then picks the instance).
+/// Counts an error that is the provider's fault as its error.
+fn recorded(slot: &Slot, error: RemoteError) -> RemoteError {
+    if error.code == ErrorCode::ProviderFailed {
+        slot.record_error(&error);
+    }
+    error
+}
+
+/// A get's schema and provider call, after checking the key ([`Offers::get_call`]).
 fn get_call_for(
     slot: &Slot,
     loaded: &Loaded,
@@ -1021,29 +1100,11 @@ fn get_call_for(
     key: &InstanceKey,
 ) -> Result<(Arc<ClassSchema>, ProviderCall), RemoteError> {
     let schema = schema_for(slot, loaded, class)?;
-    check_full_key(&schema, key)?;
-    let call = if slot.manifest.offers(Capability::Get) {
-        ProviderCall::Get {
-            class: class.clone(),
-            key: key.clone(),
-        }
-    } else if slot.manifest.offers(Capability::Enumerate) {
-        ProviderCall::Enumerate {
-            class: class.clone(),
-        }
-    } else {
-        return Err(slot.error(
-            ErrorCode::Unsupported,
-            format!(
-                "provider {} offers neither get nor enumerate",
-                slot.manifest.name
-            ),
-        ));
-    };
+    let call = slot.offers().get_call(&schema, class, key)?;
     Ok((schema, call))
 }
 
-/// A get's response from its provider's reply (to the call [`get_call_for`] made).
+/// A get's response from its provider's reply ([`Offers::get_answer`]).
 fn get_answer(
     slot: &Slot,
     schema: &ClassSchema,
@@ -1052,26 +1113,12 @@ fn get_answer(
     asked_get: bool,
     reply: ProviderReply,
 ) -> Result<Response, RemoteError> {
-    let found = match (asked_get, reply) {
-        (true, ProviderReply::Instance(found)) => found,
-        (false, ProviderReply::Instances(all)) => all.into_iter().find(|i| i.matches(&key)),
-        (true, other) => return Err(unexpected(slot, "get", &other)),
-        (false, other) => return Err(unexpected(slot, "enumerate", &other)),
-    };
-    match found {
-        Some(instance) => {
-            check_answer(slot, schema, std::slice::from_ref(&instance))?;
-            Ok(Response::Instance(instance))
-        }
-        None => Err(RemoteError::new(
-            ErrorCode::NotFound,
-            format!("no instance of {class} with {key}"),
-        )),
-    }
+    slot.offers()
+        .get_answer(schema, class, key, asked_get, reply)
+        .map_err(|e| recorded(slot, e))
 }
 
-/// An enumerate's schema and provider call, after checking the selector: `get` when the
-/// selector is a full key and the provider offers get, else `enumerate`.
+/// An enumerate's schema and provider call ([`Offers::enumerate_call`]).
 fn enumerate_call_for(
     slot: &Slot,
     loaded: &Loaded,
@@ -1079,21 +1126,11 @@ fn enumerate_call_for(
     selector: &InstanceKey,
 ) -> Result<(Arc<ClassSchema>, ProviderCall), RemoteError> {
     let schema = schema_for(slot, loaded, class)?;
-    check_selector(&schema, selector)?;
-    let call = if selector.is_full_key(&schema) && slot.manifest.offers(Capability::Get) {
-        ProviderCall::Get {
-            class: class.clone(),
-            key: selector.clone(),
-        }
-    } else {
-        ProviderCall::Enumerate {
-            class: class.clone(),
-        }
-    };
+    let call = slot.offers().enumerate_call(&schema, class, selector)?;
     Ok((schema, call))
 }
 
-/// An enumerate's response from its provider's reply: the instances the selector matches.
+/// An enumerate's response from its provider's reply ([`Offers::enumerate_answer`]).
 fn enumerate_answer(
     slot: &Slot,
     schema: &ClassSchema,
@@ -1102,17 +1139,9 @@ fn enumerate_answer(
     asked_get: bool,
     reply: ProviderReply,
 ) -> Result<Response, RemoteError> {
-    let instances: Vec<Instance> = match (asked_get, reply) {
-        (true, ProviderReply::Instance(found)) => found.into_iter().collect(),
-        (false, ProviderReply::Instances(mut all)) => {
-            all.retain(|i| i.matches(&selector));
-            all
-        }
-        (true, other) => return Err(unexpected(slot, "get", &other)),
-        (false, other) => return Err(unexpected(slot, "enumerate", &other)),
-    };
-    check_answer(slot, schema, &instances)?;
-    Ok(Response::Instances(InstanceList { class, instances }))
+    slot.offers()
+        .enumerate_answer(schema, class, selector, asked_get, reply)
+        .map_err(|e| recorded(slot, e))
 }
 
 fn unexpected(slot: &Slot, what: &str, reply: &ProviderReply) -> RemoteError {
@@ -1300,7 +1329,7 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
                         None => format!("worker for provider {name}"),
                     },
                     timeout,
-                    None,
+                    ProcessKind::Worker,
                 )
             };
             let conn = match host_group {
@@ -1363,7 +1392,9 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
                 &name,
                 format!("external provider {name}"),
                 timeout,
-                slot.manifest.dir(),
+                ProcessKind::External {
+                    dir: slot.manifest.dir(),
+                },
             )
             .await
             .map_err(failed)?;
@@ -1416,6 +1447,20 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
         });
         guard = Some(host.dialogs.guard(origin));
     }
+    if let Backend::Process { conn, name } = &backend
+        && conn.takes_direct()
+    {
+        // What its worker tells of the calls its direct channels served.
+        let (weak_slot, weak_conn) = (Arc::downgrade(&slot), Arc::downgrade(conn));
+        conn.on_direct(
+            name,
+            Arc::new(move |news| {
+                if let Some(slot) = weak_slot.upgrade() {
+                    direct_news(&slot, &weak_conn, news);
+                }
+            }),
+        );
+    }
     if let (Backend::Process { conn, .. }, Entry::External { .. }) =
         (&backend, &slot.manifest.entry)
     {
@@ -1436,6 +1481,45 @@ async fn load(host: Arc<HostInner>, slot: Arc<Slot>) -> LoadResult {
         schemas,
         _dialogs: guard,
     })
+}
+
+/// How long a worker's news that a provider was used through a direct channel keeps it in
+/// use: a quarter of its `clear_after`, so it is released between `clear_after` and
+/// 1.25 × `clear_after` after its last direct call (`docs/lifecycle.md`).
+fn direct_keep(clear_after: std::time::Duration) -> std::time::Duration {
+    (clear_after / 4).max(std::time::Duration::from_millis(1))
+}
+
+/// Acts on a worker's news of `slot`'s direct channels: use keeps the provider loaded and
+/// counts its calls; a missed deadline kills the worker, as one of the host's own calls
+/// would (if `conn` is still the process serving the slot).
+fn direct_news(slot: &Arc<Slot>, conn: &std::sync::Weak<ProcessConn>, news: DirectNews) {
+    match news {
+        DirectNews::Used {
+            calls,
+            errors,
+            keep_ms,
+        } => slot.used_directly(calls, errors, std::time::Duration::from_millis(keep_ms)),
+        DirectNews::Overdue { deadline_ms } => {
+            let Some(conn) = conn.upgrade() else { return };
+            let Some(loaded) = slot.loaded_now() else {
+                return;
+            };
+            if !matches!(&loaded.backend, Backend::Process { conn: c, .. } if Arc::ptr_eq(c, &conn))
+            {
+                return;
+            }
+            let message = format!(
+                "provider {} did not answer a direct call within {}",
+                slot.manifest.name,
+                humantime::format_duration(std::time::Duration::from_millis(deadline_ms))
+            );
+            tracing::warn!(provider = %slot.manifest.name, "{message}; killing its process");
+            conn.kill(format!("{} was killed: {message}", conn.label));
+            slot.lost(&loaded, Lost::Killed);
+            slot.record_error(&slot.error(ErrorCode::Timeout, message));
+        }
+    }
 }
 
 /// What keeps `slot`'s provider loaded while one of its dialogs is open.
@@ -1639,94 +1723,6 @@ fn schema_for(
         ErrorCode::Internal,
         format!("no schema for class {class}"),
     ))
-}
-
-/// `key` must name exactly the class's key properties, with their types.
-fn check_full_key(schema: &ClassSchema, key: &InstanceKey) -> Result<(), RemoteError> {
-    check_selector(schema, key)?;
-    if key.is_full_key(schema) {
-        return Ok(());
-    }
-    let class = schema.path();
-    let keys: Vec<&str> = schema.keys().map(|k| k.name.as_str()).collect();
-    Err(RemoteError::new(
-        ErrorCode::InvalidRequest,
-        if keys.is_empty() {
-            format!("{class} is a singleton: name it without a key")
-        } else {
-            format!(
-                "{class} is keyed by {}: give exactly those properties (got {key})",
-                keys.join(", ")
-            )
-        },
-    ))
-}
-
-fn check_selector(schema: &ClassSchema, selector: &InstanceKey) -> Result<(), RemoteError> {
-    if let Some(name) = selector.unknown_property(schema) {
-        return Err(RemoteError::new(
-            ErrorCode::InvalidRequest,
-            format!(
-                "class {} has no property {:?}",
-                schema.path(),
-                name.as_str()
-            ),
-        ));
-    }
-    for (name, value) in selector.values() {
-        if let Some(prop) = schema.property(name.as_str())
-            && !value.conforms_to(prop.ty)
-        {
-            return Err(RemoteError::new(
-                ErrorCode::InvalidRequest,
-                format!(
-                    "property {:?} of {} has type {}, not {}",
-                    name.as_str(),
-                    schema.path(),
-                    prop.ty,
-                    value.value_type()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// A provider's answer must fit its own schema; one that does not is a provider failure.
-fn check_answer(
-    slot: &Slot,
-    schema: &ClassSchema,
-    instances: &[Instance],
-) -> Result<(), RemoteError> {
-    for instance in instances {
-        if let Err(problem) = schema.check_instance(instance) {
-            let error = slot.error(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "provider {} returned a bad instance: {problem}",
-                    slot.manifest.name
-                ),
-            );
-            slot.record_error(&error);
-            return Err(error);
-        }
-    }
-    Ok(())
-}
-
-fn provider_error(slot: &Slot, error: ProviderError) -> RemoteError {
-    let name = &slot.manifest.name;
-    let (code, message) = match error {
-        ProviderError::NotFound(m) => (ErrorCode::NotFound, m),
-        ProviderError::Unsupported(m) => (ErrorCode::Unsupported, format!("provider {name}: {m}")),
-        ProviderError::InvalidArgument(m) => (ErrorCode::InvalidRequest, m),
-        ProviderError::AccessDenied(m) => (ErrorCode::AccessDenied, m),
-        other => (
-            ErrorCode::ProviderFailed,
-            format!("provider {name} failed: {other}"),
-        ),
-    };
-    slot.error(code, message)
 }
 
 fn panicked(slot: &Slot, panic: &Box<dyn std::any::Any + Send>) -> RemoteError {

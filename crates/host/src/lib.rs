@@ -10,6 +10,7 @@
 //! against the provider's schema.
 
 pub mod access;
+mod answer;
 mod builtin;
 mod config;
 pub mod config_file;

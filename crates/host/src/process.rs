@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,9 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use purveyor_protocol::{
-    CallerInfo, DialogEvent, DialogOp, Encoding, FrameBuffer, PROVIDER_ABI_VERSION, ProviderCall,
-    ProviderHello, ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, RaisedEvent,
-    decode, encode_frame,
+    CallerInfo, DialogEvent, DialogOp, DirectAttach, DirectNews, Encoding, FrameBuffer,
+    PROVIDER_ABI_VERSION, ProviderCall, ProviderHello, ProviderReady, ProviderReply,
+    ProviderRequest, ProviderResponse, RaisedEvent, decode, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -65,7 +67,26 @@ pub(crate) struct ProcessConn {
     exit_hooks: Mutex<Option<Vec<ExitHook>>>,
     /// Dialog news for the process, written in order by a task of its own.
     notices: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    /// A worker's attach socket: direct channels are handed to it here.
+    attach: Option<Mutex<std::os::unix::net::UnixStream>>,
+    /// Where each of its providers' direct-channel news goes, by provider name.
+    direct: Mutex<HashMap<String, DirectRoute>>,
 }
+
+/// What kind of process to start.
+pub(crate) enum ProcessKind<'a> {
+    /// An isolated worker (`purveyor worker`): it also gets an attach socket on fd 3
+    /// (`PURVEYOR_ATTACH_FD`), on which the host hands it direct channels.
+    Worker,
+    /// An external provider, run in `dir` (its manifest's directory) when given.
+    External { dir: Option<&'a std::path::Path> },
+}
+
+/// Receives one provider's direct-channel news.
+pub(crate) type DirectRoute = Arc<dyn Fn(DirectNews) + Send + Sync>;
+
+/// The descriptor a worker's attach socket has in the worker.
+const ATTACH_FD: i32 = 3;
 
 /// Receives one provider's dialog operations: `(dialog, op)`.
 pub(crate) type DialogRoute = Arc<dyn Fn(u32, DialogOp) + Send + Sync>;
@@ -84,12 +105,24 @@ impl ProcessConn {
         provider: &str,
         label: String,
         timeout: Duration,
-        dir: Option<&std::path::Path>,
+        kind: ProcessKind<'_>,
     ) -> Result<Arc<ProcessConn>, String> {
         let mut cmd = Command::new(program);
-        if let Some(dir) = dir {
-            cmd.current_dir(dir);
-        }
+        let (attach, theirs) = match kind {
+            ProcessKind::External { dir } => {
+                if let Some(dir) = dir {
+                    cmd.current_dir(dir);
+                }
+                (None, None)
+            }
+            ProcessKind::Worker => {
+                let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                    .map_err(|e| format!("cannot make {label}'s attach socket: {e}"))?;
+                cmd.env("PURVEYOR_ATTACH_FD", ATTACH_FD.to_string());
+                (Some(ours), Some(theirs))
+            }
+        };
+        let theirs_fd = theirs.as_ref().map(|s| s.as_raw_fd());
         cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -110,6 +143,18 @@ impl ProcessConn {
                 if libc::getppid() as u32 != parent {
                     libc::_exit(1);
                 }
+                // A worker's attach socket goes to fd 3, inherited (dup2 clears
+                // close-on-exec; when it is fd 3 already, clear it by hand).
+                if let Some(fd) = theirs_fd {
+                    let done = if fd == ATTACH_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, ATTACH_FD)
+                    };
+                    if done < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -117,6 +162,8 @@ impl ProcessConn {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {label} ({shown}): {e}"))?;
+        // The child has its copy: ours would keep the socket open after it exits.
+        drop(theirs);
         let pid = child.id().unwrap_or(0);
         let mut stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
@@ -178,6 +225,8 @@ impl ProcessConn {
             dialogs: Mutex::new(HashMap::new()),
             exit_hooks: Mutex::new(Some(Vec::new())),
             notices,
+            attach: attach.map(Mutex::new),
+            direct: Mutex::new(HashMap::new()),
         });
         tokio::spawn(read_replies(Arc::downgrade(&conn), stdout, frames));
         tokio::spawn(write_notices(Arc::downgrade(&conn), notices_rx));
@@ -190,6 +239,40 @@ impl ProcessConn {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(provider.to_string(), route);
+    }
+
+    /// Routes `provider`'s direct-channel news to `route`.
+    pub fn on_direct(&self, provider: &str, route: DirectRoute) {
+        self.direct
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(provider.to_string(), route);
+    }
+
+    /// Whether this process takes direct channels (it is an isolated worker).
+    pub fn takes_direct(&self) -> bool {
+        self.attach.is_some()
+    }
+
+    /// Hands the worker one end of a direct channel, with what it needs to serve it.
+    pub fn attach(&self, attach: &DirectAttach, channel: &impl AsRawFd) -> Result<(), String> {
+        let Some(socket) = &self.attach else {
+            return Err(format!("{} does not take direct channels", self.label));
+        };
+        if let Some(why) = self.dead_reason() {
+            return Err(why);
+        }
+        let mut frame = Vec::new();
+        encode_frame(Encoding::Json, attach, MAX_PROVIDER_FRAME, &mut frame)
+            .map_err(|e| format!("cannot encode a direct channel's attach: {e}"))?;
+        let socket = socket.lock().unwrap_or_else(|p| p.into_inner());
+        // The frame is small and the worker reads its attach socket on a thread of its
+        // own: the first send takes it all or fails; the rest goes plainly.
+        let sent = purveyor_protocol::fds::send(socket.as_raw_fd(), &frame, &[channel.as_raw_fd()])
+            .map_err(|e| format!("cannot hand {} a direct channel: {e}", self.label))?;
+        (&*socket)
+            .write_all(&frame[sent..])
+            .map_err(|e| format!("cannot hand {} a direct channel: {e}", self.label))
     }
 
     /// Runs `hook` with the reason when the process ends (at once if it has).
@@ -491,6 +574,23 @@ async fn read_replies(
                     Some(route) => route(dialog, *op),
                     None => {
                         tracing::warn!(process = %conn.label, %provider, "a dialog from a provider this process does not serve; ignored")
+                    }
+                }
+            }
+            Ok(ProviderResponse {
+                id: 0,
+                reply: ProviderReply::Direct { provider, news },
+            }) => {
+                let route = conn
+                    .direct
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&provider)
+                    .cloned();
+                match route {
+                    Some(route) => route(news),
+                    None => {
+                        tracing::debug!(process = %conn.label, %provider, "direct-channel news of a provider no longer served; ignored")
                     }
                 }
             }

@@ -486,13 +486,17 @@ fn encode_pushes(session: &Session, encoding: Encoding, max: u32, id: u32, out: 
     }
 }
 
-/// The descriptor an `io_opened` reply with `fd` promises, from the session's stash.
+/// The descriptor an `io_opened` reply with `fd`, or a `direct` reply, promises, from the
+/// session's stash.
 fn take_fd(session: &Session, outcome: &Outcome, fds: &mut Vec<std::os::fd::OwnedFd>) {
-    if let Outcome::Ok(Response::IoOpened {
-        handle, fd: true, ..
-    }) = outcome
-        && let Some(fd) = session.io.take_fd(*handle)
-    {
+    let token = match outcome {
+        Outcome::Ok(Response::IoOpened {
+            handle, fd: true, ..
+        }) => *handle,
+        Outcome::Ok(Response::Direct { token, .. }) => *token,
+        _ => return,
+    };
+    if let Some(fd) = session.io.take_fd(token) {
         fds.push(fd);
     }
 }

@@ -453,6 +453,20 @@ impl Slot {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// A worker's news of direct calls (`DirectNews::Used`): `calls` ended, `errors` of
+    /// them failed; with `keep` above zero the provider was used now and counts as in use
+    /// until `keep` from now (the worker tells again if it is used after that).
+    pub fn used_directly(&self, calls: u64, errors: u64, keep: Duration) {
+        if !keep.is_zero() {
+            let now = self.since_born();
+            self.last_activity
+                .fetch_max(now + keep.as_nanos() as u64, Ordering::AcqRel);
+            self.last_use.fetch_max(now.max(1), Ordering::Relaxed);
+        }
+        self.calls.fetch_add(calls, Ordering::Relaxed);
+        self.errors.fetch_add(errors, Ordering::Relaxed);
+    }
+
     fn since_born(&self) -> u64 {
         self.born.elapsed().as_nanos() as u64
     }
@@ -570,6 +584,16 @@ impl Slot {
             crashes: self.crashes.load(Ordering::Relaxed),
             in_flight,
             unload_in_ms,
+        }
+    }
+
+    /// Its name and the reads its manifest offers, for building answers
+    /// ([`crate::answer`]).
+    pub fn offers(&self) -> crate::answer::Offers<'_> {
+        crate::answer::Offers {
+            name: &self.manifest.name,
+            get: self.manifest.offers(purveyor_model::Capability::Get),
+            enumerate: self.manifest.offers(purveyor_model::Capability::Enumerate),
         }
     }
 

@@ -35,6 +35,8 @@ use purveyor_provider::abi::panic_message;
 use crate::io::ProcedureServer;
 use crate::library::LibraryProvider;
 
+mod direct;
+
 /// Threads started with the worker: one reader and spares.
 const THREADS: usize = 4;
 /// The most threads: a call waiting on a dialog holds its thread, and a thread is started
@@ -72,6 +74,12 @@ struct Worker {
     providers: RwLock<HashMap<String, Arc<LibraryProvider>>>,
     /// I/O procedure libraries, by provider name.
     procedures: RwLock<HashMap<String, Arc<ProcedureServer>>>,
+    /// Direct channels open now.
+    channels: AtomicUsize,
+    /// Each provider's direct use since the host last heard of it.
+    uses: Mutex<HashMap<String, Arc<direct::UseReport>>>,
+    /// Direct calls running now (for their deadlines).
+    running: Mutex<direct::RunningCalls>,
 }
 
 /// Runs the worker until stdin closes. Returns the process exit code.
@@ -85,6 +93,7 @@ pub fn run() -> i32 {
             return 2;
         }
     };
+    let attach = direct::attach_socket();
     let mut input = Input {
         file: input,
         frames: FrameBuffer::new(MAX_FRAME),
@@ -135,7 +144,14 @@ pub fn run() -> i32 {
         watcher_wake: Condvar::new(),
         providers: RwLock::new(HashMap::new()),
         procedures: RwLock::new(HashMap::new()),
+        channels: 0.into(),
+        uses: Mutex::new(HashMap::new()),
+        running: Mutex::new(Default::default()),
     });
+    if let Some(socket) = attach {
+        let w = worker.clone();
+        std::thread::spawn(move || w.take_channels(socket));
+    }
     for _ in 1..THREADS {
         let w = worker.clone();
         std::thread::spawn(move || w.serve());
@@ -193,12 +209,7 @@ impl Worker {
                 let _ = catch_unwind(AssertUnwindSafe(|| self.answer(request)));
                 continue;
             }
-            if self.busy.fetch_add(1, Ordering::SeqCst) == 0
-                && self.watcher_parked.swap(false, Ordering::SeqCst)
-            {
-                let _spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-                self.watcher_wake.notify_one();
-            }
+            self.call_begins();
             let reply =
                 catch_unwind(AssertUnwindSafe(|| self.answer(request))).unwrap_or_else(|panic| {
                     fault(
@@ -222,6 +233,16 @@ impl Worker {
             }
             drop(out);
             self.busy.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A call starts: counted busy, and the watcher woken if it parked.
+    fn call_begins(&self) {
+        if self.busy.fetch_add(1, Ordering::SeqCst) == 0
+            && self.watcher_parked.swap(false, Ordering::SeqCst)
+        {
+            let _spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            self.watcher_wake.notify_one();
         }
     }
 
@@ -256,6 +277,10 @@ impl Worker {
                 .0;
             if self.busy.load(Ordering::SeqCst) == 0 {
                 if last_busy.elapsed() >= PARK_AFTER {
+                    // The host's counts of direct calls are brought up to date first.
+                    drop(spares);
+                    self.flush_uses();
+                    spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
                     self.watcher_parked.store(true, Ordering::SeqCst);
                     // A call that started before the flag was set is seen here.
                     while self.watcher_parked.load(Ordering::SeqCst)
@@ -272,6 +297,11 @@ impl Worker {
                 continue;
             }
             last_busy = Instant::now();
+            // Direct calls: deadlines, and use the host must hear of. Not under the
+            // spares lock: a reply may be written.
+            drop(spares);
+            self.check_running();
+            spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
             let quiet = self
                 .now()
                 .saturating_sub(self.last_read.load(Ordering::SeqCst));

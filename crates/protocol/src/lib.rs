@@ -32,7 +32,8 @@ pub use message::{
 };
 pub use paths::default_socket_path;
 pub use provider::{
-    CallerInfo, FaultKind, PROVIDER_ABI_VERSION, ProviderCall, ProviderFault, ProviderHello,
-    ProviderReady, ProviderReply, ProviderRequest, ProviderResponse, RaisedEvent,
+    CallerInfo, DirectAttach, DirectNews, FaultKind, PROVIDER_ABI_VERSION, ProviderCall,
+    ProviderFault, ProviderHello, ProviderReady, ProviderReply, ProviderRequest, ProviderResponse,
+    RaisedEvent,
 };
 pub use pushes::PushQueue;

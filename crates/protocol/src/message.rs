@@ -13,7 +13,7 @@ use crate::{DialogInput, Form, FormUpdate};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 6;
+pub const PROTOCOL_MINOR: u16 = 7;
 /// The first minor version whose binary form of instances this side speaks (names sent
 /// once per reply: `docs/protocol.md`). Binary peers below it are refused.
 pub const BINARY_INSTANCES_SINCE: u16 = 6;
@@ -211,6 +211,13 @@ pub enum Request {
     /// Closes the dialog; the provider is told the user closed it (minor 5). Answered
     /// with `done`.
     DialogClose { handle: u32 },
+    /// A direct channel to the isolated worker serving `class` (minor 7): one socket on
+    /// which this client's gets and enumerates of that provider's classes go to the
+    /// worker and back without the daemon in between (`docs/protocol.md`, "Direct
+    /// channels"). Answered with `direct`, the socket riding on the reply
+    /// (`SCM_RIGHTS`); refused with `unsupported` when the class's provider is not in an
+    /// isolated worker, or the connection shows dialogs or cannot carry descriptors.
+    Direct { class: ClassPath },
 }
 
 /// A successful answer.
@@ -253,6 +260,14 @@ pub enum Response {
     /// This connection is a UI agent, with this handle (a provider may target it).
     Agent {
         handle: u32,
+    },
+    /// A direct channel is open (minor 7): its socket came with this reply
+    /// (`SCM_RIGHTS`); `token` names it. Gets and enumerates of `classes` (the
+    /// provider's classes this client may read) may go on it, in binary encoding.
+    Direct {
+        token: u32,
+        provider: ProviderName,
+        classes: Vec<ClassPath>,
     },
 }
 

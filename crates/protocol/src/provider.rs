@@ -199,6 +199,52 @@ pub enum ProviderReply {
         /// Boxed: a form is large, and every other reply small.
         op: Box<DialogOp>,
     },
+    /// Not an answer (sent with id 0 by an isolated worker): news of the direct channels
+    /// of the provider `provider` (`docs/provider-abi.md`, "Direct channels").
+    Direct {
+        provider: String,
+        news: DirectNews,
+    },
+}
+
+/// What an isolated worker tells the host about the calls its direct channels served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectNews {
+    /// `calls` calls ended (`errors` of them failed) since the last news. With `keep_ms`
+    /// above 0 the provider is in use: it was used now, and the worker sends this again
+    /// if it is used `keep_ms` or more from now, so the host counts it as used until
+    /// then. With `keep_ms` 0 it only brings the counts up to date.
+    Used {
+        calls: u64,
+        errors: u64,
+        keep_ms: u64,
+    },
+    /// A direct call missed its deadline; the worker answered the client with a
+    /// timeout. The host kills the worker (it restarts on next use), as for a call of
+    /// its own.
+    Overdue { deadline_ms: u64 },
+}
+
+/// What the host sends an isolated worker with a direct channel's socket, on the
+/// worker's attach socket (`PURVEYOR_ATTACH_FD`): one JSON frame per channel, the socket
+/// riding on it (`SCM_RIGHTS`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectAttach {
+    /// The provider whose classes the channel serves.
+    pub provider: String,
+    /// Who is on the other end (the host checked its credentials).
+    pub caller: CallerInfo,
+    /// The classes the client may read, with their schemas (answers are checked against
+    /// them, as the host checks its own).
+    pub classes: Vec<ClassSchema>,
+    /// The provider's manifest offers `get` / `enumerate`.
+    pub offers_get: bool,
+    pub offers_enumerate: bool,
+    /// Each call's deadline.
+    pub deadline_ms: u64,
+    /// How long a `used` news keeps the provider in use (a quarter of its `clear_after`).
+    pub keep_ms: u64,
 }
 
 /// An event a provider raises.
@@ -299,6 +345,7 @@ impl ProviderReply {
             ProviderReply::IoData(_) => "io_data",
             ProviderReply::IoValue(_) => "io_value",
             ProviderReply::Dialog { .. } => "dialog",
+            ProviderReply::Direct { .. } => "direct",
         }
     }
 }

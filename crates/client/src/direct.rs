@@ -1,0 +1,373 @@
+//! Direct channels (`docs/protocol.md`, "Direct channels"): after a class has been read
+//! through the daemon [`ATTACH_AFTER`] times, a blocking client asks the daemon for a
+//! socket to the isolated worker serving it, and sends that provider's gets and
+//! enumerates there — one hop instead of two. Anything else, and any class whose
+//! provider is not in an isolated worker, goes through the daemon as before.
+//!
+//! When a channel fails (the worker exited, was released or crashed) the request goes
+//! through the daemon instead, which restarts the provider or reports how it died; the
+//! channel is dropped, and the class is routed through the daemon again, to be attached
+//! again after [`ATTACH_AFTER`] more reads — or, when the channel failed before it ever
+//! answered (or the daemon could not open one), after four times as many as last time
+//! (up to 1 024 × [`ATTACH_AFTER`]), so a worker that keeps closing channels costs a
+//! failed attempt only now and then. A class the daemon says cannot have one
+//! (`unsupported`: not in an isolated worker) stays on the daemon.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use purveyor_model::ClassPath;
+use purveyor_protocol::{
+    Encoding, FrameBuffer, MAX_FRAME_DEFAULT, Request, Response, encode_frame,
+};
+use serde::Serialize;
+
+use crate::ClientError;
+use crate::wire::{Incoming, parse_incoming};
+
+/// Reads of a class through the daemon before a direct channel is asked for.
+pub(crate) const ATTACH_AFTER: u32 = 2;
+
+/// The first protocol minor version whose servers open direct channels.
+pub(crate) const DIRECT_SINCE: u16 = 7;
+
+/// How a class's reads go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Through the daemon: `reads` so far; a channel is asked for after
+    /// `ATTACH_AFTER << 2 * misses` (misses: channels in a row that failed unused).
+    Daemon { reads: u32, misses: u32 },
+    /// On the channel at this index.
+    Channel(usize),
+    /// Through the daemon, always (it said no, or a channel failed before serving).
+    Never,
+}
+
+/// What to do with a read.
+pub(crate) enum Plan {
+    /// Send it on this channel.
+    Channel(usize),
+    /// Send it through the daemon; then, if it succeeded, ask for a channel.
+    DaemonThenAttach,
+    Daemon,
+}
+
+/// A blocking client's direct channels and routes.
+#[derive(Default)]
+pub(crate) struct DirectRoutes {
+    routes: HashMap<ClassPath, Route>,
+    channels: Vec<Option<DirectConn>>,
+}
+
+/// A channel's failure: the request may go through the daemon instead.
+pub(crate) struct Lost;
+
+impl DirectRoutes {
+    /// How to send a read of `class`.
+    pub fn plan(&mut self, class: &ClassPath) -> Plan {
+        if !self.routes.contains_key(class) {
+            self.routes.insert(
+                class.clone(),
+                Route::Daemon {
+                    reads: 0,
+                    misses: 0,
+                },
+            );
+        }
+        let route = self.routes.get_mut(class).expect("inserted above");
+        match route {
+            Route::Channel(at) => Plan::Channel(*at),
+            Route::Never => Plan::Daemon,
+            Route::Daemon { reads, misses } => {
+                *reads += 1;
+                if *reads >= ATTACH_AFTER << (2 * (*misses).min(5)) {
+                    Plan::DaemonThenAttach
+                } else {
+                    Plan::Daemon
+                }
+            }
+        }
+    }
+
+    /// The daemon will not open a channel for `class`: never (`unsupported`), or not
+    /// now (any other error: asked again after more reads).
+    pub fn refused(&mut self, class: &ClassPath, never: bool) {
+        let route = if never {
+            Route::Never
+        } else {
+            let misses = self.misses(class) + 1;
+            Route::Daemon { reads: 0, misses }
+        };
+        self.routes.insert(class.clone(), route);
+    }
+
+    fn misses(&self, class: &ClassPath) -> u32 {
+        match self.routes.get(class) {
+            Some(Route::Daemon { misses, .. }) => *misses,
+            _ => 0,
+        }
+    }
+
+    /// A channel to `provider` is open for `classes`.
+    pub fn attached(&mut self, provider: String, classes: Vec<ClassPath>, stream: UnixStream) {
+        let misses = classes.iter().map(|c| self.misses(c)).max().unwrap_or(0);
+        let conn = DirectConn {
+            provider,
+            stream,
+            frames: FrameBuffer::new(MAX_FRAME_DEFAULT),
+            out: Vec::with_capacity(256),
+            served: false,
+            misses,
+        };
+        let at = match self.channels.iter().position(Option::is_none) {
+            Some(free) => {
+                self.channels[free] = Some(conn);
+                free
+            }
+            None => {
+                self.channels.push(Some(conn));
+                self.channels.len() - 1
+            }
+        };
+        for class in classes {
+            self.routes.insert(class, Route::Channel(at));
+        }
+    }
+
+    /// Sends `request` with `id` on channel `at` and waits for its reply.
+    pub fn call(
+        &mut self,
+        at: usize,
+        id: u32,
+        request: &Request,
+    ) -> Result<Result<Response, ClientError>, Lost> {
+        let Some(conn) = self.channels.get_mut(at).and_then(Option::as_mut) else {
+            return Err(Lost);
+        };
+        match conn.call(id, request) {
+            Ok(Answer::Reply(reply)) => {
+                conn.served = true;
+                Ok(reply)
+            }
+            Ok(Answer::None(timeout)) => {
+                // The worker is stuck or gone and may still answer late: the channel is
+                // dropped, later reads go through the daemon.
+                self.drop_channel(at);
+                Ok(Err(timeout))
+            }
+            Err(Lost) => {
+                self.drop_channel(at);
+                Err(Lost)
+            }
+        }
+    }
+
+    /// Forgets channel `at`; its classes go through the daemon again, and are attached
+    /// again later (much later if it never answered).
+    fn drop_channel(&mut self, at: usize) {
+        let Some(conn) = self.channels.get_mut(at).and_then(Option::take) else {
+            return;
+        };
+        let next = Route::Daemon {
+            reads: 0,
+            misses: if conn.served { 0 } else { conn.misses + 1 },
+        };
+        for route in self.routes.values_mut() {
+            if *route == Route::Channel(at) {
+                *route = next;
+            }
+        }
+    }
+
+    /// The providers this client has direct channels to, with their classes.
+    pub fn channels(&self) -> Vec<(String, Vec<ClassPath>)> {
+        let mut out: Vec<(String, Vec<ClassPath>)> = Vec::new();
+        for (at, conn) in self.channels.iter().enumerate() {
+            if let Some(conn) = conn {
+                let mut classes: Vec<ClassPath> = self
+                    .routes
+                    .iter()
+                    .filter(|(_, r)| **r == Route::Channel(at))
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                classes.sort();
+                out.push((conn.provider.clone(), classes));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// One direct channel: a socket to a worker, speaking binary requests and replies.
+struct DirectConn {
+    provider: String,
+    stream: UnixStream,
+    frames: FrameBuffer,
+    out: Vec<u8>,
+    /// It has answered at least once.
+    served: bool,
+    /// Its classes' channels before it that failed unused, in a row.
+    misses: u32,
+}
+
+/// What came back on a channel.
+enum Answer {
+    /// The worker's reply (an answer or an error).
+    Reply(Result<Response, ClientError>),
+    /// Nothing in time: this timeout error.
+    None(ClientError),
+}
+
+/// [`purveyor_protocol::ClientMessage`] with the request borrowed: the same bytes, without
+/// cloning the request (which may have to go through the daemon after all).
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ClientMessageRef<'a> {
+    Request { id: u32, request: &'a Request },
+}
+
+impl DirectConn {
+    /// `Err(Lost)` when the channel failed before an answer.
+    fn call(&mut self, id: u32, request: &Request) -> Result<Answer, Lost> {
+        self.out.clear();
+        let message = ClientMessageRef::Request { id, request };
+        if encode_frame(Encoding::Binary, &message, MAX_FRAME_DEFAULT, &mut self.out).is_err()
+            || self.stream.write_all(&self.out).is_err()
+        {
+            return Err(Lost);
+        }
+        loop {
+            match self.frames.next_frame() {
+                Ok(Some(payload)) => match parse_incoming(Encoding::Binary, payload) {
+                    Ok(Incoming::Reply(got, reply)) if got == id => {
+                        return Ok(Answer::Reply(reply));
+                    }
+                    // A late answer to an earlier request: not ours.
+                    Ok(Incoming::Reply(..)) => continue,
+                    _ => return Err(Lost),
+                },
+                Ok(None) => {}
+                Err(_) => return Err(Lost),
+            }
+            match self.stream.read(self.frames.spare()) {
+                Ok(0) => return Err(Lost),
+                Ok(n) => self.frames.filled(n),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    let waited = self.stream.read_timeout().ok().flatten();
+                    return Ok(Answer::None(ClientError::Timeout {
+                        provider: Some(self.provider.clone()),
+                        message: format!(
+                            "provider {} did not answer on its direct channel within {:?}",
+                            self.provider,
+                            waited.unwrap_or(Duration::ZERO)
+                        ),
+                    }));
+                }
+                Err(_) => return Err(Lost),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use purveyor_model::InstanceKey;
+    use purveyor_protocol::ClientMessage;
+
+    #[test]
+    fn the_borrowed_message_encodes_as_the_owned_one() {
+        let request = Request::Get {
+            class: ClassPath::new("demo.uptime").unwrap(),
+            key: InstanceKey::new(),
+        };
+        for encoding in [Encoding::Binary, Encoding::Json] {
+            let (mut owned, mut borrowed) = (Vec::new(), Vec::new());
+            let message = ClientMessage::Request {
+                id: 7,
+                request: request.clone(),
+            };
+            encode_frame(encoding, &message, u32::MAX, &mut owned).unwrap();
+            let message = ClientMessageRef::Request {
+                id: 7,
+                request: &request,
+            };
+            encode_frame(encoding, &message, u32::MAX, &mut borrowed).unwrap();
+            assert_eq!(owned, borrowed, "{encoding}");
+        }
+    }
+
+    #[test]
+    fn a_class_is_attached_after_its_reads_through_the_daemon() {
+        let class = ClassPath::new("demo.uptime").unwrap();
+        let mut routes = DirectRoutes::default();
+        assert!(matches!(routes.plan(&class), Plan::Daemon));
+        assert!(matches!(routes.plan(&class), Plan::DaemonThenAttach));
+        routes.refused(&class, true);
+        for _ in 0..100 {
+            assert!(matches!(routes.plan(&class), Plan::Daemon));
+        }
+    }
+
+    /// How many reads through the daemon until a channel is asked for.
+    fn reads_until_attach(routes: &mut DirectRoutes, class: &ClassPath) -> u32 {
+        (1..=10_000)
+            .find(|_| matches!(routes.plan(class), Plan::DaemonThenAttach))
+            .expect("asked within 10 000 reads")
+    }
+
+    #[test]
+    fn a_channel_that_never_served_is_asked_for_again_later_and_later() {
+        let class = ClassPath::new("demo.uptime").unwrap();
+        let mut routes = DirectRoutes::default();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        routes.attached("uptime".into(), vec![class.clone()], ours);
+        assert!(matches!(routes.plan(&class), Plan::Channel(0)));
+        drop(theirs);
+        let request = Request::Get {
+            class: class.clone(),
+            key: InstanceKey::new(),
+        };
+        assert!(routes.call(0, 1, &request).is_err());
+        assert!(routes.channels().is_empty());
+        assert_eq!(reads_until_attach(&mut routes, &class), 8);
+        routes.refused(&class, false);
+        assert_eq!(reads_until_attach(&mut routes, &class), 32);
+    }
+
+    #[test]
+    fn a_channel_that_served_is_asked_for_again_soon() {
+        let class = ClassPath::new("demo.uptime").unwrap();
+        let mut routes = DirectRoutes::default();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        routes.attached("uptime".into(), vec![class.clone()], ours);
+        // A worker that answers once, then goes away.
+        let worker = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let mut buf = [0u8; 256];
+            let _ = theirs.read(&mut buf);
+            let mut out = Vec::new();
+            let reply = purveyor_protocol::ServerMessage::Reply {
+                id: 1,
+                outcome: purveyor_protocol::Outcome::Ok(Response::Pong),
+            };
+            encode_frame(Encoding::Binary, &reply, u32::MAX, &mut out).unwrap();
+            theirs.write_all(&out).unwrap();
+        });
+        let request = Request::Get {
+            class: class.clone(),
+            key: InstanceKey::new(),
+        };
+        assert!(matches!(
+            routes.call(0, 1, &request),
+            Ok(Ok(Response::Pong))
+        ));
+        worker.join().unwrap();
+        assert!(routes.call(0, 2, &request).is_err());
+        assert_eq!(reads_until_attach(&mut routes, &class), ATTACH_AFTER);
+    }
+}

@@ -1,0 +1,530 @@
+//! An isolated worker's direct channels (`docs/provider-abi.md`, "Direct channels"): a
+//! client's gets and enumerates of a provider this worker hosts come straight here on a
+//! socket the host handed over, and go back the same way, one hop instead of two.
+//!
+//! The host did what needs the daemon before handing the socket over: it checked the
+//! caller's credentials and the access policy (the channel serves only the classes the
+//! caller may read) and gave the schemas. Here each call is planned, checked and answered
+//! by the same code the host uses ([`crate::answer`]), within the provider's deadline: the
+//! watcher answers a call that overruns it with a timeout and tells the host, which kills
+//! the worker as for a call of its own. The host is told of use often enough to keep its
+//! idle rule exact (see [`UseReport`]). A channel whose provider this worker no longer
+//! serves is closed: the client then asks the host, which loads it again.
+//!
+//! Invariants: a call's reply is written once, by its thread or (past its deadline) by
+//! the watcher, never both; every activity at time `t` is covered by a `used` news sent
+//! at some `r ≤ t` with `t < r + keep`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use purveyor_model::{ClassPath, ClassSchema, ProviderName};
+use purveyor_protocol::{
+    CallerInfo, ClientMessage, DirectAttach, DirectNews, Encoding, ErrorCode, FrameBuffer, Outcome,
+    ProviderCall, ProviderReply, ProviderRequest, ProviderResponse, RemoteError, Request, Response,
+    ServerMessage, encode_frame,
+};
+use purveyor_provider::abi::{fault, from_fault, panic_message};
+
+use super::{MAX_FRAME, Worker};
+use crate::answer::Offers;
+
+/// The most direct channels one worker serves at once; past it a new channel is closed
+/// at once and its client goes on through the host.
+const MAX_CHANNELS: usize = 1024;
+
+/// One direct channel: what the host said when it handed the socket over.
+struct Channel {
+    provider: String,
+    name: ProviderName,
+    caller: CallerInfo,
+    schemas: HashMap<ClassPath, ClassSchema, foldhash::fast::RandomState>,
+    offers_get: bool,
+    offers_enumerate: bool,
+    deadline: Duration,
+    usage: Arc<UseReport>,
+    writer: Arc<Mutex<UnixStream>>,
+}
+
+impl Channel {
+    fn offers(&self) -> Offers<'_> {
+        Offers {
+            name: &self.name,
+            get: self.offers_get,
+            enumerate: self.offers_enumerate,
+        }
+    }
+}
+
+/// A provider's direct use since the host last heard of it.
+pub(super) struct UseReport {
+    provider: String,
+    /// How long a `used` news keeps the provider in use at the host, in nanoseconds.
+    keep: u64,
+    /// When the last `used` news with `keep` went, in nanoseconds after the worker's
+    /// epoch, plus one (0: never).
+    last: AtomicU64,
+    calls: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A direct call running now, for the watcher.
+pub(super) struct Running {
+    id: u32,
+    deadline: Instant,
+    timeout: Duration,
+    name: ProviderName,
+    usage: Arc<UseReport>,
+    writer: Arc<Mutex<UnixStream>>,
+    /// The watcher answered it (past its deadline): its thread must not.
+    answered: Arc<AtomicBool>,
+}
+
+/// Direct calls running now: a slab, so starting and ending a call does not hash.
+#[derive(Default)]
+pub(super) struct RunningCalls {
+    slots: Vec<Option<Running>>,
+    free: Vec<usize>,
+}
+
+impl Worker {
+    /// Takes direct channels from the host's attach socket until it closes.
+    pub(super) fn take_channels(self: Arc<Self>, socket: UnixStream) {
+        let mut frames = FrameBuffer::new(MAX_FRAME);
+        let mut fds: VecDeque<OwnedFd> = VecDeque::new();
+        loop {
+            loop {
+                let attach = match frames.next_frame() {
+                    Ok(Some(payload)) => serde_json::from_slice::<DirectAttach>(payload),
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("purveyor worker: bad frame on the attach socket: {e}");
+                        return;
+                    }
+                };
+                let Some(fd) = fds.pop_front() else {
+                    eprintln!("purveyor worker: a direct channel's attach came without its socket");
+                    continue;
+                };
+                match attach {
+                    Ok(attach) => self.open_channel(attach, fd),
+                    Err(e) => eprintln!("purveyor worker: malformed direct channel attach: {e}"),
+                }
+            }
+            match purveyor_protocol::fds::recv(socket.as_raw_fd(), frames.spare(), &mut fds) {
+                Ok(0) => return,
+                Ok(n) => frames.filled(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("purveyor worker: reading the attach socket failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn open_channel(self: &Arc<Self>, attach: DirectAttach, fd: OwnedFd) {
+        let name = match ProviderName::new(&attach.provider) {
+            Ok(name) => name,
+            Err(e) => {
+                eprintln!("purveyor worker: a direct channel for a bad provider name: {e}");
+                return;
+            }
+        };
+        if self.channels.fetch_add(1, Ordering::SeqCst) >= MAX_CHANNELS {
+            self.channels.fetch_sub(1, Ordering::SeqCst);
+            eprintln!(
+                "purveyor worker: {MAX_CHANNELS} direct channels are open; one more for {} is closed (its client goes through the host)",
+                attach.provider
+            );
+            return;
+        }
+        let reader = UnixStream::from(fd);
+        let writer = match reader.try_clone() {
+            Ok(w) => Arc::new(Mutex::new(w)),
+            Err(e) => {
+                self.channels.fetch_sub(1, Ordering::SeqCst);
+                eprintln!("purveyor worker: cannot use a direct channel: {e}");
+                return;
+            }
+        };
+        let usage = self.usage_of(&attach.provider, attach.keep_ms);
+        let channel = Channel {
+            provider: attach.provider,
+            name,
+            caller: attach.caller,
+            schemas: attach
+                .classes
+                .into_iter()
+                .map(|s| (s.path().clone(), s))
+                .collect(),
+            offers_get: attach.offers_get,
+            offers_enumerate: attach.offers_enumerate,
+            deadline: Duration::from_millis(attach.deadline_ms),
+            usage,
+            writer,
+        };
+        let w = self.clone();
+        let started = std::thread::Builder::new()
+            .name("purveyor-direct".into())
+            .spawn(move || {
+                w.serve_channel(&channel, reader);
+                w.channels.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = started {
+            self.channels.fetch_sub(1, Ordering::SeqCst);
+            eprintln!("purveyor worker: cannot start a direct channel's thread: {e}");
+        }
+    }
+
+    /// The use report of `provider`, shared by all its channels.
+    fn usage_of(&self, provider: &str, keep_ms: u64) -> Arc<UseReport> {
+        let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+        uses.entry(provider.to_string())
+            .or_insert_with(|| {
+                Arc::new(UseReport {
+                    provider: provider.to_string(),
+                    keep: keep_ms.max(1) * 1_000_000,
+                    last: 0.into(),
+                    calls: 0.into(),
+                    errors: 0.into(),
+                })
+            })
+            .clone()
+    }
+
+    /// Serves one channel until its client closes it, sends something other than a
+    /// request, or its provider is no longer served here.
+    fn serve_channel(&self, channel: &Channel, mut reader: UnixStream) {
+        let mut frames = FrameBuffer::new(MAX_FRAME);
+        let mut out = Vec::with_capacity(256);
+        loop {
+            let request = match frames.next_frame() {
+                Ok(Some(payload)) => {
+                    match purveyor_protocol::decode::<ClientMessage>(Encoding::Binary, payload) {
+                        Ok(ClientMessage::Request { id, request }) => (id, request),
+                        Err(e) => {
+                            eprintln!(
+                                "purveyor worker: a direct channel of {} sent {e}; closed",
+                                channel.provider
+                            );
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    match reader.read(frames.spare()) {
+                        Ok(0) => return,
+                        Ok(n) => frames.filled(n),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => return,
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "purveyor worker: a direct channel of {} sent a bad frame ({e}); closed",
+                        channel.provider
+                    );
+                    return;
+                }
+            };
+            let (id, request) = request;
+            let provider = self
+                .providers
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&channel.provider)
+                .cloned();
+            // Released here: closing tells the client to ask the host, which loads it.
+            let Some(provider) = provider else { return };
+            let Some(result) = self.direct_call(channel, &provider, id, request) else {
+                continue;
+            };
+            out.clear();
+            let outcome = match result {
+                Ok(response) => Outcome::Ok(response),
+                Err(error) => Outcome::Err(error),
+            };
+            if let Err(e) = encode_frame(
+                Encoding::Binary,
+                &ServerMessage::Reply { id, outcome },
+                MAX_FRAME,
+                &mut out,
+            ) {
+                out.clear();
+                let error = channel.offers().error(
+                    ErrorCode::ProviderFailed,
+                    format!("cannot encode the reply: {e}"),
+                );
+                let reply = ServerMessage::Reply {
+                    id,
+                    outcome: Outcome::Err(error),
+                };
+                let _ = encode_frame(Encoding::Binary, &reply, MAX_FRAME, &mut out);
+            }
+            let mut writer = channel.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if writer.write_all(&out).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Answers one request: `None` when the watcher answered it (past its deadline).
+    fn direct_call(
+        &self,
+        channel: &Channel,
+        provider: &crate::library::LibraryProvider,
+        id: u32,
+        request: Request,
+    ) -> Option<Result<Response, RemoteError>> {
+        let offers = channel.offers();
+        let schema_of = |class: &ClassPath| {
+            channel.schemas.get(class).ok_or_else(|| {
+                RemoteError::new(
+                    ErrorCode::Unsupported,
+                    format!("class {class} is not served on this direct channel; ask the host"),
+                )
+            })
+        };
+        // Plan the call: a get or an enumerate, the key checked against the schema.
+        let plan = match request {
+            Request::Get { class, key } => schema_of(&class).and_then(|schema| {
+                let call = offers.get_call(schema, &class, &key)?;
+                Ok((schema, class, key, true, call))
+            }),
+            Request::Enumerate { class, selector } => schema_of(&class).and_then(|schema| {
+                if !offers.enumerate {
+                    return Err(offers.not_offered("enumerate"));
+                }
+                let call = offers.enumerate_call(schema, &class, &selector)?;
+                Ok((schema, class, selector, false, call))
+            }),
+            _ => Err(RemoteError::new(
+                ErrorCode::Unsupported,
+                "only get and enumerate go on a direct channel; ask the host",
+            )),
+        };
+        let (schema, class, key, is_get, call) = match plan {
+            Ok(plan) => plan,
+            Err(error) => return Some(Err(error)),
+        };
+        let asked_get = matches!(call, ProviderCall::Get { .. });
+        let answered = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + channel.deadline;
+        self.call_begins();
+        let at = self.running_add(Running {
+            id,
+            deadline,
+            timeout: channel.deadline,
+            name: channel.name.clone(),
+            usage: channel.usage.clone(),
+            writer: channel.writer.clone(),
+            answered: answered.clone(),
+        });
+        self.report_use(&channel.usage, true);
+        let request = ProviderRequest {
+            id,
+            provider: String::new(),
+            caller: channel.caller,
+            deadline_ms: channel.deadline.as_millis().max(1) as u64,
+            ui: 0,
+            call,
+        };
+        let reply = catch_unwind(AssertUnwindSafe(|| provider.forward(&request)))
+            .map(|r| r.unwrap_or_else(|e| ProviderReply::Error(fault(e))))
+            .unwrap_or_else(|panic| {
+                ProviderReply::Error(purveyor_protocol::ProviderFault {
+                    kind: purveyor_protocol::FaultKind::Failed,
+                    message: format!("the provider panicked: {}", panic_message(&*panic)),
+                })
+            });
+        self.running_remove(at);
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        if answered.load(Ordering::SeqCst) {
+            return None;
+        }
+        let result = match reply {
+            ProviderReply::Error(f) => Err(offers.provider_error(from_fault(f))),
+            reply if is_get => offers.get_answer(schema, class, key, asked_get, reply),
+            reply => offers.enumerate_answer(schema, class, key, asked_get, reply),
+        };
+        // As the host counts: a failure the provider reported, or an answer that is its
+        // fault.
+        let failed = match &result {
+            Err(e) => e.code == ErrorCode::ProviderFailed || e.provider.is_some(),
+            Ok(_) => false,
+        };
+        channel.usage.calls.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            channel.usage.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.report_use(&channel.usage, true);
+        Some(result)
+    }
+
+    fn running_add(&self, call: Running) -> usize {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.free.pop() {
+            Some(at) => {
+                running.slots[at] = Some(call);
+                at
+            }
+            None => {
+                running.slots.push(Some(call));
+                running.slots.len() - 1
+            }
+        }
+    }
+
+    fn running_remove(&self, at: usize) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.slots[at] = None;
+        running.free.push(at);
+    }
+
+    /// Tells the host `usage`'s provider is in use (`active`) when its last news no
+    /// longer covers now, or brings the host's counts up to date (`!active`, when there
+    /// are calls to count).
+    pub(super) fn report_use(&self, usage: &UseReport, active: bool) {
+        let now = self.now() + 1;
+        let keep_ms = if active {
+            let last = usage.last.load(Ordering::SeqCst);
+            if last != 0 && now < last + usage.keep {
+                return;
+            }
+            if usage
+                .last
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                // Another thread is telling now.
+                return;
+            }
+            usage.keep / 1_000_000
+        } else {
+            if usage.calls.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            0
+        };
+        let news = DirectNews::Used {
+            calls: usage.calls.swap(0, Ordering::Relaxed),
+            errors: usage.errors.swap(0, Ordering::Relaxed),
+            keep_ms,
+        };
+        self.tell_host(&usage.provider, news);
+    }
+
+    /// Brings the host's counts of every provider's direct calls up to date.
+    pub(super) fn flush_uses(&self) {
+        let uses: Vec<Arc<UseReport>> = self
+            .uses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for usage in uses {
+            self.report_use(&usage, false);
+        }
+    }
+
+    /// The watcher's look at running direct calls: one past its deadline is answered with
+    /// a timeout and the host is told (it kills this worker); the others keep their
+    /// provider in use at the host.
+    pub(super) fn check_running(&self) {
+        let now = Instant::now();
+        let mut overdue = Vec::new();
+        let mut in_use = Vec::new();
+        {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for call in running.slots.iter().flatten() {
+                if call.answered.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if now >= call.deadline {
+                    call.answered.store(true, Ordering::SeqCst);
+                    overdue.push((
+                        call.id,
+                        call.timeout,
+                        call.name.clone(),
+                        call.usage.clone(),
+                        call.writer.clone(),
+                    ));
+                } else {
+                    in_use.push(call.usage.clone());
+                }
+            }
+        }
+        for usage in in_use {
+            self.report_use(&usage, true);
+        }
+        for (id, timeout, name, usage, writer) in overdue {
+            let error = RemoteError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "provider {name} did not answer within {}; its process was killed and restarts on next use",
+                    humantime::format_duration(timeout)
+                ),
+            )
+            .with_provider(name);
+            let mut out = Vec::new();
+            let reply = ServerMessage::Reply {
+                id,
+                outcome: Outcome::Err(error),
+            };
+            if encode_frame(Encoding::Binary, &reply, MAX_FRAME, &mut out).is_ok() {
+                let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = writer.write_all(&out);
+            }
+            usage.calls.fetch_add(1, Ordering::Relaxed);
+            usage.errors.fetch_add(1, Ordering::Relaxed);
+            self.tell_host(
+                &usage.provider,
+                DirectNews::Overdue {
+                    deadline_ms: timeout.as_millis() as u64,
+                },
+            );
+        }
+    }
+
+    /// Sends the host news of `provider`'s direct channels (a frame with id 0).
+    fn tell_host(&self, provider: &str, news: DirectNews) {
+        let message = ProviderResponse {
+            id: 0,
+            reply: ProviderReply::Direct {
+                provider: provider.to_string(),
+                news,
+            },
+        };
+        let mut frame = Vec::new();
+        if encode_frame(self.encoding, &message, MAX_FRAME, &mut frame).is_ok() {
+            let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = out.write_all(&frame);
+        }
+    }
+}
+
+/// The attach socket the host gave this worker (`PURVEYOR_ATTACH_FD`), if any; the
+/// variable is removed so the providers' own children do not see it.
+pub(super) fn attach_socket() -> Option<UnixStream> {
+    let fd: i32 = std::env::var("PURVEYOR_ATTACH_FD").ok()?.parse().ok()?;
+    // SAFETY: removing a variable while no other thread runs (the worker's threads start
+    // after this).
+    unsafe { std::env::remove_var("PURVEYOR_ATTACH_FD") };
+    // SAFETY: the host put the socket on this descriptor for this process alone; the
+    // worker takes it once, here. Close-on-exec keeps it from the providers' children.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+            return None;
+        }
+        Some(UnixStream::from_raw_fd(fd))
+    }
+}

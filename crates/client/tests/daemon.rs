@@ -606,7 +606,11 @@ fn bad_handshakes_are_refused_with_a_reason() {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write_frame(&mut s, br#"{"protocol":1,"minor":5,"encoding":"json"}"#);
     let welcome: serde_json::Value = serde_json::from_slice(&read_frame(&mut s).unwrap()).unwrap();
-    assert_eq!(welcome["minor"], 6, "{welcome}");
+    assert_eq!(
+        welcome["minor"],
+        purveyor_protocol::PROTOCOL_MINOR,
+        "{welcome}"
+    );
 
     let mut s = UnixStream::connect(&daemon.path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -136,7 +136,8 @@ impl Offers<'_> {
         Ok(Response::Instances(InstanceList { class, instances }))
     }
 
-    fn unexpected(&self, what: &str, reply: &ProviderReply) -> RemoteError {
+    /// The error for a reply of the wrong kind to `what`.
+    pub fn unexpected(&self, what: &str, reply: &ProviderReply) -> RemoteError {
         self.error(
             ErrorCode::ProviderFailed,
             format!(

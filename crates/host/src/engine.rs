@@ -1144,17 +1144,9 @@ fn enumerate_answer(
         .map_err(|e| recorded(slot, e))
 }
 
+/// A reply of the wrong kind, recorded as the provider's error.
 fn unexpected(slot: &Slot, what: &str, reply: &ProviderReply) -> RemoteError {
-    let error = slot.error(
-        ErrorCode::ProviderFailed,
-        format!(
-            "provider {} answered `{}` to {what}",
-            slot.manifest.name,
-            reply.kind()
-        ),
-    );
-    slot.record_error(&error);
-    error
+    recorded(slot, slot.offers().unexpected(what, reply))
 }
 
 impl HostInner {

@@ -491,18 +491,26 @@ fn isolated_reads_go_on_a_direct_channel() {
     assert!(plain.direct_channels().is_empty());
 }
 
+/// A client whose reads of `demo.counter` go on a direct channel (its third read did),
+/// and the pid of the worker serving them.
+fn direct_client(d: &Daemon) -> (purveyor_client::Client, u32) {
+    let mut c = d.client();
+    let counter = class("demo.counter");
+    for _ in 0..2 {
+        c.get(&counter, &named("a")).unwrap();
+    }
+    let pid = u64_of(&c.get(&counter, &named("a")).unwrap(), "pid") as u32;
+    assert_eq!(c.direct_channels().len(), 1, "{:?}", c.direct_channels());
+    (c, pid)
+}
+
 /// A worker that crashes during a direct call: the client's error names the provider
 /// and the signal, as through the daemon, and the next read restarts it.
 #[test]
 fn crash_on_a_direct_channel_is_reported_and_restarts() {
     let d = start(&[("iso", c_manifest("iso", "isolated", ""))]);
-    let mut c = d.client();
+    let (mut c, before) = direct_client(&d);
     let counter = class("demo.counter");
-    for _ in 0..3 {
-        c.get(&counter, &named("a")).unwrap();
-    }
-    let before = u64_of(&c.get(&counter, &named("a")).unwrap(), "pid") as u32;
-    assert_eq!(c.direct_channels().len(), 1);
     match c.get(&counter, &named("crash")) {
         Err(ClientError::ProviderFailed { provider, message }) => {
             assert_eq!(provider.as_deref(), Some("iso"));
@@ -537,13 +545,8 @@ fn deadline_on_a_direct_channel_kills_the_worker() {
         "iso",
         c_manifest("iso", "isolated", "call_timeout = \"300ms\""),
     )]);
-    let mut c = d.client();
+    let (mut c, before) = direct_client(&d);
     let counter = class("demo.counter");
-    for _ in 0..3 {
-        c.get(&counter, &named("a")).unwrap();
-    }
-    assert_eq!(c.direct_channels().len(), 1);
-    let before = u64_of(&c.get(&counter, &named("a")).unwrap(), "pid") as u32;
     let asked = Instant::now();
     match c.get(&counter, &named("hang")) {
         Err(ClientError::Timeout { provider, message }) => {

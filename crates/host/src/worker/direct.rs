@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,12 +78,9 @@ pub(super) struct UseReport {
 pub(super) struct Running {
     id: u32,
     deadline: Instant,
-    timeout: Duration,
-    name: ProviderName,
-    usage: Arc<UseReport>,
-    writer: Arc<Mutex<UnixStream>>,
+    channel: Arc<Channel>,
     /// The watcher answered it (past its deadline): its thread must not.
-    answered: Arc<AtomicBool>,
+    answered: bool,
 }
 
 /// Direct calls running now: a slab, so starting and ending a call does not hash.
@@ -170,6 +167,7 @@ impl Worker {
             usage,
             writer,
         };
+        let channel = Arc::new(channel);
         let w = self.clone();
         let started = std::thread::Builder::new()
             .name("purveyor-direct".into())
@@ -201,7 +199,7 @@ impl Worker {
 
     /// Serves one channel until its client closes it, sends something other than a
     /// request, or its provider is no longer served here.
-    fn serve_channel(&self, channel: &Channel, mut reader: UnixStream) {
+    fn serve_channel(&self, channel: &Arc<Channel>, mut reader: UnixStream) {
         let mut frames = FrameBuffer::new(MAX_FRAME);
         let mut out = Vec::with_capacity(256);
         loop {
@@ -279,7 +277,7 @@ impl Worker {
     /// Answers one request: `None` when the watcher answered it (past its deadline).
     fn direct_call(
         &self,
-        channel: &Channel,
+        channel: &Arc<Channel>,
         provider: &crate::library::LibraryProvider,
         id: u32,
         request: Request,
@@ -316,17 +314,12 @@ impl Worker {
             Err(error) => return Some(Err(error)),
         };
         let asked_get = matches!(call, ProviderCall::Get { .. });
-        let answered = Arc::new(AtomicBool::new(false));
-        let deadline = Instant::now() + channel.deadline;
         self.call_begins();
         let at = self.running_add(Running {
             id,
-            deadline,
-            timeout: channel.deadline,
-            name: channel.name.clone(),
-            usage: channel.usage.clone(),
-            writer: channel.writer.clone(),
-            answered: answered.clone(),
+            deadline: Instant::now() + channel.deadline,
+            channel: channel.clone(),
+            answered: false,
         });
         self.report_use(&channel.usage, true);
         let request = ProviderRequest {
@@ -345,9 +338,9 @@ impl Worker {
                     message: format!("the provider panicked: {}", panic_message(&*panic)),
                 })
             });
-        self.running_remove(at);
+        let answered = self.running_remove(at);
         self.busy.fetch_sub(1, Ordering::SeqCst);
-        if answered.load(Ordering::SeqCst) {
+        if answered {
             return None;
         }
         let result = match reply {
@@ -383,10 +376,12 @@ impl Worker {
         }
     }
 
-    fn running_remove(&self, at: usize) {
+    /// Forgets a running call; true if the watcher answered it.
+    fn running_remove(&self, at: usize) -> bool {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.slots[at] = None;
+        let call = running.slots[at].take();
         running.free.push(at);
+        call.is_some_and(|c| c.answered)
     }
 
     /// Tells the host `usage`'s provider is in use (`active`) when its last news no
@@ -444,52 +439,46 @@ impl Worker {
         let mut overdue = Vec::new();
         let mut in_use = Vec::new();
         {
-            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            for call in running.slots.iter().flatten() {
-                if call.answered.load(Ordering::SeqCst) {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for call in running.slots.iter_mut().flatten() {
+                if call.answered {
                     continue;
                 }
                 if now >= call.deadline {
-                    call.answered.store(true, Ordering::SeqCst);
-                    overdue.push((
-                        call.id,
-                        call.timeout,
-                        call.name.clone(),
-                        call.usage.clone(),
-                        call.writer.clone(),
-                    ));
+                    call.answered = true;
+                    overdue.push((call.id, call.channel.clone()));
                 } else {
-                    in_use.push(call.usage.clone());
+                    in_use.push(call.channel.clone());
                 }
             }
         }
-        for usage in in_use {
-            self.report_use(&usage, true);
+        for channel in in_use {
+            self.report_use(&channel.usage, true);
         }
-        for (id, timeout, name, usage, writer) in overdue {
-            let error = RemoteError::new(
+        for (id, channel) in overdue {
+            let error = channel.offers().error(
                 ErrorCode::Timeout,
                 format!(
-                    "provider {name} did not answer within {}; its process was killed and restarts on next use",
-                    humantime::format_duration(timeout)
+                    "provider {} did not answer within {}; its process was killed and restarts on next use",
+                    channel.name,
+                    humantime::format_duration(channel.deadline)
                 ),
-            )
-            .with_provider(name);
+            );
             let mut out = Vec::new();
             let reply = ServerMessage::Reply {
                 id,
                 outcome: Outcome::Err(error),
             };
             if encode_frame(Encoding::Binary, &reply, MAX_FRAME, &mut out).is_ok() {
-                let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let mut writer = channel.writer.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = writer.write_all(&out);
             }
-            usage.calls.fetch_add(1, Ordering::Relaxed);
-            usage.errors.fetch_add(1, Ordering::Relaxed);
+            channel.usage.calls.fetch_add(1, Ordering::Relaxed);
+            channel.usage.errors.fetch_add(1, Ordering::Relaxed);
             self.tell_host(
-                &usage.provider,
+                &channel.provider,
                 DirectNews::Overdue {
-                    deadline_ms: timeout.as_millis() as u64,
+                    deadline_ms: channel.deadline.as_millis() as u64,
                 },
             );
         }

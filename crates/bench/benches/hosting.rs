@@ -56,6 +56,13 @@ fn main() {
         ROUNDS * PER_ROUND
     );
     let lib = rust_lib.display().to_string();
+    // PURVEYOR_BENCH_IN_PROCESS_ONLY=1: only the in-process figures; `=in-daemon`: only
+    // the in-daemon one (to count its instructions under `valgrind --tool=callgrind`).
+    let only = std::env::var("PURVEYOR_BENCH_IN_PROCESS_ONLY").ok();
+    in_process(dir.path(), &lib, only.as_deref() == Some("in-daemon"));
+    if only.is_some() {
+        return;
+    }
     let models: [(&str, String, &str, bool); 4] = [
         ("builtin", String::new(), "purveyor.host", false),
         (
@@ -118,6 +125,9 @@ fn main() {
             cold_load(label, &mut c, &request);
         }
         latency(label, &mut c, echo_path, &request);
+        if *label == "in-daemon" {
+            against_builtin(&mut c, &request);
+        }
         if *label == "isolated" {
             // The same calls with direct channels off: client → daemon → worker and back.
             let mut relayed = Client::connect_socket(
@@ -133,6 +143,62 @@ fn main() {
             memory(label, &mut c, &request, &daemon);
         }
     }
+}
+
+/// The host's own work per get, with no socket: `Host::handle` in a loop, for the builtin
+/// `purveyor.host` and an in-daemon `demo.greeting` in one host, in alternating rounds.
+/// The difference is what the library boundary costs (encode, call, decode, watchdog).
+fn in_process(dir: &Path, lib: &str, library_only: bool) {
+    let pdir = dir.join("in-process");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(
+        pdir.join("bench.toml"),
+        format!(
+            "name = \"bench\"\nhosting = \"in-daemon\"\nlibrary = {lib:?}\nclasses = [\"demo.greeting\"]\ncapabilities = [\"get\"]\n"
+        ),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let host =
+        purveyor_client::default_host(purveyor_protocol::HostMode::Embedded, Some(vec![pdir]));
+    let caller = purveyor_host::Caller::current_process();
+    let mut key = InstanceKey::new();
+    key.insert(Identifier::new("name").unwrap(), Value::String("x".into()));
+    let requests = [
+        Request::Get {
+            class: ClassPath::new("purveyor.host").unwrap(),
+            key: InstanceKey::new(),
+        },
+        Request::Get {
+            class: ClassPath::new("demo.greeting").unwrap(),
+            key,
+        },
+    ];
+    const N: u32 = 20_000;
+    let mut best = [Duration::MAX; 2];
+    runtime.block_on(async {
+        for _ in 0..ROUNDS {
+            for (i, request) in requests.iter().enumerate() {
+                if i == 0 && library_only {
+                    continue;
+                }
+                let t = Instant::now();
+                for _ in 0..N {
+                    host.handle(request.clone(), &caller).await.unwrap();
+                }
+                best[i] = best[i].min(t.elapsed() / N);
+            }
+        }
+    });
+    println!(
+        "in-process    Host::handle get, best round: builtin {:.2} us, in-daemon {:.2} us (+{:.2} us)",
+        best[0].as_secs_f64() * 1e6,
+        best[1].as_secs_f64() * 1e6,
+        (best[1].as_secs_f64() - best[0].as_secs_f64()) * 1e6
+    );
 }
 
 /// First request after the provider was unloaded: load + call, p50 over several loads.
@@ -193,6 +259,38 @@ fn latency(label: &str, c: &mut Client, echo: &Path, request: &Request) {
         "{label:<13} get ({} B reply){direct}: {}",
         m.reply_len,
         m.line()
+    );
+}
+
+/// The in-daemon target is relative to the builtin call: both measured in one daemon, in
+/// alternating rounds (so both see the same machine), p50 and p99 of each and their ratio.
+fn against_builtin(c: &mut Client, request: &Request) {
+    let builtin = Request::Get {
+        class: ClassPath::new("purveyor.host").unwrap(),
+        key: InstanceKey::new(),
+    };
+    let mut samples = [Vec::new(), Vec::new()];
+    for round in 0..=ROUNDS {
+        for (i, r) in [&builtin, request].into_iter().enumerate() {
+            for _ in 0..PER_ROUND {
+                let t = Instant::now();
+                c.request(r.clone()).unwrap();
+                if round > 0 {
+                    samples[i].push(t.elapsed());
+                }
+            }
+        }
+    }
+    let [b, ours] = samples.map(|mut s| percentiles(&mut s));
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    println!(
+        "in-daemon     get vs builtin get, same daemon, alternating rounds: p50 {:.1} vs {:.1} us, p99 {:.1} vs {:.1} us | ratio p50 {:.2}x  p99 {:.2}x",
+        purveyor_bench::us(ours.0),
+        purveyor_bench::us(b.0),
+        purveyor_bench::us(ours.1),
+        purveyor_bench::us(b.1),
+        ratio(ours.0, b.0),
+        ratio(ours.1, b.1)
     );
 }
 

@@ -8,9 +8,7 @@
 //! a failure it reported) and the caller counts it as the provider's error.
 
 use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey, ProviderName};
-use purveyor_protocol::{
-    ErrorCode, InstanceList, ProviderCall, ProviderReply, RemoteError, Response,
-};
+use purveyor_protocol::{ErrorCode, InstanceList, ProviderReply, ReadCall, RemoteError, Response};
 use purveyor_provider::ProviderError;
 
 /// What the answer needs to know of the provider: its name and the reads its manifest
@@ -41,22 +39,17 @@ impl Offers<'_> {
 
     /// A get's provider call, after checking the key against `schema`: `get` when the
     /// provider offers it, else `enumerate` (the answer then picks the instance).
-    pub fn get_call(
+    pub fn get_call<'a>(
         &self,
         schema: &ClassSchema,
-        class: &ClassPath,
-        key: &InstanceKey,
-    ) -> Result<ProviderCall, RemoteError> {
+        class: &'a ClassPath,
+        key: &'a InstanceKey,
+    ) -> Result<ReadCall<'a>, RemoteError> {
         check_full_key(schema, key)?;
         if self.get {
-            Ok(ProviderCall::Get {
-                class: class.clone(),
-                key: key.clone(),
-            })
+            Ok(ReadCall::Get { class, key })
         } else if self.enumerate {
-            Ok(ProviderCall::Enumerate {
-                class: class.clone(),
-            })
+            Ok(ReadCall::Enumerate { class })
         } else {
             Err(self.error(
                 ErrorCode::Unsupported,
@@ -69,14 +62,14 @@ impl Offers<'_> {
     pub fn get_answer(
         &self,
         schema: &ClassSchema,
-        class: ClassPath,
-        key: InstanceKey,
+        class: &ClassPath,
+        key: &InstanceKey,
         asked_get: bool,
         reply: ProviderReply,
     ) -> Result<Response, RemoteError> {
         let found = match (asked_get, reply) {
             (true, ProviderReply::Instance(found)) => found,
-            (false, ProviderReply::Instances(all)) => all.into_iter().find(|i| i.matches(&key)),
+            (false, ProviderReply::Instances(all)) => all.into_iter().find(|i| i.matches(key)),
             (true, other) => return Err(self.unexpected("get", &other)),
             (false, other) => return Err(self.unexpected("enumerate", &other)),
         };
@@ -94,22 +87,20 @@ impl Offers<'_> {
 
     /// An enumerate's provider call, after checking the selector: `get` when the selector
     /// is a full key and the provider offers get, else `enumerate`.
-    pub fn enumerate_call(
+    pub fn enumerate_call<'a>(
         &self,
         schema: &ClassSchema,
-        class: &ClassPath,
-        selector: &InstanceKey,
-    ) -> Result<ProviderCall, RemoteError> {
+        class: &'a ClassPath,
+        selector: &'a InstanceKey,
+    ) -> Result<ReadCall<'a>, RemoteError> {
         check_selector(schema, selector)?;
         Ok(if selector.is_full_key(schema) && self.get {
-            ProviderCall::Get {
-                class: class.clone(),
-                key: selector.clone(),
+            ReadCall::Get {
+                class,
+                key: selector,
             }
         } else {
-            ProviderCall::Enumerate {
-                class: class.clone(),
-            }
+            ReadCall::Enumerate { class }
         })
     }
 
@@ -119,14 +110,14 @@ impl Offers<'_> {
         &self,
         schema: &ClassSchema,
         class: ClassPath,
-        selector: InstanceKey,
+        selector: &InstanceKey,
         asked_get: bool,
         reply: ProviderReply,
     ) -> Result<Response, RemoteError> {
         let instances: Vec<Instance> = match (asked_get, reply) {
             (true, ProviderReply::Instance(found)) => found.into_iter().collect(),
             (false, ProviderReply::Instances(mut all)) => {
-                all.retain(|i| i.matches(&selector));
+                all.retain(|i| i.matches(selector));
                 all
             }
             (true, other) => return Err(self.unexpected("get", &other)),

@@ -16,10 +16,10 @@ use purveyor_model::{
 };
 use purveyor_protocol::{
     CallerInfo, ClassList, DirectNews, Encoding, ErrorCode, HostStatus, InstanceList,
-    PROTOCOL_VERSION, ProviderCall, ProviderReply, ProviderStatus, RaisedEvent, RemoteError,
-    Request, Response,
+    PROTOCOL_VERSION, ProviderCall, ProviderReply, ProviderStatus, RaisedEvent, ReadCall,
+    RemoteError, Request, Response,
 };
-use purveyor_provider::abi::{fault, from_fault, serve_call};
+use purveyor_provider::abi::{fault, from_fault, serve_call, serve_read};
 use purveyor_provider::{CallContext, Caller, Provider};
 
 use crate::access::Permission;
@@ -536,9 +536,9 @@ impl Host {
     ) -> Result<Response, RemoteError> {
         let (slot, loaded) = self.loaded_for(&class, Some(Capability::Enumerate)).await?;
         let (schema, call) = enumerate_call_for(&slot, &loaded, &class, &selector)?;
-        let asked_get = matches!(call, ProviderCall::Get { .. });
-        let reply = self.call(&slot, &loaded, caller, call).await?;
-        enumerate_answer(&slot, &schema, class, selector, asked_get, reply)
+        let asked_get = matches!(call, ReadCall::Get { .. });
+        let reply = self.read(&slot, &loaded, caller, call).await?;
+        enumerate_answer(&slot, &schema, class, &selector, asked_get, reply)
     }
 
     async fn get(
@@ -549,9 +549,25 @@ impl Host {
     ) -> Result<Response, RemoteError> {
         let (slot, loaded) = self.loaded_for(&class, None).await?;
         let (schema, call) = get_call_for(&slot, &loaded, &class, &key)?;
-        let asked_get = matches!(call, ProviderCall::Get { .. });
-        let reply = self.call(&slot, &loaded, caller, call).await?;
-        get_answer(&slot, &schema, class, key, asked_get, reply)
+        let asked_get = matches!(call, ReadCall::Get { .. });
+        let reply = self.read(&slot, &loaded, caller, call).await?;
+        get_answer(&slot, &schema, &class, &key, asked_get, reply)
+    }
+
+    /// [`Host::call`] for a read whose class and key are borrowed from the request: a
+    /// provider whose calls run on this thread reads them where they are, any other is
+    /// sent a copy.
+    async fn read(
+        &self,
+        slot: &Arc<Slot>,
+        loaded: &Arc<Loaded>,
+        caller: &Caller,
+        call: ReadCall<'_>,
+    ) -> Result<ProviderReply, RemoteError> {
+        if loaded.calls_inline() {
+            return self.call_inline(slot, loaded, caller, InlineCall::Read(call));
+        }
+        self.call(slot, loaded, caller, call.to_call()).await
     }
 
     /// Answers `request` on this thread, at once, when nothing in it needs waiting: a
@@ -591,9 +607,9 @@ impl Host {
             (Request::Get { class, key }, Some((slot, loaded))) => (|| {
                 self.allowed(caller, Permission::Read, class.as_str())?;
                 let (schema, call) = get_call_for(slot, &loaded, &class, &key)?;
-                let asked_get = matches!(call, ProviderCall::Get { .. });
-                let reply = self.call_inline(slot, &loaded, caller, call)?;
-                get_answer(slot, &schema, class, key, asked_get, reply)
+                let asked_get = matches!(call, ReadCall::Get { .. });
+                let reply = self.call_inline(slot, &loaded, caller, InlineCall::Read(call))?;
+                get_answer(slot, &schema, &class, &key, asked_get, reply)
             })(),
             (Request::Enumerate { class, selector }, Some((slot, loaded))) => (|| {
                 self.allowed(caller, Permission::Read, class.as_str())?;
@@ -601,9 +617,9 @@ impl Host {
                     return Err(not_offered(slot, Capability::Enumerate));
                 }
                 let (schema, call) = enumerate_call_for(slot, &loaded, &class, &selector)?;
-                let asked_get = matches!(call, ProviderCall::Get { .. });
-                let reply = self.call_inline(slot, &loaded, caller, call)?;
-                enumerate_answer(slot, &schema, class, selector, asked_get, reply)
+                let asked_get = matches!(call, ReadCall::Get { .. });
+                let reply = self.call_inline(slot, &loaded, caller, InlineCall::Read(call))?;
+                enumerate_answer(slot, &schema, class, &selector, asked_get, reply)
             })(),
             (other, _) => Err(RemoteError::new(
                 ErrorCode::Internal,
@@ -890,7 +906,7 @@ impl Host {
         call: ProviderCall,
     ) -> Result<ProviderReply, RemoteError> {
         if loaded.calls_inline() {
-            return self.call_inline(slot, loaded, caller, call);
+            return self.call_inline(slot, loaded, caller, InlineCall::Owned(call));
         }
         let timeout = slot.manifest.call_timeout;
         let name = &slot.manifest.name;
@@ -1007,7 +1023,7 @@ impl Host {
         slot: &Arc<Slot>,
         loaded: &Arc<Loaded>,
         caller: &Caller,
-        call: ProviderCall,
+        call: InlineCall<'_>,
     ) -> Result<ProviderReply, RemoteError> {
         let timeout = slot.manifest.call_timeout;
         let passive = PASSIVE.try_with(|_| ()).is_ok();
@@ -1018,8 +1034,11 @@ impl Host {
                 dispatch: Dispatch::Inline,
             } => {
                 let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
-                catch_unwind(AssertUnwindSafe(|| serve_call(&**provider, call, &ctx)))
-                    .map_err(|panic| panicked(slot, &panic))
+                catch_unwind(AssertUnwindSafe(|| match call {
+                    InlineCall::Read(read) => serve_read(&**provider, read, &ctx),
+                    InlineCall::Owned(call) => serve_call(&**provider, call, &ctx),
+                }))
+                .map_err(|panic| panicked(slot, &panic))
             }
             Backend::Library(library) => {
                 let deadline = Instant::now() + timeout;
@@ -1036,8 +1055,9 @@ impl Host {
                     })
                 };
                 let guard = self.inner.watchdog.watch(deadline, expiry);
-                let result = catch_unwind(AssertUnwindSafe(|| {
-                    library.request_within(call, caller, Some(timeout))
+                let result = catch_unwind(AssertUnwindSafe(|| match call {
+                    InlineCall::Read(read) => library.read_within(read, caller, Some(timeout)),
+                    InlineCall::Owned(call) => library.request_within(&call, caller, Some(timeout)),
                 }))
                 .map_err(|panic| panicked(slot, &panic));
                 if guard.finish() {
@@ -1063,6 +1083,13 @@ impl Host {
 
 /// Ends a call begun with `slot.begin_call()` (a `passive` one does not count as use):
 /// records its outcome, and makes a provider error in the reply the returned error.
+/// What [`Host::call_inline`] is asked: a read borrowing the request's class and key, or
+/// any call, owned (a put's instance moves into a builtin provider without a copy).
+enum InlineCall<'a> {
+    Read(ReadCall<'a>),
+    Owned(ProviderCall),
+}
+
 fn finish_call(
     slot: &Slot,
     passive: bool,
@@ -1093,12 +1120,12 @@ fn recorded(slot: &Slot, error: RemoteError) -> RemoteError {
 }
 
 /// A get's schema and provider call, after checking the key ([`Offers::get_call`]).
-fn get_call_for(
+fn get_call_for<'a>(
     slot: &Slot,
     loaded: &Loaded,
-    class: &ClassPath,
-    key: &InstanceKey,
-) -> Result<(Arc<ClassSchema>, ProviderCall), RemoteError> {
+    class: &'a ClassPath,
+    key: &'a InstanceKey,
+) -> Result<(Arc<ClassSchema>, ReadCall<'a>), RemoteError> {
     let schema = schema_for(slot, loaded, class)?;
     let call = slot.offers().get_call(&schema, class, key)?;
     Ok((schema, call))
@@ -1108,8 +1135,8 @@ fn get_call_for(
 fn get_answer(
     slot: &Slot,
     schema: &ClassSchema,
-    class: ClassPath,
-    key: InstanceKey,
+    class: &ClassPath,
+    key: &InstanceKey,
     asked_get: bool,
     reply: ProviderReply,
 ) -> Result<Response, RemoteError> {
@@ -1119,12 +1146,12 @@ fn get_answer(
 }
 
 /// An enumerate's schema and provider call ([`Offers::enumerate_call`]).
-fn enumerate_call_for(
+fn enumerate_call_for<'a>(
     slot: &Slot,
     loaded: &Loaded,
-    class: &ClassPath,
-    selector: &InstanceKey,
-) -> Result<(Arc<ClassSchema>, ProviderCall), RemoteError> {
+    class: &'a ClassPath,
+    selector: &'a InstanceKey,
+) -> Result<(Arc<ClassSchema>, ReadCall<'a>), RemoteError> {
     let schema = schema_for(slot, loaded, class)?;
     let call = slot.offers().enumerate_call(&schema, class, selector)?;
     Ok((schema, call))
@@ -1135,7 +1162,7 @@ fn enumerate_answer(
     slot: &Slot,
     schema: &ClassSchema,
     class: ClassPath,
-    selector: InstanceKey,
+    selector: &InstanceKey,
     asked_get: bool,
     reply: ProviderReply,
 ) -> Result<Response, RemoteError> {

@@ -16,13 +16,35 @@ use std::path::{Path, PathBuf};
 use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
 use purveyor_protocol::{
     CallerInfo, Encoding, PROVIDER_ABI_VERSION, ProviderCall, ProviderReply, ProviderRequest,
-    ProviderResponse, decode, encode_payload,
+    ProviderRequestRef, ProviderResponse, ReadCall, decode, encode_payload,
 };
 use purveyor_provider::abi::{
     ATTACH_SYMBOL, AttachFn, INSTALL_SYMBOL, InstallFn, PV_ENCODING_BINARY, PV_ENCODING_JSON,
     PV_ERR_ABI, PV_OK, PvHost, PvProvider, from_fault,
 };
 use purveyor_provider::{CallContext, Provider, ProviderError};
+use serde::Serialize;
+
+/// A request of the host's own (id 0, no provider name, no dialog token) for `caller`,
+/// with `left` to run (`None`: no deadline; at least 1 ms otherwise, as 0 means none).
+fn request_ref<'a, C>(
+    call: C,
+    caller: &purveyor_provider::Caller,
+    left: Option<std::time::Duration>,
+) -> ProviderRequestRef<'a, C> {
+    ProviderRequestRef {
+        id: 0,
+        provider: "",
+        caller: CallerInfo {
+            uid: caller.uid,
+            gid: caller.gid,
+            pid: caller.pid,
+        },
+        deadline_ms: left.map_or(0, |d| d.as_millis().max(1) as u64),
+        ui: 0,
+        call,
+    }
+}
 
 /// A provider library, installed and ready for calls.
 pub struct LibraryProvider {
@@ -186,34 +208,40 @@ impl LibraryProvider {
         let left = ctx
             .deadline
             .map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        self.request_within(call, &ctx.caller, left)
+        self.request_within(&call, &ctx.caller, left)
     }
 
     /// [`LibraryProvider::request`] for a call with `left` to run (`None`: no deadline),
     /// for a caller that has just computed its deadline and need not read the clock again.
     pub fn request_within(
         &self,
-        call: ProviderCall,
+        call: &ProviderCall,
         caller: &purveyor_provider::Caller,
         left: Option<std::time::Duration>,
     ) -> Result<ProviderReply, ProviderError> {
-        self.forward(&ProviderRequest {
-            id: 0,
-            provider: String::new(),
-            caller: CallerInfo {
-                uid: caller.uid,
-                gid: caller.gid,
-                pid: caller.pid,
-            },
-            ui: 0,
-            deadline_ms: left.map_or(0, |d| d.as_millis().max(1) as u64),
-            call,
-        })
+        self.send(&request_ref(call, caller, left))
+    }
+
+    /// [`LibraryProvider::request_within`] for a read whose class and key are borrowed
+    /// from the client's request: nothing is copied but the bytes the library reads.
+    pub fn read_within(
+        &self,
+        call: ReadCall<'_>,
+        caller: &purveyor_provider::Caller,
+        left: Option<std::time::Duration>,
+    ) -> Result<ProviderReply, ProviderError> {
+        self.send(&request_ref(call, caller, left))
     }
 
     /// Passes a request to the library as it is, and returns its reply as it is (the
     /// isolated worker's path: every call crosses unchanged, events included).
     pub fn forward(&self, request: &ProviderRequest) -> Result<ProviderReply, ProviderError> {
+        self.send(request)
+    }
+
+    /// Encodes `request` (a [`ProviderRequest`] or a [`ProviderRequestRef`]: the same
+    /// bytes) into this thread's buffer and calls the library with it.
+    pub fn send(&self, request: &impl Serialize) -> Result<ProviderReply, ProviderError> {
         thread_local! {
             // This thread's request buffer, kept between calls (a call does not recurse
             // into another library call on the same thread while its bytes are in use;
@@ -231,7 +259,7 @@ impl LibraryProvider {
 
     fn forward_bytes(
         &self,
-        request: &ProviderRequest,
+        request: &impl Serialize,
         bytes: &mut Vec<u8>,
     ) -> Result<ProviderReply, ProviderError> {
         encode_payload(self.encoding, request, bytes)

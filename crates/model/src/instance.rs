@@ -13,7 +13,7 @@
 //! form is an object of name → value, as before.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::{Arc, LazyLock, OnceLock};
@@ -469,10 +469,49 @@ pub mod list {
 
 /// The key properties that identify an instance. Empty for the one instance of a
 /// singleton class.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// Kept as a vector sorted by name, each name once: a key has few properties, and a
+/// sorted vector is one small allocation where a tree map is a large node. It encodes
+/// as a map of name to value, in name order (the form a `BTreeMap` has).
+#[derive(Clone, PartialEq, Default)]
 pub struct InstanceKey {
-    values: BTreeMap<Identifier, Value>,
+    // Invariant: sorted by name, no name twice.
+    values: Vec<(Identifier, Value)>,
+}
+
+impl fmt::Debug for InstanceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.values()).finish()
+    }
+}
+
+impl Serialize for InstanceKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.values())
+    }
+}
+
+impl<'de> Deserialize<'de> for InstanceKey {
+    /// Any order; a repeated name keeps its last value.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = InstanceKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key: a map of property name to value")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<InstanceKey, A::Error> {
+                let mut key = InstanceKey {
+                    values: Vec::with_capacity(map.size_hint().unwrap_or(0).min(16)),
+                };
+                while let Some((name, value)) = map.next_entry()? {
+                    key.insert(name, value);
+                }
+                Ok(key)
+            }
+        }
+        d.deserialize_map(KeyVisitor)
+    }
 }
 
 /// A `NAME=VALUE` selector that does not fit the class's schema.
@@ -597,7 +636,7 @@ impl Instance {
         let mut key = InstanceKey::default();
         for prop in schema.keys() {
             if let Some(value) = self.get(prop.name.as_str()) {
-                key.values.insert(prop.name.clone(), value.clone());
+                key.insert(prop.name.clone(), value.clone());
             }
         }
         key
@@ -606,8 +645,7 @@ impl Instance {
     /// Whether every `(name, value)` of `selector` equals this instance's property.
     pub fn matches(&self, selector: &InstanceKey) -> bool {
         selector
-            .values
-            .iter()
+            .values()
             .all(|(name, value)| self.get(name.as_str()) == Some(value))
     }
 }
@@ -617,16 +655,26 @@ impl InstanceKey {
         Self::default()
     }
 
+    /// Sets a key property, replacing its value if it has one.
     pub fn insert(&mut self, name: Identifier, value: Value) {
-        self.values.insert(name, value);
+        match self.position(name.as_str()) {
+            Ok(at) => self.values[at].1 = value,
+            Err(at) => self.values.insert(at, (name, value)),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.values.get(name)
+        self.position(name).ok().map(|at| &self.values[at].1)
     }
 
-    pub fn values(&self) -> impl Iterator<Item = (&Identifier, &Value)> {
-        self.values.iter()
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.values
+            .binary_search_by(|(have, _)| have.as_str().cmp(name))
+    }
+
+    /// The key properties, in name order.
+    pub fn values(&self) -> impl ExactSizeIterator<Item = (&Identifier, &Value)> {
+        self.values.iter().map(|(name, value)| (name, value))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -638,7 +686,7 @@ impl InstanceKey {
     pub fn is_full_key(&self, schema: &ClassSchema) -> bool {
         let mut count = 0;
         for key in schema.keys() {
-            if !self.values.contains_key(&key.name) {
+            if self.get(key.name.as_str()).is_none() {
                 return false;
             }
             count += 1;
@@ -668,7 +716,7 @@ impl InstanceKey {
                 name: name.into(),
                 message: e.to_string(),
             })?;
-            key.values.insert(prop.name.clone(), value);
+            key.insert(prop.name.clone(), value);
         }
         Ok(key)
     }
@@ -677,7 +725,8 @@ impl InstanceKey {
     /// The host refuses selectors on unknown properties.
     pub fn unknown_property<'a>(&'a self, schema: &ClassSchema) -> Option<&'a Identifier> {
         self.values
-            .keys()
+            .iter()
+            .map(|(name, _)| name)
             .find(|name| schema.property(name.as_str()).is_none())
     }
 }
@@ -688,7 +737,7 @@ impl fmt::Display for InstanceKey {
         if self.values.is_empty() {
             return f.write_str("(singleton)");
         }
-        for (i, (name, value)) in self.values.iter().enumerate() {
+        for (i, (name, value)) in self.values().enumerate() {
             if i > 0 {
                 f.write_str(",")?;
             }
@@ -869,6 +918,38 @@ mod tests {
             InstanceKey::parse(&s, &["pid"]).unwrap_err().to_string(),
             "\"pid\" is not of the form NAME=VALUE"
         );
+    }
+
+    #[test]
+    fn keys_encode_as_a_map_in_name_order_and_keep_the_last_duplicate() {
+        let id = |n: &str| Identifier::new(n).unwrap();
+        let mut key = InstanceKey::new();
+        key.insert(id("pid"), Value::U64(1));
+        key.insert(id("cpu"), Value::String("cpu0".into()));
+        key.insert(id("node"), Value::U64(7));
+        key.insert(id("pid"), Value::U64(2));
+        let map: std::collections::BTreeMap<Identifier, Value> = [
+            (id("node"), Value::U64(7)),
+            (id("pid"), Value::U64(2)),
+            (id("cpu"), Value::String("cpu0".into())),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(binary(&key), binary(&map));
+        assert_eq!(
+            serde_json::to_string(&key).unwrap(),
+            serde_json::to_string(&map).unwrap()
+        );
+        let names: Vec<&str> = key.values().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["cpu", "node", "pid"]);
+        assert_eq!(key.get("pid"), Some(&Value::U64(2)));
+        assert_eq!(key.get("nope"), None);
+        let back: InstanceKey = postcard::from_bytes(&binary(&key)).unwrap();
+        assert_eq!(back, key);
+        let json: InstanceKey =
+            serde_json::from_str(r#"{"pid":{"u64":1},"cpu":{"string":"c"},"pid":{"u64":3}}"#)
+                .unwrap();
+        assert_eq!(json.to_string(), "cpu=c,pid=3");
     }
 
     #[test]

@@ -109,9 +109,9 @@ thread_local! {
 #[serde(try_from = "String", into = "String")]
 pub struct NamespacePath(String);
 
-/// A class path: a namespace path and a class name, such as `system.cpu`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// A class path: a namespace path and a class name, such as `system.cpu`. Serialized as
+/// its string, written from where it lies (no copy per message).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ClassPath {
     // Invariant: `full` is a valid namespace path with at least two segments and
     // `split` is the byte index of its last '.'.
@@ -261,7 +261,40 @@ fn check_word(name: &str, what: &'static str, dash: bool) -> Result<(), NameErro
     Ok(())
 }
 
+/// Whether `path` is a valid dotted path: one pass over its bytes, for the common case of
+/// a good name. Exactly the paths [`check_path`] accepts (a test holds the two together);
+/// a refused one is checked again by the slow path, which says what is wrong.
+fn valid_path(path: &[u8]) -> bool {
+    if path.is_empty() || path.len() > MAX_PATH_LEN {
+        return false;
+    }
+    let mut start = 0;
+    for (at, &b) in path.iter().enumerate() {
+        let ok = if b == b'.' {
+            let ok = at > start && at - start <= MAX_IDENTIFIER_LEN;
+            start = at + 1;
+            ok
+        } else if at == start {
+            b.is_ascii_lowercase()
+        } else {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'
+        };
+        if !ok {
+            return false;
+        }
+    }
+    path.len() > start && path.len() - start <= MAX_IDENTIFIER_LEN
+}
+
 fn check_path(path: &str, what: &'static str) -> Result<(), NameError> {
+    if valid_path(path.as_bytes()) {
+        return Ok(());
+    }
+    explain_path(path, what)
+}
+
+/// [`check_path`]'s slow path: which rule `path` breaks, segment by segment.
+fn explain_path(path: &str, what: &'static str) -> Result<(), NameError> {
     if path.is_empty() {
         return Err(NameError::Empty {
             what,
@@ -385,6 +418,31 @@ impl<'de> Deserialize<'de> for Identifier {
 }
 string_newtype!(NamespacePath, 0);
 string_newtype!(ClassPath, full);
+
+impl Serialize for ClassPath {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.full)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClassPath {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ClassPath;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a class path")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClassPath, E> {
+                ClassPath::new(v).map_err(|e| crate::refusal::refuse(e.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ClassPath, E> {
+                ClassPath::new(v).map_err(|e| crate::refusal::refuse(e.to_string()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
 string_newtype!(ProviderName, 0);
 
 impl std::borrow::Borrow<str> for Identifier {
@@ -405,6 +463,50 @@ mod tests {
         assert!(ns("app.web").overlaps(&ns("app")));
         assert!(!ns("app").overlaps(&ns("apps")));
         assert!(!ns("app.web").overlaps(&ns("app.db")));
+    }
+
+    #[test]
+    fn the_fast_path_check_accepts_exactly_what_the_slow_one_does() {
+        let alphabet = ['a', 'z', '0', '_', '.', 'A', '-', 'é'];
+        let mut cases: Vec<String> = vec![String::new()];
+        let mut last = cases.clone();
+        for _ in 0..5 {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            cases.extend(last.iter().cloned());
+        }
+        let word = |n: usize| "a".repeat(n);
+        for n in [63, 64, 65] {
+            cases.push(word(n));
+            cases.push(format!("ns.{}", word(n)));
+            cases.push(format!("{}.x", word(n)));
+        }
+        for n in [254, 255, 256] {
+            let mut long = vec![word(60); n / 61 + 1].join(".");
+            long.truncate(n);
+            cases.push(long);
+        }
+        for case in &cases {
+            assert_eq!(
+                valid_path(case.as_bytes()),
+                explain_path(case, "path").is_ok(),
+                "{case:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn class_paths_encode_as_their_strings_and_refuse_bad_ones() {
+        let path = ClassPath::new("demo.greeting").unwrap();
+        assert_eq!(serde_json::to_string(&path).unwrap(), r#""demo.greeting""#);
+        let back: ClassPath = serde_json::from_str(r#""demo.greeting""#).unwrap();
+        assert_eq!(back, path);
+        assert_eq!(back.name(), "greeting");
+        let bad = serde_json::from_str::<ClassPath>(r#""demo.Greeting""#).unwrap_err();
+        assert!(bad.to_string().contains("demo.Greeting"), "{bad}");
+        assert!(serde_json::from_str::<ClassPath>(r#""nonamespace""#).is_err());
     }
 
     #[test]

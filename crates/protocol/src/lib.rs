@@ -33,7 +33,7 @@ pub use message::{
 pub use paths::default_socket_path;
 pub use provider::{
     CallerInfo, DirectAttach, DirectNews, FaultKind, PROVIDER_ABI_VERSION, ProviderCall,
-    ProviderFault, ProviderHello, ProviderReady, ProviderReply, ProviderRequest, ProviderResponse,
-    RaisedEvent,
+    ProviderFault, ProviderHello, ProviderReady, ProviderReply, ProviderRequest,
+    ProviderRequestRef, ProviderResponse, RaisedEvent, ReadCall,
 };
 pub use pushes::PushQueue;

@@ -312,6 +312,64 @@ impl ProviderCall {
     }
 }
 
+/// A read call that borrows its class and key from the request it serves, so that a get
+/// or an enumerate reaches a provider library without copying them. It encodes to the
+/// same bytes as the [`ProviderCall`] it stands for, in both encodings: its variants keep
+/// `ProviderCall`'s names and order (the binary encoding numbers variants by order).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadCall<'a> {
+    Classes,
+    Enumerate {
+        class: &'a ClassPath,
+    },
+    Get {
+        class: &'a ClassPath,
+        key: &'a InstanceKey,
+    },
+}
+
+impl ReadCall<'_> {
+    /// The owned call, for a provider that is sent its calls in a frame of their own.
+    pub fn to_call(&self) -> ProviderCall {
+        match *self {
+            ReadCall::Classes => ProviderCall::Classes,
+            ReadCall::Enumerate { class } => ProviderCall::Enumerate {
+                class: class.clone(),
+            },
+            ReadCall::Get { class, key } => ProviderCall::Get {
+                class: class.clone(),
+                key: key.clone(),
+            },
+        }
+    }
+}
+
+impl ProviderCall {
+    /// The call as a [`ReadCall`], when it is one.
+    pub fn as_read(&self) -> Option<ReadCall<'_>> {
+        match self {
+            ProviderCall::Classes => Some(ReadCall::Classes),
+            ProviderCall::Enumerate { class } => Some(ReadCall::Enumerate { class }),
+            ProviderCall::Get { class, key } => Some(ReadCall::Get { class, key }),
+            _ => None,
+        }
+    }
+}
+
+/// A [`ProviderRequest`] that borrows its call (`C` is a `&ProviderCall` or a
+/// [`ReadCall`]) and provider name: encodes to the same bytes, for the host's side of a
+/// library call, which need not own what it only encodes.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProviderRequestRef<'a, C> {
+    pub id: u32,
+    pub provider: &'a str,
+    pub caller: CallerInfo,
+    pub deadline_ms: u64,
+    pub ui: u32,
+    pub call: C,
+}
+
 impl ProviderCall {
     /// Whether this is one of the I/O procedure calls (`io_*`), which an I/O procedure
     /// provider answers.
@@ -353,6 +411,62 @@ impl ProviderReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_requests_encode_as_the_owned_ones() {
+        let class = ClassPath::new("demo.greeting").unwrap();
+        let mut key = InstanceKey::new();
+        key.insert(Identifier::new("name").unwrap(), Value::String("x".into()));
+        let calls = [
+            ProviderCall::Classes,
+            ProviderCall::Enumerate {
+                class: class.clone(),
+            },
+            ProviderCall::Get {
+                class: class.clone(),
+                key: key.clone(),
+            },
+            ProviderCall::Release,
+        ];
+        for encoding in [Encoding::Binary, Encoding::Json] {
+            for call in &calls {
+                let owned = ProviderRequest {
+                    id: 9,
+                    provider: "p".into(),
+                    caller: CallerInfo {
+                        uid: 1,
+                        gid: 2,
+                        pid: 3,
+                    },
+                    deadline_ms: 250,
+                    ui: 4,
+                    call: call.clone(),
+                };
+                fn by_ref<C>(owned: &ProviderRequest, call: C) -> ProviderRequestRef<'_, C> {
+                    ProviderRequestRef {
+                        id: owned.id,
+                        provider: &owned.provider,
+                        caller: owned.caller,
+                        deadline_ms: owned.deadline_ms,
+                        ui: owned.ui,
+                        call,
+                    }
+                }
+                let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+                crate::encode_payload(encoding, &owned, &mut a).unwrap();
+                crate::encode_payload(encoding, &by_ref(&owned, call), &mut b).unwrap();
+                assert_eq!(a, b, "{encoding} {call:?} by reference");
+                match call.as_read() {
+                    Some(read) => {
+                        assert_eq!(read.to_call(), *call);
+                        crate::encode_payload(encoding, &by_ref(&owned, read), &mut c).unwrap();
+                        assert_eq!(a, c, "{encoding} {call:?} as a read");
+                    }
+                    None => assert!(matches!(call, ProviderCall::Release)),
+                }
+            }
+        }
+    }
 
     #[test]
     fn json_forms_are_the_documented_ones() {

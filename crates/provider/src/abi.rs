@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use purveyor_protocol::{
     Encoding, FaultKind, PROVIDER_ABI_VERSION, ProviderCall, ProviderFault, ProviderReply,
-    ProviderRequest, ProviderResponse, decode, encode_payload,
+    ProviderRequest, ProviderResponse, ReadCall, decode, encode_payload,
 };
 
 use crate::{CallContext, Caller, HostHandle, Provider, ProviderError};
@@ -145,14 +145,10 @@ pub fn serve(
 /// Answers one call with `provider`, in `ctx`. The call is moved in, so a put's
 /// instance and a method's arguments reach the provider without a copy.
 pub fn serve_call(provider: &dyn Provider, call: ProviderCall, ctx: &CallContext) -> ProviderReply {
+    if let Some(read) = call.as_read() {
+        return serve_read(provider, read, ctx);
+    }
     let result = match call {
-        ProviderCall::Classes => Ok(ProviderReply::Classes(provider.classes())),
-        ProviderCall::Enumerate { class } => provider
-            .enumerate(&class, ctx)
-            .map(ProviderReply::Instances),
-        ProviderCall::Get { class, key } => {
-            provider.get(&class, &key, ctx).map(ProviderReply::Instance)
-        }
         ProviderCall::Release => {
             provider.release();
             Ok(ProviderReply::Released)
@@ -183,6 +179,19 @@ pub fn serve_call(provider: &dyn Provider, call: ProviderCall, ctx: &CallContext
         other => Err(ProviderError::Unsupported(format!(
             "this provider does not handle {other:?}"
         ))),
+    };
+    result.unwrap_or_else(|e| ProviderReply::Error(fault(e)))
+}
+
+/// Answers one read with `provider`, in `ctx`: the class and key are borrowed from
+/// whoever holds them, so a host's own providers read without a copy.
+pub fn serve_read(provider: &dyn Provider, call: ReadCall<'_>, ctx: &CallContext) -> ProviderReply {
+    let result = match call {
+        ReadCall::Classes => Ok(ProviderReply::Classes(provider.classes())),
+        ReadCall::Enumerate { class } => {
+            provider.enumerate(class, ctx).map(ProviderReply::Instances)
+        }
+        ReadCall::Get { class, key } => provider.get(class, key, ctx).map(ProviderReply::Instance),
     };
     result.unwrap_or_else(|e| ProviderReply::Error(fault(e)))
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use purveyor_model::{ClassPath, ClassSchema, ProviderName};
 use purveyor_protocol::{
     CallerInfo, ClientMessage, DirectAttach, DirectNews, Encoding, ErrorCode, FrameBuffer, Outcome,
-    ProviderCall, ProviderReply, ProviderRequest, ProviderResponse, RemoteError, Request, Response,
+    ProviderReply, ProviderRequestRef, ProviderResponse, ReadCall, RemoteError, Request, Response,
     ServerMessage, encode_frame,
 };
 use purveyor_provider::abi::{fault, from_fault, panic_message};
@@ -292,28 +292,31 @@ impl Worker {
             })
         };
         // Plan the call: a get or an enumerate, the key checked against the schema.
-        let plan = match request {
-            Request::Get { class, key } => schema_of(&class).and_then(|schema| {
-                let call = offers.get_call(schema, &class, &key)?;
-                Ok((schema, class, key, true, call))
-            }),
-            Request::Enumerate { class, selector } => schema_of(&class).and_then(|schema| {
-                if !offers.enumerate {
-                    return Err(offers.not_offered("enumerate"));
-                }
-                let call = offers.enumerate_call(schema, &class, &selector)?;
-                Ok((schema, class, selector, false, call))
-            }),
-            _ => Err(RemoteError::new(
-                ErrorCode::Unsupported,
-                "only get and enumerate go on a direct channel; ask the host",
-            )),
+        let (class, key, is_get) = match request {
+            Request::Get { class, key } => (class, key, true),
+            Request::Enumerate { class, selector } => (class, selector, false),
+            _ => {
+                return Some(Err(RemoteError::new(
+                    ErrorCode::Unsupported,
+                    "only get and enumerate go on a direct channel; ask the host",
+                )));
+            }
         };
-        let (schema, class, key, is_get, call) = match plan {
+        let plan = schema_of(&class).and_then(|schema| {
+            let call = if is_get {
+                offers.get_call(schema, &class, &key)?
+            } else if !offers.enumerate {
+                return Err(offers.not_offered("enumerate"));
+            } else {
+                offers.enumerate_call(schema, &class, &key)?
+            };
+            Ok((schema, call))
+        });
+        let (schema, call) = match plan {
             Ok(plan) => plan,
             Err(error) => return Some(Err(error)),
         };
-        let asked_get = matches!(call, ProviderCall::Get { .. });
+        let asked_get = matches!(call, ReadCall::Get { .. });
         self.call_begins();
         let at = self.running_add(Running {
             id,
@@ -322,15 +325,15 @@ impl Worker {
             answered: false,
         });
         self.report_use(&channel.usage, true);
-        let request = ProviderRequest {
+        let request = ProviderRequestRef {
             id,
-            provider: String::new(),
+            provider: "",
             caller: channel.caller,
             deadline_ms: channel.deadline.as_millis().max(1) as u64,
             ui: 0,
             call,
         };
-        let reply = catch_unwind(AssertUnwindSafe(|| provider.forward(&request)))
+        let reply = catch_unwind(AssertUnwindSafe(|| provider.send(&request)))
             .map(|r| r.unwrap_or_else(|e| ProviderReply::Error(fault(e))))
             .unwrap_or_else(|panic| {
                 ProviderReply::Error(purveyor_protocol::ProviderFault {
@@ -345,8 +348,8 @@ impl Worker {
         }
         let result = match reply {
             ProviderReply::Error(f) => Err(offers.provider_error(from_fault(f))),
-            reply if is_get => offers.get_answer(schema, class, key, asked_get, reply),
-            reply => offers.enumerate_answer(schema, class, key, asked_get, reply),
+            reply if is_get => offers.get_answer(schema, &class, &key, asked_get, reply),
+            reply => offers.enumerate_answer(schema, class, &key, asked_get, reply),
         };
         // As the host counts: a failure the provider reported, or an answer that is its
         // fault.

@@ -1043,24 +1043,25 @@ impl Host {
             Backend::Library(library) => {
                 let deadline = Instant::now() + timeout;
                 let site = crate::server::CALL_SITE.try_with(Clone::clone).ok();
-                let expiry = {
-                    let (slot, loaded) = (slot.clone(), loaded.clone());
-                    Box::new(move || {
-                        let failed = in_daemon_overdue(&slot, timeout);
-                        slot.record_error(&failed);
-                        slot.lost(&loaded, Lost::Failed(failed.clone()));
-                        if let Some(site) = site {
-                            site.abandon(failed, slot.manifest.name.as_str());
-                        }
-                    })
+                // Run by the watchdog's thread if the call overruns, while it still runs.
+                let expiry = || {
+                    let failed = in_daemon_overdue(slot, timeout);
+                    slot.record_error(&failed);
+                    slot.lost(loaded, Lost::Failed(failed.clone()));
+                    if let Some(site) = &site {
+                        site.abandon(failed, slot.manifest.name.as_str());
+                    }
                 };
-                let guard = self.inner.watchdog.watch(deadline, expiry);
-                let result = catch_unwind(AssertUnwindSafe(|| match call {
-                    InlineCall::Read(read) => library.read_within(read, caller, Some(timeout)),
-                    InlineCall::Owned(call) => library.request_within(&call, caller, Some(timeout)),
-                }))
-                .map_err(|panic| panicked(slot, &panic));
-                if guard.finish() {
+                let (result, expired) = self.inner.watchdog.within(deadline, &expiry, || {
+                    catch_unwind(AssertUnwindSafe(|| match call {
+                        InlineCall::Read(read) => library.read_within(read, caller, Some(timeout)),
+                        InlineCall::Owned(call) => {
+                            library.request_within(&call, caller, Some(timeout))
+                        }
+                    }))
+                    .map_err(|panic| panicked(slot, &panic))
+                });
+                if expired {
                     // The watchdog recorded the error when the deadline passed.
                     slot.end_call(passive);
                     slot.record_call(None);

@@ -10,7 +10,10 @@
 //!
 //! **Invariants.** An expiry action runs at most once, with the state lock held, and only
 //! while its call is still registered: a call cannot finish (and its connection cannot
-//! close) while its action runs. Registration takes one uncontended lock and wakes the
+//! close) while its action runs. A call is registered only inside [`Watchdog::within`],
+//! which unregisters it before returning, by unwinding too; so the action, borrowed from
+//! the caller's frame, is alive whenever the watchdog can reach it (no allocation, no
+//! reference count per call). Registration takes one uncontended lock and wakes the
 //! thread only when it has parked, which it does after a second with no calls.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -21,7 +24,12 @@ const TICK: Duration = Duration::from_millis(10);
 /// A watchdog that has seen no call for this long parks until the next one.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
-type Expiry = Box<dyn FnOnce() + Send>;
+/// A registered call's action, borrowed for the call's span ([`Watchdog::within`]).
+struct Expiry(*const (dyn Fn() + Sync + 'static));
+
+// SAFETY: the action is `Sync`, so it may be run from the watchdog's thread; the pointer is
+// only followed while the call that lent it is registered (the module's invariants).
+unsafe impl Send for Expiry {}
 
 #[derive(Default)]
 pub(crate) struct Watchdog {
@@ -53,15 +61,37 @@ struct Watched {
     expiry: Option<Expiry>,
 }
 
-/// A registered call; [`Guard::finish`] (or drop) unregisters it.
-pub(crate) struct Guard<'a> {
+/// A registered call; dropping it unregisters the call.
+struct Guard<'a> {
     shared: &'a Shared,
     index: usize,
 }
 
 impl Watchdog {
-    /// Registers a call that must finish by `deadline`; `expiry` runs if it has not.
-    pub fn watch(&self, deadline: Instant, expiry: Expiry) -> Guard<'_> {
+    /// Runs `call`, which must finish by `deadline`: if it is still running then, the
+    /// watchdog's thread runs `expiry` (once, while `call` goes on). Returns what `call`
+    /// returned, and whether `expiry` ran.
+    pub fn within<R>(
+        &self,
+        deadline: Instant,
+        expiry: &(dyn Fn() + Sync),
+        call: impl FnOnce() -> R,
+    ) -> (R, bool) {
+        // SAFETY: only the lifetime is widened. The guard below unregisters the call
+        // before this function returns or unwinds, and the watchdog follows the pointer
+        // only while the call is registered, under the lock that unregistering takes.
+        let expiry = Expiry(unsafe {
+            std::mem::transmute::<*const (dyn Fn() + Sync + '_), *const (dyn Fn() + Sync + 'static)>(
+                expiry,
+            )
+        });
+        let guard = self.register(deadline, expiry);
+        let result = call();
+        let expired = guard.finish();
+        (result, expired)
+    }
+
+    fn register(&self, deadline: Instant, expiry: Expiry) -> Guard<'_> {
         self.thread.get_or_init(|| {
             let shared = self.shared.clone();
             let spawned = std::thread::Builder::new()
@@ -107,7 +137,7 @@ impl Drop for Watchdog {
 
 impl Guard<'_> {
     /// Unregisters the call; true when its deadline had passed and its action ran.
-    pub fn finish(self) -> bool {
+    fn finish(self) -> bool {
         let expired = self
             .shared
             .lock()
@@ -160,9 +190,12 @@ fn run(shared: &Shared) {
             last_seen = now;
             for watched in state.calls.iter_mut().flatten() {
                 if watched.deadline <= now
-                    && let Some(expiry) = watched.expiry.take()
+                    && let Some(Expiry(expiry)) = watched.expiry.take()
                 {
                     // Under the lock: the call cannot finish while this runs.
+                    // SAFETY: the call is registered, so the frame that lent the action
+                    // is still running it (module invariants).
+                    let expiry = unsafe { &*expiry };
                     if let Err(panic) =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(expiry))
                     {
@@ -190,28 +223,57 @@ mod tests {
     #[test]
     fn an_overdue_call_runs_its_action_once_and_a_prompt_one_never() {
         let dog = Watchdog::default();
-        let fired = Arc::new(AtomicU32::new(0));
-        let f = fired.clone();
-        let prompt = dog.watch(
+        let fired = AtomicU32::new(0);
+        let prompt_action = || {
+            fired.fetch_add(100, Ordering::SeqCst);
+        };
+        let late_action = || {
+            fired.fetch_add(1, Ordering::SeqCst);
+        };
+        // The late call runs inside the prompt one: both are registered at once.
+        let ((late_value, late_expired), prompt_expired) = dog.within(
             Instant::now() + Duration::from_secs(60),
-            Box::new(move || {
-                f.fetch_add(100, Ordering::SeqCst);
-            }),
+            &prompt_action,
+            || {
+                dog.within(
+                    Instant::now() + Duration::from_millis(20),
+                    &late_action,
+                    || {
+                        let give_up = Instant::now() + Duration::from_secs(5);
+                        while fired.load(Ordering::SeqCst) == 0 && Instant::now() < give_up {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        // Long enough for more ticks to pass it again.
+                        std::thread::sleep(Duration::from_millis(50));
+                        7
+                    },
+                )
+            },
         );
-        let f = fired.clone();
-        let late = dog.watch(
-            Instant::now() + Duration::from_millis(20),
-            Box::new(move || {
-                f.fetch_add(1, Ordering::SeqCst);
-            }),
-        );
-        let give_up = Instant::now() + Duration::from_secs(5);
-        while fired.load(Ordering::SeqCst) == 0 && Instant::now() < give_up {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(late.finish());
-        assert!(!prompt.finish());
+        assert_eq!(late_value, 7);
+        assert!(late_expired);
+        assert!(!prompt_expired);
         assert_eq!(fired.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_call_that_panics_is_unregistered_and_its_action_never_runs() {
+        let dog = Watchdog::default();
+        let fired = AtomicU32::new(0);
+        let action = || {
+            fired.fetch_add(1, Ordering::SeqCst);
+        };
+        // Unwinds at once (no panic hook, no backtrace), well before the deadline.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dog.within(Instant::now() + Duration::from_millis(200), &action, || {
+                std::panic::resume_unwind(Box::new("the call failed"))
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(dog.shared.lock().live, 0);
+        // Past the deadline, with ticks to spare: had it stayed registered, it would fire.
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(fired.load(Ordering::SeqCst), 0);
+        assert_eq!(dog.shared.lock().live, 0);
     }
 }

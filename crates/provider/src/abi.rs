@@ -325,41 +325,57 @@ unsafe extern "C" fn call_trampoline(
             message: format!("the provider panicked: {}", panic_message(&*panic)),
         }),
     });
-    thread_local! {
-        // The encoding buffer, kept between calls: the reply is then copied into a box of
-        // its exact size (one allocation, no growing and shrinking per call).
-        static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let boxed = OUT.with(|out| {
-        let mut out = out.try_borrow_mut().ok()?;
-        out.clear();
-        encode_payload(Encoding::Binary, &answer, &mut out).ok()?;
-        let boxed = Box::<[u8]>::from(&out[..]);
-        if out.capacity() > 64 * 1024 {
-            *out = Vec::new();
-        }
-        Some(boxed)
-    });
-    let Some(boxed) = boxed else {
+    let mut out = REPLY_BUFFER.try_with(|b| b.take()).unwrap_or_default();
+    out.clear();
+    out.extend_from_slice(&[0; REPLY_HEADER]);
+    if encode_payload(Encoding::Binary, &answer, &mut out).is_err() {
         return PV_ERR_FAILED;
-    };
-    let len = boxed.len() as u64;
-    // SAFETY: checked non-null above; the host passes writable out-parameters.
+    }
+    // The reply is the buffer itself, handed over with its capacity written in front of
+    // the bytes the host reads: `free_trampoline` rebuilds it from that and keeps it for
+    // the next call. No copy, and no allocation once the buffer has grown.
+    let len = (out.len() - REPLY_HEADER) as u64;
+    let capacity = out.capacity() as u64;
+    out[..REPLY_HEADER].copy_from_slice(&capacity.to_le_bytes());
+    let mut out = std::mem::ManuallyDrop::new(out);
+    // SAFETY: checked non-null above; the host passes writable out-parameters. The
+    // pointer stays inside the buffer, which holds at least `REPLY_HEADER` bytes.
     unsafe {
         *reply_len = len;
-        *reply = Box::into_raw(boxed).cast::<u8>();
+        *reply = out.as_mut_ptr().add(REPLY_HEADER);
     }
     PV_OK
+}
+
+/// Bytes in front of a reply that hold its buffer's capacity.
+const REPLY_HEADER: usize = 8;
+
+thread_local! {
+    /// This thread's reply buffer, between a reply given back and the next call. A
+    /// reply freed on another thread's call leaves its buffer there instead.
+    static REPLY_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 unsafe extern "C" fn free_trampoline(_state: *mut c_void, reply: *mut u8, reply_len: u64) {
     if reply.is_null() {
         return;
     }
-    let slice = std::ptr::slice_from_raw_parts_mut(reply, reply_len as usize);
-    // SAFETY: `reply` and `reply_len` are a buffer `call_trampoline` made with
-    // `Box::into_raw` of a boxed slice of exactly this length, given back once.
-    drop(unsafe { Box::from_raw(slice) });
+    // SAFETY: `reply` and `reply_len` are a reply `call_trampoline` made, given back once:
+    // `REPLY_HEADER` bytes in front of it start its `Vec`'s allocation and hold that
+    // allocation's capacity; its length is the header and the reply.
+    let buffer = unsafe {
+        let base = reply.sub(REPLY_HEADER);
+        let capacity = u64::from_le_bytes(std::ptr::read_unaligned(base.cast::<[u8; 8]>()));
+        Vec::from_raw_parts(base, REPLY_HEADER + reply_len as usize, capacity as usize)
+    };
+    // Kept for this thread's next reply unless it is large (one big reply should not
+    // hold its memory for good) or the thread already has one.
+    if buffer.capacity() <= 64 * 1024 {
+        let _ = REPLY_BUFFER.try_with(|slot| {
+            let old = slot.take();
+            slot.set(if old.capacity() == 0 { buffer } else { old });
+        });
+    }
 }
 
 unsafe extern "C" fn release_trampoline(state: *mut c_void) {
@@ -505,4 +521,111 @@ macro_rules! export_provider {
             unsafe { $crate::abi::attach(state, host) }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use purveyor_model::{ClassPath, ClassSchema, Instance, Value};
+
+    /// `enumerate` answers with as many instances as the class's name is long × 1000, so a
+    /// test can ask for a small reply and for one past the kept buffer's size.
+    struct Sized;
+
+    impl Provider for Sized {
+        fn classes(&self) -> Vec<ClassSchema> {
+            Vec::new()
+        }
+        fn enumerate(
+            &self,
+            class: &ClassPath,
+            _ctx: &CallContext,
+        ) -> Result<Vec<Instance>, ProviderError> {
+            let n = if class.name() == "big" { 5000 } else { 1 };
+            Ok((0..n)
+                .map(|i| Instance::from_pairs([("n", Value::U64(i))]))
+                .collect())
+        }
+    }
+
+    fn call(table: &PvProvider, class: &str) -> (*mut u8, u64) {
+        let request = ProviderRequest {
+            id: 1,
+            provider: String::new(),
+            caller: Default::default(),
+            deadline_ms: 0,
+            ui: 0,
+            call: ProviderCall::Enumerate {
+                class: ClassPath::new(class).unwrap(),
+            },
+        };
+        let mut bytes = Vec::new();
+        encode_payload(Encoding::Binary, &request, &mut bytes).unwrap();
+        let (mut reply, mut len) = (std::ptr::null_mut(), 0u64);
+        // SAFETY: a table `install` filled, live until `release` below.
+        let rc = unsafe {
+            (table.call.unwrap())(
+                table.state,
+                bytes.as_ptr(),
+                bytes.len() as u64,
+                &mut reply,
+                &mut len,
+            )
+        };
+        assert_eq!(rc, PV_OK);
+        (reply, len)
+    }
+
+    fn instances(reply: *mut u8, len: u64) -> usize {
+        // SAFETY: a reply the table made, not yet given back.
+        let bytes = unsafe { std::slice::from_raw_parts(reply, len as usize) };
+        match decode::<ProviderResponse>(Encoding::Binary, bytes)
+            .unwrap()
+            .reply
+        {
+            ProviderReply::Instances(all) => all.len(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn replies_are_whole_until_freed_on_any_thread_and_any_order() {
+        let mut table = PvProvider::empty();
+        // SAFETY: `table` is writable.
+        let rc = unsafe { install(PROVIDER_ABI_VERSION, &mut table, || Ok(Sized)) };
+        assert_eq!(rc, PV_OK);
+        let free = |(reply, len): (*mut u8, u64)| {
+            // SAFETY: a reply of this table, given back once.
+            unsafe { (table.free_reply.unwrap())(table.state, reply, len) }
+        };
+        for _ in 0..3 {
+            // Two replies alive at once, freed in the other order; a large one between.
+            let a = call(&table, "t.small");
+            let big = call(&table, "t.big");
+            let b = call(&table, "t.small");
+            assert_ne!(a.0, b.0);
+            assert_eq!(instances(big.0, big.1), 5000);
+            free(big);
+            assert_eq!(instances(a.0, a.1), 1);
+            assert_eq!(instances(b.0, b.1), 1);
+            free(b);
+            free(a);
+        }
+        // A reply made on one thread and freed on another.
+        let made = call(&table, "t.small");
+        let (addr, len) = (made.0 as usize, made.1);
+        let state = table.state as usize;
+        let free_reply = table.free_reply.unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: as above; the pointer crossed threads as an address.
+            unsafe { free_reply(state as *mut c_void, addr as *mut u8, len) }
+        })
+        .join()
+        .unwrap();
+        let again = call(&table, "t.small");
+        assert_eq!(instances(again.0, again.1), 1);
+        free(again);
+        // SAFETY: no call is in flight; the table is not used after.
+        unsafe { (table.release.unwrap())(table.state) };
+    }
 }

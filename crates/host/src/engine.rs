@@ -1082,8 +1082,6 @@ impl Host {
     }
 }
 
-/// Ends a call begun with `slot.begin_call()` (a `passive` one does not count as use):
-/// records its outcome, and makes a provider error in the reply the returned error.
 /// What [`Host::call_inline`] is asked: a read borrowing the request's class and key, or
 /// any call, owned (a put's instance moves into a builtin provider without a copy).
 enum InlineCall<'a> {
@@ -1091,6 +1089,8 @@ enum InlineCall<'a> {
     Owned(ProviderCall),
 }
 
+/// Ends a call begun with `slot.begin_call()` (a `passive` one does not count as use):
+/// records its outcome, and makes a provider error in the reply the returned error.
 fn finish_call(
     slot: &Slot,
     passive: bool,

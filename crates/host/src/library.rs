@@ -241,7 +241,7 @@ impl LibraryProvider {
 
     /// Encodes `request` (a [`ProviderRequest`] or a [`ProviderRequestRef`]: the same
     /// bytes) into this thread's buffer and calls the library with it.
-    pub fn send(&self, request: &impl Serialize) -> Result<ProviderReply, ProviderError> {
+    pub(crate) fn send(&self, request: &impl Serialize) -> Result<ProviderReply, ProviderError> {
         thread_local! {
             // This thread's request buffer, kept between calls (a call does not recurse
             // into another library call on the same thread while its bytes are in use;

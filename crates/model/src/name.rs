@@ -262,7 +262,7 @@ fn check_word(name: &str, what: &'static str, dash: bool) -> Result<(), NameErro
 }
 
 /// Whether `path` is a valid dotted path: one pass over its bytes, for the common case of
-/// a good name. Exactly the paths [`check_path`] accepts (a test holds the two together);
+/// a good name. Exactly the paths [`explain_path`] accepts (a test holds the two together);
 /// a refused one is checked again by the slow path, which says what is wrong.
 fn valid_path(path: &[u8]) -> bool {
     if path.is_empty() || path.len() > MAX_PATH_LEN {

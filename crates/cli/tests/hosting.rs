@@ -56,6 +56,24 @@ fn manifest(name: &str, hosting: &str, entry: &str, class: &str, extra: &str) ->
     )
 }
 
+/// `result` is a timeout that names `provider` and says `message`.
+fn assert_timeout<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    provider: &str,
+    message: &str,
+) {
+    match result {
+        Err(ClientError::Timeout {
+            provider: named,
+            message: said,
+        }) => {
+            assert_eq!(named.as_deref(), Some(provider));
+            assert_eq!(said, message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 fn c_manifest(name: &str, hosting: &str, extra: &str) -> String {
     let entry = if hosting == "external" {
         format!("command = [{:?}]", c_external().display().to_string())
@@ -322,16 +340,11 @@ fn deadline_kills_a_hung_worker_and_fails_an_in_daemon_provider() {
     )]);
     let mut c = d.client();
     let before = u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32;
-    match c.get(&class("demo.counter"), &named("hang")) {
-        Err(ClientError::Timeout { provider, message }) => {
-            assert_eq!(provider.as_deref(), Some("iso"));
-            assert_eq!(
-                message,
-                "provider iso did not answer within 300ms; its process was killed and restarts on next use"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_timeout(
+        c.get(&class("demo.counter"), &named("hang")),
+        "iso",
+        "provider iso did not answer within 300ms; its process was killed and restarts on next use",
+    );
     wait_until("the hung worker to die", Duration::from_secs(5), || {
         !alive(before)
     });
@@ -345,16 +358,11 @@ fn deadline_kills_a_hung_worker_and_fails_an_in_daemon_provider() {
     )]);
     let mut c = d.client();
     let asked = Instant::now();
-    match c.get(&class("demo.counter"), &named("hang")) {
-        Err(ClientError::Timeout { provider, message }) => {
-            assert_eq!(provider.as_deref(), Some("ind"));
-            assert_eq!(
-                message,
-                "provider ind did not answer within 300ms; marked failed, since an in-daemon provider cannot be stopped"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_timeout(
+        c.get(&class("demo.counter"), &named("hang")),
+        "ind",
+        "provider ind did not answer within 300ms; marked failed, since an in-daemon provider cannot be stopped",
+    );
     // Answered by the watchdog at the deadline, although the call is still running.
     assert!(
         asked.elapsed() < Duration::from_secs(5),
@@ -548,16 +556,11 @@ fn deadline_on_a_direct_channel_kills_the_worker() {
     let (mut c, before) = direct_client(&d);
     let counter = class("demo.counter");
     let asked = Instant::now();
-    match c.get(&counter, &named("hang")) {
-        Err(ClientError::Timeout { provider, message }) => {
-            assert_eq!(provider.as_deref(), Some("iso"));
-            assert_eq!(
-                message,
-                "provider iso did not answer within 300ms; its process was killed and restarts on next use"
-            );
-        }
-        other => panic!("{other:?}"),
-    }
+    assert_timeout(
+        c.get(&counter, &named("hang")),
+        "iso",
+        "provider iso did not answer within 300ms; its process was killed and restarts on next use",
+    );
     assert!(
         asked.elapsed() < Duration::from_secs(5),
         "{:?}",

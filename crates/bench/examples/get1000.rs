@@ -19,14 +19,7 @@ fn main() {
         std::time::Duration::from_secs(60),
     );
     let class = ClassPath::new("app.big").unwrap();
-    let ctx = CallContext::new(
-        Caller {
-            uid: 0,
-            gid: 0,
-            pid: 1,
-        },
-        None,
-    );
+    let ctx = CallContext::new(Caller::new(0, 0, 1), None);
     let schema = p.schema(&class).unwrap();
     let n = 2000;
     let t = Instant::now();

@@ -179,7 +179,7 @@ enum Command {
     Worker,
     /// Run the daemon
     #[command(
-        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers\n  purveyor serve --clear-after counter=30s --clear-after instance=1m\n  purveyor serve --http 9464                       JSON API and /metrics on 127.0.0.1:9464\n  purveyor serve --http 0.0.0.0:9464 --http-config /etc/purveyor/http.toml"
+        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers\n  purveyor serve --clear-after counter=30s --clear-after instance=1m\n  purveyor serve --limit io.mem_per_user=16MiB --limit io.mem_idle=5m\n  purveyor serve --http 9464                       JSON API and /metrics on 127.0.0.1:9464\n  purveyor serve --http 0.0.0.0:9464 --http-config /etc/purveyor/http.toml"
     )]
     Serve {
         /// Let the socket's group connect (mode 0660 instead of 0600)
@@ -201,6 +201,10 @@ enum Command {
         /// Events queued for one client before more are dropped (and reported as lost)
         #[arg(long, value_name = "N", default_value = "4096")]
         event_queue: usize,
+        /// Set a limit on what clients can make the daemon hold (NAME=VALUE, repeatable;
+        /// docs/security.md "Limits": io.mem_per_user 64MiB, io.mem_total 256MiB, io.mem_idle 15m)
+        #[arg(long, value_name = "NAME=VALUE")]
+        limit: Vec<String>,
         /// Also serve HTTP (JSON API, /metrics, /healthz, /readyz; docs/http.md) on ADDR: a bare PORT is on loopback
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
@@ -292,6 +296,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             access,
             quarantine_after,
             event_queue,
+            limit,
             http,
             http_config,
         } => serve::run(
@@ -303,6 +308,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 access: access.as_deref(),
                 quarantine_after,
                 event_queue,
+                limits: &limit,
                 http: http.as_deref(),
                 http_config: http_config.as_deref(),
             },

@@ -16,6 +16,7 @@ pub struct Options<'a> {
     pub access: Option<&'a std::path::Path>,
     pub quarantine_after: u32,
     pub event_queue: usize,
+    pub limits: &'a [String],
     pub http: Option<&'a str>,
     pub http_config: Option<&'a std::path::Path>,
 }
@@ -28,6 +29,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         access,
         quarantine_after,
         event_queue,
+        limits,
         http,
         http_config,
     } = options;
@@ -55,6 +57,12 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
     };
     config.quarantine_crashes = quarantine_after;
     config.event_queue = event_queue.max(1);
+    for setting in limits {
+        config
+            .limits
+            .apply(setting)
+            .map_err(|e| anyhow::anyhow!("--limit {setting}: {e}"))?;
+    }
     for setting in clear_after {
         config
             .clear_after

@@ -173,14 +173,7 @@ fn puts_deletes_and_calls_are_checked_against_the_schema() {
         Err(ClientError::NotFound { .. })
     ));
     // The CLI: the same checks, with exit codes.
-    let cli = |args: &[&str]| {
-        Command::new(BIN)
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let cli = |args: &[&str]| daemon.cli(args);
     let out = cli(&["set", "config.setting", "name=c", "value=hi"]);
     assert!(out.status.success(), "{out:?}");
     let out = cli(&["call", "config.setting.rename", "name=c", "to=d"]);

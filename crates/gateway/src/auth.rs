@@ -65,7 +65,7 @@ impl Identity {
     pub fn anonymous() -> Self {
         let (uid, gid) = purveyor_host::access::user_ids("nobody").unwrap_or((65534, 65534));
         Identity {
-            caller: Caller { uid, gid, pid: 0 },
+            caller: Caller::new(uid, gid, 0),
             may_write: false,
             token: None,
         }
@@ -109,11 +109,7 @@ pub fn identify(tokens: &[Token], authorization: Option<&str>) -> Result<Identit
     let token =
         found.ok_or_else(|| "the bearer token is not one this gateway knows".to_string())?;
     Ok(Identity {
-        caller: Caller {
-            uid: token.uid,
-            gid: token.gid,
-            pid: 0,
-        },
+        caller: Caller::new(token.uid, token.gid, 0),
         may_write: !token.read_only,
         token: Some(token.name.clone()),
     })

@@ -240,17 +240,11 @@ impl AccessPolicy {
         let Some((rule, allowed)) = self.decider(permission, path) else {
             return Err(format!("no rule grants {permission} on {path}"));
         };
-        let mut groups: Option<Vec<u32>> = None;
         let granted = allowed.iter().any(|(p, _)| match p {
             Principal::Local => true,
             Principal::Owner => caller.uid == self.owner,
             Principal::Uid(uid) => caller.uid == *uid,
-            Principal::Gid(gid) => {
-                caller.gid == *gid
-                    || groups
-                        .get_or_insert_with(|| supplementary_groups(caller.pid))
-                        .contains(gid)
-            }
+            Principal::Gid(gid) => caller.gid == *gid || caller.groups.contains(gid),
         });
         if granted {
             return Ok(());
@@ -379,34 +373,12 @@ fn lookup_group(name: &str) -> Option<u32> {
     }
 }
 
-/// The supplementary groups of process `pid`, from `/proc/PID/status` (empty when it is
-/// gone or unreadable: then only the primary group counts).
-pub(crate) fn supplementary_groups(pid: u32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn caller(uid: u32, gid: u32) -> Caller {
-        Caller {
-            uid,
-            gid,
-            // No such process: supplementary groups read as none.
-            pid: u32::MAX,
-        }
+        Caller::new(uid, gid, u32::MAX)
     }
 
     /// Every decision of the defaults and of a configured file, as a table of callers ×
@@ -431,98 +403,110 @@ read = ["uid:1000"]
         let eve = caller(1002, 1002);
         let root = caller(0, 0);
         use Permission::*;
-        let table: &[(&str, Caller, Permission, &str, bool)] = &[
-            ("system read by anyone", eve, Read, "system.cpu", true),
+        let table: &[(&str, &Caller, Permission, &str, bool)] = &[
+            ("system read by anyone", &eve, Read, "system.cpu", true),
             (
                 "system subscribe by anyone",
-                eve,
+                &eve,
                 Subscribe,
                 "system.cpu",
                 true,
             ),
             (
                 "system write only by owner",
-                eve,
+                &eve,
                 Write,
                 "system.cpu",
                 false,
             ),
-            ("system call only by owner", eve, Call, "system.cpu", false),
-            ("app read by anyone", eve, Read, "app.shop", true),
+            ("system call only by owner", &eve, Call, "system.cpu", false),
+            ("app read by anyone", &eve, Read, "app.shop", true),
             (
                 "other namespace read by owner only",
-                eve,
+                &eve,
                 Read,
                 "demo.thing",
                 false,
             ),
-            ("root may do anything", root, Write, "demo.thing", true),
+            ("root may do anything", &root, Write, "demo.thing", true),
             (
                 "owner may do anything",
-                caller(owner, 0),
+                &caller(owner, 0),
                 Call,
                 "demo.thing",
                 true,
             ),
-            ("configured read for all", eve, Read, "config.setting", true),
+            (
+                "configured read for all",
+                &eve,
+                Read,
+                "config.setting",
+                true,
+            ),
             (
                 "configured write by uid",
-                alice,
+                &alice,
                 Write,
                 "config.setting",
                 true,
             ),
             (
                 "configured write by group",
-                bob,
+                &bob,
                 Write,
                 "config.setting",
                 true,
             ),
             (
                 "configured write refused",
-                eve,
+                &eve,
                 Write,
                 "config.setting",
                 false,
             ),
             (
                 "unmentioned call falls back to defaults",
-                alice,
+                &alice,
                 Call,
                 "config.setting",
                 false,
             ),
-            ("subscribe by group", bob, Subscribe, "config.setting", true),
+            (
+                "subscribe by group",
+                &bob,
+                Subscribe,
+                "config.setting",
+                true,
+            ),
             (
                 "subscribe refused",
-                alice,
+                &alice,
                 Subscribe,
                 "config.setting",
                 false,
             ),
             (
                 "more specific namespace wins",
-                eve,
+                &eve,
                 Read,
                 "config.secret.key",
                 false,
             ),
             (
                 "more specific namespace grants",
-                alice,
+                &alice,
                 Read,
                 "config.secret.key",
                 true,
             ),
             (
                 "write inherited below",
-                alice,
+                &alice,
                 Write,
                 "config.secret.key",
                 true,
             ),
-            ("a prefix is not a parent", eve, Read, "configs.x", false),
+            ("a prefix is not a parent", &eve, Read, "configs.x", false),
         ];
         for (what, who, perm, path, want) in table {
             let got = policy.check(who, *perm, path);
@@ -540,19 +524,23 @@ read = ["uid:1000"]
         );
     }
 
+    /// A group rule matches the caller's supplementary groups as the caller carries them
+    /// (fixed at connect), never what its pid's process has now.
     #[test]
-    fn supplementary_groups_count() {
-        // This process's own groups, through /proc, with a primary group that is not it.
-        let groups = supplementary_groups(std::process::id());
-        let Some(&gid) = groups.first() else { return };
-        let text = format!("[namespace.demo]\nread = [\"gid:{gid}\"]\n");
-        let policy = AccessPolicy::parse(Path::new("a.toml"), &text).unwrap();
-        let who = Caller {
-            uid: 4242,
-            gid: 4242,
-            pid: std::process::id(),
-        };
+    fn supplementary_groups_count_as_fixed_at_connect() {
+        let policy = AccessPolicy::parse(
+            Path::new("a.toml"),
+            "[namespace.demo]\nread = [\"gid:77\"]\n",
+        )
+        .unwrap();
+        let mut who = caller(4242, 4242);
+        assert!(policy.check(&who, Permission::Read, "demo.x").is_err());
+        who.groups = vec![12, 77].into();
         assert!(policy.check(&who, Permission::Read, "demo.x").is_ok());
+        // The pid is this very process, whatever groups it has: they are not consulted.
+        let mut this = caller(4242, 4242);
+        this.pid = std::process::id();
+        assert!(policy.check(&this, Permission::Read, "demo.x").is_err());
     }
 
     #[test]

@@ -39,6 +39,67 @@ pub struct HostConfig {
     pub access: std::sync::Arc<AccessPolicy>,
     /// The most events queued for one session; more are dropped and reported as lost.
     pub event_queue: usize,
+    /// What clients can make the host hold (`docs/security.md`, "Limits").
+    pub limits: Limits,
+}
+
+/// What clients can make the host hold, each with a default, a setting
+/// (`purveyor serve --limit NAME=VALUE`) and a counter in `purveyor.host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// `MEM ` buffers: `io.mem_per_user`, `io.mem_total`, `io.mem_idle`.
+    pub io_mem: purveyor_io::MemoryLimits,
+}
+
+impl Limits {
+    /// Applies one `NAME=VALUE` setting (sizes in bytes, or with KiB, MiB, GiB; durations
+    /// like `30s` or `15m`).
+    pub fn apply(&mut self, setting: &str) -> Result<(), String> {
+        let (name, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("{setting:?} is not NAME=VALUE"))?;
+        let size = || parse_size(value).map_err(|e| format!("{name}: {e}"));
+        let duration = || {
+            humantime::parse_duration(value)
+                .map_err(|e| format!("{name}: {value:?} is not a duration ({e})"))
+        };
+        match name {
+            "io.mem_per_user" => self.io_mem.per_user = size()?,
+            "io.mem_total" => self.io_mem.total = size()?,
+            "io.mem_idle" => self.io_mem.idle = duration()?,
+            _ => {
+                return Err(format!(
+                    "there is no limit named {name:?} (limits: {})",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every limit's name.
+    pub const NAMES: &[&str] = &["io.mem_per_user", "io.mem_total", "io.mem_idle"];
+}
+
+/// `4096`, `64KiB`, `64MiB`, `1GiB` (also `K`, `M`, `G`, `KB`… as binary multiples).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (bytes, or a number with KiB, MiB or GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("{other:?} is not a size unit (KiB, MiB, GiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Default idle-unload intervals by provider kind, like cache-control classes.
@@ -122,6 +183,7 @@ impl HostConfig {
             clear_after: ClearAfter::default(),
             access: std::sync::Arc::new(AccessPolicy::defaults()),
             event_queue: 4096,
+            limits: Limits::default(),
         }
     }
 
@@ -181,5 +243,27 @@ impl HostConfig {
             "no purveyor binary found to run isolated providers (looked beside {}); set PURVEYOR_WORKER to its path",
             exe.display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_sizes_and_durations_and_name_the_bad_ones() {
+        let mut limits = Limits::default();
+        limits.apply("io.mem_per_user=1MiB").unwrap();
+        limits.apply("io.mem_total=4096").unwrap();
+        limits.apply("io.mem_idle=30s").unwrap();
+        assert_eq!(limits.io_mem.per_user, 1 << 20);
+        assert_eq!(limits.io_mem.total, 4096);
+        assert_eq!(limits.io_mem.idle, Duration::from_secs(30));
+        let err = limits.apply("io.mem_total=12 bananas").unwrap_err();
+        assert!(err.contains("size unit"), "{err}");
+        let err = limits.apply("io.nope=1").unwrap_err();
+        assert!(err.contains("io.mem_per_user"), "{err}");
+        let err = limits.apply("io.mem_idle").unwrap_err();
+        assert!(err.contains("NAME=VALUE"), "{err}");
     }
 }

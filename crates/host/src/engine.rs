@@ -72,6 +72,8 @@ pub(crate) struct HostInner {
     pub events: Arc<EventBus>,
     /// The built-in I/O procedures (`DOS `, `MEM `, `GZ  `, `TAR `).
     pub builtin_io: Arc<ProcedureServer>,
+    /// The built-in `MEM `, for its counters and its sweep.
+    pub memory: Arc<purveyor_io::Memory>,
     /// Dialogs, UI agents and the calls that may open dialogs.
     pub dialogs: Arc<DialogHub>,
 }
@@ -99,6 +101,8 @@ impl HostBuilder {
             let registry = Registry::build(&self.config, &builtins);
             let catalog = builtins.into_iter().map(|b| (b.name.clone(), b)).collect();
             let dialogs = Arc::new(DialogHub::new(self.config.access.clone()));
+            let memory = Arc::new(purveyor_io::Memory::new(self.config.limits.io_mem));
+            let builtin_io = purveyor_io::Registry::with_memory(memory.clone());
             HostInner {
                 dialogs,
                 config: self.config,
@@ -114,7 +118,8 @@ impl HostBuilder {
                 groups: tokio::sync::Mutex::new(HashMap::new()),
                 watchdog: Watchdog::default(),
                 events: Arc::new(EventBus::default()),
-                builtin_io: Arc::new(ProcedureServer::new(purveyor_io::Registry::new())),
+                builtin_io: Arc::new(ProcedureServer::new(builtin_io)),
+                memory,
             }
         });
         Host { inner }
@@ -923,7 +928,7 @@ impl Host {
                 dispatch: Dispatch::Blocking,
             } => {
                 let provider = provider.clone();
-                let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
+                let ctx = CallContext::new(caller.clone(), Some(Instant::now() + timeout));
                 let task = tokio::task::spawn_blocking(move || {
                     catch_unwind(AssertUnwindSafe(|| serve_call(&*provider, call, &ctx)))
                 });
@@ -1033,7 +1038,7 @@ impl Host {
                 provider,
                 dispatch: Dispatch::Inline,
             } => {
-                let ctx = CallContext::new(*caller, Some(Instant::now() + timeout));
+                let ctx = CallContext::new(caller.clone(), Some(Instant::now() + timeout));
                 catch_unwind(AssertUnwindSafe(|| match call {
                     InlineCall::Read(read) => serve_read(&**provider, read, &ctx),
                     InlineCall::Owned(call) => serve_call(&**provider, call, &ctx),

@@ -257,7 +257,7 @@ impl Session {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let sink = Arc::new(EventSink::new(capacity));
         Session {
-            caller,
+            caller: caller.clone(),
             io: Default::default(),
             ui: crate::dialogs::SessionUi::new(
                 NEXT.fetch_add(1, Ordering::Relaxed),
@@ -320,7 +320,7 @@ mod tests {
         let hub = Arc::new(crate::dialogs::DialogHub::new(Arc::new(
             crate::access::AccessPolicy::defaults(),
         )));
-        let slow = Session::new(caller, bus.clone(), 3, hub.clone());
+        let slow = Session::new(caller.clone(), bus.clone(), 3, hub.clone());
         let picky = Session::new(caller, bus.clone(), 100, hub);
         let class = ClassPath::new("config.setting").unwrap();
         let h1 = bus.subscribe(class.clone(), None, vec![], slow.sink(), Box::new(()));

@@ -6,8 +6,12 @@
 //! procedure library; an isolated worker has one per procedure library it loaded. So a
 //! procedure is served the same way whatever its hosting.
 //!
-//! Files are opened with the caller's file-system credentials ([`as_caller`]), so a
-//! client can open through the host only what it could open itself.
+//! **Invariant:** every call into a procedure runs with the file-system credentials of
+//! the client it is for ([`as_caller`]): open, delete and rename as the caller; read,
+//! write, seek, custom messages and close — also a close after the client has gone — as
+//! the client that opened the stream, whose credentials the stream keeps. So a client
+//! reaches through the host only the files it could reach itself, whatever a procedure
+//! does and whenever it does it (`TAR ` writes its archive at close).
 
 use std::collections::HashMap;
 use std::io::SeekFrom;
@@ -15,7 +19,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use purveyor_io::{FourCC, IoError, IoName, IoStream, OpenMode, Registry, Scope, StreamGuard};
+use purveyor_io::{
+    FourCC, IoError, IoName, IoStream, OpenMode, Registry, Requester, Scope, StreamGuard,
+};
 use purveyor_protocol::{
     CallerInfo, FaultKind, IoMode, IoWhence, ProviderCall, ProviderFault, ProviderReply,
 };
@@ -25,7 +31,20 @@ pub const MAX_READ: u32 = 4 << 20;
 
 struct Open {
     stream: Mutex<Box<dyn IoStream>>,
+    /// Who opened it: every later call on it runs with these credentials.
+    owner: Requester,
     _guard: StreamGuard,
+}
+
+impl Open {
+    /// Runs `f` on the stream, as its owner.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut dyn IoStream) -> Result<T, IoError>,
+    ) -> Result<T, IoError> {
+        let mut stream = self.stream.lock().unwrap_or_else(PoisonError::into_inner);
+        as_caller(&self.owner, || f(&mut **stream))
+    }
 }
 
 /// Serves the I/O calls of the provider channel from one registry.
@@ -79,6 +98,11 @@ impl ProcedureServer {
     }
 
     fn serve(&self, call: ProviderCall, caller: CallerInfo) -> Result<ProviderReply, IoError> {
+        let who = |groups: Vec<u32>| Requester {
+            uid: caller.uid,
+            gid: caller.gid,
+            groups,
+        };
         let done = || ProviderReply::Done {
             result: None,
             events: Vec::new(),
@@ -89,20 +113,21 @@ impl ProcedureServer {
                 path,
                 element,
                 mode,
+                groups,
             } => {
                 let name = io_name(&code, path, element)?;
                 let mode = open_mode(mode);
-                let stream = as_caller(caller, || self.registry.open_name(&name, mode))?;
+                let owner = who(groups);
+                let stream =
+                    as_caller(&owner, || self.registry.open_name_for(&owner, &name, mode))?;
                 let size = stream.size();
                 let (inner, guard) = stream.into_parts();
-                let id = self.insert(inner, guard);
+                let id = self.insert(inner, owner, guard);
                 Ok(ProviderReply::IoOpened { stream: id, size })
             }
             ProviderCall::IoRead { stream, max } => {
-                let open = self.stream(stream)?;
-                let mut s = open.stream.lock().unwrap_or_else(PoisonError::into_inner);
                 let mut buf = vec![0; max.min(MAX_READ) as usize];
-                let n = s.read(&mut buf)?;
+                let n = self.stream(stream)?.with(|s| s.read(&mut buf))?;
                 buf.truncate(n);
                 Ok(ProviderReply::IoData(buf))
             }
@@ -111,18 +136,19 @@ impl ProcedureServer {
                 data,
                 flush,
             } => {
-                let open = self.stream(stream)?;
-                let mut s = open.stream.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut done = 0;
-                while done < data.len() {
-                    match s.write(&data[done..])? {
-                        0 => break,
-                        n => done += n,
+                let done = self.stream(stream)?.with(|s| {
+                    let mut done = 0;
+                    while done < data.len() {
+                        match s.write(&data[done..])? {
+                            0 => break,
+                            n => done += n,
+                        }
                     }
-                }
-                if flush {
-                    s.flush()?;
-                }
+                    if flush {
+                        s.flush()?;
+                    }
+                    Ok(done)
+                })?;
                 Ok(ProviderReply::IoValue(done as i64))
             }
             ProviderCall::IoSeek {
@@ -130,23 +156,21 @@ impl ProcedureServer {
                 offset,
                 whence,
             } => {
-                let open = self.stream(stream)?;
-                let mut s = open.stream.lock().unwrap_or_else(PoisonError::into_inner);
                 let pos = match whence {
                     IoWhence::Start => SeekFrom::Start(offset.max(0) as u64),
                     IoWhence::Current => SeekFrom::Current(offset),
                     IoWhence::End => SeekFrom::End(offset),
                 };
-                Ok(ProviderReply::IoValue(s.seek(pos)? as i64))
+                let at = self.stream(stream)?.with(|s| s.seek(pos))?;
+                Ok(ProviderReply::IoValue(at as i64))
             }
             ProviderCall::IoMessage {
                 stream,
                 message,
                 input,
             } => {
-                let open = self.stream(stream)?;
-                let mut s = open.stream.lock().unwrap_or_else(PoisonError::into_inner);
-                Ok(ProviderReply::IoValue(s.message(message, &input)?))
+                let value = self.stream(stream)?.with(|s| s.message(message, &input))?;
+                Ok(ProviderReply::IoValue(value))
             }
             ProviderCall::IoClose { stream } => {
                 self.close(stream)?;
@@ -156,10 +180,12 @@ impl ProcedureServer {
                 code,
                 path,
                 element,
+                groups,
             } => {
                 let name = io_name(&code, path, element)?;
                 let procedure = self.procedure(&name)?;
-                as_caller(caller, || procedure.delete(&name))?;
+                let who = who(groups);
+                as_caller(&who, || procedure.delete_for(&who, &name))?;
                 Ok(done())
             }
             ProviderCall::IoRename {
@@ -168,11 +194,13 @@ impl ProcedureServer {
                 from_element,
                 to,
                 to_element,
+                groups,
             } => {
                 let from = io_name(&code, from, from_element)?;
                 let to = io_name(&code, to, to_element)?;
                 let procedure = self.procedure(&from)?;
-                as_caller(caller, || procedure.rename(&from, &to))?;
+                let who = who(groups);
+                as_caller(&who, || procedure.rename_for(&who, &from, &to))?;
                 Ok(done())
             }
             other => Err(IoError::unsupported(format!(
@@ -191,7 +219,7 @@ impl ProcedureServer {
             .ok_or(IoError::NoProcedure(code))
     }
 
-    fn insert(&self, stream: Box<dyn IoStream>, guard: StreamGuard) -> u32 {
+    fn insert(&self, stream: Box<dyn IoStream>, owner: Requester, guard: StreamGuard) -> u32 {
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let id = loop {
             let id = self.next.fetch_add(1, Ordering::Relaxed);
@@ -203,13 +231,14 @@ impl ProcedureServer {
             id,
             Arc::new(Open {
                 stream: Mutex::new(stream),
+                owner,
                 _guard: guard,
             }),
         );
         id
     }
 
-    /// Closes a stream: its procedure finishes it.
+    /// Closes a stream: its procedure finishes it, as the stream's owner.
     pub fn close(&self, id: u32) -> Result<(), IoError> {
         let open = self
             .streams
@@ -218,27 +247,29 @@ impl ProcedureServer {
             .remove(&id)
             .ok_or_else(|| IoError::NotFound(format!("stream {id}")))?;
         // A read in progress holds the stream; closing waits for it.
-        let stream = match Arc::try_unwrap(open) {
-            Ok(open) => open
-                .stream
-                .into_inner()
-                .unwrap_or_else(PoisonError::into_inner),
-            Err(shared) => {
-                let mut s = shared.stream.lock().unwrap_or_else(PoisonError::into_inner);
-                return s.flush();
+        match Arc::try_unwrap(open) {
+            Ok(open) => {
+                let stream = open
+                    .stream
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner);
+                as_caller(&open.owner, || stream.close())
             }
-        };
-        stream.close()
+            Err(shared) => shared.with(|s| s.flush()),
+        }
     }
 
     /// Takes a just-opened stream's plain file out (closing the stream), for handing its
     /// descriptor to a local client. `None` (and the stream stays) when there is none.
     pub fn take_plain_file(&self, id: u32) -> Option<std::fs::File> {
         let open = self.stream(id).ok()?;
-        let file = {
-            let s = open.stream.lock().unwrap_or_else(PoisonError::into_inner);
-            s.plain_file()?.try_clone().ok()?
-        };
+        let file = open
+            .with(|s| {
+                s.plain_file()
+                    .and_then(|f| f.try_clone().ok())
+                    .ok_or_else(|| IoError::unsupported("a plain file"))
+            })
+            .ok()?;
         let _ = self.close(id);
         Some(file)
     }
@@ -279,44 +310,37 @@ pub fn io_fault(e: &IoError) -> ProviderFault {
     }
 }
 
-/// Runs `f` (which opens, deletes or renames files) with `caller`'s file-system
-/// credentials on this thread:
-/// - the caller is this process's user: as is;
+/// Runs `f` (which may open, read, write, delete or rename files) with `who`'s
+/// file-system credentials on this thread:
+/// - `who` is this process's user: as is;
 /// - this process is root: `setfsuid`/`setfsgid`/`setgroups` as raw system calls, which
 ///   change this thread only (glibc's wrappers would change every thread), restored
 ///   before returning, also when `f` panics;
-/// - otherwise the host cannot act as the caller, and refuses.
-pub fn as_caller<T>(
-    caller: CallerInfo,
-    f: impl FnOnce() -> Result<T, IoError>,
-) -> Result<T, IoError> {
+/// - otherwise the host cannot act as `who`, and refuses.
+///
+/// Only this thread changes: a procedure that does file work on threads of its own does
+/// it with the host's credentials (`docs/security.md`, "What runs as the caller").
+pub fn as_caller<T>(who: &Requester, f: impl FnOnce() -> Result<T, IoError>) -> Result<T, IoError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    if caller.uid == euid {
+    if who.uid == euid {
         return f();
     }
     if euid != 0 {
         return Err(IoError::Os {
             what: format!(
                 "the host runs as uid {euid} and cannot open files for uid {}",
-                caller.uid
+                who.uid
             ),
             source: std::io::Error::from_raw_os_error(libc::EACCES),
         });
     }
-    let groups = caller_groups(caller);
-    let _restore = FsCredentials::switch(caller.uid, caller.gid, &groups)?;
-    f()
-}
-
-/// The caller's supplementary groups, from `/proc/PID/status` (its primary group when
-/// that cannot be read).
-fn caller_groups(caller: CallerInfo) -> Vec<libc::gid_t> {
-    let mut groups = crate::access::supplementary_groups(caller.pid);
-    if !groups.contains(&caller.gid) {
-        groups.push(caller.gid);
+    let mut groups = who.groups.clone();
+    if !groups.contains(&who.gid) {
+        groups.push(who.gid);
     }
-    groups
+    let _restore = FsCredentials::switch(who.uid, who.gid, &groups)?;
+    f()
 }
 
 /// This thread's file-system credentials while switched; restored on drop.
@@ -651,6 +675,7 @@ impl crate::Host {
                     code: code.as_str().into(),
                     path: parsed.path.to_string_lossy().into_owned(),
                     element: parsed.element.clone(),
+                    groups: caller.groups.to_vec(),
                 };
                 self.io_oneshot(code, call, caller).await
             }
@@ -672,6 +697,7 @@ impl crate::Host {
                     from_element: from.element.clone(),
                     to: to.path.to_string_lossy().into_owned(),
                     to_element: to.element.clone(),
+                    groups: caller.groups.to_vec(),
                 };
                 self.io_oneshot(code, call, caller).await
             }
@@ -752,6 +778,7 @@ impl crate::Host {
             path: parsed.path.to_string_lossy().into_owned(),
             element: parsed.element.clone(),
             mode,
+            groups: session.caller.groups.to_vec(),
         };
         let mut stream = SessionStream {
             name: parsed.to_string(),

@@ -14,6 +14,7 @@ mod answer;
 mod builtin;
 mod config;
 pub mod config_file;
+mod contain;
 mod dialogs;
 mod engine;
 mod events;
@@ -31,7 +32,7 @@ pub mod worker;
 
 pub use access::{AccessPolicy, Permission};
 pub use builtin::{BuiltinProvider, Dispatch, Factory};
-pub use config::{ClearAfter, HostConfig};
+pub use config::{ClearAfter, HostConfig, Limits};
 pub use dialogs::SessionUi;
 pub use engine::{Host, HostBuilder};
 pub use events::{EventSink, Session};

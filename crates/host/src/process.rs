@@ -6,9 +6,10 @@
 //! reader task is the only one that completes pending requests, so a reply can never
 //! arrive for a request nobody waits on except after a timeout (then it is dropped). When
 //! the process ends — exit, signal, kill after a missed deadline, a malformed frame — every
-//! pending request fails with the reason, and so does every later one. Children get
-//! `PR_SET_PDEATHSIG(SIGKILL)` and see EOF on stdin when the host goes away, so none
-//! outlives the host.
+//! pending request fails with the reason, and so does every later one. Each process runs
+//! under a guard ([`crate::contain`]) that stops it and everything it started when it
+//! exits, when the host stops it, or when the host dies; so no provider process, nor any
+//! process it started, outlives its release or the host.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -47,6 +48,7 @@ type Pending = HashMap<u32, oneshot::Sender<Result<ProviderReply, String>>>;
 pub(crate) struct ProcessConn {
     /// `worker for uptime`, `worker of group g1`, `external provider uptime`.
     pub label: String,
+    /// The provider process's pid (its guard's is the child's).
     pub pid: u32,
     encoding: Encoding,
     /// `None` once closed: dropping it closes the pipe, which the process sees as EOF.
@@ -123,6 +125,10 @@ impl ProcessConn {
             }
         };
         let theirs_fd = theirs.as_ref().map(|s| s.as_raw_fd());
+        // The guard tells the provider's pid here.
+        let (report, report_theirs) =
+            std::io::pipe().map_err(|e| format!("cannot make {label}'s report pipe: {e}"))?;
+        let report_fd = report_theirs.as_raw_fd();
         cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -131,7 +137,8 @@ impl ProcessConn {
             .kill_on_drop(false);
         let parent = std::process::id();
         // SAFETY: the closure runs in the child between fork and exec and calls only
-        // async-signal-safe functions (prctl, getppid, _exit).
+        // async-signal-safe functions (prctl, getppid, fcntl, dup2, _exit, and
+        // `contain::split`, which is written for this place).
         unsafe {
             cmd.pre_exec(move || {
                 // The child dies with the thread that spawned it, which is one of the
@@ -155,7 +162,8 @@ impl ProcessConn {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                Ok(())
+                // Here the child becomes the guard; the provider goes on to exec.
+                crate::contain::split(report_fd)
             });
         }
         let shown = program.to_string_lossy();
@@ -164,7 +172,8 @@ impl ProcessConn {
             .map_err(|e| format!("cannot start {label} ({shown}): {e}"))?;
         // The child has its copy: ours would keep the socket open after it exits.
         drop(theirs);
-        let pid = child.id().unwrap_or(0);
+        drop(report_theirs);
+        let pid = provider_pid(report).unwrap_or_else(|| child.id().unwrap_or(0));
         let mut stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
         let handshake = async {
@@ -202,8 +211,7 @@ impl ProcessConn {
                 return Err(format!("{label} (pid {pid}) failed to start: {e}{status}"));
             }
             Err(_) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                finish(&mut child, Duration::ZERO).await;
                 return Err(format!(
                     "{label} (pid {pid}) did not answer its hello within {}",
                     humantime::format_duration(timeout)
@@ -414,7 +422,7 @@ impl ProcessConn {
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
-            let _ = child.start_kill();
+            stop(child);
         }
     }
 
@@ -456,25 +464,52 @@ impl Drop for ProcessConn {
         }
         if let Some(child) = self.child.get_mut().unwrap_or_else(|p| p.into_inner()) {
             // The runtime reaps it in the background.
-            let _ = child.start_kill();
+            stop(child);
         }
     }
 }
 
-/// Waits up to `grace` for the child to exit, kills it if it has not, and describes how
+/// Asks the child (a guard) to stop its provider and everything it started, unless it
+/// has already ended.
+fn stop(child: &mut Child) {
+    if let (Ok(None), Some(guard)) = (child.try_wait(), child.id()) {
+        crate::contain::stop(guard);
+    }
+}
+
+/// How long a guard has to kill its provider's processes before it is killed itself.
+const GUARD_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits up to `grace` for the child to exit, stops it if it has not, and describes how
 /// it ended (`", exit status 3"`, `", killed by signal 11 (SIGSEGV)"`).
 async fn finish(child: &mut Child, grace: Duration) -> String {
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => status,
         _ => {
-            let _ = child.start_kill();
-            match child.wait().await {
+            stop(child);
+            let status = match tokio::time::timeout(GUARD_GRACE, child.wait()).await {
+                Ok(status) => status,
+                Err(_) => {
+                    // A guard stuck reaping (a process in uninterruptible sleep).
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            match status {
                 Ok(status) => status,
                 Err(e) => return format!(", and waiting for it failed: {e}"),
             }
         }
     };
     format!(", {}", describe_exit(status))
+}
+
+/// The provider's pid, as its guard reported it (`None` when it did not).
+fn provider_pid(mut report: std::io::PipeReader) -> Option<u32> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 4];
+    report.read_exact(&mut bytes).ok()?;
+    Some(u32::from_ne_bytes(bytes)).filter(|&pid| pid != 0)
 }
 
 /// `exit status 3`, `killed by signal 11 (SIGSEGV)`.

@@ -88,6 +88,20 @@ impl Provider for SelfProvider {
                         Counter,
                         "requests answered",
                     ),
+                    p(
+                        "io_mem_bytes",
+                        "u64",
+                        Unit::Bytes,
+                        Gauge,
+                        "bytes held in MEM buffers, every user's (limit io.mem_total)",
+                    ),
+                    p(
+                        "io_mem_buffers",
+                        "u64",
+                        Unit::Count,
+                        Gauge,
+                        "MEM buffers held",
+                    ),
                 ],
             ),
             ClassSchema::fixed(
@@ -202,6 +216,8 @@ impl Provider for SelfProvider {
                     "connections_open" => Value::U64(open.into()),
                     "connections" => Value::U64(host.connections_total.load(Ordering::Relaxed)),
                     "requests" => Value::U64(host.requests.load(Ordering::Relaxed)),
+                    "io_mem_bytes" => Value::U64(host.memory.bytes()),
+                    "io_mem_buffers" => Value::U64(host.memory.buffers() as u64),
                 }])
             }
             "purveyor.events" => Ok(vec![Instance::from_pairs([

@@ -37,9 +37,22 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     let mut next_id: u32 = 0;
     tokio::pin!(shutdown);
+    // Idle `MEM ` buffers are freed within a quarter of their idle time (at most a minute).
+    let idle = host.config().limits.io_mem.idle;
+    let mut sweep = tokio::time::interval((idle / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    ));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = sweep.tick() => {
+                let freed = host.inner().memory.sweep(std::time::Instant::now());
+                if freed > 0 {
+                    tracing::debug!(freed, "idle MEM buffers freed");
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     next_id = next_id.wrapping_add(1);
@@ -81,12 +94,8 @@ pub async fn serve(
 }
 
 async fn connection(stream: UnixStream, host: Host, id: u32, stop: watch::Receiver<bool>) {
-    let caller = match stream.peer_cred() {
-        Ok(cred) => Caller {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid().map_or(0, |p| p as u32),
-        },
+    let caller = match crate::socket::peer_credentials(&stream) {
+        Ok(caller) => caller,
         Err(e) => {
             tracing::warn!(connection = id, error = %e, "cannot read peer credentials; closing");
             return;

@@ -108,3 +108,80 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
     }
 }
+
+/// The credentials of the process at the other end of a connected Unix socket, as the
+/// kernel recorded them when it connected: uid, gid and pid (`SO_PEERCRED`) and its
+/// supplementary groups (`SO_PEERGROUPS`). Read once, when the connection is accepted:
+/// nothing about the client is ever read again from `/proc`, where its pid may by then
+/// belong to another user's process.
+pub fn peer_credentials(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<crate::Caller> {
+    let fd = socket.as_raw_fd();
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut caller = crate::Caller::new(cred.uid, cred.gid, cred.pid.max(0) as u32);
+    caller.groups = peer_groups(fd)?.into();
+    Ok(caller)
+}
+
+/// `SO_PEERGROUPS`: the peer's supplementary groups, as of its connect.
+fn peer_groups(fd: i32) -> std::io::Result<Vec<u32>> {
+    // Most users are in few groups; the kernel says how much room it needs otherwise.
+    let mut groups = vec![0 as libc::gid_t; 32];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`, which is that large.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let e = std::io::Error::last_os_error();
+        // NGROUPS_MAX is 65536: the kernel never asks for more.
+        if e.raw_os_error() != Some(libc::ERANGE) || needed <= groups.len() || needed > 65536 {
+            return Err(e);
+        }
+        groups.resize(needed, 0);
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    /// Both ends of a socket pair are this process: its own uid, gid, pid and groups.
+    #[test]
+    fn peer_credentials_are_this_process() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let peer = super::peer_credentials(&a).unwrap();
+        let me = crate::Caller::current_process();
+        assert_eq!((peer.uid, peer.gid, peer.pid), (me.uid, me.gid, me.pid));
+        let (mut got, mut want) = (peer.groups.to_vec(), me.groups.to_vec());
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+}

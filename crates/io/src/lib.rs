@@ -22,9 +22,11 @@ mod fourcc;
 mod name;
 mod procedure;
 mod registry;
+mod requester;
 
-pub use builtin::{Dos, Gzip, Memory, Tar};
+pub use builtin::{Dos, Gzip, Memory, MemoryLimits, Tar};
 pub use fourcc::{FourCC, FourCCError};
 pub use name::{IoName, NameError};
 pub use procedure::{IoError, IoProcedure, IoStream, OpenMode, message};
 pub use registry::{GlobalProcedures, Listing, Registry, Scope, Stream, StreamGuard};
+pub use requester::Requester;

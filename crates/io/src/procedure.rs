@@ -4,7 +4,7 @@
 
 use std::io::SeekFrom;
 
-use crate::{FourCC, IoName, NameError};
+use crate::{FourCC, IoName, NameError, Requester};
 
 /// The message numbers of the C ABI (`include/purveyor/io.h`) and of custom messages.
 pub mod message {
@@ -164,6 +164,31 @@ pub trait IoProcedure: Send + Sync {
     fn delete(&self, name: &IoName) -> Result<(), IoError> {
         let _ = name;
         Err(IoError::unsupported("delete"))
+    }
+
+    /// [`IoProcedure::open`] for `who`. A host calls this one, with its thread's
+    /// file-system credentials already switched to `who`'s; a procedure that keeps state of
+    /// its own (not in files) uses `who` to keep each user's apart (`MEM `).
+    fn open_for(
+        &self,
+        who: &Requester,
+        name: &IoName,
+        mode: OpenMode,
+    ) -> Result<Box<dyn IoStream>, IoError> {
+        let _ = who;
+        self.open(name, mode)
+    }
+
+    /// [`IoProcedure::rename`] for `who` (see [`IoProcedure::open_for`]).
+    fn rename_for(&self, who: &Requester, from: &IoName, to: &IoName) -> Result<(), IoError> {
+        let _ = who;
+        self.rename(from, to)
+    }
+
+    /// [`IoProcedure::delete`] for `who` (see [`IoProcedure::open_for`]).
+    fn delete_for(&self, who: &Requester, name: &IoName) -> Result<(), IoError> {
+        let _ = who;
+        self.delete(name)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::builtin::{Dos, Gzip, Memory, Tar};
-use crate::{FourCC, IoError, IoName, IoProcedure, IoStream, OpenMode};
+use crate::{FourCC, IoError, IoName, IoProcedure, IoStream, OpenMode, Requester};
 
 /// Where an installed procedure is visible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,10 +77,15 @@ impl Default for Registry {
 impl Registry {
     /// A registry with the built-ins `DOS `, `MEM `, `GZ  ` and `TAR `.
     pub fn new() -> Self {
+        Self::with_memory(Arc::new(Memory::default()))
+    }
+
+    /// [`Registry::new`], with `memory` as its `MEM ` (a host sets its limits and sweeps it).
+    pub fn with_memory(memory: Arc<Memory>) -> Self {
         let registry = Self::empty();
         for (code, procedure) in [
             ("DOS ", Arc::new(Dos) as Arc<dyn IoProcedure>),
-            ("MEM ", Arc::new(Memory::default())),
+            ("MEM ", memory),
             ("GZ  ", Arc::new(Gzip)),
             ("TAR ", Arc::new(Tar)),
         ] {
@@ -204,12 +209,23 @@ impl Registry {
         self.open_name(&IoName::parse(name)?, mode)
     }
 
-    /// Opens an already parsed name.
+    /// Opens an already parsed name, for this process.
     pub fn open_name(&self, name: &IoName, mode: OpenMode) -> Result<Stream, IoError> {
+        self.open_name_for(&Requester::this_process(), name, mode)
+    }
+
+    /// Opens an already parsed name for `who` (a host serving a client; see
+    /// [`IoProcedure::open_for`]).
+    pub fn open_name_for(
+        &self,
+        who: &Requester,
+        name: &IoName,
+        mode: OpenMode,
+    ) -> Result<Stream, IoError> {
         let code = Self::code_of(name);
         let (procedure, scope, open) = self.resolve(code).ok_or(IoError::NoProcedure(code))?;
         let guard = OpenGuard(open);
-        let inner = procedure.open(name, mode)?;
+        let inner = procedure.open_for(who, name, mode)?;
         Ok(Stream {
             inner: Some(inner),
             name: name.to_string(),
@@ -240,12 +256,14 @@ impl Registry {
                 "cannot rename {from} to {to}: they belong to different I/O procedures"
             )));
         }
-        self.procedure_for(&from)?.rename(&from, &to)
+        self.procedure_for(&from)?
+            .rename_for(&Requester::this_process(), &from, &to)
     }
 
     pub fn delete(&self, name: &str) -> Result<(), IoError> {
         let name = IoName::parse(name)?;
-        self.procedure_for(&name)?.delete(&name)
+        self.procedure_for(&name)?
+            .delete_for(&Requester::this_process(), &name)
     }
 
     /// Every install, most recent first within each scope, in lookup order.

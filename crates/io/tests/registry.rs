@@ -275,6 +275,38 @@ fn tar_members_seek_within_their_bounds() {
     assert!(r.seek(SeekFrom::End(1)).is_err());
 }
 
+/// A tar member written to an archive goes to the file opened when the stream was opened,
+/// even if the name is swapped for a symlink before the close (which writes).
+#[test]
+fn tar_writes_through_the_archive_opened_at_open() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::new();
+    let archive = dir.path().join("a.tar");
+    let other = dir.path().join("other");
+    std::fs::write(&other, "untouched").unwrap();
+    let mut w = registry
+        .open(&format!("{}+m", archive.display()), OpenMode::Write)
+        .unwrap();
+    w.write_all(b"member").unwrap();
+    let moved = dir.path().join("moved.tar");
+    std::fs::rename(&archive, &moved).unwrap();
+    std::os::unix::fs::symlink(&other, &archive).unwrap();
+    w.close().unwrap();
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "untouched");
+    let name = format!("{}+m", moved.display());
+    assert_eq!(who(&registry, &name), "member");
+    // Names that would forge listing lines are refused before anything is opened.
+    let err = registry
+        .open(
+            &format!("{}/b.tar+a\nb", dir.path().display()),
+            OpenMode::Write,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("control characters"), "{err}");
+    assert!(!dir.path().join("b.tar").exists());
+}
+
 #[test]
 fn gzip_reads_what_gzip_wrote() {
     let dir = tempfile::tempdir().unwrap();

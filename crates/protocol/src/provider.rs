@@ -107,6 +107,10 @@ pub enum ProviderCall {
         #[serde(default)]
         element: String,
         mode: IoMode,
+        /// The caller's supplementary groups, fixed when its connection was accepted (the
+        /// file-system credentials the open runs with are `caller`'s uid and gid and these).
+        #[serde(default)]
+        groups: Vec<u32>,
     },
     /// Read up to `max` bytes. Answered with `io_data` (empty at the end).
     IoRead { stream: u32, max: u32 },
@@ -139,6 +143,9 @@ pub enum ProviderCall {
         path: String,
         #[serde(default)]
         element: String,
+        /// As in `IoOpen`.
+        #[serde(default)]
+        groups: Vec<u32>,
     },
     /// Rename through the procedure for `code`. Answered with `done`.
     IoRename {
@@ -149,6 +156,9 @@ pub enum ProviderCall {
         to: String,
         #[serde(default)]
         to_element: String,
+        /// As in `IoOpen`.
+        #[serde(default)]
+        groups: Vec<u32>,
     },
     /// News of the provider's dialog number `dialog`. Sent with id 0 and never answered.
     Dialog { dialog: u32, event: DialogEvent },

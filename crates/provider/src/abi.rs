@@ -130,11 +130,7 @@ pub fn serve(
     host: Option<&HostHandle>,
 ) -> ProviderReply {
     let ctx = CallContext::new(
-        Caller {
-            uid: request.caller.uid,
-            gid: request.caller.gid,
-            pid: request.caller.pid,
-        },
+        Caller::new(request.caller.uid, request.caller.gid, request.caller.pid),
         (request.deadline_ms > 0)
             .then(|| Instant::now() + Duration::from_millis(request.deadline_ms)),
     )

@@ -130,13 +130,38 @@ pub struct CallContext {
     ui: u32,
 }
 
-/// The peer a request came from, from the socket's credentials (`SO_PEERCRED`); in
-/// embedded mode, the current process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The peer a request came from, from the socket's credentials (`SO_PEERCRED` and
+/// `SO_PEERGROUPS`, read once when the connection was accepted); in embedded mode, the
+/// current process.
+///
+/// Invariant: never refreshed from `/proc/PID`: the pid is for the record only (the
+/// process may have exited and its pid gone to another user's process).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// Supplementary groups. Empty when the host did not pass them (a provider process is
+    /// told uid, gid and pid only; the host applies group rules itself).
+    pub groups: Groups,
+}
+
+/// A caller's supplementary groups: cheap to clone, and no allocation when there are none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Groups(Option<std::sync::Arc<[u32]>>);
+
+impl std::ops::Deref for Groups {
+    type Target = [u32];
+
+    fn deref(&self) -> &[u32] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl From<Vec<u32>> for Groups {
+    fn from(groups: Vec<u32>) -> Self {
+        Groups((!groups.is_empty()).then(|| groups.into()))
+    }
 }
 
 /// A provider's failure, reported to the client with the provider's name.
@@ -241,6 +266,17 @@ impl Caller {
             uid: current_uid(),
             gid: current_gid(),
             pid: std::process::id(),
+            groups: current_groups().into(),
+        }
+    }
+
+    /// A caller known by uid, gid and pid only (no supplementary groups).
+    pub fn new(uid: u32, gid: u32, pid: u32) -> Self {
+        Caller {
+            uid,
+            gid,
+            pid,
+            groups: Groups::default(),
         }
     }
 }
@@ -248,6 +284,16 @@ impl Caller {
 fn current_uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+fn current_groups() -> Vec<u32> {
+    // SAFETY: with a size of 0, getgroups only counts.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let mut groups = vec![0 as libc::gid_t; n.max(0) as usize];
+    // SAFETY: getgroups writes at most `groups.len()` entries into `groups`.
+    let got = unsafe { libc::getgroups(groups.len() as i32, groups.as_mut_ptr()) };
+    groups.truncate(got.max(0) as usize);
+    groups
 }
 
 fn current_gid() -> u32 {

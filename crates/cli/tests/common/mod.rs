@@ -85,6 +85,16 @@ impl Daemon {
         }
     }
 
+    /// `purveyor ARGS` against this daemon, as this process's user.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     pub fn client(&self) -> Client {
         Client::connect_socket(&self.socket, &ConnectOptions::default()).unwrap()
     }

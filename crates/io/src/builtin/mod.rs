@@ -8,7 +8,7 @@ mod tar;
 
 pub use dos::Dos;
 pub use gz::Gzip;
-pub use mem::Memory;
+pub use mem::{Memory, MemoryLimits};
 pub use tar::Tar;
 
 use crate::{IoError, IoName};

@@ -7,7 +7,9 @@ use crate::{IoError, IoName, IoProcedure, IoStream, OpenMode};
 /// `TAR `: the members of a (plain, uncompressed) tar archive: `backup.tar+etc/hosts`.
 /// Reading finds the member and reads its bytes in place (seekable, no copy of the
 /// archive). Writing appends a new member when the stream is closed, so a later read of
-/// that name finds the newest member, as `tar` does.
+/// that name finds the newest member, as `tar` does. The archive is opened for writing
+/// when the stream is opened (so a caller who may not write it is refused then, and the
+/// close writes through that descriptor, never through the name again).
 #[derive(Debug, Default)]
 pub struct Tar;
 
@@ -20,6 +22,14 @@ struct Member {
 /// The archive's members in order, and where the next member would go.
 fn scan(archive: &Path, what: &str) -> Result<(Vec<(String, Member)>, u64), IoError> {
     let file = File::open(archive).map_err(|e| IoError::os(format!("open {what}"), e))?;
+    scan_file(&file, what)
+}
+
+/// [`scan`] of an open archive, from its start.
+fn scan_file(file: &File, what: &str) -> Result<(Vec<(String, Member)>, u64), IoError> {
+    let mut file = file;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| IoError::os(format!("seek {what}"), e))?;
     let mut tar = tar::Archive::new(file);
     let bad =
         |e: std::io::Error| IoError::Invalid(format!("{what} is not a readable tar archive: {e}"));
@@ -79,11 +89,30 @@ impl IoProcedure for Tar {
                     what: format!("{what}+{element}"),
                 }))
             }
-            OpenMode::Write => Ok(Box::new(MemberWrite {
-                archive: name.path.clone(),
-                element,
-                data: Vec::new(),
-            })),
+            OpenMode::Write => {
+                writable_member(&element, &what)?;
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&name.path)
+                    .map_err(|e| IoError::os(format!("open {what} for writing"), e))?;
+                let meta = file
+                    .metadata()
+                    .map_err(|e| IoError::os(format!("stat {what}"), e))?;
+                if !meta.is_file() {
+                    return Err(IoError::Invalid(format!(
+                        "{what} is not a regular file, so it cannot be a tar archive"
+                    )));
+                }
+                Ok(Box::new(MemberWrite {
+                    archive: file,
+                    what,
+                    element,
+                    data: Vec::new(),
+                }))
+            }
             OpenMode::ReadWrite => Err(IoError::unsupported(format!(
                 "opening {name} for reading and writing (tar members are read, or written whole)"
             ))),
@@ -138,8 +167,26 @@ impl IoStream for MemberRead {
     }
 }
 
+/// A member name may be written when it is plain text (no control characters: a newline
+/// in a name would forge lines in listings) and stays inside the archive (no `..`).
+fn writable_member(element: &str, what: &str) -> Result<(), IoError> {
+    if element.chars().any(char::is_control) {
+        return Err(IoError::Invalid(format!(
+            "{what}: a member name may not contain control characters (newlines, tabs, NUL)"
+        )));
+    }
+    if element.split('/').any(|part| part == "..") {
+        return Err(IoError::Invalid(format!(
+            "{what}: a member name may not contain `..`"
+        )));
+    }
+    Ok(())
+}
+
 struct MemberWrite {
-    archive: std::path::PathBuf,
+    /// Opened read-write when the stream was opened, as the caller.
+    archive: File,
+    what: String,
     element: String,
     data: Vec<u8>,
 }
@@ -148,8 +195,7 @@ impl IoStream for MemberWrite {
     fn read(&mut self, _: &mut [u8]) -> Result<usize, IoError> {
         Err(IoError::unsupported(format!(
             "reading {}+{}, opened for writing",
-            self.archive.display(),
-            self.element
+            self.what, self.element
         )))
     }
 
@@ -161,18 +207,9 @@ impl IoStream for MemberWrite {
     /// Appends the member after the archive's last one (creating the archive if needed)
     /// and ends the archive again.
     fn close(self: Box<Self>) -> Result<(), IoError> {
-        let what = self.archive.display().to_string();
-        let end = if self.archive.exists() {
-            scan(&self.archive, &what)?.1
-        } else {
-            0
-        };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&self.archive)
-            .map_err(|e| IoError::os(format!("open {what} for writing"), e))?;
+        let what = &self.what;
+        let end = scan_file(&self.archive, what)?.1;
+        let mut file = self.archive;
         file.seek(SeekFrom::Start(end))
             .map_err(|e| IoError::os(format!("seek {what}"), e))?;
         let mut header = tar::Header::new_gnu();

@@ -247,7 +247,7 @@ fn a_corrupt_file_does_not_stop_the_others() {
     ));
     let log = d.log();
     assert!(
-        log.contains("junk.counters: not a counter file (magic"),
+        log.contains("junk.counters: not a counter file (its first 8 bytes"),
         "the log names the file and the problem:\n{log}"
     );
 }

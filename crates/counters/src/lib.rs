@@ -24,6 +24,7 @@
 //! The file format is in `docs/counter-file.md`; [`format`] pins it.
 
 pub mod format;
+pub mod guard;
 mod publish;
 mod read;
 
@@ -31,7 +32,7 @@ pub use format::{CounterType, Unit};
 pub use publish::{
     Average, Counter, CounterSet, Elapsed, Fraction, Instance, SetBuilder, default_dir,
 };
-pub use read::{CounterDesc, CounterFile, FileError, InstanceValues, Snapshot};
+pub use read::{CounterDesc, CounterFile, FileError, InstanceValues, Snapshot, open_untrusted};
 
 /// What went wrong while publishing.
 #[derive(Debug)]

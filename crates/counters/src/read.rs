@@ -5,17 +5,18 @@
 //! fails is refused with a [`FileError`] naming the file and the problem. Values are read
 //! with 8-byte atomic loads from a read-only shared mapping (on x86-64 a plain `mov`,
 //! which never writes). The instance table is read under the seqlock and retried a
-//! bounded number of times. Before each read the file's size is checked again: a publisher
-//! must never shrink its file (a reader touching a page past the end would get SIGBUS).
+//! bounded number of times. The mapping is guarded ([`crate::guard`]): a publisher that
+//! shrinks its file cannot kill the reader with SIGBUS; the reader reads zeros, notices,
+//! and refuses the file from then on. Files are opened without blocking and without
+//! following a symlink, and refused unless they are regular files ([`open_untrusted`]).
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use memmap2::Mmap;
-
 use crate::format::{self, CounterType, HEADER_SIZE, Unit, header};
+use crate::guard::GuardedMap;
 
 /// How often the instance table is read again while its publisher changes it (after the
 /// first hundred, yielding between tries). A publisher that changes its table without
@@ -54,7 +55,7 @@ pub struct CounterDesc {
 pub struct CounterFile {
     path: PathBuf,
     file: File,
-    map: Mmap,
+    map: GuardedMap,
     pub name: String,
     pub help: String,
     pub counters: Vec<CounterDesc>,
@@ -95,13 +96,7 @@ impl CounterFile {
             path: path.to_path_buf(),
             problem,
         };
-        let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| fail(format!("cannot stat: {e}")))?;
-        if !meta.is_file() {
-            return Err(fail("not a regular file".into()));
-        }
+        let (file, meta) = open_untrusted(path).map_err(fail)?;
         let len = meta.len();
         if len < HEADER_SIZE as u64 {
             return Err(fail(format!(
@@ -114,17 +109,16 @@ impl CounterFile {
                 format::MAX_FILE
             )));
         }
-        // SAFETY: a read-only shared mapping. The publisher may change the bytes at any
-        // time; they are only read with atomic loads or copied out and checked. Its size
-        // is checked before every read (see the module's invariants).
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| fail(format!("cannot map: {e}")))?;
-        let b = &map[..];
+        // The publisher may change the bytes at any time; they are only read with atomic
+        // loads or copied out and checked; a shrink is caught (see the module's invariants).
+        let map = GuardedMap::new(&file).map_err(fail)?;
+        let b = map.bytes();
         if b[..8] != format::MAGIC {
-            return Err(fail(format!(
-                "not a counter file (magic {:02x?}, expected {:02x?})",
-                &b[..8],
-                format::MAGIC
-            )));
+            // The file's bytes are not quoted: it may be anything (a secret, through a link).
+            return Err(fail(
+                "not a counter file (its first 8 bytes are not the counter-file magic number)"
+                    .into(),
+            ));
         }
         let r32 = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         let r64 = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
@@ -349,8 +343,15 @@ impl CounterFile {
         unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
     }
 
-    /// Checks that the file still has the size it had when opened.
+    /// Checks that the file still has the size it had when opened, and that no read
+    /// touched a page past its end since.
     fn still_whole(&self) -> Result<(), FileError> {
+        if self.map.faulted() {
+            return Err(self.fail(
+                "it shrank while mapped (a read went past its end); the file is no longer read"
+                    .into(),
+            ));
+        }
         match self.file.metadata() {
             Ok(m) if m.len() == self.size => Ok(()),
             Ok(m) => Err(self.fail(format!(
@@ -470,11 +471,56 @@ impl CounterFile {
 
     /// Every live instance with its values.
     pub fn snapshot(&self) -> Result<Snapshot, FileError> {
-        let instances = self
-            .read_table(true)?
+        let table = self.read_table(true)?;
+        // What was read while the file shrank may be zeros: not served.
+        self.still_whole()?;
+        let instances = table
             .into_iter()
             .map(|(_, name, values)| InstanceValues { name, values })
             .collect();
         Ok(Snapshot { instances })
+    }
+}
+
+/// Opens a file that someone else controls, for reading: without blocking (a FIFO would
+/// block the open until a writer came), without following a symlink at its last
+/// component, and only if it is a regular file. `Err` says what is wrong.
+pub fn open_untrusted(path: &Path) -> Result<(File, std::fs::Metadata), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "a symbolic link (only regular files are read)".to_string(),
+            _ => format!("cannot open: {e}"),
+        })?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "not a regular file (a {})",
+            file_kind(&meta.file_type())
+        ));
+    }
+    Ok((file, meta))
+}
+
+/// `FIFO`, `directory`, `character device`… for an error message.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_dir() {
+        "directory"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
     }
 }

@@ -247,19 +247,75 @@ fn hostile_files_get_exact_errors() {
         u32::from_le_bytes(good[header::COUNTERS_OFFSET..][..4].try_into().unwrap()) as usize;
     type Edit = Box<dyn Fn(&mut Vec<u8>)>;
     let cases: Vec<(&str, Edit, String)> = vec![
-        ("empty", Box::new(|b| b.clear()), "truncated: 0 bytes, shorter than the 128-byte header".into()),
-        ("truncated", Box::new(|b| b.truncate(200)), format!("the header says {len} bytes but the file has 200")),
-        ("magic", Box::new(|b| b[0] = b'X'), "not a counter file (magic [58, 56, 43, 4e, 54, 52, 00, 00], expected [50, 56, 43, 4e, 54, 52, 00, 00])".into()),
-        ("version", Box::new(|b| put32(b, header::VERSION, 9)), "format version 9; this reader reads version 1".into()),
-        ("strings", Box::new(|b| put32(b, header::STRINGS_SIZE, 1 << 30)), format!("the string area (1073741824 bytes at offset 128) lies outside the file's {len} bytes after the header")),
-        ("name", Box::new(|b| put32(b, header::NAME_LEN, 500)), "the set's name is 500 bytes, longer than 64".into()),
-        ("counter count", Box::new(|b| put32(b, header::COUNTER_COUNT, 0)), "0 counters (allowed: 1 to 65536)".into()),
-        ("stride", Box::new(|b| put32(b, header::SLOTS_PER_INSTANCE, 7)), "7 slots per instance (expected a multiple of 8, at most 131072)".into()),
-        ("kind", Box::new(move |b| b[counters_at + format::counter::KIND] = 99), "counter queue has unknown type 99".into()),
-        ("slot", Box::new(move |b| put32(b, counters_at + format::counter::SLOT, 8)), "counter queue uses slot 8, past the 8 slots of an instance".into()),
-        ("capacity", Box::new(|b| put32(b, header::INSTANCE_CAPACITY, 5)), "instance capacity 5 (allowed: 1 to 1048576, and 1 for a set without instances)".into()),
-        ("values", Box::new(|b| put32(b, header::VALUES_OFFSET, 1 << 20)), format!("the value area (64 bytes at offset 1048576) lies outside the file's {len} bytes after the header")),
-        ("utf8", Box::new(|b| b[128] = 0xff), "the set's name is not valid UTF-8".into()),
+        (
+            "empty",
+            Box::new(|b| b.clear()),
+            "truncated: 0 bytes, shorter than the 128-byte header".into(),
+        ),
+        (
+            "truncated",
+            Box::new(|b| b.truncate(200)),
+            format!("the header says {len} bytes but the file has 200"),
+        ),
+        (
+            "magic",
+            Box::new(|b| b[0] = b'X'),
+            "not a counter file (its first 8 bytes are not the counter-file magic number)".into(),
+        ),
+        (
+            "version",
+            Box::new(|b| put32(b, header::VERSION, 9)),
+            "format version 9; this reader reads version 1".into(),
+        ),
+        (
+            "strings",
+            Box::new(|b| put32(b, header::STRINGS_SIZE, 1 << 30)),
+            format!(
+                "the string area (1073741824 bytes at offset 128) lies outside the file's {len} bytes after the header"
+            ),
+        ),
+        (
+            "name",
+            Box::new(|b| put32(b, header::NAME_LEN, 500)),
+            "the set's name is 500 bytes, longer than 64".into(),
+        ),
+        (
+            "counter count",
+            Box::new(|b| put32(b, header::COUNTER_COUNT, 0)),
+            "0 counters (allowed: 1 to 65536)".into(),
+        ),
+        (
+            "stride",
+            Box::new(|b| put32(b, header::SLOTS_PER_INSTANCE, 7)),
+            "7 slots per instance (expected a multiple of 8, at most 131072)".into(),
+        ),
+        (
+            "kind",
+            Box::new(move |b| b[counters_at + format::counter::KIND] = 99),
+            "counter queue has unknown type 99".into(),
+        ),
+        (
+            "slot",
+            Box::new(move |b| put32(b, counters_at + format::counter::SLOT, 8)),
+            "counter queue uses slot 8, past the 8 slots of an instance".into(),
+        ),
+        (
+            "capacity",
+            Box::new(|b| put32(b, header::INSTANCE_CAPACITY, 5)),
+            "instance capacity 5 (allowed: 1 to 1048576, and 1 for a set without instances)".into(),
+        ),
+        (
+            "values",
+            Box::new(|b| put32(b, header::VALUES_OFFSET, 1 << 20)),
+            format!(
+                "the value area (64 bytes at offset 1048576) lies outside the file's {len} bytes after the header"
+            ),
+        ),
+        (
+            "utf8",
+            Box::new(|b| b[128] = 0xff),
+            "the set's name is not valid UTF-8".into(),
+        ),
     ];
     for (what, edit, expected) in cases {
         let mut bytes = good.clone();

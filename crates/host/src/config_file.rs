@@ -28,9 +28,77 @@ impl FileError {
 
 /// The file's text, or an error naming it.
 pub fn read(path: &Path) -> Result<String, FileError> {
-    std::fs::read_to_string(path).map_err(|e| FileError {
+    read_text(path).map_err(|message| FileError {
         path: path.to_owned(),
         line: None,
-        message: format!("cannot read it: {e}"),
+        message: format!("cannot read it: {message}"),
     })
+}
+
+/// The largest configuration file (a manifest, the access policy, `http.toml`) read.
+pub const MAX_CONFIG_FILE: u64 = 1 << 20;
+
+/// Reads a configuration file as text: opened without blocking (a FIFO would block the
+/// open until a writer came), read only if it is a regular file (not `/dev/zero`, not a
+/// directory), and at most [`MAX_CONFIG_FILE`] bytes. `Err` says what is wrong.
+pub fn read_text(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!(
+            "it is not a regular file (a {})",
+            purveyor_io::file_kind(&meta.file_type())
+        ));
+    }
+    if meta.len() > MAX_CONFIG_FILE {
+        return Err(format!(
+            "it is {} bytes, more than the limit of {MAX_CONFIG_FILE}",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    // The size may have changed since: never read more than the limit.
+    file.take(MAX_CONFIG_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(format!(
+            "it is more than the limit of {MAX_CONFIG_FILE} bytes"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("it is not UTF-8 text ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIFO or `/dev/zero` as a configuration file hung start-up and `purveyor check`,
+    /// or read until memory ran out; an oversized file is refused by its size.
+    #[test]
+    fn a_fifo_or_dev_zero_as_a_manifest_hung_or_ballooned() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = read_text(&fifo).unwrap_err();
+        assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+        let zero = dir.path().join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = read_text(&zero).unwrap_err();
+        assert!(err.contains("character device"), "{err}");
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_CONFIG_FILE as usize + 1]).unwrap();
+        assert!(read_text(&big).unwrap_err().contains("limit"));
+        let ok = dir.path().join("ok.toml");
+        std::fs::write(&ok, "name = \"x\"\n").unwrap();
+        assert_eq!(read_text(&ok).unwrap(), "name = \"x\"\n");
+    }
 }

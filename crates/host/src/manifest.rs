@@ -183,7 +183,7 @@ impl Manifest {
     /// not only the first.
     pub fn load(path: &Path) -> Result<Manifest, Vec<ManifestError>> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::config_file::read_text(path).map_err(|e| {
             vec![ManifestError {
                 file: file.clone(),
                 line: None,

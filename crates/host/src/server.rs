@@ -284,15 +284,34 @@ impl Connection {
             push_reply(encoding, max, rid, outcome, out);
             Ok(())
         };
+        let max_in_flight = config.max_in_flight;
+        // Starts what `frames` holds, writing answers whenever `OUT_CAP` bytes are ready, until
+        // no whole frame is left or `max_in_flight` requests run. `Err` is a bad frame.
+        macro_rules! start_buffered {
+            () => {{
+                loop {
+                    let result = start_requests(
+                        &mut frames,
+                        encoding,
+                        &mut in_flight,
+                        max_in_flight,
+                        &answer,
+                        &now,
+                        &mut out,
+                    );
+                    if !out.is_empty() && (result.is_err() || out.len() >= OUT_CAP) {
+                        wr.write_all(&out).await?;
+                        out.clear();
+                    }
+                    if result.is_err() || !frames.frame_ready() || in_flight.len() >= max_in_flight
+                    {
+                        break result;
+                    }
+                }
+            }};
+        }
         // Requests the client sent right behind its hello are already buffered.
-        if let Err(message) = start_requests(
-            &mut frames,
-            encoding,
-            &mut in_flight,
-            &answer,
-            &now,
-            &mut out,
-        ) {
+        if let Err(message) = start_buffered!() {
             goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
             reading = false;
         }
@@ -317,7 +336,9 @@ impl Connection {
                     take_fd(session, &outcome, &mut fds);
                     push_reply(encoding, max, rid, outcome, &mut out);
                     // Batch every other reply that is already done into the same write.
-                    while let Some(Some((rid, outcome))) = in_flight.next().now_or_never() {
+                    while out.len() < OUT_CAP
+                        && let Some(Some((rid, outcome))) = in_flight.next().now_or_never()
+                    {
                         take_fd(session, &outcome, &mut fds);
                         push_reply(encoding, max, rid, outcome, &mut out);
                     }
@@ -334,6 +355,18 @@ impl Connection {
                     }
                     out.clear();
                     take_owed(fd, &mut owed)?;
+                    // Requests left buffered while `max_in_flight` ran.
+                    if reading && frames.frame_ready() && in_flight.len() < max_in_flight {
+                        if let Err(message) = start_buffered!() {
+                            tracing::warn!(connection = id, message = %purveyor_protocol::shorten(&message, 200), "bad frame; closing the connection");
+                            goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
+                            reading = false;
+                        }
+                        if !out.is_empty() {
+                            wr.write_all(&out).await?;
+                            out.clear();
+                        }
+                    }
                 }
                 () = session.sink().ready() => {
                     encode_pushes(session, encoding, max, id, &mut out);
@@ -378,8 +411,8 @@ impl Connection {
                         owed = n;
                     }
                     let waiting = in_flight.len();
-                    if let Err(message) = start_requests(&mut frames, encoding, &mut in_flight, &answer, &now, &mut out) {
-                        tracing::warn!(connection = id, %message, "bad frame; closing the connection");
+                    if let Err(message) = start_buffered!() {
+                        tracing::warn!(connection = id, message = %purveyor_protocol::shorten(&message, 200), "bad frame; closing the connection");
                         goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
                         reading = false;
                     }
@@ -531,24 +564,48 @@ async fn send_with_fds(
     }
 }
 
-/// Answers or starts a request for every complete frame in `frames`: `now` answers one
-/// into `out` if it can at once, else gives it back and `answer` starts it. A frame that
-/// is oversized or does not decode is an error: the connection must close.
+/// The most reply bytes a connection buffers before it writes them and waits for the
+/// client to take them (`docs/security.md`, "Limits"): requests answered at once stop
+/// being read until then, so a client that pipelines without reading holds at most this
+/// much (plus the reply being encoded) in the daemon.
+pub const OUT_CAP: usize = 1 << 20;
+
+/// Answers or starts a request for complete frames in `frames`: `now` answers one into
+/// `out` if it can at once, else gives it back and `answer` starts it. Stops, leaving
+/// frames buffered, when `out` holds [`OUT_CAP`] bytes or `max_in_flight` requests are
+/// running. A frame that is oversized or does not decode is an error: the connection must
+/// close.
 fn start_requests<F>(
     frames: &mut FrameBuffer,
     encoding: Encoding,
     in_flight: &mut FuturesUnordered<F>,
+    max_in_flight: usize,
     answer: &impl Fn(u32, Request) -> F,
     now: &impl Fn(u32, Request, &mut Vec<u8>) -> Result<(), Request>,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    while let Some(payload) = frames.next_frame().map_err(|e| e.to_string())? {
-        match decode::<ClientMessage>(encoding, payload).map_err(|e| e.to_string())? {
-            ClientMessage::Request { id, request } => {
+    while out.len() < OUT_CAP && in_flight.len() < max_in_flight {
+        let Some(payload) = frames.next_frame().map_err(|e| e.to_string())? else {
+            break;
+        };
+        match decode::<ClientMessage>(encoding, payload) {
+            Ok(ClientMessage::Request { id, request }) => {
                 if let Err(request) = now(id, request, out) {
                     in_flight.push(answer(id, request));
                 }
             }
+            // A well-framed request with a bad name or value: that request is refused,
+            // the connection lives on.
+            Err(e) => match ClientMessage::request_id(encoding, payload) {
+                Some(id) => {
+                    let error = RemoteError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("request {id} does not decode: {}", e.message),
+                    );
+                    push_reply(encoding, OUT_CAP as u32, id, Outcome::Err(error), out);
+                }
+                None => return Err(e.to_string()),
+            },
         }
     }
     Ok(())

@@ -24,7 +24,7 @@ mod procedure;
 mod registry;
 mod requester;
 
-pub use builtin::{Dos, Gzip, Memory, MemoryLimits, Tar};
+pub use builtin::{Dos, Gzip, Memory, MemoryLimits, Tar, file_kind};
 pub use fourcc::{FourCC, FourCCError};
 pub use name::{IoName, NameError};
 pub use procedure::{IoError, IoProcedure, IoStream, OpenMode, message};

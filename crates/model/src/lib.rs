@@ -25,6 +25,23 @@ pub use schema::{
 };
 pub use value::{ParseValueError, ScalarType, Timestamp, Value, ValueType};
 
+/// `text` cut to at most `max` bytes (at a character boundary), with how long it was when
+/// cut: `"aaaa…(15728640 bytes)"`. For every value from a peer that is echoed in an
+/// error or written to a log: a bad 15 MiB field costs a few hundred bytes, not 15 MiB.
+pub fn shorten(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…({} bytes)", &text[..end], text.len()))
+}
+
+/// The most bytes of a peer's value quoted in an error message.
+pub const QUOTE_MAX: usize = 96;
+
 /// An instance of properties fixed in source code, built from one table of names made
 /// once per call site: `instance! { "load1" => Value::F64(0.5), "runnable" => Value::U64(2) }`.
 /// The fast way for a provider to build many instances (no name is looked up or copied).

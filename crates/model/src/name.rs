@@ -183,7 +183,9 @@ impl ClassPath {
         let full = path.into();
         check_path(&full, "class path")?;
         let Some(split) = full.rfind('.') else {
-            return Err(NameError::NoNamespace { name: full });
+            return Err(NameError::NoNamespace {
+                name: crate::shorten(&full, crate::QUOTE_MAX).into_owned(),
+            });
         };
         Ok(Self { full, split })
     }
@@ -230,7 +232,7 @@ fn check_word(name: &str, what: &'static str, dash: bool) -> Result<(), NameErro
     if name.len() > MAX_IDENTIFIER_LEN {
         return Err(NameError::TooLong {
             what,
-            name: name.into(),
+            name: crate::shorten(name, crate::QUOTE_MAX).into_owned(),
             len: name.len(),
             max: MAX_IDENTIFIER_LEN,
         });
@@ -304,7 +306,7 @@ fn explain_path(path: &str, what: &'static str) -> Result<(), NameError> {
     if path.len() > MAX_PATH_LEN {
         return Err(NameError::TooLong {
             what,
-            name: path.into(),
+            name: crate::shorten(path, crate::QUOTE_MAX).into_owned(),
             len: path.len(),
             max: MAX_PATH_LEN,
         });

@@ -32,8 +32,12 @@ pub enum ValueType {
 pub struct Timestamp(pub i64);
 
 /// A typed value. JSON form: `{"u64": 5}`, `{"string": "eth0"}`, `{"array": [{"u64": 1}]}`.
+///
+/// Arrays do not nest: an array's elements are scalars, and decoding refuses an array
+/// inside an array (`docs/protocol.md`, "Limits"), so decoding a value never recurses
+/// more than one level, whatever the bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", from = "Decoded")]
 pub enum Value {
     I64(i64),
     U64(u64),
@@ -44,6 +48,76 @@ pub enum Value {
     Timestamp(Timestamp),
     /// Every element has the same scalar type (checked against the schema by the host).
     Array(Vec<Value>),
+}
+
+/// [`Value`] as decoded: the same variants in the same order (so the same JSON names and
+/// binary indexes), with an array holding [`Element`]s, which cannot be arrays.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Decoded {
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Bytes(Vec<u8>),
+    Timestamp(Timestamp),
+    Array(Vec<Element>),
+}
+
+/// An array's element: a scalar. The `Array` variant exists to be refused by name.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Element {
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Bytes(Vec<u8>),
+    Timestamp(Timestamp),
+    Array(Nested),
+}
+
+/// An array inside an array: always refused, before its contents are read.
+enum Nested {}
+
+impl<'de> Deserialize<'de> for Nested {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(crate::refusal::refuse(
+            "arrays do not nest: an array's elements are scalars".into(),
+        ))
+    }
+}
+
+impl From<Element> for Value {
+    fn from(element: Element) -> Self {
+        match element {
+            Element::I64(v) => Value::I64(v),
+            Element::U64(v) => Value::U64(v),
+            Element::F64(v) => Value::F64(v),
+            Element::Bool(v) => Value::Bool(v),
+            Element::String(v) => Value::String(v),
+            Element::Bytes(v) => Value::Bytes(v),
+            Element::Timestamp(v) => Value::Timestamp(v),
+            Element::Array(never) => match never {},
+        }
+    }
+}
+
+impl From<Decoded> for Value {
+    fn from(decoded: Decoded) -> Self {
+        match decoded {
+            Decoded::I64(v) => Value::I64(v),
+            Decoded::U64(v) => Value::U64(v),
+            Decoded::F64(v) => Value::F64(v),
+            Decoded::Bool(v) => Value::Bool(v),
+            Decoded::String(v) => Value::String(v),
+            Decoded::Bytes(v) => Value::Bytes(v),
+            Decoded::Timestamp(v) => Value::Timestamp(v),
+            Decoded::Array(items) => Value::Array(items.into_iter().map(Value::from).collect()),
+        }
+    }
 }
 
 impl Timestamp {
@@ -318,5 +392,39 @@ mod tests {
         assert_eq!(json, r#"{"u64":5}"#);
         let v: Value = serde_json::from_str(r#"{"array":[{"string":"a"}]}"#).unwrap();
         assert_eq!(v, Value::Array(vec![Value::String("a".into())]));
+    }
+
+    /// A 40 KB binary value nested 20 000 deep used to overflow the decoding thread's
+    /// stack and abort the daemon; arrays do not nest, so it is refused at the second level,
+    /// in both encodings, and the same bytes as a valid array decode as before.
+    #[test]
+    fn deeply_nested_arrays_overflowed_the_stack() {
+        let depth = 20_000;
+        // Binary: variant index 7 (array) and a length of 1, `depth` times, then a u64.
+        let mut binary = Vec::new();
+        for _ in 0..depth {
+            binary.extend_from_slice(&[7, 1]);
+        }
+        binary.extend_from_slice(&[1, 5]);
+        crate::take_refusal();
+        assert!(postcard::from_bytes::<Value>(&binary).is_err());
+        let why = crate::take_refusal().expect("the reason is kept");
+        assert!(why.contains("arrays do not nest"), "{why}");
+        let json = format!(
+            "{}{{\"u64\":5}}{}",
+            "{\"array\":[".repeat(depth),
+            "]}".repeat(depth)
+        );
+        assert!(serde_json::from_str::<Value>(&json).is_err());
+        let nested = r#"{"array":[{"array":[{"u64":5}]}]}"#;
+        let err = serde_json::from_str::<Value>(nested)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("arrays do not nest"), "{err}");
+        // One level still round-trips in both encodings, with the same bytes as before.
+        let flat = Value::Array(vec![Value::U64(5), Value::U64(6)]);
+        let bytes = postcard::to_allocvec(&flat).unwrap();
+        assert_eq!(bytes, [7, 2, 1, 5, 1, 6]);
+        assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), flat);
     }
 }

@@ -94,7 +94,22 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 }
 
 /// Decodes one frame's payload.
+///
+/// The error's message is at most a few hundred bytes, whatever the payload quoted in it
+/// (serde quotes an unknown name whole).
 pub fn decode<T: DeserializeOwned>(encoding: Encoding, payload: &[u8]) -> Result<T, DecodeError> {
+    decode_whole(encoding, payload).map_err(|mut e| {
+        if e.message.len() > MESSAGE_MAX {
+            e.message = purveyor_model::shorten(&e.message, MESSAGE_MAX).into_owned();
+        }
+        e
+    })
+}
+
+/// The longest decode error message kept.
+const MESSAGE_MAX: usize = 400;
+
+fn decode_whole<T: DeserializeOwned>(encoding: Encoding, payload: &[u8]) -> Result<T, DecodeError> {
     match encoding {
         Encoding::Json => serde_json::from_slice(payload).map_err(|e| DecodeError {
             encoding: "JSON",
@@ -143,12 +158,55 @@ mod tests {
             let mut out = Vec::new();
             encode_frame(encoding, &msg, 1 << 20, &mut out).unwrap();
             let mut fb = FrameBuffer::new(1 << 20);
-            fb.spare()[..out.len()].copy_from_slice(&out);
-            fb.filled(out.len());
+            for chunk in out.chunks(4096) {
+                fb.spare()[..chunk.len()].copy_from_slice(chunk);
+                fb.filled(chunk.len());
+            }
             let payload = fb.next_frame().unwrap().unwrap();
             let back: T = decode(encoding, payload).unwrap();
             assert_eq!(back, msg, "{encoding:?}");
         }
+    }
+
+    /// A `get` whose key value is an array nested 20 000 deep (40 KB) aborted the daemon
+    /// (and a worker, on a direct channel) by overflowing the decoding thread's stack. It
+    /// is refused in both encodings, naming why.
+    #[test]
+    fn a_deeply_nested_key_overflowed_the_decoder() {
+        let depth = 20_000;
+        // ClientMessage::Request (0), id 1, Request::Get (its index), class, a key of one
+        // property whose value nests arrays `depth` deep.
+        let get = ClientMessage::Request {
+            id: 1,
+            request: Request::Get {
+                class: ClassPath::new("system.load").unwrap(),
+                key: {
+                    let mut key = InstanceKey::new();
+                    key.insert(
+                        purveyor_model::Identifier::new("pid").unwrap(),
+                        Value::U64(5),
+                    );
+                    key
+                },
+            },
+        };
+        let mut flat = Vec::new();
+        encode_payload(Encoding::Binary, &get, &mut flat).unwrap();
+        // The value `{"u64": 5}` is its last two bytes: put the nesting before them.
+        let mut deep = flat[..flat.len() - 2].to_vec();
+        for _ in 0..depth {
+            deep.extend_from_slice(&[7, 1]);
+        }
+        deep.extend_from_slice(&flat[flat.len() - 2..]);
+        assert!(deep.len() > 40_000);
+        let err = decode::<ClientMessage>(Encoding::Binary, &deep).unwrap_err();
+        assert!(err.to_string().contains("arrays do not nest"), "{err}");
+        let json = format!(
+            r#"{{"request":{{"id":1,"request":{{"get":{{"class":"system.load","key":{{"pid":{}{{"u64":5}}{}}}}}}}}}}}"#,
+            r#"{"array":["#.repeat(depth),
+            "]}".repeat(depth)
+        );
+        assert!(decode::<ClientMessage>(Encoding::Json, json.as_bytes()).is_err());
     }
 
     #[test]

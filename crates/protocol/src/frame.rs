@@ -30,32 +30,50 @@ pub struct FrameBuffer {
     max: u32,
 }
 
+/// A new buffer's size, and the least room [`FrameBuffer::spare`] gives.
+const INITIAL: usize = 16 * 1024;
+const MIN_SPARE: usize = 4096;
+/// A buffer grown past this for a large frame shrinks back to [`INITIAL`] once empty.
+const KEEP: usize = 64 * 1024;
+
 impl FrameBuffer {
     /// A buffer that refuses payloads longer than `max` bytes.
     pub fn new(max: u32) -> Self {
         FrameBuffer {
-            buf: vec![0; 64 * 1024],
+            buf: vec![0; INITIAL],
             start: 0,
             end: 0,
             max,
         }
     }
 
-    /// Space to read into: at least 4 KiB, more when a large frame is partly received.
+    /// Space to read into: at least 4 KiB. While a large frame arrives the buffer grows
+    /// toward its length, at most doubling what has arrived each time: memory follows the
+    /// bytes received, not the length a header announced (5 bytes announcing 16 MiB cost
+    /// 16 KiB). Once every frame is taken, a buffer grown past 64 KiB shrinks back.
     pub fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        let wanted = self
-            .pending_frame_len()
-            .map_or(0, |n| FRAME_HEADER_LEN + n as usize);
-        let need = wanted.max(self.end + 4096);
-        if self.buf.len() < need {
+        if self.end == 0 && self.buf.len() > KEEP {
+            self.buf = vec![0; INITIAL];
+        }
+        if self.buf.len() - self.end < MIN_SPARE {
+            // Full: double, but not past the frame being received (nor its limit).
+            let wanted = self
+                .pending_frame_len()
+                .map_or(0, |n| FRAME_HEADER_LEN + (n.min(self.max) as usize));
+            let need = wanted.min(2 * self.buf.len()).max(self.end + MIN_SPARE);
             self.buf.resize(need, 0);
         }
         &mut self.buf[self.end..]
+    }
+
+    /// The bytes this buffer holds (what it costs its connection).
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
     }
 
     /// Records that `n` bytes were read into the slice [`FrameBuffer::spare`] returned.
@@ -90,6 +108,16 @@ impl FrameBuffer {
         Ok(Some(&self.buf[payload]))
     }
 
+    /// Whether a whole frame (or a header that [`FrameBuffer::next_frame`] refuses) is
+    /// buffered, so that `next_frame` would return something without another read.
+    pub fn frame_ready(&self) -> bool {
+        match self.pending_frame_len() {
+            None => false,
+            Some(len) if len == 0 || len > self.max => true,
+            Some(len) => self.end - self.start >= FRAME_HEADER_LEN + len as usize,
+        }
+    }
+
     /// Bytes received that do not yet make a whole frame. Non-zero at end of stream means
     /// the peer sent a truncated frame.
     pub fn buffered(&self) -> usize {
@@ -109,10 +137,43 @@ impl FrameBuffer {
 mod tests {
     use super::*;
 
-    fn feed(fb: &mut FrameBuffer, bytes: &[u8]) {
-        let spare = fb.spare();
-        spare[..bytes.len()].copy_from_slice(bytes);
-        fb.filled(bytes.len());
+    fn feed(fb: &mut FrameBuffer, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let spare = fb.spare();
+            let n = spare.len().min(bytes.len());
+            spare[..n].copy_from_slice(&bytes[..n]);
+            fb.filled(n);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// Five bytes announcing 16 MiB used to cost 16 MiB of zeroed buffer per connection;
+    /// now the buffer grows with what arrives, and shrinks back when the frame is taken.
+    #[test]
+    fn an_announced_length_was_allocated_before_the_bytes_came() {
+        let mut fb = FrameBuffer::new(16 << 20);
+        feed(&mut fb, &[0, 0, 0, 1, 0]);
+        fb.spare();
+        assert!(fb.capacity() <= 32 * 1024, "{}", fb.capacity());
+        // The whole frame arrives in pieces: the buffer grows geometrically to hold it.
+        let mut fb = FrameBuffer::new(16 << 20);
+        let payload = vec![9u8; 1 << 20];
+        let mut wire = (payload.len() as u32).to_le_bytes().to_vec();
+        wire.extend_from_slice(&payload);
+        let mut resizes = 0;
+        let mut last = fb.capacity();
+        for chunk in wire.chunks(3000) {
+            feed(&mut fb, chunk);
+            if fb.capacity() != last {
+                resizes += 1;
+                last = fb.capacity();
+            }
+            assert!(fb.capacity() <= 2 * (fb.buffered() + INITIAL) + MIN_SPARE);
+        }
+        assert!(resizes < 20, "{resizes} resizes");
+        assert_eq!(fb.next_frame().unwrap().map(<[u8]>::len), Some(1 << 20));
+        fb.spare();
+        assert_eq!(fb.capacity(), INITIAL);
     }
 
     #[test]

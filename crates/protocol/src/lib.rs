@@ -36,4 +36,5 @@ pub use provider::{
     ProviderFault, ProviderHello, ProviderReady, ProviderReply, ProviderRequest,
     ProviderRequestRef, ProviderResponse, RaisedEvent, ReadCall,
 };
+pub use purveyor_model::shorten;
 pub use pushes::PushQueue;

@@ -68,6 +68,36 @@ pub enum ClientMessage {
     Request { id: u32, request: Request },
 }
 
+impl ClientMessage {
+    /// The id of the request a payload holds, when its envelope (`{"request": {"id": N,
+    /// …}}`, or in binary the variant and the id) decodes even though the whole message
+    /// does not: such a request is answered with `invalid_request`, and its connection
+    /// lives on. `None` when not even the envelope decodes (then the connection closes).
+    pub fn request_id(encoding: crate::Encoding, payload: &[u8]) -> Option<u32> {
+        match encoding {
+            crate::Encoding::Json => {
+                #[derive(Deserialize)]
+                #[serde(rename_all = "snake_case")]
+                enum Envelope {
+                    Request {
+                        id: u32,
+                        #[serde(rename = "request")]
+                        _request: serde::de::IgnoredAny,
+                    },
+                }
+                match serde_json::from_slice::<Envelope>(payload).ok()? {
+                    Envelope::Request { id, .. } => Some(id),
+                }
+            }
+            crate::Encoding::Binary => {
+                // The variant index and the id, both varints; `Request` is variant 0.
+                let ((variant, id), _) = postcard::take_from_bytes::<(u32, u32)>(payload).ok()?;
+                (variant == 0).then_some(id)
+            }
+        }
+    }
+}
+
 /// A frame from the server after the handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,12 +15,10 @@
 //! read. Layout: PCP's `mmv_dev.h`, restated in `docs/counter-file.md`.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use memmap2::Mmap;
 use purveyor_counters::FileError;
 use purveyor_model::{
     ClassPath, ClassSchema, Identifier, Instance, PropertyDef, Semantic, Unit, Value,
@@ -46,7 +44,7 @@ const FLAG_PROCESS: u32 = 2;
 /// A mapped, checked MMV file and the classes it is served as.
 pub struct MmvFile {
     path: PathBuf,
-    map: Mmap,
+    map: purveyor_counters::guard::GuardedMap,
     pub classes: Vec<MmvClass>,
     /// The writer's pid when the file asks for a process check (MMV_FLAG_PROCESS).
     pub process: Option<u32>,
@@ -83,11 +81,8 @@ impl MmvFile {
             path: path.to_path_buf(),
             problem,
         };
-        let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| fail(format!("cannot stat: {e}")))?
-            .len();
+        let (file, meta) = purveyor_counters::open_untrusted(path).map_err(fail)?;
+        let len = meta.len();
         if len < HEADER as u64 {
             return Err(fail(format!(
                 "truncated: {len} bytes, shorter than the {HEADER}-byte MMV header"
@@ -96,9 +91,10 @@ impl MmvFile {
         if len > purveyor_counters::format::MAX_FILE {
             return Err(fail(format!("oversized: {len} bytes")));
         }
-        // SAFETY: a read-only shared mapping of untrusted bytes; see the module's rules.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| fail(format!("cannot map: {e}")))?;
-        let b = &map[..];
+        // A read-only shared mapping of untrusted bytes, guarded against the file
+        // shrinking; see the module's rules.
+        let map = purveyor_counters::guard::GuardedMap::new(&file).map_err(fail)?;
+        let b = map.bytes();
         if &b[..4] != b"MMV\0" {
             return Err(fail("not an MMV file (magic)".into()));
         }
@@ -321,6 +317,13 @@ impl MmvFile {
                 problem: "it was rewritten while being read".into(),
             });
         }
+        if self.map.faulted() {
+            return Err(FileError {
+                kind: "PCP MMV file",
+                path: self.path.clone(),
+                problem: "it shrank while mapped; the file is no longer read".into(),
+            });
+        }
         Ok(rows
             .into_iter()
             .map(|(name, mut props)| {
@@ -354,7 +357,7 @@ impl MmvFile {
                 let off = extra as usize;
                 let ok = extra > 0 && off.checked_add(STRING).is_some_and(|e| e <= self.map.len());
                 Value::String(if ok {
-                    c_string(&self.map[off..off + STRING])
+                    c_string(&self.map.bytes()[off..off + STRING])
                 } else {
                     String::new()
                 })

@@ -3,7 +3,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use crate::{IoError, IoName, IoProcedure, IoStream, OpenMode};
 
-/// `DOS `: plain files.
+/// `DOS `: plain files (regular files only: not FIFOs, devices or directories).
 #[derive(Debug, Default)]
 pub struct Dos;
 
@@ -21,22 +21,10 @@ impl IoProcedure for Dos {
             OpenMode::ReadWrite => options.read(true).write(true),
         };
         let path = &name.path;
-        let file = options
-            .open(path)
-            .map_err(|e| IoError::os(format!("open {}", path.display()), e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| IoError::os(format!("stat {}", path.display()), e))?;
-        if meta.is_dir() {
-            return Err(IoError::Invalid(format!(
-                "{} is a directory",
-                path.display()
-            )));
-        }
+        let file = super::open_regular(path, &mut options, "open")?;
         Ok(Box::new(DosStream {
             file,
             what: path.display().to_string(),
-            plain: meta.is_file(),
         }))
     }
 
@@ -57,9 +45,8 @@ impl IoProcedure for Dos {
 
 struct DosStream {
     file: File,
+    /// Invariant: a regular file (`open_regular`), which may be handed over as is.
     what: String,
-    /// A regular file (not a pipe or a device), which may be handed over as is.
-    plain: bool,
 }
 
 impl IoStream for DosStream {
@@ -86,7 +73,7 @@ impl IoStream for DosStream {
     }
 
     fn plain_file(&self) -> Option<&File> {
-        self.plain.then_some(&self.file)
+        Some(&self.file)
     }
 
     fn close(self: Box<Self>) -> Result<(), IoError> {

@@ -23,16 +23,25 @@ impl IoProcedure for Gzip {
         let what = name.path.display().to_string();
         match mode {
             OpenMode::Read => {
-                let file =
-                    File::open(&name.path).map_err(|e| IoError::os(format!("open {what}"), e))?;
+                let file = super::open_regular(
+                    &name.path,
+                    std::fs::OpenOptions::new().read(true),
+                    "open",
+                )?;
                 Ok(Box::new(GzRead {
                     decoder: MultiGzDecoder::new(BufReader::with_capacity(64 << 10, file)),
                     what,
                 }))
             }
             OpenMode::Write => {
-                let file = File::create(&name.path)
-                    .map_err(|e| IoError::os(format!("create {what}"), e))?;
+                let file = super::open_regular(
+                    &name.path,
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true),
+                    "create",
+                )?;
                 Ok(Box::new(GzWrite {
                     encoder: GzEncoder::new(file, Compression::default()),
                     what,

@@ -21,7 +21,7 @@ struct Member {
 
 /// The archive's members in order, and where the next member would go.
 fn scan(archive: &Path, what: &str) -> Result<(Vec<(String, Member)>, u64), IoError> {
-    let file = File::open(archive).map_err(|e| IoError::os(format!("open {what}"), e))?;
+    let file = super::open_regular(archive, OpenOptions::new().read(true), "open")?;
     scan_file(&file, what)
 }
 
@@ -79,7 +79,7 @@ impl IoProcedure for Tar {
                     return Err(IoError::NotFound(format!("member {element} of {what}")));
                 };
                 let mut file =
-                    File::open(&name.path).map_err(|e| IoError::os(format!("open {what}"), e))?;
+                    super::open_regular(&name.path, OpenOptions::new().read(true), "open")?;
                 file.seek(SeekFrom::Start(member.offset))
                     .map_err(|e| IoError::os(format!("seek {what}"), e))?;
                 Ok(Box::new(MemberRead {
@@ -91,21 +91,15 @@ impl IoProcedure for Tar {
             }
             OpenMode::Write => {
                 writable_member(&element, &what)?;
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&name.path)
-                    .map_err(|e| IoError::os(format!("open {what} for writing"), e))?;
-                let meta = file
-                    .metadata()
-                    .map_err(|e| IoError::os(format!("stat {what}"), e))?;
-                if !meta.is_file() {
-                    return Err(IoError::Invalid(format!(
-                        "{what} is not a regular file, so it cannot be a tar archive"
-                    )));
-                }
+                let file = super::open_regular(
+                    &name.path,
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false),
+                    "open for writing",
+                )?;
                 Ok(Box::new(MemberWrite {
                     archive: file,
                     what,

@@ -22,18 +22,15 @@ pub fn run(global: &Global, path: Option<&Path>) -> Result<ExitCode> {
                 Err(e) => bad.extend(e),
             }
         }
-        Some(dir) => {
-            checked.push(dir.display().to_string());
-            let (g, b) = manifest::load_dir(dir);
-            good.extend(g);
-            bad.extend(b);
-        }
-        None => {
-            // What the host would read: the same defaults and the same overrides.
-            let host = purveyor_client::default_host(
-                HostMode::Embedded,
-                (!global.provider_dirs.is_empty()).then(|| global.provider_dirs.clone()),
-            );
+        dir => {
+            // What the host would read (the same defaults and overrides, or this
+            // directory), and what the host would refuse across manifests (a class that
+            // two providers claim), as a daemon would.
+            let dirs = match dir {
+                Some(dir) => Some(vec![dir.to_path_buf()]),
+                None => (!global.provider_dirs.is_empty()).then(|| global.provider_dirs.clone()),
+            };
+            let host = purveyor_client::default_host(HostMode::Embedded, dirs);
             let config: &HostConfig = host.config();
             for dir in config.provider_dirs.iter().filter(|d| d.exists()) {
                 checked.push(dir.display().to_string());

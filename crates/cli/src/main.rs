@@ -38,7 +38,8 @@ With no daemon running, commands run a host inside the purveyor process (embedde
 
 Exit codes: 0 success; 1 other failure; 2 usage error (or a request that does not fit
 the schema); 3 not found; 4 access denied; 5 provider failed or timed out; 6 daemon
-unreachable or protocol error.";
+unreachable or protocol error; 7 a limit of the daemon was reached (connections,
+subscriptions, I/O operations, memory buffers).";
 
 #[derive(Parser)]
 #[command(name = "purveyor", version, about = "Purveyor: a provider host for Linux", after_help = AFTER_HELP)]
@@ -593,6 +594,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 ClientError::Connect { .. } | ClientError::Protocol { .. } | ClientError::Io(_) => {
                     6
                 }
+                ClientError::LimitExceeded { .. } => 7,
                 _ => 1,
             };
         }

@@ -84,6 +84,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         .clone()
         .unwrap_or_else(socket::default_socket_path);
     let mode = if group_access { 0o660 } else { 0o600 };
+    raise_descriptor_limit(&config);
     let listener = socket::bind(&path, mode)?;
     // Remember which file is ours, so shutdown never removes a successor's socket.
     let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
@@ -165,5 +166,37 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit, so that
+/// `conn.total` connections (and the owners' reserve), HTTP connections and the daemon's
+/// own files fit; warns when even the hard limit is too low for them.
+fn raise_descriptor_limit(config: &HostConfig) {
+    let limits = &config.limits;
+    let wanted = u64::from(limits.conn_total)
+        + u64::from(purveyor_host::OWNER_RESERVE)
+        + u64::from(limits.http_connections)
+        + 256;
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit with a valid rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+    if rl.rlim_cur < wanted {
+        tracing::warn!(
+            descriptors = rl.rlim_cur,
+            wanted,
+            "the descriptor limit (RLIMIT_NOFILE) is below what conn.total and http.connections allow; lower them or raise the limit"
+        );
     }
 }

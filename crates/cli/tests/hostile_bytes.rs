@@ -16,7 +16,7 @@ fn connect(daemon: &Daemon, encoding: &str) -> UnixStream {
     let mut s = UnixStream::connect(&daemon.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let hello =
-        format!(r#"{{"protocol":1,"minor":7,"encoding":"{encoding}","client":"hostile-bytes"}}"#);
+        format!(r#"{{"protocol":1,"minor":8,"encoding":"{encoding}","client":"hostile-bytes"}}"#);
     send(&mut s, hello.as_bytes());
     let welcome = recv(&mut s).expect("a welcome");
     assert!(String::from_utf8_lossy(&welcome).contains("welcome") || welcome.starts_with(b"{"));
@@ -453,4 +453,188 @@ fn a_fifo_or_dev_zero_manifest_hung_start_up() {
     // A daemon started on that directory starts, and serves.
     let restarted = Daemon::start(&[], &["--providers", providers.to_str().unwrap()], &[]);
     ping(&mut connect(&restarted, "json"), 1);
+}
+
+/// Reads frames until a goodbye comes (or the connection ends); returns it.
+fn goodbye_within(s: &mut UnixStream, limit: Duration) -> String {
+    s.set_read_timeout(Some(limit)).unwrap();
+    loop {
+        match recv(s) {
+            Some(frame) => {
+                let text = String::from_utf8_lossy(&frame).into_owned();
+                if text.contains("goodbye") {
+                    return text;
+                }
+            }
+            None => panic!("the connection ended (or timed out) without a goodbye"),
+        }
+    }
+}
+
+/// A half-sent frame, or a connection that says nothing, held the daemon's resources for
+/// ever. A frame must arrive within `conn.frame_time`; a connection holding nothing is
+/// closed after `conn.idle`; each is told why.
+#[test]
+fn half_sent_frames_and_idle_connections_were_held_for_ever() {
+    let daemon = Daemon::start(
+        &[],
+        &["--limit", "conn.frame_time=1s", "--limit", "conn.idle=2s"],
+        &[],
+    );
+    let mut half = connect(&daemon, "json");
+    half.write_all(&100u32.to_le_bytes()).unwrap();
+    half.write_all(b"{\"req").unwrap();
+    let bye = goodbye_within(&mut half, Duration::from_secs(15));
+    assert!(
+        bye.contains("protocol") && bye.contains("conn.frame_time"),
+        "{bye}"
+    );
+    let mut idle = connect(&daemon, "json");
+    ping(&mut idle, 1);
+    let bye = goodbye_within(&mut idle, Duration::from_secs(15));
+    assert!(
+        bye.contains("limit_exceeded") && bye.contains("conn.idle"),
+        "{bye}"
+    );
+    // A client of an older minor gets a code it knows.
+    let mut old = UnixStream::connect(&daemon.socket).unwrap();
+    send(
+        &mut old,
+        br#"{"protocol":1,"minor":7,"encoding":"json","client":"old"}"#,
+    );
+    recv(&mut old).unwrap();
+    let bye = goodbye_within(&mut old, Duration::from_secs(15));
+    assert!(
+        bye.contains("invalid_request") && bye.contains("conn.idle"),
+        "{bye}"
+    );
+}
+
+/// A truncated hello closed the connection with no goodbye (contrary to the protocol).
+#[test]
+fn a_truncated_hello_got_no_goodbye() {
+    let daemon = Daemon::start(&[], &[], &[]);
+    let mut s = UnixStream::connect(&daemon.socket).unwrap();
+    s.write_all(&60u32.to_le_bytes()).unwrap();
+    s.write_all(b"{\"protocol\":1,").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let bye = goodbye_within(&mut s, Duration::from_secs(15));
+    assert!(bye.contains("truncated hello"), "{bye}");
+}
+
+/// 100 000 subscriptions on one connection were accepted with no cap. One connection may
+/// hold `conn.subscriptions`; past that, `limit_exceeded` names the setting.
+#[test]
+fn subscriptions_per_connection_were_unbounded() {
+    let config = common::workspace_library("libpurveyor_config.so", "purveyor-example-config");
+    let manifest = format!(
+        "name = \"config\"\nhosting = \"isolated\"\nlibrary = {:?}\nclasses = [\"config.setting\"]\ncapabilities = [\"enumerate\", \"get\", \"put\", \"delete\", \"call\", \"subscribe\"]\n",
+        config.display().to_string()
+    );
+    let daemon = Daemon::start(
+        &[("config", manifest)],
+        &["--limit", "conn.subscriptions=3"],
+        &[],
+    );
+    let mut client = daemon.client();
+    let class = common::class("config.setting");
+    let handles: Vec<u32> = (0..3)
+        .map(|_| client.subscribe(&class, None, vec![]).unwrap())
+        .collect();
+    let err = client.subscribe(&class, None, vec![]).unwrap_err();
+    assert!(
+        matches!(err, purveyor_client::ClientError::LimitExceeded { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("conn.subscriptions = 3"), "{err}");
+    // One ends: one more may begin.
+    client.unsubscribe(handles[0]).unwrap();
+    client.subscribe(&class, None, vec![]).unwrap();
+}
+
+/// Half-sent HTTP requests were never closed, and HTTP connections had no limit: a client
+/// could hold every descriptor. Headers must arrive within `http.header_time`; at most
+/// `http.connections` are open at once, more are closed at once (and counted).
+#[test]
+fn half_sent_http_requests_were_never_closed() {
+    use std::net::TcpStream;
+    let daemon = Daemon::start(
+        &[],
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--limit",
+            "http.header_time=1s",
+            "--limit",
+            "http.connections=4",
+        ],
+        &[],
+    );
+    let addr = common::http_addr(&daemon);
+    // A request whose headers never finish is closed.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = half.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(14), "not closed");
+    // Four held connections fill the gateway; a fifth is closed at once, and counted.
+    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = TcpStream::connect(addr).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let _ = fifth.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = fifth.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let host = daemon
+        .client()
+        .get(&common::class("purveyor.host"), &Default::default())
+        .unwrap();
+    assert!(common::u64_of(&host, "http_refused") >= 1);
+    // Once they go (closed by their header time), the gateway serves again.
+    drop(held);
+    let healthy = || -> std::io::Result<bool> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)?;
+        Ok(answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"))
+    };
+    common::wait_until(
+        "the gateway to serve again",
+        Duration::from_secs(15),
+        || healthy().unwrap_or(false),
+    );
+}
+
+/// `purveyor check` exited 0 for a directory the daemon refuses (two providers claiming
+/// one class); it now reports what the daemon would refuse, and exits 1.
+#[test]
+fn check_passed_a_directory_the_daemon_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["one", "two"] {
+        std::fs::write(
+            dir.path().join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\nhosting = \"external\"\ncommand = [\"true\"]\nclasses = [\"demo.same\"]\n"
+            ),
+        )
+        .unwrap();
+    }
+    let out = std::process::Command::new(common::BIN)
+        .args(["--embedded", "check"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("demo.same"), "{said}");
 }

@@ -525,3 +525,79 @@ fn a_providers_children_outlived_it() {
     daemon.kill();
     started.assert_all_stopped("the daemon's SIGKILL");
 }
+
+/// About a thousand idle connections from one user (at `RLIMIT_NOFILE` 1024) locked every
+/// other client out. One user may hold `conn.per_user`, everyone `conn.total`; past that
+/// a connection is told why and closed, and root still gets in.
+#[test]
+fn one_users_idle_connections_locked_everyone_out() {
+    if !root() {
+        return;
+    }
+    let daemon = world_daemon(
+        &[],
+        &["--limit", "conn.per_user=5", "--limit", "conn.total=8"],
+        &[],
+    );
+    // nobody opens 7 connections and holds them until its stdin closes.
+    let hold = PY_CLIENT.to_string()
+        + &format!(
+            r#"
+import sys
+held = []
+for i in range(7):
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.settimeout(20)
+    c.connect({sock:?})
+    send(c, {{"protocol": 1, "minor": 8, "encoding": "json", "client": "hold"}})
+    answer = recv(c)
+    print("goodbye" if "goodbye" in answer else "welcome", json.dumps(answer), flush=True)
+    held.append(c)
+sys.stdin.read()
+"#,
+            sock = s(&daemon.socket)
+        );
+    let mut holder = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            PYTHON,
+            "-c",
+        ])
+        .arg(hold)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().unwrap()));
+    let answers: Vec<String> = (0..7).map(|_| lines.next().unwrap().unwrap()).collect();
+    let welcomed = answers.iter().filter(|a| a.starts_with("welcome")).count();
+    assert_eq!(welcomed, 5, "{answers:#?}");
+    let refused = answers.iter().find(|a| a.starts_with("goodbye")).unwrap();
+    assert!(
+        refused.contains("limit_exceeded") && refused.contains("conn.per_user = 5"),
+        "{refused}"
+    );
+    // Root is still served, and the refusals show in purveyor.host.
+    assert_eq!(u64_of_host(&daemon, "connections_refused"), 2);
+    // So is another user: nobody's connections did not lock them out.
+    let out = as_nobody_uid(&daemon, 1234, &["status"]);
+    assert!(out.status.success(), "{out:?}");
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+}
+
+/// `purveyor ARGS` as `uid` (its own group, no supplementary groups).
+fn as_nobody_uid(daemon: &Daemon, uid: u32, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(BIN)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(args)
+        .output()
+        .unwrap()
+}

@@ -50,6 +50,10 @@ pub enum ClientError {
     /// A bug on the other side.
     #[error("internal error: {message}")]
     Internal { message: String },
+    /// A limit on what this client may make the daemon hold was reached; the message
+    /// names it and its setting.
+    #[error("limit reached: {message}")]
+    LimitExceeded { message: String },
 }
 
 impl From<RemoteError> for ClientError {
@@ -65,6 +69,7 @@ impl From<RemoteError> for ClientError {
             ErrorCode::Unsupported => ClientError::Unsupported { message },
             ErrorCode::ShuttingDown => ClientError::ShuttingDown { message },
             ErrorCode::Protocol => ClientError::Protocol { message },
+            ErrorCode::LimitExceeded => ClientError::LimitExceeded { message },
             _ => ClientError::Internal { message },
         }
     }

@@ -63,6 +63,7 @@ impl From<RemoteError> for Failure {
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::ProviderFailed => StatusCode::BAD_GATEWAY,
             ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Failure { status, error }

@@ -67,13 +67,84 @@ pub async fn serve(
         ));
     }
     drop(stopped);
+    let limits = host.config().limits;
     let gateway = Arc::new(Gateway { host, config });
-    axum::serve(listener, http::router(gateway))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        })
-        .await
+    let router = http::router(gateway.clone());
+    let result = accept_loop(listener, router, &gateway.host, limits, shutdown).await;
+    let _ = stop.send(true);
+    result
+}
+
+/// Accepts HTTP connections until `shutdown`: at most `http.connections` at once (more
+/// are closed at once, and counted), each with `http.header_time` to send a request's
+/// headers (a half-sent request, or a kept-alive connection that sends nothing more, is
+/// closed). On shutdown, connections finish the request they are serving.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    host: &Host,
+    limits: purveyor_host::Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        limits.http_connections as usize,
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut failures_logged: Option<std::time::Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    if failures_logged.is_none_or(|at| at.elapsed().as_secs() >= 10) {
+                        tracing::warn!(error = %e, "HTTP accept failed (logged at most every 10 s)");
+                        failures_logged = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            host.note_http_refused();
+            drop(tcp);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut stopped = stopped.clone();
+        let header_time = limits.http_header_time;
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_time);
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    // Connections finish their requests, within the host's grace period.
+    let grace = host.config().shutdown_grace;
+    let _ = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

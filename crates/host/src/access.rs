@@ -231,6 +231,11 @@ impl AccessPolicy {
         agent_uid == user || self.dialog_delegates.contains(&(user, agent_uid))
     }
 
+    /// The daemon's own user, which (with root) the policy always allows.
+    pub fn owner(&self) -> u32 {
+        self.owner
+    }
+
     /// Whether `caller` has `permission` on the namespace or class `path`; the refusal
     /// names the permission, the namespace, who has it, and the rule's file.
     pub fn check(&self, caller: &Caller, permission: Permission, path: &str) -> Result<(), String> {

@@ -45,10 +45,52 @@ pub struct HostConfig {
 
 /// What clients can make the host hold, each with a default, a setting
 /// (`purveyor serve --limit NAME=VALUE`) and a counter in `purveyor.host`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// `MEM ` buffers: `io.mem_per_user`, `io.mem_total`, `io.mem_idle`.
     pub io_mem: purveyor_io::MemoryLimits,
+    /// `conn.total`: connections open at once (root and the daemon's user get 32 more).
+    pub conn_total: u32,
+    /// `conn.per_user`: connections one user may have open (root and the daemon's user:
+    /// no per-user limit).
+    pub conn_per_user: u32,
+    /// `conn.idle`: a connection that holds nothing (no request running, no subscription,
+    /// no stream, not a UI agent) and sends nothing for this long is closed.
+    pub conn_idle: Duration,
+    /// `conn.frame_time`: how long a frame may take to arrive once it has begun.
+    pub conn_frame_time: Duration,
+    /// `conn.subscriptions`: subscriptions one connection may hold.
+    pub conn_subscriptions: u32,
+    /// `io.ops_per_user`, `io.ops_total`: built-in I/O calls (opens, reads, writes…)
+    /// running at once, for one user and for everyone.
+    pub io_ops_per_user: u32,
+    pub io_ops_total: u32,
+    /// `io.op_time`: how long one built-in I/O call may take before its client is told it
+    /// failed (the thread finishes it, holding its user's slot).
+    pub io_op_time: Duration,
+    /// `http.connections`: HTTP connections open at once.
+    pub http_connections: u32,
+    /// `http.header_time`: how long a client has to send a request's headers (also
+    /// between requests on a kept-alive connection).
+    pub http_header_time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            io_mem: purveyor_io::MemoryLimits::default(),
+            conn_total: 1024,
+            conn_per_user: 64,
+            conn_idle: Duration::from_secs(600),
+            conn_frame_time: Duration::from_secs(30),
+            conn_subscriptions: 1024,
+            io_ops_per_user: 16,
+            io_ops_total: 64,
+            io_op_time: Duration::from_secs(60),
+            http_connections: 256,
+            http_header_time: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Limits {
@@ -63,10 +105,28 @@ impl Limits {
             humantime::parse_duration(value)
                 .map_err(|e| format!("{name}: {value:?} is not a duration ({e})"))
         };
+        let count = || -> Result<u32, String> {
+            match value.trim().parse::<u32>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!(
+                    "{name}: {value:?} is not a count (a whole number, at least 1)"
+                )),
+            }
+        };
         match name {
             "io.mem_per_user" => self.io_mem.per_user = size()?,
             "io.mem_total" => self.io_mem.total = size()?,
             "io.mem_idle" => self.io_mem.idle = duration()?,
+            "conn.total" => self.conn_total = count()?,
+            "conn.per_user" => self.conn_per_user = count()?,
+            "conn.idle" => self.conn_idle = duration()?,
+            "conn.frame_time" => self.conn_frame_time = duration()?,
+            "conn.subscriptions" => self.conn_subscriptions = count()?,
+            "io.ops_per_user" => self.io_ops_per_user = count()?,
+            "io.ops_total" => self.io_ops_total = count()?,
+            "io.op_time" => self.io_op_time = duration()?,
+            "http.connections" => self.http_connections = count()?,
+            "http.header_time" => self.http_header_time = duration()?,
             _ => {
                 return Err(format!(
                     "there is no limit named {name:?} (limits: {})",
@@ -78,7 +138,21 @@ impl Limits {
     }
 
     /// Every limit's name.
-    pub const NAMES: &[&str] = &["io.mem_per_user", "io.mem_total", "io.mem_idle"];
+    pub const NAMES: &[&str] = &[
+        "conn.total",
+        "conn.per_user",
+        "conn.idle",
+        "conn.frame_time",
+        "conn.subscriptions",
+        "io.mem_per_user",
+        "io.mem_total",
+        "io.mem_idle",
+        "io.ops_per_user",
+        "io.ops_total",
+        "io.op_time",
+        "http.connections",
+        "http.header_time",
+    ];
 }
 
 /// `4096`, `64KiB`, `64MiB`, `1GiB` (also `K`, `M`, `G`, `KB`… as binary multiples).
@@ -263,6 +337,10 @@ mod tests {
         assert!(err.contains("size unit"), "{err}");
         let err = limits.apply("io.nope=1").unwrap_err();
         assert!(err.contains("io.mem_per_user"), "{err}");
+        limits.apply("conn.per_user=8").unwrap();
+        assert_eq!(limits.conn_per_user, 8);
+        let err = limits.apply("conn.total=0").unwrap_err();
+        assert!(err.contains("not a count"), "{err}");
         let err = limits.apply("io.mem_idle").unwrap_err();
         assert!(err.contains("NAME=VALUE"), "{err}");
     }

@@ -51,6 +51,8 @@ pub struct SessionUi {
     id: u64,
     pub caller: Caller,
     shows: AtomicBool,
+    /// Set once the session registered as its user's UI agent.
+    agent: AtomicBool,
     sink: Arc<EventSink>,
 }
 
@@ -60,6 +62,7 @@ impl SessionUi {
             id,
             caller,
             shows: AtomicBool::new(false),
+            agent: AtomicBool::new(false),
             sink,
         }
     }
@@ -71,6 +74,11 @@ impl SessionUi {
 
     pub fn shows(&self) -> bool {
         self.shows.load(Ordering::Relaxed)
+    }
+
+    /// Whether this session registered as a UI agent.
+    pub fn is_agent(&self) -> bool {
+        self.agent.load(Ordering::Relaxed)
     }
 }
 
@@ -259,6 +267,7 @@ impl DialogHub {
 
     /// Makes `session` its user's UI agent; returns the agent's handle.
     pub fn register_agent(&self, session: &SessionUi) -> u32 {
+        session.agent.store(true, Ordering::Relaxed);
         let handle = self.next_handle();
         let mut state = self.lock();
         state.agents.push(Agent {

@@ -62,6 +62,10 @@ pub(crate) struct HostInner {
     socket: Mutex<Option<PathBuf>>,
     pub connections_open: AtomicU32,
     pub connections_total: AtomicU64,
+    /// Connections refused by a limit (`conn.total`, `conn.per_user`).
+    pub connections_refused: AtomicU64,
+    /// HTTP connections refused by `http.connections`.
+    pub http_refused: AtomicU64,
     pub requests: AtomicU64,
     shutting_down: AtomicBool,
     /// Shared workers by host group. Held across a spawn so one group gets one worker.
@@ -74,6 +78,8 @@ pub(crate) struct HostInner {
     pub builtin_io: Arc<ProcedureServer>,
     /// The built-in `MEM `, for its counters and its sweep.
     pub memory: Arc<purveyor_io::Memory>,
+    /// Slots for the built-in procedures' blocking calls (`io.ops_*`).
+    pub(crate) io_slots: crate::io::IoSlots,
     /// Dialogs, UI agents and the calls that may open dialogs.
     pub dialogs: Arc<DialogHub>,
 }
@@ -103,6 +109,7 @@ impl HostBuilder {
             let dialogs = Arc::new(DialogHub::new(self.config.access.clone()));
             let memory = Arc::new(purveyor_io::Memory::new(self.config.limits.io_mem));
             let builtin_io = purveyor_io::Registry::with_memory(memory.clone());
+            let io_slots = crate::io::IoSlots::new(&self.config.limits);
             HostInner {
                 dialogs,
                 config: self.config,
@@ -113,6 +120,8 @@ impl HostBuilder {
                 socket: Mutex::new(None),
                 connections_open: AtomicU32::new(0),
                 connections_total: AtomicU64::new(0),
+                connections_refused: AtomicU64::new(0),
+                http_refused: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
                 shutting_down: AtomicBool::new(false),
                 groups: tokio::sync::Mutex::new(HashMap::new()),
@@ -120,6 +129,7 @@ impl HostBuilder {
                 events: Arc::new(EventBus::default()),
                 builtin_io: Arc::new(ProcedureServer::new(builtin_io)),
                 memory,
+                io_slots,
             }
         });
         Host { inner }
@@ -129,6 +139,11 @@ impl HostBuilder {
 impl Host {
     pub fn builder(config: HostConfig) -> HostBuilder {
         HostBuilder::new(config)
+    }
+
+    /// Counts an HTTP connection refused by `http.connections` (shown in `purveyor.host`).
+    pub fn note_http_refused(&self) {
+        self.inner.http_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn config(&self) -> &HostConfig {
@@ -795,6 +810,16 @@ impl Host {
                     condition.property.as_str()
                 )));
             }
+        }
+        let limit = self.inner.config.limits.conn_subscriptions;
+        if session.sink().subscriptions() >= limit as usize {
+            return Err(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "this connection holds {} subscriptions, the limit (conn.subscriptions = {limit}); unsubscribe some first",
+                    session.sink().subscriptions()
+                ),
+            ));
         }
         let handle =
             self.inner

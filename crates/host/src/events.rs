@@ -51,6 +51,8 @@ pub struct EventSink {
     /// Set by every offer, cleared by `take`: a reply checks it before taking the locks.
     pending: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
+    /// The subscriptions this session holds (`conn.subscriptions` bounds them).
+    subscriptions: std::sync::atomic::AtomicUsize,
 }
 
 /// Dialog messages queued for a session that does not read; more refuse or close dialogs.
@@ -90,6 +92,7 @@ impl EventBus {
             }
         };
         subs.by_handle.insert(handle, class.clone());
+        sink.subscriptions.fetch_add(1, Ordering::Relaxed);
         subs.by_class
             .entry(class)
             .or_default()
@@ -123,6 +126,7 @@ impl EventBus {
             subs.by_class.remove(&class);
         }
         subs.by_handle.remove(&handle);
+        sink.subscriptions.fetch_sub(1, Ordering::Relaxed);
         true
     }
 
@@ -143,6 +147,7 @@ impl EventBus {
             });
             !list.is_empty()
         });
+        sink.subscriptions.store(0, Ordering::Relaxed);
     }
 
     /// Whether anyone subscribes to `class` (so a provider's events are worth checking).
@@ -195,6 +200,7 @@ impl EventSink {
             reliable: Default::default(),
             pending: Default::default(),
             notify: tokio::sync::Notify::new(),
+            subscriptions: Default::default(),
         }
     }
 
@@ -219,6 +225,11 @@ impl EventSink {
         self.pending.store(true, Ordering::Release);
         self.notify.notify_one();
         true
+    }
+
+    /// The subscriptions this session holds.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
     }
 
     /// Takes every queued push: dialog messages, then events, followed by the loss
@@ -279,6 +290,12 @@ impl Session {
     /// The queue this session's subscriptions fill.
     pub fn sink(&self) -> &Arc<EventSink> {
         &self.sink
+    }
+
+    /// Whether the session holds something that lives between requests (a subscription,
+    /// an open stream, a UI agent's registration): then its connection is never idle.
+    pub fn holds_state(&self) -> bool {
+        self.sink.subscriptions() > 0 || self.io.open_streams() > 0 || self.ui.is_agent()
     }
 }
 

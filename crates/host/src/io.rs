@@ -529,6 +529,66 @@ fn close_abandoned(stream: Arc<SessionStream>) {
     }
 }
 
+/// The built-in procedures' calls running at once: at most `io.ops_per_user` per user and
+/// `io.ops_total` in all, so that a user whose calls are stuck (a file on a hung NFS
+/// server) holds only their own slots, never every blocking thread.
+pub(crate) struct IoSlots {
+    total: Arc<tokio::sync::Semaphore>,
+    per_user: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// A call's slots: its user's and one of the total.
+pub(crate) struct IoPermits {
+    _user: tokio::sync::OwnedSemaphorePermit,
+    _total: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl IoSlots {
+    pub(crate) fn new(limits: &crate::config::Limits) -> Self {
+        IoSlots {
+            total: Arc::new(tokio::sync::Semaphore::new(limits.io_ops_total as usize)),
+            per_user: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits (at most `io.op_time`) for a slot of `uid`'s and one of the total.
+    async fn acquire(
+        &self,
+        uid: u32,
+        limits: &crate::config::Limits,
+    ) -> Result<IoPermits, RemoteError> {
+        let mine = self
+            .per_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(uid)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(limits.io_ops_per_user as usize))
+            })
+            .clone();
+        let wait = async {
+            let user = mine.acquire_owned().await.ok()?;
+            let total = self.total.clone().acquire_owned().await.ok()?;
+            Some(IoPermits {
+                _user: user,
+                _total: total,
+            })
+        };
+        match tokio::time::timeout(limits.io_op_time, wait).await {
+            Ok(Some(permits)) => Ok(permits),
+            _ => Err(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "no I/O slot came free within {}: uid {uid} may run {} I/O calls at once (io.ops_per_user), everyone {} (io.ops_total)",
+                    humantime::format_duration(limits.io_op_time),
+                    limits.io_ops_per_user,
+                    limits.io_ops_total
+                ),
+            )),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The engine's side: requests that open and use streams.
 
@@ -853,11 +913,33 @@ impl crate::Host {
             StreamTarget::Builtin(server) => {
                 let server = server.clone();
                 let who = who(caller);
-                let reply = tokio::task::spawn_blocking(move || server.answer(call, who))
-                    .await
-                    .map_err(|e| {
+                let limits = &self.inner().config.limits;
+                let permits = self.inner().io_slots.acquire(caller.uid, limits).await?;
+                let task = tokio::task::spawn_blocking(move || {
+                    // Held until the call returns, however long after its client gave up.
+                    let _permits = permits;
+                    server.answer(call, who)
+                });
+                let reply = match tokio::time::timeout(limits.io_op_time, task).await {
+                    Ok(done) => done.map_err(|e| {
                         RemoteError::new(ErrorCode::Internal, format!("I/O task failed: {e}"))
-                    })?;
+                    })?,
+                    Err(_) => {
+                        return Err(RemoteError::new(
+                            ErrorCode::Timeout,
+                            format!(
+                                "the I/O call on {} took longer than {} (io.op_time); it finishes without its client, holding one of uid {}'s I/O slots",
+                                if stream.name.is_empty() {
+                                    "a name"
+                                } else {
+                                    &stream.name
+                                },
+                                humantime::format_duration(limits.io_op_time),
+                                caller.uid
+                            ),
+                        ));
+                    }
+                };
                 match reply {
                     ProviderReply::Error(fault) => Err(from_fault(fault)),
                     other => Ok(other),

@@ -10,6 +10,7 @@
 //! against the provider's schema.
 
 pub mod access;
+mod admission;
 mod answer;
 mod builtin;
 mod config;
@@ -31,6 +32,7 @@ mod watchdog;
 pub mod worker;
 
 pub use access::{AccessPolicy, Permission};
+pub use admission::OWNER_RESERVE;
 pub use builtin::{BuiltinProvider, Dispatch, Factory};
 pub use config::{ClearAfter, HostConfig, Limits};
 pub use dialogs::SessionUi;

@@ -322,6 +322,8 @@ impl Manifest {
         }
         let mut classes = Vec::new();
         let mut namespaces = Vec::new();
+        // Seen so far, for the repeats check in O(n log n) (a list is scanned in O(n)).
+        let mut seen: BTreeSet<String> = BTreeSet::new();
         for class in listed {
             if let Some(ns) = class.get_ref().strip_suffix(".*") {
                 match NamespacePath::new(ns) {
@@ -343,7 +345,7 @@ impl Manifest {
                 continue;
             }
             match ClassPath::new(class.get_ref().as_str()) {
-                Ok(path) if classes.contains(&path) => errors.push(
+                Ok(path) if !seen.insert(path.as_str().to_owned()) => errors.push(
                     Some(class.span()),
                     Some("classes"),
                     format!("class {path} is listed twice"),

@@ -89,6 +89,20 @@ impl Provider for SelfProvider {
                         "requests answered",
                     ),
                     p(
+                        "connections_refused",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "connections refused by conn.total or conn.per_user",
+                    ),
+                    p(
+                        "http_refused",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "HTTP connections refused by http.connections",
+                    ),
+                    p(
                         "io_mem_bytes",
                         "u64",
                         Unit::Bytes,
@@ -216,6 +230,8 @@ impl Provider for SelfProvider {
                     "connections_open" => Value::U64(open.into()),
                     "connections" => Value::U64(host.connections_total.load(Ordering::Relaxed)),
                     "requests" => Value::U64(host.requests.load(Ordering::Relaxed)),
+                    "connections_refused" => Value::U64(host.connections_refused.load(Ordering::Relaxed)),
+                    "http_refused" => Value::U64(host.http_refused.load(Ordering::Relaxed)),
                     "io_mem_bytes" => Value::U64(host.memory.bytes()),
                     "io_mem_buffers" => Value::U64(host.memory.buffers() as u64),
                 }])

@@ -36,6 +36,10 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut next_id: u32 = 0;
+    let admission = Arc::new(crate::admission::Admission::default());
+    // Accept failures (out of descriptors) are logged once per ten seconds, with a count.
+    let mut accept_failures: u64 = 0;
+    let mut failure_logged: Option<Instant> = None;
     tokio::pin!(shutdown);
     // Idle `MEM ` buffers are freed within a quarter of their idle time (at most a minute).
     let idle = host.config().limits.io_mem.idle;
@@ -56,11 +60,16 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     next_id = next_id.wrapping_add(1);
-                    connections.spawn(connection(stream, host.clone(), next_id, stop_rx.clone()));
+                    connections.spawn(connection(stream, host.clone(), next_id, stop_rx.clone(), admission.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors or a peer that vanished: keep serving the others.
-                    tracing::warn!(error = %e, "accept failed");
+                    accept_failures += 1;
+                    if failure_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, failures = accept_failures, "accept failed (logged at most every 10 s)");
+                        failure_logged = Some(Instant::now());
+                        accept_failures = 0;
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
@@ -93,7 +102,13 @@ pub async fn serve(
     Ok(())
 }
 
-async fn connection(stream: UnixStream, host: Host, id: u32, stop: watch::Receiver<bool>) {
+async fn connection(
+    stream: UnixStream,
+    host: Host,
+    id: u32,
+    stop: watch::Receiver<bool>,
+    admission: Arc<crate::admission::Admission>,
+) {
     let caller = match crate::socket::peer_credentials(&stream) {
         Ok(caller) => caller,
         Err(e) => {
@@ -102,6 +117,23 @@ async fn connection(stream: UnixStream, host: Host, id: u32, stop: watch::Receiv
         }
     };
     let inner = host.inner();
+    let privileged = caller.uid == 0 || caller.uid == inner.config.access.owner();
+    let _ticket = match admission.admit(caller.uid, privileged, &inner.config.limits) {
+        Ok(ticket) => ticket,
+        Err(message) => {
+            inner.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(connection = id, uid = caller.uid, %message, "connection refused");
+            // Said before the hello is read: the client reads it as the answer to its hello.
+            let bye = ServerMessage::Goodbye {
+                error: RemoteError::new(ErrorCode::LimitExceeded, message),
+            };
+            let mut out = Vec::new();
+            if encode_frame(Encoding::Json, &bye, u32::MAX, &mut out).is_ok() {
+                let _ = stream.try_write(&out);
+            }
+            return;
+        }
+    };
     inner.connections_open.fetch_add(1, Ordering::Relaxed);
     inner.connections_total.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("connection", id, uid = caller.uid, pid = caller.pid);
@@ -142,6 +174,8 @@ struct ConnectionSite {
     fd: RawFd,
     encoding: Encoding,
     max: u32,
+    /// The client's protocol minor: error codes it cannot read are sent as older ones.
+    minor: u16,
     /// Set when the watchdog answered for a stuck call: the connection task must not
     /// write again and ends as soon as the call returns.
     abandoned: AtomicBool,
@@ -161,6 +195,7 @@ impl CallSite {
         push_reply(
             conn.encoding,
             conn.max,
+            conn.minor,
             self.id,
             Outcome::Err(error),
             &mut out,
@@ -230,7 +265,9 @@ impl Connection {
         let mut frames = FrameBuffer::new(max);
         let mut out = Vec::with_capacity(4096);
 
-        let Some((encoding, ui)) = handshake(&mut rd, &mut wr, &mut frames, host, id).await? else {
+        let Some((encoding, ui, minor)) =
+            handshake(&mut rd, &mut wr, &mut frames, host, id).await?
+        else {
             return Ok(());
         };
 
@@ -238,6 +275,7 @@ impl Connection {
             fd,
             encoding,
             max,
+            minor,
             abandoned: AtomicBool::new(false),
         });
         let session = host.session(caller);
@@ -281,7 +319,7 @@ impl Connection {
             };
             // Pushes queued before this reply go before it.
             encode_pushes(session, encoding, max, id, out);
-            push_reply(encoding, max, rid, outcome, out);
+            push_reply(encoding, max, minor, rid, outcome, out);
             Ok(())
         };
         let max_in_flight = config.max_in_flight;
@@ -293,6 +331,7 @@ impl Connection {
                     let result = start_requests(
                         &mut frames,
                         encoding,
+                        minor,
                         &mut in_flight,
                         max_in_flight,
                         &answer,
@@ -319,10 +358,27 @@ impl Connection {
             wr.write_all(&out).await?;
             out.clear();
         }
+        let limits = config.limits;
+        // When the client last sent bytes, and since when a frame has been arriving.
+        let mut last_heard = Instant::now();
+        let mut partial_since: Option<Instant> = None;
         loop {
             if !reading && in_flight.is_empty() {
                 break;
             }
+            // A frame begun must arrive within `conn.frame_time`; a connection holding
+            // nothing may stay silent for `conn.idle`.
+            let timeout = if !reading {
+                None
+            } else if frames.buffered() > 0 && !frames.frame_ready() {
+                let since = *partial_since.get_or_insert_with(Instant::now);
+                Some((since + limits.conn_frame_time, Timeout::Frame))
+            } else {
+                partial_since = None;
+                (in_flight.is_empty() && !session.holds_state())
+                    .then(|| (last_heard + limits.conn_idle, Timeout::Idle))
+            };
+            let wake = timeout.map_or_else(far_future, |(at, _)| at);
             tokio::select! {
                 biased;
                 Some((rid, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -334,13 +390,13 @@ impl Connection {
                     // and its close come before the reply of the call that opened it).
                     encode_pushes(session, encoding, max, id, &mut out);
                     take_fd(session, &outcome, &mut fds);
-                    push_reply(encoding, max, rid, outcome, &mut out);
+                    push_reply(encoding, max, minor, rid, outcome, &mut out);
                     // Batch every other reply that is already done into the same write.
                     while out.len() < OUT_CAP
                         && let Some(Some((rid, outcome))) = in_flight.next().now_or_never()
                     {
                         take_fd(session, &outcome, &mut fds);
-                        push_reply(encoding, max, rid, outcome, &mut out);
+                        push_reply(encoding, max, minor, rid, outcome, &mut out);
                     }
                     // A request that had to wait was slow: peek the next one.
                     peek_next = true;
@@ -406,6 +462,7 @@ impl Connection {
                         continue;
                     }
                     let read_at = Instant::now();
+                    last_heard = read_at;
                     frames.filled(n);
                     if peek {
                         owed = n;
@@ -437,9 +494,30 @@ impl Connection {
                     reading = false;
                     goodbye = Some(RemoteError::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
                 }
+                () = tokio::time::sleep_until(wake.into()), if timeout.is_some() => {
+                    reading = false;
+                    session.client_gone();
+                    goodbye = Some(match timeout.map(|(_, why)| why) {
+                        Some(Timeout::Frame) => RemoteError::new(
+                            ErrorCode::Protocol,
+                            format!(
+                                "closing this connection: a frame took longer than {} to arrive (conn.frame_time)",
+                                humantime::format_duration(limits.conn_frame_time)
+                            ),
+                        ),
+                        _ => RemoteError::new(
+                            ErrorCode::LimitExceeded,
+                            format!(
+                                "closing this connection: nothing was asked or held on it for {} (conn.idle)",
+                                humantime::format_duration(limits.conn_idle)
+                            ),
+                        ),
+                    });
+                }
             }
         }
-        if let Some(error) = goodbye {
+        if let Some(mut error) = goodbye {
+            error.code = error.code.for_minor(minor);
             let msg = ServerMessage::Goodbye { error };
             if encode_frame(encoding, &msg, max, &mut out).is_ok() {
                 // The peer may already be gone; that is fine.
@@ -449,6 +527,20 @@ impl Connection {
         let _ = wr.shutdown().await;
         Ok(())
     }
+}
+
+/// Why a connection is timed out.
+#[derive(Clone, Copy)]
+enum Timeout {
+    /// A frame began and did not finish within `conn.frame_time`.
+    Frame,
+    /// Nothing was asked or held for `conn.idle`.
+    Idle,
+}
+
+/// A moment no timer reaches.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 // Intake: why requests are peeked, and taken off the socket only after their replies.
@@ -575,9 +667,11 @@ pub const OUT_CAP: usize = 1 << 20;
 /// frames buffered, when `out` holds [`OUT_CAP`] bytes or `max_in_flight` requests are
 /// running. A frame that is oversized or does not decode is an error: the connection must
 /// close.
+#[allow(clippy::too_many_arguments)]
 fn start_requests<F>(
     frames: &mut FrameBuffer,
     encoding: Encoding,
+    minor: u16,
     in_flight: &mut FuturesUnordered<F>,
     max_in_flight: usize,
     answer: &impl Fn(u32, Request) -> F,
@@ -602,7 +696,14 @@ fn start_requests<F>(
                         ErrorCode::InvalidRequest,
                         format!("request {id} does not decode: {}", e.message),
                     );
-                    push_reply(encoding, OUT_CAP as u32, id, Outcome::Err(error), out);
+                    push_reply(
+                        encoding,
+                        OUT_CAP as u32,
+                        minor,
+                        id,
+                        Outcome::Err(error),
+                        out,
+                    );
                 }
                 None => return Err(e.to_string()),
             },
@@ -619,7 +720,7 @@ async fn handshake(
     frames: &mut FrameBuffer,
     host: &Host,
     id: u32,
-) -> std::io::Result<Option<(Encoding, bool)>> {
+) -> std::io::Result<Option<(Encoding, bool, u16)>> {
     let config = host.config();
     let first = tokio::time::timeout(config.handshake_timeout, async {
         loop {
@@ -648,7 +749,17 @@ async fn handshake(
             refuse(wr, message).await;
             return Ok(None);
         }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // A peer that half-closed inside its hello is told so (it may still read).
+            if frames.buffered() > 0 {
+                let message = format!(
+                    "truncated hello: the connection closed after {} bytes of a frame",
+                    frames.buffered()
+                );
+                refuse(wr, message).await;
+            }
+            return Ok(None);
+        }
         Ok(Err(e)) => return Err(e),
         Err(_) => {
             let message = format!(
@@ -689,7 +800,7 @@ async fn handshake(
         return Ok(None);
     }
     wr.write_all(&out).await?;
-    Ok(Some((hello.encoding, hello.ui)))
+    Ok(Some((hello.encoding, hello.ui, hello.minor)))
 }
 
 /// Says goodbye in JSON (no encoding was agreed) and gives up on the connection.
@@ -705,7 +816,21 @@ async fn refuse(wr: &mut WriteHalf<'_>, message: String) {
     let _ = wr.shutdown().await;
 }
 
-fn push_reply(encoding: Encoding, max: u32, id: u32, outcome: Outcome, out: &mut Vec<u8>) {
+fn push_reply(
+    encoding: Encoding,
+    max: u32,
+    minor: u16,
+    id: u32,
+    outcome: Outcome,
+    out: &mut Vec<u8>,
+) {
+    let outcome = match outcome {
+        Outcome::Err(mut error) => {
+            error.code = error.code.for_minor(minor);
+            Outcome::Err(error)
+        }
+        ok => ok,
+    };
     let msg = ServerMessage::Reply { id, outcome };
     if let Err(e) = encode_frame(encoding, &msg, max, out) {
         // A reply too large for a frame becomes an error reply the client can act on.

@@ -13,7 +13,7 @@ use crate::{DialogInput, Form, FormUpdate};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 7;
+pub const PROTOCOL_MINOR: u16 = 8;
 /// The first minor version whose binary form of instances this side speaks (names sent
 /// once per reply: `docs/protocol.md`). Binary peers below it are refused.
 pub const BINARY_INSTANCES_SINCE: u16 = 6;
@@ -483,6 +483,24 @@ pub enum ErrorCode {
     Protocol,
     /// A bug in the server: please report it.
     Internal,
+    /// A limit on what a client may make the server hold was reached (connections,
+    /// subscriptions, I/O operations, memory buffers); the message names the limit and its
+    /// setting (minor 8; a client below minor 8 is sent `invalid_request` instead).
+    LimitExceeded,
+}
+
+/// The protocol minor that added [`ErrorCode::LimitExceeded`].
+pub const LIMIT_EXCEEDED_SINCE: u16 = 8;
+
+impl ErrorCode {
+    /// This code as a client of protocol minor `minor` can read it: codes added after its
+    /// minor become `invalid_request` (the message still says what happened).
+    pub fn for_minor(self, minor: u16) -> Self {
+        match self {
+            ErrorCode::LimitExceeded if minor < LIMIT_EXCEEDED_SINCE => ErrorCode::InvalidRequest,
+            other => other,
+        }
+    }
 }
 
 impl RemoteError {
@@ -520,6 +538,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Protocol => "protocol",
             ErrorCode::Internal => "internal",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 }

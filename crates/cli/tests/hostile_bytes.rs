@@ -153,13 +153,24 @@ fn a_bad_name_closed_the_connection() {
 }
 
 /// Each bad 15 MiB field was written whole to the log and echoed whole in the goodbye
-/// (157 MB of log in 1.9 s). What is quoted is cut to a few hundred bytes.
+/// (157 MB of log in 1.9 s). A 15 MiB request is now refused by its header
+/// (`conn.request_max`, 4 MiB), and what is quoted of a bad field is cut to a few hundred
+/// bytes.
 #[test]
 fn a_huge_bad_field_was_logged_and_echoed_whole() {
     let daemon = Daemon::start(&[], &[], &[]);
+    let mut big = connect(&daemon, "json");
+    // The header alone: the daemon answers it, before any of the 15 MiB arrives.
+    big.write_all(&(15u32 << 20).to_le_bytes()).unwrap();
+    let _ = big.write_all(b"{\"request\":");
+    let bye = recv_text(&mut big);
+    assert!(
+        bye.contains("goodbye") && bye.contains("exceeds the limit of 4194304"),
+        "{bye}"
+    );
     let mut s = connect(&daemon, "json");
     let before = daemon.log().len();
-    let huge = "A".repeat(15 << 20);
+    let huge = "A".repeat((4 << 20) - 4096);
     for id in 1..=3 {
         let request = format!(
             r#"{{"request":{{"id":{id},"request":{{"get":{{"class":"{huge}","key":{{}}}}}}}}}}"#

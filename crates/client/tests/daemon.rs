@@ -527,13 +527,14 @@ fn goodbye_of_binary(s: &mut UnixStream) -> purveyor_protocol::RemoteError {
 fn oversized_frame_gets_an_error_frame_and_others_are_served() {
     let daemon = Daemon::with_test_providers();
     let mut s = daemon.raw("json");
-    let too_big = purveyor_protocol::MAX_FRAME_DEFAULT + 1;
+    // The limit on what a client sends: conn.request_max (4 MiB), as the welcome says.
+    let too_big = (4u32 << 20) + 1;
     s.write_all(&too_big.to_le_bytes()).unwrap();
     let error = goodbye_of(&mut s);
     assert_eq!(error.code, ErrorCode::Protocol);
     assert_eq!(
         error.message,
-        format!("frame of {too_big} bytes exceeds the limit of 16777216 bytes")
+        format!("frame of {too_big} bytes exceeds the limit of 4194304 bytes")
     );
     assert_daemon_still_serves(&daemon);
 }

@@ -61,6 +61,9 @@ pub struct Limits {
     pub conn_frame_time: Duration,
     /// `conn.subscriptions`: subscriptions one connection may hold.
     pub conn_subscriptions: u32,
+    /// `conn.request_max`: the largest frame a client may send (the welcome's
+    /// `max_frame`); replies may be up to `max_frame`.
+    pub conn_request_max: u32,
     /// `io.ops_per_user`, `io.ops_total`: built-in I/O calls (opens, reads, writes…)
     /// running at once, for one user and for everyone.
     pub io_ops_per_user: u32,
@@ -84,6 +87,7 @@ impl Default for Limits {
             conn_idle: Duration::from_secs(600),
             conn_frame_time: Duration::from_secs(30),
             conn_subscriptions: 1024,
+            conn_request_max: 4 << 20,
             io_ops_per_user: 16,
             io_ops_total: 64,
             io_op_time: Duration::from_secs(60),
@@ -122,6 +126,12 @@ impl Limits {
             "conn.idle" => self.conn_idle = duration()?,
             "conn.frame_time" => self.conn_frame_time = duration()?,
             "conn.subscriptions" => self.conn_subscriptions = count()?,
+            "conn.request_max" => {
+                self.conn_request_max = u32::try_from(size()?)
+                    .ok()
+                    .filter(|n| *n >= 4096)
+                    .ok_or_else(|| format!("{name}: {value:?} must be from 4 KiB to 4 GiB"))?
+            }
             "io.ops_per_user" => self.io_ops_per_user = count()?,
             "io.ops_total" => self.io_ops_total = count()?,
             "io.op_time" => self.io_op_time = duration()?,
@@ -144,6 +154,7 @@ impl Limits {
         "conn.idle",
         "conn.frame_time",
         "conn.subscriptions",
+        "conn.request_max",
         "io.mem_per_user",
         "io.mem_total",
         "io.mem_idle",

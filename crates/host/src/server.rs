@@ -260,9 +260,11 @@ impl Connection {
     ) -> std::io::Result<()> {
         let config = host.config();
         let max = config.max_frame;
+        // What the client may send: `conn.request_max`, at most the frame limit.
+        let request_max = config.limits.conn_request_max.min(max);
         let fd = stream.as_raw_fd();
         let (mut rd, mut wr) = stream.split();
-        let mut frames = FrameBuffer::new(max);
+        let mut frames = FrameBuffer::new(request_max);
         let mut out = Vec::with_capacity(4096);
 
         let Some((encoding, ui, minor)) =
@@ -682,7 +684,7 @@ fn start_requests<F>(
         let Some(payload) = frames.next_frame().map_err(|e| e.to_string())? else {
             break;
         };
-        match decode::<ClientMessage>(encoding, payload) {
+        match decode_request(encoding, payload) {
             Ok(ClientMessage::Request { id, request }) => {
                 if let Err(request) = now(id, request, out) {
                     in_flight.push(answer(id, request));
@@ -710,6 +712,25 @@ fn start_requests<F>(
         }
     }
     Ok(())
+}
+
+/// Payloads at least this large are decoded with the worker thread handed over first.
+const LARGE_PAYLOAD: usize = 64 * 1024;
+
+/// Decodes a client's message. A large one (a 16 MiB frame takes milliseconds to scan) is
+/// decoded with `block_in_place`, which hands this worker's other tasks to another
+/// thread first: one client's big frames never stall everyone else's small requests.
+fn decode_request(
+    encoding: Encoding,
+    payload: &[u8],
+) -> Result<ClientMessage, purveyor_protocol::DecodeError> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if payload.len() >= LARGE_PAYLOAD && multi_thread {
+        tokio::task::block_in_place(|| decode::<ClientMessage>(encoding, payload))
+    } else {
+        decode::<ClientMessage>(encoding, payload)
+    }
 }
 
 /// Reads the client's hello and answers it. `None` when the connection should close (the
@@ -792,7 +813,7 @@ async fn handshake(
         minor: PROTOCOL_MINOR,
         encoding: hello.encoding,
         server: SERVER_NAME.into(),
-        max_frame: config.max_frame,
+        max_frame: config.limits.conn_request_max.min(config.max_frame),
         connection: id,
     };
     let mut out = Vec::new();

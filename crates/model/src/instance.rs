@@ -480,6 +480,10 @@ pub mod list {
     }
 }
 
+/// The most properties a key or selector may name (a class's keys are a few; a selector
+/// naming more than this many properties is refused as it is decoded).
+pub const MAX_KEY_PROPERTIES: usize = 256;
+
 /// The key properties that identify an instance. Empty for the one instance of a
 /// singleton class.
 ///
@@ -517,6 +521,11 @@ impl<'de> Deserialize<'de> for InstanceKey {
                 let mut entries: Vec<(Identifier, Value)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(0).min(16));
                 while let Some(entry) = map.next_entry()? {
+                    if entries.len() == MAX_KEY_PROPERTIES {
+                        return Err(crate::refusal::refuse(format!(
+                            "a key or selector names more than {MAX_KEY_PROPERTIES} properties"
+                        )));
+                    }
                     entries.push(entry);
                 }
                 Ok(InstanceKey::from_entries(entries))
@@ -992,12 +1001,25 @@ mod tests {
         }
         json.push_str("\"k000000\":{\"u64\":7}}");
         let started = std::time::Instant::now();
-        let key: InstanceKey = serde_json::from_str(&json).unwrap();
+        // A key names at most MAX_KEY_PROPERTIES: refused as soon as it passes them.
+        let err = serde_json::from_str::<InstanceKey>(&json).unwrap_err();
+        assert!(
+            err.to_string().contains("more than 256 properties"),
+            "{err}"
+        );
+        let most: String = format!(
+            "{{{}}}",
+            (0..MAX_KEY_PROPERTIES)
+                .rev()
+                .map(|i| format!("\"k{i:06}\":{{\"u64\":{i}}}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let key: InstanceKey = serde_json::from_str(&most).unwrap();
         let instance: Instance = serde_json::from_str(&json).unwrap();
         let took = started.elapsed();
         assert!(took < std::time::Duration::from_secs(5), "{took:?}");
-        assert_eq!(key.values().len(), n);
-        assert_eq!(key.get("k000000"), Some(&Value::U64(7)));
+        assert_eq!(key.values().len(), MAX_KEY_PROPERTIES);
         assert!(key.values().map(|(k, _)| k.as_str()).is_sorted());
         assert_eq!(instance.len(), n);
         assert_eq!(instance.get("k000000"), Some(&Value::U64(7)));

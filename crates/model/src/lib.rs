@@ -16,7 +16,10 @@ mod schema;
 mod value;
 
 pub use filter::{CompareOp, Condition, matches_all};
-pub use instance::{DuplicateName, Instance, InstanceKey, KeyError, Names, list as instance_list};
+pub use instance::{
+    DuplicateName, Instance, InstanceKey, KeyError, MAX_KEY_PROPERTIES, Names,
+    list as instance_list,
+};
 pub use name::{ClassPath, Identifier, NameError, NamespacePath, ProviderName};
 pub use provider::{Capability, Hosting, ProviderState};
 pub use refusal::take_refusal;

@@ -105,8 +105,8 @@ thread_local! {
 }
 
 /// A dotted namespace path such as `system` or `app.web`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "String")]
 pub struct NamespacePath(String);
 
 /// A class path: a namespace path and a class name, such as `system.cpu`. Serialized as
@@ -120,8 +120,8 @@ pub struct ClassPath {
 }
 
 /// A provider's name: `[a-z][a-z0-9_-]*`, at most 64 bytes.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(into = "String")]
 pub struct ProviderName(String);
 
 impl Identifier {
@@ -429,21 +429,55 @@ impl Serialize for ClassPath {
 
 impl<'de> Deserialize<'de> for ClassPath {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ClassPath;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a class path")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ClassPath, E> {
-                ClassPath::new(v).map_err(|e| crate::refusal::refuse(e.to_string()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ClassPath, E> {
-                ClassPath::new(v).map_err(|e| crate::refusal::refuse(e.to_string()))
-            }
-        }
-        deserializer.deserialize_str(Visitor)
+        checked_name(deserializer, "a class path", |s| {
+            check_path(s, "class path")?;
+            ClassPath::new(s)
+        })
     }
+}
+
+impl<'de> Deserialize<'de> for NamespacePath {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_name(deserializer, "a namespace path", |s| {
+            check_path(s, "namespace path")?;
+            NamespacePath::new(s)
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_name(deserializer, "a provider name", |s| {
+            check_word(s, "provider name", true)?;
+            ProviderName::new(s)
+        })
+    }
+}
+
+/// Deserializes a name from the string where it lies (borrowed when the format allows):
+/// `make` checks it before anything is copied, so a 15 MiB bad name costs no 15 MiB copy.
+fn checked_name<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+    make: fn(&str) -> Result<T, NameError>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor<T> {
+        expecting: &'static str,
+        make: fn(&str) -> Result<T, NameError>,
+    }
+    impl<T> serde::de::Visitor<'_> for Visitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            (self.make)(v).map_err(|e| crate::refusal::refuse(e.to_string()))
+        }
+    }
+    deserializer.deserialize_str(Visitor { expecting, make })
 }
 string_newtype!(ProviderName, 0);
 

@@ -30,6 +30,19 @@ use mmv::MmvFile;
 use purveyor_model::{ClassPath, ClassSchema, Instance, PropertyDef, Semantic, Unit, Value};
 use purveyor_provider::{CallContext, Caller, Provider, ProviderError};
 
+/// Reads a PCP MMV file the way the provider does (checks, then every class's values):
+/// the instances it would serve, or the error naming what is wrong. For tests and the
+/// fuzz targets; the provider itself keeps files open between reads.
+pub fn read_mmv_file(path: &Path) -> Result<Vec<Instance>, String> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("fuzz");
+    let file = MmvFile::open(path, name).map_err(|e| e.to_string())?;
+    let mut all = Vec::new();
+    for index in 0..file.classes.len() {
+        all.extend(file.read(index).map_err(|e| e.to_string())?);
+    }
+    Ok(all)
+}
+
 /// The manifest the host registers this provider with.
 pub const MANIFEST: &str = r#"
 name = "counters"

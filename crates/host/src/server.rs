@@ -692,7 +692,7 @@ fn start_requests<F>(
             }
             // A well-framed request with a bad name or value: that request is refused,
             // the connection lives on.
-            Err(e) => match ClientMessage::request_id(encoding, payload) {
+            Err((e, id)) => match id {
                 Some(id) => {
                     let error = RemoteError::new(
                         ErrorCode::InvalidRequest,
@@ -717,19 +717,25 @@ fn start_requests<F>(
 /// Payloads at least this large are decoded with the worker thread handed over first.
 const LARGE_PAYLOAD: usize = 64 * 1024;
 
-/// Decodes a client's message. A large one (a 16 MiB frame takes milliseconds to scan) is
-/// decoded with `block_in_place`, which hands this worker's other tasks to another
-/// thread first: one client's big frames never stall everyone else's small requests.
+/// Decodes a client's message; when it does not decode, also the request id its envelope
+/// holds, if any ([`ClientMessage::request_id`]). A large payload (a 4 MiB frame takes
+/// milliseconds to scan) is decoded with `block_in_place`, which hands this worker's other
+/// tasks to another thread first: one client's big frames never stall everyone else's
+/// small requests.
 fn decode_request(
     encoding: Encoding,
     payload: &[u8],
-) -> Result<ClientMessage, purveyor_protocol::DecodeError> {
+) -> Result<ClientMessage, (purveyor_protocol::DecodeError, Option<u32>)> {
+    let decode = || {
+        decode::<ClientMessage>(encoding, payload)
+            .map_err(|e| (e, ClientMessage::request_id(encoding, payload)))
+    };
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if payload.len() >= LARGE_PAYLOAD && multi_thread {
-        tokio::task::block_in_place(|| decode::<ClientMessage>(encoding, payload))
+        tokio::task::block_in_place(decode)
     } else {
-        decode::<ClientMessage>(encoding, payload)
+        decode()
     }
 }
 

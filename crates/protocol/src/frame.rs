@@ -28,6 +28,8 @@ pub struct FrameBuffer {
     start: usize,
     end: usize,
     max: u32,
+    /// The length of the last frame taken.
+    last: usize,
 }
 
 /// A new buffer's size, and the least room [`FrameBuffer::spare`] gives.
@@ -44,6 +46,7 @@ impl FrameBuffer {
             start: 0,
             end: 0,
             max,
+            last: 0,
         }
     }
 
@@ -57,7 +60,10 @@ impl FrameBuffer {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end == 0 && self.buf.len() > KEEP {
+        // Shrink once empty, unless the last frame was large too: a client sending large
+        // frames one after another keeps its buffer (at most the frame limit) instead of
+        // growing it again for each.
+        if self.end == 0 && self.buf.len() > KEEP && self.last < KEEP / 2 {
             self.buf = vec![0; INITIAL];
         }
         if self.buf.len() - self.end < MIN_SPARE {
@@ -98,6 +104,7 @@ impl FrameBuffer {
             return Ok(None);
         }
         let payload = self.start + FRAME_HEADER_LEN..self.start + total;
+        self.last = total;
         self.start += total;
         if self.start == self.end {
             // Everything is consumed: the next read starts at the front. The payload's
@@ -172,6 +179,11 @@ mod tests {
         }
         assert!(resizes < 20, "{resizes} resizes");
         assert_eq!(fb.next_frame().unwrap().map(<[u8]>::len), Some(1 << 20));
+        // Kept while large frames follow each other; shrunk after a small one.
+        fb.spare();
+        assert!(fb.capacity() > KEEP);
+        feed(&mut fb, &[1, 0, 0, 0, b'x']);
+        assert_eq!(fb.next_frame().unwrap(), Some(&b"x"[..]));
         fb.spare();
         assert_eq!(fb.capacity(), INITIAL);
     }

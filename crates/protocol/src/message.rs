@@ -76,6 +76,11 @@ impl ClientMessage {
     pub fn request_id(encoding: crate::Encoding, payload: &[u8]) -> Option<u32> {
         match encoding {
             crate::Encoding::Json => {
+                // The usual layout first, without reading the rest (a bad request may be
+                // megabytes long); any other layout through the whole envelope.
+                if let Some(id) = json_request_id_prefix(payload) {
+                    return Some(id);
+                }
                 #[derive(Deserialize)]
                 #[serde(rename_all = "snake_case")]
                 enum Envelope {
@@ -96,6 +101,27 @@ impl ClientMessage {
             }
         }
     }
+}
+
+/// The id of a JSON request laid out as `{"request": {"id": N, …` (whitespace allowed),
+/// read from its first bytes only.
+fn json_request_id_prefix(payload: &[u8]) -> Option<u32> {
+    let mut rest = payload;
+    let mut expect = |token: &[u8]| -> Option<()> {
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        rest = rest[start..].strip_prefix(token)?;
+        Some(())
+    };
+    for token in [&b"{"[..], b"\"request\"", b":", b"{", b"\"id\"", b":"] {
+        expect(token)?;
+    }
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let digits = &rest[start..];
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    if end == 0 || end > 10 || !matches!(digits[end..].first(), Some(b',' | b'}' | b' ')) {
+        return None;
+    }
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
 /// A frame from the server after the handshake.
@@ -546,5 +572,30 @@ impl ErrorCode {
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_gives_the_id_of_a_request_that_does_not_decode() {
+        let json = |t: &str| ClientMessage::request_id(crate::Encoding::Json, t.as_bytes());
+        assert_eq!(
+            json(r#"{"request":{"id":7,"request":{"get":{"class":"X"}}}}"#),
+            Some(7)
+        );
+        assert_eq!(
+            json(r#" { "request" : { "id" : 12 , "request": 1 } }"#),
+            Some(12)
+        );
+        // Another order goes through the whole envelope.
+        assert_eq!(json(r#"{"request":{"request":{"x":1},"id":9}}"#), Some(9));
+        assert_eq!(json(r#"{"hello":1}"#), None);
+        assert_eq!(json(r#"{"request":{"id":99999999999,"request":1}}"#), None);
+        let binary = |b: &[u8]| ClientMessage::request_id(crate::Encoding::Binary, b);
+        assert_eq!(binary(&[0, 5, 200]), Some(5));
+        assert_eq!(binary(&[1, 5]), None);
     }
 }

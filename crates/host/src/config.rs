@@ -261,7 +261,7 @@ impl HostConfig {
             max_frame: MAX_FRAME_DEFAULT,
             handshake_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
-            max_in_flight: 1024,
+            max_in_flight: 64,
             worker_program: None,
             quarantine_crashes: 3,
             crash_window: Duration::from_secs(60),

@@ -364,23 +364,16 @@ impl Connection {
         // When the client last sent bytes, and since when a frame has been arriving.
         let mut last_heard = Instant::now();
         let mut partial_since: Option<Instant> = None;
+        // One timer for both limits, armed for the earliest moment either could be due and
+        // checked when it fires (so a busy connection costs no timer work per request).
+        let timer = tokio::time::sleep_until(
+            (last_heard + limits.conn_idle.min(limits.conn_frame_time)).into(),
+        );
+        tokio::pin!(timer);
         loop {
             if !reading && in_flight.is_empty() {
                 break;
             }
-            // A frame begun must arrive within `conn.frame_time`; a connection holding
-            // nothing may stay silent for `conn.idle`.
-            let timeout = if !reading {
-                None
-            } else if frames.buffered() > 0 && !frames.frame_ready() {
-                let since = *partial_since.get_or_insert_with(Instant::now);
-                Some((since + limits.conn_frame_time, Timeout::Frame))
-            } else {
-                partial_since = None;
-                (in_flight.is_empty() && !session.holds_state())
-                    .then(|| (last_heard + limits.conn_idle, Timeout::Idle))
-            };
-            let wake = timeout.map_or_else(far_future, |(at, _)| at);
             tokio::select! {
                 biased;
                 Some((rid, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -466,6 +459,7 @@ impl Connection {
                     let read_at = Instant::now();
                     last_heard = read_at;
                     frames.filled(n);
+
                     if peek {
                         owed = n;
                     }
@@ -474,6 +468,19 @@ impl Connection {
                         tracing::warn!(connection = id, message = %purveyor_protocol::shorten(&message, 200), "bad frame; closing the connection");
                         goodbye = Some(RemoteError::new(ErrorCode::Protocol, message));
                         reading = false;
+                    }
+                    // What is left is a frame begun: timed from when it began; the timer
+                    // must fire by its end.
+                    if frames.buffered() > 0 && !frames.frame_ready() {
+                        if partial_since.is_none() {
+                            partial_since = Some(read_at);
+                            let due = read_at + limits.conn_frame_time;
+                            if due < timer.deadline().into_std() {
+                                timer.as_mut().reset(due.into());
+                            }
+                        }
+                    } else {
+                        partial_since = None;
                     }
                     if site.abandoned.load(Ordering::Acquire) {
                         // The watchdog answered an overdue in-daemon call and closed the
@@ -496,18 +503,34 @@ impl Connection {
                     reading = false;
                     goodbye = Some(RemoteError::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
                 }
-                () = tokio::time::sleep_until(wake.into()), if timeout.is_some() => {
+                () = &mut timer, if reading => {
+                    // A frame begun must arrive within `conn.frame_time`; a connection
+                    // holding nothing may stay silent for `conn.idle`.
+                    let now = Instant::now();
+                    let partial = partial_since.filter(|_| frames.buffered() > 0 && !frames.frame_ready());
+                    let idle = in_flight.is_empty() && !session.holds_state();
+                    let why = match partial {
+                        Some(since) if now >= since + limits.conn_frame_time => Some(Timeout::Frame),
+                        None if idle && now >= last_heard + limits.conn_idle => Some(Timeout::Idle),
+                        _ => None,
+                    };
+                    let Some(why) = why else {
+                        // Not due: the earliest moment one could be.
+                        let next = partial.map_or(last_heard + limits.conn_idle, |since| since + limits.conn_frame_time);
+                        timer.as_mut().reset(next.max(now + Duration::from_millis(10)).into());
+                        continue;
+                    };
                     reading = false;
                     session.client_gone();
-                    goodbye = Some(match timeout.map(|(_, why)| why) {
-                        Some(Timeout::Frame) => RemoteError::new(
+                    goodbye = Some(match why {
+                        Timeout::Frame => RemoteError::new(
                             ErrorCode::Protocol,
                             format!(
                                 "closing this connection: a frame took longer than {} to arrive (conn.frame_time)",
                                 humantime::format_duration(limits.conn_frame_time)
                             ),
                         ),
-                        _ => RemoteError::new(
+                        Timeout::Idle => RemoteError::new(
                             ErrorCode::LimitExceeded,
                             format!(
                                 "closing this connection: nothing was asked or held on it for {} (conn.idle)",
@@ -538,11 +561,6 @@ enum Timeout {
     Frame,
     /// Nothing was asked or held for `conn.idle`.
     Idle,
-}
-
-/// A moment no timer reaches.
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 // Intake: why requests are peeked, and taken off the socket only after their replies.
@@ -730,9 +748,11 @@ fn decode_request(
         decode::<ClientMessage>(encoding, payload)
             .map_err(|e| (e, ClientMessage::request_id(encoding, payload)))
     };
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if payload.len() >= LARGE_PAYLOAD && multi_thread {
+    let multi_thread = || {
+        tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    };
+    if payload.len() >= LARGE_PAYLOAD && multi_thread() {
         tokio::task::block_in_place(decode)
     } else {
         decode()

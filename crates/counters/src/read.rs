@@ -23,6 +23,10 @@ use crate::guard::GuardedMap;
 /// pause can starve readers; they then report it instead of spinning for ever.
 const SEQLOCK_TRIES: usize = 10_000;
 
+/// How long an odd, unchanging generation is waited for before the file is refused: a
+/// publisher stopped in the middle of an update costs a reader this, not the whole bound.
+const STUCK_WRITER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// A counter file that could not be read: which, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileError {
@@ -382,6 +386,9 @@ impl CounterFile {
     fn read_table(&self, values: bool) -> Result<Vec<(u32, String, Vec<u64>)>, FileError> {
         self.still_whole()?;
         let generation = self.u64_at(header::GENERATION);
+        // A generation that stays odd and unchanged: a publisher stopped mid-update (or a
+        // file made that way). A busy publisher changes the number; this one never will.
+        let mut odd_since: Option<(u64, std::time::Instant)> = None;
         for attempt in 0..SEQLOCK_TRIES {
             if attempt >= 100 {
                 // The writer is busy: give it time to finish a burst of changes. A yield
@@ -393,6 +400,17 @@ impl CounterFile {
             }
             let before = generation.load(Ordering::Acquire);
             if before % 2 == 1 {
+                match odd_since {
+                    Some((seen, since)) if seen == before => {
+                        if since.elapsed() >= STUCK_WRITER {
+                            return Err(self.fail(format!(
+                                "its publisher has been in the middle of an update (generation {before}) for more than {} ms; not read",
+                                STUCK_WRITER.as_millis()
+                            )));
+                        }
+                    }
+                    _ => odd_since = Some((before, std::time::Instant::now())),
+                }
                 std::hint::spin_loop();
                 continue;
             }

@@ -237,6 +237,34 @@ fn put32(b: &mut [u8], at: usize, v: u32) {
 }
 
 /// A table of hostile files and the exact errors they get.
+/// A file whose generation stays odd (a publisher stopped mid-update, or made so) held
+/// every read for the whole retry bound (about 0.6 s; the fuzzer found it). It is refused
+/// once the same odd generation has lasted a few milliseconds.
+#[test]
+fn a_generation_stuck_odd_held_every_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = all_types(dir.path());
+    let reader = CounterFile::open(set.path()).unwrap();
+    assert!(reader.snapshot().is_ok());
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(set.path())
+            .unwrap();
+        file.write_at(&7u64.to_le_bytes(), header::GENERATION as u64)
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let err = reader.snapshot().unwrap_err();
+    assert!(err.problem.contains("in the middle of an update"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn hostile_files_get_exact_errors() {
     let dir = tempfile::tempdir().unwrap();

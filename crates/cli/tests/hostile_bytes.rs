@@ -560,7 +560,7 @@ fn subscriptions_per_connection_were_unbounded() {
     );
     let daemon = Daemon::start(
         &[("config", manifest)],
-        &["--limit", "conn.subscriptions=3"],
+        &["--limit", "conn.subscriptions=3", "--limit", "conn.idle=1s"],
         &[],
     );
     let mut client = daemon.client();
@@ -574,6 +574,8 @@ fn subscriptions_per_connection_were_unbounded() {
         "{err:?}"
     );
     assert!(err.to_string().contains("conn.subscriptions = 3"), "{err}");
+    // A connection that holds subscriptions is not idle, however long it is silent.
+    std::thread::sleep(Duration::from_millis(2500));
     // One ends: one more may begin.
     client.unsubscribe(handles[0]).unwrap();
     client.subscribe(&class, None, vec![]).unwrap();

@@ -515,8 +515,13 @@ impl Connection {
                         _ => None,
                     };
                     let Some(why) = why else {
-                        // Not due: the earliest moment one could be.
-                        let next = partial.map_or(last_heard + limits.conn_idle, |since| since + limits.conn_frame_time);
+                        // Not due: the earliest moment one could be (a connection that
+                        // holds something is looked at again an idle time from now).
+                        let next = match partial {
+                            Some(since) => since + limits.conn_frame_time,
+                            None if idle => last_heard + limits.conn_idle,
+                            None => now + limits.conn_idle,
+                        };
                         timer.as_mut().reset(next.max(now + Duration::from_millis(10)).into());
                         continue;
                     };

@@ -41,7 +41,11 @@ pub struct Memory {
     limits: MemoryLimits,
     table: Mutex<HashMap<(u32, String), Buffer>>,
     ledger: Arc<Ledger>,
+    last_sweep: Mutex<Instant>,
 }
+
+/// What a buffer's table entry costs beyond its name, charged to its owner.
+const ENTRY_COST: u64 = 128;
 
 impl Default for Memory {
     fn default() -> Self {
@@ -60,6 +64,7 @@ impl Memory {
                 limits,
                 held: Mutex::new(Held::default()),
             }),
+            last_sweep: Mutex::new(Instant::now()),
         }
     }
 
@@ -92,6 +97,23 @@ impl Memory {
                 || now.saturating_duration_since(lock(buffer).used) < self.limits.idle
         });
         before - table.len()
+    }
+
+    /// [`Memory::sweep`], at most once per quarter of the idle time (and per second):
+    /// an open does not pay for scanning every buffer each time.
+    fn sweep_if_due(&self, now: Instant) {
+        let every = (self.limits.idle / 4).max(Duration::from_secs(1));
+        {
+            let mut last = self
+                .last_sweep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if now.saturating_duration_since(*last) < every {
+                return;
+            }
+            *last = now;
+        }
+        self.sweep(now);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, String), Buffer>> {
@@ -134,13 +156,21 @@ impl IoProcedure for Memory {
         mode: OpenMode,
     ) -> Result<Box<dyn IoStream>, IoError> {
         let now = Instant::now();
-        self.sweep(now);
+        self.sweep_if_due(now);
         let key = Self::key(name);
         let mut table = self.lock();
         let buffer = match mode {
             OpenMode::Write => {
+                // The buffer this one replaces goes first (its bytes come back unless a
+                // stream still holds them).
+                drop(table.remove(&(who.uid, key.clone())));
+                // A buffer costs its name and its entry too, even empty: a user cannot
+                // park millions of empty buffers.
+                let base = key.len() as u64 + ENTRY_COST;
+                self.ledger.charge(who.uid, base)?;
                 let buffer = Arc::new(Mutex::new(Bytes {
                     data: Vec::new(),
+                    base,
                     owner: who.uid,
                     ledger: self.ledger.clone(),
                     used: now,
@@ -163,7 +193,7 @@ impl IoProcedure for Memory {
     }
 
     fn rename_for(&self, who: &Requester, from: &IoName, to: &IoName) -> Result<(), IoError> {
-        self.sweep(Instant::now());
+        self.sweep_if_due(Instant::now());
         let mut table = self.lock();
         let buffer = table
             .remove(&(who.uid, Self::key(from)))
@@ -174,7 +204,7 @@ impl IoProcedure for Memory {
     }
 
     fn delete_for(&self, who: &Requester, name: &IoName) -> Result<(), IoError> {
-        self.sweep(Instant::now());
+        self.sweep_if_due(Instant::now());
         self.lock()
             .remove(&(who.uid, Self::key(name)))
             .map(drop)
@@ -257,6 +287,8 @@ fn bytes(n: u64) -> String {
 #[derive(Debug)]
 struct Bytes {
     data: Vec<u8>,
+    /// What the buffer costs beyond its data (its name and table entry), charged with it.
+    base: u64,
     owner: u32,
     ledger: Arc<Ledger>,
     /// When a stream last opened, read or wrote it.
@@ -269,7 +301,8 @@ fn lock(buffer: &Buffer) -> std::sync::MutexGuard<'_, Bytes> {
 
 impl Drop for Bytes {
     fn drop(&mut self) {
-        self.ledger.release(self.owner, self.data.len() as u64);
+        self.ledger
+            .release(self.owner, self.data.len() as u64 + self.base);
     }
 }
 
@@ -401,17 +434,24 @@ mod tests {
     fn the_quota_refuses_a_write_and_names_the_limit() {
         let memory = Memory::new(MemoryLimits {
             per_user: 1000,
-            total: 1500,
+            total: 1700,
             idle: Duration::from_secs(60),
         });
+        // A buffer costs its bytes, its name and its entry.
+        let entry = |name: &str| name.len() as u64 + ENTRY_COST;
         write(&memory, &user(7), "/a.mem+1", &[1; 600]).unwrap();
+        assert_eq!(memory.bytes_of(7), 600 + entry("/a.mem+1"));
         let err = write(&memory, &user(7), "/a.mem+2", &[1; 600]).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("uid 7's quota"), "{text}");
         assert!(text.contains("1000 bytes"), "{text}");
         assert_eq!(err.errno(), libc::ENOSPC);
-        // The refused write allocated nothing; the user's bytes are the first buffer's.
-        assert_eq!(memory.bytes_of(7), 600);
+        // The refused write allocated nothing: the user holds the first buffer and the
+        // second's (empty) entry.
+        assert_eq!(
+            memory.bytes_of(7),
+            600 + entry("/a.mem+1") + entry("/a.mem+2")
+        );
         // Seeking far and writing one byte is charged for the whole gap.
         let mut s = memory
             .open_for(&user(8), &name("/b.mem+x"), OpenMode::Write)
@@ -419,16 +459,24 @@ mod tests {
         s.seek(SeekFrom::Start(5000)).unwrap();
         assert!(s.write(b"x").is_err());
         drop(s);
-        write(&memory, &user(8), "/b.mem+y", &[1; 800]).unwrap();
-        let err = write(&memory, &user(9), "/c.mem+z", &[1; 200]).unwrap_err();
+        write(&memory, &user(8), "/b.mem+y", &[1; 500]).unwrap();
+        // Another user is refused by the total, already when creating a buffer.
+        let err = write(&memory, &user(9), "/c.mem+z", &[1; 10]).unwrap_err();
         assert!(err.to_string().contains("the host's total"), "{err}");
-        // Replacing and deleting give the bytes back.
-        write(&memory, &user(7), "/a.mem+1", b"small").unwrap();
-        assert_eq!(memory.bytes_of(7), 5);
+        // Deleting and replacing give the bytes back.
         memory.delete_for(&user(8), &name("/b.mem+y")).unwrap();
         memory.delete_for(&user(8), &name("/b.mem+x")).unwrap();
         assert_eq!(memory.bytes_of(8), 0);
-        assert_eq!(memory.bytes(), 5);
+        write(&memory, &user(7), "/a.mem+1", b"small").unwrap();
+        let seven = 5 + entry("/a.mem+1") + entry("/a.mem+2");
+        assert_eq!(memory.bytes_of(7), seven);
+        assert_eq!(memory.bytes(), seven);
+        // Empty buffers are not free: a user cannot park millions of them.
+        let many = (0..100)
+            .map(|i| write(&memory, &user(10), &format!("/e.mem+{i}"), b""))
+            .filter(Result::is_err)
+            .count();
+        assert!(many > 90, "{many} of 100 empty buffers refused");
     }
 
     #[test]

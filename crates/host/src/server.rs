@@ -172,10 +172,7 @@ struct ConnectionSite {
     /// The socket, open for as long as the connection task runs, which is at least as
     /// long as any call on it.
     fd: RawFd,
-    encoding: Encoding,
-    max: u32,
-    /// The client's protocol minor: error codes it cannot read are sent as older ones.
-    minor: u16,
+    wire: Wire,
     /// Set when the watchdog answered for a stuck call: the connection task must not
     /// write again and ends as soon as the call returns.
     abandoned: AtomicBool,
@@ -192,14 +189,7 @@ impl CallSite {
             return;
         }
         let mut out = Vec::new();
-        push_reply(
-            conn.encoding,
-            conn.max,
-            conn.minor,
-            self.id,
-            Outcome::Err(error),
-            &mut out,
-        );
+        conn.wire.reply(self.id, Outcome::Err(error), &mut out);
         let bye = ServerMessage::Goodbye {
             error: RemoteError::new(
                 ErrorCode::ProviderFailed,
@@ -208,7 +198,7 @@ impl CallSite {
                 ),
             ),
         };
-        let _ = encode_frame(conn.encoding, &bye, conn.max, &mut out);
+        let _ = encode_frame(conn.wire.encoding, &bye, conn.wire.max, &mut out);
         send_all(conn.fd, &out, Duration::from_millis(500));
         // SAFETY: the descriptor is open (see `ConnectionSite::fd`).
         unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
@@ -273,11 +263,14 @@ impl Connection {
             return Ok(());
         };
 
-        let site = Arc::new(ConnectionSite {
-            fd,
+        let wire = Wire {
             encoding,
             max,
             minor,
+        };
+        let site = Arc::new(ConnectionSite {
+            fd,
+            wire,
             abandoned: AtomicBool::new(false),
         });
         let session = host.session(caller);
@@ -321,7 +314,7 @@ impl Connection {
             };
             // Pushes queued before this reply go before it.
             encode_pushes(session, encoding, max, id, out);
-            push_reply(encoding, max, minor, rid, outcome, out);
+            wire.reply(rid, outcome, out);
             Ok(())
         };
         let max_in_flight = config.max_in_flight;
@@ -332,8 +325,7 @@ impl Connection {
                 loop {
                     let result = start_requests(
                         &mut frames,
-                        encoding,
-                        minor,
+                        wire,
                         &mut in_flight,
                         max_in_flight,
                         &answer,
@@ -385,13 +377,13 @@ impl Connection {
                     // and its close come before the reply of the call that opened it).
                     encode_pushes(session, encoding, max, id, &mut out);
                     take_fd(session, &outcome, &mut fds);
-                    push_reply(encoding, max, minor, rid, outcome, &mut out);
+                    wire.reply(rid, outcome, &mut out);
                     // Batch every other reply that is already done into the same write.
                     while out.len() < OUT_CAP
                         && let Some(Some((rid, outcome))) = in_flight.next().now_or_never()
                     {
                         take_fd(session, &outcome, &mut fds);
-                        push_reply(encoding, max, minor, rid, outcome, &mut out);
+                        wire.reply(rid, outcome, &mut out);
                     }
                     // A request that had to wait was slow: peek the next one.
                     peek_next = true;
@@ -692,11 +684,9 @@ pub const OUT_CAP: usize = 1 << 20;
 /// frames buffered, when `out` holds [`OUT_CAP`] bytes or `max_in_flight` requests are
 /// running. A frame that is oversized or does not decode is an error: the connection must
 /// close.
-#[allow(clippy::too_many_arguments)]
 fn start_requests<F>(
     frames: &mut FrameBuffer,
-    encoding: Encoding,
-    minor: u16,
+    wire: Wire,
     in_flight: &mut FuturesUnordered<F>,
     max_in_flight: usize,
     answer: &impl Fn(u32, Request) -> F,
@@ -707,7 +697,7 @@ fn start_requests<F>(
         let Some(payload) = frames.next_frame().map_err(|e| e.to_string())? else {
             break;
         };
-        match decode_request(encoding, payload) {
+        match decode_request(wire.encoding, payload) {
             Ok(ClientMessage::Request { id, request }) => {
                 if let Err(request) = now(id, request, out) {
                     in_flight.push(answer(id, request));
@@ -721,14 +711,7 @@ fn start_requests<F>(
                         ErrorCode::InvalidRequest,
                         format!("request {id} does not decode: {}", e.message),
                     );
-                    push_reply(
-                        encoding,
-                        OUT_CAP as u32,
-                        minor,
-                        id,
-                        Outcome::Err(error),
-                        out,
-                    );
+                    wire.reply(id, Outcome::Err(error), out);
                 }
                 None => return Err(e.to_string()),
             },
@@ -868,31 +851,36 @@ async fn refuse(wr: &mut WriteHalf<'_>, message: String) {
     let _ = wr.shutdown().await;
 }
 
-fn push_reply(
+/// How a connection's frames are written: its encoding, the largest frame, and the
+/// client's protocol minor (error codes it cannot read are sent as older ones).
+#[derive(Clone, Copy)]
+struct Wire {
     encoding: Encoding,
     max: u32,
     minor: u16,
-    id: u32,
-    outcome: Outcome,
-    out: &mut Vec<u8>,
-) {
-    let outcome = match outcome {
-        Outcome::Err(mut error) => {
-            error.code = error.code.for_minor(minor);
-            Outcome::Err(error)
-        }
-        ok => ok,
-    };
-    let msg = ServerMessage::Reply { id, outcome };
-    if let Err(e) = encode_frame(encoding, &msg, max, out) {
-        // A reply too large for a frame becomes an error reply the client can act on.
-        let msg = ServerMessage::Reply {
-            id,
-            outcome: Outcome::Err(RemoteError::new(
-                ErrorCode::Internal,
-                format!("the reply could not be sent: {e}"),
-            )),
+}
+
+impl Wire {
+    /// Appends the reply to request `id` to `out`.
+    fn reply(self, id: u32, outcome: Outcome, out: &mut Vec<u8>) {
+        let outcome = match outcome {
+            Outcome::Err(mut error) => {
+                error.code = error.code.for_minor(self.minor);
+                Outcome::Err(error)
+            }
+            ok => ok,
         };
-        let _ = encode_frame(encoding, &msg, max, out);
+        let msg = ServerMessage::Reply { id, outcome };
+        if let Err(e) = encode_frame(self.encoding, &msg, self.max, out) {
+            // A reply too large for a frame becomes an error reply the client can act on.
+            let msg = ServerMessage::Reply {
+                id,
+                outcome: Outcome::Err(RemoteError::new(
+                    ErrorCode::Internal,
+                    format!("the reply could not be sent: {e}"),
+                )),
+            };
+            let _ = encode_frame(self.encoding, &msg, self.max, out);
+        }
     }
 }

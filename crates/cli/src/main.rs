@@ -375,7 +375,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             )
         }
         Command::Worker => Ok(ExitCode::from(
-            purveyor_host::worker::run().clamp(0, 255) as u8
+            purveyor_hosting::worker::run().clamp(0, 255) as u8,
         )),
         Command::Providers {
             action: Some(ProvidersAction::Enable { name }),

@@ -164,7 +164,7 @@ impl Client {
             options.provider_dirs.clone(),
         );
         let session = host.session(purveyor_host::Caller::current_process());
-        session.ui.set_shows(options.ui);
+        session.set_shows(options.ui);
         Ok(Client {
             transport: Transport::Embedded(Embedded {
                 runtime,

@@ -27,7 +27,7 @@ use purveyor_protocol::{DialogEvent, DialogInput, DialogOp, ErrorCode, Form, Pus
 use purveyor_provider::Caller;
 
 use crate::access::AccessPolicy;
-use crate::events::EventSink;
+use crate::push::PushSink;
 
 /// Updates held for a dialog not yet shown; one more closes it.
 pub(crate) const MAX_HELD: usize = 256;
@@ -40,7 +40,7 @@ pub(crate) type Notify = Box<dyn Fn(u32, DialogEvent) + Send + Sync>;
 /// A provider that can open dialogs.
 pub(crate) struct Origin {
     id: u64,
-    pub provider: String,
+    provider: String,
     notify: Notify,
     /// Keeps the provider loaded while one of its dialogs is open.
     pin: Box<dyn Fn() -> Box<dyn Send + Sync> + Send + Sync>,
@@ -49,15 +49,15 @@ pub(crate) struct Origin {
 /// A session's side: who it is, whether it shows in-call dialogs, and where its pushes go.
 pub struct SessionUi {
     id: u64,
-    pub caller: Caller,
+    caller: Caller,
     shows: AtomicBool,
     /// Set once the session registered as its user's UI agent.
     agent: AtomicBool,
-    sink: Arc<EventSink>,
+    sink: Arc<PushSink>,
 }
 
 impl SessionUi {
-    pub(crate) fn new(id: u64, caller: Caller, sink: Arc<EventSink>) -> Self {
+    pub(crate) fn new(id: u64, caller: Caller, sink: Arc<PushSink>) -> Self {
         SessionUi {
             id,
             caller,
@@ -92,9 +92,9 @@ pub(crate) struct DialogHub {
     wake: Condvar,
     deadline_thread: std::sync::OnceLock<()>,
     access: Arc<AccessPolicy>,
-    /// Dialogs opened, and refused, since start (for `purveyor.host`... and tests).
-    pub opened: AtomicU64,
-    pub refused: AtomicU64,
+    /// Dialogs opened, and refused, since start (`purveyor.dialogs`).
+    opened: AtomicU64,
+    refused: AtomicU64,
 }
 
 #[derive(Default)]
@@ -112,7 +112,7 @@ struct Agent {
     session: u64,
     uid: u32,
     pid: u32,
-    sink: Arc<EventSink>,
+    sink: Arc<PushSink>,
 }
 
 struct CallUi {
@@ -120,7 +120,7 @@ struct CallUi {
     pid: u32,
     shows: bool,
     request: Option<u32>,
-    sink: Arc<EventSink>,
+    sink: Arc<PushSink>,
     /// In-call dialogs open now, and when the last one closed: the call's deadline is
     /// suspended while one is open and counts again from its end.
     open: u32,
@@ -131,7 +131,7 @@ struct Open {
     origin: Arc<Origin>,
     local: u32,
     session: u64,
-    sink: Arc<EventSink>,
+    sink: Arc<PushSink>,
     ready: bool,
     held: Vec<Push>,
     deadline: Instant,
@@ -141,10 +141,20 @@ struct Open {
     _pin: Box<dyn Send + Sync>,
 }
 
+/// A provider's request to open a dialog ([`DialogOp::Open`]).
+struct Opening {
+    form: Form,
+    /// The call's dialog token (in-call), or 0 (spontaneous).
+    call: u32,
+    user: Option<u32>,
+    agent: Option<u32>,
+    deadline_ms: u64,
+}
+
 /// Something to do once the lock is released.
 enum After {
     Provider(Arc<Origin>, u32, DialogEvent),
-    Client(Arc<EventSink>, u32, Push),
+    Client(Arc<PushSink>, u32, Push),
 }
 
 /// Unregisters a dialog-capable call when it ends.
@@ -179,6 +189,11 @@ impl Drop for OriginGuard {
 impl Origin {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The provider's name.
+    pub fn provider(&self) -> &str {
+        &self.provider
     }
 }
 
@@ -257,12 +272,7 @@ impl DialogHub {
     pub fn extended_deadline(&self, token: u32, timeout: Duration) -> Option<Instant> {
         let state = self.lock();
         let call = state.calls.get(&token)?;
-        if call.open > 0 {
-            return Some(Instant::now() + timeout);
-        }
-        call.last_end
-            .map(|end| end + timeout)
-            .filter(|d| *d > Instant::now())
+        crate::policy::extended_deadline(call.open > 0, call.last_end, timeout, Instant::now())
     }
 
     /// Makes `session` its user's UI agent; returns the agent's handle.
@@ -311,11 +321,13 @@ impl DialogHub {
                     &mut state,
                     origin,
                     local,
-                    form,
-                    call,
-                    user,
-                    agent,
-                    deadline_ms,
+                    Opening {
+                        form,
+                        call,
+                        user,
+                        agent,
+                        deadline_ms,
+                    },
                 ) {
                     Ok(handle) => {
                         self.opened.fetch_add(1, Ordering::Relaxed);
@@ -363,18 +375,20 @@ impl DialogHub {
         run(after);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn open(
         self: &Arc<Self>,
         state: &mut State,
         origin: &Arc<Origin>,
         local: u32,
-        form: Form,
-        call: u32,
-        user: Option<u32>,
-        agent: Option<u32>,
-        deadline_ms: u64,
+        opening: Opening,
     ) -> Result<u32, String> {
+        let Opening {
+            form,
+            call,
+            user,
+            agent,
+            deadline_ms,
+        } = opening;
         if state.stop {
             return Err("the host is shutting down".into());
         }
@@ -589,6 +603,16 @@ impl DialogHub {
         }
         self.wake.notify_one();
         run(after);
+    }
+
+    /// Dialogs opened since start.
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Dialogs refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     pub fn open_dialogs(&self) -> usize {

@@ -1,43 +1,47 @@
-//! The Purveyor host engine: the provider registry built from manifests, each provider's
-//! lifecycle, request dispatch, and the Unix-socket server.
+//! The Purveyor host: the provider registry built from manifests, each provider's
+//! lifecycle, the requests, sessions, events and dialogs, and the Unix-socket server.
+//! Running a provider — in this process or another — is `purveyor-hosting`'s job; this
+//! crate decides when, for whom, and what the answer means.
 //!
 //! The same [`Host`] serves a daemon (`purveyor serve`, through [`server::serve`]) and an
 //! embedded client (the client library calls [`Host::handle_in`] directly, in a
-//! [`Session`] of its own).
+//! [`Session`] of its own). `ARCHITECTURE.md` maps the modules and what may depend on
+//! what.
 //!
 //! **Invariant:** nothing from a socket or a provider can panic the host: frames are checked
-//! before decoding, provider calls run under `catch_unwind`, and provider answers are checked
-//! against the provider's schema.
+//! before decoding, provider calls run under `catch_unwind` or in a process of their own,
+//! and provider answers are checked against the provider's schema.
 
 pub mod access;
 mod admission;
-mod answer;
-mod builtin;
+mod calls;
 mod config;
 pub mod config_file;
-mod contain;
+mod cx;
 mod dialogs;
-mod engine;
 mod events;
-pub mod io;
-mod library;
+mod host;
+mod loading;
 pub mod manifest;
-mod process;
+mod policy;
+mod push;
 mod registry;
+mod requests;
 mod self_provider;
 pub mod server;
+mod session;
 mod slot;
 pub mod socket;
-mod watchdog;
-pub mod worker;
+mod state;
+mod streams;
 
 pub use access::{AccessPolicy, Permission};
 pub use admission::OWNER_RESERVE;
-pub use builtin::{BuiltinProvider, Dispatch, Factory};
 pub use config::{ClearAfter, HostConfig, Limits};
-pub use dialogs::SessionUi;
-pub use engine::{Host, HostBuilder};
-pub use events::{EventSink, Session};
-pub use library::LibraryProvider;
+pub use host::{Host, HostBuilder};
 pub use manifest::{Entry, Manifest, ManifestError, ManifestSource, ProviderKind};
+pub use purveyor_hosting::{BuiltinProvider, Dispatch, Factory, LibraryProvider};
 pub use purveyor_provider::Caller;
+pub use push::PushSink;
+pub use session::Session;
+pub use state::SERVER_NAME;

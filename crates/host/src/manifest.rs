@@ -826,9 +826,9 @@ pure = false
             registry
                 .slots
                 .values()
-                .find(|s| s.manifest.name.as_str() == name)
+                .find(|s| s.manifest().name.as_str() == name)
                 .unwrap()
-                .manifest
+                .manifest()
                 .clear_after
         };
         assert_eq!(clear("plain"), Duration::from_secs(300));

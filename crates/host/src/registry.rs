@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use purveyor_model::{ClassPath, NamespacePath, ProviderName};
 
-use crate::builtin::BuiltinProvider;
 use crate::config::HostConfig;
 use crate::manifest::{self, Manifest, ManifestError, ManifestSource};
 use crate::slot::Slot;
+use purveyor_hosting::BuiltinProvider;
 
 /// The name of the host's own provider, which no manifest may replace.
 pub(crate) const SELF_PROVIDER: &str = "purveyor";
@@ -105,7 +105,7 @@ impl Registry {
                     field: Some("io".into()),
                     message: format!(
                         "I/O procedure {code} is already installed by provider {} ({}); provider {name} is not registered",
-                        other.manifest.name, other.manifest.source
+                        other.manifest().name, other.manifest().source
                     ),
                 });
                 continue;
@@ -124,22 +124,23 @@ impl Registry {
                     field: Some("classes".into()),
                     message: format!(
                         "class {} is already served by provider {} ({}); provider {} is not registered",
-                        clash.0, clash.1.manifest.name, clash.1.manifest.source, name
+                        clash.0, clash.1.manifest().name, clash.1.manifest().source, name
                     ),
                 });
                 continue;
             }
-            let mut slot = Slot::new(manifest);
-            slot.quarantine_crashes = config.quarantine_crashes;
-            slot.crash_window = config.crash_window;
-            let slot = Arc::new(slot);
-            for class in &slot.manifest.classes {
+            let slot = Arc::new(Slot::new(
+                manifest,
+                config.quarantine_crashes,
+                config.crash_window,
+            ));
+            for class in &slot.manifest().classes {
                 by_class.insert(class.clone(), slot.clone());
             }
-            for ns in &slot.manifest.namespaces {
+            for ns in &slot.manifest().namespaces {
                 by_namespace.push((ns.clone(), slot.clone()));
             }
-            for code in &slot.manifest.io {
+            for code in &slot.manifest().io {
                 by_io.insert(*code, slot.clone());
             }
             slots.insert(name, slot);

@@ -6,12 +6,10 @@ use std::sync::Weak;
 use purveyor_model::{ClassPath, ClassSchema, Instance, PropertyDef, Semantic, Unit, Value};
 use purveyor_provider::{CallContext, Provider, ProviderError};
 
-use crate::builtin::{BuiltinProvider, Dispatch};
-use std::sync::atomic::Ordering;
-
+use purveyor_hosting::{BuiltinProvider, Dispatch};
 use purveyor_protocol::HostMode;
 
-use crate::engine::{HostInner, SERVER_NAME};
+use crate::state::{SERVER_NAME, Shared};
 
 const MANIFEST: &str = r#"
 name = "purveyor"
@@ -24,14 +22,14 @@ pure = true
 clear_after = "1h"
 "#;
 
-pub(crate) fn builtin(host: Weak<HostInner>) -> BuiltinProvider {
+pub(crate) fn builtin(host: Weak<Shared>) -> BuiltinProvider {
     BuiltinProvider::new("purveyor", MANIFEST, Dispatch::Inline, move || {
         Ok(SelfProvider { host: host.clone() })
     })
 }
 
 struct SelfProvider {
-    host: Weak<HostInner>,
+    host: Weak<Shared>,
 }
 
 impl Provider for SelfProvider {
@@ -215,52 +213,40 @@ impl Provider for SelfProvider {
         match class.as_str() {
             "purveyor.host" => {
                 let (providers, loaded) = host.provider_counts();
-                let mode = match host.config.mode {
+                let mode = match host.config().mode {
                     HostMode::Daemon => "daemon",
                     HostMode::Embedded => "embedded",
                 };
-                let open = host.connections_open.load(Ordering::Relaxed);
+                let counts = host.counters().now();
                 Ok(vec![purveyor_model::instance! {
                     "server" => Value::String(SERVER_NAME.into()),
                     "mode" => Value::String(mode.into()),
-                    "pid" => Value::U64(host.pid.into()),
-                    "started" => Value::Timestamp(host.started),
+                    "pid" => Value::U64(host.pid().into()),
+                    "started" => Value::Timestamp(host.started()),
                     "providers" => Value::U64(providers.into()),
                     "providers_loaded" => Value::U64(loaded.into()),
-                    "connections_open" => Value::U64(open.into()),
-                    "connections" => Value::U64(host.connections_total.load(Ordering::Relaxed)),
-                    "requests" => Value::U64(host.requests.load(Ordering::Relaxed)),
-                    "connections_refused" => Value::U64(host.connections_refused.load(Ordering::Relaxed)),
-                    "http_refused" => Value::U64(host.http_refused.load(Ordering::Relaxed)),
-                    "io_mem_bytes" => Value::U64(host.memory.bytes()),
-                    "io_mem_buffers" => Value::U64(host.memory.buffers() as u64),
+                    "connections_open" => Value::U64(counts.connections_open.into()),
+                    "connections" => Value::U64(counts.connections_total),
+                    "requests" => Value::U64(counts.requests),
+                    "connections_refused" => Value::U64(counts.connections_refused),
+                    "http_refused" => Value::U64(counts.http_refused),
+                    "io_mem_bytes" => Value::U64(host.memory().bytes()),
+                    "io_mem_buffers" => Value::U64(host.memory().buffers() as u64),
                 }])
             }
             "purveyor.events" => Ok(vec![Instance::from_pairs([
                 (
                     "subscriptions",
-                    Value::U64(host.events.subscriptions() as u64),
+                    Value::U64(host.events().subscriptions() as u64),
                 ),
-                (
-                    "events_delivered",
-                    Value::U64(host.events.delivered.load(Ordering::Relaxed)),
-                ),
-                (
-                    "events_dropped",
-                    Value::U64(host.events.dropped.load(Ordering::Relaxed)),
-                ),
+                ("events_delivered", Value::U64(host.events().delivered())),
+                ("events_dropped", Value::U64(host.events().dropped())),
             ])]),
             "purveyor.dialogs" => Ok(vec![Instance::from_pairs([
-                ("open", Value::U64(host.dialogs.open_dialogs() as u64)),
-                ("agents", Value::U64(host.dialogs.agents() as u64)),
-                (
-                    "opened",
-                    Value::U64(host.dialogs.opened.load(Ordering::Relaxed)),
-                ),
-                (
-                    "refused",
-                    Value::U64(host.dialogs.refused.load(Ordering::Relaxed)),
-                ),
+                ("open", Value::U64(host.dialogs().open_dialogs() as u64)),
+                ("agents", Value::U64(host.dialogs().agents() as u64)),
+                ("opened", Value::U64(host.dialogs().opened())),
+                ("refused", Value::U64(host.dialogs().refused())),
             ])]),
             "purveyor.provider" => Ok(host
                 .provider_statuses()

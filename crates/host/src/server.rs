@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::engine::SERVER_NAME;
+use crate::cx::{CallSite, Cx};
+use crate::state::SERVER_NAME;
 use crate::{Host, Session};
 
 /// Serves `host` on `listener` until `shutdown` completes. Then it stops accepting, lets
@@ -52,7 +53,7 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             _ = sweep.tick() => {
-                let freed = host.inner().memory.sweep(std::time::Instant::now());
+                let freed = host.shared().memory().sweep(std::time::Instant::now());
                 if freed > 0 {
                     tracing::debug!(freed, "idle MEM buffers freed");
                 }
@@ -116,12 +117,13 @@ async fn connection(
             return;
         }
     };
-    let inner = host.inner();
-    let privileged = caller.uid == 0 || caller.uid == inner.config.access.owner();
-    let _ticket = match admission.admit(caller.uid, privileged, &inner.config.limits) {
+    let shared = host.shared();
+    let config = shared.config();
+    let privileged = caller.uid == 0 || caller.uid == config.access.owner();
+    let _ticket = match admission.admit(caller.uid, privileged, &config.limits) {
         Ok(ticket) => ticket,
         Err(message) => {
-            inner.connections_refused.fetch_add(1, Ordering::Relaxed);
+            shared.counters().connection_refused();
             tracing::debug!(connection = id, uid = caller.uid, %message, "connection refused");
             // Said before the hello is read: the client reads it as the answer to its hello.
             let bye = ServerMessage::Goodbye {
@@ -134,8 +136,7 @@ async fn connection(
             return;
         }
     };
-    inner.connections_open.fetch_add(1, Ordering::Relaxed);
-    inner.connections_total.fetch_add(1, Ordering::Relaxed);
+    shared.counters().connection_opened();
     let span = tracing::debug_span!("connection", id, uid = caller.uid, pid = caller.pid);
     let result = Connection::run(stream, &host, id, caller, stop)
         .instrument(span)
@@ -143,29 +144,14 @@ async fn connection(
     if let Err(e) = result {
         tracing::debug!(connection = id, error = %e, "connection ended with an I/O error");
     }
-    host.inner()
-        .connections_open
-        .fetch_sub(1, Ordering::Relaxed);
+    shared.counters().connection_closed();
 }
 
-tokio::task_local! {
-    /// The connection and request a call is made for, while the server answers it.
-    pub(crate) static CALL_SITE: CallSite;
-}
-
-/// A request on a connection: lets the watchdog answer a call whose thread is stuck in an
-/// in-daemon provider.
-#[derive(Clone)]
-pub(crate) struct CallSite {
+/// A request on a connection ([`CallSite`]): lets the watchdog answer a call whose thread
+/// is stuck in an in-daemon provider.
+struct Site {
     conn: Arc<ConnectionSite>,
     id: u32,
-}
-
-impl CallSite {
-    /// The client's id for the request.
-    pub(crate) fn id(&self) -> u32 {
-        self.id
-    }
 }
 
 struct ConnectionSite {
@@ -178,12 +164,16 @@ struct ConnectionSite {
     abandoned: AtomicBool,
 }
 
-impl CallSite {
+impl CallSite for Site {
+    fn request(&self) -> u32 {
+        self.id
+    }
+
     /// Answers this request with `error`, says goodbye and shuts the socket, from the
     /// watchdog's thread while the connection's own thread is stuck in `provider`. Safe
     /// because that thread is inside the call, not writing: replies are only written
     /// between calls.
-    pub(crate) fn abandon(&self, error: RemoteError, provider: &str) {
+    fn abandon(&self, error: RemoteError, provider: &str) {
         let conn = &self.conn;
         if conn.abandoned.swap(true, Ordering::AcqRel) {
             return;
@@ -274,24 +264,25 @@ impl Connection {
             abandoned: AtomicBool::new(false),
         });
         let session = host.session(caller);
-        session.ui.set_shows(ui);
+        session.set_shows(ui);
         // A Unix socket can carry file descriptors (plain files opened for reading).
-        session.io.allow_fds();
+        session.allow_fds();
         let session = &session;
+        let shared = host.shared();
         let mut fds: Vec<std::os::fd::OwnedFd> = Vec::new();
         let answer = |rid: u32, request: Request| {
-            let host = host.clone();
-            let at = CallSite {
+            let at = Site {
                 conn: site.clone(),
                 id: rid,
             };
-            CALL_SITE.scope(at, async move {
-                let outcome = match host.handle_in(request, session).await {
+            async move {
+                let cx = Cx::in_session(session, Some(&at));
+                let outcome = match crate::requests::answer(shared, cx, request).await {
                     Ok(response) => Outcome::Ok(response),
                     Err(error) => Outcome::Err(error),
                 };
                 (rid, outcome)
-            })
+            }
         };
         let mut in_flight = FuturesUnordered::new();
         // Bytes of requests read with `MSG_PEEK` and not yet taken off the socket; taken
@@ -304,11 +295,11 @@ impl Connection {
         // Answers a request at once when it needs no waiting (`Host::answer_now`), into
         // `out`; gives it back otherwise.
         let now = |rid: u32, request: Request, out: &mut Vec<u8>| {
-            let at = CallSite {
+            let at = Site {
                 conn: site.clone(),
                 id: rid,
             };
-            let outcome = match CALL_SITE.sync_scope(at, || host.answer_now(request, session))? {
+            let outcome = match crate::requests::answer_now(shared, session, Some(&at), request)? {
                 Ok(response) => Outcome::Ok(response),
                 Err(error) => Outcome::Err(error),
             };
@@ -647,7 +638,7 @@ fn take_fd(session: &Session, outcome: &Outcome, fds: &mut Vec<std::os::fd::Owne
         Outcome::Ok(Response::Direct { token, .. }) => *token,
         _ => return,
     };
-    if let Some(fd) = session.io.take_fd(token) {
+    if let Some(fd) = session.take_fd(token) {
         fds.push(fd);
     }
 }

@@ -1,22 +1,20 @@
 //! One provider's lifecycle: registered → loading → loaded → releasing → registered, or
 //! failed with a back-off before the next attempt (see `docs/lifecycle.md`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
+use purveyor_hosting::Hosted;
 use purveyor_model::{ClassPath, ClassSchema, ProviderState, Timestamp};
 use purveyor_protocol::{ErrorCode, ProviderStatus, RemoteError};
-use purveyor_provider::Provider;
 use tokio::sync::watch;
 
-use crate::builtin::Dispatch;
-use crate::library::LibraryProvider;
 use crate::manifest::Manifest;
-use crate::process::ProcessConn;
+use crate::policy::{self, Crashes, FIRST_BACKOFF, Idle};
 
 /// The schemas a loaded provider serves, by class. (Looked up on every request: a fast
 /// hash, as in the registry; class paths are validated names, not attacker-chosen keys
@@ -37,51 +35,35 @@ impl Drop for SlotPin {
 /// A provider that is loaded and serving. Calls hold an `Arc` to it, so a release waits
 /// for nothing and in-flight calls finish on the instance they started with.
 pub(crate) struct Loaded {
-    pub backend: Backend,
-    pub schemas: SchemaSet,
-    /// Closes the provider's dialogs when it is released (its process's end closes
-    /// them sooner, with the reason).
-    pub _dialogs: Option<crate::dialogs::OriginGuard>,
-}
-
-/// Where a loaded provider's calls go.
-pub(crate) enum Backend {
-    /// A builtin, in this process.
-    Local {
-        provider: Arc<dyn Provider>,
-        dispatch: Dispatch,
-    },
-    /// An in-daemon library, called on the requesting thread under the host's watchdog.
-    /// Its cleanup entry point runs when the last reference goes.
-    Library(Arc<LibraryProvider>),
-    /// In a process of its own: an isolated worker (maybe shared by a host group) or an
-    /// external executable. `name` is the provider's name in that process.
-    Process {
-        conn: Arc<ProcessConn>,
-        name: String,
-    },
-    /// An in-daemon I/O procedure library, served on the blocking pool.
-    Io(Arc<crate::io::ProcedureServer>),
+    hosted: Hosted,
+    schemas: SchemaSet,
+    /// Held while it is loaded: closes its dialogs when it is released (its process's
+    /// end closes them sooner, with the reason).
+    _hold: Option<Box<dyn Send + Sync>>,
 }
 
 impl Loaded {
-    /// Whether its calls run on the calling thread, to completion, with nothing to await:
-    /// a builtin dispatched inline or an in-daemon library.
-    pub fn calls_inline(&self) -> bool {
-        matches!(
-            self.backend,
-            Backend::Local {
-                dispatch: Dispatch::Inline,
-                ..
-            } | Backend::Library(_)
-        )
+    pub fn new(hosted: Hosted, schemas: SchemaSet, hold: Option<Box<dyn Send + Sync>>) -> Self {
+        Loaded {
+            hosted,
+            schemas,
+            _hold: hold,
+        }
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        match &self.backend {
-            Backend::Process { conn, .. } => Some(conn.pid),
-            Backend::Local { .. } | Backend::Library(_) | Backend::Io(_) => None,
-        }
+    /// The provider, wherever it runs.
+    pub fn hosted(&self) -> &Hosted {
+        &self.hosted
+    }
+
+    /// The schemas of the classes its manifest lists.
+    pub fn schemas(&self) -> &SchemaSet {
+        &self.schemas
+    }
+
+    /// Whether its calls run on the calling thread ([`Hosted::calls_inline`]).
+    pub fn calls_inline(&self) -> bool {
+        self.hosted.calls_inline()
     }
 }
 
@@ -99,13 +81,10 @@ pub(crate) enum Lost {
 /// What a load produced.
 pub(crate) type LoadResult = Result<Loaded, RemoteError>;
 
-/// The longest wait between two load attempts of a failing provider.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// The wait after the first failed load; it doubles with each further failure.
-pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-
+/// One provider's place in the host: its manifest, its lifecycle state, and its
+/// statistics.
 pub(crate) struct Slot {
-    pub manifest: Manifest,
+    manifest: Manifest,
     // Invariant: the state only moves Registered|Failed → Loading → Loaded|Failed and
     // Loaded → Releasing → Registered; only the task that moved it to Loading or Releasing
     // moves it on, and it then signals the watch so waiters look again.
@@ -118,8 +97,8 @@ pub(crate) struct Slot {
     last_use: AtomicU64,
     last_error: Mutex<Option<String>>,
     crashes: AtomicU64,
-    /// When recent crashes happened, for quarantine.
-    recent_crashes: Mutex<VecDeque<Instant>>,
+    /// Recent crashes, for quarantine.
+    recent_crashes: Mutex<Crashes>,
     in_flight: AtomicU32,
     /// Open subscriptions to its classes: while there are any, it is not idle-unloaded
     /// (it is the source of their events).
@@ -130,9 +109,6 @@ pub(crate) struct Slot {
     /// The wall clock at `born`: `last_use` is shown as `born_wall` plus it, so a call
     /// reads the clock once (`docs/performance.md`).
     born_wall: Timestamp,
-    /// Quarantine: this many crashes within `crash_window`.
-    pub quarantine_crashes: u32,
-    pub crash_window: Duration,
 }
 
 enum State {
@@ -150,7 +126,8 @@ enum State {
 }
 
 impl Slot {
-    pub fn new(manifest: Manifest) -> Self {
+    /// A registered provider, quarantined after `crashes` crashes within `window`.
+    pub fn new(manifest: Manifest, crashes: u32, window: Duration) -> Self {
         Slot {
             manifest,
             state: Mutex::new(State::Registered),
@@ -161,15 +138,17 @@ impl Slot {
             last_use: AtomicU64::new(0),
             last_error: Mutex::new(None),
             crashes: AtomicU64::new(0),
-            recent_crashes: Mutex::new(VecDeque::new()),
+            recent_crashes: Mutex::new(Crashes::new(crashes, window)),
             in_flight: AtomicU32::new(0),
             subscribers: AtomicU32::new(0),
             last_activity: AtomicU64::new(0),
             born: Instant::now(),
             born_wall: Timestamp::now(),
-            quarantine_crashes: 3,
-            crash_window: Duration::from_secs(60),
         }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
     /// The loaded provider, loading it first if needed. Concurrent callers share one load:
@@ -194,7 +173,7 @@ impl Slot {
                         error.message = format!(
                             "{} (next attempt in {})",
                             error.message,
-                            humantime::format_duration(round_up_to_secs(wait))
+                            humantime::format_duration(policy::shown_wait(wait))
                         );
                         return Err(error);
                     }
@@ -218,7 +197,10 @@ impl Slot {
                                 .unwrap_or_else(|_| {
                                     Err(slot.error(
                                         ErrorCode::Internal,
-                                        format!("loading provider {} panicked", slot.manifest.name),
+                                        format!(
+                                            "loading provider {} panicked",
+                                            slot.manifest().name
+                                        ),
                                     ))
                                 });
                             slot.finish_load(result, attempts);
@@ -238,7 +220,7 @@ impl Slot {
         match result {
             Ok(loaded) => {
                 self.loads.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(provider = %self.manifest.name, pid = ?loaded.pid(), "provider loaded");
+                tracing::info!(provider = %self.manifest().name, pid = ?loaded.hosted.pid(), "provider loaded");
                 let loaded = Arc::new(loaded);
                 self.touch();
                 *state = State::Loaded(loaded.clone());
@@ -247,10 +229,8 @@ impl Slot {
             }
             Err(error) => {
                 let attempts = attempts + 1;
-                let backoff = FIRST_BACKOFF
-                    .saturating_mul(1 << (attempts - 1).min(16))
-                    .min(MAX_BACKOFF);
-                tracing::warn!(provider = %self.manifest.name, error = %error, attempts, "provider failed to load");
+                let backoff = policy::backoff(attempts);
+                tracing::warn!(provider = %self.manifest().name, error = %error, attempts, "provider failed to load");
                 self.record_error(&error);
                 *state = State::Failed {
                     error,
@@ -276,8 +256,8 @@ impl Slot {
             *state = State::Releasing(rx);
             (loaded, tx)
         };
-        tracing::info!(provider = %self.manifest.name, why, "releasing provider");
-        let timeout = self.manifest.call_timeout;
+        tracing::info!(provider = %self.manifest().name, why, "releasing provider");
+        let timeout = self.manifest().call_timeout;
         let drained = tokio::time::timeout(timeout, async {
             while self.in_flight.load(Ordering::Acquire) > 0 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -285,47 +265,14 @@ impl Slot {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(provider = %self.manifest.name, "calls still running at release; releasing anyway");
+            tracing::warn!(provider = %self.manifest().name, "calls still running at release; releasing anyway");
         }
-        match &loaded.backend {
-            Backend::Local { provider, .. } => {
-                let provider = provider.clone();
-                let hook = tokio::task::spawn_blocking(move || {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| provider.release()))
-                });
-                match tokio::time::timeout(timeout, hook).await {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(_) => {
-                        tracing::warn!(provider = %self.manifest.name, "cleanup hook panicked")
-                    }
-                    Err(_) => {
-                        tracing::warn!(provider = %self.manifest.name, "cleanup hook did not finish in time")
-                    }
-                }
-            }
-            // Its cleanup entry point (or a procedure's destroy) runs when `loaded` is
-            // dropped, below.
-            Backend::Library(_) | Backend::Io(_) => {}
-            Backend::Process { conn, name } => {
-                let reply = conn
-                    .call(
-                        name,
-                        purveyor_protocol::CallerInfo::default(),
-                        timeout,
-                        purveyor_protocol::ProviderCall::Release,
-                    )
-                    .await;
-                if let Err(e) = reply {
-                    tracing::warn!(provider = %self.manifest.name, error = ?e, "release call failed");
-                }
-                if !self.manifest.pure {
-                    conn.detach();
-                } else if Arc::strong_count(conn) == 1 || self.shared_process().is_none() {
-                    conn.close(Duration::from_secs(2)).await;
-                }
-            }
-        }
-        *self.lock() = if self.manifest.pure {
+        let shared = self.shared_process().is_some();
+        loaded
+            .hosted
+            .release(timeout, self.manifest().pure, shared)
+            .await;
+        *self.lock() = if self.manifest().pure {
             State::Registered
         } else {
             State::ReleasedAsClient
@@ -338,18 +285,18 @@ impl Slot {
 
     /// The host group, when this provider shares a worker.
     fn shared_process(&self) -> Option<&str> {
-        match &self.manifest.entry {
+        match &self.manifest().entry {
             crate::manifest::Entry::Library { host_group, .. } => host_group.as_deref(),
             _ => None,
         }
     }
 
-    /// Forgets `loaded` after it was lost (see [`Lost`]), if it is still the current one.
     /// Whether `loaded` is still what this slot serves (not released, crashed or replaced).
     pub fn is_current(&self, loaded: &Arc<Loaded>) -> bool {
         matches!(&*self.lock(), State::Loaded(current) if Arc::ptr_eq(current, loaded))
     }
 
+    /// Forgets `loaded` after it was lost (see [`Lost`]), if it is still the current one.
     pub fn lost(&self, loaded: &Arc<Loaded>, how: Lost) {
         let mut state = self.lock();
         let State::Loaded(current) = &*state else {
@@ -365,34 +312,25 @@ impl Slot {
             }
             Lost::Crashed(why) => {
                 self.crashes.fetch_add(1, Ordering::Relaxed);
-                let now = Instant::now();
                 let mut recent = self
                     .recent_crashes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                recent.push_back(now);
-                while recent
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > self.crash_window)
-                {
-                    recent.pop_front();
-                }
-                if self.quarantine_crashes > 0 && recent.len() as u32 >= self.quarantine_crashes {
-                    let name = &self.manifest.name;
-                    let error = self.error(
-                        ErrorCode::ProviderFailed,
-                        format!(
-                            "provider {name} is quarantined: it crashed {} times within {} (last: {why}); run `purveyor providers enable {name}`",
-                            recent.len(),
-                            humantime::format_duration(self.crash_window)
-                        ),
-                    );
-                    tracing::error!(provider = %name, "provider quarantined");
-                    recent.clear();
-                    *state = State::Quarantined(error);
-                } else {
-                    *state = State::Registered;
-                }
+                *state = match recent.record(Instant::now()) {
+                    Some(count) => {
+                        let name = &self.manifest().name;
+                        let error = self.error(
+                            ErrorCode::ProviderFailed,
+                            format!(
+                                "provider {name} is quarantined: it crashed {count} times within {} (last: {why}); run `purveyor providers enable {name}`",
+                                humantime::format_duration(recent.window())
+                            ),
+                        );
+                        tracing::error!(provider = %name, "provider quarantined");
+                        State::Quarantined(error)
+                    }
+                    None => State::Registered,
+                };
             }
             Lost::Failed(error) => {
                 *state = State::Failed {
@@ -426,10 +364,9 @@ impl Slot {
     /// Kills the provider's process, if it has one (shutdown, after the grace period).
     pub fn kill_process(&self) {
         if let State::Loaded(loaded) = &*self.lock()
-            && let Backend::Process { conn, .. } = &loaded.backend
-            && self.manifest.pure
+            && self.manifest().pure
         {
-            conn.kill(format!("{} was killed at shutdown", conn.label));
+            loaded.hosted.kill(None);
         }
     }
 
@@ -494,15 +431,15 @@ impl Slot {
                 if !current {
                     return;
                 }
-                let clear = s.manifest.clear_after;
                 let busy = s.in_flight.load(Ordering::Acquire) > 0
                     || s.subscribers.load(Ordering::Acquire) > 0;
-                let idle = s.idle_for();
-                if !busy && idle >= clear {
-                    s.release("idle").await;
-                    return;
-                }
-                let wait = if busy { clear } else { clear - idle };
+                let wait = match policy::idle_step(busy, s.idle_for(), s.manifest().clear_after) {
+                    Idle::Release => {
+                        s.release("idle").await;
+                        return;
+                    }
+                    Idle::Wait(wait) => wait,
+                };
                 drop(s);
                 tokio::time::sleep(wait).await;
             }
@@ -550,7 +487,7 @@ impl Slot {
         let (state, pid) = {
             let guard = self.lock();
             let pid = match &*guard {
-                State::Loaded(l) => l.pid(),
+                State::Loaded(l) => l.hosted.pid(),
                 _ => None,
             };
             (state_of(&guard), pid)
@@ -563,13 +500,13 @@ impl Slot {
                 .as_millis() as u64
         });
         ProviderStatus {
-            name: self.manifest.name.clone(),
-            hosting: self.manifest.hosting,
+            name: self.manifest().name.clone(),
+            hosting: self.manifest().hosting,
             state,
-            classes: self.manifest.classes.clone(),
-            pure: self.manifest.pure,
-            clear_after_ms: self.manifest.clear_after.as_millis() as u64,
-            manifest: self.manifest.source.to_string(),
+            classes: self.manifest().classes.clone(),
+            pure: self.manifest().pure,
+            clear_after_ms: self.manifest().clear_after.as_millis() as u64,
+            manifest: self.manifest().source.to_string(),
             loads: self.loads.load(Ordering::Relaxed),
             unloads: self.unloads.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
@@ -588,18 +525,20 @@ impl Slot {
     }
 
     /// Its name and the reads its manifest offers, for building answers
-    /// ([`crate::answer`]).
-    pub fn offers(&self) -> crate::answer::Offers<'_> {
-        crate::answer::Offers {
-            name: &self.manifest.name,
-            get: self.manifest.offers(purveyor_model::Capability::Get),
-            enumerate: self.manifest.offers(purveyor_model::Capability::Enumerate),
+    /// ([`purveyor_hosting::answer`]).
+    pub fn offers(&self) -> purveyor_hosting::answer::Offers<'_> {
+        purveyor_hosting::answer::Offers {
+            name: &self.manifest().name,
+            get: self.manifest().offers(purveyor_model::Capability::Get),
+            enumerate: self
+                .manifest()
+                .offers(purveyor_model::Capability::Enumerate),
         }
     }
 
     /// An error about this provider, carrying its name.
     pub fn error(&self, code: ErrorCode, message: impl Into<String>) -> RemoteError {
-        RemoteError::new(code, message).with_provider(self.manifest.name.clone())
+        RemoteError::new(code, message).with_provider(self.manifest().name.clone())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -621,8 +560,4 @@ fn state_of(state: &State) -> ProviderState {
         State::Quarantined(_) => ProviderState::Quarantined,
         State::ReleasedAsClient => ProviderState::ReleasedAsClient,
     }
-}
-
-fn round_up_to_secs(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }

@@ -270,6 +270,15 @@ impl Caller {
         }
     }
 
+    /// Who this caller is, as the provider channel says it (`caller` of a request).
+    pub fn info(&self) -> purveyor_protocol::CallerInfo {
+        purveyor_protocol::CallerInfo {
+            uid: self.uid,
+            gid: self.gid,
+            pid: self.pid,
+        }
+    }
+
     /// A caller known by uid, gid and pid only (no supplementary groups).
     pub fn new(uid: u32, gid: u32, pid: u32) -> Self {
         Caller {

@@ -32,7 +32,7 @@ struct Expiry(*const (dyn Fn() + Sync + 'static));
 unsafe impl Send for Expiry {}
 
 #[derive(Default)]
-pub(crate) struct Watchdog {
+pub struct Watchdog {
     shared: Arc<Shared>,
     thread: OnceLock<()>,
 }

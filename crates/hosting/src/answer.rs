@@ -14,7 +14,7 @@ use purveyor_provider::ProviderError;
 /// What the answer needs to know of the provider: its name and the reads its manifest
 /// offers.
 #[derive(Clone, Copy)]
-pub(crate) struct Offers<'a> {
+pub struct Offers<'a> {
     pub name: &'a ProviderName,
     pub get: bool,
     pub enumerate: bool,
@@ -177,7 +177,7 @@ impl Offers<'_> {
 }
 
 /// `key` must name exactly the class's key properties, with their types.
-pub(crate) fn check_full_key(schema: &ClassSchema, key: &InstanceKey) -> Result<(), RemoteError> {
+pub fn check_full_key(schema: &ClassSchema, key: &InstanceKey) -> Result<(), RemoteError> {
     check_selector(schema, key)?;
     if key.is_full_key(schema) {
         return Ok(());
@@ -198,10 +198,7 @@ pub(crate) fn check_full_key(schema: &ClassSchema, key: &InstanceKey) -> Result<
 }
 
 /// A selector may name only the class's properties, with their types.
-pub(crate) fn check_selector(
-    schema: &ClassSchema,
-    selector: &InstanceKey,
-) -> Result<(), RemoteError> {
+pub fn check_selector(schema: &ClassSchema, selector: &InstanceKey) -> Result<(), RemoteError> {
     if let Some(name) = selector.unknown_property(schema) {
         return Err(RemoteError::new(
             ErrorCode::InvalidRequest,

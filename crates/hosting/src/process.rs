@@ -35,7 +35,7 @@ const MAX_PROVIDER_FRAME: u32 = 64 << 20;
 
 /// How a call to a process failed.
 #[derive(Debug)]
-pub(crate) enum CallFailure {
+pub enum CallFailure {
     /// The process is gone; why (exit status or signal, or what it did wrong).
     Died(String),
     /// No answer before the deadline.
@@ -45,7 +45,7 @@ pub(crate) enum CallFailure {
 type Pending = HashMap<u32, oneshot::Sender<Result<ProviderReply, String>>>;
 
 /// A running provider process.
-pub(crate) struct ProcessConn {
+pub struct ProcessConn {
     /// `worker for uptime`, `worker of group g1`, `external provider uptime`.
     pub label: String,
     /// The provider process's pid (its guard's is the child's).
@@ -76,7 +76,7 @@ pub(crate) struct ProcessConn {
 }
 
 /// What kind of process to start.
-pub(crate) enum ProcessKind<'a> {
+pub enum ProcessKind<'a> {
     /// An isolated worker (`purveyor worker`): it also gets an attach socket on fd 3
     /// (`PURVEYOR_ATTACH_FD`), on which the host hands it direct channels.
     Worker,
@@ -85,18 +85,18 @@ pub(crate) enum ProcessKind<'a> {
 }
 
 /// Receives one provider's direct-channel news.
-pub(crate) type DirectRoute = Arc<dyn Fn(DirectNews) + Send + Sync>;
+pub type DirectRoute = Arc<dyn Fn(DirectNews) + Send + Sync>;
 
 /// The descriptor a worker's attach socket has in the worker.
 const ATTACH_FD: i32 = 3;
 
 /// Receives one provider's dialog operations: `(dialog, op)`.
-pub(crate) type DialogRoute = Arc<dyn Fn(u32, DialogOp) + Send + Sync>;
+pub type DialogRoute = Arc<dyn Fn(u32, DialogOp) + Send + Sync>;
 /// Told why the process ended.
-pub(crate) type ExitHook = Box<dyn FnOnce(&str) + Send>;
+pub type ExitHook = Box<dyn FnOnce(&str) + Send>;
 
 /// Receives the events a provider process raises outside any call.
-pub(crate) type EventHandler = Box<dyn Fn(Vec<RaisedEvent>) + Send + Sync>;
+pub type EventHandler = Box<dyn Fn(Vec<RaisedEvent>) + Send + Sync>;
 
 impl ProcessConn {
     /// Starts `program args…`, says hello and waits (up to `timeout`) for its answer.
@@ -513,7 +513,7 @@ fn provider_pid(mut report: std::io::PipeReader) -> Option<u32> {
 }
 
 /// `exit status 3`, `killed by signal 11 (SIGSEGV)`.
-pub(crate) fn describe_exit(status: ExitStatus) -> String {
+pub fn describe_exit(status: ExitStatus) -> String {
     if let Some(code) = status.code() {
         format!("exit status {code}")
     } else if let Some(signal) = status.signal() {

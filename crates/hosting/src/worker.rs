@@ -32,8 +32,8 @@ use purveyor_protocol::{
 };
 use purveyor_provider::abi::panic_message;
 
-use crate::io::ProcedureServer;
 use crate::library::LibraryProvider;
+use crate::procedures::ProcedureServer;
 
 mod direct;
 

@@ -1,0 +1,375 @@
+//! Calling a provider for a request: find and load the slot serving a class, call it with
+//! the request's context, record the outcome on the slot, and turn what went wrong into
+//! the wire's error — the edge where [`CallError`] becomes a [`RemoteError`].
+//!
+//! **Invariant:** every call is bracketed by `Slot::begin_call` / `Slot::end_call` (a
+//! passive call does not count as use), and a provider whose process died or was killed
+//! is marked lost before the error goes back.
+
+use std::sync::Arc;
+
+use purveyor_hosting::{CallCx, CallError, InlineCall, InlineCx};
+use purveyor_model::{Capability, ClassPath, ClassSchema, InstanceKey, Value};
+use purveyor_protocol::{
+    ErrorCode, ProviderCall, ProviderReply, RaisedEvent, ReadCall, RemoteError, Response,
+};
+use purveyor_provider::abi::from_fault;
+
+use crate::access::Permission;
+use crate::cx::Cx;
+use crate::events::EventBus;
+use crate::slot::{Loaded, Lost, Slot};
+use crate::state::Shared;
+
+/// Whether the access policy lets the caller have `permission` on `path`.
+pub(crate) fn allowed(
+    host: &Shared,
+    cx: &Cx<'_>,
+    permission: Permission,
+    path: &str,
+) -> Result<(), RemoteError> {
+    host.config()
+        .access
+        .check(cx.caller, permission, path)
+        .map_err(|message| RemoteError::new(ErrorCode::AccessDenied, message))
+}
+
+/// The slot serving `class`, loaded, after checking it offers `capability`.
+pub(crate) async fn loaded_for(
+    host: &Arc<Shared>,
+    class: &ClassPath,
+    capability: Option<Capability>,
+) -> Result<(Arc<Slot>, Arc<Loaded>), RemoteError> {
+    let Some(slot) = host.registry().slot_for(class) else {
+        return Err(RemoteError::new(
+            ErrorCode::NotFound,
+            format!("no provider serves class {class}"),
+        ));
+    };
+    if let Some(cap) = capability
+        && !slot.manifest().offers(cap)
+    {
+        return Err(not_offered(slot, cap));
+    }
+    let loaded = acquire(host, slot).await?;
+    Ok((slot.clone(), loaded))
+}
+
+/// `slot`'s provider, loading it if needed.
+pub(crate) async fn acquire(
+    host: &Arc<Shared>,
+    slot: &Arc<Slot>,
+) -> Result<Arc<Loaded>, RemoteError> {
+    slot.acquire(|slot| crate::loading::load(host.clone(), slot))
+        .await
+}
+
+/// Calls the provider wherever it runs, within its deadline, and records the outcome. A
+/// provider error in the reply becomes the returned error.
+pub(crate) async fn call(
+    host: &Shared,
+    cx: &Cx<'_>,
+    slot: &Arc<Slot>,
+    loaded: &Arc<Loaded>,
+    call: ProviderCall,
+) -> Result<ProviderReply, RemoteError> {
+    if loaded.calls_inline() {
+        return call_inline(host, cx, slot, loaded, InlineCall::Owned(call));
+    }
+    let timeout = slot.manifest().call_timeout;
+    // A call whose client shows dialogs may wait for one: its deadline is suspended while
+    // a dialog of it is open.
+    let (ui, hub) = (cx.ui, host.dialogs());
+    let extend = move || {
+        (ui != 0)
+            .then(|| hub.extended_deadline(ui, timeout))
+            .flatten()
+    };
+    let call_cx = CallCx {
+        caller: cx.caller,
+        timeout,
+        ui,
+        extend: &extend,
+    };
+    slot.begin_call();
+    let result = loaded.hosted().call(&call_cx, call).await;
+    let result = result.map_err(|e| failed(slot, loaded, e));
+    finish_call(slot, cx.passive, result)
+}
+
+/// [`call`] for a read whose class and key are borrowed from the request: a provider
+/// whose calls run on this thread reads them where they are, any other is sent a copy.
+pub(crate) async fn read(
+    host: &Shared,
+    cx: &Cx<'_>,
+    slot: &Arc<Slot>,
+    loaded: &Arc<Loaded>,
+    read: ReadCall<'_>,
+) -> Result<ProviderReply, RemoteError> {
+    if loaded.calls_inline() {
+        return call_inline(host, cx, slot, loaded, InlineCall::Read(read));
+    }
+    call(host, cx, slot, loaded, read.to_call()).await
+}
+
+/// [`call`] for a provider whose calls run on this thread ([`Loaded::calls_inline`]). An
+/// in-daemon library's call is watched: past its deadline, the watchdog marks the
+/// provider failed and, for a request over a socket, answers the client and closes the
+/// connection whose thread is stuck.
+pub(crate) fn call_inline(
+    host: &Shared,
+    cx: &Cx<'_>,
+    slot: &Arc<Slot>,
+    loaded: &Arc<Loaded>,
+    call: InlineCall<'_>,
+) -> Result<ProviderReply, RemoteError> {
+    let timeout = slot.manifest().call_timeout;
+    let site = cx.site;
+    // Run by the watchdog's thread if the call overruns, while it still runs.
+    let overdue = || {
+        let error = remote(
+            slot,
+            &CallError::Stuck(
+                slot.manifest().name.to_string(),
+                purveyor_hosting::Shown(timeout),
+            ),
+        );
+        slot.record_error(&error);
+        slot.lost(loaded, Lost::Failed(error.clone()));
+        if let Some(site) = site {
+            site.abandon(error, slot.manifest().name.as_str());
+        }
+    };
+    let inline = InlineCx {
+        caller: cx.caller,
+        timeout,
+        watchdog: host.watchdog(),
+        overdue: &overdue,
+    };
+    slot.begin_call();
+    match loaded.hosted().call_inline(&inline, call) {
+        Err(stuck @ CallError::Stuck(..)) => {
+            // The watchdog recorded the error when the deadline passed.
+            slot.end_call(cx.passive);
+            slot.record_call(None);
+            Err(remote(slot, &stuck))
+        }
+        result => {
+            let result = result.map_err(|e| failed(slot, loaded, e));
+            finish_call(slot, cx.passive, result)
+        }
+    }
+}
+
+/// A failed call as the client sees it; a provider whose process died or was killed is
+/// marked lost first.
+fn failed(slot: &Slot, loaded: &Arc<Loaded>, error: CallError) -> RemoteError {
+    match &error {
+        CallError::Crashed(_, why) => slot.lost(loaded, Lost::Crashed(why.clone())),
+        CallError::Killed(..) => slot.lost(loaded, Lost::Killed),
+        _ => {}
+    }
+    remote(slot, &error)
+}
+
+/// A hosting error as a wire error about `slot`'s provider.
+pub(crate) fn remote(slot: &Slot, error: &impl HasCode) -> RemoteError {
+    slot.error(error.code(), error.to_string())
+}
+
+/// The hosting errors, which carry their wire code.
+pub(crate) trait HasCode: std::fmt::Display {
+    fn code(&self) -> ErrorCode;
+}
+
+impl HasCode for CallError {
+    fn code(&self) -> ErrorCode {
+        CallError::code(self)
+    }
+}
+
+impl HasCode for purveyor_hosting::LoadError {
+    fn code(&self) -> ErrorCode {
+        purveyor_hosting::LoadError::code(self)
+    }
+}
+
+/// Ends a call begun with `slot.begin_call()` (a `passive` one does not count as use):
+/// records its outcome, and makes a provider error in the reply the returned error.
+fn finish_call(
+    slot: &Slot,
+    passive: bool,
+    result: Result<ProviderReply, RemoteError>,
+) -> Result<ProviderReply, RemoteError> {
+    slot.end_call(passive);
+    let result = result.and_then(|reply| match reply {
+        ProviderReply::Error(fault) => Err(slot.offers().provider_error(from_fault(fault))),
+        other => Ok(other),
+    });
+    slot.record_call(result.as_ref().err());
+    if let Err(error) = &result {
+        tracing::debug!(provider = %slot.manifest().name, %error, "provider call failed");
+    }
+    result
+}
+
+/// A put, delete or call: the provider's result, after its events are checked and
+/// delivered.
+pub(crate) async fn write_call(
+    host: &Shared,
+    cx: &Cx<'_>,
+    slot: &Arc<Slot>,
+    loaded: &Arc<Loaded>,
+    provider_call: ProviderCall,
+) -> Result<Option<Value>, RemoteError> {
+    let what = provider_call.kind();
+    match call(host, cx, slot, loaded, provider_call).await? {
+        ProviderReply::Done { result, events } => {
+            deliver(host.events(), slot, events, |class| {
+                schema_for(slot, loaded, class)
+            });
+            Ok(result)
+        }
+        other => Err(unexpected(slot, what, &other)),
+    }
+}
+
+/// Checks events a provider raised against its schemas (`schema_of`) and offers them to
+/// subscribers. An event that does not fit is dropped and recorded as the provider's
+/// error; the change that raised it stands.
+pub(crate) fn deliver(
+    bus: &EventBus,
+    slot: &Slot,
+    events: Vec<RaisedEvent>,
+    schema_of: impl Fn(&ClassPath) -> Result<Arc<ClassSchema>, RemoteError>,
+) {
+    for event in events {
+        if !bus.has_subscribers(&event.class) {
+            continue;
+        }
+        let problem = if !slot.manifest().serves(&event.class) {
+            Some(format!("it does not serve class {}", event.class))
+        } else {
+            match schema_of(&event.class) {
+                Err(e) => Some(e.message),
+                Ok(schema) => match schema.event(event.event.as_str()) {
+                    None => Some(format!(
+                        "class {} declares no event {:?}",
+                        event.class,
+                        event.event.as_str()
+                    )),
+                    Some(def) => def.check_data(&event.class, &event.data).err(),
+                },
+            }
+        };
+        match problem {
+            None => bus.publish(&event),
+            Some(problem) => {
+                let error = slot.error(
+                    ErrorCode::ProviderFailed,
+                    format!(
+                        "provider {} raised a bad event: {problem}",
+                        slot.manifest().name
+                    ),
+                );
+                tracing::warn!(provider = %slot.manifest().name, %error, "event dropped");
+                slot.record_error(&error);
+            }
+        }
+    }
+}
+
+/// The schema of `class`: fixed at load, or asked of a provider that fills a namespace.
+pub(crate) fn schema_for(
+    slot: &Slot,
+    loaded: &Loaded,
+    class: &ClassPath,
+) -> Result<Arc<ClassSchema>, RemoteError> {
+    if let Some(schema) = loaded.schemas().get(class) {
+        return Ok(schema.clone());
+    }
+    if slot.manifest().in_namespace(class)
+        && let Some(found) = loaded.hosted().schema_now(class)
+    {
+        let found = found.map_err(|e| remote(slot, &e))?;
+        return found.ok_or_else(|| {
+            RemoteError::new(
+                ErrorCode::NotFound,
+                format!("no provider serves class {class}"),
+            )
+        });
+    }
+    Err(RemoteError::new(
+        ErrorCode::Internal,
+        format!("no schema for class {class}"),
+    ))
+}
+
+pub(crate) fn not_offered(slot: &Slot, cap: Capability) -> RemoteError {
+    slot.offers().not_offered(&cap.to_string())
+}
+
+/// Counts an error that is the provider's fault as its error.
+pub(crate) fn recorded(slot: &Slot, error: RemoteError) -> RemoteError {
+    if error.code == ErrorCode::ProviderFailed {
+        slot.record_error(&error);
+    }
+    error
+}
+
+/// A reply of the wrong kind, recorded as the provider's error.
+pub(crate) fn unexpected(slot: &Slot, what: &str, reply: &ProviderReply) -> RemoteError {
+    recorded(slot, slot.offers().unexpected(what, reply))
+}
+
+/// A get's schema and provider call, after checking the key.
+pub(crate) fn get_call_for<'a>(
+    slot: &Slot,
+    loaded: &Loaded,
+    class: &'a ClassPath,
+    key: &'a InstanceKey,
+) -> Result<(Arc<ClassSchema>, ReadCall<'a>), RemoteError> {
+    let schema = schema_for(slot, loaded, class)?;
+    let call = slot.offers().get_call(&schema, class, key)?;
+    Ok((schema, call))
+}
+
+/// A get's response from its provider's reply.
+pub(crate) fn get_answer(
+    slot: &Slot,
+    schema: &ClassSchema,
+    class: &ClassPath,
+    key: &InstanceKey,
+    asked_get: bool,
+    reply: ProviderReply,
+) -> Result<Response, RemoteError> {
+    slot.offers()
+        .get_answer(schema, class, key, asked_get, reply)
+        .map_err(|e| recorded(slot, e))
+}
+
+/// An enumerate's schema and provider call.
+pub(crate) fn enumerate_call_for<'a>(
+    slot: &Slot,
+    loaded: &Loaded,
+    class: &'a ClassPath,
+    selector: &'a InstanceKey,
+) -> Result<(Arc<ClassSchema>, ReadCall<'a>), RemoteError> {
+    let schema = schema_for(slot, loaded, class)?;
+    let call = slot.offers().enumerate_call(&schema, class, selector)?;
+    Ok((schema, call))
+}
+
+/// An enumerate's response from its provider's reply.
+pub(crate) fn enumerate_answer(
+    slot: &Slot,
+    schema: &ClassSchema,
+    class: ClassPath,
+    selector: &InstanceKey,
+    asked_get: bool,
+    reply: ProviderReply,
+) -> Result<Response, RemoteError> {
+    slot.offers()
+        .enumerate_answer(schema, class, selector, asked_get, reply)
+        .map_err(|e| recorded(slot, e))
+}

@@ -1,0 +1,104 @@
+//! A session's pushes: the one place a session's events and dialog messages wait for its
+//! client, and the wake-up that tells the connection (or the embedded client) to look.
+//!
+//! A leaf: events and dialogs each put into a sink, neither knows the other.
+//!
+//! **Invariants.** Events go on a bounded queue: offered to a full queue, one is dropped
+//! and counted, and the client is told how many it lost before any later event. Dialog
+//! messages are never dropped; at most [`RELIABLE_MAX`] wait, and a dialog that would add
+//! one more is refused or closed instead.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use purveyor_protocol::{Push, PushQueue};
+
+/// One session's queues of pushes, and their wake-up: events (bounded, with counted
+/// loss) and dialog messages (never dropped; bounded by refusing new dialogs).
+pub struct PushSink {
+    queue: PushQueue,
+    reliable: std::sync::Mutex<std::collections::VecDeque<(u32, Push)>>,
+    /// Set by every offer, cleared by `take`: a reply checks it before taking the locks.
+    pending: AtomicBool,
+    notify: tokio::sync::Notify,
+    /// The subscriptions this session holds (`conn.subscriptions` bounds them).
+    subscriptions: AtomicUsize,
+}
+
+/// Dialog messages queued for a session that does not read; more refuse or close dialogs.
+const RELIABLE_MAX: usize = 65_536;
+
+impl PushSink {
+    pub(crate) fn new(capacity: usize) -> Self {
+        PushSink {
+            queue: PushQueue::new(capacity),
+            reliable: Default::default(),
+            pending: Default::default(),
+            notify: tokio::sync::Notify::new(),
+            subscriptions: Default::default(),
+        }
+    }
+
+    /// Queues a push; `false` (and the drop counted) when the queue is full.
+    pub(crate) fn offer(&self, handle: u32, push: Push) -> bool {
+        let queued = self.queue.offer(handle, push);
+        // Set even for a drop: the loss report is pending.
+        self.pending.store(true, Ordering::Release);
+        self.notify.notify_one();
+        queued
+    }
+
+    /// Queues a dialog message, which is never dropped; `false` when the session has
+    /// [`RELIABLE_MAX`] waiting (it is not reading).
+    pub(crate) fn offer_reliable(&self, handle: u32, push: Push) -> bool {
+        let mut reliable = self.reliable.lock().unwrap_or_else(|p| p.into_inner());
+        if reliable.len() >= RELIABLE_MAX {
+            return false;
+        }
+        reliable.push_back((handle, push));
+        drop(reliable);
+        self.pending.store(true, Ordering::Release);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Counts a subscription added (`1`) or ended (`-1`) for this session.
+    pub(crate) fn count_subscriptions(&self, change: isize) {
+        if change >= 0 {
+            self.subscriptions
+                .fetch_add(change as usize, Ordering::Relaxed);
+        } else {
+            self.subscriptions
+                .fetch_sub(change.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// The subscriptions this session holds.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Takes every queued push: dialog messages, then events, followed by the loss
+    /// reports (each loss happened after every event queued before it).
+    pub fn take(&self) -> Vec<(u32, Push)> {
+        // Cleared before draining: an offer racing with this take sets it again.
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        let mut out: Vec<(u32, Push)> = self
+            .reliable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        if out.is_empty() {
+            return self.queue.take();
+        }
+        out.extend(self.queue.take());
+        out
+    }
+
+    /// Waits until something may be queued (a wake-up may find nothing).
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+}

@@ -1,0 +1,432 @@
+//! The I/O requests (`docs/io-procedures.md`): opening and using streams of a session,
+//! deleting and renaming names, each routed to the provider that installs its procedure
+//! globally, else to the host's built-ins.
+
+use std::sync::Arc;
+
+use purveyor_hosting::procedures::MAX_READ;
+use purveyor_hosting::{Overrun, blocking};
+use purveyor_io::{FourCC, IoName, Scope};
+use purveyor_protocol::{
+    ErrorCode, FaultKind, IoMode, IoProcedureInfo, ProviderCall, ProviderFault, ProviderReply,
+    RemoteError, Request, Response,
+};
+
+use crate::access::Permission;
+use crate::calls::{acquire, allowed, call};
+use crate::cx::Cx;
+use crate::session::Session;
+use crate::slot::Lost;
+use crate::state::Shared;
+use crate::streams::{SessionStream, StreamTarget};
+
+fn from_fault(fault: ProviderFault) -> RemoteError {
+    let code = match fault.kind {
+        FaultKind::NotFound => ErrorCode::NotFound,
+        FaultKind::Unsupported => ErrorCode::Unsupported,
+        FaultKind::InvalidArgument => ErrorCode::InvalidRequest,
+        FaultKind::AccessDenied => ErrorCode::AccessDenied,
+        FaultKind::Failed => ErrorCode::ProviderFailed,
+    };
+    RemoteError::new(code, fault.message)
+}
+
+fn needs_session() -> RemoteError {
+    RemoteError::new(
+        ErrorCode::Unsupported,
+        "streams need a session (a connection); use Host::handle_in",
+    )
+}
+
+fn no_stream(handle: u32) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::NotFound,
+        format!("this connection has no stream {handle}"),
+    )
+}
+
+/// A name from a client, parsed, with its code (`DOS ` for a plain name).
+fn parse(name: &str) -> Result<(IoName, FourCC), RemoteError> {
+    let parsed = IoName::parse(name)
+        .map_err(|e| RemoteError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    if parsed.path.is_relative() {
+        return Err(RemoteError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{name}: the host needs an absolute path (it does not share the client's working directory)"
+            ),
+        ));
+    }
+    let code = parsed.code.unwrap_or(FourCC::new("DOS ").expect("valid"));
+    Ok((parsed, code))
+}
+
+/// Answers the I/O requests (`Request::Io*`).
+pub(super) async fn answer(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    request: Request,
+) -> Result<Response, RemoteError> {
+    let session = cx.session;
+    match request {
+        Request::IoList => Ok(Response::IoProcedures(io_list(host))),
+        Request::IoOpen {
+            name,
+            mode,
+            pass_fd,
+        } => {
+            let permission = match mode {
+                IoMode::Read => Permission::Read,
+                IoMode::Write | IoMode::ReadWrite => Permission::Write,
+            };
+            allowed(host, cx, permission, "io")?;
+            let session = session.ok_or_else(needs_session)?;
+            io_open(host, cx, &name, mode, pass_fd, session).await
+        }
+        Request::IoRead { handle, max } => {
+            let stream = stream_of(session, handle)?;
+            let call = ProviderCall::IoRead {
+                stream: stream.id,
+                max: max.min(MAX_READ),
+            };
+            match io_call(host, cx, &stream, call).await? {
+                ProviderReply::IoData(data) => Ok(Response::IoData(data)),
+                other => Err(unexpected_io(&stream, &other)),
+            }
+        }
+        Request::IoWrite {
+            handle,
+            data,
+            flush,
+        } => {
+            let stream = stream_of(session, handle)?;
+            let call = ProviderCall::IoWrite {
+                stream: stream.id,
+                data,
+                flush,
+            };
+            io_value(host, cx, &stream, call).await
+        }
+        Request::IoSeek {
+            handle,
+            offset,
+            whence,
+        } => {
+            let stream = stream_of(session, handle)?;
+            let call = ProviderCall::IoSeek {
+                stream: stream.id,
+                offset,
+                whence,
+            };
+            io_value(host, cx, &stream, call).await
+        }
+        Request::IoMessage {
+            handle,
+            message,
+            input,
+        } => {
+            let stream = stream_of(session, handle)?;
+            let call = ProviderCall::IoMessage {
+                stream: stream.id,
+                message,
+                input,
+            };
+            io_value(host, cx, &stream, call).await
+        }
+        Request::IoClose { handle } => {
+            let session = session.ok_or_else(needs_session)?;
+            let stream = session
+                .streams()
+                .remove(handle)
+                .ok_or_else(|| no_stream(handle))?;
+            let call = ProviderCall::IoClose { stream: stream.id };
+            io_call(host, cx, &stream, call).await?;
+            Ok(Response::Done)
+        }
+        Request::IoDelete { name } => {
+            allowed(host, cx, Permission::Write, "io")?;
+            let (parsed, code) = parse(&name)?;
+            let call = ProviderCall::IoDelete {
+                code: code.as_str().into(),
+                path: parsed.path.to_string_lossy().into_owned(),
+                element: parsed.element.clone(),
+                groups: cx.caller.groups.to_vec(),
+            };
+            io_oneshot(host, cx, code, call).await
+        }
+        Request::IoRename { from, to } => {
+            allowed(host, cx, Permission::Write, "io")?;
+            let (from, code) = parse(&from)?;
+            let (to, to_code) = parse(&to)?;
+            if code != to_code {
+                return Err(RemoteError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "cannot rename {from} to {to}: they belong to different I/O procedures"
+                    ),
+                ));
+            }
+            let call = ProviderCall::IoRename {
+                code: code.as_str().into(),
+                from: from.path.to_string_lossy().into_owned(),
+                from_element: from.element.clone(),
+                to: to.path.to_string_lossy().into_owned(),
+                to_element: to.element.clone(),
+                groups: cx.caller.groups.to_vec(),
+            };
+            io_oneshot(host, cx, code, call).await
+        }
+        other => Err(RemoteError::new(
+            ErrorCode::Internal,
+            format!("{other:?} is not an I/O request"),
+        )),
+    }
+}
+
+/// Every I/O procedure this host serves, in lookup order: providers' global ones,
+/// then the built-ins.
+pub(crate) fn io_list(inner: &Shared) -> Vec<IoProcedureInfo> {
+    let mut list: Vec<IoProcedureInfo> = Vec::new();
+    let mut global: Vec<_> = inner.registry().by_io.iter().collect();
+    global.sort_by_key(|(code, _)| **code);
+    for (code, slot) in global {
+        list.push(IoProcedureInfo {
+            code: code.as_str().into(),
+            scope: Scope::Global.as_str().into(),
+            origin: format!(
+                "provider {} ({})",
+                slot.manifest().name,
+                slot.manifest().hosting
+            ),
+            description: slot.manifest().description.clone(),
+            open_streams: 0,
+            shadowed: false,
+        });
+    }
+    for l in inner.builtin_io().registry.list() {
+        let shadowed = l.shadowed || inner.registry().by_io.contains_key(&l.code);
+        list.push(IoProcedureInfo {
+            code: l.code.as_str().into(),
+            scope: l.scope.as_str().into(),
+            origin: l.origin,
+            description: l.description,
+            open_streams: l.open_streams as u32,
+            shadowed,
+        });
+    }
+    list
+}
+
+/// Where `code` is served: a provider that installs it globally, else a built-in.
+async fn io_target(inner: &Arc<Shared>, code: FourCC) -> Result<StreamTarget, RemoteError> {
+    if let Some(slot) = inner.registry().by_io.get(&code) {
+        let loaded = acquire(inner, slot).await?;
+        return Ok(StreamTarget::Provider {
+            slot: slot.clone(),
+            loaded,
+            _pin: slot.pin(),
+        });
+    }
+    if inner.builtin_io().registry.find(code).is_some() {
+        return Ok(StreamTarget::Builtin(inner.builtin_io().clone()));
+    }
+    Err(RemoteError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no I/O procedure is installed for {code} (no provider of this host installs it, and it is not built in)"
+        ),
+    ))
+}
+
+async fn io_open(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    name: &str,
+    mode: IoMode,
+    pass_fd: bool,
+    session: &Session,
+) -> Result<Response, RemoteError> {
+    let (parsed, code) = parse(name)?;
+    let target = io_target(host, code).await?;
+    let call = ProviderCall::IoOpen {
+        code: code.as_str().into(),
+        path: parsed.path.to_string_lossy().into_owned(),
+        element: parsed.element.clone(),
+        mode,
+        groups: cx.caller.groups.to_vec(),
+    };
+    let mut stream = SessionStream {
+        name: parsed.to_string(),
+        target,
+        id: 0,
+    };
+    let (id, size) = match io_call(host, cx, &stream, call).await? {
+        ProviderReply::IoOpened { stream, size } => (stream, size),
+        other => return Err(unexpected_io(&stream, &other)),
+    };
+    stream.id = id;
+    // A plain local file for reading: its descriptor, opened with the caller's
+    // permissions, goes to the client, which then reads at the file's own speed.
+    if pass_fd
+        && mode == IoMode::Read
+        && session.streams().fds_allowed()
+        && let StreamTarget::Builtin(server) = &stream.target
+        && let Some(file) = server.take_plain_file(id)
+    {
+        let token = session.streams().stash_fd(file.into());
+        return Ok(Response::IoOpened {
+            handle: token,
+            size,
+            fd: true,
+        });
+    }
+    let handle = session.streams().insert(stream);
+    Ok(Response::IoOpened {
+        handle,
+        size,
+        fd: false,
+    })
+}
+
+/// Deletes or renames: no stream.
+async fn io_oneshot(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    code: FourCC,
+    call: ProviderCall,
+) -> Result<Response, RemoteError> {
+    let stream = SessionStream {
+        name: String::new(),
+        target: io_target(host, code).await?,
+        id: 0,
+    };
+    io_call(host, cx, &stream, call).await?;
+    Ok(Response::Done)
+}
+
+async fn io_value(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    stream: &SessionStream,
+    call: ProviderCall,
+) -> Result<Response, RemoteError> {
+    match io_call(host, cx, stream, call).await? {
+        ProviderReply::IoValue(v) => Ok(Response::IoValue(v)),
+        other => Err(unexpected_io(stream, &other)),
+    }
+}
+
+/// One I/O call to wherever the stream lives. A stream whose provider crashed or was
+/// released fails with an error that says so.
+async fn io_call(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    stream: &SessionStream,
+    provider_call: ProviderCall,
+) -> Result<ProviderReply, RemoteError> {
+    match &stream.target {
+        StreamTarget::Builtin(server) => {
+            builtin_call(host, cx, server, stream, provider_call).await
+        }
+        StreamTarget::Provider { slot, loaded, .. } => {
+            let opening = matches!(provider_call, ProviderCall::IoOpen { .. });
+            let dead = || loaded.hosted().dead_reason();
+            // The stream lived in a provider that is gone: say which, and why.
+            let lost = |why: Option<String>| {
+                let provider = &slot.manifest().name;
+                slot.error(
+                    ErrorCode::ProviderFailed,
+                    match why {
+                        Some(why) => format!(
+                            "I/O procedure provider {provider} crashed ({why}); stream {} is lost",
+                            stream.name
+                        ),
+                        None => format!(
+                            "I/O procedure provider {provider} was released; stream {} is lost",
+                            stream.name
+                        ),
+                    },
+                )
+            };
+            if !opening && (!slot.is_current(loaded) || dead().is_some()) {
+                let why = dead();
+                if let Some(why) = &why {
+                    slot.lost(loaded, Lost::Crashed(why.clone()));
+                }
+                return Err(lost(why));
+            }
+            let result = call(host, cx, slot, loaded, provider_call).await;
+            match (result, dead()) {
+                (Err(_), Some(why)) if !opening => Err(lost(Some(why))),
+                (result, _) => result,
+            }
+        }
+    }
+}
+
+/// One call to the host's built-in procedures, on the blocking pool, in one of the
+/// caller's I/O slots (`io.ops_*`), within `io.op_time`.
+async fn builtin_call(
+    host: &Shared,
+    cx: &Cx<'_>,
+    server: &Arc<purveyor_hosting::ProcedureServer>,
+    stream: &SessionStream,
+    call: ProviderCall,
+) -> Result<ProviderReply, RemoteError> {
+    let (server, who) = (server.clone(), cx.caller.info());
+    let limits = &host.config().limits;
+    let permits = host.io_slots().acquire(cx.caller.uid, limits).await?;
+    // The permits are held until the call returns, however long after its client gave up.
+    let reply = blocking(limits.io_op_time, move || {
+        let _permits = permits;
+        server.answer(call, who)
+    });
+    let reply = match reply.await {
+        Ok(reply) => reply,
+        Err(Overrun::Panicked(why) | Overrun::Task(why)) => {
+            return Err(RemoteError::new(
+                ErrorCode::Internal,
+                format!("I/O task failed: {why}"),
+            ));
+        }
+        Err(Overrun::Timeout) => {
+            return Err(RemoteError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the I/O call on {} took longer than {} (io.op_time); it finishes without its client, holding one of uid {}'s I/O slots",
+                    if stream.name.is_empty() {
+                        "a name"
+                    } else {
+                        &stream.name
+                    },
+                    humantime::format_duration(limits.io_op_time),
+                    cx.caller.uid
+                ),
+            ));
+        }
+    };
+    match reply {
+        ProviderReply::Error(fault) => Err(from_fault(fault)),
+        other => Ok(other),
+    }
+}
+
+/// Stream `handle` of the request's session.
+fn stream_of(session: Option<&Session>, handle: u32) -> Result<Arc<SessionStream>, RemoteError> {
+    let session = session.ok_or_else(needs_session)?;
+    session
+        .streams()
+        .get(handle)
+        .ok_or_else(|| no_stream(handle))
+}
+
+fn unexpected_io(stream: &SessionStream, reply: &ProviderReply) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::ProviderFailed,
+        format!(
+            "the I/O procedure for {} answered `{}`, which does not fit the request",
+            stream.name,
+            reply.kind()
+        ),
+    )
+}

@@ -1,0 +1,256 @@
+//! The host's state: one owner for every piece of it, shared by the requests, the server
+//! and the host's own provider through narrow accessors (no field is public).
+//!
+//! What changes at run time keeps its own lock or atomics: each provider's lifecycle in
+//! its [`Slot`], subscriptions in the [`EventBus`], dialogs in the [`DialogHub`], `MEM `
+//! buffers in [`purveyor_io::Memory`]. Nothing here is locked across an await except the
+//! host-group map, which is held across a worker's spawn so one group gets one worker.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use purveyor_hosting::{BuiltinProvider, ProcedureServer, ProcessConn, Watchdog};
+use purveyor_model::{ProviderState, Timestamp};
+use purveyor_protocol::{ErrorCode, HostStatus, PROTOCOL_VERSION, ProviderStatus, RemoteError};
+
+use crate::config::HostConfig;
+use crate::dialogs::DialogHub;
+use crate::events::EventBus;
+use crate::registry::Registry;
+use crate::streams::IoSlots;
+
+/// `purveyor/0.1.0`: how the host names itself in handshakes and status.
+pub const SERVER_NAME: &str = concat!("purveyor/", env!("CARGO_PKG_VERSION"));
+
+/// Everything one host holds.
+pub(crate) struct Shared {
+    config: HostConfig,
+    registry: Registry,
+    /// The providers compiled into this build, by the name manifests use.
+    catalog: HashMap<String, BuiltinProvider>,
+    started: Timestamp,
+    /// This process's id, read once (getpid is a system call).
+    pid: u32,
+    socket: Mutex<Option<PathBuf>>,
+    counters: Counters,
+    shutting_down: AtomicBool,
+    /// Shared workers by host group. Held across a spawn so one group gets one worker.
+    workers: tokio::sync::Mutex<HashMap<String, Weak<ProcessConn>>>,
+    /// Keeps the deadlines of in-daemon calls, which run on the requesting thread.
+    watchdog: Watchdog,
+    /// Subscriptions, and the events delivered to and dropped for them.
+    events: Arc<EventBus>,
+    /// The built-in I/O procedures (`DOS `, `MEM `, `GZ  `, `TAR `).
+    builtin_io: Arc<ProcedureServer>,
+    /// The built-in `MEM `, for its counters and its sweep.
+    memory: Arc<purveyor_io::Memory>,
+    /// Slots for the built-in procedures' blocking calls (`io.ops_*`).
+    io_slots: IoSlots,
+    /// Dialogs, UI agents and the calls that may open dialogs.
+    dialogs: Arc<DialogHub>,
+}
+
+/// The host's own counts, shown by `status` and `purveyor.host`.
+#[derive(Default)]
+pub(crate) struct Counters {
+    connections_open: AtomicU32,
+    connections_total: AtomicU64,
+    /// Connections refused by a limit (`conn.total`, `conn.per_user`).
+    connections_refused: AtomicU64,
+    /// HTTP connections refused by `http.connections`.
+    http_refused: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// The counts at one moment.
+pub(crate) struct Counts {
+    pub connections_open: u32,
+    pub connections_total: u64,
+    pub connections_refused: u64,
+    pub http_refused: u64,
+    pub requests: u64,
+}
+
+impl Counters {
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn http_refused(&self) {
+        self.http_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn now(&self) -> Counts {
+        Counts {
+            connections_open: self.connections_open.load(Ordering::Relaxed),
+            connections_total: self.connections_total.load(Ordering::Relaxed),
+            connections_refused: self.connections_refused.load(Ordering::Relaxed),
+            http_refused: self.http_refused.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Shared {
+    /// The host's state for `config`, serving `builtins` (the host's own provider among
+    /// them).
+    pub fn new(config: HostConfig, builtins: Vec<BuiltinProvider>) -> Self {
+        let registry = Registry::build(&config, &builtins);
+        let catalog = builtins.into_iter().map(|b| (b.name.clone(), b)).collect();
+        let dialogs = Arc::new(DialogHub::new(config.access.clone()));
+        let memory = Arc::new(purveyor_io::Memory::new(config.limits.io_mem));
+        let builtin_io = purveyor_io::Registry::with_memory(memory.clone());
+        let io_slots = IoSlots::new(&config.limits);
+        Shared {
+            dialogs,
+            config,
+            registry,
+            catalog,
+            started: Timestamp::now(),
+            pid: std::process::id(),
+            socket: Mutex::new(None),
+            counters: Counters::default(),
+            shutting_down: AtomicBool::new(false),
+            workers: tokio::sync::Mutex::new(HashMap::new()),
+            watchdog: Watchdog::default(),
+            events: Arc::new(EventBus::default()),
+            builtin_io: Arc::new(ProcedureServer::new(builtin_io)),
+            memory,
+            io_slots,
+        }
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn builtin(&self, name: &str) -> Option<&BuiltinProvider> {
+        self.catalog.get(name)
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn workers(&self) -> &tokio::sync::Mutex<HashMap<String, Weak<ProcessConn>>> {
+        &self.workers
+    }
+
+    pub fn watchdog(&self) -> &Watchdog {
+        &self.watchdog
+    }
+
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    pub fn builtin_io(&self) -> &Arc<ProcedureServer> {
+        &self.builtin_io
+    }
+
+    pub fn memory(&self) -> &purveyor_io::Memory {
+        &self.memory
+    }
+
+    pub fn io_slots(&self) -> &IoSlots {
+        &self.io_slots
+    }
+
+    pub fn dialogs(&self) -> &Arc<DialogHub> {
+        &self.dialogs
+    }
+
+    pub fn started(&self) -> Timestamp {
+        self.started
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn set_socket(&self, path: Option<PathBuf>) {
+        *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    }
+
+    /// Counts a request, and refuses it once the host is shutting down.
+    pub fn admit(&self) -> Result<(), RemoteError> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(RemoteError::new(
+                ErrorCode::ShuttingDown,
+                "the host is shutting down",
+            ));
+        }
+        Ok(())
+    }
+
+    /// From now on, every request is refused.
+    pub fn stop_admitting(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn status(&self) -> HostStatus {
+        let (providers, providers_loaded) = self.provider_counts();
+        let counts = self.counters.now();
+        HostStatus {
+            server: SERVER_NAME.into(),
+            protocol: PROTOCOL_VERSION,
+            mode: self.config.mode,
+            pid: self.pid,
+            started: self.started,
+            socket: self
+                .socket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            provider_dirs: self
+                .registry
+                .dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
+            providers,
+            providers_loaded,
+            connections_open: counts.connections_open,
+            connections_total: counts.connections_total,
+            requests: counts.requests,
+            manifest_problems: self
+                .registry
+                .problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        }
+    }
+
+    /// Registered providers, and loaded pure ones (a non-pure provider may live on as a
+    /// client after release, so it is never counted as loaded).
+    pub fn provider_counts(&self) -> (u32, u32) {
+        let slots = &self.registry.slots;
+        let loaded = slots
+            .values()
+            .filter(|s| s.manifest().pure && s.state() == ProviderState::Loaded)
+            .count();
+        (slots.len() as u32, loaded as u32)
+    }
+
+    pub fn provider_statuses(&self) -> Vec<ProviderStatus> {
+        self.registry.slots.values().map(|s| s.status()).collect()
+    }
+}

@@ -1,0 +1,191 @@
+//! A session's streams: where each lives, the descriptors waiting to be passed to its
+//! client, and the slots that bound the built-in procedures' blocking calls.
+//!
+//! **Invariant:** a stream whose client has gone is closed by its procedure, as the
+//! client that opened it, without the host waiting for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use purveyor_hosting::ProcedureServer;
+use purveyor_hosting::procedures::close_off_thread;
+use purveyor_protocol::{ErrorCode, RemoteError};
+
+/// Where a session's stream lives.
+pub(crate) enum StreamTarget {
+    /// The host's built-ins.
+    Builtin(Arc<ProcedureServer>),
+    /// A provider's procedure (in the daemon or in its process), loaded as `loaded`.
+    Provider {
+        slot: Arc<crate::slot::Slot>,
+        loaded: Arc<crate::slot::Loaded>,
+        _pin: crate::slot::SlotPin,
+    },
+}
+
+/// One stream a session opened.
+pub(crate) struct SessionStream {
+    pub name: String,
+    pub target: StreamTarget,
+    /// The stream's id in its procedure server.
+    pub id: u32,
+}
+
+/// A session's streams and the descriptors waiting to be passed to its client.
+#[derive(Default)]
+pub struct SessionIo {
+    streams: Mutex<HashMap<u32, Arc<SessionStream>>>,
+    next: AtomicU32,
+    fds: Mutex<HashMap<u32, std::os::fd::OwnedFd>>,
+    /// Whether this session's connection can carry descriptors (a Unix socket).
+    pass_fds: std::sync::atomic::AtomicBool,
+}
+
+impl SessionIo {
+    fn handle(&self, taken: impl Fn(u32) -> bool) -> u32 {
+        loop {
+            let h = self.next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            if h != 0 && !taken(h) {
+                return h;
+            }
+        }
+    }
+
+    pub(crate) fn insert(&self, stream: SessionStream) -> u32 {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = self.handle(|h| streams.contains_key(&h));
+        streams.insert(h, Arc::new(stream));
+        h
+    }
+
+    pub(crate) fn get(&self, handle: u32) -> Option<Arc<SessionStream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&handle)
+            .cloned()
+    }
+
+    pub(crate) fn remove(&self, handle: u32) -> Option<Arc<SessionStream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&handle)
+    }
+
+    pub fn open_streams(&self) -> usize {
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Lets the host hand this session's client file descriptors.
+    pub fn allow_fds(&self) {
+        self.pass_fds.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn fds_allowed(&self) -> bool {
+        self.pass_fds.load(Ordering::Relaxed)
+    }
+
+    /// Keeps a descriptor until the server sends it with the reply naming `token`.
+    pub(crate) fn stash_fd(&self, fd: std::os::fd::OwnedFd) -> u32 {
+        let mut fds = self.fds.lock().unwrap_or_else(PoisonError::into_inner);
+        let token = self.handle(|h| fds.contains_key(&h));
+        fds.insert(token, fd);
+        token
+    }
+
+    /// The descriptor for the reply with `token` (the server sends it along).
+    pub fn take_fd(&self, token: u32) -> Option<std::os::fd::OwnedFd> {
+        self.fds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&token)
+    }
+}
+
+impl Drop for SessionIo {
+    /// The client went away: its streams are closed (finished) by their procedures.
+    fn drop(&mut self) {
+        let streams =
+            std::mem::take(&mut *self.streams.lock().unwrap_or_else(PoisonError::into_inner));
+        for (_, stream) in streams {
+            close_abandoned(stream);
+        }
+    }
+}
+
+/// Closes a stream whose client is gone, without waiting for it.
+fn close_abandoned(stream: Arc<SessionStream>) {
+    let id = stream.id;
+    match &stream.target {
+        StreamTarget::Builtin(server) => close_off_thread(server.clone(), id),
+        StreamTarget::Provider { loaded, slot, .. } => {
+            let timeout = slot.manifest().call_timeout;
+            loaded.hosted().close_abandoned(id, timeout, stream.clone());
+        }
+    }
+}
+
+/// The built-in procedures' calls running at once: at most `io.ops_per_user` per user and
+/// `io.ops_total` in all, so that a user whose calls are stuck (a file on a hung NFS
+/// server) holds only their own slots, never every blocking thread.
+pub(crate) struct IoSlots {
+    total: Arc<tokio::sync::Semaphore>,
+    per_user: Mutex<HashMap<u32, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// A call's slots: its user's and one of the total.
+pub(crate) struct IoPermits {
+    _user: tokio::sync::OwnedSemaphorePermit,
+    _total: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl IoSlots {
+    pub(crate) fn new(limits: &crate::config::Limits) -> Self {
+        IoSlots {
+            total: Arc::new(tokio::sync::Semaphore::new(limits.io_ops_total as usize)),
+            per_user: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits (at most `io.op_time`) for a slot of `uid`'s and one of the total.
+    pub(crate) async fn acquire(
+        &self,
+        uid: u32,
+        limits: &crate::config::Limits,
+    ) -> Result<IoPermits, RemoteError> {
+        let mine = self
+            .per_user
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(uid)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(limits.io_ops_per_user as usize))
+            })
+            .clone();
+        let wait = async {
+            let user = mine.acquire_owned().await.ok()?;
+            let total = self.total.clone().acquire_owned().await.ok()?;
+            Some(IoPermits {
+                _user: user,
+                _total: total,
+            })
+        };
+        match tokio::time::timeout(limits.io_op_time, wait).await {
+            Ok(Some(permits)) => Ok(permits),
+            _ => Err(RemoteError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "no I/O slot came free within {}: uid {uid} may run {} I/O calls at once (io.ops_per_user), everyone {} (io.ops_total)",
+                    humantime::format_duration(limits.io_op_time),
+                    limits.io_ops_per_user,
+                    limits.io_ops_total
+                ),
+            )),
+        }
+    }
+}

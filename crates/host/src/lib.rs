@@ -17,6 +17,7 @@ mod admission;
 mod calls;
 mod config;
 pub mod config_file;
+mod connection;
 mod cx;
 mod dialogs;
 mod events;

@@ -114,6 +114,38 @@ pub(crate) fn extended_deadline(
     last_end.map(|end| end + timeout).filter(|d| *d > now)
 }
 
+/// Why a silent connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Silence {
+    /// A frame began and did not finish within `conn.frame_time`.
+    Frame,
+    /// Nothing was asked or held for `conn.idle`.
+    Idle,
+}
+
+/// What a connection's timer does when it fires at `now`: close the connection, or look
+/// again at the returned instant. A frame begun at `partial` must arrive within
+/// `frame_time`; a connection that is `idle` (no request running, nothing held) may stay
+/// silent for `idle_time` after `last_heard`; one that holds something is looked at again
+/// an idle time from now. The next look is at least 10 ms away.
+pub(crate) fn connection_check(
+    now: Instant,
+    partial: Option<Instant>,
+    idle: bool,
+    last_heard: Instant,
+    frame_time: Duration,
+    idle_time: Duration,
+) -> Result<Instant, Silence> {
+    let next = match partial {
+        Some(since) if now >= since + frame_time => return Err(Silence::Frame),
+        None if idle && now >= last_heard + idle_time => return Err(Silence::Idle),
+        Some(since) => since + frame_time,
+        None if idle => last_heard + idle_time,
+        None => now + idle_time,
+    };
+    Ok(next.max(now + Duration::from_millis(10)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +207,28 @@ mod tests {
         );
         // Closed longer ago than the timeout: the deadline stands.
         assert_eq!(extended_deadline(false, Some(now - 6 * S), t, now), None);
+    }
+
+    #[test]
+    fn a_connection_closes_for_a_slow_frame_or_for_silence_while_holding_nothing() {
+        let t0 = Instant::now();
+        let (frame, idle) = (30 * S, 600 * S);
+        let check = |now, partial, holds_nothing| {
+            connection_check(now, partial, holds_nothing, t0, frame, idle)
+        };
+        // A frame begun at t0 must be done by t0 + 30 s, whatever else holds.
+        assert_eq!(check(t0 + 10 * S, Some(t0), false), Ok(t0 + frame));
+        assert_eq!(check(t0 + frame, Some(t0), false), Err(Silence::Frame));
+        // Silent and holding nothing: closed after the idle time, looked at exactly then.
+        assert_eq!(check(t0 + 10 * S, None, true), Ok(t0 + idle));
+        assert_eq!(check(t0 + idle, None, true), Err(Silence::Idle));
+        // Holding a subscription or a stream: never idle, looked at an idle time later.
+        assert_eq!(check(t0 + 2 * idle, None, false), Ok(t0 + 3 * idle));
+        // Never sooner than 10 ms from now.
+        let late = t0 + frame - Duration::from_millis(1);
+        assert_eq!(
+            check(late, Some(t0), false),
+            Ok(late + Duration::from_millis(10))
+        );
     }
 }

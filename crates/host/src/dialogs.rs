@@ -27,6 +27,10 @@ use purveyor_protocol::{DialogEvent, DialogInput, DialogOp, ErrorCode, Form, Pus
 use purveyor_provider::Caller;
 
 use crate::access::AccessPolicy;
+
+mod deadlines;
+#[cfg(test)]
+mod tests;
 use crate::push::PushSink;
 
 /// Updates held for a dialog not yet shown; one more closes it.
@@ -399,58 +403,9 @@ impl DialogHub {
             ));
         }
         let (session, sink, request) = if call != 0 {
-            let Some(c) = state.calls.get_mut(&call) else {
-                return Err(format!(
-                    "no UI available: the call (token {call}) is over or was not made by a client that shows dialogs"
-                ));
-            };
-            if !c.shows {
-                return Err(format!(
-                    "no UI available: the client (pid {}) cannot show dialogs (--no-input, or no terminal)",
-                    c.pid
-                ));
-            }
-            c.open += 1;
-            (c.session, c.sink.clone(), c.request)
+            in_call(state, call)?
         } else {
-            let Some(user) = user else {
-                return Err("a spontaneous dialog must name its user".into());
-            };
-            let chosen = match agent {
-                Some(handle) => {
-                    let Some(a) = state.agents.iter().find(|a| a.handle == handle) else {
-                        return Err(format!(
-                            "no agent: agent {handle} is not registered (it may have gone away)"
-                        ));
-                    };
-                    if !self.access.may_show_dialogs(a.uid, user) {
-                        return Err(format!(
-                            "agent {handle} belongs to uid {}, not to uid {user}: dialogs only reach the same user (or one the access policy's [dialogs] table allows)",
-                            a.uid
-                        ));
-                    }
-                    a
-                }
-                None => match state
-                    .agents
-                    .iter()
-                    .rev()
-                    .find(|a| self.access.may_show_dialogs(a.uid, user))
-                {
-                    Some(a) => a,
-                    None => {
-                        return Err(format!(
-                            "no agent: no UI agent is registered for uid {user} (run `purveyor agent`)"
-                        ));
-                    }
-                },
-            };
-            tracing::debug!(
-                agent = chosen.handle,
-                pid = chosen.pid,
-                "spontaneous dialog routed"
-            );
-            (chosen.session, chosen.sink.clone(), None)
+            self.spontaneous(state, user, agent)?
         };
         let handle = loop {
             let h = self.next_handle();
@@ -496,6 +451,55 @@ impl DialogHub {
         self.start_deadlines();
         self.wake.notify_one();
         Ok(handle)
+    }
+
+    /// Where a spontaneous dialog for `user` goes: the UI agent `agent` if named (and
+    /// allowed to show it), else the user's latest agent (or one the access policy lets
+    /// show that user's dialogs).
+    fn spontaneous(
+        &self,
+        state: &State,
+        user: Option<u32>,
+        agent: Option<u32>,
+    ) -> Result<(u64, Arc<PushSink>, Option<u32>), String> {
+        let Some(user) = user else {
+            return Err("a spontaneous dialog must name its user".into());
+        };
+        let chosen = match agent {
+            Some(handle) => {
+                let Some(a) = state.agents.iter().find(|a| a.handle == handle) else {
+                    return Err(format!(
+                        "no agent: agent {handle} is not registered (it may have gone away)"
+                    ));
+                };
+                if !self.access.may_show_dialogs(a.uid, user) {
+                    return Err(format!(
+                        "agent {handle} belongs to uid {}, not to uid {user}: dialogs only reach the same user (or one the access policy's [dialogs] table allows)",
+                        a.uid
+                    ));
+                }
+                a
+            }
+            None => match state
+                .agents
+                .iter()
+                .rev()
+                .find(|a| self.access.may_show_dialogs(a.uid, user))
+            {
+                Some(a) => a,
+                None => {
+                    return Err(format!(
+                        "no agent: no UI agent is registered for uid {user} (run `purveyor agent`)"
+                    ));
+                }
+            },
+        };
+        tracing::debug!(
+            agent = chosen.handle,
+            pid = chosen.pid,
+            "spontaneous dialog routed"
+        );
+        Ok((chosen.session, chosen.sink.clone(), None))
     }
 
     /// The client shows the dialog: deliver what was held.
@@ -622,19 +626,24 @@ impl DialogHub {
     pub fn agents(&self) -> usize {
         self.lock().agents.len()
     }
+}
 
-    /// Starts the thread that closes dialogs past their deadline (once).
-    fn start_deadlines(self: &Arc<Self>) {
-        self.deadline_thread.get_or_init(|| {
-            let hub = Arc::downgrade(self);
-            let spawned = std::thread::Builder::new()
-                .name("purveyor-dialogs".into())
-                .spawn(move || expire_loop(hub));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start the dialog deadline thread; dialogs have no deadline");
-            }
-        });
+/// Where an in-call dialog goes: the client whose call has the token `call`, if that
+/// call still runs and its client shows dialogs (the call's count of open dialogs grows).
+fn in_call(state: &mut State, call: u32) -> Result<(u64, Arc<PushSink>, Option<u32>), String> {
+    let Some(c) = state.calls.get_mut(&call) else {
+        return Err(format!(
+            "no UI available: the call (token {call}) is over or was not made by a client that shows dialogs"
+        ));
+    };
+    if !c.shows {
+        return Err(format!(
+            "no UI available: the client (pid {}) cannot show dialogs (--no-input, or no terminal)",
+            c.pid
+        ));
     }
+    c.open += 1;
+    Ok((c.session, c.sink.clone(), c.request))
 }
 
 /// The dialog `handle` if `session` owns it.
@@ -699,45 +708,6 @@ fn run(after: Vec<After>) {
                 // that the dialog is gone (its requests for it fail).
                 let _ = sink.offer_reliable(handle, push);
             }
-        }
-    }
-}
-
-/// Closes dialogs past their deadline until the hub goes or stops.
-fn expire_loop(hub: Weak<DialogHub>) {
-    loop {
-        let Some(hub) = hub.upgrade() else { return };
-        let mut after = Vec::new();
-        {
-            let mut state = hub.lock();
-            if state.stop {
-                return;
-            }
-            let now = Instant::now();
-            let late: Vec<(u32, Duration)> = state
-                .dialogs
-                .iter()
-                .filter(|(_, d)| d.deadline <= now)
-                .map(|(h, d)| (*h, d.span))
-                .collect();
-            for (handle, span) in late {
-                let reason = format!(
-                    "its deadline passed (open for {})",
-                    humantime::format_duration(span)
-                );
-                close(&mut state, handle, &reason, true, true, &mut after);
-            }
-        };
-        run(after);
-        let state = hub.lock();
-        // Read under the lock the wait releases, so an open's wake-up cannot be missed.
-        let next = state.dialogs.values().map(|d| d.deadline).min();
-        let wait = next.map_or(Duration::from_secs(60), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        if !wait.is_zero() {
-            // Woken early when a dialog with an earlier deadline opens.
-            let _unused = hub.wake.wait_timeout(state, wait);
         }
     }
 }

@@ -212,173 +212,24 @@ impl Manifest {
             text,
             list: Vec::new(),
         };
-        let raw: RawManifest = match toml::from_str(text) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let message = e.message().trim();
-                let field = if message.starts_with("missing field")
-                    || message.starts_with("unknown field")
-                {
-                    quoted_field(message)
-                } else {
-                    e.span().and_then(|span| key_at(text, span.start))
-                };
-                errors.push(e.span(), field.as_deref(), message.replace('\n', "; "));
-                return Err(errors.list);
-            }
+        let Some(raw) = raw(text, &mut errors) else {
+            return Err(errors.list);
         };
 
-        let name = match ProviderName::new(raw.name.get_ref().as_str()) {
-            Ok(name) => {
-                if let Some(expected) = expected_name
-                    && expected != name.as_str()
-                {
-                    errors.push(
-                        Some(raw.name.span()),
-                        Some("name"),
-                        format!(
-                            "provider {:?} must be in a file named {}.toml (one manifest per provider, named after it)",
-                            name.as_str(),
-                            name.as_str()
-                        ),
-                    );
-                }
-                Some(name)
-            }
-            Err(e) => {
-                errors.push(Some(raw.name.span()), Some("name"), e.to_string());
-                None
-            }
-        };
+        let name = name(&raw, expected_name, &mut errors);
 
-        let hosting = match raw.hosting.get_ref().as_str() {
-            "builtin" => Some(Hosting::Builtin),
-            "in-daemon" => Some(Hosting::InDaemon),
-            "isolated" => Some(Hosting::Isolated),
-            "external" => Some(Hosting::External),
-            other => {
-                errors.push(
-                    Some(raw.hosting.span()),
-                    Some("hosting"),
-                    format!(
-                        "unknown hosting model {other:?} (expected \"builtin\", \"in-daemon\", \"isolated\" or \"external\")"
-                    ),
-                );
-                None
-            }
-        };
-
+        let hosting = hosting(&raw, &mut errors);
         let entry = hosting.and_then(|hosting| entry(&raw, hosting, &mut errors));
 
-        let mut io = Vec::new();
-        for code in raw.io.iter().flat_map(|list| list.get_ref()) {
-            match code.get_ref().parse::<purveyor_io::FourCC>() {
-                Ok(c) if io.contains(&c) => errors.push(
-                    Some(code.span()),
-                    Some("io"),
-                    format!("I/O procedure {c} is listed twice"),
-                ),
-                Ok(c) => io.push(c),
-                Err(e) => errors.push(Some(code.span()), Some("io"), e.to_string()),
-            }
-        }
-        let no_classes: &[Spanned<String>] = &[];
+        let io = io_codes(&raw, &mut errors);
         let listed = raw
             .classes
             .as_ref()
-            .map_or(no_classes, |c| c.get_ref().as_slice());
-        let classes_span = raw.classes.as_ref().map(|c| c.span());
-        let io_span = raw.io.as_ref().map(|c| c.span());
-        if raw.io.is_some() {
-            if io.is_empty() && errors.list.is_empty() {
-                errors.push(
-                    io_span.clone(),
-                    Some("io"),
-                    "an I/O procedure provider must install at least one code".into(),
-                );
-            }
-            if !listed.is_empty() {
-                errors.push(
-                    classes_span,
-                    Some("classes"),
-                    "an I/O procedure provider (with `io`) serves no classes in this version"
-                        .into(),
-                );
-            }
-            if hosting == Some(Hosting::Builtin) {
-                errors.push(
-                    io_span,
-                    Some("io"),
-                    "builtin I/O procedures are the host's own (DOS, MEM, GZ, TAR); a provider of I/O procedures is a library or an executable".into(),
-                );
-            }
-        } else if listed.is_empty() {
-            errors.push(
-                classes_span.or(Some(0..0)),
-                Some("classes"),
-                "a provider must serve at least one class (or install I/O procedures with `io`)"
-                    .into(),
-            );
-        }
-        let mut classes = Vec::new();
-        let mut namespaces = Vec::new();
-        // Seen so far, for the repeats check in O(n log n) (a list is scanned in O(n)).
-        let mut seen: BTreeSet<String> = BTreeSet::new();
-        for class in listed {
-            if let Some(ns) = class.get_ref().strip_suffix(".*") {
-                match NamespacePath::new(ns) {
-                    Ok(_) if hosting.is_some_and(|h| h != Hosting::Builtin) => errors.push(
-                        Some(class.span()),
-                        Some("classes"),
-                        format!(
-                            "a whole namespace ({ns}.*) can only be served by a builtin provider in this version"
-                        ),
-                    ),
-                    Ok(path) if namespaces.contains(&path) => errors.push(
-                        Some(class.span()),
-                        Some("classes"),
-                        format!("namespace {path}.* is listed twice"),
-                    ),
-                    Ok(path) => namespaces.push(path),
-                    Err(e) => errors.push(Some(class.span()), Some("classes"), e.to_string()),
-                }
-                continue;
-            }
-            match ClassPath::new(class.get_ref().as_str()) {
-                Ok(path) if !seen.insert(path.as_str().to_owned()) => errors.push(
-                    Some(class.span()),
-                    Some("classes"),
-                    format!("class {path} is listed twice"),
-                ),
-                Ok(path) => classes.push(path),
-                Err(e) => errors.push(Some(class.span()), Some("classes"), e.to_string()),
-            }
-        }
+            .map_or(&[][..], |c| c.get_ref().as_slice());
+        check_io_or_classes(&raw, &io, hosting, &mut errors);
+        let (classes, namespaces) = class_list(listed, hosting, &mut errors);
 
-        let mut capabilities = BTreeSet::new();
-        match &raw.capabilities {
-            None => {
-                capabilities.insert(Capability::Enumerate);
-                capabilities.insert(Capability::Get);
-            }
-            Some(list) => {
-                for cap in list.get_ref() {
-                    match Capability::ALL.iter().find(|c| c.as_str() == cap.get_ref()) {
-                        Some(c) => {
-                            capabilities.insert(*c);
-                        }
-                        None => errors.push(
-                            Some(cap.span()),
-                            Some("capabilities"),
-                            format!(
-                                "unknown capability {:?} (expected enumerate, get, put, delete, call or subscribe)",
-                                cap.get_ref()
-                            ),
-                        ),
-                    }
-                }
-            }
-        }
+        let capabilities = capabilities(&raw, &mut errors);
 
         let kind = match &raw.kind {
             None if !io.is_empty() => ProviderKind::Io,
@@ -388,25 +239,7 @@ impl Manifest {
                 ProviderKind::Instance
             }),
         };
-        let clear_after = duration(
-            &raw.clear_after,
-            "clear_after",
-            DEFAULT_CLEAR_AFTER,
-            &mut errors,
-        );
-        if let Some(d) = clear_after
-            && d < MIN_CLEAR_AFTER
-        {
-            errors.push(
-                raw.clear_after.as_ref().map(|s| s.span()),
-                Some("clear_after"),
-                format!(
-                    "{} is shorter than the minimum of {}",
-                    humantime::format_duration(d),
-                    humantime::format_duration(MIN_CLEAR_AFTER)
-                ),
-            );
-        }
+        let clear_after = clear_after(&raw, &mut errors);
         let call_timeout = duration(
             &raw.call_timeout,
             "call_timeout",
@@ -485,6 +318,226 @@ pub fn load_dir(dir: &Path) -> (Vec<Manifest>, Vec<ManifestError>) {
         }
     }
     (manifests, errors)
+}
+
+/// The manifest's TOML, or `None` with the error recorded (naming the field at fault).
+fn raw(text: &str, errors: &mut Errors<'_>) -> Option<RawManifest> {
+    match toml::from_str(text) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            let message = e.message().trim();
+            let field =
+                if message.starts_with("missing field") || message.starts_with("unknown field") {
+                    quoted_field(message)
+                } else {
+                    e.span().and_then(|span| key_at(text, span.start))
+                };
+            errors.push(e.span(), field.as_deref(), message.replace('\n', "; "));
+            None
+        }
+    }
+}
+
+/// The hosting model.
+fn hosting(raw: &RawManifest, errors: &mut Errors<'_>) -> Option<Hosting> {
+    match raw.hosting.get_ref().as_str() {
+        "builtin" => Some(Hosting::Builtin),
+        "in-daemon" => Some(Hosting::InDaemon),
+        "isolated" => Some(Hosting::Isolated),
+        "external" => Some(Hosting::External),
+        other => {
+            errors.push(
+                Some(raw.hosting.span()),
+                Some("hosting"),
+                format!(
+                    "unknown hosting model {other:?} (expected \"builtin\", \"in-daemon\", \"isolated\" or \"external\")"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A provider serves classes or installs I/O procedures (not builtin ones), not both.
+fn check_io_or_classes(
+    raw: &RawManifest,
+    io: &[purveyor_io::FourCC],
+    hosting: Option<Hosting>,
+    errors: &mut Errors<'_>,
+) {
+    let listed = raw
+        .classes
+        .as_ref()
+        .map_or(&[][..], |c| c.get_ref().as_slice());
+    let classes_span = raw.classes.as_ref().map(|c| c.span());
+    let io_span = raw.io.as_ref().map(|c| c.span());
+    if raw.io.is_some() {
+        if io.is_empty() && errors.list.is_empty() {
+            errors.push(
+                io_span.clone(),
+                Some("io"),
+                "an I/O procedure provider must install at least one code".into(),
+            );
+        }
+        if !listed.is_empty() {
+            errors.push(
+                classes_span,
+                Some("classes"),
+                "an I/O procedure provider (with `io`) serves no classes in this version".into(),
+            );
+        }
+        if hosting == Some(Hosting::Builtin) {
+            errors.push(
+                io_span,
+                Some("io"),
+                "builtin I/O procedures are the host's own (DOS, MEM, GZ, TAR); a provider of I/O procedures is a library or an executable".into(),
+            );
+        }
+    } else if listed.is_empty() {
+        errors.push(
+            classes_span.or(Some(0..0)),
+            Some("classes"),
+            "a provider must serve at least one class (or install I/O procedures with `io`)".into(),
+        );
+    }
+}
+
+/// How long the provider stays loaded unused: at least [`MIN_CLEAR_AFTER`].
+fn clear_after(raw: &RawManifest, errors: &mut Errors<'_>) -> Option<Duration> {
+    let clear_after = duration(&raw.clear_after, "clear_after", DEFAULT_CLEAR_AFTER, errors);
+    if let Some(d) = clear_after
+        && d < MIN_CLEAR_AFTER
+    {
+        errors.push(
+            raw.clear_after.as_ref().map(|s| s.span()),
+            Some("clear_after"),
+            format!(
+                "{} is shorter than the minimum of {}",
+                humantime::format_duration(d),
+                humantime::format_duration(MIN_CLEAR_AFTER)
+            ),
+        );
+    }
+    clear_after
+}
+
+/// The provider's name, which a file's name must match (`expected`).
+fn name(
+    raw: &RawManifest,
+    expected: Option<&str>,
+    errors: &mut Errors<'_>,
+) -> Option<ProviderName> {
+    match ProviderName::new(raw.name.get_ref().as_str()) {
+        Ok(name) => {
+            if let Some(expected) = expected
+                && expected != name.as_str()
+            {
+                errors.push(
+                    Some(raw.name.span()),
+                    Some("name"),
+                    format!(
+                        "provider {:?} must be in a file named {}.toml (one manifest per provider, named after it)",
+                        name.as_str(),
+                        name.as_str()
+                    ),
+                );
+            }
+            Some(name)
+        }
+        Err(e) => {
+            errors.push(Some(raw.name.span()), Some("name"), e.to_string());
+            None
+        }
+    }
+}
+
+/// The I/O procedure codes the provider installs, each once.
+fn io_codes(raw: &RawManifest, errors: &mut Errors<'_>) -> Vec<purveyor_io::FourCC> {
+    let mut io = Vec::new();
+    for code in raw.io.iter().flat_map(|list| list.get_ref()) {
+        match code.get_ref().parse::<purveyor_io::FourCC>() {
+            Ok(c) if io.contains(&c) => errors.push(
+                Some(code.span()),
+                Some("io"),
+                format!("I/O procedure {c} is listed twice"),
+            ),
+            Ok(c) => io.push(c),
+            Err(e) => errors.push(Some(code.span()), Some("io"), e.to_string()),
+        }
+    }
+    io
+}
+
+/// The classes and namespaces (`ns.*`, builtin only) listed, each once.
+fn class_list(
+    listed: &[Spanned<String>],
+    hosting: Option<Hosting>,
+    errors: &mut Errors<'_>,
+) -> (Vec<ClassPath>, Vec<NamespacePath>) {
+    let mut classes = Vec::new();
+    let mut namespaces = Vec::new();
+    // Seen so far, for the repeats check in O(n log n) (a list is scanned in O(n)).
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for class in listed {
+        if let Some(ns) = class.get_ref().strip_suffix(".*") {
+            match NamespacePath::new(ns) {
+                Ok(_) if hosting.is_some_and(|h| h != Hosting::Builtin) => errors.push(
+                    Some(class.span()),
+                    Some("classes"),
+                    format!(
+                        "a whole namespace ({ns}.*) can only be served by a builtin provider in this version"
+                    ),
+                ),
+                Ok(path) if namespaces.contains(&path) => errors.push(
+                    Some(class.span()),
+                    Some("classes"),
+                    format!("namespace {path}.* is listed twice"),
+                ),
+                Ok(path) => namespaces.push(path),
+                Err(e) => errors.push(Some(class.span()), Some("classes"), e.to_string()),
+            }
+            continue;
+        }
+        match ClassPath::new(class.get_ref().as_str()) {
+            Ok(path) if !seen.insert(path.as_str().to_owned()) => errors.push(
+                Some(class.span()),
+                Some("classes"),
+                format!("class {path} is listed twice"),
+            ),
+            Ok(path) => classes.push(path),
+            Err(e) => errors.push(Some(class.span()), Some("classes"), e.to_string()),
+        }
+    }
+    (classes, namespaces)
+}
+
+/// The capabilities offered: enumerate and get unless the manifest says.
+fn capabilities(raw: &RawManifest, errors: &mut Errors<'_>) -> BTreeSet<Capability> {
+    let mut capabilities = BTreeSet::new();
+    match &raw.capabilities {
+        None => {
+            capabilities.insert(Capability::Enumerate);
+            capabilities.insert(Capability::Get);
+        }
+        Some(list) => {
+            for cap in list.get_ref() {
+                match Capability::ALL.iter().find(|c| c.as_str() == cap.get_ref()) {
+                    Some(c) => {
+                        capabilities.insert(*c);
+                    }
+                    None => errors.push(
+                        Some(cap.span()),
+                        Some("capabilities"),
+                        format!(
+                            "unknown capability {:?} (expected enumerate, get, put, delete, call or subscribe)",
+                            cap.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    capabilities
 }
 
 fn entry(raw: &RawManifest, hosting: Hosting, errors: &mut Errors<'_>) -> Option<Entry> {
@@ -660,200 +713,4 @@ impl fmt::Display for ManifestSource {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-name = "demo"
-hosting = "builtin"
-builtin = "demo"
-classes = ["demo.thing"]
-capabilities = ["enumerate", "get"]
-clear_after = "30s"
-pure = false
-"#;
-
-    fn parse(text: &str) -> Result<Manifest, Vec<ManifestError>> {
-        Manifest::parse(
-            text,
-            ManifestSource::File("providers/demo.toml".into()),
-            Some("demo"),
-        )
-    }
-
-    #[test]
-    fn good_manifest_parses() {
-        let m = parse(GOOD).unwrap();
-        assert_eq!(m.name.as_str(), "demo");
-        assert_eq!(m.hosting, Hosting::Builtin);
-        assert_eq!(m.entry, Entry::Builtin("demo".into()));
-        assert_eq!(m.clear_after, Duration::from_secs(30));
-        assert!(!m.pure);
-        assert_eq!(m.call_timeout, DEFAULT_CALL_TIMEOUT);
-    }
-
-    /// A table of broken manifests and the exact errors they produce.
-    #[test]
-    fn broken_manifests_give_exact_errors() {
-        let cases: &[(&str, &[&str])] = &[
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\n",
-                &[
-                    "providers/demo.toml:1:1: field `classes`: a provider must serve at least one class (or install I/O procedures with `io`)",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"isolated\"\nlibrary = \"x.so\"\nio = [\"xor\", \"TAR\", \"TAR \"]\nclasses = [\"demo.a\"]\n",
-                &[
-                    "providers/demo.toml:4:7: field `io`: four-character code \"xor \" has a lowercase letter; codes are uppercase (\"XOR \")",
-                    "providers/demo.toml:4:21: field `io`: I/O procedure \"TAR \" is listed twice",
-                    "providers/demo.toml:5:11: field `classes`: an I/O procedure provider (with `io`) serves no classes in this version",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nio = [\"XOR \"]\n",
-                &[
-                    "providers/demo.toml:4:6: field `io`: builtin I/O procedures are the host's own (DOS, MEM, GZ, TAR); a provider of I/O procedures is a library or an executable",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"dll\"\nclasses = [\"demo.thing\"]\n",
-                &[
-                    "providers/demo.toml:2:11: field `hosting`: unknown hosting model \"dll\" (expected \"builtin\", \"in-daemon\", \"isolated\" or \"external\")",
-                ],
-            ),
-            (
-                "name = \"Demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.thing\"]\n",
-                &[
-                    "providers/demo.toml:1:8: field `name`: invalid provider name \"Demo\": it must start with a lowercase ASCII letter",
-                ],
-            ),
-            (
-                "name = \"other\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.thing\"]\n",
-                &[
-                    "providers/demo.toml:1:8: field `name`: provider \"other\" must be in a file named other.toml (one manifest per provider, named after it)",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo\", \"demo.a\", \"demo.a\"]\n",
-                &[
-                    "providers/demo.toml:4:12: field `classes`: invalid class path \"demo\": it needs a namespace and a class name, like \"system.cpu\"",
-                    "providers/demo.toml:4:30: field `classes`: class demo.a is listed twice",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\nclear_after = \"soon\"\n",
-                &[
-                    "providers/demo.toml:5:15: field `clear_after`: \"soon\" is not a duration (expected number at 0); write it like \"30s\", \"5m\" or \"1h 30m\"",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\nclear_after = \"10ms\"\n",
-                &[
-                    "providers/demo.toml:5:15: field `clear_after`: 10ms is shorter than the minimum of 100ms",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"isolated\"\nclasses = [\"demo.a\"]\n",
-                &[
-                    "providers/demo.toml:2:11: field `library`: hosting = \"isolated\" needs a `library` field",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\ncommand = [\"x\"]\nclasses = [\"demo.a\"]\n",
-                &[
-                    "providers/demo.toml:4:11: field `command`: `command` is only allowed with hosting = \"external\"",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\ncapabilities = [\"fly\"]\n",
-                &[
-                    "providers/demo.toml:5:17: field `capabilities`: unknown capability \"fly\" (expected enumerate, get, put, delete, call or subscribe)",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\ncolour = \"red\"\n",
-                &[
-                    "providers/demo.toml:5:1: field `colour`: unknown field `colour`, expected one of `name`, `description`, `hosting`, `builtin`, `library`, `host_group`, `command`, `classes`, `io`, `capabilities`, `kind`, `clear_after`, `pure`, `call_timeout`",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\npure = \"yes\"\n",
-                &[
-                    "providers/demo.toml:5:8: field `pure`: invalid type: string \"yes\", expected a boolean",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\nkind = \"metrics\"\n",
-                &[
-                    "providers/demo.toml:5:8: field `kind`: unknown provider kind \"metrics\" (expected instance, counter, event or io)",
-                ],
-            ),
-            (
-                "name = \"demo\"\nhosting = builtin\n",
-                &["providers/demo.toml:2:11: field `hosting`: invalid string; expected `\"`, `'`"],
-            ),
-        ];
-        for (text, expected) in cases {
-            let errors = parse(text).expect_err(text);
-            let got: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            assert_eq!(got, *expected, "manifest:\n{text}");
-        }
-    }
-
-    /// A manifest without `clear_after` takes the configured default for its kind; one
-    /// with it keeps its own.
-    #[test]
-    fn clear_after_defaults_come_from_the_configuration_by_kind() {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, extra: &str| {
-            let text = format!(
-                "name = \"{name}\"\nhosting = \"external\"\ncommand = [\"x\"]\nclasses = [\"{name}.a\"]\n{extra}"
-            );
-            std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
-        };
-        write("plain", "");
-        write("counting", "kind = \"counter\"\n");
-        write("piping", "kind = \"io\"\n");
-        write("own", "kind = \"counter\"\nclear_after = \"7s\"\n");
-        let mut config = crate::HostConfig::with_dirs(
-            purveyor_protocol::HostMode::Embedded,
-            vec![dir.path().into()],
-        );
-        config.clear_after.apply("counter=42s").unwrap();
-        let registry = crate::registry::Registry::build(&config, &[]);
-        let clear = |name: &str| {
-            registry
-                .slots
-                .values()
-                .find(|s| s.manifest().name.as_str() == name)
-                .unwrap()
-                .manifest()
-                .clear_after
-        };
-        assert_eq!(clear("plain"), Duration::from_secs(300));
-        assert_eq!(clear("counting"), Duration::from_secs(42));
-        assert_eq!(clear("piping"), Duration::from_secs(60));
-        assert_eq!(clear("own"), Duration::from_secs(7));
-        assert_eq!(
-            config.clear_after.apply("disk=1s").unwrap_err(),
-            "unknown provider kind \"disk\" (expected instance, counter, event or io)"
-        );
-        assert_eq!(
-            config.clear_after.apply("io=5ms").unwrap_err(),
-            "5ms is shorter than the minimum of 100ms"
-        );
-    }
-
-    #[test]
-    fn load_dir_reports_every_bad_file_and_keeps_good_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("demo.toml"), GOOD).unwrap();
-        std::fs::write(dir.path().join("bad.toml"), "name = 1").unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
-        let (good, bad) = load_dir(dir.path());
-        assert_eq!(good.len(), 1);
-        assert_eq!(bad.len(), 1);
-        assert!(bad[0].file.ends_with("bad.toml"));
-    }
-}
+mod tests;

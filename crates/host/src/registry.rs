@@ -43,51 +43,7 @@ impl Registry {
     /// file replaces the built-in manifest of the same name; the first directory wins).
     pub fn build(config: &HostConfig, builtins: &[BuiltinProvider]) -> Registry {
         let mut problems = Vec::new();
-        let mut chosen: BTreeMap<ProviderName, Manifest> = BTreeMap::new();
-        for builtin in builtins {
-            match Manifest::parse(
-                builtin.manifest,
-                ManifestSource::Builtin(builtin.name.clone()),
-                None,
-            ) {
-                Ok(m) => {
-                    chosen.insert(m.name.clone(), m);
-                }
-                Err(errors) => problems.extend(errors),
-            }
-        }
-        let mut from_files: BTreeMap<ProviderName, PathBuf> = BTreeMap::new();
-        let mut dirs = Vec::new();
-        for dir in &config.provider_dirs {
-            if !dir.exists() {
-                continue;
-            }
-            dirs.push(dir.clone());
-            let (manifests, errors) = manifest::load_dir(dir);
-            problems.extend(errors);
-            for m in manifests {
-                let file = m.source.to_string();
-                if m.name.as_str() == SELF_PROVIDER {
-                    problems.push(ManifestError {
-                        file,
-                        line: None,
-                        field: Some("name".into()),
-                        message: "the purveyor provider is part of the host and cannot be replaced"
-                            .into(),
-                    });
-                    continue;
-                }
-                if let Some(first) = from_files.get(&m.name) {
-                    tracing::info!(provider = %m.name, used = %first.display(), ignored = %file, "manifest shadowed by an earlier directory");
-                    continue;
-                }
-                if let ManifestSource::File(path) = &m.source {
-                    from_files.insert(m.name.clone(), path.clone());
-                }
-                chosen.insert(m.name.clone(), m);
-            }
-        }
-
+        let (chosen, dirs) = choose(config, builtins, &mut problems);
         let mut slots = BTreeMap::new();
         let mut by_class: HashMap<ClassPath, Arc<Slot>, foldhash::fast::RandomState> =
             HashMap::default();
@@ -157,4 +113,59 @@ impl Registry {
             dirs,
         }
     }
+}
+
+/// The manifest of each provider: the built-in ones, replaced by files of the same name
+/// from the providers directories (the first directory wins); and the directories read.
+/// What is refused goes to `problems`.
+fn choose(
+    config: &HostConfig,
+    builtins: &[BuiltinProvider],
+    problems: &mut Vec<ManifestError>,
+) -> (BTreeMap<ProviderName, Manifest>, Vec<PathBuf>) {
+    let mut chosen: BTreeMap<ProviderName, Manifest> = BTreeMap::new();
+    for builtin in builtins {
+        match Manifest::parse(
+            builtin.manifest,
+            ManifestSource::Builtin(builtin.name.clone()),
+            None,
+        ) {
+            Ok(m) => {
+                chosen.insert(m.name.clone(), m);
+            }
+            Err(errors) => problems.extend(errors),
+        }
+    }
+    let mut from_files: BTreeMap<ProviderName, PathBuf> = BTreeMap::new();
+    let mut dirs = Vec::new();
+    for dir in &config.provider_dirs {
+        if !dir.exists() {
+            continue;
+        }
+        dirs.push(dir.clone());
+        let (manifests, errors) = manifest::load_dir(dir);
+        problems.extend(errors);
+        for m in manifests {
+            let file = m.source.to_string();
+            if m.name.as_str() == SELF_PROVIDER {
+                problems.push(ManifestError {
+                    file,
+                    line: None,
+                    field: Some("name".into()),
+                    message: "the purveyor provider is part of the host and cannot be replaced"
+                        .into(),
+                });
+                continue;
+            }
+            if let Some(first) = from_files.get(&m.name) {
+                tracing::info!(provider = %m.name, used = %first.display(), ignored = %file, "manifest shadowed by an earlier directory");
+                continue;
+            }
+            if let ManifestSource::File(path) = &m.source {
+                from_files.insert(m.name.clone(), path.clone());
+            }
+            chosen.insert(m.name.clone(), m);
+        }
+    }
+    (chosen, dirs)
 }

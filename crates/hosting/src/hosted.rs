@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 
 use purveyor_model::{ClassPath, ClassSchema};
 use purveyor_protocol::{
-    CallerInfo, DialogEvent, DialogOp, DirectAttach, DirectNews, Encoding, ErrorCode, ProviderCall,
+    CallerInfo, DialogEvent, DialogOp, DirectAttach, DirectNews, Encoding, ProviderCall,
     ProviderReply, ProviderRequest, ProviderResponse, RaisedEvent, ReadCall,
 };
 use purveyor_provider::abi::{fault, serve_call, serve_read};
 use purveyor_provider::{CallContext, Caller, Provider};
 
 use crate::builtin::{BuiltinProvider, Dispatch};
+use crate::error::{CallError, LoadError, Shown};
 use crate::library::{HostLineFn, LibraryProvider};
 use crate::procedures::{ProcedureServer, close_off_thread};
 use crate::process::{CallFailure, ProcessConn, ProcessKind};
@@ -128,92 +129,6 @@ pub enum InlineCall<'a> {
     Owned(ProviderCall),
 }
 
-/// How a call failed. Each message names the provider.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("provider {0} panicked: {1}")]
-    Panicked(String, String),
-    #[error("provider {0}: call task failed: {1}")]
-    Task(String, String),
-    #[error("provider {0} did not answer within {1}")]
-    Overdue(String, Shown),
-    #[error("I/O procedure provider {0} panicked: {1}")]
-    ProcedurePanicked(String, String),
-    #[error("I/O procedure provider {0} did not answer within {1}")]
-    ProcedureOverdue(String, Shown),
-    /// Its process ended: the host counts a crash.
-    #[error("provider {0} crashed: {1}")]
-    Crashed(String, String),
-    /// Its process missed the deadline and was killed: restarted on next use.
-    #[error(
-        "provider {0} did not answer within {1}; its process was killed and restarts on next use"
-    )]
-    Killed(String, Shown),
-    /// An in-daemon call still running past its deadline: the watchdog acted.
-    #[error(
-        "provider {0} did not answer within {1}; marked failed, since an in-daemon provider cannot be stopped"
-    )]
-    Stuck(String, Shown),
-    #[error("provider {0}: its calls do not run inline")]
-    NotInline(String),
-}
-
-/// How a load failed. Each message names the provider.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("provider {0} failed to load: {1}")]
-    Failed(String, String),
-    #[error("provider {0} panicked: {1}")]
-    Panicked(String, String),
-    #[error("provider {0}: load task failed: {1}")]
-    Task(String, String),
-    /// A load step in this process ran past the deadline.
-    #[error("provider {0} did not finish loading within {1}")]
-    Overdue(String, Shown),
-    /// Its process did not answer a load step in time: it was killed.
-    #[error("provider {0} did not finish loading within {1}")]
-    ProcessOverdue(String, Shown),
-    #[error("provider {0} answered `{1}` when asked for its classes")]
-    Answered(String, &'static str),
-}
-
-/// A duration as messages show it (`5s`, `1m 30s`).
-#[derive(Debug, Clone, Copy)]
-pub struct Shown(pub Duration);
-
-impl std::fmt::Display for Shown {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        humantime::format_duration(self.0).fmt(f)
-    }
-}
-
-impl CallError {
-    /// The wire's error code for it.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            CallError::Panicked(..) | CallError::ProcedurePanicked(..) | CallError::Crashed(..) => {
-                ErrorCode::ProviderFailed
-            }
-            CallError::Task(..) | CallError::NotInline(..) => ErrorCode::Internal,
-            CallError::Overdue(..)
-            | CallError::ProcedureOverdue(..)
-            | CallError::Killed(..)
-            | CallError::Stuck(..) => ErrorCode::Timeout,
-        }
-    }
-}
-
-impl LoadError {
-    /// The wire's error code for it.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            LoadError::Task(..) => ErrorCode::Internal,
-            LoadError::Overdue(..) => ErrorCode::Timeout,
-            _ => ErrorCode::ProviderFailed,
-        }
-    }
-}
-
 /// Why a step on the blocking pool did not return a value ([`blocking`]).
 #[derive(Debug)]
 pub enum Overrun {
@@ -273,80 +188,16 @@ pub async fn load(
     timeout: Duration,
     link: Arc<dyn HostLink>,
 ) -> Result<(Hosted, Vec<ClassSchema>), LoadError> {
-    let n = name.to_string();
     let (backend, classes) = match spec {
-        Spec::Builtin(builtin) => {
-            let factory = builtin.factory.clone();
-            let (provider, classes) = in_pool(name, timeout, move || {
-                let provider = factory().map_err(|e| e.to_string())?;
-                let classes = provider.classes();
-                Ok((provider, classes))
-            })
-            .await?;
-            let backend = Backend::Local {
-                provider,
-                dispatch: builtin.dispatch,
-            };
-            (backend, classes)
-        }
+        Spec::Builtin(builtin) => load_builtin(name, builtin, timeout).await?,
         Spec::Procedures { path } => {
             let server =
                 in_pool(name, timeout, move || ProcedureServer::from_library(&path)).await?;
             (Backend::Io(Arc::new(server)), Vec::new())
         }
-        Spec::Library { path } => {
-            // The library's dialog operations come back on the line `attach` gives it.
-            let provider = n.clone();
-            let line = move |encoding: Encoding| -> HostLineFn {
-                Box::new(move |bytes| {
-                    match purveyor_protocol::decode::<ProviderResponse>(encoding, bytes) {
-                        Ok(ProviderResponse {
-                            reply: ProviderReply::Dialog { dialog, op, .. },
-                            ..
-                        }) => link.dialog_op(dialog, *op),
-                        Ok(other) => {
-                            tracing::warn!(%provider, reply = other.reply.kind(), "a library sent a message that is not a dialog; ignored")
-                        }
-                        Err(e) => {
-                            tracing::warn!(%provider, error = %e, "a library sent a malformed dialog message")
-                        }
-                    }
-                })
-            };
-            let (library, classes) = in_pool(name, timeout, move || {
-                let mut library = LibraryProvider::open(&path, &n)?;
-                let encoding = library.encoding();
-                library.attach_host(line(encoding))?;
-                let classes = library.classes();
-                Ok((Arc::new(library), classes))
-            })
-            .await?;
-            (Backend::Library(library), classes)
-        }
+        Spec::Library { path } => load_library(name, path, timeout, link).await?,
         Spec::Worker { conn, path, io } => {
-            let library = path.to_string_lossy().into_owned();
-            let call = if io {
-                ProviderCall::LoadIo { library }
-            } else {
-                ProviderCall::Load { library }
-            };
-            match process_call(name, timeout, &conn, call).await? {
-                ProviderReply::Loaded => {}
-                ProviderReply::Error(fault) => {
-                    return Err(LoadError::Failed(n, fault.message));
-                }
-                other => {
-                    return Err(LoadError::Failed(
-                        n,
-                        format!("its worker answered `{}` to load", other.kind()),
-                    ));
-                }
-            }
-            let classes = if io {
-                Vec::new()
-            } else {
-                process_classes(name, timeout, &conn).await?
-            };
+            let classes = load_in_worker(name, &conn, path, io, timeout).await?;
             wire_process(name, &conn, &link, false);
             (Backend::Process(conn), classes)
         }
@@ -356,19 +207,14 @@ pub async fn load(
             dir,
             io,
         } => {
-            let conn = ProcessConn::spawn(
-                &program,
-                &args,
-                Encoding::Json,
-                name,
-                format!("external provider {name}"),
-                timeout,
-                ProcessKind::External {
-                    dir: dir.as_deref(),
-                },
-            )
-            .await
-            .map_err(|e| LoadError::Failed(n.clone(), e))?;
+            let kind = ProcessKind::External {
+                dir: dir.as_deref(),
+            };
+            let label = format!("external provider {name}");
+            let conn =
+                ProcessConn::spawn(&program, &args, Encoding::Json, name, label, timeout, kind)
+                    .await
+                    .map_err(|e| LoadError::Failed(name.into(), e))?;
             let classes = if io {
                 Vec::new()
             } else {
@@ -383,6 +229,94 @@ pub async fn load(
         backend,
     };
     Ok((hosted, classes))
+}
+
+/// Makes a builtin and asks for its classes, on the blocking pool.
+async fn load_builtin(
+    name: &str,
+    builtin: BuiltinProvider,
+    timeout: Duration,
+) -> Result<(Backend, Vec<ClassSchema>), LoadError> {
+    let factory = builtin.factory.clone();
+    let (provider, classes) = in_pool(name, timeout, move || {
+        let provider = factory().map_err(|e| e.to_string())?;
+        let classes = provider.classes();
+        Ok((provider, classes))
+    })
+    .await?;
+    let backend = Backend::Local {
+        provider,
+        dispatch: builtin.dispatch,
+    };
+    Ok((backend, classes))
+}
+
+/// Opens a provider library in this process, on the blocking pool, and attaches the
+/// host's line: its dialog operations come back on it to `link`.
+async fn load_library(
+    name: &str,
+    path: PathBuf,
+    timeout: Duration,
+    link: Arc<dyn HostLink>,
+) -> Result<(Backend, Vec<ClassSchema>), LoadError> {
+    let provider = name.to_string();
+    let line = move |encoding: Encoding| -> HostLineFn {
+        Box::new(move |bytes| {
+            match purveyor_protocol::decode::<ProviderResponse>(encoding, bytes) {
+                Ok(ProviderResponse {
+                    reply: ProviderReply::Dialog { dialog, op, .. },
+                    ..
+                }) => link.dialog_op(dialog, *op),
+                Ok(other) => {
+                    tracing::warn!(%provider, reply = other.reply.kind(), "a library sent a message that is not a dialog; ignored")
+                }
+                Err(e) => {
+                    tracing::warn!(%provider, error = %e, "a library sent a malformed dialog message")
+                }
+            }
+        })
+    };
+    let n = name.to_string();
+    let (library, classes) = in_pool(name, timeout, move || {
+        let mut library = LibraryProvider::open(&path, &n)?;
+        let encoding = library.encoding();
+        library.attach_host(line(encoding))?;
+        let classes = library.classes();
+        Ok((Arc::new(library), classes))
+    })
+    .await?;
+    Ok((Backend::Library(library), classes))
+}
+
+/// Has a worker load a provider (`io`: procedure) library; its classes.
+async fn load_in_worker(
+    name: &str,
+    conn: &Arc<ProcessConn>,
+    path: PathBuf,
+    io: bool,
+    timeout: Duration,
+) -> Result<Vec<ClassSchema>, LoadError> {
+    let library = path.to_string_lossy().into_owned();
+    let call = if io {
+        ProviderCall::LoadIo { library }
+    } else {
+        ProviderCall::Load { library }
+    };
+    match process_call(name, timeout, conn, call).await? {
+        ProviderReply::Loaded => {}
+        ProviderReply::Error(fault) => return Err(LoadError::Failed(name.into(), fault.message)),
+        other => {
+            return Err(LoadError::Failed(
+                name.into(),
+                format!("its worker answered `{}` to load", other.kind()),
+            ));
+        }
+    }
+    if io {
+        Ok(Vec::new())
+    } else {
+        process_classes(name, timeout, conn).await
+    }
 }
 
 /// Routes what `conn` says for provider `name` to `link`: its dialog operations, the end

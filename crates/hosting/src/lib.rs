@@ -9,6 +9,8 @@
 //!
 //! - [`hosted`]: [`load`] a provider, call it ([`Hosted::call`], [`Hosted::call_inline`]),
 //!   release it. The only place the hosting models are matched.
+//! - `error`: [`CallError`] and [`LoadError`], which name the provider and carry their
+//!   wire code.
 //! - [`builtin`]: providers compiled into the binary.
 //! - [`library`]: provider libraries through their C table (`dlopen`).
 //! - [`process`]: provider processes over the provider channel; [`contain`] keeps each
@@ -25,6 +27,8 @@
 pub mod answer;
 pub mod builtin;
 mod contain;
+mod error;
+mod exit;
 pub mod hosted;
 pub mod library;
 pub mod procedures;
@@ -33,9 +37,10 @@ pub mod watchdog;
 pub mod worker;
 
 pub use builtin::{BuiltinProvider, Dispatch, Factory};
+pub use error::{CallError, LoadError, Shown};
 pub use hosted::{
-    CallCx, CallError, HostLink, Hosted, InlineCall, InlineCx, LoadError, Overrun, ProcessRef,
-    Shown, Spec, blocking, load, spawn_worker,
+    CallCx, HostLink, Hosted, InlineCall, InlineCx, Overrun, ProcessRef, Spec, blocking, load,
+    spawn_worker,
 };
 pub use library::LibraryProvider;
 pub use procedures::ProcedureServer;

@@ -114,17 +114,7 @@ impl ProcedureServer {
                 element,
                 mode,
                 groups,
-            } => {
-                let name = io_name(&code, path, element)?;
-                let mode = open_mode(mode);
-                let owner = who(groups);
-                let stream =
-                    as_caller(&owner, || self.registry.open_name_for(&owner, &name, mode))?;
-                let size = stream.size();
-                let (inner, guard) = stream.into_parts();
-                let id = self.insert(inner, owner, guard);
-                Ok(ProviderReply::IoOpened { stream: id, size })
-            }
+            } => self.open(io_name(&code, path, element)?, open_mode(mode), who(groups)),
             ProviderCall::IoRead { stream, max } => {
                 let mut buf = vec![0; max.min(MAX_READ) as usize];
                 let n = self.stream(stream)?.with(|s| s.read(&mut buf))?;
@@ -136,19 +126,7 @@ impl ProcedureServer {
                 data,
                 flush,
             } => {
-                let done = self.stream(stream)?.with(|s| {
-                    let mut done = 0;
-                    while done < data.len() {
-                        match s.write(&data[done..])? {
-                            0 => break,
-                            n => done += n,
-                        }
-                    }
-                    if flush {
-                        s.flush()?;
-                    }
-                    Ok(done)
-                })?;
+                let done = self.stream(stream)?.with(|s| write_all(s, &data, flush))?;
                 Ok(ProviderReply::IoValue(done as i64))
             }
             ProviderCall::IoSeek {
@@ -208,6 +186,20 @@ impl ProcedureServer {
                 other.kind()
             ))),
         }
+    }
+
+    /// Opens `name` for `owner`, as `owner`: the stream keeps its owner's credentials.
+    fn open(
+        &self,
+        name: IoName,
+        mode: OpenMode,
+        owner: Requester,
+    ) -> Result<ProviderReply, IoError> {
+        let stream = as_caller(&owner, || self.registry.open_name_for(&owner, &name, mode))?;
+        let size = stream.size();
+        let (inner, guard) = stream.into_parts();
+        let id = self.insert(inner, owner, guard);
+        Ok(ProviderReply::IoOpened { stream: id, size })
     }
 
     /// The procedure a name from an I/O call routes to.
@@ -273,6 +265,22 @@ impl ProcedureServer {
         let _ = self.close(id);
         Some(file)
     }
+}
+
+/// Writes all of `data` that the stream takes (it may stop early), flushing if asked;
+/// how much it took.
+fn write_all(s: &mut dyn IoStream, data: &[u8], flush: bool) -> Result<usize, IoError> {
+    let mut done = 0;
+    while done < data.len() {
+        match s.write(&data[done..])? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    if flush {
+        s.flush()?;
+    }
+    Ok(done)
 }
 
 /// The name an I/O call carries, with its code.

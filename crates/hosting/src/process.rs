@@ -15,8 +15,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +27,8 @@ use purveyor_protocol::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::exit::{finish, provider_pid, stop};
 use tokio::sync::oneshot;
 
 /// The largest frame a provider process may send.
@@ -135,37 +136,7 @@ impl ProcessConn {
             .stderr(Stdio::inherit())
             .env("PURVEYOR_PROVIDER", provider)
             .kill_on_drop(false);
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the child between fork and exec and calls only
-        // async-signal-safe functions (prctl, getppid, fcntl, dup2, _exit, and
-        // `contain::split`, which is written for this place).
-        unsafe {
-            cmd.pre_exec(move || {
-                // The child dies with the thread that spawned it, which is one of the
-                // runtime's long-lived worker threads (never a pool thread that may retire).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before prctl: then nobody would send the signal.
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                // A worker's attach socket goes to fd 3, inherited (dup2 clears
-                // close-on-exec; when it is fd 3 already, clear it by hand).
-                if let Some(fd) = theirs_fd {
-                    let done = if fd == ATTACH_FD {
-                        libc::fcntl(fd, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, ATTACH_FD)
-                    };
-                    if done < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // Here the child becomes the guard; the provider goes on to exec.
-                crate::contain::split(report_fd)
-            });
-        }
+        guard_in_child(&mut cmd, theirs_fd, report_fd);
         let shown = program.to_string_lossy();
         let mut child = cmd
             .spawn()
@@ -176,34 +147,7 @@ impl ProcessConn {
         let pid = provider_pid(report).unwrap_or_else(|| child.id().unwrap_or(0));
         let mut stdin = child.stdin.take().expect("piped");
         let mut stdout = child.stdout.take().expect("piped");
-        let handshake = async {
-            let hello = ProviderHello {
-                abi: PROVIDER_ABI_VERSION,
-                encoding,
-                provider: provider.to_string(),
-            };
-            let mut out = Vec::new();
-            encode_frame(Encoding::Json, &hello, MAX_PROVIDER_FRAME, &mut out)
-                .map_err(|e| e.to_string())?;
-            stdin
-                .write_all(&out)
-                .await
-                .map_err(|e| format!("cannot write its hello: {e}"))?;
-            let mut frames = FrameBuffer::new(MAX_PROVIDER_FRAME);
-            let payload = read_frame(&mut stdout, &mut frames)
-                .await?
-                .ok_or_else(|| "it closed its stdout before answering the hello".to_string())?;
-            let ready: ProviderReady = serde_json::from_slice(&payload).map_err(|e| {
-                format!("its answer to the hello is not {{\"abi\":{PROVIDER_ABI_VERSION}}}: {e}")
-            })?;
-            if ready.abi != PROVIDER_ABI_VERSION {
-                return Err(format!(
-                    "it speaks provider ABI version {}; this host speaks version {PROVIDER_ABI_VERSION}",
-                    ready.abi
-                ));
-            }
-            Ok::<_, String>(frames)
-        };
+        let handshake = say_hello(&mut stdin, &mut stdout, encoding, provider);
         let frames = match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(frames)) => frames,
             Ok(Err(e)) => {
@@ -452,6 +396,72 @@ impl ProcessConn {
         self.detached.store(true, Ordering::Relaxed);
     }
 
+    /// A frame from the process: a reply completes its pending request; id 0 carries
+    /// what the process says on its own (dialog operations, direct-channel news, events).
+    fn received(&self, response: ProviderResponse) {
+        match response {
+            ProviderResponse {
+                id: 0,
+                reply:
+                    ProviderReply::Dialog {
+                        provider,
+                        dialog,
+                        op,
+                    },
+            } => {
+                let route = {
+                    let routes = self.dialogs.lock().unwrap_or_else(|p| p.into_inner());
+                    match routes.get(&provider) {
+                        Some(route) => Some(route.clone()),
+                        // A process serving one provider may leave its name out.
+                        None if provider.is_empty() && routes.len() == 1 => {
+                            routes.values().next().cloned()
+                        }
+                        None => None,
+                    }
+                };
+                match route {
+                    Some(route) => route(dialog, *op),
+                    None => {
+                        tracing::warn!(process = %self.label, %provider, "a dialog from a provider this process does not serve; ignored")
+                    }
+                }
+            }
+            ProviderResponse {
+                id: 0,
+                reply: ProviderReply::Direct { provider, news },
+            } => {
+                let route = self
+                    .direct
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&provider)
+                    .cloned();
+                match route {
+                    Some(route) => route(news),
+                    None => {
+                        tracing::debug!(process = %self.label, %provider, "direct-channel news of a provider no longer served; ignored")
+                    }
+                }
+            }
+            ProviderResponse {
+                id: 0,
+                reply: ProviderReply::Done { events, .. },
+            } => match self.events.get() {
+                // Id 0 is never a request's: events raised outside any call.
+                Some(handler) => handler(events),
+                None => {
+                    tracing::debug!(process = %self.label, "events before the provider loaded; dropped")
+                }
+            },
+            response => {
+                if let Some(tx) = self.lock_pending().remove(&response.id) {
+                    let _ = tx.send(Ok(response.reply));
+                }
+            }
+        }
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -469,84 +479,77 @@ impl Drop for ProcessConn {
     }
 }
 
-/// Asks the child (a guard) to stop its provider and everything it started, unless it
-/// has already ended.
-fn stop(child: &mut Child) {
-    if let (Ok(None), Some(guard)) = (child.try_wait(), child.id()) {
-        crate::contain::stop(guard);
-    }
-}
-
-/// How long a guard has to kill its provider's processes before it is killed itself.
-const GUARD_GRACE: Duration = Duration::from_secs(5);
-
-/// Waits up to `grace` for the child to exit, stops it if it has not, and describes how
-/// it ended (`", exit status 3"`, `", killed by signal 11 (SIGSEGV)"`).
-async fn finish(child: &mut Child, grace: Duration) -> String {
-    let status = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(Ok(status)) => status,
-        _ => {
-            stop(child);
-            let status = match tokio::time::timeout(GUARD_GRACE, child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    // A guard stuck reaping (a process in uninterruptible sleep).
-                    let _ = child.start_kill();
-                    child.wait().await
+/// Sets up the child of `cmd` between fork and exec: it dies with the spawning thread,
+/// gets the worker's attach socket `attach_fd` (if any) on [`ATTACH_FD`], and becomes the
+/// guard of the provider, which it reports on `report_fd` ([`crate::contain`]).
+fn guard_in_child(cmd: &mut Command, attach_fd: Option<i32>, report_fd: i32) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid, fcntl, dup2, _exit, and
+    // `contain::split`, which is written for this place).
+    unsafe {
+        cmd.pre_exec(move || {
+            // The child dies with the thread that spawned it, which is one of the
+            // runtime's long-lived worker threads (never a pool thread that may retire).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl: then nobody would send the signal.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            // A worker's attach socket goes to fd 3, inherited (dup2 clears close-on-exec;
+            // when it is fd 3 already, clear it by hand).
+            if let Some(fd) = attach_fd {
+                let done = if fd == ATTACH_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, ATTACH_FD)
+                };
+                if done < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
-            };
-            match status {
-                Ok(status) => status,
-                Err(e) => return format!(", and waiting for it failed: {e}"),
             }
-        }
+            // Here the child becomes the guard; the provider goes on to exec.
+            crate::contain::split(report_fd)
+        });
+    }
+}
+
+/// Says hello to a provider process for `provider` and reads its answer: the frame buffer
+/// (which may hold more) on success, else why not.
+async fn say_hello(
+    stdin: &mut ChildStdin,
+    stdout: &mut ChildStdout,
+    encoding: Encoding,
+    provider: &str,
+) -> Result<FrameBuffer, String> {
+    let hello = ProviderHello {
+        abi: PROVIDER_ABI_VERSION,
+        encoding,
+        provider: provider.to_string(),
     };
-    format!(", {}", describe_exit(status))
-}
-
-/// The provider's pid, as its guard reported it (`None` when it did not).
-fn provider_pid(mut report: std::io::PipeReader) -> Option<u32> {
-    use std::io::Read as _;
-    let mut bytes = [0u8; 4];
-    report.read_exact(&mut bytes).ok()?;
-    Some(u32::from_ne_bytes(bytes)).filter(|&pid| pid != 0)
-}
-
-/// `exit status 3`, `killed by signal 11 (SIGSEGV)`.
-pub fn describe_exit(status: ExitStatus) -> String {
-    if let Some(code) = status.code() {
-        format!("exit status {code}")
-    } else if let Some(signal) = status.signal() {
-        format!(
-            "killed by signal {signal} ({}){}",
-            signal_name(signal),
-            if status.core_dumped() {
-                ", core dumped"
-            } else {
-                ""
-            }
-        )
-    } else {
-        format!("{status}")
+    let mut out = Vec::new();
+    encode_frame(Encoding::Json, &hello, MAX_PROVIDER_FRAME, &mut out)
+        .map_err(|e| e.to_string())?;
+    stdin
+        .write_all(&out)
+        .await
+        .map_err(|e| format!("cannot write its hello: {e}"))?;
+    let mut frames = FrameBuffer::new(MAX_PROVIDER_FRAME);
+    let payload = read_frame(stdout, &mut frames)
+        .await?
+        .ok_or_else(|| "it closed its stdout before answering the hello".to_string())?;
+    let ready: ProviderReady = serde_json::from_slice(&payload).map_err(|e| {
+        format!("its answer to the hello is not {{\"abi\":{PROVIDER_ABI_VERSION}}}: {e}")
+    })?;
+    if ready.abi != PROVIDER_ABI_VERSION {
+        return Err(format!(
+            "it speaks provider ABI version {}; this host speaks version {PROVIDER_ABI_VERSION}",
+            ready.abi
+        ));
     }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGTERM => "SIGTERM",
-        _ => "unknown signal",
-    }
+    Ok(frames)
 }
 
 async fn read_frame(
@@ -585,65 +588,7 @@ async fn read_replies(
         };
         let Some(conn) = conn.upgrade() else { return };
         match decode::<ProviderResponse>(conn.encoding, &payload) {
-            Ok(ProviderResponse {
-                id: 0,
-                reply:
-                    ProviderReply::Dialog {
-                        provider,
-                        dialog,
-                        op,
-                    },
-            }) => {
-                let route = {
-                    let routes = conn.dialogs.lock().unwrap_or_else(|p| p.into_inner());
-                    match routes.get(&provider) {
-                        Some(route) => Some(route.clone()),
-                        // A process serving one provider may leave its name out.
-                        None if provider.is_empty() && routes.len() == 1 => {
-                            routes.values().next().cloned()
-                        }
-                        None => None,
-                    }
-                };
-                match route {
-                    Some(route) => route(dialog, *op),
-                    None => {
-                        tracing::warn!(process = %conn.label, %provider, "a dialog from a provider this process does not serve; ignored")
-                    }
-                }
-            }
-            Ok(ProviderResponse {
-                id: 0,
-                reply: ProviderReply::Direct { provider, news },
-            }) => {
-                let route = conn
-                    .direct
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&provider)
-                    .cloned();
-                match route {
-                    Some(route) => route(news),
-                    None => {
-                        tracing::debug!(process = %conn.label, %provider, "direct-channel news of a provider no longer served; ignored")
-                    }
-                }
-            }
-            Ok(ProviderResponse {
-                id: 0,
-                reply: ProviderReply::Done { events, .. },
-            }) => match conn.events.get() {
-                // Id 0 is never a request's: events raised outside any call.
-                Some(handler) => handler(events),
-                None => {
-                    tracing::debug!(process = %conn.label, "events before the provider loaded; dropped")
-                }
-            },
-            Ok(response) => {
-                if let Some(tx) = conn.lock_pending().remove(&response.id) {
-                    let _ = tx.send(Ok(response.reply));
-                }
-            }
+            Ok(response) => conn.received(response),
             Err(e) => break Some(format!("it sent {e}")),
         }
     };

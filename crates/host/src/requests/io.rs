@@ -9,7 +9,7 @@ use purveyor_hosting::{Overrun, blocking};
 use purveyor_io::{FourCC, IoName, Scope};
 use purveyor_protocol::{
     ErrorCode, FaultKind, IoMode, IoProcedureInfo, ProviderCall, ProviderFault, ProviderReply,
-    RemoteError, Request, Response,
+    RemoteError, Response,
 };
 
 use crate::access::Permission;
@@ -61,126 +61,112 @@ fn parse(name: &str) -> Result<(IoName, FourCC), RemoteError> {
     Ok((parsed, code))
 }
 
-/// Answers the I/O requests (`Request::Io*`).
-pub(super) async fn answer(
+/// Opens a stream for the session (`io_open`).
+pub(super) async fn open(
     host: &Arc<Shared>,
     cx: &Cx<'_>,
-    request: Request,
+    name: &str,
+    mode: IoMode,
+    pass_fd: bool,
 ) -> Result<Response, RemoteError> {
-    let session = cx.session;
-    match request {
-        Request::IoList => Ok(Response::IoProcedures(io_list(host))),
-        Request::IoOpen {
-            name,
-            mode,
-            pass_fd,
-        } => {
-            let permission = match mode {
-                IoMode::Read => Permission::Read,
-                IoMode::Write | IoMode::ReadWrite => Permission::Write,
-            };
-            allowed(host, cx, permission, "io")?;
-            let session = session.ok_or_else(needs_session)?;
-            io_open(host, cx, &name, mode, pass_fd, session).await
-        }
-        Request::IoRead { handle, max } => {
-            let stream = stream_of(session, handle)?;
-            let call = ProviderCall::IoRead {
-                stream: stream.id,
-                max: max.min(MAX_READ),
-            };
-            match io_call(host, cx, &stream, call).await? {
-                ProviderReply::IoData(data) => Ok(Response::IoData(data)),
-                other => Err(unexpected_io(&stream, &other)),
-            }
-        }
-        Request::IoWrite {
-            handle,
-            data,
-            flush,
-        } => {
-            let stream = stream_of(session, handle)?;
-            let call = ProviderCall::IoWrite {
-                stream: stream.id,
-                data,
-                flush,
-            };
-            io_value(host, cx, &stream, call).await
-        }
-        Request::IoSeek {
-            handle,
-            offset,
-            whence,
-        } => {
-            let stream = stream_of(session, handle)?;
-            let call = ProviderCall::IoSeek {
-                stream: stream.id,
-                offset,
-                whence,
-            };
-            io_value(host, cx, &stream, call).await
-        }
-        Request::IoMessage {
-            handle,
-            message,
-            input,
-        } => {
-            let stream = stream_of(session, handle)?;
-            let call = ProviderCall::IoMessage {
-                stream: stream.id,
-                message,
-                input,
-            };
-            io_value(host, cx, &stream, call).await
-        }
-        Request::IoClose { handle } => {
-            let session = session.ok_or_else(needs_session)?;
-            let stream = session
-                .streams()
-                .remove(handle)
-                .ok_or_else(|| no_stream(handle))?;
-            let call = ProviderCall::IoClose { stream: stream.id };
-            io_call(host, cx, &stream, call).await?;
-            Ok(Response::Done)
-        }
-        Request::IoDelete { name } => {
-            allowed(host, cx, Permission::Write, "io")?;
-            let (parsed, code) = parse(&name)?;
-            let call = ProviderCall::IoDelete {
-                code: code.as_str().into(),
-                path: parsed.path.to_string_lossy().into_owned(),
-                element: parsed.element.clone(),
-                groups: cx.caller.groups.to_vec(),
-            };
-            io_oneshot(host, cx, code, call).await
-        }
-        Request::IoRename { from, to } => {
-            allowed(host, cx, Permission::Write, "io")?;
-            let (from, code) = parse(&from)?;
-            let (to, to_code) = parse(&to)?;
-            if code != to_code {
-                return Err(RemoteError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "cannot rename {from} to {to}: they belong to different I/O procedures"
-                    ),
-                ));
-            }
-            let call = ProviderCall::IoRename {
-                code: code.as_str().into(),
-                from: from.path.to_string_lossy().into_owned(),
-                from_element: from.element.clone(),
-                to: to.path.to_string_lossy().into_owned(),
-                to_element: to.element.clone(),
-                groups: cx.caller.groups.to_vec(),
-            };
-            io_oneshot(host, cx, code, call).await
-        }
-        other => Err(RemoteError::new(
-            ErrorCode::Internal,
-            format!("{other:?} is not an I/O request"),
-        )),
+    let permission = match mode {
+        IoMode::Read => Permission::Read,
+        IoMode::Write | IoMode::ReadWrite => Permission::Write,
+    };
+    allowed(host, cx, permission, "io")?;
+    let session = cx.session.ok_or_else(needs_session)?;
+    io_open(host, cx, name, mode, pass_fd, session).await
+}
+
+/// Reads up to `max` bytes (at most [`MAX_READ`]) from stream `handle`.
+pub(super) async fn read(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    handle: u32,
+    max: u32,
+) -> Result<Response, RemoteError> {
+    let stream = stream_of(cx.session, handle)?;
+    let call = ProviderCall::IoRead {
+        stream: stream.id,
+        max: max.min(MAX_READ),
+    };
+    match io_call(host, cx, &stream, call).await? {
+        ProviderReply::IoData(data) => Ok(Response::IoData(data)),
+        other => Err(unexpected_io(&stream, &other)),
     }
+}
+
+/// A write, seek or custom message on stream `handle`: `call` makes the provider call
+/// from the stream's id; the answer is a number.
+pub(super) async fn on_stream(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    handle: u32,
+    call: impl FnOnce(u32) -> ProviderCall,
+) -> Result<Response, RemoteError> {
+    let stream = stream_of(cx.session, handle)?;
+    let call = call(stream.id);
+    io_value(host, cx, &stream, call).await
+}
+
+/// Closes stream `handle`: its procedure finishes it.
+pub(super) async fn close(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    handle: u32,
+) -> Result<Response, RemoteError> {
+    let session = cx.session.ok_or_else(needs_session)?;
+    let stream = session
+        .streams()
+        .remove(handle)
+        .ok_or_else(|| no_stream(handle))?;
+    let call = ProviderCall::IoClose { stream: stream.id };
+    io_call(host, cx, &stream, call).await?;
+    Ok(Response::Done)
+}
+
+/// Deletes a name, as the caller.
+pub(super) async fn delete(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    name: &str,
+) -> Result<Response, RemoteError> {
+    allowed(host, cx, Permission::Write, "io")?;
+    let (parsed, code) = parse(name)?;
+    let call = ProviderCall::IoDelete {
+        code: code.as_str().into(),
+        path: parsed.path.to_string_lossy().into_owned(),
+        element: parsed.element.clone(),
+        groups: cx.caller.groups.to_vec(),
+    };
+    io_oneshot(host, cx, code, call).await
+}
+
+/// Renames a name within one procedure, as the caller.
+pub(super) async fn rename(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    from: &str,
+    to: &str,
+) -> Result<Response, RemoteError> {
+    allowed(host, cx, Permission::Write, "io")?;
+    let (from, code) = parse(from)?;
+    let (to, to_code) = parse(to)?;
+    if code != to_code {
+        return Err(RemoteError::new(
+            ErrorCode::InvalidRequest,
+            format!("cannot rename {from} to {to}: they belong to different I/O procedures"),
+        ));
+    }
+    let call = ProviderCall::IoRename {
+        code: code.as_str().into(),
+        from: from.path.to_string_lossy().into_owned(),
+        from_element: from.element.clone(),
+        to: to.path.to_string_lossy().into_owned(),
+        to_element: to.element.clone(),
+        groups: cx.caller.groups.to_vec(),
+    };
+    io_oneshot(host, cx, code, call).await
 }
 
 /// Every I/O procedure this host serves, in lookup order: providers' global ones,

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use purveyor_protocol::{ErrorCode, RemoteError, Request, Response};
+use purveyor_protocol::{ErrorCode, ProviderCall, RemoteError, Request, Response};
 
 use crate::access::Permission;
 use crate::calls::allowed;
@@ -109,15 +109,52 @@ async fn route(host: &Arc<Shared>, cx: &Cx<'_>, request: Request) -> Result<Resp
         Request::DialogReady { handle } => dialog::ready(host, cx, handle),
         Request::DialogSend { handle, input } => dialog::send(host, cx, handle, input),
         Request::DialogClose { handle } => dialog::close(host, cx, handle),
-        io @ (Request::IoList
-        | Request::IoOpen { .. }
-        | Request::IoRead { .. }
-        | Request::IoWrite { .. }
-        | Request::IoSeek { .. }
-        | Request::IoMessage { .. }
-        | Request::IoClose { .. }
-        | Request::IoDelete { .. }
-        | Request::IoRename { .. }) => io::answer(host, cx, io).await,
+        Request::IoList => Ok(Response::IoProcedures(io::io_list(host))),
+        Request::IoOpen {
+            name,
+            mode,
+            pass_fd,
+        } => io::open(host, cx, &name, mode, pass_fd).await,
+        Request::IoRead { handle, max } => io::read(host, cx, handle, max).await,
+        Request::IoWrite {
+            handle,
+            data,
+            flush,
+        } => {
+            let call = |stream| ProviderCall::IoWrite {
+                stream,
+                data,
+                flush,
+            };
+            io::on_stream(host, cx, handle, call).await
+        }
+        Request::IoSeek {
+            handle,
+            offset,
+            whence,
+        } => {
+            let call = |stream| ProviderCall::IoSeek {
+                stream,
+                offset,
+                whence,
+            };
+            io::on_stream(host, cx, handle, call).await
+        }
+        Request::IoMessage {
+            handle,
+            message,
+            input,
+        } => {
+            let call = |stream| ProviderCall::IoMessage {
+                stream,
+                message,
+                input,
+            };
+            io::on_stream(host, cx, handle, call).await
+        }
+        Request::IoClose { handle } => io::close(host, cx, handle).await,
+        Request::IoDelete { name } => io::delete(host, cx, &name).await,
+        Request::IoRename { from, to } => io::rename(host, cx, &from, &to).await,
         other => Err(RemoteError::new(
             ErrorCode::Unsupported,
             format!("request {other:?} is not supported by this host"),

@@ -1,0 +1,175 @@
+//! The hub's routing rules, without sockets or providers: origins record what the hub
+//! tells them, sessions are sinks.
+
+use std::sync::Mutex;
+
+use purveyor_protocol::{DialogInput, FormUpdate};
+
+use super::*;
+
+/// What a provider was told: `(dialog, event)` in order.
+type Told = Arc<Mutex<Vec<(u32, DialogEvent)>>>;
+
+/// A provider side that records the news it is told.
+fn origin(hub: &Arc<DialogHub>) -> (Arc<Origin>, Told) {
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let record = told.clone();
+    let origin = hub.origin(
+        "phone".into(),
+        Box::new(move |dialog, event| record.lock().unwrap().push((dialog, event))),
+        Box::new(|| Box::new(())),
+    );
+    (origin, told)
+}
+
+fn session(id: u64, uid: u32) -> SessionUi {
+    let caller = Caller::new(uid, uid, 1000 + uid);
+    SessionUi::new(id, caller, Arc::new(PushSink::new(16)))
+}
+
+fn open(call: u32, user: Option<u32>) -> DialogOp {
+    DialogOp::Open {
+        form: Form {
+            title: "Pick up the handset".into(),
+            ..Form::default()
+        },
+        call,
+        user,
+        agent: None,
+        deadline_ms: 0,
+    }
+}
+
+fn hub() -> Arc<DialogHub> {
+    Arc::new(DialogHub::new(Arc::new(AccessPolicy::defaults())))
+}
+
+/// What the provider was last told.
+fn last(told: &Mutex<Vec<(u32, DialogEvent)>>) -> DialogEvent {
+    told.lock()
+        .unwrap()
+        .last()
+        .expect("told something")
+        .1
+        .clone()
+}
+
+#[test]
+fn an_in_call_dialog_reaches_only_the_client_whose_call_holds_the_token() {
+    let hub = hub();
+    let (origin, told) = origin(&hub);
+    let client = session(1, 1000);
+    client.set_shows(true);
+    let token = hub.begin_call(&client, Some(7));
+    hub.provider_op(&origin, 1, open(token.token, None));
+    let DialogEvent::Opened { handle } = last(&told) else {
+        panic!("not opened: {:?}", last(&told));
+    };
+    let pushes = client.sink.take();
+    assert!(
+        matches!(&pushes[..], [(h, Push::DialogOpen { request: Some(7), .. })] if *h == handle),
+        "{pushes:?}"
+    );
+    // Once the call is over, its token opens nothing.
+    drop(token);
+    hub.provider_op(&origin, 2, open(token_after_end(), None));
+    assert!(
+        matches!(last(&told), DialogEvent::Refused { message } if message.contains("no UI available"))
+    );
+    // A client that does not show dialogs is never asked.
+    let quiet = session(2, 1000);
+    let token = hub.begin_call(&quiet, None);
+    hub.provider_op(&origin, 3, open(token.token, None));
+    assert!(
+        matches!(last(&told), DialogEvent::Refused { message } if message.contains("cannot show dialogs"))
+    );
+    assert_eq!((hub.opened(), hub.refused()), (1, 2));
+}
+
+/// A token no call holds.
+fn token_after_end() -> u32 {
+    u32::MAX - 1
+}
+
+#[test]
+fn a_spontaneous_dialog_goes_to_an_agent_of_its_user_and_no_other() {
+    let hub = hub();
+    let (origin, told) = origin(&hub);
+    hub.provider_op(&origin, 1, open(0, Some(1000)));
+    assert!(
+        matches!(last(&told), DialogEvent::Refused { message } if message.contains("no UI agent is registered for uid 1000"))
+    );
+    let stranger = session(1, 2000);
+    hub.register_agent(&stranger);
+    hub.provider_op(&origin, 2, open(0, Some(1000)));
+    assert!(matches!(last(&told), DialogEvent::Refused { .. }));
+    assert!(
+        stranger.sink.take().is_empty(),
+        "another user's agent saw it"
+    );
+    let agent = session(2, 1000);
+    hub.register_agent(&agent);
+    hub.provider_op(&origin, 3, open(0, Some(1000)));
+    assert!(matches!(last(&told), DialogEvent::Opened { .. }));
+    assert_eq!(agent.sink.take().len(), 1);
+    // A spontaneous dialog must say whose it is.
+    hub.provider_op(&origin, 4, open(0, None));
+    assert!(
+        matches!(last(&told), DialogEvent::Refused { message } if message.contains("must name its user"))
+    );
+}
+
+#[test]
+fn updates_wait_for_the_ready_signal_and_the_clients_end_closes_its_dialogs() {
+    let hub = hub();
+    let (origin, told) = origin(&hub);
+    let agent = session(1, 1000);
+    hub.register_agent(&agent);
+    hub.provider_op(&origin, 1, open(0, Some(1000)));
+    let DialogEvent::Opened { handle } = last(&told) else {
+        panic!("not opened");
+    };
+    agent.sink.take();
+    let update = |text: &str| {
+        DialogOp::Update(FormUpdate {
+            text: Some(text.into()),
+            ..FormUpdate::default()
+        })
+    };
+    hub.provider_op(&origin, 1, update("one"));
+    hub.provider_op(&origin, 1, update("two"));
+    assert!(
+        agent.sink.take().is_empty(),
+        "updates before ready were sent"
+    );
+    hub.ready(&agent, handle).unwrap();
+    let texts: Vec<String> = agent
+        .sink
+        .take()
+        .into_iter()
+        .map(|(_, push)| match push {
+            Push::DialogUpdate { update } => update.text.unwrap_or_default(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["one", "two"]);
+    // Only the owning session may answer it.
+    let other = session(2, 1000);
+    assert!(hub.send(&other, handle, DialogInput::default()).is_err());
+    hub.send(&agent, handle, DialogInput::default()).unwrap();
+    assert!(matches!(last(&told), DialogEvent::Input(_)));
+    // The application goes: the dialog closes and the provider is told why, once.
+    hub.session_gone(&agent);
+    assert!(
+        matches!(last(&told), DialogEvent::Closed { reason } if reason.contains("disconnected"))
+    );
+    assert_eq!((hub.open_dialogs(), hub.agents()), (0, 0));
+    hub.session_gone(&agent);
+    let closes = told
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| matches!(e, DialogEvent::Closed { .. }))
+        .count();
+    assert_eq!(closes, 1);
+}

@@ -30,7 +30,7 @@ pub fn run(global: &Global, path: Option<&Path>) -> Result<ExitCode> {
                 Some(dir) => Some(vec![dir.to_path_buf()]),
                 None => (!global.provider_dirs.is_empty()).then(|| global.provider_dirs.clone()),
             };
-            let host = purveyor_client::default_host(HostMode::Embedded, dirs);
+            let host = purveyor_builtins::default_host(HostMode::Embedded, dirs);
             let config: &HostConfig = host.config();
             for dir in config.provider_dirs.iter().filter(|d| d.exists()) {
                 checked.push(dir.display().to_string());

@@ -113,7 +113,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
     let result = runtime.block_on(async {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(listener)?;
-        let host = purveyor_client::host_with(config);
+        let host = purveyor_builtins::host_with(config);
         host.set_socket(Some(path.clone()));
         // One signal stops both servers.
         let (stop, stopped) = tokio::sync::watch::channel(false);

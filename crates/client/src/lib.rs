@@ -26,4 +26,5 @@ pub use purveyor_protocol::{
 };
 
 #[cfg(feature = "embedded")]
-pub use options::{default_host, host_with};
+#[cfg(feature = "embedded")]
+pub use purveyor_builtins::{default_host, host_with};

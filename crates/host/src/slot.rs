@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use purveyor_hosting::Hosted;
 use purveyor_model::{ClassPath, ClassSchema, ProviderState, Timestamp};
 use purveyor_protocol::{ErrorCode, ProviderStatus, RemoteError};
 use tokio::sync::watch;
+// The runtime's clock: the system's in the daemon, a paused one in tests
+// (`requests::tests`), so the lifecycle is tested without sleeping.
+use tokio::time::Instant;
 
 use crate::manifest::Manifest;
 use crate::policy::{self, Crashes, FIRST_BACKOFF, Idle};
@@ -316,7 +319,7 @@ impl Slot {
                     .recent_crashes
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                *state = match recent.record(Instant::now()) {
+                *state = match recent.record(Instant::now().into_std()) {
                     Some(count) => {
                         let name = &self.manifest().name;
                         let error = self.error(

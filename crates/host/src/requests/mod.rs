@@ -202,3 +202,6 @@ pub(crate) fn answer_now(
         )),
     })
 }
+
+#[cfg(test)]
+mod tests;

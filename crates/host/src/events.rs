@@ -1,7 +1,7 @@
 //! Events: subscriptions and their fan-out into each session's [`PushSink`].
 //!
 //! A provider raises events in the reply to a put, delete or call ([`RaisedEvent`]); the
-//! engine checks them against the class's schema and hands them to the [`EventBus`], which
+//! host checks them against the class's schema (`outcomes::deliver`) and hands them to the [`EventBus`], which
 //! offers each to every subscription of that class whose event name and filter match.
 //!
 //! **Invariant:** publishing never blocks and never grows memory without bound. Each
@@ -40,7 +40,7 @@ struct Subscription {
     event: Option<Identifier>,
     filter: Vec<Condition>,
     sink: Arc<PushSink>,
-    /// Dropped with the subscription (the engine's hold on the provider).
+    /// Dropped with the subscription (its hold on the provider: a `SlotPin`).
     _hold: Box<dyn Send + Sync>,
 }
 

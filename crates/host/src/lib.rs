@@ -24,6 +24,7 @@ mod events;
 mod host;
 mod loading;
 pub mod manifest;
+mod outcomes;
 mod policy;
 mod push;
 mod registry;

@@ -9,9 +9,9 @@ use purveyor_hosting::{HostLink, LoadError, ProcessRef, Spec, spawn_worker};
 use purveyor_model::{ClassPath, ClassSchema, Hosting};
 use purveyor_protocol::{DialogOp, DirectNews, ErrorCode, RaisedEvent, RemoteError};
 
-use crate::calls::{deliver, remote};
 use crate::dialogs::{DialogHub, Origin};
 use crate::manifest::{Entry, Manifest};
+use crate::outcomes::{deliver, remote};
 use crate::policy;
 use crate::slot::{LoadResult, Loaded, Lost, SchemaSet, Slot};
 use crate::state::Shared;

@@ -4,9 +4,9 @@
 //! to another thread, so the call costs what the library costs. Such a call cannot be
 //! interrupted, so its deadline is kept by this watchdog instead: one thread per host,
 //! started on first use, that runs a call's expiry action when the call is still running
-//! past its deadline. The engine's action marks the provider failed (no new call enters
+//! past its deadline. The host's action marks the provider failed (no new call enters
 //! it) and, when the request came over a socket, answers the client and closes that
-//! connection, whose thread is stuck (see `server::CallSite`).
+//! connection, whose thread is stuck (see the host's `cx::CallSite`).
 //!
 //! **Invariants.** An expiry action runs at most once, with the state lock held, and only
 //! while its call is still registered: a call cannot finish (and its connection cannot

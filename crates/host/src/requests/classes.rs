@@ -10,9 +10,10 @@ use purveyor_protocol::{ClassList, ErrorCode, InstanceList, RemoteError, Request
 use purveyor_provider::Caller;
 
 use crate::access::Permission;
-use crate::calls::{acquire, allowed, loaded_for, remote, schema_for};
+use crate::calls::{acquire, allowed, loaded_for};
 use crate::cx::Cx;
 use crate::manifest::Manifest;
+use crate::outcomes::{remote, schema_for};
 use crate::slot::Slot;
 use crate::state::Shared;
 

@@ -8,11 +8,11 @@ use purveyor_model::{Capability, ClassPath, InstanceKey};
 use purveyor_protocol::{ReadCall, RemoteError, Response};
 
 use crate::access::Permission;
-use crate::calls::{
-    allowed, call_inline, enumerate_answer, enumerate_call_for, get_answer, get_call_for,
-    loaded_for, not_offered, read,
-};
+use crate::calls::{allowed, call_inline, loaded_for, read};
 use crate::cx::Cx;
+use crate::outcomes::{
+    enumerate_answer, enumerate_call_for, get_answer, get_call_for, not_offered,
+};
 use crate::slot::{Loaded, Slot};
 use crate::state::Shared;
 

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use purveyor_model::{Capability, ClassPath, Condition, EventDef, Identifier};
 use purveyor_protocol::{ErrorCode, RemoteError, Response};
 
-use crate::calls::{loaded_for, schema_for};
+use crate::calls::loaded_for;
 use crate::cx::Cx;
+use crate::outcomes::schema_for;
 use crate::state::Shared;
 
 pub(super) async fn subscribe(

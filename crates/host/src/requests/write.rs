@@ -7,8 +7,9 @@ use purveyor_hosting::answer::check_full_key;
 use purveyor_model::{Capability, ClassPath, Identifier, Instance, InstanceKey};
 use purveyor_protocol::{ErrorCode, ProviderCall, RemoteError, Response};
 
-use crate::calls::{loaded_for, schema_for, write_call};
+use crate::calls::{loaded_for, write_call};
 use crate::cx::Cx;
+use crate::outcomes::schema_for;
 use crate::state::Shared;
 
 pub(super) async fn put(

@@ -71,7 +71,7 @@ impl Host {
 
     /// Manifests that were refused when the host was built.
     pub fn problems(&self) -> &[ManifestError] {
-        &self.shared.registry().problems
+        self.shared.registry().problems()
     }
 
     /// Records the socket the daemon listens on, for `status`.
@@ -143,7 +143,7 @@ impl Host {
         shared.stop_admitting();
         // Open dialogs hold their providers: close them first, telling both sides.
         shared.dialogs().shutdown();
-        let slots = shared.registry().slots.values();
+        let slots = shared.registry().slots().values();
         let released = tokio::time::timeout(
             shared.config().shutdown_grace,
             join_all(slots.map(|slot| slot.release("host shutdown"))),
@@ -154,7 +154,7 @@ impl Host {
                 "providers still releasing after the grace period; killing their processes"
             );
         }
-        for slot in shared.registry().slots.values() {
+        for slot in shared.registry().slots().values() {
             slot.kill_process();
         }
     }

@@ -15,20 +15,45 @@ use purveyor_hosting::BuiltinProvider;
 pub(crate) const SELF_PROVIDER: &str = "purveyor";
 
 pub(crate) struct Registry {
-    pub slots: BTreeMap<ProviderName, Arc<Slot>>,
-    pub by_class: HashMap<ClassPath, Arc<Slot>, foldhash::fast::RandomState>,
+    slots: BTreeMap<ProviderName, Arc<Slot>>,
+    by_class: HashMap<ClassPath, Arc<Slot>, foldhash::fast::RandomState>,
     /// Namespaces filled at run time (`app.*`), and by whom. A class named by a manifest
     /// wins over a namespace that contains it.
-    pub by_namespace: Vec<(NamespacePath, Arc<Slot>)>,
+    by_namespace: Vec<(NamespacePath, Arc<Slot>)>,
     /// I/O procedures installed globally, and by whom.
-    pub by_io: HashMap<purveyor_io::FourCC, Arc<Slot>>,
+    by_io: HashMap<purveyor_io::FourCC, Arc<Slot>>,
     /// Manifests that were refused, with why. The rest of the registry serves regardless.
-    pub problems: Vec<ManifestError>,
+    problems: Vec<ManifestError>,
     /// The directories that were read.
-    pub dirs: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
 }
 
 impl Registry {
+    /// Every registered provider's slot, by name.
+    pub fn slots(&self) -> &BTreeMap<ProviderName, Arc<Slot>> {
+        &self.slots
+    }
+
+    /// The provider that installs I/O procedure `code` globally.
+    pub fn io_slot(&self, code: &purveyor_io::FourCC) -> Option<&Arc<Slot>> {
+        self.by_io.get(code)
+    }
+
+    /// The I/O procedures installed globally, and by whom.
+    pub fn io_slots(&self) -> impl Iterator<Item = (&purveyor_io::FourCC, &Arc<Slot>)> {
+        self.by_io.iter()
+    }
+
+    /// Manifests that were refused, with why.
+    pub fn problems(&self) -> &[ManifestError] {
+        &self.problems
+    }
+
+    /// The providers directories that were read.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
     /// The slot serving `class`: by name, else by namespace.
     pub fn slot_for(&self, class: &ClassPath) -> Option<&Arc<Slot>> {
         self.by_class.get(class).or_else(|| {

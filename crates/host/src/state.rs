@@ -221,7 +221,7 @@ impl Shared {
                 .map(|p| p.display().to_string()),
             provider_dirs: self
                 .registry
-                .dirs
+                .dirs()
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect(),
@@ -232,7 +232,7 @@ impl Shared {
             requests: counts.requests,
             manifest_problems: self
                 .registry
-                .problems
+                .problems()
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
@@ -242,7 +242,7 @@ impl Shared {
     /// Registered providers, and loaded pure ones (a non-pure provider may live on as a
     /// client after release, so it is never counted as loaded).
     pub fn provider_counts(&self) -> (u32, u32) {
-        let slots = &self.registry.slots;
+        let slots = self.registry.slots();
         let loaded = slots
             .values()
             .filter(|s| s.manifest().pure && s.state() == ProviderState::Loaded)
@@ -251,6 +251,6 @@ impl Shared {
     }
 
     pub fn provider_statuses(&self) -> Vec<ProviderStatus> {
-        self.registry.slots.values().map(|s| s.status()).collect()
+        self.registry.slots().values().map(|s| s.status()).collect()
     }
 }

@@ -26,10 +26,11 @@ pub(crate) enum StreamTarget {
 
 /// One stream a session opened.
 pub(crate) struct SessionStream {
-    pub name: String,
-    pub target: StreamTarget,
+    /// The name it was opened by, for messages (empty for a delete or rename).
+    pub(crate) name: String,
+    pub(crate) target: StreamTarget,
     /// The stream's id in its procedure server.
-    pub id: u32,
+    pub(crate) id: u32,
 }
 
 /// A session's streams and the descriptors waiting to be passed to its client.

@@ -161,7 +161,7 @@ fn clear_after_defaults_come_from_the_configuration_by_kind() {
     let registry = crate::registry::Registry::build(&config, &[]);
     let clear = |name: &str| {
         registry
-            .slots
+            .slots()
             .values()
             .find(|s| s.manifest().name.as_str() == name)
             .unwrap()

@@ -123,7 +123,7 @@ async fn collect(
     };
     let slots: Vec<&Arc<Slot>> = host
         .registry()
-        .slots
+        .slots()
         .values()
         .filter(|s| {
             (s.manifest().classes.iter().any(wanted)

@@ -16,7 +16,7 @@ pub(super) fn enable_provider(
     name: &ProviderName,
 ) -> Result<Response, RemoteError> {
     allowed(host, cx, Permission::Write, "purveyor")?;
-    let Some(slot) = host.registry().slots.get(name) else {
+    let Some(slot) = host.registry().slots().get(name) else {
         return Err(RemoteError::new(
             ErrorCode::NotFound,
             format!("no provider named {name}"),

@@ -5,8 +5,9 @@
 //! **Invariant:** a connection is counted from [`Admission::admit`] until its [`Ticket`]
 //! drops, so the counts are exactly the connections being served.
 
+use purveyor_hosting::lock::Locked;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use crate::config::Limits;
 
@@ -42,7 +43,7 @@ impl Admission {
         privileged: bool,
         limits: &Limits,
     ) -> Result<Ticket, String> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.locked();
         let total = if privileged {
             limits.conn_total.saturating_add(OWNER_RESERVE)
         } else {
@@ -71,18 +72,14 @@ impl Admission {
 
     #[cfg(test)]
     fn counts(&self, uid: u32) -> (u32, u32) {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = self.open.locked();
         (open.total, open.by_user.get(&uid).copied().unwrap_or(0))
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut open = self
-            .admission
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.admission.open.locked();
         open.total = open.total.saturating_sub(1);
         if let Some(mine) = open.by_user.get_mut(&self.uid) {
             *mine -= 1;

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use purveyor_hosting::lock::Locked;
 use purveyor_protocol::{DialogEvent, DialogInput, DialogOp, ErrorCode, Form, Push, RemoteError};
 use purveyor_provider::Caller;
 
@@ -217,7 +218,7 @@ impl DialogHub {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// A provider side. `pin` keeps the provider loaded (called once per open dialog).

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use purveyor_hosting::lock::RwLocked;
 use purveyor_model::{ClassPath, Condition, Identifier, matches_all};
 use purveyor_protocol::{Push, RaisedEvent};
 
@@ -54,7 +55,7 @@ impl EventBus {
         sink: &Arc<PushSink>,
         hold: Box<dyn Send + Sync>,
     ) -> u32 {
-        let mut subs = self.subs.write().unwrap_or_else(|p| p.into_inner());
+        let mut subs = self.subs.write_locked();
         let handle = loop {
             let h = self
                 .next_handle
@@ -81,7 +82,7 @@ impl EventBus {
 
     /// Ends subscription `handle` if `sink` owns it; whether it did.
     pub fn unsubscribe(&self, handle: u32, sink: &Arc<PushSink>) -> bool {
-        let mut subs = self.subs.write().unwrap_or_else(|p| p.into_inner());
+        let mut subs = self.subs.write_locked();
         let Some(class) = subs.by_handle.get(&handle).cloned() else {
             return false;
         };
@@ -105,7 +106,7 @@ impl EventBus {
 
     /// Ends every subscription of `sink`.
     pub(crate) fn unsubscribe_all(&self, sink: &Arc<PushSink>) {
-        let mut subs = self.subs.write().unwrap_or_else(|p| p.into_inner());
+        let mut subs = self.subs.write_locked();
         let Subs {
             by_class,
             by_handle,
@@ -127,16 +128,12 @@ impl EventBus {
 
     /// Whether anyone subscribes to `class` (so a provider's events are worth checking).
     pub fn has_subscribers(&self, class: &ClassPath) -> bool {
-        self.subs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_class
-            .contains_key(class)
+        self.subs.read_locked().by_class.contains_key(class)
     }
 
     /// Offers `event` to every matching subscription.
     pub fn publish(&self, event: &RaisedEvent) {
-        let subs = self.subs.read().unwrap_or_else(|p| p.into_inner());
+        let subs = self.subs.read_locked();
         let Some(list) = subs.by_class.get(&event.class) else {
             return;
         };
@@ -170,11 +167,7 @@ impl EventBus {
     }
 
     pub fn subscriptions(&self) -> usize {
-        self.subs
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .by_handle
-            .len()
+        self.subs.read_locked().by_handle.len()
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use purveyor_hosting::lock::Locked;
 use purveyor_protocol::{Push, PushQueue};
 
 /// One session's queues of pushes, and their wake-up: events (bounded, with counted
@@ -50,7 +51,7 @@ impl PushSink {
     /// Queues a dialog message, which is never dropped; `false` when the session has
     /// [`RELIABLE_MAX`] waiting (it is not reading).
     pub(crate) fn offer_reliable(&self, handle: u32, push: Push) -> bool {
-        let mut reliable = self.reliable.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reliable = self.reliable.locked();
         if reliable.len() >= RELIABLE_MAX {
             return false;
         }
@@ -84,12 +85,7 @@ impl PushSink {
         if !self.pending.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
-        let mut out: Vec<(u32, Push)> = self
-            .reliable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
+        let mut out: Vec<(u32, Push)> = self.reliable.locked().drain(..).collect();
         if out.is_empty() {
             return self.queue.take();
         }

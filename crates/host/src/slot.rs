@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use purveyor_hosting::Hosted;
+use purveyor_hosting::lock::Locked;
 use purveyor_model::{ClassPath, ClassSchema, ProviderState, Timestamp};
 use purveyor_protocol::{ErrorCode, ProviderStatus, RemoteError};
 use tokio::sync::watch;
@@ -315,10 +316,7 @@ impl Slot {
             }
             Lost::Crashed(why) => {
                 self.crashes.fetch_add(1, Ordering::Relaxed);
-                let mut recent = self
-                    .recent_crashes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut recent = self.recent_crashes.locked();
                 *state = match recent.record(Instant::now().into_std()) {
                     Some(count) => {
                         let name = &self.manifest().name;
@@ -467,10 +465,7 @@ impl Slot {
     /// Records a failure that is not a call of its own (a failed load, a bad answer).
     pub fn record_error(&self, error: &RemoteError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut last = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = self.last_error.locked();
         *last = Some(error.message.clone());
     }
 
@@ -515,11 +510,7 @@ impl Slot {
             calls: self.calls.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             last_use,
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .clone(),
+            last_error: self.last_error.locked().clone(),
             pid,
             crashes: self.crashes.load(Ordering::Relaxed),
             in_flight,
@@ -547,9 +538,7 @@ impl Slot {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-changed (every
         // assignment is a single move), so a poisoned lock is still consistent.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.locked()
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use purveyor_hosting::lock::Locked;
 use purveyor_hosting::{BuiltinProvider, ProcedureServer, ProcessConn, Watchdog};
 use purveyor_model::{ProviderState, Timestamp};
 use purveyor_protocol::{ErrorCode, HostStatus, PROTOCOL_VERSION, ProviderStatus, RemoteError};
@@ -184,7 +185,7 @@ impl Shared {
     }
 
     pub fn set_socket(&self, path: Option<PathBuf>) {
-        *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = path;
+        *self.socket.locked() = path;
     }
 
     /// Counts a request, and refuses it once the host is shutting down.
@@ -215,8 +216,7 @@ impl Shared {
             started: self.started,
             socket: self
                 .socket
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .locked()
                 .as_ref()
                 .map(|p| p.display().to_string()),
             provider_dirs: self

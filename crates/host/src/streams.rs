@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use purveyor_hosting::ProcedureServer;
+use purveyor_hosting::lock::Locked;
 use purveyor_hosting::procedures::close_off_thread;
 use purveyor_protocol::{ErrorCode, RemoteError};
 
@@ -54,32 +55,22 @@ impl SessionIo {
     }
 
     pub(crate) fn insert(&self, stream: SessionStream) -> u32 {
-        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut streams = self.streams.locked();
         let h = self.handle(|h| streams.contains_key(&h));
         streams.insert(h, Arc::new(stream));
         h
     }
 
     pub(crate) fn get(&self, handle: u32) -> Option<Arc<SessionStream>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&handle)
-            .cloned()
+        self.streams.locked().get(&handle).cloned()
     }
 
     pub(crate) fn remove(&self, handle: u32) -> Option<Arc<SessionStream>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&handle)
+        self.streams.locked().remove(&handle)
     }
 
     pub fn open_streams(&self) -> usize {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.streams.locked().len()
     }
 
     /// Lets the host hand this session's client file descriptors.
@@ -93,7 +84,7 @@ impl SessionIo {
 
     /// Keeps a descriptor until the server sends it with the reply naming `token`.
     pub(crate) fn stash_fd(&self, fd: std::os::fd::OwnedFd) -> u32 {
-        let mut fds = self.fds.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut fds = self.fds.locked();
         let token = self.handle(|h| fds.contains_key(&h));
         fds.insert(token, fd);
         token
@@ -101,18 +92,14 @@ impl SessionIo {
 
     /// The descriptor for the reply with `token` (the server sends it along).
     pub fn take_fd(&self, token: u32) -> Option<std::os::fd::OwnedFd> {
-        self.fds
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&token)
+        self.fds.locked().remove(&token)
     }
 }
 
 impl Drop for SessionIo {
     /// The client went away: its streams are closed (finished) by their procedures.
     fn drop(&mut self) {
-        let streams =
-            std::mem::take(&mut *self.streams.lock().unwrap_or_else(PoisonError::into_inner));
+        let streams = std::mem::take(&mut *self.streams.locked());
         for (_, stream) in streams {
             close_abandoned(stream);
         }
@@ -161,8 +148,7 @@ impl IoSlots {
     ) -> Result<IoPermits, RemoteError> {
         let mine = self
             .per_user
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .entry(uid)
             .or_insert_with(|| {
                 Arc::new(tokio::sync::Semaphore::new(limits.io_ops_per_user as usize))

@@ -19,6 +19,8 @@
 //! - [`answer`]: checks a provider's answers against its schemas (shared with the
 //!   worker's direct channels).
 //! - [`watchdog`]: deadlines for calls that run on the caller's own thread.
+//! - [`lock`]: taking a `std` lock whatever a panicking holder left (one helper for
+//!   the host and hosting alike).
 //! - [`worker`]: the isolated worker process.
 //!
 //! **Invariant:** nothing a provider does can panic or hang the host: every call runs
@@ -31,6 +33,7 @@ mod error;
 mod exit;
 pub mod hosted;
 pub mod library;
+pub mod lock;
 pub mod procedures;
 mod process;
 pub mod watchdog;

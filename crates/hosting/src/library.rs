@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
 use purveyor_protocol::{
-    CallerInfo, Encoding, PROVIDER_ABI_VERSION, ProviderCall, ProviderReply, ProviderRequest,
+    Encoding, PROVIDER_ABI_VERSION, ProviderCall, ProviderReply, ProviderRequest,
     ProviderRequestRef, ProviderResponse, ReadCall, decode, encode_payload,
 };
 use purveyor_provider::abi::{
@@ -35,11 +35,7 @@ fn request_ref<'a, C>(
     ProviderRequestRef {
         id: 0,
         provider: "",
-        caller: CallerInfo {
-            uid: caller.uid,
-            gid: caller.gid,
-            pid: caller.pid,
-        },
+        caller: caller.info(),
         deadline_ms: left.map_or(0, |d| d.as_millis().max(1) as u64),
         ui: 0,
         call,

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::lock::Locked;
 use purveyor_io::{
     FourCC, IoError, IoName, IoStream, OpenMode, Registry, Requester, Scope, StreamGuard,
 };
@@ -42,7 +43,7 @@ impl Open {
         &self,
         f: impl FnOnce(&mut dyn IoStream) -> Result<T, IoError>,
     ) -> Result<T, IoError> {
-        let mut stream = self.stream.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stream = self.stream.locked();
         as_caller(&self.owner, || f(&mut **stream))
     }
 }
@@ -74,16 +75,12 @@ impl ProcedureServer {
 
     /// Streams open now.
     pub fn open_streams(&self) -> usize {
-        self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.streams.locked().len()
     }
 
     fn stream(&self, id: u32) -> Result<Arc<Open>, IoError> {
         self.streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .get(&id)
             .cloned()
             .ok_or_else(|| IoError::NotFound(format!("stream {id}")))
@@ -212,7 +209,7 @@ impl ProcedureServer {
     }
 
     fn insert(&self, stream: Box<dyn IoStream>, owner: Requester, guard: StreamGuard) -> u32 {
-        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut streams = self.streams.locked();
         let id = loop {
             let id = self.next.fetch_add(1, Ordering::Relaxed);
             if id != 0 && !streams.contains_key(&id) {
@@ -234,8 +231,7 @@ impl ProcedureServer {
     pub fn close(&self, id: u32) -> Result<(), IoError> {
         let open = self
             .streams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .remove(&id)
             .ok_or_else(|| IoError::NotFound(format!("stream {id}")))?;
         // A read in progress holds the stream; closing waits for it.

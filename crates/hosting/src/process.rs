@@ -29,6 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::exit::{finish, provider_pid, stop};
+use crate::lock::Locked;
 use tokio::sync::oneshot;
 
 /// The largest frame a provider process may send.
@@ -187,18 +188,12 @@ impl ProcessConn {
 
     /// Routes `provider`'s dialog operations to `route`.
     pub fn on_dialogs(&self, provider: &str, route: DialogRoute) {
-        self.dialogs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(provider.to_string(), route);
+        self.dialogs.locked().insert(provider.to_string(), route);
     }
 
     /// Routes `provider`'s direct-channel news to `route`.
     pub fn on_direct(&self, provider: &str, route: DirectRoute) {
-        self.direct
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(provider.to_string(), route);
+        self.direct.locked().insert(provider.to_string(), route);
     }
 
     /// Whether this process takes direct channels (it is an isolated worker).
@@ -217,7 +212,7 @@ impl ProcessConn {
         let mut frame = Vec::new();
         encode_frame(Encoding::Json, attach, MAX_PROVIDER_FRAME, &mut frame)
             .map_err(|e| format!("cannot encode a direct channel's attach: {e}"))?;
-        let socket = socket.lock().unwrap_or_else(|p| p.into_inner());
+        let socket = socket.locked();
         // The frame is small and the worker reads its attach socket on a thread of its
         // own: the first send takes it all or fails; the rest goes plainly.
         let sent = purveyor_protocol::fds::send(socket.as_raw_fd(), &frame, &[channel.as_raw_fd()])
@@ -229,7 +224,7 @@ impl ProcessConn {
 
     /// Runs `hook` with the reason when the process ends (at once if it has).
     pub fn on_exit(&self, hook: ExitHook) {
-        let mut hooks = self.exit_hooks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut hooks = self.exit_hooks.locked();
         match hooks.as_mut() {
             Some(hooks) => hooks.push(hook),
             None => {
@@ -349,23 +344,18 @@ impl ProcessConn {
 
     /// Why the process is gone, if it is.
     pub fn dead_reason(&self) -> Option<String> {
-        self.dead.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.dead.locked().clone()
     }
 
     /// Kills the process; pending and later calls fail with `why`.
     pub fn kill(&self, why: String) {
         {
-            let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+            let mut dead = self.dead.locked();
             if dead.is_none() {
                 *dead = Some(why);
             }
         }
-        if let Some(child) = self
-            .child
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(child) = self.child.locked().as_mut() {
             stop(child);
         }
     }
@@ -374,13 +364,13 @@ impl ProcessConn {
     /// exit, then kills it.
     pub async fn close(&self, grace: Duration) {
         {
-            let mut dead = self.dead.lock().unwrap_or_else(|p| p.into_inner());
+            let mut dead = self.dead.locked();
             if dead.is_none() {
                 *dead = Some(format!("{} was released", self.label));
             }
         }
         drop(self.writer.lock().await.take());
-        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let child = self.child.locked().take();
         if let Some(mut child) = child {
             finish(&mut child, grace).await;
         }
@@ -410,7 +400,7 @@ impl ProcessConn {
                     },
             } => {
                 let route = {
-                    let routes = self.dialogs.lock().unwrap_or_else(|p| p.into_inner());
+                    let routes = self.dialogs.locked();
                     match routes.get(&provider) {
                         Some(route) => Some(route.clone()),
                         // A process serving one provider may leave its name out.
@@ -431,12 +421,7 @@ impl ProcessConn {
                 id: 0,
                 reply: ProviderReply::Direct { provider, news },
             } => {
-                let route = self
-                    .direct
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&provider)
-                    .cloned();
+                let route = self.direct.locked().get(&provider).cloned();
                 match route {
                     Some(route) => route(news),
                     None => {
@@ -463,7 +448,7 @@ impl ProcessConn {
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.pending.locked()
     }
 }
 
@@ -598,13 +583,13 @@ async fn read_replies(
     if let Some(why) = &why {
         conn.kill(format!("{} was killed: {why}", conn.label));
     }
-    let child = conn.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let child = conn.child.locked().take();
     let ended = match child {
         Some(mut child) => finish(&mut child, Duration::from_secs(2)).await,
         None => String::new(),
     };
     let reason = {
-        let mut dead = conn.dead.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dead = conn.dead.locked();
         let reason = match dead.take() {
             Some(known) => format!("{known}{ended}"),
             None => format!("{} (pid {}) ended{ended}", conn.label, conn.pid),
@@ -618,12 +603,7 @@ async fn read_replies(
         tracing::warn!(process = %conn.label, pid = conn.pid, %reason, "provider process ended");
     }
     // Dialogs learn why first, then the calls in flight.
-    let hooks = conn
-        .exit_hooks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .unwrap_or_default();
+    let hooks = conn.exit_hooks.locked().take().unwrap_or_default();
     for hook in hooks {
         hook(&reason);
     }

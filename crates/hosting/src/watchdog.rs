@@ -16,6 +16,7 @@
 //! reference count per call). Registration takes one uncontended lock and wakes the
 //! thread only when it has parked, which it does after a second with no calls.
 
+use crate::lock::Locked;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -165,7 +166,7 @@ impl State {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 }
 

@@ -33,6 +33,7 @@ use purveyor_protocol::{
 use purveyor_provider::abi::panic_message;
 
 use crate::library::LibraryProvider;
+use crate::lock::{Locked, RwLocked};
 use crate::procedures::ProcedureServer;
 
 mod direct;
@@ -227,7 +228,7 @@ impl Worker {
                 frame.clear();
                 let _ = encode_frame(self.encoding, &response, MAX_FRAME, &mut frame);
             }
-            let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = self.output.locked();
             if out.write_all(&frame).is_err() {
                 std::process::exit(0);
             }
@@ -241,7 +242,7 @@ impl Worker {
         if self.busy.fetch_add(1, Ordering::SeqCst) == 0
             && self.watcher_parked.swap(false, Ordering::SeqCst)
         {
-            let _spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            let _spares = self.spares.locked();
             self.watcher_wake.notify_one();
         }
     }
@@ -252,7 +253,7 @@ impl Worker {
 
     /// Waits until the watcher asks for a reader.
     fn wait_as_spare(&self) {
-        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spares = self.spares.locked();
         spares.waiting += 1;
         while spares.wanted == 0 {
             spares = self
@@ -268,7 +269,7 @@ impl Worker {
     /// for a tick, wakes a spare to read (or starts a thread when none is waiting).
     fn watch(self: Arc<Self>) {
         let mut last_busy = Instant::now();
-        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let mut spares = self.spares.locked();
         loop {
             spares = self
                 .watcher_wake
@@ -280,7 +281,7 @@ impl Worker {
                     // The host's counts of direct calls are brought up to date first.
                     drop(spares);
                     self.flush_uses();
-                    spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+                    spares = self.spares.locked();
                     self.watcher_parked.store(true, Ordering::SeqCst);
                     // A call that started before the flag was set is seen here.
                     while self.watcher_parked.load(Ordering::SeqCst)
@@ -301,7 +302,7 @@ impl Worker {
             // spares lock: a reply may be written.
             drop(spares);
             self.check_running();
-            spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            spares = self.spares.locked();
             let quiet = self
                 .now()
                 .saturating_sub(self.last_read.load(Ordering::SeqCst));
@@ -331,8 +332,7 @@ impl Worker {
                 ) {
                     Ok(p) => {
                         self.providers
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
+                            .write_locked()
                             .insert(request.provider.clone(), Arc::new(p));
                         ProviderReply::Loaded
                     }
@@ -343,8 +343,7 @@ impl Worker {
                 match ProcedureServer::from_library(Path::new(library)) {
                     Ok(server) => {
                         self.procedures
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
+                            .write_locked()
                             .insert(request.provider.clone(), Arc::new(server));
                         ProviderReply::Loaded
                     }
@@ -353,21 +352,14 @@ impl Worker {
             }
             ProviderCall::Release => {
                 // Dropping the last reference runs the library's cleanup entry point.
-                self.providers
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&request.provider);
-                self.procedures
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&request.provider);
+                self.providers.write_locked().remove(&request.provider);
+                self.procedures.write_locked().remove(&request.provider);
                 ProviderReply::Released
             }
             call if call.is_io() => {
                 let server = self
                     .procedures
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .read_locked()
                     .get(&request.provider)
                     .cloned();
                 match server {
@@ -382,12 +374,7 @@ impl Worker {
                 }
             }
             _ => {
-                let provider = self
-                    .providers
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&request.provider)
-                    .cloned();
+                let provider = self.providers.read_locked().get(&request.provider).cloned();
                 match provider {
                     Some(p) => p
                         .forward(&request)
@@ -423,7 +410,7 @@ impl Worker {
             message.id = 0;
             let mut frame = Vec::new();
             if encode_frame(encoding, &message, MAX_FRAME, &mut frame).is_ok() {
-                let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+                let mut out = output.locked();
                 let _ = out.write_all(&frame);
             }
         })

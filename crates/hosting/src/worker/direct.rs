@@ -34,6 +34,8 @@ use purveyor_provider::abi::{fault, from_fault, panic_message};
 
 use super::{MAX_FRAME, Worker};
 use crate::answer::Offers;
+use crate::error::{CallError, Shown};
+use crate::lock::{Locked, RwLocked};
 
 /// The most direct channels one worker serves at once; past it a new channel is closed
 /// at once and its client goes on through the host.
@@ -183,7 +185,7 @@ impl Worker {
 
     /// The use report of `provider`, shared by all its channels.
     fn usage_of(&self, provider: &str, keep_ms: u64) -> Arc<UseReport> {
-        let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+        let mut uses = self.uses.locked();
         uses.entry(provider.to_string())
             .or_insert_with(|| {
                 Arc::new(UseReport {
@@ -234,12 +236,7 @@ impl Worker {
                 }
             };
             let (id, request) = request;
-            let provider = self
-                .providers
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&channel.provider)
-                .cloned();
+            let provider = self.providers.read_locked().get(&channel.provider).cloned();
             // Released here: closing tells the client to ask the host, which loads it.
             let Some(provider) = provider else { return };
             let Some(result) = self.direct_call(channel, &provider, id, request) else {
@@ -267,7 +264,7 @@ impl Worker {
                 };
                 let _ = encode_frame(Encoding::Binary, &reply, MAX_FRAME, &mut out);
             }
-            let mut writer = channel.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let mut writer = channel.writer.locked();
             if writer.write_all(&out).is_err() {
                 return;
             }
@@ -366,7 +363,7 @@ impl Worker {
     }
 
     fn running_add(&self, call: Running) -> usize {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running.locked();
         match running.free.pop() {
             Some(at) => {
                 running.slots[at] = Some(call);
@@ -381,7 +378,7 @@ impl Worker {
 
     /// Forgets a running call; true if the watcher answered it.
     fn running_remove(&self, at: usize) -> bool {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running.locked();
         let call = running.slots[at].take();
         running.free.push(at);
         call.is_some_and(|c| c.answered)
@@ -422,13 +419,7 @@ impl Worker {
 
     /// Brings the host's counts of every provider's direct calls up to date.
     pub(super) fn flush_uses(&self) {
-        let uses: Vec<Arc<UseReport>> = self
-            .uses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let uses: Vec<Arc<UseReport>> = self.uses.locked().values().cloned().collect();
         for usage in uses {
             self.report_use(&usage, false);
         }
@@ -442,7 +433,7 @@ impl Worker {
         let mut overdue = Vec::new();
         let mut in_use = Vec::new();
         {
-            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.running.locked();
             for call in running.slots.iter_mut().flatten() {
                 if call.answered {
                     continue;
@@ -459,21 +450,16 @@ impl Worker {
             self.report_use(&channel.usage, true);
         }
         for (id, channel) in overdue {
-            let error = channel.offers().error(
-                ErrorCode::Timeout,
-                format!(
-                    "provider {} did not answer within {}; its process was killed and restarts on next use",
-                    channel.name,
-                    humantime::format_duration(channel.deadline)
-                ),
-            );
+            // What the daemon says for a call of its own that its worker missed.
+            let missed = CallError::Killed(channel.name.to_string(), Shown(channel.deadline));
+            let error = channel.offers().error(missed.code(), missed.to_string());
             let mut out = Vec::new();
             let reply = ServerMessage::Reply {
                 id,
                 outcome: Outcome::Err(error),
             };
             if encode_frame(Encoding::Binary, &reply, MAX_FRAME, &mut out).is_ok() {
-                let mut writer = channel.writer.lock().unwrap_or_else(|p| p.into_inner());
+                let mut writer = channel.writer.locked();
                 let _ = writer.write_all(&out);
             }
             channel.usage.calls.fetch_add(1, Ordering::Relaxed);
@@ -498,7 +484,7 @@ impl Worker {
         };
         let mut frame = Vec::new();
         if encode_frame(self.encoding, &message, MAX_FRAME, &mut frame).is_ok() {
-            let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = self.output.locked();
             let _ = out.write_all(&frame);
         }
     }

@@ -362,7 +362,10 @@ const PY_CLIENT: &str = r#"
 import json, os, socket, struct
 def send(c, obj):
     data = json.dumps(obj).encode()
-    c.sendall(struct.pack("<I", len(data)) + data)
+    try:
+        c.sendall(struct.pack("<I", len(data)) + data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # a refused connection: its goodbye is still there to read
 def recv(c):
     header = b""
     while len(header) < 4:

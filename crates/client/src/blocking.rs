@@ -800,6 +800,16 @@ fn read_some(
     timeout: Duration,
     awaiting: &str,
 ) -> Result<(), ClientError> {
+    // The daemon answers most requests within microseconds: look before blocking, so
+    // the reply does not have to wake this thread on a halted CPU
+    // (`purveyor_protocol::poll`).
+    {
+        use std::os::fd::AsRawFd;
+        purveyor_protocol::poll::readable_within(
+            stream.as_raw_fd(),
+            purveyor_protocol::poll::poll_window(),
+        );
+    }
     match recv(stream, frames.spare(), fds) {
         Ok(0) => Err(ClientError::protocol(format!(
             "the daemon at {} closed the connection during {awaiting}",

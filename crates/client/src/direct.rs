@@ -252,6 +252,12 @@ impl DirectConn {
                 Ok(None) => {}
                 Err(_) => return Err(Lost),
             }
+            // The worker answers within microseconds: look before blocking
+            // (`purveyor_protocol::poll`).
+            purveyor_protocol::poll::readable_within(
+                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                purveyor_protocol::poll::poll_window(),
+            );
             match self.stream.read(self.frames.spare()) {
                 Ok(0) => return Err(Lost),
                 Ok(n) => self.frames.filled(n),

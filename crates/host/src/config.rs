@@ -41,6 +41,9 @@ pub struct HostConfig {
     pub event_queue: usize,
     /// What clients can make the host hold (`docs/security.md`, "Limits").
     pub limits: Limits,
+    /// How long a connection whose requests arrive back to back looks for the next one
+    /// before blocking (`PURVEYOR_POLL_US`; zero: never; `docs/performance.md`).
+    pub poll: Duration,
 }
 
 /// What clients can make the host hold, each with a default, a setting
@@ -269,6 +272,7 @@ impl HostConfig {
             access: std::sync::Arc::new(AccessPolicy::defaults()),
             event_queue: 4096,
             limits: Limits::default(),
+            poll: purveyor_protocol::poll::poll_window(),
         }
     }
 

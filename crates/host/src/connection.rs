@@ -34,11 +34,14 @@ use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::sync::watch;
 
 use crate::config::Limits;
-use crate::cx::{CallSite, Cx};
+use crate::cx::Cx;
 use crate::policy::{self, Silence};
 use crate::requests;
 use crate::session::Session;
 use crate::state::Shared;
+
+mod site;
+use site::{ConnectionSite, Site};
 
 /// The most reply bytes a connection buffers before it writes them and waits for the
 /// client to take them (`docs/security.md`, "Limits"): requests answered at once stop
@@ -114,6 +117,12 @@ struct Connection<'a> {
     /// When the client last sent bytes, and since when a frame has been arriving.
     last_heard: Instant,
     partial_since: Option<Instant>,
+    /// How long to look at the socket after a reply before blocking (see "Polling").
+    poll: Duration,
+    /// When the last reply was written, and whether the last request came right behind
+    /// the reply before it: then the next is looked for before blocking.
+    last_reply: Option<Instant>,
+    back_to_back: bool,
 }
 
 /// Serves `session` on `socket` after the handshake (`frames` may already hold requests
@@ -151,6 +160,9 @@ pub(crate) async fn serve(
         goodbye: None,
         last_heard: Instant::now(),
         partial_since: None,
+        poll: config.poll,
+        last_reply: None,
+        back_to_back: false,
     };
     let mut in_flight: FuturesUnordered<Answering<'_>> = FuturesUnordered::new();
     let wr = &mut socket.wr;
@@ -170,6 +182,20 @@ pub(crate) async fn serve(
             break;
         }
         let room = in_flight.len() < conn.max_in_flight;
+        // Requests arriving back to back: look for the next one before blocking.
+        if conn.reading
+            && in_flight.is_empty()
+            && conn.back_to_back
+            && purveyor_protocol::poll::readable_within(conn.fd, conn.poll)
+        {
+            if !conn
+                .readable(None, &mut in_flight, wr, timer.as_mut())
+                .await?
+            {
+                return Ok(());
+            }
+            continue;
+        }
         tokio::select! {
             biased;
             Some((rid, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -184,7 +210,11 @@ pub(crate) async fn serve(
                 conn.write_out(wr).await?;
             }
             ready = std::future::poll_fn(|cx| socket.rd.as_ref().poll_read_ready(cx)), if conn.reading && room => {
-                if !conn.readable(ready, &socket.rd, &mut in_flight, wr, timer.as_mut()).await? {
+                if let Err(e) = ready {
+                    session.client_gone();
+                    return Err(e);
+                }
+                if !conn.readable(Some(&socket.rd), &mut in_flight, wr, timer.as_mut()).await? {
                     return Ok(());
                 }
             }
@@ -321,6 +351,7 @@ impl<'a> Connection<'a> {
             let sent = send_with_fds(wr.as_ref(), &self.out, &self.fds).await?;
             self.fds.clear();
             self.out.drain(..sent);
+            self.last_reply = Some(Instant::now());
         }
         self.write_out(wr).await?;
         take_owed(self.fd, &mut self.owed)?;
@@ -334,11 +365,11 @@ impl<'a> Connection<'a> {
 
     /// The socket is readable: reads (or peeks) what came, answers or starts its
     /// requests, and times a frame begun. `false` when the connection must end now (the
-    /// watchdog closed it).
+    /// watchdog closed it). With `rd`, the read goes through the runtime's readiness;
+    /// without, straight to the socket (polling found input).
     async fn readable(
         &mut self,
-        ready: std::io::Result<()>,
-        rd: &ReadHalf<'_>,
+        rd: Option<&ReadHalf<'_>>,
         in_flight: &mut FuturesUnordered<Answering<'a>>,
         wr: &mut WriteHalf<'_>,
         timer: Pin<&mut tokio::time::Sleep>,
@@ -347,17 +378,13 @@ impl<'a> Connection<'a> {
         // until the replies are out (see "Intake").
         let peek = self.peek_next && self.frames.buffered() == 0;
         let fd = self.fd;
-        let read = ready
-            .and_then(|()| take_owed(fd, &mut self.owed))
-            .and_then(|()| {
-                rd.as_ref().try_io(tokio::io::Interest::READABLE, || {
-                    recv(
-                        fd,
-                        self.frames.spare(),
-                        if peek { libc::MSG_PEEK } else { 0 },
-                    )
-                })
-            });
+        let flags = if peek { libc::MSG_PEEK } else { 0 };
+        let read = take_owed(fd, &mut self.owed).and_then(|()| match rd {
+            Some(rd) => rd.as_ref().try_io(tokio::io::Interest::READABLE, || {
+                recv(fd, self.frames.spare(), flags)
+            }),
+            None => recv(fd, self.frames.spare(), flags),
+        });
         let n = match read {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
@@ -372,6 +399,9 @@ impl<'a> Connection<'a> {
         }
         let read_at = Instant::now();
         self.last_heard = read_at;
+        self.back_to_back = self
+            .last_reply
+            .is_some_and(|at| read_at.saturating_duration_since(at) < BACK_TO_BACK);
         self.frames.filled(n);
         if peek {
             self.owed = n;
@@ -507,6 +537,7 @@ impl<'a> Connection<'a> {
         if !self.out.is_empty() {
             wr.write_all(&self.out).await?;
             self.out.clear();
+            self.last_reply = Some(Instant::now());
         }
         Ok(())
     }
@@ -522,87 +553,6 @@ impl<'a> Connection<'a> {
             }
         }
         let _ = wr.shutdown().await;
-    }
-}
-
-/// A request on a connection ([`CallSite`]): lets the watchdog answer a call whose thread
-/// is stuck in an in-daemon provider.
-struct Site {
-    conn: Arc<ConnectionSite>,
-    id: u32,
-}
-
-struct ConnectionSite {
-    /// The socket, open for as long as the connection task runs, which is at least as
-    /// long as any call on it.
-    fd: RawFd,
-    wire: Wire,
-    /// Set when the watchdog answered for a stuck call: the connection task must not
-    /// write again and ends as soon as the call returns.
-    abandoned: AtomicBool,
-}
-
-impl CallSite for Site {
-    fn request(&self) -> u32 {
-        self.id
-    }
-
-    /// Answers this request with `error`, says goodbye and shuts the socket, from the
-    /// watchdog's thread while the connection's own thread is stuck in `provider`. Safe
-    /// because that thread is inside the call, not writing: replies are only written
-    /// between calls.
-    fn abandon(&self, error: RemoteError, provider: &str) {
-        let conn = &self.conn;
-        if conn.abandoned.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let mut out = Vec::new();
-        conn.wire.reply(self.id, Outcome::Err(error), &mut out);
-        let bye = ServerMessage::Goodbye {
-            error: RemoteError::new(
-                ErrorCode::ProviderFailed,
-                format!(
-                    "closing this connection: its thread is stuck in in-daemon provider {provider}, which missed its deadline; connect again"
-                ),
-            ),
-        };
-        let _ = encode_frame(conn.wire.encoding, &bye, conn.wire.max, &mut out);
-        send_all(conn.fd, &out, Duration::from_millis(500));
-        // SAFETY: the descriptor is open (see `ConnectionSite::fd`).
-        unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
-    }
-}
-
-/// Writes `bytes` to a non-blocking socket, waiting for room at most `patience` overall.
-fn send_all(fd: RawFd, mut bytes: &[u8], patience: Duration) {
-    let give_up = Instant::now() + patience;
-    while !bytes.is_empty() {
-        // SAFETY: `bytes` is valid for its length; the descriptor is open.
-        let n = unsafe {
-            libc::send(
-                fd,
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 {
-            bytes = &bytes[n as usize..];
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        let left = give_up.saturating_duration_since(Instant::now());
-        if n < 0 && err.kind() == std::io::ErrorKind::WouldBlock && !left.is_zero() {
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
-            continue;
-        }
-        return;
     }
 }
 
@@ -623,6 +573,18 @@ fn send_all(fd: RawFd, mut bytes: &[u8], patience: Duration) {
 // socket; they are taken (`take_owed`) before any other read, so the socket and the frame
 // buffer never disagree. Peeking happens only when `frames` holds no partial frame, so a
 // large frame arriving in pieces is read normally, never peeked twice.
+
+// Polling: on a machine whose idle CPUs halt, a connection task that blocks after each
+// reply is woken for the next request on a halted CPU, which costs more than the request
+// (`docs/performance.md`, "Placement"). A connection whose last request came within
+// `BACK_TO_BACK` of the reply before it looks at its socket for `HostConfig::poll`
+// (`PURVEYOR_POLL_US`, default 50 µs) before going back to the runtime, yielding the CPU
+// between looks. A client that asks once a second never makes it poll; one that asks
+// back to back costs at most the window per request. While it polls, the task's other
+// events (a push, the timer, shutdown) wait at most the window.
+
+/// A request this soon after the previous reply marks a client asking back to back.
+const BACK_TO_BACK: Duration = Duration::from_millis(1);
 
 /// An answer written within this long of reading its request comes before the client's
 /// CPU has gone back to sleep, so peeking would not help it (see "Intake"): the next

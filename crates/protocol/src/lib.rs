@@ -17,6 +17,7 @@ pub mod fds;
 mod frame;
 mod message;
 mod paths;
+pub mod poll;
 mod provider;
 mod pushes;
 

@@ -1,0 +1,81 @@
+//! Brief polling before blocking, for both ends of a connection (`docs/performance.md`,
+//! "Placement").
+//!
+//! On a machine whose idle CPUs halt (most VMs), waking a thread that sleeps on another
+//! CPU costs tens of microseconds — more than the whole request. A side that expects an
+//! answer within microseconds therefore looks at its socket for a short window before it
+//! blocks: the client after sending a request, the daemon after answering one when
+//! requests arrive back to back. Between looks it yields the CPU, so a peer on the same
+//! CPU runs at once and loses nothing. The window is `PURVEYOR_POLL_US` microseconds
+//! (default [`DEFAULT_POLL`], at most [`MAX_POLL`]; `0` turns polling off).
+
+use std::os::fd::RawFd;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The polling window when `PURVEYOR_POLL_US` is not set.
+pub const DEFAULT_POLL: Duration = Duration::from_micros(50);
+/// The longest window `PURVEYOR_POLL_US` may ask for.
+pub const MAX_POLL: Duration = Duration::from_millis(1);
+
+/// The polling window of this process: `PURVEYOR_POLL_US`, read once.
+pub fn poll_window() -> Duration {
+    static WINDOW: OnceLock<Duration> = OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        std::env::var("PURVEYOR_POLL_US")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_POLL, |us| Duration::from_micros(us).min(MAX_POLL))
+    })
+}
+
+/// Looks at `fd` for input (or its end) until `window` has passed, yielding the CPU
+/// between looks; whether there is something to read. Never blocks.
+pub fn readable_within(fd: RawFd, window: Duration) -> bool {
+    if window.is_zero() {
+        return false;
+    }
+    let started = Instant::now();
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, a zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n > 0 {
+            return true;
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
+        }
+        if started.elapsed() >= window {
+            return false;
+        }
+        // SAFETY: sched_yield has no preconditions.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_socket_with_input_is_seen_at_once_and_a_silent_one_after_the_window() {
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let started = Instant::now();
+        assert!(!readable_within(b.as_raw_fd(), Duration::from_millis(2)));
+        assert!(started.elapsed() >= Duration::from_millis(2));
+        assert!(!readable_within(b.as_raw_fd(), Duration::ZERO));
+        a.write_all(b"x").unwrap();
+        assert!(readable_within(b.as_raw_fd(), Duration::from_secs(5)));
+        // The peer's end is input too: the reader learns it at once.
+        let (c, d) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(c);
+        assert!(readable_within(d.as_raw_fd(), Duration::from_secs(5)));
+    }
+}

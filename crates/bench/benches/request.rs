@@ -1,21 +1,23 @@
 //! Request latency and throughput through the daemon socket, each next to its floor in
 //! the same run (see `docs/performance.md`).
 //!
-//! The bench process is the client. It re-executes itself as a child that runs both the
-//! daemon (the real host and server on a multi-threaded runtime) and a raw Unix-socket echo
-//! server, so the request and its floor cross the same two processes. The echo answers each
-//! frame with a frame of the same size as the daemon's reply.
+//! The bench process is the client. It re-executes itself as a child that runs the daemon
+//! (the real host and server on a multi-threaded runtime), and as three raw Unix-socket
+//! echo servers, each a process of its own (pinned to CPU 0, to CPU 1, and not pinned),
+//! which answer each frame with a frame of the same size as the daemon's reply. Each
+//! latency line says which regime it measured: ours unpinned (what users get) and pinned
+//! together with the client, a plain JSON client's, and the floors (`Placed`).
 //!
 //! Run: `cargo build --release -p purveyor && cargo bench -p purveyor-bench`
 //! (or `bench/run`).
 
 use std::io::Read;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{against_echo, echo_connection, ms, percentiles, us};
+use purveyor_bench::{Echoes, helper_mode, ms, percentiles, placed, us};
 use purveyor_client::{Client, ConnectOptions, Encoding, Target};
 use purveyor_model::{ClassPath, InstanceKey};
 use purveyor_protocol::{HostMode, Request};
@@ -29,8 +31,8 @@ fn main() {
         child(Path::new(&dir));
         return;
     }
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo bench -- --list`: nothing to list for a custom harness.
+    if helper_mode() {
+        return;
     }
     if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "in-process") {
         in_process();
@@ -39,7 +41,8 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::spawn(dir.path());
     let daemon = dir.path().join("daemon.sock");
-    let echo = dir.path().join("echo.sock");
+    let echoes = Echoes::spawn(dir.path());
+    let pid = server.child.id();
 
     println!(
         "# purveyor request benchmark ({} round trips each, interleaved)",
@@ -48,14 +51,14 @@ fn main() {
     // `PURVEYOR_BENCH_ONLY=latency` stops after the latency figures (for profiling).
     let only_latency = std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "latency");
     // The transport and server loop alone, with no provider work.
-    latency_of(&daemon, &echo, "ping", Request::Ping);
+    latency_of(&daemon, pid, &echoes, "ping", Request::Ping);
     // `PURVEYOR_BENCH_CLASS=C` measures one class's latency instead of both.
     let classes = match std::env::var("PURVEYOR_BENCH_CLASS") {
         Ok(class) => vec![class],
         Err(_) => vec!["purveyor.host".to_string(), "system.load".to_string()],
     };
     for class in &classes {
-        latency(&daemon, &echo, class);
+        latency(&daemon, pid, &echoes, class);
     }
     if only_latency {
         server.stop();
@@ -69,17 +72,8 @@ fn main() {
     idle_rss();
 }
 
-/// The child: the daemon and the echo server, until stdin closes.
+/// The child: the daemon, until stdin closes.
 fn child(dir: &Path) {
-    let echo = UnixListener::bind(dir.join("echo.sock")).unwrap();
-    std::thread::spawn(move || {
-        for stream in echo.incoming().flatten() {
-            std::thread::Builder::new()
-                .name("echo".into())
-                .spawn(move || echo_connection(stream))
-                .unwrap();
-        }
-    });
     let runtime = match std::env::var("PURVEYOR_BENCH_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -124,7 +118,7 @@ impl Server {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !(dir.join("daemon.sock").exists() && dir.join("echo.sock").exists()) {
+        while !dir.join("daemon.sock").exists() {
             assert!(Instant::now() < deadline, "bench server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -151,18 +145,26 @@ fn client(socket: &Path) -> Client {
     Client::connect(&options).unwrap()
 }
 
-fn latency(daemon: &Path, echo: &Path, class: &str) {
+fn latency(daemon: &Path, pid: u32, echoes: &Echoes, class: &str) {
     let class = ClassPath::new(class).unwrap();
     let request = Request::Get {
         class: class.clone(),
         key: InstanceKey::new(),
     };
-    latency_of(daemon, echo, &format!("get {class}"), request);
+    latency_of(daemon, pid, echoes, &format!("get {class}"), request);
 }
 
-fn latency_of(daemon: &Path, echo: &Path, what: &str, request: Request) {
+fn latency_of(daemon: &Path, pid: u32, echoes: &Echoes, what: &str, request: Request) {
     let mut c = client(daemon);
-    let m = against_echo(&mut c, echo, Some(daemon), &request, ROUNDS, PER_ROUND);
+    let m = placed(
+        &mut c,
+        pid,
+        Some(daemon),
+        echoes,
+        &request,
+        ROUNDS,
+        PER_ROUND,
+    );
     println!(
         "{what:<18} ({} B request, {} B reply): {}",
         m.request_len,

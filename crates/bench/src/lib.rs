@@ -247,6 +247,11 @@ pub fn helper_mode() -> bool {
         return true;
     }
     if let Ok(path) = std::env::var("PURVEYOR_BENCH_ECHO") {
+        // Pinned before any thread starts, so every connection's thread inherits it.
+        let cpu = std::env::var("PURVEYOR_BENCH_ECHO_CPU")
+            .ok()
+            .and_then(|c| c.parse().ok());
+        pin_thread(cpu);
         echo_server(Path::new(&path));
         return true;
     }
@@ -263,14 +268,274 @@ pub struct EchoChild {
 
 impl EchoChild {
     pub fn spawn(dir: &Path) -> EchoChild {
-        let socket = dir.join("echo.sock");
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
+        Self::spawn_on(dir, "echo.sock", None)
+    }
+
+    /// An echo whose threads all run on `cpu` (anywhere when `None`).
+    pub fn spawn_on(dir: &Path, name: &str, cpu: Option<usize>) -> EchoChild {
+        let socket = dir.join(name);
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
             .env("PURVEYOR_BENCH_ECHO", &socket)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stdin(std::process::Stdio::piped());
+        if let Some(cpu) = cpu {
+            command.env("PURVEYOR_BENCH_ECHO_CPU", cpu.to_string());
+        }
+        let child = command.spawn().unwrap();
         wait_for_socket(&socket);
         EchoChild { socket, child }
+    }
+}
+
+/// How many CPUs this process may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pins the calling thread to `cpu`, or lets it run on every CPU (`None`).
+pub fn pin_thread(cpu: Option<usize>) {
+    pin_tid(0, cpu);
+}
+
+/// Pins every thread of process `pid` to `cpu`, or lets them run anywhere (`None`).
+pub fn pin_process(pid: u32, cpu: Option<usize>) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for task in tasks.flatten() {
+        if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
+            pin_tid(tid, cpu);
+        }
+    }
+}
+
+fn pin_tid(tid: libc::pid_t, cpu: Option<usize>) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; sched_setaffinity reads
+    // `size_of` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        match cpu {
+            Some(cpu) => libc::CPU_SET(cpu, &mut set),
+            None => (0..libc::CPU_SETSIZE as usize).for_each(|c| libc::CPU_SET(c, &mut set)),
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The three echo floors of a latency figure, each in a process of its own: pinned on
+/// CPU 0 (the client's, when it is pinned), on CPU 1, and anywhere.
+pub struct Echoes {
+    together: EchoChild,
+    split: Option<EchoChild>,
+    free: EchoChild,
+}
+
+impl Echoes {
+    pub fn spawn(dir: &Path) -> Echoes {
+        Echoes {
+            together: EchoChild::spawn_on(dir, "echo-cpu0.sock", Some(0)),
+            split: (cpus() > 1).then(|| EchoChild::spawn_on(dir, "echo-cpu1.sock", Some(1))),
+            free: EchoChild::spawn_on(dir, "echo-free.sock", None),
+        }
+    }
+}
+
+/// One request's round trip in each placement, with the echo floors of the same sizes,
+/// measured in one run (`docs/performance.md`, "Placement").
+pub struct Placed {
+    pub request_len: usize,
+    pub reply_len: usize,
+    /// The floor: a blocking echo, client and echo pinned together on one CPU.
+    pub floor: (Duration, Duration),
+    /// The same echo across two CPUs: what a wake-up on the other (halted) CPU costs.
+    pub split: Option<(Duration, Duration)>,
+    /// The same echo, nothing pinned.
+    pub free_echo: (Duration, Duration),
+    /// Ours, nothing pinned: what users get.
+    pub ours: (Duration, Duration),
+    /// Ours, client and daemon pinned together on one CPU.
+    pub ours_together: (Duration, Duration),
+    /// A plain blocking client speaking JSON (no polling, no library), nothing pinned.
+    pub plain_json: Option<(Duration, Duration)>,
+}
+
+impl Placed {
+    pub fn line(&self) -> String {
+        let f = self.floor.0.as_secs_f64();
+        let x = |d: Duration| d.as_secs_f64() / f;
+        let mut line = format!(
+            "unpinned p50 {:>6.1} us p99 {:>6.1} us ({:.2}x) | pinned together p50 {:>6.1} us ({:.2}x)",
+            us(self.ours.0),
+            us(self.ours.1),
+            x(self.ours.0),
+            us(self.ours_together.0),
+            x(self.ours_together.0),
+        );
+        if let Some((p50, _)) = self.plain_json {
+            line += &format!(
+                " | plain JSON client unpinned p50 {:>6.1} us ({:.2}x)",
+                us(p50),
+                x(p50)
+            );
+        }
+        line += &format!(
+            " | floor: echo pinned together p50 {:.1} us, unpinned {:.1} us",
+            us(self.floor.0),
+            us(self.free_echo.0)
+        );
+        if let Some((s50, _)) = self.split {
+            line += &format!(
+                ", split {:.1} us (a cross-CPU wake-up here: ~{:.0} us)",
+                us(s50),
+                us(s50.saturating_sub(self.floor.0))
+            );
+        }
+        line
+    }
+}
+
+/// Measures `request` through `c` (to the daemon whose process is `daemon`, socket
+/// `socket`) in each placement, interleaved round by round, next to the echoes' floors:
+/// `rounds` rounds (after one warm-up) of `per_round` round trips of each.
+pub fn placed(
+    c: &mut Client,
+    daemon: u32,
+    socket: Option<&Path>,
+    echoes: &Echoes,
+    request: &Request,
+    rounds: usize,
+    per_round: usize,
+) -> Placed {
+    let reply = c.request(request.clone()).unwrap();
+    let mut frame = Vec::new();
+    let msg = ClientMessage::Request {
+        id: 1,
+        request: request.clone(),
+    };
+    encode_frame(Encoding::Binary, &msg, u32::MAX, &mut frame).unwrap();
+    let mut out = Vec::new();
+    let msg = ServerMessage::Reply {
+        id: 1,
+        outcome: Outcome::Ok(reply),
+    };
+    encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
+    let (request_len, reply_len) = (frame.len() - 4, out.len() - 4);
+    let payload = request_len.max(4);
+    let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
+    echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
+    echo_frame.resize(4 + payload, 0);
+    let connect = |e: &EchoChild| UnixStream::connect(&e.socket).unwrap();
+    let mut together = connect(&echoes.together);
+    let mut split = echoes.split.as_ref().map(connect);
+    let mut free = connect(&echoes.free);
+    let mut plain = socket.map(PlainJson::connect);
+    let mut buf = vec![0u8; 4 + reply_len];
+    let mut s = [(); 6].map(|()| Vec::with_capacity(rounds * per_round));
+    let mut echo = |stream: &mut UnixStream, samples: &mut Vec<Duration>, warm: bool| {
+        for _ in 0..per_round {
+            let t = Instant::now();
+            stream.write_all(&echo_frame).unwrap();
+            stream.read_exact(&mut buf).unwrap();
+            if !warm {
+                samples.push(t.elapsed());
+            }
+        }
+    };
+    for round in 0..=rounds {
+        let warm = round == 0;
+        pin_thread(Some(0));
+        echo(&mut together, &mut s[0], warm);
+        if let Some(split) = split.as_mut() {
+            echo(split, &mut s[1], warm);
+        }
+        pin_process(daemon, Some(0));
+        for _ in 0..per_round {
+            let t = Instant::now();
+            c.request(request.clone()).unwrap();
+            if !warm {
+                s[4].push(t.elapsed());
+            }
+        }
+        pin_process(daemon, None);
+        pin_thread(None);
+        echo(&mut free, &mut s[2], warm);
+        for _ in 0..per_round {
+            let t = Instant::now();
+            c.request(request.clone()).unwrap();
+            if !warm {
+                s[3].push(t.elapsed());
+            }
+        }
+        if let Some(plain) = plain.as_mut() {
+            plain.time(
+                request,
+                per_round,
+                if warm { None } else { Some(&mut s[5]) },
+            );
+        }
+    }
+    let [floor, split_s, free_s, ours, together_s, plain_s] = s;
+    let p = |mut v: Vec<Duration>| (!v.is_empty()).then(|| percentiles(&mut v));
+    Placed {
+        request_len,
+        reply_len,
+        floor: p(floor).unwrap(),
+        split: p(split_s),
+        free_echo: p(free_s).unwrap(),
+        ours: p(ours).unwrap(),
+        ours_together: p(together_s).unwrap(),
+        plain_json: p(plain_s),
+    }
+}
+
+/// A client we do not control: blocking reads and writes on a socket, JSON frames, no
+/// library and no polling.
+struct PlainJson {
+    stream: UnixStream,
+    body: Vec<u8>,
+}
+
+impl PlainJson {
+    fn connect(path: &Path) -> PlainJson {
+        let mut stream = UnixStream::connect(path).unwrap();
+        let hello = format!(
+            r#"{{"protocol":1,"minor":{},"encoding":"json","client":"bench-plain"}}"#,
+            purveyor_protocol::PROTOCOL_MINOR
+        );
+        stream
+            .write_all(&(hello.len() as u32).to_le_bytes())
+            .unwrap();
+        stream.write_all(hello.as_bytes()).unwrap();
+        let mut plain = PlainJson {
+            stream,
+            body: Vec::new(),
+        };
+        plain.read_frame();
+        plain
+    }
+
+    fn read_frame(&mut self) {
+        let mut header = [0u8; 4];
+        self.stream.read_exact(&mut header).unwrap();
+        self.body.resize(u32::from_le_bytes(header) as usize, 0);
+        self.stream.read_exact(&mut self.body).unwrap();
+    }
+
+    fn time(&mut self, request: &Request, n: usize, mut samples: Option<&mut Vec<Duration>>) {
+        let mut frame = Vec::new();
+        let msg = ClientMessage::Request {
+            id: 1,
+            request: request.clone(),
+        };
+        encode_frame(Encoding::Json, &msg, u32::MAX, &mut frame).unwrap();
+        for _ in 0..n {
+            let t = Instant::now();
+            self.stream.write_all(&frame).unwrap();
+            self.read_frame();
+            if let Some(samples) = samples.as_mut() {
+                samples.push(t.elapsed());
+            }
+        }
     }
 }
 

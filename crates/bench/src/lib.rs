@@ -12,34 +12,44 @@ use purveyor_protocol::{ClientMessage, Outcome, Request, ServerMessage, encode_f
 pub struct VsEcho {
     pub request_len: usize,
     pub reply_len: usize,
+    /// Ours, nothing pinned.
     pub ours: (Duration, Duration),
+    /// The floor: the echo with the client pinned beside it on CPU 0 (when the echo's
+    /// pinned twin runs; else the unpinned echo).
     pub floor: (Duration, Duration),
+    /// The echo with nothing pinned.
+    pub free_echo: Option<(Duration, Duration)>,
     /// The same request on a bare socket to the daemon: a pre-encoded frame written, the
     /// reply's bytes read and not decoded (the daemon's share without the client library).
     pub bare: Option<(Duration, Duration)>,
 }
 
 impl VsEcho {
-    /// `p50 … us  p99 … us | raw echo p50 … | ratio p50 …x  p99 …x`.
+    /// `p50 … us  p99 … us (unpinned) | echo pinned together p50 … | ratio p50 …x  p99 …x
+    /// | echo unpinned p50 …`.
     pub fn line(&self) -> String {
         let ((p50, p99), (f50, f99)) = (self.ours, self.floor);
         format!(
-            "p50 {:>6.1} us  p99 {:>6.1} us | raw echo p50 {:>6.1} us  p99 {:>6.1} us | ratio p50 {:.2}x  p99 {:.2}x",
+            "unpinned p50 {:>6.1} us  p99 {:>6.1} us | floor (echo pinned together) p50 {:>6.1} us  p99 {:>6.1} us | ratio p50 {:.2}x  p99 {:.2}x",
             us(p50),
             us(p99),
             us(f50),
             us(f99),
             p50.as_secs_f64() / f50.as_secs_f64(),
             p99.as_secs_f64() / f99.as_secs_f64(),
-        ) + &match self.bare {
-            Some((b50, b99)) => format!(
-                " | bare socket p50 {:>6.1} us  p99 {:>6.1} us ({:.2}x)",
-                us(b50),
-                us(b99),
-                b50.as_secs_f64() / f50.as_secs_f64()
-            ),
-            None => String::new(),
-        }
+        ) + &self
+            .free_echo
+            .map(|(e50, _)| format!(" | echo unpinned p50 {:>6.1} us", us(e50)))
+            .unwrap_or_default()
+            + &match self.bare {
+                Some((b50, b99)) => format!(
+                    " | bare socket p50 {:>6.1} us  p99 {:>6.1} us ({:.2}x)",
+                    us(b50),
+                    us(b99),
+                    b50.as_secs_f64() / f50.as_secs_f64()
+                ),
+                None => String::new(),
+            }
     }
 }
 
@@ -75,6 +85,9 @@ pub fn against_echo(
     echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
     echo_frame.resize(4 + payload, 0);
     let mut e = UnixStream::connect(echo).unwrap();
+    // The echo's twin pinned to CPU 0 ([`EchoChild::spawn`]), for the floor.
+    let mut pinned = UnixStream::connect(echo.with_file_name(PINNED_ECHO)).ok();
+    let mut free = Vec::with_capacity(rounds * per_round);
     let mut buf = vec![0u8; 4 + reply_len];
     let mut ours = Vec::with_capacity(rounds * per_round);
     let mut floor = Vec::with_capacity(rounds * per_round);
@@ -93,7 +106,20 @@ pub fn against_echo(
     };
     for round in 0..=rounds {
         let warmup = round == 0;
-        time(&mut floor, warmup, &mut || {
+        if let Some(p) = pinned.as_mut() {
+            pin_thread(Some(0));
+            time(&mut floor, warmup, &mut || {
+                p.write_all(&echo_frame).unwrap();
+                p.read_exact(&mut buf).unwrap();
+            });
+            pin_thread(None);
+        }
+        let unpinned = if pinned.is_some() {
+            &mut free
+        } else {
+            &mut floor
+        };
+        time(unpinned, warmup, &mut || {
             e.write_all(&echo_frame).unwrap();
             e.read_exact(&mut buf).unwrap();
         });
@@ -112,6 +138,7 @@ pub fn against_echo(
         reply_len,
         ours: percentiles(&mut ours),
         floor: percentiles(&mut floor),
+        free_echo: (!free.is_empty()).then(|| percentiles(&mut free)),
         bare: (!bare_samples.is_empty()).then(|| percentiles(&mut bare_samples)),
     }
 }
@@ -258,17 +285,23 @@ pub fn helper_mode() -> bool {
     false
 }
 
+/// The socket of an [`EchoChild`]'s twin pinned to CPU 0, beside its own.
+const PINNED_ECHO: &str = "echo-pinned.sock";
+
 /// The echo floor in a process of its own (this benchmark's executable, in
-/// [`helper_mode`]), so that floor and request cross the same two processes; stopped when
-/// dropped.
+/// [`helper_mode`]), so that floor and request cross the same two processes, with a twin
+/// pinned to CPU 0 for the pinned-together floor; stopped when dropped.
 pub struct EchoChild {
     pub socket: PathBuf,
     child: std::process::Child,
+    twin: Option<Box<EchoChild>>,
 }
 
 impl EchoChild {
     pub fn spawn(dir: &Path) -> EchoChild {
-        Self::spawn_on(dir, "echo.sock", None)
+        let mut echo = Self::spawn_on(dir, "echo.sock", None);
+        echo.twin = Some(Box::new(Self::spawn_on(dir, PINNED_ECHO, Some(0))));
+        echo
     }
 
     /// An echo whose threads all run on `cpu` (anywhere when `None`).
@@ -283,7 +316,11 @@ impl EchoChild {
         }
         let child = command.spawn().unwrap();
         wait_for_socket(&socket);
-        EchoChild { socket, child }
+        EchoChild {
+            socket,
+            child,
+            twin: None,
+        }
     }
 }
 

@@ -38,6 +38,10 @@ fn main() {
         in_process();
         return;
     }
+    if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "idle-connections") {
+        idle_connections();
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::spawn(dir.path());
     let daemon = dir.path().join("daemon.sock");
@@ -70,6 +74,7 @@ fn main() {
     server.stop();
     one_shot();
     idle_rss();
+    idle_connections();
 }
 
 /// The child: the daemon, until stdin closes.
@@ -331,6 +336,119 @@ fn idle_rss() {
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+/// Cost curve: one client's `get purveyor.host` beside 0, 100, 1 000 and 10 000 idle
+/// connections (each said hello and holds nothing) to the real daemon, and the daemon's
+/// resident memory per idle connection.
+fn idle_connections() {
+    let Some(bin) = purveyor_binary() else {
+        return;
+    };
+    // This process holds the idle connections: as many descriptors as it may have.
+    // SAFETY: getrlimit and setrlimit with a valid rlimit.
+    unsafe {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("p.sock");
+    let mut daemon = Command::new(&bin)
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .args([
+            "--limit",
+            "conn.total=20000",
+            "--limit",
+            "conn.per_user=20000",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut c = client(&socket);
+    let request = Request::Get {
+        class: ClassPath::new("purveyor.host").unwrap(),
+        key: InstanceKey::new(),
+    };
+    let mut idle: Vec<UnixStream> = Vec::new();
+    let base = {
+        c.request(request.clone()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        rss(daemon.id())
+    };
+    println!("# idle connections beside one active client (get purveyor.host, unpinned)");
+    for n in [0usize, 100, 1000, 10_000] {
+        while idle.len() < n {
+            match hello(&socket) {
+                Some(s) => idle.push(s),
+                None => break,
+            }
+        }
+        let mut samples = Vec::with_capacity(10_000);
+        for _ in 0..10_000 {
+            let t = Instant::now();
+            c.request(request.clone()).unwrap();
+            samples.push(t.elapsed());
+        }
+        let (p50, p99) = percentiles(&mut samples);
+        std::thread::sleep(Duration::from_millis(200));
+        let now = rss(daemon.id());
+        let per = if idle.is_empty() {
+            String::from("-")
+        } else {
+            format!(
+                "{:.1} kB",
+                now.saturating_sub(base) as f64 / idle.len() as f64
+            )
+        };
+        println!(
+            "{:>6} idle: p50 {:>6.1} us  p99 {:>7.1} us | daemon RSS {} kB, per idle connection {per}",
+            idle.len(),
+            us(p50),
+            us(p99),
+            now
+        );
+    }
+    drop(idle);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// A connection that said hello (JSON) and was welcomed.
+fn hello(socket: &Path) -> Option<UnixStream> {
+    use std::io::Write;
+    let mut s = UnixStream::connect(socket).ok()?;
+    let hello = format!(
+        r#"{{"protocol":1,"minor":{},"encoding":"json","client":"bench-idle"}}"#,
+        purveyor_protocol::PROTOCOL_MINOR
+    );
+    s.write_all(&(hello.len() as u32).to_le_bytes()).ok()?;
+    s.write_all(hello.as_bytes()).ok()?;
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).ok()?;
+    let mut welcome = vec![0u8; u32::from_le_bytes(header) as usize];
+    s.read_exact(&mut welcome).ok()?;
+    std::str::from_utf8(&welcome)
+        .is_ok_and(|w| !w.contains("goodbye"))
+        .then_some(s)
 }
 
 /// The real `purveyor serve` on `socket`, once it accepts connections.

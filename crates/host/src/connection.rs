@@ -152,7 +152,8 @@ pub(crate) async fn serve(
         limits: config.limits,
         max_in_flight: config.max_in_flight,
         frames,
-        out: Vec::with_capacity(4096),
+        // Allocated by the first reply: an idle connection holds no reply buffer.
+        out: Vec::new(),
         fds: Vec::new(),
         owed: 0,
         peek_next: true,

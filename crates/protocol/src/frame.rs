@@ -33,7 +33,7 @@ pub struct FrameBuffer {
 }
 
 /// A new buffer's size, and the least room [`FrameBuffer::spare`] gives.
-const INITIAL: usize = 16 * 1024;
+const INITIAL: usize = 4 * 1024;
 const MIN_SPARE: usize = 4096;
 /// A buffer grown past this for a large frame shrinks back to [`INITIAL`] once empty.
 const KEEP: usize = 64 * 1024;

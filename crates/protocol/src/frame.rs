@@ -53,7 +53,7 @@ impl FrameBuffer {
     /// Space to read into: at least 4 KiB. While a large frame arrives the buffer grows
     /// toward its length, at most doubling what has arrived each time: memory follows the
     /// bytes received, not the length a header announced (5 bytes announcing 16 MiB cost
-    /// 16 KiB). Once every frame is taken, a buffer grown past 64 KiB shrinks back.
+    /// 8 KiB). Once every frame is taken, a buffer grown past 64 KiB shrinks back.
     pub fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);

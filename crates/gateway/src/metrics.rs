@@ -1,6 +1,6 @@
 //! From classes to metrics: which classes a scrape covers, and how each numeric property
 //! becomes a metric family (name, type, unit, labels). The exposition formats
-//! ([`crate::exposition`]) and the OTLP exporter write what [`gather`] returns.
+//! (`exposition.rs`) and the OTLP exporter write what [`gather`] returns.
 //!
 //! Naming (documented in `docs/http.md`): `<class path with dots as _>_<property>`, then
 //! the base unit (`_bytes`, `_seconds`, `_ratio`, `_hertz`) unless the property name

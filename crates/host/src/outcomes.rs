@@ -1,6 +1,6 @@
 //! What a provider's answer means: hosting errors as wire errors, events checked against
 //! the schemas and delivered, and read replies checked and turned into responses. Shared
-//! by the calls ([`crate::calls`]) and the loading of providers ([`crate::loading`]).
+//! by the calls (`calls.rs`) and the loading of providers (`loading.rs`).
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! released, how long a failing one waits before the next load, when crashes quarantine
 //! it, how long direct-channel news keeps it in use, and how an in-call dialog moves a
 //! call's deadline (`docs/lifecycle.md`, `docs/dialogs.md`). Timers and locks live in
-//! [`crate::slot`] and [`crate::dialogs`]; they only call these, so every rule is tested
+//! `slot.rs` and `dialogs.rs`; they only call these, so every rule is tested
 //! here with made-up instants, without sleeping.
 
 use std::collections::VecDeque;

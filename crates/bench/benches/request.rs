@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{Echoes, helper_mode, ms, percentiles, placed, us};
+use purveyor_bench::{Echoes, helper_mode, ms, percentiles, placed, said_hello, us};
 use purveyor_client::{Client, ConnectOptions, Encoding, Target};
 use purveyor_model::{ClassPath, InstanceKey};
 use purveyor_protocol::{HostMode, Request};
@@ -434,19 +434,8 @@ fn idle_connections() {
 
 /// A connection that said hello (JSON) and was welcomed.
 fn hello(socket: &Path) -> Option<UnixStream> {
-    use std::io::Write;
-    let mut s = UnixStream::connect(socket).ok()?;
-    let hello = format!(
-        r#"{{"protocol":1,"minor":{},"encoding":"json","client":"bench-idle"}}"#,
-        purveyor_protocol::PROTOCOL_MINOR
-    );
-    s.write_all(&(hello.len() as u32).to_le_bytes()).ok()?;
-    s.write_all(hello.as_bytes()).ok()?;
-    let mut header = [0u8; 4];
-    s.read_exact(&mut header).ok()?;
-    let mut welcome = vec![0u8; u32::from_le_bytes(header) as usize];
-    s.read_exact(&mut welcome).ok()?;
-    std::str::from_utf8(&welcome)
+    let (s, answer) = said_hello(socket, "json", "bench-idle").ok()?;
+    std::str::from_utf8(&answer)
         .is_ok_and(|w| !w.contains("goodbye"))
         .then_some(s)
 }

@@ -146,18 +146,28 @@ pub fn against_echo(
 /// A connection to the daemon at `path` that has said hello in the binary encoding, for
 /// writing pre-encoded frames and reading replies without decoding them.
 fn bare_connection(path: &Path) -> UnixStream {
-    let mut s = UnixStream::connect(path).unwrap();
+    said_hello(path, "binary", "bench-bare").unwrap().0
+}
+
+/// A raw connection to the daemon at `path` after its hello in `encoding` (`binary` or
+/// `json`), and the daemon's answer (a welcome, or a goodbye).
+pub fn said_hello(
+    path: &Path,
+    encoding: &str,
+    client: &str,
+) -> std::io::Result<(UnixStream, Vec<u8>)> {
+    let mut s = UnixStream::connect(path)?;
     let hello = format!(
-        r#"{{"protocol":1,"minor":{},"encoding":"binary","client":"bench-bare"}}"#,
+        r#"{{"protocol":1,"minor":{},"encoding":"{encoding}","client":"{client}"}}"#,
         purveyor_protocol::PROTOCOL_MINOR
     );
-    s.write_all(&(hello.len() as u32).to_le_bytes()).unwrap();
-    s.write_all(hello.as_bytes()).unwrap();
+    s.write_all(&(hello.len() as u32).to_le_bytes())?;
+    s.write_all(hello.as_bytes())?;
     let mut header = [0u8; 4];
-    s.read_exact(&mut header).unwrap();
-    let mut welcome = vec![0u8; u32::from_le_bytes(header) as usize];
-    s.read_exact(&mut welcome).unwrap();
-    s
+    s.read_exact(&mut header)?;
+    let mut answer = vec![0u8; u32::from_le_bytes(header) as usize];
+    s.read_exact(&mut answer)?;
+    Ok((s, answer))
 }
 
 /// p50 and p99 of `samples` (sorted in place).
@@ -534,21 +544,11 @@ struct PlainJson {
 
 impl PlainJson {
     fn connect(path: &Path) -> PlainJson {
-        let mut stream = UnixStream::connect(path).unwrap();
-        let hello = format!(
-            r#"{{"protocol":1,"minor":{},"encoding":"json","client":"bench-plain"}}"#,
-            purveyor_protocol::PROTOCOL_MINOR
-        );
-        stream
-            .write_all(&(hello.len() as u32).to_le_bytes())
-            .unwrap();
-        stream.write_all(hello.as_bytes()).unwrap();
-        let mut plain = PlainJson {
+        let (stream, _) = said_hello(path, "json", "bench-plain").unwrap();
+        PlainJson {
             stream,
             body: Vec::new(),
-        };
-        plain.read_frame();
-        plain
+        }
     }
 
     fn read_frame(&mut self) {

@@ -98,13 +98,17 @@ impl AsyncClient {
             source,
         };
         let mut stream = UnixStream::connect(path).await.map_err(connect_err)?;
-        stream
+        let hello = stream
             .write_all(&hello_frame(
                 options.encoding,
                 &options.client_name,
                 options.ui,
             ))
-            .await
+            .await;
+        // A daemon that refuses the connection (a connection limit) says why and closes
+        // before reading the hello: the reason is still there to read.
+        hello
+            .or_else(crate::wire::refused_early)
             .map_err(connect_err)?;
         let mut frames = FrameBuffer::new(purveyor_protocol::MAX_FRAME_DEFAULT);
         let handshake = async {

@@ -103,12 +103,15 @@ impl Client {
         stream
             .set_read_timeout(Some(options.reply_timeout))
             .map_err(connect_err)?;
-        stream
-            .write_all(&hello_frame(
-                options.encoding,
-                &options.client_name,
-                options.ui,
-            ))
+        let hello = stream.write_all(&hello_frame(
+            options.encoding,
+            &options.client_name,
+            options.ui,
+        ));
+        // A daemon that refuses the connection (a connection limit) says why and closes
+        // before reading the hello: the reason is still there to read.
+        hello
+            .or_else(crate::wire::refused_early)
             .map_err(connect_err)?;
         let mut frames = FrameBuffer::new(purveyor_protocol::MAX_FRAME_DEFAULT);
         let welcome = loop {

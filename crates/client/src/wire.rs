@@ -65,3 +65,13 @@ pub(crate) fn parse_incoming(encoding: Encoding, payload: &[u8]) -> Result<Incom
         ServerMessage::Goodbye { error } => Incoming::Goodbye(error.into()),
     })
 }
+
+/// A hello that could not be written because the daemon had already closed the
+/// connection: not an error yet, since the daemon closes that way only after saying why
+/// (a connection limit's goodbye), which the handshake then reads. Any other error stands.
+pub(crate) fn refused_early(e: std::io::Error) -> std::io::Result<()> {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Ok(()),
+        _ => Err(e),
+    }
+}

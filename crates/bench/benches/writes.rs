@@ -1,8 +1,9 @@
 //! Writable providers, each figure next to its floor measured in the same run (see
 //! `docs/performance.md`):
 //! - acknowledged durable puts per second through the daemon (the example `config`
-//!   provider, isolated, one redb commit per put), next to the bare store's commits per
-//!   second on the same disk with the same data;
+//!   provider, isolated; concurrent puts share a commit of its store), with 1 client and
+//!   with 4 at once, next to the bare store's commits per second (one writer, one put
+//!   per commit) on the same disk with the same data;
 //! - event fan-out: the time from sending a put until each of 100 subscribers (100
 //!   connections) holds its event, next to the same bytes written to 100 Unix sockets
 //!   and read by 100 threads.
@@ -23,6 +24,12 @@ use purveyor_provider::store::Store;
 const PUTS: usize = 400;
 const SUBSCRIBERS: usize = 100;
 const EVENTS: usize = 200;
+const ROUNDS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 fn main() {
     if purveyor_bench::helper_mode() {
@@ -51,13 +58,20 @@ fn main() {
     let state = dir.path().join("state");
     let daemon = BenchDaemon::start(&bin, dir.path(), &[], &[("PURVEYOR_STATE_DIR", &state)]);
     println!("# purveyor writes benchmark ({PUTS} puts; {SUBSCRIBERS} subscribers)");
-    let bare = bare_store(dir.path());
-    let one = through_daemon(&daemon.socket, 1);
-    let four = through_daemon(&daemon.socket, 4);
+    // The disk's speed wanders from second to second: the three are measured in turn,
+    // ROUNDS times, and each figure is the median of its rounds.
+    let (mut bare, mut one, mut four) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        bare.push(bare_store(&dir.path().join(format!("bare{round}.redb"))));
+        one.push(through_daemon(&daemon.socket, 1));
+        four.push(through_daemon(&daemon.socket, 4));
+    }
+    let (bare, one, four) = (median(bare), median(one), median(four));
     println!(
-        "durable writes: bare store {bare:.0} commits/s; through the daemon {one:.0} puts/s with 1 client ({:.2}× the store), {four:.0} puts/s with 4 clients ({:.2}×)",
+        "durable writes (median of {ROUNDS} rounds): bare store {bare:.0} commits/s; through the daemon {one:.0} puts/s with 1 client ({:.2}× the store), {four:.0} puts/s with 4 clients ({:.2}× the store, {:.2}× one client)",
         one / bare,
-        four / bare
+        four / bare,
+        four / one
     );
     fan_out(&daemon.socket);
 }
@@ -71,8 +85,8 @@ fn setting(name: &str, value: &str) -> Instance {
 }
 
 /// Commits per second of the store the provider uses, one instance per transaction.
-fn bare_store(dir: &Path) -> f64 {
-    let store = Store::open_at(&dir.join("bare.redb")).unwrap();
+fn bare_store(path: &Path) -> f64 {
+    let store = Store::open_at(path).unwrap();
     let start = Instant::now();
     for i in 0..PUTS {
         let s = setting(&format!("k{}", i % 50), &i.to_string());

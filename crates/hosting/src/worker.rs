@@ -7,7 +7,10 @@
 //! not stop the others: a watcher thread that sees calls running while nobody has read the
 //! channel for a tick wakes a spare thread to read (or starts one), so the other
 //! providers of a host group, and the answers to a call's dialog, wait at most about a
-//! tick. When the slow call ends, its thread finds another reading and becomes a spare.
+//! tick. A change (put, delete, method call) usually waits for the disk, so its thread
+//! hands the channel to a spare before calling: concurrent changes reach the provider
+//! together and can share one commit of its store. When the slow call ends, its thread
+//! finds another reading and becomes a spare.
 //! The worker exits when stdin closes (the host released it or died).
 //!
 //! Invariants: only the thread holding `input` reads the channel; a thread that cannot
@@ -211,6 +214,15 @@ impl Worker {
                 continue;
             }
             self.call_begins();
+            if matches!(
+                request.call,
+                ProviderCall::Put { .. } | ProviderCall::Delete { .. } | ProviderCall::Call { .. }
+            ) {
+                // A change usually waits for the disk: the channel goes to another thread
+                // now, so concurrent changes reach the provider together (and share its
+                // store's commit) instead of queueing a tick behind this one.
+                self.add_reader(&mut self.spares.locked());
+            }
             let reply =
                 catch_unwind(AssertUnwindSafe(|| self.answer(request))).unwrap_or_else(|panic| {
                     fault(
@@ -309,15 +321,21 @@ impl Worker {
             if self.reading.load(Ordering::SeqCst) || quiet < TICK.as_nanos() as u64 {
                 continue;
             }
-            if spares.waiting > spares.wanted {
-                spares.wanted += 1;
-                self.spare_wake.notify_one();
-            } else if self.threads.fetch_add(1, Ordering::SeqCst) < MAX_THREADS {
-                let w = self.clone();
-                std::thread::spawn(move || w.serve());
-            } else {
-                self.threads.fetch_sub(1, Ordering::SeqCst);
-            }
+            self.add_reader(&mut spares);
+        }
+    }
+
+    /// Wakes a spare to read the channel, or starts a thread when none is waiting (up to
+    /// [`MAX_THREADS`]).
+    fn add_reader(self: &Arc<Self>, spares: &mut Spares) {
+        if spares.waiting > spares.wanted {
+            spares.wanted += 1;
+            self.spare_wake.notify_one();
+        } else if self.threads.fetch_add(1, Ordering::SeqCst) < MAX_THREADS {
+            let w = self.clone();
+            std::thread::spawn(move || w.serve());
+        } else {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
         }
     }
 

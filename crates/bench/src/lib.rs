@@ -226,7 +226,8 @@ pub fn wait_for_socket(path: &Path) {
             "{} did not appear",
             path.display()
         );
-        std::thread::sleep(Duration::from_millis(10));
+        // Fine-grained: start-up times are measured by this wait.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// How many mappings can be guarded at once.
-pub const SLOTS: usize = 4096;
+pub const SLOTS: usize = 16_384;
 
 struct Slot {
     /// 0 when free. Written last when a slot is taken, first when it is freed.

@@ -78,6 +78,9 @@ struct State {
     /// Files already reported as unreadable, by path, with their identity and size then,
     /// so each problem is logged once.
     reported: BTreeMap<PathBuf, ((u64, u64), u64)>,
+    /// When publishers' liveness is next checked: once per [`LIVENESS_EVERY`] for all
+    /// sets, so a request costs the same however many sets there are.
+    next_liveness: Instant,
 }
 
 struct Dir {
@@ -100,7 +103,6 @@ struct Served {
     schema: Arc<ClassSchema>,
     /// Where each property's value comes from, built once.
     layout: Layout,
-    checked: Instant,
     gone_since: Option<Instant>,
 }
 
@@ -147,6 +149,7 @@ impl AppCounters {
                 mmv_classes: BTreeMap::new(),
                 sets: BTreeMap::new(),
                 reported: BTreeMap::new(),
+                next_liveness: Instant::now(),
             }),
         }
     }
@@ -293,12 +296,12 @@ impl State {
                     .collect();
         }
         let now = Instant::now();
+        if now < self.next_liveness {
+            return;
+        }
+        self.next_liveness = now + LIVENESS_EVERY;
         let mut remove = Vec::new();
         for (name, set) in &mut self.sets {
-            if now.duration_since(set.checked) < LIVENESS_EVERY {
-                continue;
-            }
-            set.checked = now;
             if !set.file.creator_gone() {
                 set.gone_since = None;
                 continue;
@@ -451,7 +454,6 @@ fn open(path: &Path, name: &str, dir: usize) -> Result<Served, FileError> {
         dir,
         schema: Arc::new(schema),
         layout,
-        checked: Instant::now(),
         gone_since: None,
     })
 }

@@ -28,7 +28,7 @@ fn main() {
     if helper_mode() {
         return;
     }
-    raise_open_files();
+    purveyor_bench::raise_open_files();
     let only = std::env::var("PURVEYOR_BENCH_ONLY").ok();
     let want = |curve: &str| only.as_deref().is_none_or(|o| o == curve);
     let Some(bin) = release_file("purveyor") else {
@@ -48,22 +48,6 @@ fn main() {
     }
     if want("counter-files") {
         counter_files();
-    }
-}
-
-/// As many descriptors as this process may have (10 000 subscriber connections; the
-/// daemon it starts inherits the limit).
-fn raise_open_files() {
-    // SAFETY: getrlimit and setrlimit with a valid rlimit.
-    unsafe {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
     }
 }
 
@@ -211,16 +195,7 @@ fn subscribers(bin: &Path) {
     );
     for n in [1usize, 100, 10_000] {
         let dir = tempfile::tempdir().unwrap();
-        let providers = dir.path().join("providers");
-        std::fs::create_dir_all(&providers).unwrap();
-        std::fs::write(
-            providers.join("config.toml"),
-            format!(
-                "name = \"config\"\nhosting = \"isolated\"\nlibrary = {:?}\nclasses = [\"config.setting\"]\ncapabilities = [\"enumerate\", \"get\", \"put\", \"delete\", \"call\", \"subscribe\"]\n",
-                lib.display().to_string()
-            ),
-        )
-        .unwrap();
+        purveyor_bench::register_config(&dir.path().join("providers"), &lib);
         let state = dir.path().join("state");
         let daemon = BenchDaemon::start(
             bin,

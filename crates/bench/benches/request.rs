@@ -345,18 +345,8 @@ fn idle_connections() {
     let Some(bin) = purveyor_binary() else {
         return;
     };
-    // This process holds the idle connections: as many descriptors as it may have.
-    // SAFETY: getrlimit and setrlimit with a valid rlimit.
-    unsafe {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
-    }
+    // This process holds the idle connections.
+    purveyor_bench::raise_open_files();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("p.sock");
     let mut daemon = Command::new(&bin)

@@ -45,16 +45,7 @@ fn main() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let providers = dir.path().join("providers");
-    std::fs::create_dir_all(&providers).unwrap();
-    std::fs::write(
-        providers.join("config.toml"),
-        format!(
-            "name = \"config\"\nhosting = \"isolated\"\nlibrary = {:?}\nclasses = [\"config.setting\"]\ncapabilities = [\"enumerate\", \"get\", \"put\", \"delete\", \"call\", \"subscribe\"]\n",
-            lib.display().to_string()
-        ),
-    )
-    .unwrap();
+    purveyor_bench::register_config(&dir.path().join("providers"), &lib);
     let state = dir.path().join("state");
     let daemon = BenchDaemon::start(&bin, dir.path(), &[], &[("PURVEYOR_STATE_DIR", &state)]);
     println!("# purveyor writes benchmark ({PUTS} puts; {SUBSCRIBERS} subscribers)");

@@ -584,3 +584,32 @@ impl Drop for EchoChild {
         let _ = self.child.wait();
     }
 }
+
+/// As many descriptors as this process may have (benches holding thousands of
+/// connections; a daemon they start inherits the limit).
+pub fn raise_open_files() {
+    // SAFETY: getrlimit and setrlimit with a valid rlimit.
+    unsafe {
+        let mut rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
+/// Registers the example `config` provider (library `lib`, isolated) in `providers`.
+pub fn register_config(providers: &Path, lib: &Path) {
+    std::fs::create_dir_all(providers).unwrap();
+    std::fs::write(
+        providers.join("config.toml"),
+        format!(
+            "name = \"config\"\nhosting = \"isolated\"\nlibrary = {:?}\nclasses = [\"config.setting\"]\ncapabilities = [\"enumerate\", \"get\", \"put\", \"delete\", \"call\", \"subscribe\"]\n",
+            lib.display().to_string()
+        ),
+    )
+    .unwrap();
+}

@@ -436,6 +436,86 @@ fn idle_unload_happens_inside_the_documented_window() {
     assert_eq!(d.status("iso").unloads, 1);
 }
 
+/// The live `purveyor worker` processes started under `daemon` (its children's children:
+/// each worker runs under a guard).
+fn workers_under(daemon: u32) -> Vec<u32> {
+    let mut parent = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent.insert(pid, ppid);
+        }
+    }
+    let mut found: Vec<u32> = parent
+        .iter()
+        .filter(|&(&pid, &ppid)| {
+            parent.get(&ppid) == Some(&daemon)
+                && alive(pid)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"worker"))
+        })
+        .map(|(&pid, _)| pid)
+        .collect();
+    found.sort();
+    found
+}
+
+/// A daemon starts an isolated worker ahead of need after its first isolated load: the
+/// next load (here after the idle unload) runs in that process. With
+/// `PURVEYOR_SPARE_WORKER=0` no worker runs while no isolated provider is loaded.
+#[test]
+fn an_isolated_load_takes_the_spare_worker_started_ahead() {
+    for spare in [true, false] {
+        let off = [("PURVEYOR_SPARE_WORKER", std::ffi::OsStr::new("0"))];
+        let d = Daemon::start(
+            &[(
+                "iso",
+                c_manifest("iso", "isolated", "clear_after = \"300ms\""),
+            )],
+            &[],
+            if spare { &[] } else { &off },
+        );
+        let pid_of_a = || {
+            let mut c = d.client();
+            u64_of(&c.get(&class("demo.counter"), &named("a")).unwrap(), "pid") as u32
+        };
+        let first = pid_of_a();
+        wait_until("the idle unload", Duration::from_secs(5), || {
+            d.status("iso").state == ProviderState::Registered
+        });
+        wait_until("the worker to exit", Duration::from_secs(5), || {
+            !alive(first)
+        });
+        if spare {
+            wait_until("a spare worker", Duration::from_secs(5), || {
+                workers_under(d.pid()).len() == 1
+            });
+        }
+        let waiting = workers_under(d.pid());
+        let second = pid_of_a();
+        if spare {
+            assert_eq!(waiting, [second], "the load did not take the spare");
+            assert_ne!(second, first);
+        } else {
+            assert_eq!(
+                waiting,
+                Vec::<u32>::new(),
+                "a worker ran with the spare turned off"
+            );
+        }
+    }
+}
+
 /// After two reads through the daemon, a client reads an isolated provider on a direct
 /// channel to its worker: the same answers and errors, and the host counts the calls.
 /// Providers not in an isolated worker, and clients that opt out, stay on the daemon.

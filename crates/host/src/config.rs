@@ -44,6 +44,10 @@ pub struct HostConfig {
     /// How long a connection whose requests arrive back to back looks for the next one
     /// before blocking (`PURVEYOR_POLL_US`; zero: never; `docs/performance.md`).
     pub poll: Duration,
+    /// Keep one isolated worker started ahead of need, so an isolated provider's load does
+    /// not wait for a process to start (`crate::spare`). On for a daemon unless
+    /// `PURVEYOR_SPARE_WORKER=0`; off for an embedded host.
+    pub spare_worker: bool,
 }
 
 /// What clients can make the host hold, each with a default, a setting
@@ -273,6 +277,8 @@ impl HostConfig {
             event_queue: 4096,
             limits: Limits::default(),
             poll: purveyor_protocol::poll::poll_window(),
+            spare_worker: mode == HostMode::Daemon
+                && std::env::var_os("PURVEYOR_SPARE_WORKER").is_none_or(|v| v != "0"),
         }
     }
 

@@ -34,6 +34,7 @@ pub mod server;
 mod session;
 mod slot;
 pub mod socket;
+mod spare;
 mod state;
 mod streams;
 

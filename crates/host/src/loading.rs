@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use purveyor_hosting::{HostLink, LoadError, ProcessRef, Spec, spawn_worker};
+use purveyor_hosting::{HostLink, LoadError, ProcessConn, ProcessRef, Spec, spawn_worker};
 use purveyor_model::{ClassPath, ClassSchema, Hosting};
 use purveyor_protocol::{DialogOp, DirectNews, ErrorCode, RaisedEvent, RemoteError};
 
@@ -45,6 +45,29 @@ pub(crate) async fn load(host: Arc<Shared>, slot: Arc<Slot>) -> LoadResult {
     Ok(Loaded::new(hosted, schemas, hold))
 }
 
+/// A worker for `name`: the spare if there is one (`crate::spare`), else a new one; either
+/// way another spare is started behind it when the host keeps one.
+async fn worker(
+    host: &Shared,
+    program: &std::path::Path,
+    name: &str,
+    label: String,
+    timeout: std::time::Duration,
+) -> Result<Arc<ProcessConn>, LoadError> {
+    if !host.config().spare_worker {
+        return spawn_worker(program, name, label, timeout).await;
+    }
+    let spare = host.spare().take();
+    host.spare().refill(program.to_owned(), timeout);
+    match spare {
+        Some(worker) => {
+            worker.rename(label);
+            Ok(worker)
+        }
+        None => spawn_worker(program, name, label, timeout).await,
+    }
+}
+
 /// What `manifest` asks to load. An isolated provider of a host group joins the group's
 /// worker if it is running, else starts it.
 async fn spec(host: &Shared, manifest: &Manifest) -> Result<Spec, LoadError> {
@@ -79,7 +102,7 @@ async fn spec(host: &Shared, manifest: &Manifest) -> Result<Spec, LoadError> {
                         Some(conn) if conn.dead_reason().is_none() => conn,
                         _ => {
                             let label = format!("worker of host group {group}");
-                            let conn = spawn_worker(&program, &name, label, timeout).await?;
+                            let conn = worker(host, &program, &name, label, timeout).await?;
                             workers.insert(group.clone(), Arc::downgrade(&conn));
                             conn
                         }
@@ -87,7 +110,7 @@ async fn spec(host: &Shared, manifest: &Manifest) -> Result<Spec, LoadError> {
                 }
                 None => {
                     let label = format!("worker for provider {name}");
-                    spawn_worker(&program, &name, label, timeout).await?
+                    worker(host, &program, &name, label, timeout).await?
                 }
             };
             Spec::Worker { conn, path, io }

@@ -6,6 +6,7 @@
 //! buffers in [`purveyor_io::Memory`]. Nothing here is locked across an await except the
 //! host-group map, which is held across a worker's spawn so one group gets one worker.
 
+use crate::spare::SpareWorker;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     shutting_down: AtomicBool,
     /// Shared workers by host group. Held across a spawn so one group gets one worker.
     workers: tokio::sync::Mutex<HashMap<String, Weak<ProcessConn>>>,
+    /// An isolated worker started ahead of need (`crate::spare`).
+    spare: Arc<SpareWorker>,
     /// Keeps the deadlines of in-daemon calls, which run on the requesting thread.
     watchdog: Watchdog,
     /// Subscriptions, and the events delivered to and dropped for them.
@@ -124,6 +127,7 @@ impl Shared {
             counters: Counters::default(),
             shutting_down: AtomicBool::new(false),
             workers: tokio::sync::Mutex::new(HashMap::new()),
+            spare: Arc::default(),
             watchdog: Watchdog::default(),
             events: Arc::new(EventBus::default()),
             builtin_io: Arc::new(ProcedureServer::new(builtin_io)),
@@ -150,6 +154,10 @@ impl Shared {
 
     pub fn workers(&self) -> &tokio::sync::Mutex<HashMap<String, Weak<ProcessConn>>> {
         &self.workers
+    }
+
+    pub fn spare(&self) -> &Arc<SpareWorker> {
+        &self.spare
     }
 
     pub fn watchdog(&self) -> &Watchdog {

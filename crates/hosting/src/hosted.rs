@@ -383,8 +383,8 @@ impl Hosted {
     pub fn kill(&self, after: Option<&str>) {
         if let Backend::Process(conn) = &self.backend {
             conn.kill(match after {
-                Some(message) => format!("{} was killed: {message}", conn.label),
-                None => format!("{} was killed at shutdown", conn.label),
+                Some(message) => format!("{} was killed: {message}", conn.label()),
+                None => format!("{} was killed at shutdown", conn.label()),
             });
         }
     }
@@ -656,7 +656,7 @@ async fn process_call(
             CallFailure::Timeout => {
                 conn.kill(format!(
                     "{} was killed: it did not load in time",
-                    conn.label
+                    conn.label()
                 ));
                 LoadError::ProcessOverdue(name.into(), Shown(timeout))
             }

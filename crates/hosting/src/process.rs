@@ -48,8 +48,9 @@ type Pending = HashMap<u32, oneshot::Sender<Result<ProviderReply, String>>>;
 
 /// A running provider process.
 pub struct ProcessConn {
-    /// `worker for uptime`, `worker of group g1`, `external provider uptime`.
-    pub label: String,
+    /// `worker for uptime`, `worker of group g1`, `external provider uptime`; a spare
+    /// worker is renamed when it is taken ([`ProcessConn::rename`]).
+    label: std::sync::RwLock<String>,
     /// The provider process's pid (its guard's is the child's).
     pub pid: u32,
     encoding: Encoding,
@@ -165,7 +166,7 @@ impl ProcessConn {
         };
         let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
         let conn = Arc::new(ProcessConn {
-            label,
+            label: std::sync::RwLock::new(label),
             pid,
             encoding,
             writer: tokio::sync::Mutex::new(Some(stdin)),
@@ -186,6 +187,16 @@ impl ProcessConn {
         Ok(conn)
     }
 
+    /// What the process is, for messages: `worker for provider uptime`.
+    pub fn label(&self) -> String {
+        self.label.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Names the process anew: a spare worker when it is taken for a provider.
+    pub fn rename(&self, label: String) {
+        *self.label.write().unwrap_or_else(|p| p.into_inner()) = label;
+    }
+
     /// Routes `provider`'s dialog operations to `route`.
     pub fn on_dialogs(&self, provider: &str, route: DialogRoute) {
         self.dialogs.locked().insert(provider.to_string(), route);
@@ -204,7 +215,7 @@ impl ProcessConn {
     /// Hands the worker one end of a direct channel, with what it needs to serve it.
     pub fn attach(&self, attach: &DirectAttach, channel: &impl AsRawFd) -> Result<(), String> {
         let Some(socket) = &self.attach else {
-            return Err(format!("{} does not take direct channels", self.label));
+            return Err(format!("{} does not take direct channels", self.label()));
         };
         if let Some(why) = self.dead_reason() {
             return Err(why);
@@ -216,10 +227,10 @@ impl ProcessConn {
         // The frame is small and the worker reads its attach socket on a thread of its
         // own: the first send takes it all or fails; the rest goes plainly.
         let sent = purveyor_protocol::fds::send(socket.as_raw_fd(), &frame, &[channel.as_raw_fd()])
-            .map_err(|e| format!("cannot hand {} a direct channel: {e}", self.label))?;
+            .map_err(|e| format!("cannot hand {} a direct channel: {e}", self.label()))?;
         (&*socket)
             .write_all(&frame[sent..])
-            .map_err(|e| format!("cannot hand {} a direct channel: {e}", self.label))
+            .map_err(|e| format!("cannot hand {} a direct channel: {e}", self.label()))
     }
 
     /// Runs `hook` with the reason when the process ends (at once if it has).
@@ -232,7 +243,7 @@ impl ProcessConn {
                 hook(
                     &self
                         .dead_reason()
-                        .unwrap_or_else(|| format!("{} ended", self.label)),
+                        .unwrap_or_else(|| format!("{} ended", self.label())),
                 );
             }
         }
@@ -247,7 +258,7 @@ impl ProcessConn {
                 let _ = self.notices.send(frame);
             }
             Err(e) => {
-                tracing::warn!(process = %self.label, error = %e, "cannot encode dialog news")
+                tracing::warn!(process = %self.label(), error = %e, "cannot encode dialog news")
             }
         }
     }
@@ -305,7 +316,7 @@ impl ProcessConn {
                 };
                 if let Err(e) = w.write_all(&frame).await {
                     // The reader reports the exit status; wait for it rather than guess.
-                    tracing::debug!(process = %self.label, error = %e, "write to provider failed");
+                    tracing::debug!(process = %self.label(), error = %e, "write to provider failed");
                 }
             }
             Some(rx.await)
@@ -326,10 +337,9 @@ impl ProcessConn {
             Ok(Some(Ok(Err(why)))) => Err(CallFailure::Died(why)),
             Ok(None) => {
                 self.lock_pending().remove(&id);
-                Err(CallFailure::Died(
-                    self.dead_reason()
-                        .unwrap_or_else(|| format!("{} was released", self.label)),
-                ))
+                Err(CallFailure::Died(self.dead_reason().unwrap_or_else(|| {
+                    format!("{} was released", self.label())
+                })))
             }
             Ok(Some(Err(_))) => Err(CallFailure::Died(
                 self.dead_reason()
@@ -366,7 +376,7 @@ impl ProcessConn {
         {
             let mut dead = self.dead.locked();
             if dead.is_none() {
-                *dead = Some(format!("{} was released", self.label));
+                *dead = Some(format!("{} was released", self.label()));
             }
         }
         drop(self.writer.lock().await.take());
@@ -413,7 +423,7 @@ impl ProcessConn {
                 match route {
                     Some(route) => route(dialog, *op),
                     None => {
-                        tracing::warn!(process = %self.label, %provider, "a dialog from a provider this process does not serve; ignored")
+                        tracing::warn!(process = %self.label(), %provider, "a dialog from a provider this process does not serve; ignored")
                     }
                 }
             }
@@ -425,7 +435,7 @@ impl ProcessConn {
                 match route {
                     Some(route) => route(news),
                     None => {
-                        tracing::debug!(process = %self.label, %provider, "direct-channel news of a provider no longer served; ignored")
+                        tracing::debug!(process = %self.label(), %provider, "direct-channel news of a provider no longer served; ignored")
                     }
                 }
             }
@@ -436,7 +446,7 @@ impl ProcessConn {
                 // Id 0 is never a request's: events raised outside any call.
                 Some(handler) => handler(events),
                 None => {
-                    tracing::debug!(process = %self.label, "events before the provider loaded; dropped")
+                    tracing::debug!(process = %self.label(), "events before the provider loaded; dropped")
                 }
             },
             response => {
@@ -581,7 +591,7 @@ async fn read_replies(
     // The host closed or killed it on purpose when a reason is already recorded.
     let expected = why.is_none() && conn.dead_reason().is_some();
     if let Some(why) = &why {
-        conn.kill(format!("{} was killed: {why}", conn.label));
+        conn.kill(format!("{} was killed: {why}", conn.label()));
     }
     let child = conn.child.locked().take();
     let ended = match child {
@@ -592,15 +602,15 @@ async fn read_replies(
         let mut dead = conn.dead.locked();
         let reason = match dead.take() {
             Some(known) => format!("{known}{ended}"),
-            None => format!("{} (pid {}) ended{ended}", conn.label, conn.pid),
+            None => format!("{} (pid {}) ended{ended}", conn.label(), conn.pid),
         };
         *dead = Some(reason.clone());
         reason
     };
     if expected {
-        tracing::debug!(process = %conn.label, pid = conn.pid, %reason, "provider process ended");
+        tracing::debug!(process = %conn.label(), pid = conn.pid, %reason, "provider process ended");
     } else {
-        tracing::warn!(process = %conn.label, pid = conn.pid, %reason, "provider process ended");
+        tracing::warn!(process = %conn.label(), pid = conn.pid, %reason, "provider process ended");
     }
     // Dialogs learn why first, then the calls in flight.
     let hooks = conn.exit_hooks.locked().take().unwrap_or_default();
@@ -623,7 +633,7 @@ async fn write_notices(
         let mut w = conn.writer.lock().await;
         let Some(w) = w.as_mut() else { return };
         if let Err(e) = w.write_all(&frame).await {
-            tracing::debug!(process = %conn.label, error = %e, "dialog news not written");
+            tracing::debug!(process = %conn.label(), error = %e, "dialog news not written");
         }
     }
 }

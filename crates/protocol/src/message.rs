@@ -4,7 +4,7 @@ use std::fmt;
 
 use purveyor_model::{
     ClassPath, ClassSchema, Condition, Hosting, Identifier, Instance, InstanceKey, NamespacePath,
-    ProviderName, ProviderState, Timestamp, Value,
+    ProviderName, ProviderState, Timestamp, Unit, Value, ValueType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use crate::{DialogInput, Form, FormUpdate};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 8;
+pub const PROTOCOL_MINOR: u16 = 9;
 /// The first minor version whose binary form of instances this side speaks (names sent
 /// once per reply: `docs/protocol.md`). Binary peers below it are refused.
 pub const BINARY_INSTANCES_SINCE: u16 = 6;
@@ -274,6 +274,35 @@ pub enum Request {
     /// (`SCM_RIGHTS`); refused with `unsupported` when the class's provider is not in an
     /// isolated worker, or the connection shows dialogs or cannot carry descriptors.
     Direct { class: ClassPath },
+    /// A SQL query over classes (minor 9; `docs/query.md`): each class a table, each
+    /// property a column. Answered with `rows`.
+    Query {
+        sql: String,
+        /// Also say what each class was asked (the plan).
+        #[serde(default)]
+        plan: bool,
+    },
+}
+
+/// A query's answer: its columns, its rows (`None`: SQL `NULL`), and, when asked, what
+/// each class was asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct QueryRows {
+    pub columns: Vec<QueryColumn>,
+    pub rows: Vec<Vec<Option<Value>>>,
+    #[serde(default)]
+    pub plan: Vec<String>,
+}
+
+/// A result column: its name, and, for a column that is a class's property as it is,
+/// the property's type and unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryColumn {
+    pub name: String,
+    #[serde(default)]
+    pub ty: Option<ValueType>,
+    #[serde(default)]
+    pub unit: Option<Unit>,
 }
 
 /// A successful answer.
@@ -325,6 +354,8 @@ pub enum Response {
         provider: ProviderName,
         classes: Vec<ClassPath>,
     },
+    /// A query's answer (minor 9).
+    Rows(QueryRows),
 }
 
 /// How a stream is opened.

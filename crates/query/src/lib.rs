@@ -1,0 +1,691 @@
+//! SQL over classes (`docs/query.md`): each class is a SQLite virtual table, each of its
+//! properties a column, and SQLite (bundled, through `rusqlite`) does the parsing,
+//! planning, joins, aggregates and expressions. This crate knows no host: it reads classes
+//! through a [`Source`], which the host implements as the caller (access policy, loading,
+//! deadlines), and the tests with fixed instances.
+//!
+//! **Names.** `system.process` in SQL is SQLite's schema `system`, table `process`: a
+//! class `NS.NAME` is found under its namespace as a schema, attached on first use, so it
+//! is written unquoted as in `purveyor get`. A quoted `"NS.NAME"` (any depth) is found too.
+//! Tables are made only for the classes a statement names.
+//!
+//! **Pushdown.** SQLite tells each table which constraints it may use
+//! ([`ClassTab::best_index`]); equality on key properties is taken. Every key property
+//! equal to a value: the class is asked for that one instance (a `get`); some of them: an
+//! `enumerate` with those as its selector; none: an `enumerate` of every instance. SQLite
+//! still checks every constraint on the rows it gets. What each class was asked is kept
+//! as the plan ([`Answer::plan`]).
+//!
+//! **Limits.** A statement must only read (a `SELECT`, or `WITH … SELECT`); its SQL is at
+//! most [`MAX_SQL`] bytes; it runs for at most [`Limits::time`] (SQLite's progress
+//! handler interrupts it), returns at most [`Limits::rows`] rows and reads at most
+//! [`Limits::instances`] instances from classes; each is an error naming the limit.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString, c_int};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use purveyor_model::{
+    ClassPath, ClassSchema, Identifier, Instance, InstanceKey, PropertyDef, ScalarType, Timestamp,
+    Value, ValueType,
+};
+use purveyor_protocol::{ErrorCode, QueryColumn, QueryRows, RemoteError};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::vtab::{
+    Context, CreateVTab, Filters, IndexConstraintOp, IndexInfo, Module, VTab, VTabConnection,
+    VTabCursor, VTabKind, sqlite3_vtab, sqlite3_vtab_cursor,
+};
+use rusqlite::{Connection, Error as SqlError};
+
+/// The longest SQL text accepted, in bytes.
+pub const MAX_SQL: usize = 64 * 1024;
+/// The most classes one statement may name.
+const MAX_TABLES: usize = 16;
+
+/// Where a query reads classes from: the host, as the caller.
+pub trait Source: Send + Sync {
+    /// The class's schema; `Ok(None)` when there is no such class. An error (the caller
+    /// may not read it, its provider failed to load) ends the query with it.
+    fn schema(&self, class: &ClassPath) -> Result<Option<Arc<ClassSchema>>, RemoteError>;
+    /// The instances of `class` whose properties equal `key`'s; `whole` when `key` holds
+    /// every key property (one instance at most: a `get`, whose "not found" is no rows).
+    fn fetch(
+        &self,
+        class: &ClassPath,
+        key: &InstanceKey,
+        whole: bool,
+    ) -> Result<Vec<Instance>, RemoteError>;
+}
+
+/// What one query may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub rows: usize,
+    pub instances: usize,
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rows: 100_000,
+            instances: 1_000_000,
+            time: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A query's answer.
+pub type Answer = QueryRows;
+
+/// Why a query failed; [`QueryError::remote`] gives its wire form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryError {
+    /// The SQL is wrong: SQLite's message, and the byte offset it points at when known.
+    Sql {
+        message: String,
+        offset: Option<usize>,
+    },
+    /// A class the statement names does not exist (at this byte offset, when found).
+    UnknownClass {
+        class: String,
+        offset: Option<usize>,
+    },
+    /// Reading a class failed, as the host said (access denied, the provider's error).
+    Class(RemoteError),
+    /// A limit was reached: which, and its value.
+    Limit(String),
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at =
+            |offset: &Option<usize>| offset.map(|o| format!(" at byte {o}")).unwrap_or_default();
+        match self {
+            QueryError::Sql { message, offset } => write!(f, "SQL error{}: {message}", at(offset)),
+            QueryError::UnknownClass { class, offset } => {
+                write!(f, "no class {class}{}", at(offset))
+            }
+            QueryError::Class(e) => write!(f, "{}", e.message),
+            QueryError::Limit(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl QueryError {
+    pub fn remote(&self) -> RemoteError {
+        match self {
+            QueryError::Class(e) => e.clone(),
+            QueryError::Sql { .. } => RemoteError::new(ErrorCode::InvalidRequest, self.to_string()),
+            QueryError::UnknownClass { .. } => {
+                RemoteError::new(ErrorCode::NotFound, self.to_string())
+            }
+            QueryError::Limit(_) => RemoteError::new(ErrorCode::LimitExceeded, self.to_string()),
+        }
+    }
+}
+
+/// What the tables of one query share.
+struct Env {
+    source: Arc<dyn Source>,
+    /// Schemas of the classes given tables, by class path.
+    schemas: Mutex<HashMap<String, Arc<ClassSchema>>>,
+    plan: Mutex<Vec<String>>,
+    /// Instances read so far, against `instances`.
+    read: AtomicUsize,
+    instances: usize,
+    /// The first class error: reported as it is instead of SQLite's wrapping of it.
+    failure: Mutex<Option<QueryError>>,
+}
+
+impl Env {
+    fn fail(&self, e: QueryError) -> SqlError {
+        let message = e.to_string();
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+        SqlError::ModuleError(message)
+    }
+}
+
+/// Runs `sql` against the classes `source` gives.
+pub fn run(
+    source: Arc<dyn Source>,
+    sql: &str,
+    plan: bool,
+    limits: &Limits,
+) -> Result<Answer, QueryError> {
+    if sql.len() > MAX_SQL {
+        return Err(QueryError::Limit(format!(
+            "the SQL is {} bytes; the limit is {MAX_SQL}",
+            sql.len()
+        )));
+    }
+    let env = Arc::new(Env {
+        source,
+        schemas: Mutex::default(),
+        plan: Mutex::default(),
+        read: AtomicUsize::new(0),
+        instances: limits.instances,
+        failure: Mutex::default(),
+    });
+    let internal = |e: SqlError| QueryError::Sql {
+        message: e.to_string(),
+        offset: None,
+    };
+    let mut conn = Connection::open_in_memory().map_err(internal)?;
+    const MODULE: Module<ClassTab> = Module::read_only_module();
+    conn.create_module(c"purveyor", &MODULE, Some(env.clone()))
+        .map_err(internal)?;
+    let deadline = Instant::now() + limits.time;
+    conn.progress_handler(1000, Some(move || Instant::now() >= deadline))
+        .map_err(internal)?;
+    let failed = |e: SqlError| -> QueryError {
+        if let Some(f) = env.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return f;
+        }
+        if matches!(&e, SqlError::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted)
+        {
+            return QueryError::Limit(format!(
+                "the query ran longer than its limit of {}",
+                humanize(limits.time)
+            ));
+        }
+        sql_error(e)
+    };
+    let mut tables = Tables::default();
+    let mut stmt = loop {
+        match conn.prepare(sql) {
+            Ok(stmt) => break stmt,
+            Err(e) => match missing_table(&e) {
+                Some(name) if tables.made.len() < MAX_TABLES => {
+                    tables.make(&conn, &env, sql, &name)?;
+                }
+                _ => return Err(failed(e)),
+            },
+        }
+    };
+    if !stmt.readonly() {
+        return Err(QueryError::Sql {
+            message: "only queries that read (SELECT) are allowed".into(),
+            offset: Some(0),
+        });
+    }
+    let columns = result_columns(&stmt, &env);
+    let mut rows = Vec::new();
+    let mut cursor = stmt.query([]).map_err(&failed)?;
+    while let Some(row) = cursor.next().map_err(&failed)? {
+        if rows.len() == limits.rows {
+            return Err(QueryError::Limit(format!(
+                "the query returns more than its limit of {} rows",
+                limits.rows
+            )));
+        }
+        let mut values = Vec::with_capacity(columns.len());
+        for (i, column) in columns.iter().enumerate() {
+            let raw = row.get_ref(i).map_err(&failed)?;
+            values.push(from_sql(raw, column.ty));
+        }
+        rows.push(values);
+    }
+    drop(cursor);
+    drop(stmt);
+    let plan = if plan {
+        std::mem::take(&mut *env.plan.lock().unwrap_or_else(|p| p.into_inner()))
+    } else {
+        Vec::new()
+    };
+    Ok(QueryRows {
+        columns,
+        rows,
+        plan,
+    })
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn sql_error(e: SqlError) -> QueryError {
+    match e {
+        SqlError::SqlInputError { msg, offset, .. } => QueryError::Sql {
+            message: msg,
+            offset: usize::try_from(offset).ok(),
+        },
+        SqlError::SqliteFailure(_, Some(msg)) => QueryError::Sql {
+            message: msg,
+            offset: None,
+        },
+        other => QueryError::Sql {
+            message: other.to_string(),
+            offset: None,
+        },
+    }
+}
+
+/// The table SQLite did not find, from its error.
+fn missing_table(e: &SqlError) -> Option<String> {
+    let message = match e {
+        SqlError::SqlInputError { msg, .. } => msg.as_str(),
+        SqlError::SqliteFailure(_, Some(msg)) => msg.as_str(),
+        _ => return None,
+    };
+    message
+        .strip_prefix("no such table: ")
+        .map(|n| n.trim().to_string())
+}
+
+/// The classes given tables so far, and the namespaces attached as schemas.
+#[derive(Default)]
+struct Tables {
+    made: HashSet<String>,
+    attached: HashSet<String>,
+}
+
+impl Tables {
+    /// Makes a table for `name` as SQLite spelled it: first as `NS`.`REST` (a schema per
+    /// namespace, so the name works unquoted), then, if that name is asked for again, as
+    /// one quoted name in `main`.
+    fn make(
+        &mut self,
+        conn: &Connection,
+        env: &Env,
+        sql: &str,
+        name: &str,
+    ) -> Result<(), QueryError> {
+        let unknown = || QueryError::UnknownClass {
+            class: name.to_string(),
+            offset: sql.find(name),
+        };
+        let class = ClassPath::new(name).map_err(|_| unknown())?;
+        let schema = env
+            .source
+            .schema(&class)
+            .map_err(QueryError::Class)?
+            .ok_or_else(unknown)?;
+        env.schemas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), schema);
+        let internal = |e: SqlError| QueryError::Sql {
+            message: e.to_string(),
+            offset: None,
+        };
+        let (db, table) = match name.split_once('.') {
+            Some((ns, rest)) if !self.made.contains(name) => {
+                if self.attached.insert(ns.to_string()) {
+                    conn.execute_batch(&format!("ATTACH DATABASE ':memory:' AS {}", quote(ns)))
+                        .map_err(internal)?;
+                }
+                (ns.to_string(), rest.to_string())
+            }
+            _ => ("main".to_string(), name.to_string()),
+        };
+        self.made.insert(name.to_string());
+        conn.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE {}.{} USING purveyor({})",
+            quote(&db),
+            quote(&table),
+            quote(name)
+        ))
+        .map_err(internal)
+    }
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Each result column's name, and the type and unit of the property it is, if it is one.
+fn result_columns(stmt: &rusqlite::Statement<'_>, env: &Env) -> Vec<QueryColumn> {
+    let schemas = env.schemas.lock().unwrap_or_else(|p| p.into_inner());
+    stmt.columns_with_metadata()
+        .map(|c| {
+            let property = c
+                .table_name()
+                .zip(c.origin_name())
+                .and_then(|(table, origin)| {
+                    let class = match c.database_name() {
+                        Some("main") | None => table.to_string(),
+                        Some(db) => format!("{db}.{table}"),
+                    };
+                    let schema = schemas.get(&class)?;
+                    schema
+                        .properties()
+                        .iter()
+                        .find(|p| p.name.as_str() == origin)
+                        .cloned()
+                });
+            QueryColumn {
+                name: c.name().to_string(),
+                ty: property.as_ref().map(|p| p.ty),
+                unit: property.map(|p| p.unit),
+            }
+        })
+        .collect()
+}
+
+/// A SQLite value as a property's value: as the property's type when the column is one,
+/// else as SQLite typed it.
+fn from_sql(raw: ValueRef<'_>, ty: Option<ValueType>) -> Option<Value> {
+    let scalar = match ty {
+        Some(ValueType::Scalar(s)) => Some(s),
+        _ => None,
+    };
+    Some(match raw {
+        ValueRef::Null => return None,
+        ValueRef::Integer(i) => match scalar {
+            Some(ScalarType::U64) if i >= 0 => Value::U64(i as u64),
+            Some(ScalarType::Bool) => Value::Bool(i != 0),
+            Some(ScalarType::Timestamp) => Value::Timestamp(Timestamp(i)),
+            _ => Value::I64(i),
+        },
+        ValueRef::Real(f) => match scalar {
+            // A u64 above i64::MAX went in as a real.
+            Some(ScalarType::U64) if f >= 0.0 && f.fract() == 0.0 => Value::U64(f as u64),
+            _ => Value::F64(f),
+        },
+        ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Bytes(b.to_vec()),
+    })
+}
+
+/// A property's value for SQLite.
+fn to_sql(value: &Value) -> ToSqlOutput<'_> {
+    ToSqlOutput::Owned(match value {
+        Value::I64(i) => SqlValue::Integer(*i),
+        Value::U64(u) => match i64::try_from(*u) {
+            Ok(i) => SqlValue::Integer(i),
+            Err(_) => SqlValue::Real(*u as f64),
+        },
+        Value::F64(f) => SqlValue::Real(*f),
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::String(s) => return ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        Value::Bytes(b) => return ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        Value::Timestamp(t) => SqlValue::Integer(t.0),
+        Value::Array(_) => SqlValue::Text(serde_json::to_string(value).unwrap_or_default()),
+    })
+}
+
+/// A constraint's value as a key property's value; `None` when no value of the
+/// property's type can equal it.
+fn key_value(v: SqlValue, ty: ValueType) -> Option<Value> {
+    let ValueType::Scalar(scalar) = ty else {
+        return None;
+    };
+    Some(match (v, scalar) {
+        (SqlValue::Integer(i), ScalarType::U64) => Value::U64(u64::try_from(i).ok()?),
+        (SqlValue::Integer(i), ScalarType::I64) => Value::I64(i),
+        (SqlValue::Integer(i), ScalarType::Bool) => Value::Bool(i != 0),
+        (SqlValue::Integer(i), ScalarType::Timestamp) => Value::Timestamp(Timestamp(i)),
+        (SqlValue::Integer(i), ScalarType::F64) => Value::F64(i as f64),
+        (SqlValue::Real(f), ScalarType::F64) => Value::F64(f),
+        (SqlValue::Real(f), ScalarType::U64) if f >= 0.0 && f.fract() == 0.0 => {
+            Value::U64(f as u64)
+        }
+        (SqlValue::Text(s), ScalarType::String) => Value::String(s),
+        (SqlValue::Blob(b), ScalarType::Bytes) => Value::Bytes(b),
+        _ => return None,
+    })
+}
+
+/// A key value as the plan shows it.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::I64(i) => i.to_string(),
+        Value::U64(u) => u.to_string(),
+        Value::F64(f) => f.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Timestamp(t) => t.0.to_string(),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
+}
+
+/// One class as a table.
+#[repr(C)]
+struct ClassTab {
+    /// SQLite's part; must come first.
+    base: sqlite3_vtab,
+    class: ClassPath,
+    schema: Arc<ClassSchema>,
+    env: Arc<Env>,
+}
+
+/// The key properties' column indexes used by a plan, as `best_index` wrote them.
+fn used_columns(idx: Option<&str>) -> Vec<usize> {
+    idx.unwrap_or("")
+        .split(',')
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+// SAFETY: `ClassTab` is `repr(C)` with `sqlite3_vtab` first, as the trait requires.
+unsafe impl<'vtab> VTab<'vtab> for ClassTab {
+    type Aux = Arc<Env>;
+    type Cursor = ClassCursor<'vtab>;
+
+    fn connect(
+        _db: &mut VTabConnection,
+        aux: Option<&Arc<Env>>,
+        _module: &[u8],
+        _database: &[u8],
+        _table: &[u8],
+        args: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, ClassTab)> {
+        let env = aux
+            .cloned()
+            .ok_or_else(|| SqlError::ModuleError("no environment".into()))?;
+        let name = args
+            .first()
+            .map(|a| {
+                String::from_utf8_lossy(a)
+                    .trim_matches('"')
+                    .replace("\"\"", "\"")
+            })
+            .ok_or_else(|| SqlError::ModuleError("no class named".into()))?;
+        let schema = env
+            .schemas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| SqlError::ModuleError(format!("no schema for {name}")))?;
+        let class = ClassPath::new(&name).map_err(|e| SqlError::ModuleError(e.to_string()))?;
+        let columns: Vec<String> = schema
+            .properties()
+            .iter()
+            .map(|p| format!("{} {}", quote(p.name.as_str()), declared(p)))
+            .collect();
+        let sql = CString::new(format!("CREATE TABLE x({})", columns.join(", ")))
+            .map_err(|e| SqlError::ModuleError(e.to_string()))?;
+        Ok((
+            Cow::Owned(sql),
+            ClassTab {
+                base: sqlite3_vtab::default(),
+                class,
+                schema,
+                env,
+            },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        let properties = self.schema.properties();
+        let is_key = |c: c_int| {
+            usize::try_from(c)
+                .ok()
+                .and_then(|c| properties.get(c))
+                .is_some_and(|p| p.semantic == purveyor_model::Semantic::Key)
+        };
+        let mut used: Vec<usize> = Vec::new();
+        for (constraint, mut usage) in info.constraints_and_usages() {
+            let column = constraint.column();
+            if constraint.is_usable()
+                && constraint.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+                && is_key(column)
+                && !used.contains(&(column as usize))
+            {
+                used.push(column as usize);
+                usage.set_argv_index(used.len() as c_int);
+                // SQLite checks the rows too: a provider's selector is trusted for
+                // fewer rows, not for the answer.
+                usage.set_omit(false);
+            }
+        }
+        let keys = self.schema.keys().count();
+        let (cost, rows) = if keys > 0 && used.len() == keys {
+            (1.0, 1)
+        } else if used.is_empty() {
+            (1e6, 10_000)
+        } else {
+            (1e3, 100)
+        };
+        info.set_estimated_cost(cost);
+        info.set_estimated_rows(rows);
+        let idx = used
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        info.set_idx_str(&idx);
+        Ok(true)
+    }
+
+    fn open(&'vtab mut self) -> rusqlite::Result<ClassCursor<'vtab>> {
+        Ok(ClassCursor {
+            base: sqlite3_vtab_cursor::default(),
+            tab: self,
+            rows: Vec::new(),
+            at: 0,
+        })
+    }
+}
+
+impl CreateVTab<'_> for ClassTab {
+    const KIND: VTabKind = VTabKind::Default;
+}
+
+/// A column's declared type: it gives the column SQLite's affinity for the property.
+fn declared(p: &PropertyDef) -> &'static str {
+    match p.ty {
+        ValueType::Scalar(ScalarType::F64) => "REAL",
+        ValueType::Scalar(ScalarType::String) | ValueType::Array(_) => "TEXT",
+        ValueType::Scalar(ScalarType::Bytes) => "BLOB",
+        ValueType::Scalar(_) => "INTEGER",
+    }
+}
+
+#[repr(C)]
+struct ClassCursor<'vtab> {
+    /// SQLite's part; must come first.
+    base: sqlite3_vtab_cursor,
+    tab: &'vtab ClassTab,
+    rows: Vec<Instance>,
+    at: usize,
+}
+
+// SAFETY: `ClassCursor` is `repr(C)` with `sqlite3_vtab_cursor` first, as the trait
+// requires.
+unsafe impl VTabCursor for ClassCursor<'_> {
+    fn filter(&mut self, _: c_int, idx: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+        let tab = self.tab;
+        let properties = tab.schema.properties();
+        let mut key = InstanceKey::new();
+        let mut impossible = false;
+        for (argv, column) in used_columns(idx).into_iter().enumerate() {
+            let property = &properties[column];
+            let value: SqlValue = args.get(argv)?;
+            match key_value(value, property.ty) {
+                Some(v) => key.insert(property.name.clone(), v),
+                None => impossible = true,
+            }
+        }
+        let whole = tab.schema.keys().count() > 0
+            && tab
+                .schema
+                .keys()
+                .all(|k| key.get(k.name.as_str()).is_some());
+        let asked = if whole {
+            format!("get {}", pairs(&key))
+        } else if key.values().len() > 0 {
+            format!("enumerate where {}", pairs(&key))
+        } else {
+            "enumerate every instance".to_string()
+        };
+        self.at = 0;
+        self.rows = if impossible {
+            Vec::new()
+        } else {
+            tab.env
+                .source
+                .fetch(&tab.class, &key, whole)
+                .map_err(|e| tab.env.fail(QueryError::Class(e)))?
+        };
+        let read = tab.env.read.fetch_add(self.rows.len(), Ordering::SeqCst) + self.rows.len();
+        if read > tab.env.instances {
+            return Err(tab.env.fail(QueryError::Limit(format!(
+                "the query reads more than its limit of {} instances",
+                tab.env.instances
+            ))));
+        }
+        let n = self.rows.len();
+        tab.env
+            .plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!(
+                "{}: {asked}{} → {n} instance{}",
+                tab.class,
+                if impossible {
+                    " (a value no key can have: not asked)"
+                } else {
+                    ""
+                },
+                if n == 1 { "" } else { "s" }
+            ));
+        Ok(())
+    }
+
+    fn next(&mut self) -> rusqlite::Result<()> {
+        self.at += 1;
+        Ok(())
+    }
+
+    fn eof(&self) -> bool {
+        self.at >= self.rows.len()
+    }
+
+    fn column(&self, ctx: &mut Context, i: c_int) -> rusqlite::Result<()> {
+        let property = usize::try_from(i)
+            .ok()
+            .and_then(|i| self.tab.schema.properties().get(i));
+        let value = property.and_then(|p| self.rows[self.at].get(p.name.as_str()));
+        match value {
+            Some(v) => ctx.set_result(to_sql(v)),
+            None => ctx.set_result(rusqlite::types::Null),
+        }
+    }
+
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(self.at as i64)
+    }
+}
+
+fn pairs(key: &InstanceKey) -> String {
+    key.values()
+        .map(|(n, v): (&Identifier, &Value)| format!("{n}={}", shown(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -107,6 +107,22 @@ enum Command {
         /// Select instances by property: NAME=VALUE
         selectors: Vec<String>,
     },
+    /// Run a SQL query over classes: each class a table, each property a column
+    #[command(after_help = "Examples:
+  purveyor query \"SELECT pid, name, rss FROM system.process ORDER BY rss DESC LIMIT 5\"
+  purveyor query \"SELECT name, count(*) FROM system.process GROUP BY name\" --json
+  purveyor query \"SELECT * FROM system.process WHERE pid = 1\" --plan
+
+A class NS.NAME is written as it is (SQLite reads it as schema NS, table NAME), or
+quoted (\"NS.NAME\"). Equality on key properties asks the class for those instances only;
+--plan shows what each class was asked. See docs/query.md.")]
+    Query {
+        /// The SQL: one SELECT (or WITH ... SELECT)
+        sql: String,
+        /// Also print what each class was asked
+        #[arg(long)]
+        plan: bool,
+    },
     /// Refresh a class's instances; counters are shown as rates per second
     #[command(
         after_help = "Examples:\n  purveyor watch system.cpu\n  purveyor watch system.net interface=lo --interval 500ms --count 5 --json"
@@ -354,6 +370,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Get { class, selectors } => {
             let mut client = connect(&global)?;
             get(&mut client, &global, &class, &selectors)
+        }
+        Command::Query { sql, plan } => {
+            let rows = connect(&global)?.query(&sql, plan)?;
+            if global.json {
+                print_json(&render::rows_json(&rows))?;
+            } else {
+                out(&render::rows(&rows))?;
+                if plan {
+                    let mut text = String::from("\nplan:\n");
+                    for step in &rows.plan {
+                        text.push_str(&format!("  {step}\n"));
+                    }
+                    out(&text)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Watch {
             class,

@@ -199,7 +199,7 @@ pub fn timestamp(ns: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn unit_suffix(unit: Unit) -> &'static str {
+pub fn unit_suffix(unit: Unit) -> &'static str {
     match unit {
         Unit::Seconds => "s",
         Unit::Milliseconds => "ms",
@@ -315,4 +315,88 @@ pub fn status(s: &HostStatus, mode: &Mode, socket: &std::path::Path) -> String {
         text.push_str(&format!("refused:     {problem}\n"));
     }
     text
+}
+
+/// A query's rows as a table: property columns shown as `get` shows them (bytes in binary
+/// units, times as dates), SQL `NULL` as `NULL`.
+pub fn rows(rows: &purveyor_client::QueryRows) -> String {
+    let header: Vec<&str> = rows.columns.iter().map(|c| c.name.as_str()).collect();
+    let mut t = table(header);
+    for row in &rows.rows {
+        t.add_row(
+            row.iter()
+                .zip(&rows.columns)
+                .map(|(v, c)| query_cell(v.as_ref(), c.unit))
+                .collect::<Vec<_>>(),
+        );
+    }
+    if let Some(first) = rows.rows.first() {
+        for (i, v) in first.iter().enumerate() {
+            if v.as_ref().is_some_and(|v| v.as_f64().is_some()) {
+                align_right(&mut t, i);
+            }
+        }
+    }
+    table_text(&t)
+}
+
+fn query_cell(value: Option<&Value>, unit: Option<Unit>) -> String {
+    let Some(value) = value else {
+        return "NULL".into();
+    };
+    match (value, unit) {
+        (Value::U64(v), Some(Unit::Bytes)) => bytes(*v as f64),
+        (Value::Timestamp(t), _) => timestamp(t.0),
+        (Value::F64(v), unit) => format!("{}{}", float(*v), unit.map_or("", unit_suffix)),
+        (v, Some(unit)) if v.as_f64().is_some() => format!("{v}{}", unit_suffix(unit)),
+        (v, _) => v.to_string(),
+    }
+}
+
+/// `{"columns": [{"name", "type", "unit"}], "rows": [{COLUMN: plain JSON value}], "plan": […]}`;
+/// a column name that repeats gets `:2`, `:3` after it in the rows' objects.
+pub fn rows_json(rows: &purveyor_client::QueryRows) -> serde_json::Value {
+    let mut seen = std::collections::HashMap::new();
+    let names: Vec<String> = rows
+        .columns
+        .iter()
+        .map(|c| {
+            let n = seen.entry(c.name.as_str()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                c.name.clone()
+            } else {
+                format!("{}:{n}", c.name)
+            }
+        })
+        .collect();
+    let columns: Vec<serde_json::Value> = rows
+        .columns
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "type": c.ty.map(|t| t.to_string()),
+                "unit": c.unit.map(unit_name),
+            })
+        })
+        .collect();
+    let list: Vec<serde_json::Value> = rows
+        .rows
+        .iter()
+        .map(|row| {
+            let map: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .zip(row)
+                .map(|(n, v)| {
+                    (
+                        n.clone(),
+                        v.as_ref().map_or(serde_json::Value::Null, plain_json),
+                    )
+                })
+                .collect();
+            serde_json::Value::Object(map)
+        })
+        .collect();
+    json!({ "columns": columns, "rows": list, "plan": rows.plan })
 }

@@ -10,7 +10,7 @@ use purveyor_model::{
 };
 use purveyor_protocol::{
     ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Push, PushQueue,
-    Request, Response, encode_frame,
+    QueryRows, Request, Response, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -235,6 +235,18 @@ impl AsyncClient {
             selector: selector.clone(),
         };
         typed::instances(self.request(request).await?)
+    }
+
+    /// Runs a SQL query over classes (`docs/query.md`); with `plan`, the answer also says
+    /// what each class was asked.
+    pub async fn query(&self, sql: &str, plan: bool) -> Result<QueryRows, ClientError> {
+        typed::rows(
+            self.request(Request::Query {
+                sql: sql.to_string(),
+                plan,
+            })
+            .await?,
+        )
     }
 
     pub async fn get(&self, class: &ClassPath, key: &InstanceKey) -> Result<Instance, ClientError> {

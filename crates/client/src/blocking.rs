@@ -13,8 +13,8 @@ use purveyor_model::{
     ClassPath, ClassSchema, Condition, Identifier, Instance, InstanceKey, NamespacePath, Value,
 };
 use purveyor_protocol::{
-    ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Push, Request,
-    Response, encode_frame,
+    ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Push, QueryRows,
+    Request, Response, encode_frame,
 };
 
 use crate::dialog::{DialogUi, OpenDialog, UiAction};
@@ -488,6 +488,15 @@ impl Client {
         typed::instances(self.request(Request::Enumerate {
             class: class.clone(),
             selector: selector.clone(),
+        })?)
+    }
+
+    /// Runs a SQL query over classes (`docs/query.md`); with `plan`, the answer also says
+    /// what each class was asked.
+    pub fn query(&mut self, sql: &str, plan: bool) -> Result<QueryRows, ClientError> {
+        typed::rows(self.request(Request::Query {
+            sql: sql.to_string(),
+            plan,
         })?)
     }
 

@@ -22,7 +22,8 @@ pub use error::ClientError;
 pub use options::{ConnectOptions, Mode, Target};
 pub use purveyor_protocol::{
     Button, ClassList, DialogInput, Encoding, Field, FieldKind, Form, FormUpdate, HostMode,
-    HostStatus, IoMode, IoProcedureInfo, Progress, ProviderStatus, Push, Request, Response,
+    HostStatus, IoMode, IoProcedureInfo, Progress, ProviderStatus, Push, QueryColumn, QueryRows,
+    Request, Response,
 };
 
 #[cfg(feature = "embedded")]

@@ -1,7 +1,7 @@
 //! Turning a response into the type a typed call promises.
 
 use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
-use purveyor_protocol::{ClassList, HostStatus, ProviderStatus, Request, Response};
+use purveyor_protocol::{ClassList, HostStatus, ProviderStatus, QueryRows, Request, Response};
 
 use crate::ClientError;
 
@@ -25,6 +25,7 @@ expect!(classes, Classes, ClassList, "a class list");
 expect!(class, Class, ClassSchema, "a class");
 expect!(instance, Instance, Instance, "an instance");
 expect!(providers, Providers, Vec<ProviderStatus>, "a provider list");
+expect!(rows, Rows, QueryRows, "rows");
 
 pub(crate) fn instances(response: Response) -> Result<Vec<Instance>, ClientError> {
     match response {

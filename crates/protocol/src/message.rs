@@ -299,7 +299,7 @@ pub struct QueryRows {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryColumn {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, rename = "type")]
     pub ty: Option<ValueType>,
     #[serde(default)]
     pub unit: Option<Unit>,
@@ -628,5 +628,49 @@ mod request_id_tests {
         let binary = |b: &[u8]| ClientMessage::request_id(crate::Encoding::Binary, b);
         assert_eq!(binary(&[0, 5, 200]), Some(5));
         assert_eq!(binary(&[1, 5]), None);
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    /// The JSON forms `docs/protocol.md` gives for `query` and `rows`, and the binary form
+    /// round trips.
+    #[test]
+    fn query_and_rows_have_the_documented_forms() {
+        let request: Request = serde_json::from_str(
+            r#"{"query": {"sql": "SELECT pid FROM system.process WHERE pid = 1", "plan": true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            request,
+            Request::Query {
+                sql: "SELECT pid FROM system.process WHERE pid = 1".into(),
+                plan: true
+            }
+        );
+        let rows = Response::Rows(QueryRows {
+            columns: vec![
+                QueryColumn {
+                    name: "pid".into(),
+                    ty: Some("u64".parse().unwrap()),
+                    unit: Some(Unit::None),
+                },
+                QueryColumn {
+                    name: "n".into(),
+                    ty: None,
+                    unit: None,
+                },
+            ],
+            rows: vec![vec![Some(Value::U64(1)), None]],
+            plan: vec!["system.process: get pid=1 → 1 instance".into()],
+        });
+        assert_eq!(
+            serde_json::to_string(&rows).unwrap(),
+            r#"{"rows":{"columns":[{"name":"pid","type":"u64","unit":"none"},{"name":"n","type":null,"unit":null}],"rows":[[{"u64":1},null]],"plan":["system.process: get pid=1 → 1 instance"]}}"#
+        );
+        let bytes = postcard::to_allocvec(&rows).unwrap();
+        assert_eq!(postcard::from_bytes::<Response>(&bytes).unwrap(), rows);
     }
 }

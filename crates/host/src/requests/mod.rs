@@ -20,6 +20,7 @@ mod classes;
 mod dialog;
 mod direct;
 mod io;
+mod query;
 mod read;
 mod status;
 mod subscribe;
@@ -155,6 +156,7 @@ async fn route(host: &Arc<Shared>, cx: &Cx<'_>, request: Request) -> Result<Resp
         Request::IoClose { handle } => io::close(host, cx, handle).await,
         Request::IoDelete { name } => io::delete(host, cx, &name).await,
         Request::IoRename { from, to } => io::rename(host, cx, &from, &to).await,
+        Request::Query { sql, plan } => query::query(host, cx, sql, plan).await,
         other => Err(RemoteError::new(
             ErrorCode::Unsupported,
             format!("request {other:?} is not supported by this host"),

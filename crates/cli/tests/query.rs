@@ -1,0 +1,94 @@
+//! SQL queries end to end: a real daemon, the built-in classes, the CLI and the client.
+
+mod common;
+
+use common::{BIN, Daemon};
+use purveyor_model::Value;
+
+/// `WHERE pid = <ours>` asks `system.process` for one instance (a get), never an
+/// enumerate; the answer is this process, typed as its properties are.
+#[test]
+fn key_equality_is_a_get_and_the_columns_keep_their_types() {
+    let d = Daemon::start(&[], &[], &[]);
+    let pid = std::process::id();
+    let rows = d
+        .client()
+        .query(
+            &format!("SELECT pid, name, rss FROM system.process WHERE pid = {pid}"),
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        rows.plan,
+        [format!("system.process: get pid={pid} → 1 instance")]
+    );
+    assert_eq!(rows.rows.len(), 1);
+    assert_eq!(rows.rows[0][0], Some(Value::U64(pid as u64)));
+    assert!(matches!(rows.rows[0][2], Some(Value::U64(rss)) if rss > 0));
+    assert_eq!(rows.columns[2].unit, Some(purveyor_model::Unit::Bytes));
+}
+
+/// Aggregates and a join across two providers' classes (the system provider's processes
+/// and the host's own providers list), through the CLI, as a table and as JSON.
+#[test]
+fn joins_aggregates_and_the_cli() {
+    let d = Daemon::start(&[], &[], &[]);
+    let out = d.cli(&[
+        "query",
+        "SELECT count(*) AS n FROM system.process AS p JOIN purveyor.host AS h ON h.pid = p.pid",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["rows"][0]["n"], 1, "{json}");
+    let out = d.cli(&[
+        "query",
+        "SELECT name, count(*) AS n FROM system.process GROUP BY name ORDER BY n DESC LIMIT 3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().next().unwrap().contains("name"), "{text}");
+    assert_eq!(text.lines().count(), 4, "{text}");
+}
+
+/// Errors name the problem and where it is; exit codes are those of `get`.
+#[test]
+fn errors_name_the_place_and_exit_like_get() {
+    let d = Daemon::start(&[], &[], &[]);
+    let out = d.cli(&["query", "SELECT * FROM system.nowhere"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no class system.nowhere at byte 14"), "{err}");
+    let out = d.cli(&["query", "SELECT nope FROM system.process"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such column: nope"), "{err}");
+    assert_ne!(out.status.code(), Some(0));
+    let out = d.cli(&["query", "DELETE FROM system.process"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("table process may not be modified"), "{err}");
+    let out = d.cli(&["query", "CREATE TABLE t(x)"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only queries that read"), "{err}");
+    // The embedded host answers the same way.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--embedded",
+            "query",
+            "SELECT pid FROM system.process WHERE pid = 1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

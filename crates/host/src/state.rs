@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     workers: tokio::sync::Mutex<HashMap<String, Weak<ProcessConn>>>,
     /// An isolated worker started ahead of need (`crate::spare`).
     spare: Arc<SpareWorker>,
+    /// SQL queries' connections, kept between queries (`purveyor_query::Engine`).
+    queries: purveyor_query::Engine,
     /// Keeps the deadlines of in-daemon calls, which run on the requesting thread.
     watchdog: Watchdog,
     /// Subscriptions, and the events delivered to and dropped for them.
@@ -128,6 +130,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             workers: tokio::sync::Mutex::new(HashMap::new()),
             spare: Arc::default(),
+            queries: purveyor_query::Engine::default(),
             watchdog: Watchdog::default(),
             events: Arc::new(EventBus::default()),
             builtin_io: Arc::new(ProcedureServer::new(builtin_io)),
@@ -154,6 +157,10 @@ impl Shared {
 
     pub fn workers(&self) -> &tokio::sync::Mutex<HashMap<String, Weak<ProcessConn>>> {
         &self.workers
+    }
+
+    pub fn queries(&self) -> &purveyor_query::Engine {
+        &self.queries
     }
 
     pub fn spare(&self) -> &Arc<SpareWorker> {

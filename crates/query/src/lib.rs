@@ -24,7 +24,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CStr, CString, c_int};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -128,20 +128,41 @@ impl QueryError {
     }
 }
 
-/// What the tables of one query share.
+/// What a connection's tables share: the schemas they were made with, and the query
+/// running on the connection now.
+#[derive(Default)]
 struct Env {
-    source: Arc<dyn Source>,
     /// Schemas of the classes given tables, by class path.
     schemas: Mutex<HashMap<String, Arc<ClassSchema>>>,
+    current: Mutex<Option<Arc<Query>>>,
+}
+
+impl Env {
+    fn query(&self) -> rusqlite::Result<Arc<Query>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| SqlError::ModuleError("no query is running".into()))
+    }
+}
+
+/// One query's state.
+struct Query {
+    source: Arc<dyn Source>,
     plan: Mutex<Vec<String>>,
     /// Instances read so far, against `instances`.
     read: AtomicUsize,
     instances: usize,
     /// The first class error: reported as it is instead of SQLite's wrapping of it.
     failure: Mutex<Option<QueryError>>,
+    /// Classes whose table was checked against the class's schema in this query.
+    checked: Mutex<HashSet<String>>,
+    /// A table no longer matches its class's schema: the connection is not reused.
+    stale: AtomicBool,
 }
 
-impl Env {
+impl Query {
     fn fail(&self, e: QueryError) -> SqlError {
         let message = e.to_string();
         self.failure
@@ -152,40 +173,130 @@ impl Env {
     }
 }
 
-/// Runs `sql` against the classes `source` gives.
+/// Runs queries on a few SQLite connections kept between them, with the tables already
+/// made: a repeated query skips opening a connection, attaching namespaces and making
+/// tables. A table whose class's schema changed is found by the first read of it in a
+/// query; that connection is dropped and the query runs again on a new one.
+#[derive(Default)]
+pub struct Engine {
+    idle: Mutex<Vec<Pooled>>,
+}
+
+/// Connections kept idle.
+const POOL: usize = 4;
+/// A connection with more tables than this is not kept.
+const KEPT_TABLES: usize = 64;
+
+struct Pooled {
+    conn: Connection,
+    env: Arc<Env>,
+    tables: Tables,
+}
+
+impl Pooled {
+    fn new() -> Result<Pooled, QueryError> {
+        let env = Arc::new(Env::default());
+        let conn = Connection::open_in_memory().map_err(internal)?;
+        const MODULE: Module<ClassTab> = Module::read_only_module();
+        conn.create_module(c"purveyor", &MODULE, Some(env.clone()))
+            .map_err(internal)?;
+        Ok(Pooled {
+            conn,
+            env,
+            tables: Tables::default(),
+        })
+    }
+}
+
+fn internal(e: SqlError) -> QueryError {
+    QueryError::Sql {
+        message: e.to_string(),
+        offset: None,
+    }
+}
+
+/// Runs `sql` against the classes `source` gives, on a connection of its own.
 pub fn run(
     source: Arc<dyn Source>,
     sql: &str,
     plan: bool,
     limits: &Limits,
 ) -> Result<Answer, QueryError> {
-    if sql.len() > MAX_SQL {
-        return Err(QueryError::Limit(format!(
-            "the SQL is {} bytes; the limit is {MAX_SQL}",
-            sql.len()
-        )));
+    Engine::default().run(source, sql, plan, limits)
+}
+
+impl Engine {
+    /// Runs `sql` against the classes `source` gives.
+    pub fn run(
+        &self,
+        source: Arc<dyn Source>,
+        sql: &str,
+        plan: bool,
+        limits: &Limits,
+    ) -> Result<Answer, QueryError> {
+        if sql.len() > MAX_SQL {
+            return Err(QueryError::Limit(format!(
+                "the SQL is {} bytes; the limit is {MAX_SQL}",
+                sql.len()
+            )));
+        }
+        let deadline = Instant::now() + limits.time;
+        // A stale table is found once per connection: the second try is on a new one.
+        for _ in 0..2 {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut pooled = match idle {
+                Some(pooled) => pooled,
+                None => Pooled::new()?,
+            };
+            let query = Arc::new(Query {
+                source: source.clone(),
+                plan: Mutex::default(),
+                read: AtomicUsize::new(0),
+                instances: limits.instances,
+                failure: Mutex::default(),
+                checked: Mutex::default(),
+                stale: AtomicBool::new(false),
+            });
+            *pooled.env.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(query.clone());
+            let result = execute(&mut pooled, &query, sql, plan, limits, deadline);
+            *pooled.env.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            if query.stale.load(Ordering::SeqCst) {
+                // The other kept connections likely hold the same stale table.
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                continue;
+            }
+            if pooled.tables.made.len() <= KEPT_TABLES {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < POOL {
+                    idle.push(pooled);
+                }
+            }
+            return result;
+        }
+        Err(QueryError::Limit(
+            "the classes' schemas kept changing while the query ran".into(),
+        ))
     }
-    let env = Arc::new(Env {
-        source,
-        schemas: Mutex::default(),
-        plan: Mutex::default(),
-        read: AtomicUsize::new(0),
-        instances: limits.instances,
-        failure: Mutex::default(),
-    });
-    let internal = |e: SqlError| QueryError::Sql {
-        message: e.to_string(),
-        offset: None,
-    };
-    let mut conn = Connection::open_in_memory().map_err(internal)?;
-    const MODULE: Module<ClassTab> = Module::read_only_module();
-    conn.create_module(c"purveyor", &MODULE, Some(env.clone()))
-        .map_err(internal)?;
-    let deadline = Instant::now() + limits.time;
+}
+
+fn execute(
+    pooled: &mut Pooled,
+    query: &Query,
+    sql: &str,
+    plan: bool,
+    limits: &Limits,
+    deadline: Instant,
+) -> Result<Answer, QueryError> {
+    let Pooled { conn, env, tables } = pooled;
     conn.progress_handler(1000, Some(move || Instant::now() >= deadline))
         .map_err(internal)?;
     let failed = |e: SqlError| -> QueryError {
-        if let Some(f) = env.failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(f) = query
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             return f;
         }
         if matches!(&e, SqlError::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted)
@@ -197,13 +308,14 @@ pub fn run(
         }
         sql_error(e)
     };
-    let mut tables = Tables::default();
+    let mut made = 0;
     let mut stmt = loop {
         match conn.prepare(sql) {
             Ok(stmt) => break stmt,
             Err(e) => match missing_table(&e) {
-                Some(name) if tables.made.len() < MAX_TABLES => {
-                    tables.make(&conn, &env, sql, &name)?;
+                Some(name) if made < MAX_TABLES => {
+                    made += 1;
+                    tables.make(conn, env, query, sql, &name)?;
                 }
                 _ => return Err(failed(e)),
             },
@@ -215,7 +327,7 @@ pub fn run(
             offset: Some(0),
         });
     }
-    let columns = result_columns(&stmt, &env);
+    let columns = result_columns(&stmt, env);
     let mut rows = Vec::new();
     let mut cursor = stmt.query([]).map_err(&failed)?;
     while let Some(row) = cursor.next().map_err(&failed)? {
@@ -232,10 +344,8 @@ pub fn run(
         }
         rows.push(values);
     }
-    drop(cursor);
-    drop(stmt);
     let plan = if plan {
-        std::mem::take(&mut *env.plan.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *query.plan.lock().unwrap_or_else(|p| p.into_inner()))
     } else {
         Vec::new()
     };
@@ -298,6 +408,7 @@ impl Tables {
         &mut self,
         conn: &Connection,
         env: &Env,
+        query: &Query,
         sql: &str,
         name: &str,
     ) -> Result<(), QueryError> {
@@ -306,19 +417,20 @@ impl Tables {
             offset: sql.find(name),
         };
         let class = ClassPath::new(name).map_err(|_| unknown())?;
-        let schema = env
+        let schema = query
             .source
             .schema(&class)
             .map_err(QueryError::Class)?
             .ok_or_else(unknown)?;
+        query
+            .checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
         env.schemas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), schema);
-        let internal = |e: SqlError| QueryError::Sql {
-            message: e.to_string(),
-            offset: None,
-        };
         let (db, table) = match name.split_once('.') {
             Some((ns, rest)) if !self.made.contains(name) => {
                 if self.attached.insert(ns.to_string()) {
@@ -460,6 +572,37 @@ struct ClassTab {
     env: Arc<Env>,
 }
 
+impl ClassTab {
+    /// The first read of this table in a query checks that the class's schema is still
+    /// the one the table was made with; if not, the query is run again on a new
+    /// connection ([`Engine`]).
+    fn check_schema(&self, query: &Query) -> rusqlite::Result<()> {
+        let first = query
+            .checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.class.as_str().to_string());
+        if !first {
+            return Ok(());
+        }
+        match query.source.schema(&self.class) {
+            Ok(Some(now)) if *now == *self.schema => Ok(()),
+            Ok(Some(_)) => {
+                query.stale.store(true, Ordering::SeqCst);
+                Err(SqlError::ModuleError(format!(
+                    "the schema of {} changed",
+                    self.class
+                )))
+            }
+            Ok(None) => Err(query.fail(QueryError::UnknownClass {
+                class: self.class.to_string(),
+                offset: None,
+            })),
+            Err(e) => Err(query.fail(QueryError::Class(e))),
+        }
+    }
+}
+
 /// The key properties' column indexes used by a plan, as `best_index` wrote them.
 fn used_columns(idx: Option<&str>) -> Vec<usize> {
     idx.unwrap_or("")
@@ -598,6 +741,8 @@ struct ClassCursor<'vtab> {
 unsafe impl VTabCursor for ClassCursor<'_> {
     fn filter(&mut self, _: c_int, idx: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
         let tab = self.tab;
+        let query = tab.env.query()?;
+        tab.check_schema(&query)?;
         let properties = tab.schema.properties();
         let mut key = InstanceKey::new();
         let mut impossible = false;
@@ -625,20 +770,20 @@ unsafe impl VTabCursor for ClassCursor<'_> {
         self.rows = if impossible {
             Vec::new()
         } else {
-            tab.env
+            query
                 .source
                 .fetch(&tab.class, &key, whole)
-                .map_err(|e| tab.env.fail(QueryError::Class(e)))?
+                .map_err(|e| query.fail(QueryError::Class(e)))?
         };
-        let read = tab.env.read.fetch_add(self.rows.len(), Ordering::SeqCst) + self.rows.len();
-        if read > tab.env.instances {
-            return Err(tab.env.fail(QueryError::Limit(format!(
+        let read = query.read.fetch_add(self.rows.len(), Ordering::SeqCst) + self.rows.len();
+        if read > query.instances {
+            return Err(query.fail(QueryError::Limit(format!(
                 "the query reads more than its limit of {} instances",
-                tab.env.instances
+                query.instances
             ))));
         }
         let n = self.rows.len();
-        tab.env
+        query
             .plan
             .lock()
             .unwrap_or_else(|p| p.into_inner())

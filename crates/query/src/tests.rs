@@ -231,3 +231,72 @@ fn a_value_no_key_can_have_asks_nothing() {
     assert!(answer.unwrap().rows.is_empty());
     assert!(asked.is_empty(), "{asked:?}");
 }
+
+/// A class whose schema gains a property between two queries on one engine: the second
+/// query finds its kept table stale and runs again on a new connection, with the new
+/// column.
+#[test]
+fn a_kept_table_whose_class_changed_is_made_again() {
+    struct Changing {
+        grown: std::sync::atomic::AtomicBool,
+    }
+    impl Source for Changing {
+        fn schema(&self, _: &ClassPath) -> Result<Option<Arc<ClassSchema>>, RemoteError> {
+            let mut properties = vec![PropertyDef::new("id", "u64", Unit::None, Semantic::Key, "")];
+            if self.grown.load(Ordering::SeqCst) {
+                properties.push(PropertyDef::new(
+                    "extra",
+                    "string",
+                    Unit::None,
+                    Semantic::Discrete,
+                    "",
+                ));
+            }
+            Ok(Some(Arc::new(ClassSchema::fixed(
+                "test.grow",
+                "",
+                properties,
+            ))))
+        }
+        fn fetch(
+            &self,
+            _: &ClassPath,
+            _: &InstanceKey,
+            _: bool,
+        ) -> Result<Vec<Instance>, RemoteError> {
+            Ok(vec![Instance::from_pairs([
+                ("id", Value::U64(1)),
+                ("extra", Value::String("new".into())),
+            ])])
+        }
+    }
+    let source = Arc::new(Changing {
+        grown: false.into(),
+    });
+    let engine = Engine::default();
+    let first = engine
+        .run(
+            source.clone(),
+            "SELECT * FROM test.grow",
+            false,
+            &Limits::default(),
+        )
+        .unwrap();
+    assert_eq!(first.columns.len(), 1);
+    // Kept: the same query again reuses the connection and its table.
+    let again = engine
+        .run(
+            source.clone(),
+            "SELECT * FROM test.grow",
+            false,
+            &Limits::default(),
+        )
+        .unwrap();
+    assert_eq!(again, first);
+    source.grown.store(true, Ordering::SeqCst);
+    let grown = engine
+        .run(source, "SELECT * FROM test.grow", false, &Limits::default())
+        .unwrap();
+    assert_eq!(grown.columns.len(), 2);
+    assert_eq!(grown.rows[0][1], Some(Value::String("new".into())));
+}

@@ -2,15 +2,21 @@
 //! thread. Each class it reads is a `describe`, `get` or `enumerate` made as the caller
 //! through [`super::answer`], so the access policy, loading, deadlines and statistics are
 //! those of the same plain requests: a query never loads a provider a `get` would not.
+//! The host keeps the engine's SQLite connections between queries (`Shared::queries`).
 
 use std::sync::Arc;
 
 use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
 use purveyor_protocol::{ErrorCode, RemoteError, Request, Response};
 use purveyor_provider::Caller;
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, RuntimeFlavor};
 
+use purveyor_query::QueryError;
+
+use crate::access::Permission;
+use crate::calls::allowed;
 use crate::cx::Cx;
+use crate::outcomes::schema_for;
 use crate::state::Shared;
 
 pub(super) async fn query(
@@ -19,37 +25,84 @@ pub(super) async fn query(
     sql: String,
     plan: bool,
 ) -> Result<Response, RemoteError> {
-    let source = Arc::new(AsCaller {
-        host: host.clone(),
-        caller: cx.caller.clone(),
-        runtime: Handle::current(),
-    });
     let limits = purveyor_query::Limits::default();
-    let run = move || purveyor_query::run(source, &sql, plan, &limits);
-    match tokio::task::spawn_blocking(run).await {
-        Ok(Ok(rows)) => Ok(Response::Rows(rows)),
-        Ok(Err(e)) => Err(e.remote()),
-        Err(e) => Err(RemoteError::new(
-            ErrorCode::Internal,
-            format!("the query stopped: {e}"),
-        )),
+    let source = |may_wait| {
+        Arc::new(AsCaller {
+            host: host.clone(),
+            caller: cx.caller.clone(),
+            runtime: Handle::current(),
+            may_wait,
+        })
+    };
+    // First on this thread, as long as every class read can be answered at once (loaded
+    // providers whose calls run inline: no waiting, no hand-off).
+    match host.queries().run(source(false), &sql, plan, &limits) {
+        Err(QueryError::Class(e)) if e.message == WOULD_WAIT => {}
+        done => return done.map(Response::Rows).map_err(|e| e.remote()),
     }
+    // A read must wait (a load, a worker, a deadline): SQLite works synchronously, so the
+    // query runs where it may block — this thread made a blocking one on a multi-threaded
+    // runtime, else the blocking pool.
+    let host = host.clone();
+    let source = source(true);
+    let run = move || host.queries().run(source, &sql, plan, &limits);
+    let result = if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(run)
+    } else {
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("the query stopped: {e}")))?
+    };
+    result.map(Response::Rows).map_err(|e| e.remote())
 }
+
+/// What a read that would have to wait answers while the query runs on a runtime thread.
+const WOULD_WAIT: &str = "a class read would wait";
 
 /// The host as a query's source, read as `caller`.
 struct AsCaller {
     host: Arc<Shared>,
     caller: Caller,
     runtime: Handle,
+    /// Reads may wait for the host (the query is on a thread that may block).
+    may_wait: bool,
 }
 
 impl AsCaller {
     fn ask(&self, request: Request) -> Result<Response, RemoteError> {
-        self.runtime.block_on(super::answer(
-            &self.host,
-            Cx::one_off(&self.caller),
-            request,
-        ))
+        let cx = Cx::one_off(&self.caller);
+        let now = match &request {
+            Request::Get { class, .. } | Request::Enumerate { class, .. } => {
+                super::read::ready_now(&self.host, class)
+            }
+            _ => None,
+        };
+        if let Some((slot, loaded)) = now {
+            self.host.admit()?;
+            return match request {
+                Request::Get { class, key } => {
+                    super::read::get_now(&self.host, &cx, &slot, &loaded, class, key)
+                }
+                Request::Enumerate { class, selector } => {
+                    super::read::enumerate_now(&self.host, &cx, &slot, &loaded, class, selector)
+                }
+                other => Err(unexpected_request(&other)),
+            };
+        }
+        if let Request::Describe { class } = &request
+            && let Some(slot) = self.host.registry().slot_for(class)
+            && let Some(loaded) = slot.loaded_now()
+        {
+            allowed(&self.host, &cx, Permission::Read, class.as_str())?;
+            return Ok(Response::Class(
+                schema_for(slot, &loaded, class)?.as_ref().clone(),
+            ));
+        }
+        if !self.may_wait {
+            return Err(RemoteError::new(ErrorCode::Internal, WOULD_WAIT));
+        }
+        self.runtime
+            .block_on(super::answer(&self.host, cx, request))
     }
 }
 
@@ -91,6 +144,13 @@ impl purveyor_query::Source for AsCaller {
             Err(e) => Err(e),
         }
     }
+}
+
+fn unexpected_request(request: &Request) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::Internal,
+        format!("a query cannot ask {request:?}"),
+    )
 }
 
 fn unexpected(response: &Response) -> RemoteError {

@@ -125,6 +125,27 @@ fn json_api_reads_anonymously_and_writes_only_with_a_token() {
     let schema = get(addr, "/v1/classes/system.memory").json();
     assert_eq!(schema["path"], "system.memory");
     assert_eq!(get(addr, "/v1/status").json()["mode"], "daemon");
+    // A query, by URL and by body; each class it reads is checked as the caller.
+    let rows = get(
+        addr,
+        "/v1/query?sql=SELECT%20count(*)%20AS%20n%20FROM%20system.cpu%20WHERE%20cpu%20%3D%20'total'&plan=true",
+    );
+    assert_eq!(rows.status, 200, "{}", rows.body);
+    let rows = rows.json();
+    assert_eq!(rows["rows"][0][0]["i64"], 1, "{rows}");
+    assert_eq!(
+        rows["plan"][0], "system.cpu: get cpu=\"total\" → 1 instance",
+        "{rows}"
+    );
+    let posted = http(
+        "POST",
+        addr,
+        "/v1/query",
+        &[("content-type", "application/json")],
+        r#"{"sql": "SELECT name FROM config.setting"}"#,
+    );
+    assert_eq!(posted.status, 403, "{}", posted.body);
+    assert_eq!(posted.json()["error"]["code"], "access_denied");
     assert!(get(addr, "/v1/providers").json().as_array().unwrap().len() >= 3);
 
     // Errors carry the host's code and message, with the matching HTTP status.

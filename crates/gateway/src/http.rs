@@ -43,6 +43,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/v1/classes/{class}/methods/{method}",
             axum::routing::post(call),
         )
+        .route("/v1/query", get(query_get).post(query_post))
         .fallback(not_found)
         .with_state(gateway)
 }
@@ -325,6 +326,51 @@ async fn instances(
     let selector = selector(&gateway, &identity, &class, &query).await?;
     match ask(&gateway, &identity, Request::Enumerate { class, selector }).await? {
         Answer::Instances(list) => Ok(json(&list)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `GET /v1/query?sql=…&plan=true`: a SQL query over classes as the request's identity
+/// (`docs/query.md`); it only reads, so no token is needed beyond what each class needs.
+async fn query_get(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(params): Query<QueryParams>,
+) -> Result<Response> {
+    let identity = identity(&gateway, &headers)?;
+    run_query(&gateway, &identity, params).await
+}
+
+/// `POST /v1/query` with `{"sql": "…", "plan": false}`: the same, for SQL that does not fit
+/// a URL.
+async fn query_post(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Result<Response> {
+    let identity = identity(&gateway, &headers)?;
+    let params: QueryParams = body(&bytes, "{\"sql\": \"…\", \"plan\": false}")?;
+    run_query(&gateway, &identity, params).await
+}
+
+#[derive(Deserialize)]
+struct QueryParams {
+    sql: String,
+    #[serde(default)]
+    plan: bool,
+}
+
+async fn run_query(
+    gateway: &Gateway,
+    identity: &Identity,
+    params: QueryParams,
+) -> Result<Response> {
+    let request = Request::Query {
+        sql: params.sql,
+        plan: params.plan,
+    };
+    match ask(gateway, identity, request).await? {
+        Answer::Rows(rows) => Ok(json(&rows)),
         other => Err(unexpected(&other)),
     }
 }

@@ -166,7 +166,7 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
     },
     /// Print a class's events as they happen
     #[command(
-        after_help = "Examples:\n  purveyor events config.setting\n  purveyor events config.setting --event changed --filter action=deleted\n  purveyor events config.setting --filter 'version>=3' --count 10 --json\n\nFilters: NAME=VALUE, NAME!=VALUE, NAME<VALUE, NAME<=VALUE, NAME>VALUE, NAME>=VALUE; all must hold."
+        after_help = "Examples:\n  purveyor events config.setting\n  purveyor events config.setting --event changed --filter action=deleted\n  purveyor events config.setting --filter 'version>=3' --count 10 --json\n  purveyor events system.process --changes --within 1s --filter name=sshd\n\nFilters: NAME=VALUE, NAME!=VALUE, NAME<VALUE, NAME<=VALUE, NAME>VALUE, NAME>=VALUE; all must hold.\nWith --changes, any readable class: the host polls it every --within and prints each\ninstance created, deleted or modified (the properties that changed, old -> new); filters\nare on the instance's properties. A counter that moves is a change only with --counters."
     )]
     Events {
         class: String,
@@ -182,6 +182,15 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
         /// Stop when no event arrives for this long
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
+        /// Instances created, deleted and modified, for any class (the host polls it)
+        #[arg(long, conflicts_with = "event")]
+        changes: bool,
+        /// With --changes: how often the class is polled
+        #[arg(long, default_value = "1s", value_parser = parse_duration, requires = "changes")]
+        within: Duration,
+        /// With --changes: a counter that moves is a modification too
+        #[arg(long, requires = "changes")]
+        counters: bool,
     },
     /// List every registered provider with its state and statistics, or enable one
     #[command(
@@ -342,10 +351,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Events {
             class,
+            filters,
+            count,
+            timeout,
+            changes: true,
+            within,
+            counters,
+            ..
+        } => write::changes(
+            &mut connect(&global)?,
+            global.json,
+            write::ChangesArgs {
+                class: &class,
+                filters: &filters,
+                count,
+                timeout,
+                within,
+                counters,
+            },
+        ),
+        Command::Events {
+            class,
             event,
             filters,
             count,
             timeout,
+            ..
         } => write::events(
             &mut connect(&global)?,
             global.json,

@@ -105,6 +105,119 @@ pub struct EventsArgs<'a> {
     pub timeout: Option<Duration>,
 }
 
+pub struct ChangesArgs<'a> {
+    pub class: &'a str,
+    pub filters: &'a [String],
+    pub count: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub within: Duration,
+    pub counters: bool,
+}
+
+/// `events --changes`: instances created, deleted and modified, one line each.
+pub fn changes(client: &mut Client, json: bool, args: ChangesArgs<'_>) -> Result<ExitCode> {
+    let class = ClassPath::new(args.class)?;
+    let schema = client.describe(&class)?;
+    // Conditions are on the instance: typed by the class's properties.
+    let instance = purveyor_model::EventDef {
+        name: Identifier::new("change")?,
+        properties: schema.properties().to_vec(),
+        description: String::new(),
+    };
+    let filter = args
+        .filters
+        .iter()
+        .map(|text| Condition::parse(&class, &instance, text).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let handle = client.watch_changes(&class, filter, args.within, args.counters)?;
+    if !json {
+        eprintln!(
+            "watching {class} for changes every {} (handle {handle}); waiting",
+            humantime::format_duration(args.within)
+        );
+    }
+    let keys: Vec<&str> = schema.keys().map(|k| k.name.as_str()).collect();
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    while args.count.is_none_or(|c| seen < c) {
+        let Some((_, push)) = client.next_event(args.timeout)? else {
+            break;
+        };
+        let line = match push {
+            Push::Change {
+                change,
+                instance,
+                changed,
+                ..
+            } => {
+                seen += 1;
+                let change = serde_json::to_value(change)?;
+                let kind = change.as_str().unwrap_or("?").to_string();
+                if json {
+                    let changed: Vec<serde_json::Value> = changed
+                        .iter()
+                        .map(|c| {
+                            serde_json::json!({
+                                "property": c.name,
+                                "old": c.old.as_ref().map(render::plain_json),
+                                "new": c.new.as_ref().map(render::plain_json),
+                            })
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "time": Timestamp::now().0,
+                        "class": class,
+                        "change": kind,
+                        "instance": render::instance_json(&instance),
+                        "changed": changed,
+                    })
+                    .to_string()
+                } else {
+                    let key: Vec<String> = keys
+                        .iter()
+                        .filter_map(|k| instance.get(k).map(|v| format!("{k}={v}")))
+                        .collect();
+                    let detail: Vec<String> = if changed.is_empty() {
+                        instance
+                            .values()
+                            .filter(|(n, _)| !keys.contains(&n.as_str()))
+                            .map(|(n, v)| format!("{n}={v}"))
+                            .collect()
+                    } else {
+                        changed
+                            .iter()
+                            .map(|c| {
+                                let shown = |v: &Option<purveyor_model::Value>| {
+                                    v.as_ref().map_or("-".to_string(), |v| v.to_string())
+                                };
+                                format!("{}: {} -> {}", c.name, shown(&c.old), shown(&c.new))
+                            })
+                            .collect()
+                    };
+                    format!(
+                        "{} {kind} {} {}",
+                        render::timestamp(Timestamp::now().0),
+                        key.join(" "),
+                        detail.join(" ")
+                    )
+                }
+            }
+            Push::Lost { dropped } => {
+                if json {
+                    serde_json::json!({ "lost": dropped }).to_string()
+                } else {
+                    format!("({dropped} changes lost: this client read too slowly)")
+                }
+            }
+            other => format!("{other:?}"),
+        };
+        let mut lock = stdout.lock();
+        writeln!(lock, "{line}")?;
+        lock.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn events(client: &mut Client, json: bool, args: EventsArgs<'_>) -> Result<ExitCode> {
     let class = ClassPath::new(args.class)?;
     let schema = client.describe(&class)?;

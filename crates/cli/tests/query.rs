@@ -92,3 +92,88 @@ fn errors_name_the_place_and_exit_like_get() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `watch_changes` on a class whose provider raises no events: a process started after
+/// the subscription is `created`, and `deleted` once it is gone, with the filter applied.
+#[test]
+fn change_events_for_a_class_without_events() {
+    use purveyor_client::{ChangeKind, Push};
+    let d = Daemon::start(&[], &[], &[]);
+    let mut c = d.client();
+    let class = common::class("system.process");
+    let filter = vec![purveyor_model::Condition {
+        property: purveyor_model::Identifier::new("name").unwrap(),
+        op: purveyor_model::CompareOp::Eq,
+        value: Value::String("sleep".into()),
+    }];
+    c.watch_changes(&class, filter, std::time::Duration::from_millis(100), false)
+        .unwrap();
+    // Let the first poll set the baseline.
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = u64::from(child.id());
+    let mut seen = Vec::new();
+    let mut killed = false;
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < give_up {
+        let Some((_, push)) = c
+            .next_event(Some(std::time::Duration::from_millis(500)))
+            .unwrap()
+        else {
+            continue;
+        };
+        let Push::Change {
+            change, instance, ..
+        } = push
+        else {
+            panic!("{push:?}")
+        };
+        assert_eq!(instance.get("name"), Some(&Value::String("sleep".into())));
+        if instance.get("pid") != Some(&Value::U64(pid)) {
+            continue;
+        }
+        seen.push(change);
+        if change == ChangeKind::Created && !killed {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed = true;
+        }
+        if change == ChangeKind::Deleted {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(seen.first(), Some(&ChangeKind::Created), "{seen:?}");
+    assert_eq!(seen.last(), Some(&ChangeKind::Deleted), "{seen:?}");
+}
+
+/// Two subscribers to one class at one interval share one poll, and the polling stops
+/// when the last leaves.
+#[test]
+fn change_polls_are_shared_and_stop_with_the_last_subscriber() {
+    let d = Daemon::start(&[], &[], &[]);
+    let class = common::class("system.memory");
+    let interval = std::time::Duration::from_millis(100);
+    let (mut a, mut b) = (d.client(), d.client());
+    a.watch_changes(&class, vec![], interval, false).unwrap();
+    b.watch_changes(&class, vec![], interval, false).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = d.status("system").calls;
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let polls = d.status("system").calls - before;
+    // About 10 in that second for both together; 20 if each had its own poll.
+    assert!((5..=15).contains(&polls), "{polls} polls in a second");
+    drop((a, b));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let after = d.status("system").calls;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        d.status("system").calls,
+        after,
+        "polling went on with no subscriber"
+    );
+}

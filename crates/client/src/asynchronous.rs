@@ -294,6 +294,26 @@ impl AsyncClient {
         typed::subscribed(self.request(typed::subscribe(class, event, filter)).await?)
     }
 
+    /// Watches `class` for instances created, deleted and modified (see
+    /// `Client::watch_changes`); the changes come through [`AsyncClient::next_event`].
+    pub async fn watch_changes(
+        &self,
+        class: &ClassPath,
+        filter: Vec<purveyor_model::Condition>,
+        interval: std::time::Duration,
+        counters: bool,
+    ) -> Result<u32, ClientError> {
+        typed::subscribed(
+            self.request(Request::WatchChanges {
+                class: class.clone(),
+                filter,
+                interval_ms: interval.as_millis().try_into().unwrap_or(u64::MAX),
+                counters,
+            })
+            .await?,
+        )
+    }
+
     pub async fn unsubscribe(&self, handle: u32) -> Result<(), ClientError> {
         typed::done(self.request(Request::Unsubscribe { handle }).await?)
     }

@@ -546,6 +546,25 @@ impl Client {
         typed::subscribed(self.request(typed::subscribe(class, event, filter))?)
     }
 
+    /// Watches `class` for instances created, deleted and modified (`docs/query.md`,
+    /// "Change events"): the host polls it every `interval` and diffs by key; changes to
+    /// instances that satisfy every condition come as [`Push::Change`] through
+    /// [`Client::next_event`]. With `counters`, a counter that moves is a modification.
+    pub fn watch_changes(
+        &mut self,
+        class: &ClassPath,
+        filter: Vec<purveyor_model::Condition>,
+        interval: std::time::Duration,
+        counters: bool,
+    ) -> Result<u32, ClientError> {
+        typed::subscribed(self.request(Request::WatchChanges {
+            class: class.clone(),
+            filter,
+            interval_ms: interval.as_millis().try_into().unwrap_or(u64::MAX),
+            counters,
+        })?)
+    }
+
     pub fn unsubscribe(&mut self, handle: u32) -> Result<(), ClientError> {
         typed::done(self.request(Request::Unsubscribe { handle })?)
     }

@@ -21,9 +21,9 @@ pub use dialog::{DialogUi, ModuleUi, OpenDialog, UiAction};
 pub use error::ClientError;
 pub use options::{ConnectOptions, Mode, Target};
 pub use purveyor_protocol::{
-    Button, ClassList, DialogInput, Encoding, Field, FieldKind, Form, FormUpdate, HostMode,
-    HostStatus, IoMode, IoProcedureInfo, Progress, ProviderStatus, Push, QueryColumn, QueryRows,
-    Request, Response,
+    Button, ChangeKind, ClassList, DialogInput, Encoding, Field, FieldKind, Form, FormUpdate,
+    HostMode, HostStatus, IoMode, IoProcedureInfo, Progress, PropertyChange, ProviderStatus, Push,
+    QueryColumn, QueryRows, Request, Response,
 };
 
 #[cfg(feature = "embedded")]

@@ -34,6 +34,58 @@ pub(crate) struct EventBus {
 struct Subs {
     by_class: HashMap<ClassPath, Vec<Arc<Subscription>>>,
     by_handle: HashMap<u32, ClassPath>,
+    /// Change subscriptions, by what their poll is ([`WatchKey`]), and by handle.
+    watches: HashMap<WatchKey, Arc<Watch>>,
+    watched: HashMap<u32, WatchKey>,
+}
+
+impl Subs {
+    /// A handle no subscription of either kind has (never 0).
+    fn new_handle(&self, next: &AtomicU32) -> u32 {
+        loop {
+            let h = next.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            if h != 0 && !self.by_handle.contains_key(&h) && !self.watched.contains_key(&h) {
+                return h;
+            }
+        }
+    }
+}
+
+/// What a class is polled as, and how often: change subscriptions with the same key share
+/// one poll. The caller is part of it (uid, gid and groups), because a provider may show
+/// different callers different instances.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct WatchKey {
+    pub class: ClassPath,
+    pub interval_ms: u64,
+    pub caller: String,
+}
+
+/// The change subscriptions of one [`WatchKey`], shared with its poller.
+#[derive(Default)]
+pub(crate) struct Watch {
+    subs: RwLock<Vec<Arc<ChangeSub>>>,
+}
+
+/// One change subscription (`docs/query.md`, "Change events").
+pub(crate) struct ChangeSub {
+    pub handle: u32,
+    pub filter: Vec<Condition>,
+    pub counters: bool,
+    pub sink: Arc<PushSink>,
+    /// Dropped with the subscription (its hold on the provider: a `SlotPin`).
+    _hold: Box<dyn Send + Sync>,
+}
+
+impl Watch {
+    pub fn subscribers(&self) -> Vec<Arc<ChangeSub>> {
+        self.subs.read_locked().clone()
+    }
+
+    /// No subscriber is left: its poller stops.
+    pub fn ended(&self) -> bool {
+        self.subs.read_locked().is_empty()
+    }
 }
 
 struct Subscription {
@@ -56,15 +108,7 @@ impl EventBus {
         hold: Box<dyn Send + Sync>,
     ) -> u32 {
         let mut subs = self.subs.write_locked();
-        let handle = loop {
-            let h = self
-                .next_handle
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_add(1);
-            if h != 0 && !subs.by_handle.contains_key(&h) {
-                break h;
-            }
-        };
+        let handle = subs.new_handle(&self.next_handle);
         subs.by_handle.insert(handle, class.clone());
         sink.count_subscriptions(1);
         subs.by_class
@@ -80,9 +124,80 @@ impl EventBus {
         handle
     }
 
+    /// Adds a change subscription to the poll `key`; returns its handle, and the poll's
+    /// [`Watch`] when it is new (the caller starts its poller).
+    pub fn watch_changes(
+        &self,
+        key: WatchKey,
+        filter: Vec<Condition>,
+        counters: bool,
+        sink: &Arc<PushSink>,
+        hold: Box<dyn Send + Sync>,
+    ) -> (u32, Option<Arc<Watch>>) {
+        let mut subs = self.subs.write_locked();
+        let handle = subs.new_handle(&self.next_handle);
+        let mut new = None;
+        let watch = subs
+            .watches
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let watch = Arc::new(Watch::default());
+                new = Some(watch.clone());
+                watch
+            })
+            .clone();
+        watch.subs.write_locked().push(Arc::new(ChangeSub {
+            handle,
+            filter,
+            counters,
+            sink: sink.clone(),
+            _hold: hold,
+        }));
+        subs.watched.insert(handle, key);
+        sink.count_subscriptions(1);
+        (handle, new)
+    }
+
+    /// Queues a change for its subscriber, counted as an event delivered or dropped.
+    pub fn offer_change(&self, sub: &ChangeSub, push: Push) {
+        if sub.sink.offer(sub.handle, push) {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends change subscription `handle` if `sink` owns it; whether it did. A watch left
+    /// with no subscriber is removed, and its poller stops.
+    fn unwatch(subs: &mut Subs, handle: u32, sink: &Arc<PushSink>) -> bool {
+        let Some(key) = subs.watched.get(&handle).cloned() else {
+            return false;
+        };
+        let Some(watch) = subs.watches.get(&key).cloned() else {
+            return false;
+        };
+        let mut list = watch.subs.write_locked();
+        let Some(at) = list
+            .iter()
+            .position(|s| s.handle == handle && Arc::ptr_eq(&s.sink, sink))
+        else {
+            return false;
+        };
+        list.swap_remove(at);
+        if list.is_empty() {
+            subs.watches.remove(&key);
+        }
+        subs.watched.remove(&handle);
+        sink.count_subscriptions(-1);
+        true
+    }
+
     /// Ends subscription `handle` if `sink` owns it; whether it did.
     pub fn unsubscribe(&self, handle: u32, sink: &Arc<PushSink>) -> bool {
         let mut subs = self.subs.write_locked();
+        if subs.watched.contains_key(&handle) {
+            return Self::unwatch(&mut subs, handle, sink);
+        }
         let Some(class) = subs.by_handle.get(&handle).cloned() else {
             return false;
         };
@@ -107,9 +222,25 @@ impl EventBus {
     /// Ends every subscription of `sink`.
     pub(crate) fn unsubscribe_all(&self, sink: &Arc<PushSink>) {
         let mut subs = self.subs.write_locked();
+        let mine: Vec<u32> = subs
+            .watches
+            .values()
+            .flat_map(|w| {
+                w.subs
+                    .read_locked()
+                    .iter()
+                    .filter(|s| Arc::ptr_eq(&s.sink, sink))
+                    .map(|s| s.handle)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for handle in mine {
+            Self::unwatch(&mut subs, handle, sink);
+        }
         let Subs {
             by_class,
             by_handle,
+            ..
         } = &mut *subs;
         let mut ended = 0;
         by_class.retain(|_, list| {
@@ -167,7 +298,8 @@ impl EventBus {
     }
 
     pub fn subscriptions(&self) -> usize {
-        self.subs.read_locked().by_handle.len()
+        let subs = self.subs.read_locked();
+        subs.by_handle.len() + subs.watched.len()
     }
 }
 

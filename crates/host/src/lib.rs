@@ -15,6 +15,7 @@
 pub mod access;
 mod admission;
 mod calls;
+mod changes;
 mod config;
 pub mod config_file;
 mod connection;

@@ -215,6 +215,11 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether the host is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
     /// From now on, every request is refused.
     pub fn stop_admitting(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);

@@ -27,10 +27,10 @@ pub use dialog::{
 };
 pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
 pub use message::{
-    BINARY_INSTANCES_SINCE, ClassList, ClientMessage, Encoding, ErrorCode, Hello, HostMode,
-    HostStatus, InstanceList, IoMode, IoProcedureInfo, IoWhence, LIMIT_EXCEEDED_SINCE, Outcome,
-    PROTOCOL_MINOR, PROTOCOL_VERSION, ProviderStatus, Push, QueryColumn, QueryRows, RemoteError,
-    Request, Response, ServerMessage, Welcome,
+    BINARY_INSTANCES_SINCE, ChangeKind, ClassList, ClientMessage, Encoding, ErrorCode, Hello,
+    HostMode, HostStatus, InstanceList, IoMode, IoProcedureInfo, IoWhence, LIMIT_EXCEEDED_SINCE,
+    Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, PropertyChange, ProviderStatus, Push, QueryColumn,
+    QueryRows, RemoteError, Request, Response, ServerMessage, Welcome,
 };
 pub use paths::default_socket_path;
 pub use provider::{

@@ -13,7 +13,7 @@ use crate::{DialogInput, Form, FormUpdate};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 9;
+pub const PROTOCOL_MINOR: u16 = 10;
 /// The first minor version whose binary form of instances this side speaks (names sent
 /// once per reply: `docs/protocol.md`). Binary peers below it are refused.
 pub const BINARY_INSTANCES_SINCE: u16 = 6;
@@ -282,6 +282,36 @@ pub enum Request {
         #[serde(default)]
         plan: bool,
     },
+    /// Changes to any readable class's instances (minor 10; `docs/query.md`, "Change
+    /// events"): the host enumerates the class every `interval_ms`, diffs by key and
+    /// pushes each instance created, deleted or modified whose instance satisfies every
+    /// condition. A counter or delta property that moves is a modification only with
+    /// `counters`. Answered with `subscribed`; the changes come as `change` pushes.
+    WatchChanges {
+        class: ClassPath,
+        #[serde(default)]
+        filter: Vec<Condition>,
+        interval_ms: u64,
+        #[serde(default)]
+        counters: bool,
+    },
+}
+
+/// What happened to an instance ([`Push::Change`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Created,
+    Deleted,
+    Modified,
+}
+
+/// One property of a modified instance: its value before and after (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PropertyChange {
+    pub name: Identifier,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
 }
 
 /// A query's answer: its columns, its rows (`None`: SQL `NULL`), and, when asked, what
@@ -427,6 +457,16 @@ pub enum Push {
     DialogUpdate { update: FormUpdate },
     /// The dialog is closed, and why. Nothing more comes for its handle.
     DialogClosed { reason: String },
+    /// An instance of a watched class was created, deleted or modified (minor 10): the
+    /// instance as it is now (as it was, when deleted) and, when modified, each property
+    /// that changed.
+    Change {
+        class: ClassPath,
+        change: ChangeKind,
+        instance: Instance,
+        #[serde(default)]
+        changed: Vec<PropertyChange>,
+    },
 }
 
 /// The classes of a namespace, and the providers that could not say what theirs are.
@@ -672,5 +712,40 @@ mod query_tests {
         );
         let bytes = postcard::to_allocvec(&rows).unwrap();
         assert_eq!(postcard::from_bytes::<Response>(&bytes).unwrap(), rows);
+    }
+
+    /// `watch_changes` and the `change` push as `docs/protocol.md` gives them; `change`
+    /// is the last push variant, so the binary forms of the others did not move.
+    #[test]
+    fn watch_changes_and_change_have_the_documented_forms() {
+        let request: Request = serde_json::from_str(
+            r#"{"watch_changes": {"class": "system.process", "filter": [], "interval_ms": 1000, "counters": false}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            request,
+            Request::WatchChanges {
+                interval_ms: 1000,
+                ..
+            }
+        ));
+        let push = Push::Change {
+            class: ClassPath::new("system.process").unwrap(),
+            change: ChangeKind::Modified,
+            instance: Instance::from_pairs([("pid", Value::U64(1))]),
+            changed: vec![PropertyChange {
+                name: Identifier::new("rss").unwrap(),
+                old: Some(Value::U64(1)),
+                new: None,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&push).unwrap(),
+            r#"{"change":{"class":"system.process","change":"modified","instance":{"pid":{"u64":1}},"changed":[{"name":"rss","old":{"u64":1},"new":null}]}}"#
+        );
+        let lost = postcard::to_allocvec(&Push::Lost { dropped: 3 }).unwrap();
+        assert_eq!(lost[0], 1, "lost keeps its binary index");
+        let bytes = postcard::to_allocvec(&push).unwrap();
+        assert_eq!(postcard::from_bytes::<Push>(&bytes).unwrap(), push);
     }
 }

@@ -105,6 +105,15 @@ async fn route(host: &Arc<Shared>, cx: &Cx<'_>, request: Request) -> Result<Resp
             allowed(host, cx, Subscribe, class.as_str())?;
             subscribe::subscribe(host, cx, class, event, filter).await
         }
+        Request::WatchChanges {
+            class,
+            filter,
+            interval_ms,
+            counters,
+        } => {
+            allowed(host, cx, Read, class.as_str())?;
+            subscribe::watch_changes(host, cx, class, filter, interval_ms, counters).await
+        }
         Request::Unsubscribe { handle } => subscribe::unsubscribe(host, cx, handle),
         Request::RegisterAgent => dialog::register_agent(host, cx),
         Request::DialogReady { handle } => dialog::ready(host, cx, handle),

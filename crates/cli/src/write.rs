@@ -137,82 +137,103 @@ pub fn changes(client: &mut Client, json: bool, args: ChangesArgs<'_>) -> Result
         );
     }
     let keys: Vec<&str> = schema.keys().map(|k| k.name.as_str()).collect();
+    print_pushes(client, json, args.count, args.timeout, "changes", |push| {
+        let Push::Change {
+            change,
+            instance,
+            changed,
+            ..
+        } = push
+        else {
+            return Ok(None);
+        };
+        let change = serde_json::to_value(change)?;
+        let kind = change.as_str().unwrap_or("?").to_string();
+        if json {
+            let changed: Vec<serde_json::Value> = changed
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "property": c.name,
+                        "old": c.old.as_ref().map(render::plain_json),
+                        "new": c.new.as_ref().map(render::plain_json),
+                    })
+                })
+                .collect();
+            return Ok(Some(
+                serde_json::json!({
+                    "time": Timestamp::now().0,
+                    "class": class,
+                    "change": kind,
+                    "instance": render::instance_json(&instance),
+                    "changed": changed,
+                })
+                .to_string(),
+            ));
+        }
+        let key: Vec<String> = keys
+            .iter()
+            .filter_map(|k| instance.get(k).map(|v| format!("{k}={v}")))
+            .collect();
+        let shown = |v: &Option<purveyor_model::Value>| {
+            v.as_ref().map_or("-".to_string(), |v| v.to_string())
+        };
+        let detail: Vec<String> = if changed.is_empty() {
+            instance
+                .values()
+                .filter(|(n, _)| !keys.contains(&n.as_str()))
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect()
+        } else {
+            changed
+                .iter()
+                .map(|c| format!("{}: {} -> {}", c.name, shown(&c.old), shown(&c.new)))
+                .collect()
+        };
+        Ok(Some(format!(
+            "{} {kind} {} {}",
+            render::timestamp(Timestamp::now().0),
+            key.join(" "),
+            detail.join(" ")
+        )))
+    })
+}
+
+/// Prints one line per push `line` turns into one, until `count` such lines or no push
+/// within `timeout`; a report of `what` lost (the client read too slowly) is printed too.
+fn print_pushes(
+    client: &mut Client,
+    json: bool,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    what: &str,
+    mut line: impl FnMut(Push) -> Result<Option<String>>,
+) -> Result<ExitCode> {
     let mut seen = 0u64;
     let stdout = std::io::stdout();
-    while args.count.is_none_or(|c| seen < c) {
-        let Some((_, push)) = client.next_event(args.timeout)? else {
+    while count.is_none_or(|c| seen < c) {
+        let Some((_, push)) = client.next_event(timeout)? else {
+            // Timed out waiting: done.
             break;
         };
-        let line = match push {
-            Push::Change {
-                change,
-                instance,
-                changed,
-                ..
-            } => {
-                seen += 1;
-                let change = serde_json::to_value(change)?;
-                let kind = change.as_str().unwrap_or("?").to_string();
-                if json {
-                    let changed: Vec<serde_json::Value> = changed
-                        .iter()
-                        .map(|c| {
-                            serde_json::json!({
-                                "property": c.name,
-                                "old": c.old.as_ref().map(render::plain_json),
-                                "new": c.new.as_ref().map(render::plain_json),
-                            })
-                        })
-                        .collect();
-                    serde_json::json!({
-                        "time": Timestamp::now().0,
-                        "class": class,
-                        "change": kind,
-                        "instance": render::instance_json(&instance),
-                        "changed": changed,
-                    })
-                    .to_string()
-                } else {
-                    let key: Vec<String> = keys
-                        .iter()
-                        .filter_map(|k| instance.get(k).map(|v| format!("{k}={v}")))
-                        .collect();
-                    let detail: Vec<String> = if changed.is_empty() {
-                        instance
-                            .values()
-                            .filter(|(n, _)| !keys.contains(&n.as_str()))
-                            .map(|(n, v)| format!("{n}={v}"))
-                            .collect()
-                    } else {
-                        changed
-                            .iter()
-                            .map(|c| {
-                                let shown = |v: &Option<purveyor_model::Value>| {
-                                    v.as_ref().map_or("-".to_string(), |v| v.to_string())
-                                };
-                                format!("{}: {} -> {}", c.name, shown(&c.old), shown(&c.new))
-                            })
-                            .collect()
-                    };
-                    format!(
-                        "{} {kind} {} {}",
-                        render::timestamp(Timestamp::now().0),
-                        key.join(" "),
-                        detail.join(" ")
-                    )
-                }
-            }
+        let text = match push {
+            Push::Lost { dropped } if json => serde_json::json!({ "lost": dropped }).to_string(),
             Push::Lost { dropped } => {
-                if json {
-                    serde_json::json!({ "lost": dropped }).to_string()
-                } else {
-                    format!("({dropped} changes lost: this client read too slowly)")
+                format!("({dropped} {what} lost: this client read too slowly)")
+            }
+            other => {
+                let shown = format!("{other:?}");
+                match line(other)? {
+                    Some(text) => {
+                        seen += 1;
+                        text
+                    }
+                    None => shown,
                 }
             }
-            other => format!("{other:?}"),
         };
         let mut lock = stdout.lock();
-        writeln!(lock, "{line}")?;
+        writeln!(lock, "{text}")?;
         lock.flush()?;
     }
     Ok(ExitCode::SUCCESS)
@@ -247,46 +268,26 @@ pub fn events(client: &mut Client, json: bool, args: EventsArgs<'_>) -> Result<E
     if !json {
         eprintln!("subscribed to {class} events (handle {handle}); waiting");
     }
-    let mut seen = 0u64;
-    let stdout = std::io::stdout();
-    while args.count.is_none_or(|c| seen < c) {
-        let Some((_, push)) = client.next_event(args.timeout)? else {
-            // Timed out waiting: done.
-            break;
+    print_pushes(client, json, args.count, args.timeout, "events", |push| {
+        let Push::Event { event, data, .. } = push else {
+            return Ok(None);
         };
-        let line = match push {
-            Push::Event { event, data, .. } => {
-                seen += 1;
-                if json {
-                    serde_json::json!({
-                        "time": Timestamp::now().0,
-                        "class": class,
-                        "event": event,
-                        "data": render::instance_json(&data),
-                    })
-                    .to_string()
-                } else {
-                    let fields: Vec<String> =
-                        data.values().map(|(n, v)| format!("{n}={v}")).collect();
-                    format!(
-                        "{} {event} {}",
-                        render::timestamp(Timestamp::now().0),
-                        fields.join(" ")
-                    )
-                }
-            }
-            Push::Lost { dropped } => {
-                if json {
-                    serde_json::json!({ "lost": dropped }).to_string()
-                } else {
-                    format!("({dropped} events lost: this client read too slowly)")
-                }
-            }
-            other => format!("{other:?}"),
-        };
-        let mut lock = stdout.lock();
-        writeln!(lock, "{line}")?;
-        lock.flush()?;
-    }
-    Ok(ExitCode::SUCCESS)
+        if json {
+            return Ok(Some(
+                serde_json::json!({
+                    "time": Timestamp::now().0,
+                    "class": class,
+                    "event": event,
+                    "data": render::instance_json(&data),
+                })
+                .to_string(),
+            ));
+        }
+        let fields: Vec<String> = data.values().map(|(n, v)| format!("{n}={v}")).collect();
+        Ok(Some(format!(
+            "{} {event} {}",
+            render::timestamp(Timestamp::now().0),
+            fields.join(" ")
+        )))
+    })
 }

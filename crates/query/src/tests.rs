@@ -2,7 +2,8 @@
 //! and units, errors and limits.
 
 use super::*;
-use purveyor_model::{Semantic, Unit};
+use crate::vtab::pairs;
+use purveyor_model::{PropertyDef, Semantic, Unit};
 
 /// Two classes: `test.proc` (key `pid`, 1..=50; `rss` = pid × 1000; `name` "p{pid % 5}")
 /// and `test.user` (key `name`, p0..p4, `uid`). Records every fetch.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey};
 use purveyor_protocol::{ErrorCode, RemoteError, Request, Response};
 use purveyor_provider::Caller;
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 
 use purveyor_query::QueryError;
 
@@ -41,18 +41,17 @@ pub(super) async fn query(
         done => return done.map(Response::Rows).map_err(|e| e.remote()),
     }
     // A read must wait (a load, a worker, a deadline): SQLite works synchronously, so the
-    // query runs where it may block — this thread made a blocking one on a multi-threaded
-    // runtime, else the blocking pool.
+    // query runs on the blocking pool, and each read it makes is a task on the runtime
+    // that it waits for. Not `block_in_place`, and no read on the pool thread itself: a
+    // provider process dies with the thread that started it, which must be one of the
+    // runtime's long-lived worker threads (`purveyor_hosting::process`), never a thread
+    // that may retire.
     let host = host.clone();
     let source = source(true);
     let run = move || host.queries().run(source, &sql, plan, &limits);
-    let result = if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
-        tokio::task::block_in_place(run)
-    } else {
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("the query stopped: {e}")))?
-    };
+    let result = tokio::task::spawn_blocking(run)
+        .await
+        .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("the query stopped: {e}")))?;
     result.map(Response::Rows).map_err(|e| e.remote())
 }
 
@@ -101,8 +100,16 @@ impl AsCaller {
         if !self.may_wait {
             return Err(RemoteError::new(ErrorCode::Internal, WOULD_WAIT));
         }
-        self.runtime
-            .block_on(super::answer(&self.host, cx, request))
+        let (host, caller) = (self.host.clone(), self.caller.clone());
+        let read = self
+            .runtime
+            .spawn(async move { super::answer(&host, Cx::one_off(&caller), request).await });
+        self.runtime.block_on(read).unwrap_or_else(|e| {
+            Err(RemoteError::new(
+                ErrorCode::Internal,
+                format!("a query's read stopped: {e}"),
+            ))
+        })
     }
 }
 

@@ -13,13 +13,14 @@
 //! Needs the release `purveyor` binary and config library (`bench/run` builds them), and
 //! `cc` for the curves' provider library (`benches/curves/many.c`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{BenchDaemon, helper_mode, ms, percentiles, release_file, us};
+use purveyor_bench::{
+    BenchDaemon, build_many, helper_mode, ms, percentiles, register, release_file, rss_kb, us,
+};
 use purveyor_client::{AsyncClient, Client, ConnectOptions, Encoding, Push, Target};
 use purveyor_model::{ClassPath, Instance, InstanceKey, Value};
 use purveyor_provider::{CallContext, Caller, Provider};
@@ -49,42 +50,6 @@ fn main() {
     if want("counter-files") {
         counter_files();
     }
-}
-
-/// Compiles `benches/curves/many.c` into `dir`.
-fn build_many(dir: &Path) -> PathBuf {
-    let lib = dir.join("libmany.so");
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/curves/many.c");
-    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/../../include");
-    let ok = Command::new("cc")
-        .args(["-O2", "-shared", "-fPIC", "-I", include, "-o"])
-        .arg(&lib)
-        .arg(source)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "cc failed on {source}");
-    lib
-}
-
-/// Registers `name` as an in-daemon provider of the curves' library.
-fn register(providers: &Path, name: &str, lib: &Path) {
-    std::fs::write(
-        providers.join(format!("{name}.toml")),
-        format!(
-            "name = \"{name}\"\nhosting = \"in-daemon\"\nlibrary = {:?}\nclasses = [\"bench.{name}\"]\ncapabilities = [\"enumerate\", \"get\"]\n",
-            lib.display().to_string()
-        ),
-    )
-    .unwrap();
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn client(socket: &Path) -> Client {

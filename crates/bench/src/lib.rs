@@ -613,3 +613,41 @@ pub fn register_config(providers: &Path, lib: &Path) {
     )
     .unwrap();
 }
+
+/// Compiles `benches/curves/many.c` (one class per provider name; `nCOUNT` has COUNT
+/// instances) into `dir`.
+pub fn build_many(dir: &Path) -> PathBuf {
+    let lib = dir.join("libmany.so");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/curves/many.c");
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/../../include");
+    let ok = std::process::Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-I", include, "-o"])
+        .arg(&lib)
+        .arg(source)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cc failed on {source}");
+    lib
+}
+
+/// Registers `name` in `providers` as an in-daemon provider of that library.
+pub fn register(providers: &Path, name: &str, lib: &Path) {
+    std::fs::write(
+        providers.join(format!("{name}.toml")),
+        format!(
+            "name = \"{name}\"\nhosting = \"in-daemon\"\nlibrary = {:?}\nclasses = [\"bench.{name}\"]\ncapabilities = [\"enumerate\", \"get\"]\n",
+            lib.display().to_string()
+        ),
+    )
+    .unwrap();
+}
+
+/// A process's resident memory, in kB.
+pub fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -177,3 +177,65 @@ fn change_polls_are_shared_and_stop_with_the_last_subscriber() {
         "polling went on with no subscriber"
     );
 }
+
+const MANY_C: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../bench/benches/curves/many.c"
+);
+
+/// A daemon with in-daemon providers `n1000` and `n1000b` (the curves' C library: class
+/// `bench.NAME`, key `id`, 1 000 instances each).
+fn two_thousand_instance_classes() -> Daemon {
+    static LIB: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let lib =
+        LIB.get_or_init(|| common::compile("libmany.so", MANY_C, &["-shared", "-fPIC", "-O2"]));
+    let manifest = |name: &str| {
+        (
+            name.to_string(),
+            format!(
+                "name = \"{name}\"\nhosting = \"in-daemon\"\nlibrary = {:?}\nclasses = [\"bench.{name}\"]\ncapabilities = [\"enumerate\", \"get\"]\n",
+                lib.display().to_string()
+            ),
+        )
+    };
+    let (a, b) = (manifest("n1000"), manifest("n1000b"));
+    Daemon::start(&[(&a.0, a.1), (&b.0, b.1)], &[], &[])
+}
+
+/// Pushdown proven by the providers' call counts: a key equality is one get; a filter on
+/// another property one enumerate; a join of two providers' classes reads each at most
+/// a handful of times (one enumerate each, or a few gets then one enumerate), not once
+/// per row.
+#[test]
+fn pushdown_and_a_join_by_the_providers_call_counts() {
+    let d = two_thousand_instance_classes();
+    let mut c = d.client();
+    let calls = |name: &str| d.status(name).calls;
+    let rows = c
+        .query("SELECT value FROM bench.n1000 WHERE id = 5", true)
+        .unwrap();
+    assert_eq!(rows.rows, [vec![Some(Value::U64(35))]]);
+    assert_eq!(rows.plan, ["bench.n1000: get id=5 → 1 instance"]);
+    let after_get = calls("n1000");
+    let rows = c
+        .query("SELECT count(*) FROM bench.n1000 WHERE value > 6930", false)
+        .unwrap();
+    assert_eq!(rows.rows, [vec![Some(Value::I64(9))]]);
+    assert_eq!(calls("n1000") - after_get, 1, "one enumerate");
+    let (a0, b0) = (calls("n1000"), calls("n1000b"));
+    let rows = c
+        .query(
+            "SELECT count(*), sum(b.value) FROM bench.n1000 AS a JOIN bench.n1000b AS b ON b.id = a.id",
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        rows.rows,
+        [vec![
+            Some(Value::I64(1000)),
+            Some(Value::I64(7 * 999 * 1000 / 2))
+        ]]
+    );
+    let (a1, b1) = (calls("n1000") - a0, calls("n1000b") - b0);
+    assert!(a1 + b1 <= 10, "{a1} + {b1} calls; plan {:?}", rows.plan);
+}

@@ -158,9 +158,40 @@ struct Query {
     checked: Mutex<HashSet<String>>,
     /// A table no longer matches its class's schema: the connection is not reused.
     stale: AtomicBool,
+    /// What each class gave this query so far, by class path ([`vtab`]'s reads).
+    reads: Mutex<HashMap<String, ClassReads>>,
+    /// Plan lines past [`PLAN_LINES`], counted.
+    more_reads: AtomicUsize,
 }
 
+/// A class's reads in one query: its gets, and its whole enumeration once made (every
+/// later read of the class is answered from it).
+#[derive(Default)]
+struct ClassReads {
+    gets: usize,
+    all: Option<Arc<Enumerated>>,
+}
+
+/// A class's whole enumeration in one query, and where each whole key is in it.
+struct Enumerated {
+    instances: Vec<Instance>,
+    by_key: HashMap<String, usize>,
+}
+
+/// The most plan lines kept; later reads are counted in one last line.
+const PLAN_LINES: usize = 100;
+
 impl Query {
+    /// Adds a line to the plan, or counts it past [`PLAN_LINES`].
+    fn note(&self, line: String) {
+        let mut plan = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        if plan.len() < PLAN_LINES {
+            plan.push(line);
+        } else {
+            self.more_reads.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     fn fail(&self, e: QueryError) -> SqlError {
         let message = e.to_string();
         self.failure
@@ -254,6 +285,8 @@ impl Engine {
                 failure: Mutex::default(),
                 checked: Mutex::default(),
                 stale: AtomicBool::new(false),
+                reads: Mutex::default(),
+                more_reads: AtomicUsize::new(0),
             });
             *pooled.env.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(query.clone());
             let result = execute(&mut pooled, &query, sql, plan, limits, deadline);
@@ -343,7 +376,12 @@ fn execute(
         rows.push(values);
     }
     let plan = if plan {
-        std::mem::take(&mut *query.plan.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut lines = std::mem::take(&mut *query.plan.lock().unwrap_or_else(|p| p.into_inner()));
+        let more = query.more_reads.load(Ordering::SeqCst);
+        if more > 0 {
+            lines.push(format!("… and {more} more reads"));
+        }
+        lines
     } else {
         Vec::new()
     };

@@ -18,7 +18,7 @@ use rusqlite::vtab::{
     VTabKind, sqlite3_vtab, sqlite3_vtab_cursor,
 };
 
-use crate::{Env, Query, QueryError, quote};
+use crate::{Enumerated, Env, Query, QueryError, quote};
 
 /// A property's value for SQLite.
 fn to_sql(value: &Value) -> ToSqlOutput<'_> {
@@ -82,7 +82,118 @@ pub(crate) struct ClassTab {
     env: Arc<Env>,
 }
 
+/// After this many gets of one class in one query (a join looking it up row by row),
+/// the class is enumerated once and the rest are answered from that.
+const GETS_BEFORE_ENUMERATE: usize = 8;
+
 impl ClassTab {
+    /// The instances matching `key` (the whole key when `whole`): a get, or this query's
+    /// one enumeration of the class, made on first need (or after
+    /// [`GETS_BEFORE_ENUMERATE`] gets) and filtered here. Every provider read is a plan
+    /// line and counts against the query's instance limit.
+    fn read(
+        &self,
+        query: &Query,
+        key: &InstanceKey,
+        whole: bool,
+    ) -> rusqlite::Result<Vec<Instance>> {
+        let class = self.class.as_str().to_string();
+        let (all, gets) = {
+            let mut reads = query.reads.lock().unwrap_or_else(|p| p.into_inner());
+            let reads = reads.entry(class.clone()).or_default();
+            if whole && reads.all.is_none() {
+                reads.gets += 1;
+            }
+            (reads.all.clone(), reads.gets)
+        };
+        let all = match all {
+            Some(all) => all,
+            None if whole && gets <= GETS_BEFORE_ENUMERATE => {
+                let rows = self.fetch(query, key, true)?;
+                query.note(format!(
+                    "{}: get {} → {} instance{}",
+                    self.class,
+                    pairs(key),
+                    rows.len(),
+                    if rows.len() == 1 { "" } else { "s" }
+                ));
+                return Ok(rows);
+            }
+            None => {
+                let instances = self.fetch(query, &InstanceKey::new(), false)?;
+                let by_key = instances
+                    .iter()
+                    .enumerate()
+                    .map(|(at, i)| (self.key_text(|name| i.get(name)), at))
+                    .collect();
+                let rows = Arc::new(Enumerated { instances, by_key });
+                query.note(format!(
+                    "{}: enumerate every instance{} → {} instance{}",
+                    self.class,
+                    if whole { " (instead of more gets)" } else { "" },
+                    rows.instances.len(),
+                    if rows.instances.len() == 1 { "" } else { "s" }
+                ));
+                query
+                    .reads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(class)
+                    .or_default()
+                    .all = Some(rows.clone());
+                rows
+            }
+        };
+        if whole {
+            let at = all.by_key.get(&self.key_text(|name| key.get(name)));
+            return Ok(at
+                .map(|&at| all.instances[at].clone())
+                .into_iter()
+                .collect());
+        }
+        Ok(all
+            .instances
+            .iter()
+            .filter(|i| i.matches(key))
+            .cloned()
+            .collect())
+    }
+
+    /// An instance's whole key as text, from its key properties' values.
+    fn key_text<'v>(&self, value: impl Fn(&str) -> Option<&'v Value>) -> String {
+        let parts: Vec<String> = self
+            .schema
+            .keys()
+            .map(|k| {
+                value(k.name.as_str())
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default()
+            })
+            .collect();
+        parts.join("\u{1f}")
+    }
+
+    /// One read from the class's provider, counted against the instance limit.
+    fn fetch(
+        &self,
+        query: &Query,
+        key: &InstanceKey,
+        whole: bool,
+    ) -> rusqlite::Result<Vec<Instance>> {
+        let rows = query
+            .source
+            .fetch(&self.class, key, whole)
+            .map_err(|e| query.fail(QueryError::Class(e)))?;
+        let read = query.read.fetch_add(rows.len(), Ordering::SeqCst) + rows.len();
+        if read > query.instances {
+            return Err(query.fail(QueryError::Limit(format!(
+                "the query reads more than its limit of {} instances",
+                query.instances
+            ))));
+        }
+        Ok(rows)
+    }
+
     /// The first read of this table in a query checks that the class's schema is still
     /// the one the table was made with; if not, the query is run again on a new
     /// connection ([`Engine`]).
@@ -269,44 +380,17 @@ unsafe impl VTabCursor for ClassCursor<'_> {
                 .schema
                 .keys()
                 .all(|k| key.get(k.name.as_str()).is_some());
-        let asked = if whole {
-            format!("get {}", pairs(&key))
-        } else if key.values().len() > 0 {
-            format!("enumerate where {}", pairs(&key))
-        } else {
-            "enumerate every instance".to_string()
-        };
         self.at = 0;
         self.rows = if impossible {
+            query.note(format!(
+                "{}: {} (a value no key can have: not asked) → 0 instances",
+                tab.class,
+                pairs(&key)
+            ));
             Vec::new()
         } else {
-            query
-                .source
-                .fetch(&tab.class, &key, whole)
-                .map_err(|e| query.fail(QueryError::Class(e)))?
+            tab.read(&query, &key, whole)?
         };
-        let read = query.read.fetch_add(self.rows.len(), Ordering::SeqCst) + self.rows.len();
-        if read > query.instances {
-            return Err(query.fail(QueryError::Limit(format!(
-                "the query reads more than its limit of {} instances",
-                query.instances
-            ))));
-        }
-        let n = self.rows.len();
-        query
-            .plan
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(format!(
-                "{}: {asked}{} → {n} instance{}",
-                tab.class,
-                if impossible {
-                    " (a value no key can have: not asked)"
-                } else {
-                    ""
-                },
-                if n == 1 { "" } else { "s" }
-            ));
         Ok(())
     }
 

@@ -365,14 +365,7 @@ fn idle_connections() {
     while UnixStream::connect(&socket).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    let rss = purveyor_bench::rss_kb;
     let mut c = client(&socket);
     let request = Request::Get {
         class: ClassPath::new("purveyor.host").unwrap(),

@@ -212,7 +212,11 @@ impl Store {
         if let Err(e) = apply(base, changes) {
             let why = failed(&self.path, "cannot apply the changes", e);
             group.tx = None;
-            self.settle(group.number, group.members + 1, Err(why.to_string()));
+            // The members before this writer wait for the group's outcome; this one is
+            // told here.
+            if group.members > 0 {
+                self.settle(group.number, group.members, Err(why.to_string()));
+            }
             group.number += 1;
             group.members = 0;
             return Ok(Err(why));

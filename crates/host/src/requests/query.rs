@@ -35,9 +35,15 @@ pub(super) async fn query(
         })
     };
     // First on this thread, as long as every class read can be answered at once (loaded
-    // providers whose calls run inline: no waiting, no hand-off).
-    match host.queries().run(source(false), &sql, plan, &limits) {
+    // providers whose calls run inline: no waiting, no hand-off) and SQLite is done within
+    // `AT_ONCE`: a runtime thread is never held longer.
+    let at_once = purveyor_query::Limits {
+        time: AT_ONCE,
+        ..limits
+    };
+    match host.queries().run(source(false), &sql, plan, &at_once) {
         Err(QueryError::Class(e)) if e.message == WOULD_WAIT => {}
+        Err(QueryError::Limit(_)) => {}
         done => return done.map(Response::Rows).map_err(|e| e.remote()),
     }
     // A read must wait (a load, a worker, a deadline): SQLite works synchronously, so the
@@ -54,6 +60,9 @@ pub(super) async fn query(
         .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("the query stopped: {e}")))?;
     result.map(Response::Rows).map_err(|e| e.remote())
 }
+
+/// The longest a query runs on a runtime thread before it goes to the blocking pool.
+const AT_ONCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What a read that would have to wait answers while the query runs on a runtime thread.
 const WOULD_WAIT: &str = "a class read would wait";

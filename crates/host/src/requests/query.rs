@@ -25,41 +25,72 @@ pub(super) async fn query(
     sql: String,
     plan: bool,
 ) -> Result<Response, RemoteError> {
-    let limits = purveyor_query::Limits::default();
-    let source = |may_wait| {
-        Arc::new(AsCaller {
-            host: host.clone(),
-            caller: cx.caller.clone(),
-            runtime: Handle::current(),
-            may_wait,
-        })
-    };
-    // First on this thread, as long as every class read can be answered at once (loaded
-    // providers whose calls run inline: no waiting, no hand-off) and SQLite is done within
-    // `AT_ONCE`: a runtime thread is never held longer.
-    let at_once = purveyor_query::Limits {
-        time: AT_ONCE,
-        ..limits
-    };
-    match host.queries().run(source(false), &sql, plan, &at_once) {
-        Err(QueryError::Class(e)) if e.message == WOULD_WAIT => {}
-        Err(QueryError::Limit(_)) => {}
-        done => return done.map(Response::Rows).map_err(|e| e.remote()),
+    if let Some(answer) = now(host, cx, &sql, plan) {
+        return answer;
     }
+    let limits = purveyor_query::Limits::default();
     // A read must wait (a load, a worker, a deadline): SQLite works synchronously, so the
     // query runs on the blocking pool, and each read it makes is a task on the runtime
     // that it waits for. Not `block_in_place`, and no read on the pool thread itself: a
     // provider process dies with the thread that started it, which must be one of the
     // runtime's long-lived worker threads (`purveyor_hosting::process`), never a thread
     // that may retire.
+    let source = Arc::new(AsCaller {
+        host: host.clone(),
+        caller: cx.caller.clone(),
+        runtime: Handle::current(),
+        may_wait: true,
+    });
     let host = host.clone();
-    let source = source(true);
     let run = move || host.queries().run(source, &sql, plan, &limits);
-    let result = tokio::task::spawn_blocking(run)
-        .await
-        .map_err(|e| RemoteError::new(ErrorCode::Internal, format!("the query stopped: {e}")))?;
+    // The query is answered at its own limit even if its thread is still busy (SQLite's
+    // progress handler cannot interrupt a read it waits for); the thread is abandoned.
+    let waited = limits.time + STUCK_GRACE;
+    let result = match tokio::time::timeout(waited, tokio::task::spawn_blocking(run)).await {
+        Ok(joined) => joined.map_err(|e| {
+            RemoteError::new(ErrorCode::Internal, format!("the query stopped: {e}"))
+        })?,
+        Err(_) => {
+            return Err(RemoteError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the query ran longer than its limit of {}s (a class read is stuck)",
+                    limits.time.as_secs()
+                ),
+            ));
+        }
+    };
     result.map(Response::Rows).map_err(|e| e.remote())
 }
+
+/// The query on this thread, as long as every class read can be answered at once (loaded
+/// providers whose calls run inline: no waiting, no hand-off) and SQLite is done within
+/// [`AT_ONCE`], so a runtime thread is never held longer; `None` when it cannot be.
+pub(super) fn now(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    sql: &str,
+    plan: bool,
+) -> Option<Result<Response, RemoteError>> {
+    let source = Arc::new(AsCaller {
+        host: host.clone(),
+        caller: cx.caller.clone(),
+        runtime: Handle::try_current().ok()?,
+        may_wait: false,
+    });
+    let at_once = purveyor_query::Limits {
+        time: AT_ONCE,
+        ..purveyor_query::Limits::default()
+    };
+    match host.queries().run(source, sql, plan, &at_once) {
+        Err(QueryError::Class(e)) if e.message == WOULD_WAIT => None,
+        Err(QueryError::Limit(_)) => None,
+        done => Some(done.map(Response::Rows).map_err(|e| e.remote())),
+    }
+}
+
+/// How long past its time limit a query on the blocking pool is waited for.
+const STUCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The longest a query runs on a runtime thread before it goes to the blocking pool.
 const AT_ONCE: std::time::Duration = std::time::Duration::from_millis(20);

@@ -270,6 +270,22 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
         after_help = "Answer a dialog by typing a button's number (or name) and Enter.\n\nExamples:\n  purveyor agent\n  purveyor agent --ui-modules /usr/lib/purveyor/ui      with trusted UI modules\n  (in another terminal) purveyor call phone.line dial number=555-0100"
     )]
     Agent,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(
+        after_help = "Examples:\n  purveyor completions bash > /etc/bash_completion.d/purveyor\n  purveyor completions zsh > ~/.zfunc/_purveyor\n  purveyor completions fish > ~/.config/fish/completions/purveyor.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages: purveyor(1) and one per subcommand (purveyor-get(1), …)
+    #[command(
+        after_help = "Examples:\n  purveyor man /usr/share/man/man1\n  purveyor man ./man && man ./man/purveyor-query.1"
+    )]
+    Man {
+        /// The directory to write them to (made if missing)
+        dir: PathBuf,
+    },
     /// Validate provider manifests
     #[command(
         after_help = "Examples:\n  purveyor check                 the configured directories\n  purveyor check ./providers"
@@ -389,6 +405,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::Check { path } => check::run(&global, path.as_deref()),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "purveyor", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man_pages(&dir),
         Command::Io {
             action: IoAction::Ls,
         } => io::ls(&mut connect(&global)?, global.json),
@@ -538,6 +560,30 @@ fn get(
     } else {
         out(&render::instances(&schema, &instances))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `purveyor.1` and `purveyor-SUBCOMMAND.1` for every visible subcommand into `dir`.
+fn man_pages(dir: &std::path::Path) -> Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut written = 0;
+    let mut write = |name: String, page: clap::Command| -> Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        written += 1;
+        Ok(())
+    };
+    write("purveyor".into(), command.clone())?;
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("purveyor-{}", sub.get_name());
+        // clap names are `'static`; this runs once per page of a one-shot command.
+        let page = sub.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+        write(name, page)?;
+    }
+    eprintln!("wrote {written} manual pages to {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }
 

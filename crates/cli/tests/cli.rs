@@ -329,3 +329,52 @@ fn watch_shows_counters_as_rates() {
         );
     }
 }
+
+/// Shell completions for bash, zsh and fish name the subcommands; `purveyor man DIR`
+/// writes purveyor(1) and a page per subcommand, each a roff page of its own.
+#[test]
+fn completions_and_manual_pages() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("query") && script.contains("providers"),
+            "{shell}"
+        );
+    }
+    let bad = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["man"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let main = std::fs::read_to_string(dir.path().join("purveyor.1")).unwrap();
+    assert!(main.contains(".TH purveyor 1"), "{main}");
+    let query = std::fs::read_to_string(dir.path().join("purveyor-query.1")).unwrap();
+    assert!(
+        query.contains(".TH purveyor-query 1") && query.contains("SELECT"),
+        "{query}"
+    );
+    assert!(
+        !dir.path().join("purveyor-worker.1").exists(),
+        "a hidden command has no page"
+    );
+}

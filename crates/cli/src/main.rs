@@ -7,6 +7,7 @@ mod dialog;
 mod io;
 mod render;
 mod serve;
+mod systemd;
 mod watch;
 mod write;
 

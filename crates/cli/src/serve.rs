@@ -99,9 +99,21 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
-    let listener = socket::bind(&path, mode)?;
-    // Remember which file is ours, so shutdown never removes a successor's socket.
-    let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
+    // Under systemd's socket activation the socket is systemd's: adopted, never removed.
+    let (listener, path, inode) = match crate::systemd::activated_socket()? {
+        Some((listener, activated)) => {
+            if global.socket.as_ref().is_some_and(|p| *p != activated) {
+                tracing::warn!(socket = %activated.display(), "serving the socket systemd passed, not --socket");
+            }
+            (listener, activated, None)
+        }
+        None => {
+            let listener = socket::bind(&path, mode)?;
+            // Remember which file is ours, so shutdown never removes a successor's socket.
+            let inode = std::fs::metadata(&path).map(|m| m.ino()).ok();
+            (listener, path, inode)
+        }
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {
         runtime.worker_threads(threads.max(1));
@@ -144,8 +156,11 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
             pid = std::process::id(),
             "purveyor daemon listening"
         );
+        crate::systemd::ready(&path);
+        crate::systemd::keep_watchdog();
         let signal = async move {
             shutdown_signal().await;
+            crate::systemd::stopping();
             let _ = stop.send(true);
         };
         let result = server::serve(listener, host, signal).await;
@@ -160,7 +175,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
     });
     // A provider call stuck on a blocking thread must not keep the daemon alive.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    if std::fs::metadata(&path).map(|m| m.ino()).ok() == inode {
+    if inode.is_some() && std::fs::metadata(&path).map(|m| m.ino()).ok() == inode {
         let _ = std::fs::remove_file(&path);
     }
     tracing::info!("purveyor daemon stopped");

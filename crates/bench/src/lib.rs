@@ -53,18 +53,9 @@ impl VsEcho {
     }
 }
 
-/// Measures `request` through `c` against the echo server at `echo`, asked for frames of
-/// the same sizes: `rounds` rounds (after one warm-up) of `per_round` echoes, then
-/// `per_round` requests.
-pub fn against_echo(
-    c: &mut Client,
-    echo: &Path,
-    bare: Option<&Path>,
-    request: &Request,
-    rounds: usize,
-    per_round: usize,
-) -> VsEcho {
-    // The sizes the echo must mirror: this request's frame and its reply's frame.
+/// What an echo server is sent to mirror `request` ([`Mirror`]). Asks `c` once to learn
+/// the reply's size.
+fn mirror(c: &mut Client, request: &Request) -> Mirror {
     let mut frame = Vec::new();
     let msg = ClientMessage::Request {
         id: 1,
@@ -79,11 +70,45 @@ pub fn against_echo(
     };
     encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
     let (request_len, reply_len) = (frame.len() - 4, out.len() - 4);
-    // Same payload size (at least the 4 bytes that tell the echo its reply size).
     let payload = request_len.max(4);
     let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
     echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
     echo_frame.resize(4 + payload, 0);
+    Mirror {
+        frame,
+        request_len,
+        reply_len,
+        echo_frame,
+    }
+}
+
+/// `request`'s frame, its payload's and its reply's payload's sizes, and the frame an echo
+/// server is sent to answer alike: a payload the size of the request's (at least the 4
+/// bytes that tell the echo its reply size), asking for a reply the size of the reply's.
+struct Mirror {
+    frame: Vec<u8>,
+    request_len: usize,
+    reply_len: usize,
+    echo_frame: Vec<u8>,
+}
+
+/// Measures `request` through `c` against the echo server at `echo`, asked for frames of
+/// the same sizes: `rounds` rounds (after one warm-up) of `per_round` echoes, then
+/// `per_round` requests.
+pub fn against_echo(
+    c: &mut Client,
+    echo: &Path,
+    bare: Option<&Path>,
+    request: &Request,
+    rounds: usize,
+    per_round: usize,
+) -> VsEcho {
+    let Mirror {
+        frame,
+        request_len,
+        reply_len,
+        echo_frame,
+    } = mirror(c, request);
     let mut e = UnixStream::connect(echo).unwrap();
     // The echo's twin pinned to CPU 0 ([`EchoChild::spawn`]), for the floor.
     let mut pinned = UnixStream::connect(echo.with_file_name(PINNED_ECHO)).ok();
@@ -93,7 +118,7 @@ pub fn against_echo(
     let mut floor = Vec::with_capacity(rounds * per_round);
     let mut bare_samples = Vec::with_capacity(rounds * per_round);
     let mut bare = bare.map(bare_connection);
-    let mut bare_buf = vec![0u8; out.len()];
+    let mut bare_buf = vec![0u8; reply_len + 4];
     // `per_round` round trips of `one`, timed into `samples` unless warming up.
     let time = |samples: &mut Vec<Duration>, warmup: bool, one: &mut dyn FnMut()| {
         for _ in 0..per_round {
@@ -454,24 +479,12 @@ pub fn placed(
     rounds: usize,
     per_round: usize,
 ) -> Placed {
-    let reply = c.request(request.clone()).unwrap();
-    let mut frame = Vec::new();
-    let msg = ClientMessage::Request {
-        id: 1,
-        request: request.clone(),
-    };
-    encode_frame(Encoding::Binary, &msg, u32::MAX, &mut frame).unwrap();
-    let mut out = Vec::new();
-    let msg = ServerMessage::Reply {
-        id: 1,
-        outcome: Outcome::Ok(reply),
-    };
-    encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
-    let (request_len, reply_len) = (frame.len() - 4, out.len() - 4);
-    let payload = request_len.max(4);
-    let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
-    echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
-    echo_frame.resize(4 + payload, 0);
+    let Mirror {
+        request_len,
+        reply_len,
+        echo_frame,
+        ..
+    } = mirror(c, request);
     let connect = |e: &EchoChild| UnixStream::connect(&e.socket).unwrap();
     let mut together = connect(&echoes.together);
     let mut split = echoes.split.as_ref().map(connect);

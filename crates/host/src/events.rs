@@ -51,6 +51,23 @@ impl Subs {
     }
 }
 
+/// Removes from `list` the subscription `handle` if `sink` owns it; whether it did.
+fn remove_owned<T>(
+    list: &mut Vec<Arc<T>>,
+    owner: impl Fn(&T) -> (u32, &Arc<PushSink>),
+    handle: u32,
+    sink: &Arc<PushSink>,
+) -> bool {
+    let Some(at) = list.iter().position(|s| {
+        let (h, owner) = owner(s);
+        h == handle && Arc::ptr_eq(owner, sink)
+    }) else {
+        return false;
+    };
+    list.swap_remove(at);
+    true
+}
+
 /// What a class is polled as, and how often: change subscriptions with the same key share
 /// one poll. The caller is part of it (uid, gid and groups), because a provider may show
 /// different callers different instances.
@@ -177,13 +194,9 @@ impl EventBus {
             return false;
         };
         let mut list = watch.subs.write_locked();
-        let Some(at) = list
-            .iter()
-            .position(|s| s.handle == handle && Arc::ptr_eq(&s.sink, sink))
-        else {
+        if !remove_owned(&mut list, |s| (s.handle, &s.sink), handle, sink) {
             return false;
-        };
-        list.swap_remove(at);
+        }
         if list.is_empty() {
             subs.watches.remove(&key);
         }
@@ -204,13 +217,9 @@ impl EventBus {
         let Some(list) = subs.by_class.get_mut(&class) else {
             return false;
         };
-        let Some(at) = list
-            .iter()
-            .position(|s| s.handle == handle && Arc::ptr_eq(&s.sink, sink))
-        else {
+        if !remove_owned(list, |s| (s.handle, &s.sink), handle, sink) {
             return false;
-        };
-        list.swap_remove(at);
+        }
         if list.is_empty() {
             subs.by_class.remove(&class);
         }

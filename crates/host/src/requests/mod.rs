@@ -174,27 +174,16 @@ async fn route(host: &Arc<Shared>, cx: &Cx<'_>, request: Request) -> Result<Resp
 }
 
 /// Answers `request` on this thread, at once, when nothing in it needs waiting: a ping,
-/// the status, a query whose reads are all such (within 20 ms), or a get or enumerate of
-/// a loaded provider whose calls run inline (a
+/// the status, or a get or enumerate of a loaded provider whose calls run inline (a
 /// builtin dispatched inline, an in-daemon library). Otherwise gives the request back, to
 /// be answered by [`answer`]. A client that shows dialogs gets a dialog token with each
 /// call, which only the asynchronous path gives.
 pub(crate) fn answer_now(
-    host: &Arc<Shared>,
+    host: &Shared,
     session: &Session,
     site: Option<&dyn crate::cx::CallSite>,
     request: Request,
 ) -> Result<Result<Response, RemoteError>, Request> {
-    if let Request::Query { sql, plan } = &request
-        && !session.shows()
-        && !host.is_shutting_down()
-    {
-        let cx = Cx::in_session(session, site);
-        return match query::now(host, &cx, sql, *plan) {
-            Some(answer) => Ok(host.admit().and(answer)),
-            None => Err(request),
-        };
-    }
     let ready = match &request {
         Request::Ping | Request::Status => None,
         Request::Get { class, .. } | Request::Enumerate { class, .. } if !session.shows() => {

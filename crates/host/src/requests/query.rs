@@ -66,7 +66,7 @@ pub(super) async fn query(
 /// The query on this thread, as long as every class read can be answered at once (loaded
 /// providers whose calls run inline: no waiting, no hand-off) and SQLite is done within
 /// [`AT_ONCE`], so a runtime thread is never held longer; `None` when it cannot be.
-pub(super) fn now(
+fn now(
     host: &Arc<Shared>,
     cx: &Cx<'_>,
     sql: &str,

@@ -77,6 +77,13 @@ fn errors_name_the_place_and_exit_like_get() {
     let out = d.cli(&["query", "CREATE TABLE t(x)"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("only queries that read"), "{err}");
+    let out = d.cli(&["query", "SELECT pid FROM system.process WHERE rss > 'lots'"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("type mismatch at byte 43: system.process.rss is u64, compared with 'lots'"),
+        "{err}"
+    );
     // The embedded host answers the same way.
     let out = std::process::Command::new(BIN)
         .args([

@@ -96,6 +96,15 @@ pub enum QueryError {
     Class(RemoteError),
     /// A limit was reached: which, and its value.
     Limit(String),
+    /// A column is compared with a value of another kind (`pid = 'abc'`): the column
+    /// (`class.property`), its type, the value as SQL writes it, and the value's byte
+    /// offset in the statement when found there.
+    TypeMismatch {
+        column: String,
+        expected: String,
+        found: String,
+        offset: Option<usize>,
+    },
 }
 
 impl std::fmt::Display for QueryError {
@@ -109,6 +118,16 @@ impl std::fmt::Display for QueryError {
             }
             QueryError::Class(e) => write!(f, "{}", e.message),
             QueryError::Limit(what) => write!(f, "{what}"),
+            QueryError::TypeMismatch {
+                column,
+                expected,
+                found,
+                offset,
+            } => write!(
+                f,
+                "type mismatch{}: {column} is {expected}, compared with {found}",
+                at(offset)
+            ),
         }
     }
 }
@@ -122,6 +141,9 @@ impl QueryError {
                 RemoteError::new(ErrorCode::NotFound, self.to_string())
             }
             QueryError::Limit(_) => RemoteError::new(ErrorCode::LimitExceeded, self.to_string()),
+            QueryError::TypeMismatch { .. } => {
+                RemoteError::new(ErrorCode::InvalidRequest, self.to_string())
+            }
         }
     }
 }
@@ -322,12 +344,15 @@ fn execute(
     conn.progress_handler(1000, Some(move || Instant::now() >= deadline))
         .map_err(internal)?;
     let failed = |e: SqlError| -> QueryError {
-        if let Some(f) = query
+        if let Some(mut f) = query
             .failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
+            if let QueryError::TypeMismatch { found, offset, .. } = &mut f {
+                *offset = sql.find(found.as_str());
+            }
             return f;
         }
         if matches!(&e, SqlError::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted)

@@ -203,6 +203,39 @@ fn errors_name_the_class_or_the_place() {
 }
 
 #[test]
+fn a_value_of_another_kind_is_a_type_mismatch_at_its_place() {
+    let sql = "SELECT pid FROM test.proc WHERE rss > 'lots'";
+    let err = query(sql).0.unwrap_err();
+    assert_eq!(
+        err,
+        QueryError::TypeMismatch {
+            column: "test.proc.rss".into(),
+            expected: "u64".into(),
+            found: "'lots'".into(),
+            offset: Some(38),
+        }
+    );
+    assert_eq!(&sql[38..], "'lots'");
+    assert_eq!(err.remote().code, ErrorCode::InvalidRequest);
+    assert_eq!(
+        err.to_string(),
+        "type mismatch at byte 38: test.proc.rss is u64, compared with 'lots'"
+    );
+    // On a key, too, before anything is asked.
+    let (err, asked) = query("SELECT * FROM test.proc WHERE pid = X'01'");
+    let err = err.unwrap_err();
+    assert!(err.to_string().contains("test.proc.pid is u64"), "{err}");
+    assert!(asked.is_empty(), "{asked:?}");
+    // Text that is a number is that number, as SQLite compares it: one get.
+    let (answer, asked) = query("SELECT rss FROM test.proc WHERE pid = '7'");
+    assert_eq!(answer.unwrap().rows, vec![vec![Some(Value::U64(7000))]]);
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    // NULL is no mismatch: nothing compares equal to it.
+    let (answer, _) = query("SELECT rss FROM test.proc WHERE rss = NULL");
+    assert!(answer.unwrap().rows.is_empty());
+}
+
+#[test]
 fn only_reads_are_allowed_and_limits_hold() {
     let err = query("CREATE TABLE t(x)").0.unwrap_err();
     assert!(err.to_string().contains("only queries"), "{err}");

@@ -43,6 +43,17 @@ fn key_value(v: SqlValue, ty: ValueType) -> Option<Value> {
     let ValueType::Scalar(scalar) = ty else {
         return None;
     };
+    // SQLite compares a numeric column with text that is a number as that number.
+    let v = match v {
+        SqlValue::Text(t) if scalar != ScalarType::String => {
+            let t = t.trim();
+            match t.parse::<i64>() {
+                Ok(i) => SqlValue::Integer(i),
+                Err(_) => SqlValue::Real(t.parse().ok()?),
+            }
+        }
+        v => v,
+    };
     Some(match (v, scalar) {
         (SqlValue::Integer(i), ScalarType::U64) => Value::U64(u64::try_from(i).ok()?),
         (SqlValue::Integer(i), ScalarType::I64) => Value::I64(i),
@@ -224,12 +235,55 @@ impl ClassTab {
     }
 }
 
-/// The key properties' column indexes used by a plan, as `best_index` wrote them.
-fn used_columns(idx: Option<&str>) -> Vec<usize> {
+/// What each argument of `filter` is, as `best_index` wrote it: whether it is a key's
+/// value (or only checked for its type), and its column.
+fn arguments(idx: Option<&str>) -> Vec<(bool, usize)> {
     idx.unwrap_or("")
         .split(',')
-        .filter_map(|c| c.parse().ok())
+        .filter_map(|a| {
+            let (kind, column) = a.split_at_checked(1)?;
+            Some((kind == "k", column.parse().ok()?))
+        })
         .collect()
+}
+
+/// The operators whose value is checked against the column's type.
+fn compares(op: IndexConstraintOp) -> bool {
+    use IndexConstraintOp::*;
+    matches!(
+        op,
+        SQLITE_INDEX_CONSTRAINT_EQ
+            | SQLITE_INDEX_CONSTRAINT_GT
+            | SQLITE_INDEX_CONSTRAINT_LE
+            | SQLITE_INDEX_CONSTRAINT_LT
+            | SQLITE_INDEX_CONSTRAINT_GE
+            | SQLITE_INDEX_CONSTRAINT_NE
+    )
+}
+
+/// Whether comparing a column of `property`'s type with `value` is a type mismatch:
+/// a number with text that is not a number or with a blob, text with a blob, a blob
+/// with anything but a blob. `NULL` never is (the comparison is simply never true).
+fn mismatch(property: &PropertyDef, value: &SqlValue) -> bool {
+    match (declared(property), value) {
+        (_, SqlValue::Null) => false,
+        ("BLOB", SqlValue::Blob(_)) => false,
+        ("BLOB", _) => true,
+        (_, SqlValue::Blob(_)) => true,
+        ("INTEGER" | "REAL", SqlValue::Text(t)) => t.trim().parse::<f64>().is_err(),
+        _ => false,
+    }
+}
+
+/// A compared value as SQL writes it, to find it in the statement and to show it.
+fn literal(value: &SqlValue) -> String {
+    match value {
+        SqlValue::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        SqlValue::Blob(b) => format!("a blob of {} bytes", b.len()),
+        SqlValue::Integer(i) => i.to_string(),
+        SqlValue::Real(f) => f.to_string(),
+        SqlValue::Null => "NULL".into(),
+    }
 }
 
 // SAFETY: `ClassTab` is `repr(C)` with `sqlite3_vtab` first, as the trait requires.
@@ -290,37 +344,39 @@ unsafe impl<'vtab> VTab<'vtab> for ClassTab {
                 .and_then(|c| properties.get(c))
                 .is_some_and(|p| p.semantic == purveyor_model::Semantic::Key)
         };
-        let mut used: Vec<usize> = Vec::new();
+        // What each argument of `filter` is, in order: a key's value (`k`) or a value
+        // passed only to check its type against its column's (`c`).
+        let mut args: Vec<(char, usize)> = Vec::new();
+        let mut used = 0;
         for (constraint, mut usage) in info.constraints_and_usages() {
-            let column = constraint.column();
-            if constraint.is_usable()
-                && constraint.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-                && is_key(column)
-                && !used.contains(&(column as usize))
-            {
-                used.push(column as usize);
-                usage.set_argv_index(used.len() as c_int);
-                // SQLite checks the rows too: a provider's selector is trusted for
-                // fewer rows, not for the answer.
-                usage.set_omit(false);
+            let Ok(column) = usize::try_from(constraint.column()) else {
+                continue;
+            };
+            if !constraint.is_usable() || !compares(constraint.operator()) {
+                continue;
             }
+            let key = constraint.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+                && is_key(column as c_int)
+                && !args.contains(&('k', column));
+            used += usize::from(key);
+            args.push((if key { 'k' } else { 'c' }, column));
+            usage.set_argv_index(args.len() as c_int);
+            // SQLite checks the rows too: a provider's selector is trusted for fewer
+            // rows, not for the answer.
+            usage.set_omit(false);
         }
         let keys = self.schema.keys().count();
-        let (cost, rows) = if keys > 0 && used.len() == keys {
+        let (cost, rows) = if keys > 0 && used == keys {
             (1.0, 1)
-        } else if used.is_empty() {
+        } else if used == 0 {
             (1e6, 10_000)
         } else {
             (1e3, 100)
         };
         info.set_estimated_cost(cost);
         info.set_estimated_rows(rows);
-        let idx = used
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        info.set_idx_str(&idx);
+        let idx: Vec<String> = args.iter().map(|(k, c)| format!("{k}{c}")).collect();
+        info.set_idx_str(&idx.join(","));
         Ok(true)
     }
 
@@ -367,9 +423,22 @@ unsafe impl VTabCursor for ClassCursor<'_> {
         let properties = tab.schema.properties();
         let mut key = InstanceKey::new();
         let mut impossible = false;
-        for (argv, column) in used_columns(idx).into_iter().enumerate() {
-            let property = &properties[column];
+        for (argv, (is_key, column)) in arguments(idx).into_iter().enumerate() {
+            let Some(property) = properties.get(column) else {
+                continue;
+            };
             let value: SqlValue = args.get(argv)?;
+            if mismatch(property, &value) {
+                return Err(query.fail(QueryError::TypeMismatch {
+                    column: format!("{}.{}", tab.class, property.name),
+                    expected: property.ty.to_string(),
+                    found: literal(&value),
+                    offset: None,
+                }));
+            }
+            if !is_key {
+                continue;
+            }
             match key_value(value, property.ty) {
                 Some(v) => key.insert(property.name.clone(), v),
                 None => impossible = true,

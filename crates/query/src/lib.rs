@@ -366,7 +366,7 @@ fn execute(
     };
     let mut made = 0;
     let mut stmt = loop {
-        match conn.prepare(sql) {
+        match conn.prepare_cached(sql) {
             Ok(stmt) => break stmt,
             Err(e) => match missing_table(&e) {
                 Some(name) if made < MAX_TABLES => {

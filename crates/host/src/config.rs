@@ -259,8 +259,8 @@ impl ClearAfter {
 
 impl HostConfig {
     /// The defaults: manifests from `$PURVEYOR_PROVIDERS` (colon-separated) if set, else
-    /// `$XDG_CONFIG_HOME/purveyor/providers` (or `~/.config/purveyor/providers`) then
-    /// `/etc/purveyor/providers`.
+    /// `$XDG_CONFIG_HOME/purveyor/providers` (or `~/.config/purveyor/providers`), then
+    /// `/etc/purveyor/providers`, then `/usr/lib/purveyor/providers`.
     pub fn from_env(mode: HostMode) -> Self {
         HostConfig {
             provider_dirs: default_provider_dirs(),
@@ -306,6 +306,9 @@ fn default_provider_dirs() -> Vec<PathBuf> {
         dirs.push(home.join("purveyor/providers"));
     }
     dirs.push(PathBuf::from("/etc/purveyor/providers"));
+    // Packaged providers (`dist/deb`): the administrator's /etc comes first, so a file
+    // there replaces a packaged one of the same name.
+    dirs.push(PathBuf::from("/usr/lib/purveyor/providers"));
     dirs
 }
 

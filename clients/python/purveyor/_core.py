@@ -31,8 +31,8 @@ __all__ = [
 ]
 
 PROTOCOL = 1
-#: The minor version this client speaks (queries and change events: 10).
-MINOR = 10
+#: The minor version this client speaks (queries and change events: 10; reload: 11).
+MINOR = 11
 #: The largest reply accepted, as the Rust client (16 MiB).
 MAX_REPLY = 16 * 1024 * 1024
 _HEADER = struct.Struct("<I")
@@ -556,10 +556,11 @@ def query(sql: str, plan: bool) -> Built:
 
 
 def simple(name: str) -> Built:
-    """``ping``, ``status``, ``list_providers``: no arguments."""
+    """``ping``, ``status``, ``list_providers``, ``reload``: no arguments."""
     decode = {
         "ping": lambda ok: None,
         "status": lambda ok: ok["status"],
         "list_providers": lambda ok: ok["providers"],
+        "reload": lambda ok: ok["reloaded"],
     }[name]
     return name, decode  # type: ignore[return-value]

@@ -135,6 +135,9 @@ class AsyncClient:
     async def ping(self) -> None:
         await self._call(*_core.simple("ping"))
 
+    async def reload(self) -> Dict[str, Any]:
+        return await self._call(*_core.simple("reload"))
+
     async def put(self, class_: str, values: Optional[Mapping[str, Any]] = None, **props: Any) -> None:
         values = {**(values or {}), **props}
         await self._call(*_core.put(class_, values, await self._schema_if(class_, values)))

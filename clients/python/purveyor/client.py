@@ -148,6 +148,11 @@ class Client:
     def ping(self) -> None:
         self._call(*_core.simple("ping"))
 
+    def reload(self) -> Dict[str, Any]:
+        """Makes the daemon re-read its manifests, access policy and ``http.toml``: the
+        report (``added``, ``removed``, ``changed``, ``policy``, ``http``)."""
+        return self._call(*_core.simple("reload"))
+
     # -- writes ---------------------------------------------------------------------
 
     def put(self, class_: str, values: Optional[Mapping[str, Any]] = None, **props: Any) -> None:

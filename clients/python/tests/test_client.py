@@ -29,6 +29,7 @@ def test_reads_come_back_as_plain_values(c):
     assert c.status()["mode"] == "daemon"
     assert any(p["name"] == "config" for p in c.list_providers())
     c.ping()
+    assert c.reload()["changed"] == []
 
 
 def test_writes_and_methods(c):

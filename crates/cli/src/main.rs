@@ -266,6 +266,11 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
     },
     /// Say which host is in use (daemon or embedded) and how it is doing
     Status,
+    /// Make the daemon re-read its manifests, access policy and http.toml, without a restart
+    #[command(
+        after_help = "All or nothing: a file with an error is named with its line, and the configuration\nin force keeps serving. Connections stay open; unchanged providers keep running;\nchanged and removed ones are released after their calls in flight. The same as\nSIGHUP and `systemctl reload purveyor`. Root and the daemon's user only.\n\nExit codes: 0 reloaded, 2 refused (the reason on stderr), 4 not allowed, 1 no daemon.\n\nExamples:\n  purveyor reload\n  purveyor reload --json\n  sudo systemctl reload purveyor"
+    )]
+    Reload,
     /// Be this user's UI agent: show the dialogs providers open on their own
     #[command(
         after_help = "Answer a dialog by typing a button's number (or name) and Enter.\n\nExamples:\n  purveyor agent\n  purveyor agent --ui-modules /usr/lib/purveyor/ui      with trusted UI modules\n  (in another terminal) purveyor call phone.line dial number=555-0100"
@@ -485,6 +490,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_json(&providers)?;
             } else {
                 out(&render::providers(&providers))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload => {
+            let mut client = connect_with(&global, false)?;
+            if !matches!(client.mode(), Mode::Daemon { .. }) {
+                anyhow::bail!(
+                    "no daemon at {}: nothing to reload",
+                    global_socket(&global).display()
+                );
+            }
+            let report = client.reload()?;
+            if global.json {
+                print_json(&report)?;
+            } else {
+                out(&render::reloaded(&report))?;
             }
             Ok(ExitCode::SUCCESS)
         }

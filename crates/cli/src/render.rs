@@ -400,3 +400,23 @@ pub fn rows_json(rows: &purveyor_client::QueryRows) -> serde_json::Value {
         .collect();
     json!({ "columns": columns, "rows": list, "plan": rows.plan })
 }
+
+/// What `purveyor reload` changed.
+pub fn reloaded(r: &purveyor_protocol::ReloadReport) -> String {
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    let file = |f: &Option<String>, none: &str| f.clone().unwrap_or_else(|| none.to_string());
+    format!(
+        "reloaded\n  providers added    {}\n  providers removed  {}\n  providers changed  {}\n  access policy      {}\n  http.toml          {}\n",
+        list(&r.added),
+        list(&r.removed),
+        list(&r.changed),
+        file(&r.policy, "the defaults (no file)"),
+        file(&r.http, "not re-read (no gateway, or no file)"),
+    )
+}

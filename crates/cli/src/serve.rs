@@ -2,9 +2,12 @@
 
 use std::os::unix::fs::MetadataExt;
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use purveyor_host::{HostConfig, server, socket};
-use purveyor_protocol::HostMode;
+use purveyor_protocol::{ErrorCode, HostMode, ReloadReport, RemoteError};
 
 use crate::Global;
 
@@ -38,12 +41,10 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         None => None,
         Some(addr) => {
             let addr = purveyor_gateway::parse_addr(addr).map_err(anyhow::Error::msg)?;
-            let default_config = std::path::Path::new("/etc/purveyor/http.toml");
-            let file = http_config.or(default_config.exists().then_some(default_config));
-            let config = match file {
-                Some(file) => purveyor_gateway::GatewayConfig::load(file)?,
-                None => purveyor_gateway::GatewayConfig::default(),
-            };
+            let config = http_file(http_config)
+                .map(|file| purveyor_gateway::GatewayConfig::load(&file))
+                .transpose()?
+                .unwrap_or_default();
             let tcp = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
             tcp.set_nonblocking(true)?;
@@ -69,13 +70,8 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
             .apply(setting)
             .map_err(|e| anyhow::anyhow!("--clear-after {setting}: {e}"))?;
     }
-    let default_policy = std::path::Path::new("/etc/purveyor/access.toml");
-    let policy = match access {
-        Some(file) => Some(file),
-        None => default_policy.exists().then_some(default_policy),
-    };
-    if let Some(file) = policy {
-        let policy = purveyor_host::AccessPolicy::load(file)?;
+    if let Some(file) = policy_file(access) {
+        let policy = purveyor_host::AccessPolicy::load(&file)?;
         config.access = std::sync::Arc::new(policy);
         tracing::info!(file = %file.display(), "access policy loaded");
     }
@@ -127,6 +123,16 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let host = purveyor_builtins::host_with(config);
         host.set_socket(Some(path.clone()));
+        let gateway = gateway.map(|(tcp, config)| {
+            (tcp, Arc::new(purveyor_host::Current::new(Arc::new(config))))
+        });
+        let http_cell = gateway.as_ref().map(|(_, cell)| cell.clone());
+        let access = access.map(std::path::Path::to_path_buf);
+        let http_config = http_config.map(std::path::Path::to_path_buf);
+        host.set_reloader(Arc::new(move |host: &purveyor_host::Host| {
+            reload(host, access.as_deref(), http_config.as_deref(), http_cell.as_deref())
+        }));
+        tokio::spawn(reload_on_hangup(host.clone(), path.clone()));
         // One signal stops both servers.
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let http = match gateway {
@@ -180,6 +186,81 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
     }
     tracing::info!("purveyor daemon stopped");
     result.with_context(|| format!("daemon on {} failed", path.display()))
+}
+
+/// The access policy file: `--access`, else `/etc/purveyor/access.toml` if it exists.
+fn policy_file(access: Option<&Path>) -> Option<PathBuf> {
+    let default = Path::new("/etc/purveyor/access.toml");
+    access
+        .map(Path::to_path_buf)
+        .or_else(|| default.exists().then(|| default.to_path_buf()))
+}
+
+/// The gateway's file: `--http-config`, else `/etc/purveyor/http.toml` if it exists.
+fn http_file(http_config: Option<&Path>) -> Option<PathBuf> {
+    let default = Path::new("/etc/purveyor/http.toml");
+    http_config
+        .map(Path::to_path_buf)
+        .or_else(|| default.exists().then(|| default.to_path_buf()))
+}
+
+/// A reload (`docs/lifecycle.md`, "Reload"): every file is read and checked first — the
+/// policy, then `http.toml` when the gateway runs — and only then are the manifests read
+/// and everything put in force together; any error leaves the configuration in force
+/// as it was.
+fn reload(
+    host: &purveyor_host::Host,
+    access: Option<&Path>,
+    http_config: Option<&Path>,
+    http: Option<&purveyor_host::Current<purveyor_gateway::GatewayConfig>>,
+) -> Result<ReloadReport, RemoteError> {
+    let refused = |e: String| {
+        RemoteError::new(
+            ErrorCode::InvalidRequest,
+            format!("reload refused, the configuration in force keeps serving: {e}"),
+        )
+    };
+    let policy_path = policy_file(access);
+    let policy = match &policy_path {
+        Some(file) => {
+            purveyor_host::AccessPolicy::load(file).map_err(|e| refused(e.to_string()))?
+        }
+        None => purveyor_host::AccessPolicy::defaults(),
+    };
+    let http_path = http.and(http_file(http_config));
+    let gateway = match &http_path {
+        Some(file) => {
+            Some(purveyor_gateway::GatewayConfig::load(file).map_err(|e| refused(e.to_string()))?)
+        }
+        None => http.map(|_| purveyor_gateway::GatewayConfig::default()),
+    };
+    let mut report = host.reload(Some(policy))?;
+    if let (Some(cell), Some(config)) = (http, gateway) {
+        cell.set(Arc::new(config));
+    }
+    report.policy = policy_path.map(|p| p.display().to_string());
+    report.http = http_path.map(|p| p.display().to_string());
+    Ok(report)
+}
+
+/// Reloads on every SIGHUP (`systemctl reload`), telling systemd while it does.
+async fn reload_on_hangup(host: purveyor_host::Host, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; reload with `purveyor reload`");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading");
+        crate::systemd::reloading();
+        let done = host.clone();
+        match tokio::task::spawn_blocking(move || done.reload_all()).await {
+            Ok(Ok(report)) => tracing::info!(?report, "reloaded"),
+            Ok(Err(error)) => tracing::error!(error = %error.message, "reload refused"),
+            Err(e) => tracing::error!(error = %e, "reload failed"),
+        }
+        crate::systemd::ready(&path);
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

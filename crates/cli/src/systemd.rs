@@ -61,6 +61,16 @@ pub fn ready(path: &std::path::Path) {
     }
 }
 
+/// Tells systemd a reload has begun (with the monotonic time, as `Type=notify-reload`
+/// needs); [`ready`] ends it.
+pub fn reloading() {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    let _ = sd_notify::notify(&states);
+}
+
 /// Tells systemd a stop has begun.
 pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{BIN, Daemon, class, wait_until};
+use common::{BIN, Daemon, as_nobody, class, wait_until};
 
 const NOBODY: u32 = 65534;
 
@@ -48,22 +48,6 @@ fn chmod(path: &Path, mode: u32) {
 
 fn chown(path: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
-}
-
-/// `purveyor ARGS` as nobody, with no supplementary groups.
-fn as_nobody(daemon: &Daemon, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--socket",
-        ])
-        .arg(&daemon.socket)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// `purveyor ARGS` as root.

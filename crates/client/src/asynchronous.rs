@@ -261,6 +261,11 @@ impl AsyncClient {
         typed::providers(self.request(Request::ListProviders).await?)
     }
 
+    /// Makes the daemon re-read its manifests, access policy and `http.toml`.
+    pub async fn reload(&self) -> Result<purveyor_protocol::ReloadReport, ClientError> {
+        typed::reloaded(self.request(Request::Reload).await?)
+    }
+
     /// Creates or updates an instance; returns once the provider has committed it.
     pub async fn put(&self, class: &ClassPath, instance: Instance) -> Result<(), ClientError> {
         typed::done(self.request(typed::put(class, instance)).await?)

@@ -636,6 +636,12 @@ impl Client {
     ) -> Result<Vec<ProviderStatus>, ClientError> {
         typed::providers(self.request(Request::EnableProvider { name: name.clone() })?)
     }
+
+    /// Makes the daemon re-read its manifests, access policy and `http.toml`
+    /// (`docs/lifecycle.md`, "Reload"): what changed, or why nothing did.
+    pub fn reload(&mut self) -> Result<purveyor_protocol::ReloadReport, ClientError> {
+        typed::reloaded(self.request(Request::Reload)?)
+    }
 }
 
 /// A reply and the id of its request.

@@ -23,7 +23,7 @@ pub use options::{ConnectOptions, Mode, Target};
 pub use purveyor_protocol::{
     Button, ChangeKind, ClassList, DialogInput, Encoding, Field, FieldKind, Form, FormUpdate,
     HostMode, HostStatus, IoMode, IoProcedureInfo, Progress, PropertyChange, ProviderStatus, Push,
-    QueryColumn, QueryRows, Request, Response,
+    QueryColumn, QueryRows, ReloadReport, Request, Response,
 };
 
 #[cfg(feature = "embedded")]

@@ -1,7 +1,9 @@
 //! Turning a response into the type a typed call promises.
 
 use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
-use purveyor_protocol::{ClassList, HostStatus, ProviderStatus, QueryRows, Request, Response};
+use purveyor_protocol::{
+    ClassList, HostStatus, ProviderStatus, QueryRows, ReloadReport, Request, Response,
+};
 
 use crate::ClientError;
 
@@ -26,6 +28,7 @@ expect!(class, Class, ClassSchema, "a class");
 expect!(instance, Instance, Instance, "an instance");
 expect!(providers, Providers, Vec<ProviderStatus>, "a provider list");
 expect!(rows, Rows, QueryRows, "rows");
+expect!(reloaded, Reloaded, ReloadReport, "a reload report");
 
 pub(crate) fn instances(response: Response) -> Result<Vec<Instance>, ClientError> {
     match response {

@@ -22,7 +22,8 @@ use crate::{exposition, metrics};
 /// What every handler shares.
 pub struct Gateway {
     pub host: Host,
-    pub config: GatewayConfig,
+    /// `http.toml` in force: replaced by a reload (`purveyor reload`), read per request.
+    pub config: Arc<purveyor_host::Current<GatewayConfig>>,
 }
 
 /// The gateway's routes.
@@ -110,7 +111,7 @@ fn identity(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity> {
             )
         })?),
     };
-    auth::identify(&gateway.config.tokens, authorization)
+    auth::identify(&gateway.config.get().tokens, authorization)
         .map_err(|message| Failure::new(StatusCode::UNAUTHORIZED, ErrorCode::AccessDenied, message))
 }
 
@@ -232,7 +233,11 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     let wake = |m: &purveyor_host::Manifest| m.hosting == purveyor_model::Hosting::Builtin;
     let list = gateway
         .host
-        .export_classes(&gateway.config.metrics.export, &wake, &anonymous.caller)
+        .export_classes(
+            &gateway.config.get().metrics.export,
+            &wake,
+            &anonymous.caller,
+        )
         .await;
     match list.problems.first() {
         None => (StatusCode::OK, "ready\n").into_response(),
@@ -246,7 +251,8 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
 
 async fn scrape(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Result<Response> {
     let identity = identity(&gateway, &headers)?;
-    let snapshot = metrics::gather(&gateway.host, &gateway.config.metrics, &identity.caller).await;
+    let config = gateway.config.get();
+    let snapshot = metrics::gather(&gateway.host, &config.metrics, &identity.caller).await;
     for problem in &snapshot.problems {
         tracing::warn!(%problem, "metrics scrape left a class out");
     }

@@ -45,20 +45,22 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
 
 /// Serves the gateway on `listener` until `shutdown` completes; with `[otlp]` in the
 /// configuration (and the `otlp` feature), pushes metrics to the collector meanwhile.
+/// `config` may be replaced while it serves (a reload): tokens and `[metrics]` apply from
+/// the next request; `[otlp]` is read once, at start.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     host: Host,
-    config: GatewayConfig,
+    config: Arc<purveyor_host::Current<GatewayConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     #[cfg(feature = "otlp")]
-    if let Some(otlp) = config.otlp.clone() {
+    if let Some(otlp) = config.get().otlp.clone() {
         let mut stopped = stopped.clone();
         tracing::info!(endpoint = %otlp.endpoint, interval = ?otlp.interval, "OTLP export on");
         tokio::spawn(otlp::run(
             host.clone(),
-            config.metrics.clone(),
+            config.get().metrics.clone(),
             otlp,
             async move {
                 // Also ends when the sender goes (the server failed).

@@ -19,7 +19,9 @@ async fn every_documented_route_is_served() {
     ));
     let router = purveyor_gateway::http::router(std::sync::Arc::new(Gateway {
         host,
-        config: GatewayConfig::default(),
+        config: std::sync::Arc::new(purveyor_host::Current::new(std::sync::Arc::new(
+            GatewayConfig::default(),
+        ))),
     }));
     let paths = doc["paths"].as_object().unwrap();
     let mut checked = 0;

@@ -61,6 +61,7 @@ async fn pushes_decode_as_otlp_metrics_at_the_interval() {
     };
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = std::sync::Arc::new(purveyor_host::Current::new(std::sync::Arc::new(config)));
     let gateway = tokio::spawn(purveyor_gateway::serve(http, host, config, async move {
         let _ = stopped.await;
     }));

@@ -26,8 +26,7 @@ pub(crate) fn allowed(
     permission: Permission,
     path: &str,
 ) -> Result<(), RemoteError> {
-    host.config()
-        .access
+    host.access()
         .check(cx.caller, permission, path)
         .map_err(|message| RemoteError::new(ErrorCode::AccessDenied, message))
 }
@@ -38,7 +37,7 @@ pub(crate) async fn loaded_for(
     class: &ClassPath,
     capability: Option<Capability>,
 ) -> Result<(Arc<Slot>, Arc<Loaded>), RemoteError> {
-    let Some(slot) = host.registry().slot_for(class) else {
+    let Some(slot) = host.registry().slot_for(class).cloned() else {
         return Err(RemoteError::new(
             ErrorCode::NotFound,
             format!("no provider serves class {class}"),
@@ -47,10 +46,10 @@ pub(crate) async fn loaded_for(
     if let Some(cap) = capability
         && !slot.manifest().offers(cap)
     {
-        return Err(not_offered(slot, cap));
+        return Err(not_offered(&slot, cap));
     }
-    let loaded = acquire(host, slot).await?;
-    Ok((slot.clone(), loaded))
+    let loaded = acquire(host, &slot).await?;
+    Ok((slot, loaded))
 }
 
 /// `slot`'s provider, loading it if needed.

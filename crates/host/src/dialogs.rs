@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use purveyor_hosting::lock::Locked;
+use purveyor_hosting::lock::{Current, Locked};
 use purveyor_protocol::{DialogEvent, DialogInput, DialogOp, ErrorCode, Form, Push, RemoteError};
 use purveyor_provider::Caller;
 
@@ -96,7 +96,8 @@ pub(crate) struct DialogHub {
     /// Wakes the deadline thread when an earlier deadline appears.
     wake: Condvar,
     deadline_thread: std::sync::OnceLock<()>,
-    access: Arc<AccessPolicy>,
+    /// The policy in force (replaced by a reload), for its `[dialogs]` table.
+    access: Arc<Current<AccessPolicy>>,
     /// Dialogs opened, and refused, since start (`purveyor.dialogs`).
     opened: AtomicU64,
     refused: AtomicU64,
@@ -203,7 +204,7 @@ impl Origin {
 }
 
 impl DialogHub {
-    pub fn new(access: Arc<AccessPolicy>) -> Self {
+    pub fn new(access: Arc<Current<AccessPolicy>>) -> Self {
         DialogHub {
             next_handle: AtomicU32::new(1),
             next_token: AtomicU32::new(1),
@@ -473,7 +474,7 @@ impl DialogHub {
                         "no agent: agent {handle} is not registered (it may have gone away)"
                     ));
                 };
-                if !self.access.may_show_dialogs(a.uid, user) {
+                if !self.access.get().may_show_dialogs(a.uid, user) {
                     return Err(format!(
                         "agent {handle} belongs to uid {}, not to uid {user}: dialogs only reach the same user (or one the access policy's [dialogs] table allows)",
                         a.uid
@@ -485,7 +486,7 @@ impl DialogHub {
                 .agents
                 .iter()
                 .rev()
-                .find(|a| self.access.may_show_dialogs(a.uid, user))
+                .find(|a| self.access.get().may_show_dialogs(a.uid, user))
             {
                 Some(a) => a,
                 None => {

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use purveyor_hosting::BuiltinProvider;
 use purveyor_model::{ClassPath, NamespacePath};
-use purveyor_protocol::{ClassList, InstanceList, IoProcedureInfo, RemoteError, Request, Response};
+use purveyor_protocol::{
+    ClassList, InstanceList, IoProcedureInfo, ReloadReport, RemoteError, Request, Response,
+};
 use purveyor_provider::Caller;
 
+use crate::access::AccessPolicy;
 use crate::config::HostConfig;
 use crate::cx::Cx;
 use crate::manifest::{Manifest, ManifestError};
@@ -65,13 +68,37 @@ impl Host {
         &self.shared
     }
 
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Host {
+        Host { shared }
+    }
+
+    /// Reads the manifests again and puts them in force with `policy` (when given), all
+    /// or nothing (`docs/lifecycle.md`, "Reload"): a new manifest problem refuses it with
+    /// an `invalid_request` naming each `FILE:LINE`, and the configuration in force keeps
+    /// serving. Unchanged providers keep running; changed and removed ones are released
+    /// after their calls in flight.
+    pub fn reload(&self, policy: Option<AccessPolicy>) -> Result<ReloadReport, RemoteError> {
+        crate::reload::reload(&self.shared, policy)
+    }
+
+    /// What a `reload` request (and [`Host::reload_all`]) runs: `hook` re-reads the files
+    /// its server owns, then calls [`Host::reload`]. Without one, the manifests alone.
+    pub fn set_reloader(&self, hook: crate::Reloader) {
+        self.shared.set_reloader(hook);
+    }
+
+    /// A whole reload, as the `reload` request runs it (for `SIGHUP`).
+    pub fn reload_all(&self) -> Result<ReloadReport, RemoteError> {
+        crate::reload::run(&self.shared)
+    }
+
     pub fn config(&self) -> &HostConfig {
         self.shared.config()
     }
 
     /// Manifests that were refused when the host was built.
-    pub fn problems(&self) -> &[ManifestError] {
-        self.shared.registry().problems()
+    pub fn problems(&self) -> Vec<ManifestError> {
+        self.shared.registry().problems().to_vec()
     }
 
     /// Records the socket the daemon listens on, for `status`.
@@ -143,7 +170,8 @@ impl Host {
         shared.stop_admitting();
         // Open dialogs hold their providers: close them first, telling both sides.
         shared.dialogs().shutdown();
-        let slots = shared.registry().slots().values();
+        let registry = shared.registry();
+        let slots = registry.slots().values();
         let released = tokio::time::timeout(
             shared.config().shutdown_grace,
             join_all(slots.map(|slot| slot.release("host shutdown"))),
@@ -154,7 +182,7 @@ impl Host {
                 "providers still releasing after the grace period; killing their processes"
             );
         }
-        for slot in shared.registry().slots().values() {
+        for slot in registry.slots().values() {
             slot.kill_process();
         }
     }

@@ -66,7 +66,13 @@ impl Registry {
 
     /// Builds the registry from the built-in manifests, then the providers directories (a
     /// file replaces the built-in manifest of the same name; the first directory wins).
-    pub fn build(config: &HostConfig, builtins: &[BuiltinProvider]) -> Registry {
+    /// With `previous` (a reload), a provider whose manifest is unchanged keeps its slot —
+    /// loaded or not, with its statistics.
+    pub fn build<'b>(
+        config: &HostConfig,
+        builtins: impl Iterator<Item = &'b BuiltinProvider>,
+        previous: Option<&Registry>,
+    ) -> Registry {
         let mut problems = Vec::new();
         let (chosen, dirs) = choose(config, builtins, &mut problems);
         let mut slots = BTreeMap::new();
@@ -110,11 +116,17 @@ impl Registry {
                 });
                 continue;
             }
-            let slot = Arc::new(Slot::new(
-                manifest,
-                config.quarantine_crashes,
-                config.crash_window,
-            ));
+            let kept = previous
+                .and_then(|p| p.slots.get(&name))
+                .filter(|old| *old.manifest() == manifest)
+                .cloned();
+            let slot = kept.unwrap_or_else(|| {
+                Arc::new(Slot::new(
+                    manifest,
+                    config.quarantine_crashes,
+                    config.crash_window,
+                ))
+            });
             for class in &slot.manifest().classes {
                 by_class.insert(class.clone(), slot.clone());
             }
@@ -143,9 +155,9 @@ impl Registry {
 /// The manifest of each provider: the built-in ones, replaced by files of the same name
 /// from the providers directories (the first directory wins); and the directories read.
 /// What is refused goes to `problems`.
-fn choose(
+fn choose<'b>(
     config: &HostConfig,
-    builtins: &[BuiltinProvider],
+    builtins: impl Iterator<Item = &'b BuiltinProvider>,
     problems: &mut Vec<ManifestError>,
 ) -> (BTreeMap<ProviderName, Manifest>, Vec<PathBuf>) {
     let mut chosen: BTreeMap<ProviderName, Manifest> = BTreeMap::new();

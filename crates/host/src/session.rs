@@ -120,7 +120,7 @@ mod tests {
     fn a_dropped_session_ends_its_subscriptions_and_its_agent() {
         let bus = Arc::new(EventBus::default());
         let hub = Arc::new(DialogHub::new(Arc::new(
-            crate::access::AccessPolicy::defaults(),
+            purveyor_hosting::lock::Current::new(Arc::new(crate::access::AccessPolicy::defaults())),
         )));
         let session = Session::new(Caller::current_process(), 8, bus.clone(), hub.clone());
         let other = Session::new(Caller::current_process(), 8, bus.clone(), hub.clone());

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -104,6 +104,8 @@ pub(crate) struct Slot {
     /// Recent crashes, for quarantine.
     recent_crashes: Mutex<Crashes>,
     in_flight: AtomicU32,
+    /// A reload changed or removed this provider: it never loads again (`reload.rs`).
+    retired: AtomicBool,
     /// Open subscriptions to its classes: while there are any, it is not idle-unloaded
     /// (it is the source of their events).
     subscribers: AtomicU32,
@@ -144,6 +146,7 @@ impl Slot {
             crashes: AtomicU64::new(0),
             recent_crashes: Mutex::new(Crashes::new(crashes, window)),
             in_flight: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
             subscribers: AtomicU32::new(0),
             last_activity: AtomicU64::new(0),
             born: Instant::now(),
@@ -164,6 +167,15 @@ impl Slot {
         Fut: std::future::Future<Output = LoadResult> + Send + 'static,
     {
         loop {
+            if self.retired.load(Ordering::Acquire) {
+                return Err(self.error(
+                    ErrorCode::NotFound,
+                    format!(
+                        "provider {} was changed or removed by a reload; ask again",
+                        self.manifest().name
+                    ),
+                ));
+            }
             let mut wait = {
                 let mut state = self.lock();
                 match &*state {
@@ -285,6 +297,11 @@ impl Slot {
         drop(tx);
         // The last reference may run a library's cleanup entry point: not on this thread.
         tokio::task::spawn_blocking(move || drop(loaded));
+    }
+
+    /// No load from now on: a reload replaced or removed this provider.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
     }
 
     /// The host group, when this provider shares a worker.

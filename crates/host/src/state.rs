@@ -12,16 +12,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use purveyor_hosting::lock::Locked;
+use purveyor_hosting::lock::{Current, Locked};
 use purveyor_hosting::{BuiltinProvider, ProcedureServer, ProcessConn, Watchdog};
 use purveyor_model::{ProviderState, Timestamp};
 use purveyor_protocol::{ErrorCode, HostStatus, PROTOCOL_VERSION, ProviderStatus, RemoteError};
 
+use crate::access::AccessPolicy;
 use crate::config::HostConfig;
 use crate::dialogs::DialogHub;
 use crate::events::EventBus;
 use crate::registry::Registry;
 use crate::streams::IoSlots;
+
+/// What a reload re-reads besides the manifests, set by whoever serves the host (the
+/// daemon's `serve` reads the policy and `http.toml`): called for the `reload` request and
+/// on `SIGHUP`; it calls `Host::reload`. Without one, a reload re-reads the manifests only.
+pub type ReloadHook =
+    dyn Fn(&crate::Host) -> Result<purveyor_protocol::ReloadReport, RemoteError> + Send + Sync;
 
 /// `purveyor/0.1.0`: how the host names itself in handshakes and status.
 pub const SERVER_NAME: &str = concat!("purveyor/", env!("CARGO_PKG_VERSION"));
@@ -29,7 +36,10 @@ pub const SERVER_NAME: &str = concat!("purveyor/", env!("CARGO_PKG_VERSION"));
 /// Everything one host holds.
 pub(crate) struct Shared {
     config: HostConfig,
-    registry: Registry,
+    /// The providers and who serves what; replaced as a whole by a reload (`reload.rs`).
+    registry: Current<Registry>,
+    /// The access policy in force: `config.access` at start, replaced by a reload.
+    access: Arc<Current<AccessPolicy>>,
     /// The providers compiled into this build, by the name manifests use.
     catalog: HashMap<String, BuiltinProvider>,
     started: Timestamp,
@@ -56,6 +66,10 @@ pub(crate) struct Shared {
     io_slots: IoSlots,
     /// Dialogs, UI agents and the calls that may open dialogs.
     dialogs: Arc<DialogHub>,
+    /// What a reload re-reads besides the manifests (`reload.rs`).
+    reloader: Mutex<Option<Arc<ReloadHook>>>,
+    /// Held by the reload running: one at a time.
+    one_reload: Mutex<()>,
 }
 
 /// The host's own counts, shown by `status` and `purveyor.host`.
@@ -112,9 +126,10 @@ impl Shared {
     /// The host's state for `config`, serving `builtins` (the host's own provider among
     /// them).
     pub fn new(config: HostConfig, builtins: Vec<BuiltinProvider>) -> Self {
-        let registry = Registry::build(&config, &builtins);
+        let registry = Current::new(Arc::new(Registry::build(&config, builtins.iter(), None)));
         let catalog = builtins.into_iter().map(|b| (b.name.clone(), b)).collect();
-        let dialogs = Arc::new(DialogHub::new(config.access.clone()));
+        let access = Arc::new(Current::new(config.access.clone()));
+        let dialogs = Arc::new(DialogHub::new(access.clone()));
         let memory = Arc::new(purveyor_io::Memory::new(config.limits.io_mem));
         let builtin_io = purveyor_io::Registry::with_memory(memory.clone());
         let io_slots = IoSlots::new(&config.limits);
@@ -122,6 +137,7 @@ impl Shared {
             dialogs,
             config,
             registry,
+            access,
             catalog,
             started: Timestamp::now(),
             pid: std::process::id(),
@@ -136,6 +152,8 @@ impl Shared {
             builtin_io: Arc::new(ProcedureServer::new(builtin_io)),
             memory,
             io_slots,
+            reloader: Mutex::new(None),
+            one_reload: Mutex::new(()),
         }
     }
 
@@ -143,12 +161,33 @@ impl Shared {
         &self.config
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// The registry now. A request keeps the one it took for as long as it runs.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.get()
+    }
+
+    /// Replaces the registry (a reload); returns the one replaced.
+    pub fn set_registry(&self, registry: Registry) -> Arc<Registry> {
+        self.registry.set(Arc::new(registry))
+    }
+
+    /// The access policy now.
+    pub fn access(&self) -> Arc<AccessPolicy> {
+        self.access.get()
+    }
+
+    /// Replaces the access policy (a reload).
+    pub fn set_access(&self, policy: AccessPolicy) {
+        self.access.set(Arc::new(policy));
     }
 
     pub fn builtin(&self, name: &str) -> Option<&BuiltinProvider> {
         self.catalog.get(name)
+    }
+
+    /// The providers compiled into this build.
+    pub fn builtins(&self) -> impl Iterator<Item = &BuiltinProvider> {
+        self.catalog.values()
     }
 
     pub fn counters(&self) -> &Counters {
@@ -185,6 +224,18 @@ impl Shared {
 
     pub fn io_slots(&self) -> &IoSlots {
         &self.io_slots
+    }
+
+    pub fn reloader(&self) -> Option<Arc<ReloadHook>> {
+        self.reloader.locked().clone()
+    }
+
+    pub fn set_reloader(&self, hook: Arc<ReloadHook>) {
+        *self.reloader.locked() = Some(hook);
+    }
+
+    pub fn one_reload(&self) -> &Mutex<()> {
+        &self.one_reload
     }
 
     pub fn dialogs(&self) -> &Arc<DialogHub> {
@@ -228,6 +279,7 @@ impl Shared {
     pub fn status(&self) -> HostStatus {
         let (providers, providers_loaded) = self.provider_counts();
         let counts = self.counters.now();
+        let registry = self.registry();
         HostStatus {
             server: SERVER_NAME.into(),
             protocol: PROTOCOL_VERSION,
@@ -239,8 +291,7 @@ impl Shared {
                 .locked()
                 .as_ref()
                 .map(|p| p.display().to_string()),
-            provider_dirs: self
-                .registry
+            provider_dirs: registry
                 .dirs()
                 .iter()
                 .map(|d| d.display().to_string())
@@ -250,19 +301,15 @@ impl Shared {
             connections_open: counts.connections_open,
             connections_total: counts.connections_total,
             requests: counts.requests,
-            manifest_problems: self
-                .registry
-                .problems()
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
+            manifest_problems: registry.problems().iter().map(|p| p.to_string()).collect(),
         }
     }
 
     /// Registered providers, and loaded pure ones (a non-pure provider may live on as a
     /// client after release, so it is never counted as loaded).
     pub fn provider_counts(&self) -> (u32, u32) {
-        let slots = self.registry.slots();
+        let registry = self.registry();
+        let slots = registry.slots();
         let loaded = slots
             .values()
             .filter(|s| s.manifest().pure && s.state() == ProviderState::Loaded)
@@ -271,6 +318,10 @@ impl Shared {
     }
 
     pub fn provider_statuses(&self) -> Vec<ProviderStatus> {
-        self.registry.slots().values().map(|s| s.status()).collect()
+        self.registry()
+            .slots()
+            .values()
+            .map(|s| s.status())
+            .collect()
     }
 }

@@ -34,3 +34,30 @@ impl<T: ?Sized> RwLocked<T> for RwLock<T> {
         self.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+/// A value replaced as a whole at run time (a reload) and read far more often: readers
+/// take the current `Arc` and keep it for as long as they need, so a replacement never
+/// waits for them and never changes a value under a reader.
+pub struct Current<T: ?Sized>(RwLock<std::sync::Arc<T>>);
+
+impl<T: ?Sized> Current<T> {
+    pub fn new(value: std::sync::Arc<T>) -> Self {
+        Current(RwLock::new(value))
+    }
+
+    /// The value now.
+    pub fn get(&self) -> std::sync::Arc<T> {
+        self.0.read_locked().clone()
+    }
+
+    /// Replaces the value; returns the one it replaced.
+    pub fn set(&self, value: std::sync::Arc<T>) -> std::sync::Arc<T> {
+        std::mem::replace(&mut *self.0.write_locked(), value)
+    }
+}
+
+impl<T: ?Sized + std::fmt::Debug> std::fmt::Debug for Current<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}

@@ -30,7 +30,7 @@ pub use message::{
     BINARY_INSTANCES_SINCE, ChangeKind, ClassList, ClientMessage, Encoding, ErrorCode, Hello,
     HostMode, HostStatus, InstanceList, IoMode, IoProcedureInfo, IoWhence, LIMIT_EXCEEDED_SINCE,
     Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, PropertyChange, ProviderStatus, Push, QueryColumn,
-    QueryRows, RemoteError, Request, Response, ServerMessage, Welcome,
+    QueryRows, ReloadReport, RemoteError, Request, Response, ServerMessage, Welcome,
 };
 pub use paths::default_socket_path;
 pub use provider::{

@@ -13,7 +13,7 @@ use crate::{DialogInput, Form, FormUpdate};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 10;
+pub const PROTOCOL_MINOR: u16 = 11;
 /// The first minor version whose binary form of instances this side speaks (names sent
 /// once per reply: `docs/protocol.md`). Binary peers below it are refused.
 pub const BINARY_INSTANCES_SINCE: u16 = 6;
@@ -295,6 +295,26 @@ pub enum Request {
         #[serde(default)]
         counters: bool,
     },
+    /// Re-reads the manifests, the access policy and the gateway's `http.toml` without a
+    /// restart (minor 11; `docs/lifecycle.md`, "Reload"): all or nothing. Root and the
+    /// daemon's user only.
+    Reload,
+}
+
+/// What a reload changed: providers by name, and the files re-read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Providers whose manifest changed: the old one is released after its calls in
+    /// flight, the new one loads on its next use.
+    pub changed: Vec<String>,
+    /// The access policy file that was read, if any (else the defaults are in force).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// The gateway's configuration file that was read, if any.
+    #[serde(default)]
+    pub http: Option<String>,
 }
 
 /// What happened to an instance ([`Push::Change`]).
@@ -386,6 +406,8 @@ pub enum Response {
     },
     /// A query's answer (minor 9).
     Rows(QueryRows),
+    /// The answer to `reload` (minor 11).
+    Reloaded(ReloadReport),
 }
 
 /// How a stream is opened.

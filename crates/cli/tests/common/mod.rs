@@ -335,3 +335,19 @@ pub fn dialog_daemon(extra: &str) -> Daemon {
         &[],
     )
 }
+
+/// `purveyor ARGS` as nobody, with no supplementary groups.
+pub fn as_nobody(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "--socket",
+        ])
+        .arg(&daemon.socket)
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux) is needed")
+}

@@ -41,7 +41,9 @@ fn open(call: u32, user: Option<u32>) -> DialogOp {
 }
 
 fn hub() -> Arc<DialogHub> {
-    Arc::new(DialogHub::new(Arc::new(AccessPolicy::defaults())))
+    Arc::new(DialogHub::new(Arc::new(
+        purveyor_hosting::lock::Current::new(Arc::new(AccessPolicy::defaults())),
+    )))
 }
 
 /// What the provider was last told.

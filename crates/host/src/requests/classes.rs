@@ -23,7 +23,7 @@ pub(super) async fn list(
     cx: &Cx<'_>,
     namespace: Option<NamespacePath>,
 ) -> Result<Response, RemoteError> {
-    let access = &host.config().access;
+    let access = host.access();
     let mut refused: Option<String> = None;
     let mut readable =
         |class: &ClassPath| match access.check(cx.caller, Permission::Read, class.as_str()) {
@@ -74,7 +74,7 @@ pub(crate) async fn export_classes(
 ) -> ClassList {
     let take = |slot: &Slot| slot.state() == ProviderState::Loaded || wake(slot.manifest());
     let mut list = collect(host, namespaces, &take).await;
-    let access = &host.config().access;
+    let access = host.access();
     list.classes.retain(|c| {
         access
             .check(caller, Permission::Read, c.path().as_str())
@@ -121,8 +121,8 @@ async fn collect(
     let overlaps = |ns: &NamespacePath| {
         namespaces.is_empty() || namespaces.iter().any(|want| want.overlaps(ns))
     };
-    let slots: Vec<&Arc<Slot>> = host
-        .registry()
+    let registry = host.registry();
+    let slots: Vec<&Arc<Slot>> = registry
         .slots()
         .values()
         .filter(|s| {

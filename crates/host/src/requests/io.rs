@@ -173,7 +173,8 @@ pub(super) async fn rename(
 /// then the built-ins.
 pub(crate) fn io_list(inner: &Shared) -> Vec<IoProcedureInfo> {
     let mut list: Vec<IoProcedureInfo> = Vec::new();
-    let mut global: Vec<_> = inner.registry().io_slots().collect();
+    let registry = inner.registry();
+    let mut global: Vec<_> = registry.io_slots().collect();
     global.sort_by_key(|(code, _)| **code);
     for (code, slot) in global {
         list.push(IoProcedureInfo {
@@ -190,7 +191,7 @@ pub(crate) fn io_list(inner: &Shared) -> Vec<IoProcedureInfo> {
         });
     }
     for l in inner.builtin_io().registry.list() {
-        let shadowed = l.shadowed || inner.registry().io_slot(&l.code).is_some();
+        let shadowed = l.shadowed || registry.io_slot(&l.code).is_some();
         list.push(IoProcedureInfo {
             code: l.code.as_str().into(),
             scope: l.scope.as_str().into(),
@@ -205,8 +206,8 @@ pub(crate) fn io_list(inner: &Shared) -> Vec<IoProcedureInfo> {
 
 /// Where `code` is served: a provider that installs it globally, else a built-in.
 async fn io_target(inner: &Arc<Shared>, code: FourCC) -> Result<StreamTarget, RemoteError> {
-    if let Some(slot) = inner.registry().io_slot(&code) {
-        let loaded = acquire(inner, slot).await?;
+    if let Some(slot) = inner.registry().io_slot(&code).cloned() {
+        let loaded = acquire(inner, &slot).await?;
         return Ok(StreamTarget::Provider {
             slot: slot.clone(),
             loaded,

@@ -45,9 +45,9 @@ pub(super) async fn get(
 /// The slot serving `class` and its provider, if it is loaded now and its calls run on
 /// this thread: then a read of it can be answered at once.
 pub(super) fn ready_now(host: &Shared, class: &ClassPath) -> Option<(Arc<Slot>, Arc<Loaded>)> {
-    let slot = host.registry().slot_for(class)?;
+    let slot = host.registry().slot_for(class)?.clone();
     let loaded = slot.loaded_now().filter(|l| l.calls_inline())?;
-    Some((slot.clone(), loaded))
+    Some((slot, loaded))
 }
 
 /// [`get`] of a provider [`ready_now`] found.

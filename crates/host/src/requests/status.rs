@@ -1,7 +1,9 @@
-//! The host's own requests that change state: `enable_provider`. (Ping, status and the
-//! provider list are one line each in the table.)
+//! The host's own requests that change state: `enable_provider`, `reload`. (Ping,
+//! status and the provider list are one line each in the table.)
 
 use purveyor_model::ProviderName;
+use std::sync::Arc;
+
 use purveyor_protocol::{ErrorCode, RemoteError, Response};
 
 use crate::access::Permission;
@@ -16,7 +18,7 @@ pub(super) fn enable_provider(
     name: &ProviderName,
 ) -> Result<Response, RemoteError> {
     allowed(host, cx, Permission::Write, "purveyor")?;
-    let Some(slot) = host.registry().slots().get(name) else {
+    let Some(slot) = host.registry().slots().get(name).cloned() else {
         return Err(RemoteError::new(
             ErrorCode::NotFound,
             format!("no provider named {name}"),
@@ -33,4 +35,11 @@ pub(super) fn enable_provider(
     }
     tracing::info!(provider = %name, "provider enabled after quarantine");
     Ok(Response::Providers(vec![slot.status()]))
+}
+
+/// Reloads the configuration (`reload.rs`); whoever may write `purveyor` (the daemon's
+/// owner by default).
+pub(super) fn reload(host: &Arc<Shared>, cx: &Cx<'_>) -> Result<Response, RemoteError> {
+    allowed(host, cx, Permission::Write, "purveyor")?;
+    crate::reload::run(host).map(Response::Reloaded)
 }

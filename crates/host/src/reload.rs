@@ -1,0 +1,97 @@
+//! Reload without restart (`docs/lifecycle.md`, "Reload"): the manifests are read again
+//! into a new registry, which replaces the old one as a whole, with the access policy the
+//! caller read — or nothing changes.
+//!
+//! **Invariants.** A reload is all or nothing: a manifest problem that the registry in
+//! force does not have already refuses it, and then neither the registry nor the policy
+//! changes. A provider whose manifest is unchanged keeps its slot (loaded or not, its
+//! statistics, its subscriptions); a changed or removed provider's slot is retired — no
+//! new load — and released after its calls in flight (within its call timeout, as any
+//! release). A request keeps the registry it started with, so it ends as it began. One
+//! reload runs at a time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use purveyor_hosting::lock::Locked;
+use purveyor_protocol::{ErrorCode, ReloadReport, RemoteError};
+
+use crate::access::AccessPolicy;
+use crate::registry::Registry;
+use crate::state::Shared;
+
+/// What a reload re-reads besides the manifests ([`crate::state::ReloadHook`]).
+pub type Reloader = Arc<crate::state::ReloadHook>;
+
+/// A whole reload: the reloader's, or the manifests alone.
+pub(crate) fn run(host: &Arc<Shared>) -> Result<ReloadReport, RemoteError> {
+    match host.reloader() {
+        Some(hook) => hook(&crate::Host::from_shared(host.clone())),
+        None => reload(host, None),
+    }
+}
+
+/// Reads the manifests again and, if nothing new is wrong, puts the new registry and
+/// `policy` (when given) in force.
+pub(crate) fn reload(
+    host: &Arc<Shared>,
+    policy: Option<AccessPolicy>,
+) -> Result<ReloadReport, RemoteError> {
+    let _one = host.one_reload().locked();
+    let old = host.registry();
+    let new = Registry::build(host.config(), host.builtins(), Some(&old));
+    let known: HashSet<String> = old.problems().iter().map(|p| p.to_string()).collect();
+    let fresh: Vec<String> = new
+        .problems()
+        .iter()
+        .map(|p| p.to_string())
+        .filter(|p| !known.contains(p))
+        .collect();
+    if !fresh.is_empty() {
+        return Err(RemoteError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "reload refused, the configuration in force keeps serving: {}",
+                fresh.join("; ")
+            ),
+        ));
+    }
+    let mut report = ReloadReport::default();
+    let mut retired = Vec::new();
+    for (name, slot) in old.slots() {
+        match new.slots().get(name) {
+            None => {
+                report.removed.push(name.to_string());
+                retired.push(slot.clone());
+            }
+            Some(now) if !Arc::ptr_eq(now, slot) => {
+                report.changed.push(name.to_string());
+                retired.push(slot.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    report.added = new
+        .slots()
+        .keys()
+        .filter(|name| !old.slots().contains_key(*name))
+        .map(|name| name.to_string())
+        .collect();
+    host.set_registry(new);
+    if let Some(policy) = policy {
+        host.set_access(policy);
+    }
+    for slot in retired {
+        slot.retire();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { slot.release("reload").await });
+        }
+    }
+    tracing::info!(
+        added = ?report.added,
+        removed = ?report.removed,
+        changed = ?report.changed,
+        "manifests reloaded"
+    );
+    Ok(report)
+}

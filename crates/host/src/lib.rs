@@ -14,6 +14,7 @@
 
 pub mod access;
 mod admission;
+mod cache_control;
 mod calls;
 mod changes;
 mod config;

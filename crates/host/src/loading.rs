@@ -215,8 +215,8 @@ fn direct_news(slot: &Arc<Slot>, news: DirectNews, process: &ProcessRef) {
 }
 
 /// How long a worker keeps news of a direct channel's use before telling the host.
-pub(crate) fn direct_keep(manifest: &Manifest) -> std::time::Duration {
-    policy::direct_keep(manifest.clear_after)
+pub(crate) fn direct_keep(slot: &Slot) -> std::time::Duration {
+    policy::direct_keep(slot.clear_after())
 }
 
 /// What keeps `slot`'s provider loaded while one of its dialogs is open.

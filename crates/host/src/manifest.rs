@@ -50,7 +50,7 @@ pub struct Manifest {
 
 /// What a provider mainly serves (`kind` in a manifest). Like cache-control classes, each
 /// kind has its own default `clear_after` in the host configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProviderKind {
     /// Instances and methods (the default).
     Instance,

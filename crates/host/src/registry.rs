@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use purveyor_model::{ClassPath, NamespacePath, ProviderName};
 
+use crate::cache_control::CacheControl;
 use crate::config::HostConfig;
 use crate::manifest::{self, Manifest, ManifestError, ManifestSource};
 use crate::slot::Slot;
@@ -72,6 +73,7 @@ impl Registry {
         config: &HostConfig,
         builtins: impl Iterator<Item = &'b BuiltinProvider>,
         previous: Option<&Registry>,
+        cache: Option<&Arc<CacheControl>>,
     ) -> Registry {
         let mut problems = Vec::new();
         let (chosen, dirs) = choose(config, builtins, &mut problems);
@@ -116,17 +118,7 @@ impl Registry {
                 });
                 continue;
             }
-            let kept = previous
-                .and_then(|p| p.slots.get(&name))
-                .filter(|old| *old.manifest() == manifest)
-                .cloned();
-            let slot = kept.unwrap_or_else(|| {
-                Arc::new(Slot::new(
-                    manifest,
-                    config.quarantine_crashes,
-                    config.crash_window,
-                ))
-            });
+            let slot = slot(config, &name, manifest, previous, cache);
             for class in &slot.manifest().classes {
                 by_class.insert(class.clone(), slot.clone());
             }
@@ -150,6 +142,29 @@ impl Registry {
             dirs,
         }
     }
+}
+
+/// The slot for `manifest`: the previous registry's when its manifest is the same (a
+/// reload), else a new one.
+fn slot(
+    config: &HostConfig,
+    name: &ProviderName,
+    manifest: Manifest,
+    previous: Option<&Registry>,
+    cache: Option<&Arc<CacheControl>>,
+) -> Arc<Slot> {
+    let kept = previous
+        .and_then(|p| p.slots.get(name))
+        .filter(|old| *old.manifest() == manifest)
+        .cloned();
+    kept.unwrap_or_else(|| {
+        Arc::new(Slot::new(
+            manifest,
+            config.quarantine_crashes,
+            config.crash_window,
+            cache.cloned(),
+        ))
+    })
 }
 
 /// The manifest of each provider: the built-in ones, replaced by files of the same name

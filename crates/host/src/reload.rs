@@ -39,7 +39,12 @@ pub(crate) fn reload(
 ) -> Result<ReloadReport, RemoteError> {
     let _one = host.one_reload().locked();
     let old = host.registry();
-    let new = Registry::build(host.config(), host.builtins(), Some(&old));
+    let new = Registry::build(
+        host.config(),
+        host.builtins(),
+        Some(&old),
+        Some(host.cache_control()),
+    );
     let known: HashSet<String> = old.problems().iter().map(|p| p.to_string()).collect();
     let fresh: Vec<String> = new
         .problems()

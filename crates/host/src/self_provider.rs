@@ -16,8 +16,8 @@ name = "purveyor"
 description = "The host's own numbers: each provider's lifecycle and calls, connections, requests"
 hosting = "builtin"
 builtin = "purveyor"
-classes = ["purveyor.host", "purveyor.events", "purveyor.dialogs", "purveyor.provider"]
-capabilities = ["enumerate", "get"]
+classes = ["purveyor.host", "purveyor.events", "purveyor.dialogs", "purveyor.provider", "purveyor.cache_control"]
+capabilities = ["enumerate", "get", "put", "delete"]
 pure = true
 clear_after = "1h"
 "#;
@@ -198,6 +198,40 @@ impl Provider for SelfProvider {
                     p("last_use", "timestamp", Unit::None, Discrete, "last call"),
                 ],
             ),
+            ClassSchema::fixed(
+                "purveyor.cache_control",
+                "How long an idle provider of each kind stays loaded (its clear_after, unless its manifest gives one); the daemon's owner sets it",
+                vec![
+                    p(
+                        "kind",
+                        "string",
+                        Unit::None,
+                        Key,
+                        "instance, counter, event or io",
+                    ),
+                    p(
+                        "clear_after_ms",
+                        "u64",
+                        Unit::Milliseconds,
+                        Discrete,
+                        "the window now (written by set; 100 ms to 30 days)",
+                    ),
+                    p(
+                        "default_ms",
+                        "u64",
+                        Unit::Milliseconds,
+                        Discrete,
+                        "the window without a setting (built in, or --clear-after)",
+                    ),
+                    p(
+                        "source",
+                        "string",
+                        Unit::None,
+                        Discrete,
+                        "set, command line or default",
+                    ),
+                ],
+            ),
         ]
     }
 
@@ -268,7 +302,87 @@ impl Provider for SelfProvider {
                     i
                 })
                 .collect()),
+            "purveyor.cache_control" => Ok(host.cache_control().instances()),
             other => Err(ProviderError::NotFound(format!("no class {other}"))),
         }
+    }
+
+    /// `purveyor.cache_control`: a kind's `clear_after_ms`, kept and in force at once.
+    fn put(
+        &self,
+        class: &ClassPath,
+        instance: Instance,
+        _ctx: &CallContext,
+    ) -> Result<(), ProviderError> {
+        let host = self.host()?;
+        if class.as_str() != "purveyor.cache_control" {
+            return Err(ProviderError::Unsupported(format!(
+                "{class} cannot be written"
+            )));
+        }
+        let kind = kind_of(&instance)?;
+        let Some(Value::U64(ms)) = instance.get("clear_after_ms") else {
+            return Err(ProviderError::InvalidArgument(
+                "purveyor.cache_control needs clear_after_ms (u64, milliseconds)".into(),
+            ));
+        };
+        host.cache_control()
+            .set(kind, std::time::Duration::from_millis(*ms))
+            .map_err(ProviderError::InvalidArgument)?;
+        tracing::info!(
+            kind = kind.as_str(),
+            clear_after_ms = ms,
+            "cache control set"
+        );
+        Ok(())
+    }
+
+    /// `purveyor.cache_control`: a kind back to `--clear-after` or the built-in default.
+    fn delete(
+        &self,
+        class: &ClassPath,
+        key: &purveyor_model::InstanceKey,
+        _ctx: &CallContext,
+    ) -> Result<(), ProviderError> {
+        let host = self.host()?;
+        if class.as_str() != "purveyor.cache_control" {
+            return Err(ProviderError::Unsupported(format!(
+                "instances of {class} cannot be deleted"
+            )));
+        }
+        let kind = match key.get("kind") {
+            Some(Value::String(k)) => k
+                .parse::<crate::manifest::ProviderKind>()
+                .map_err(ProviderError::NotFound)?,
+            _ => return Err(ProviderError::InvalidArgument("kind is needed".into())),
+        };
+        if !host
+            .cache_control()
+            .clear(kind)
+            .map_err(ProviderError::Failed)?
+        {
+            return Err(ProviderError::NotFound(format!(
+                "the {} window is not set (it is the default)",
+                kind.as_str()
+            )));
+        }
+        tracing::info!(kind = kind.as_str(), "cache control back to its default");
+        Ok(())
+    }
+}
+
+impl SelfProvider {
+    fn host(&self) -> Result<std::sync::Arc<Shared>, ProviderError> {
+        self.host
+            .upgrade()
+            .ok_or_else(|| ProviderError::Failed("the host has shut down".into()))
+    }
+}
+
+/// The provider kind an instance of `purveyor.cache_control` names.
+fn kind_of(instance: &Instance) -> Result<crate::manifest::ProviderKind, ProviderError> {
+    match instance.get("kind") {
+        Some(Value::String(k)) => k.parse().map_err(ProviderError::InvalidArgument),
+        _ => Err(ProviderError::InvalidArgument("kind is needed".into())),
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 // (`requests::tests`), so the lifecycle is tested without sleeping.
 use tokio::time::Instant;
 
+use crate::cache_control::CacheControl;
 use crate::manifest::Manifest;
 use crate::policy::{self, Crashes, FIRST_BACKOFF, Idle};
 
@@ -89,6 +90,9 @@ pub(crate) type LoadResult = Result<Loaded, RemoteError>;
 /// statistics.
 pub(crate) struct Slot {
     manifest: Manifest,
+    /// The kinds' `clear_after` windows, for a manifest that gives none
+    /// (`cache_control.rs`); `None` in tests of the slot alone.
+    cache: Option<Arc<CacheControl>>,
     // Invariant: the state only moves Registered|Failed → Loading → Loaded|Failed and
     // Loaded → Releasing → Registered; only the task that moved it to Loading or Releasing
     // moves it on, and it then signals the watch so waiters look again.
@@ -132,10 +136,17 @@ enum State {
 }
 
 impl Slot {
-    /// A registered provider, quarantined after `crashes` crashes within `window`.
-    pub fn new(manifest: Manifest, crashes: u32, window: Duration) -> Self {
+    /// A registered provider, quarantined after `crashes` crashes within `window`, whose
+    /// `clear_after` is `cache`'s for its kind unless its manifest gives one.
+    pub fn new(
+        manifest: Manifest,
+        crashes: u32,
+        window: Duration,
+        cache: Option<Arc<CacheControl>>,
+    ) -> Self {
         Slot {
             manifest,
+            cache,
             state: Mutex::new(State::Registered),
             loads: AtomicU64::new(0),
             unloads: AtomicU64::new(0),
@@ -156,6 +167,15 @@ impl Slot {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// How long the provider may stay idle before it is released: its manifest's
+    /// `clear_after`, else its kind's window now (`purveyor.cache_control`).
+    pub fn clear_after(&self) -> Duration {
+        match &self.cache {
+            Some(cache) if !self.manifest.clear_after_given => cache.get(self.manifest.kind),
+            _ => self.manifest.clear_after,
+        }
     }
 
     /// The loaded provider, loading it first if needed. Concurrent callers share one load:
@@ -438,10 +458,13 @@ impl Slot {
 
     /// Releases `loaded` once it has been idle for `clear_after`: the rule is "released
     /// at the first moment it has had no call running for `clear_after`", checked by a
-    /// timer set to exactly that moment (so the delay past it is timer latency only).
+    /// timer set to exactly that moment (so the delay past it is timer latency only). A
+    /// change of its kind's window (`purveyor.cache_control`) wakes the timer, which then
+    /// looks again with the new window.
     fn watch_idle(self: &Arc<Self>, loaded: &Arc<Loaded>) {
         let slot = Arc::downgrade(self);
         let loaded = Arc::downgrade(loaded);
+        let mut changed = self.cache.as_ref().map(|c| c.watch());
         tokio::spawn(async move {
             loop {
                 let Some(s) = slot.upgrade() else { return };
@@ -451,7 +474,7 @@ impl Slot {
                 }
                 let busy = s.in_flight.load(Ordering::Acquire) > 0
                     || s.subscribers.load(Ordering::Acquire) > 0;
-                let wait = match policy::idle_step(busy, s.idle_for(), s.manifest().clear_after) {
+                let wait = match policy::idle_step(busy, s.idle_for(), s.clear_after()) {
                     Idle::Release => {
                         s.release("idle").await;
                         return;
@@ -459,7 +482,20 @@ impl Slot {
                     Idle::Wait(wait) => wait,
                 };
                 drop(s);
-                tokio::time::sleep(wait).await;
+                let woken = match &mut changed {
+                    Some(changed) => tokio::select! {
+                        () = tokio::time::sleep(wait) => true,
+                        result = changed.changed() => result.is_ok(),
+                    },
+                    None => {
+                        tokio::time::sleep(wait).await;
+                        true
+                    }
+                };
+                if !woken {
+                    // The host is gone: its cache control with it.
+                    changed = None;
+                }
             }
         });
     }
@@ -509,8 +545,7 @@ impl Slot {
         };
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         let unload_in_ms = (state == ProviderState::Loaded && in_flight == 0).then(|| {
-            self.manifest
-                .clear_after
+            self.clear_after()
                 .saturating_sub(self.idle_for())
                 .as_millis() as u64
         });

@@ -18,6 +18,7 @@ use purveyor_model::{ProviderState, Timestamp};
 use purveyor_protocol::{ErrorCode, HostStatus, PROTOCOL_VERSION, ProviderStatus, RemoteError};
 
 use crate::access::AccessPolicy;
+use crate::cache_control::CacheControl;
 use crate::config::HostConfig;
 use crate::dialogs::DialogHub;
 use crate::events::EventBus;
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     registry: Current<Registry>,
     /// The access policy in force: `config.access` at start, replaced by a reload.
     access: Arc<Current<AccessPolicy>>,
+    /// The kinds' `clear_after` windows (`purveyor.cache_control`).
+    cache_control: Arc<CacheControl>,
     /// The providers compiled into this build, by the name manifests use.
     catalog: HashMap<String, BuiltinProvider>,
     started: Timestamp,
@@ -126,7 +129,16 @@ impl Shared {
     /// The host's state for `config`, serving `builtins` (the host's own provider among
     /// them).
     pub fn new(config: HostConfig, builtins: Vec<BuiltinProvider>) -> Self {
-        let registry = Current::new(Arc::new(Registry::build(&config, builtins.iter(), None)));
+        // Kept across restarts by a daemon; an embedded host keeps its settings for itself.
+        let kept =
+            (config.mode == purveyor_protocol::HostMode::Daemon).then(CacheControl::default_file);
+        let cache_control = Arc::new(CacheControl::new(config.clear_after, kept));
+        let registry = Current::new(Arc::new(Registry::build(
+            &config,
+            builtins.iter(),
+            None,
+            Some(&cache_control),
+        )));
         let catalog = builtins.into_iter().map(|b| (b.name.clone(), b)).collect();
         let access = Arc::new(Current::new(config.access.clone()));
         let dialogs = Arc::new(DialogHub::new(access.clone()));
@@ -138,6 +150,7 @@ impl Shared {
             config,
             registry,
             access,
+            cache_control,
             catalog,
             started: Timestamp::now(),
             pid: std::process::id(),
@@ -169,6 +182,10 @@ impl Shared {
     /// Replaces the registry (a reload); returns the one replaced.
     pub fn set_registry(&self, registry: Registry) -> Arc<Registry> {
         self.registry.set(Arc::new(registry))
+    }
+
+    pub fn cache_control(&self) -> &Arc<CacheControl> {
+        &self.cache_control
     }
 
     /// The access policy now.

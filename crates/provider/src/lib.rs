@@ -14,6 +14,23 @@ pub mod dialog;
 #[cfg(feature = "store")]
 pub mod store;
 
+/// The state directory: `$PURVEYOR_STATE_DIR`; else `/var/lib/purveyor` for root; else
+/// `$XDG_STATE_HOME/purveyor` or `~/.local/state/purveyor`.
+pub fn state_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("PURVEYOR_STATE_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return "/var/lib/purveyor".into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return std::path::PathBuf::from(dir).join("purveyor");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    std::path::PathBuf::from(home).join(".local/state/purveyor")
+}
+
 pub use purveyor_model as model;
 use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, Value};
 pub use purveyor_protocol as protocol;

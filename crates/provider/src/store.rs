@@ -88,22 +88,7 @@ pub struct WriteTx<'g> {
     changes: BTreeMap<(String, String), Option<Vec<u8>>>,
 }
 
-/// The state directory: `$PURVEYOR_STATE_DIR`; else `/var/lib/purveyor` for root; else
-/// `$XDG_STATE_HOME/purveyor` or `~/.local/state/purveyor`.
-pub fn state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PURVEYOR_STATE_DIR").filter(|d| !d.is_empty()) {
-        return dir.into();
-    }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return "/var/lib/purveyor".into();
-    }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("purveyor");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".local/state/purveyor")
-}
+pub use crate::state_dir;
 
 fn failed(path: &Path, what: &str, e: impl std::fmt::Display) -> ProviderError {
     ProviderError::Failed(format!("store {}: {what}: {e}", path.display()))

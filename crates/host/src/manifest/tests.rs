@@ -158,7 +158,7 @@ fn clear_after_defaults_come_from_the_configuration_by_kind() {
         vec![dir.path().into()],
     );
     config.clear_after.apply("counter=42s").unwrap();
-    let registry = crate::registry::Registry::build(&config, std::iter::empty(), None);
+    let registry = crate::registry::Registry::build(&config, std::iter::empty(), None, None);
     let clear = |name: &str| {
         registry
             .slots()

@@ -58,7 +58,7 @@ pub(super) async fn open(
         offers_get: offers.get,
         offers_enumerate: offers.enumerate,
         deadline_ms: manifest.call_timeout.as_millis() as u64,
-        keep_ms: direct_keep(manifest).as_millis() as u64,
+        keep_ms: direct_keep(&slot).as_millis() as u64,
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {
         RemoteError::new(

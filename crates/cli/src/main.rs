@@ -696,6 +696,22 @@ fn init_logging(cli: &Cli) {
         .ok()
         .and_then(|v| v.parse::<LevelFilter>().ok())
         .unwrap_or(default);
+    // The daemon under systemd logs to the journal with structured fields; anything
+    // else, or a journal that cannot be reached, to stderr as text.
+    if matches!(cli.command, Command::Serve { .. }) && systemd::under_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                use tracing_subscriber::layer::SubscriberExt;
+                use tracing_subscriber::util::SubscriberInitExt;
+                tracing_subscriber::registry()
+                    .with(level)
+                    .with(journal.with_syslog_identifier("purveyor".into()))
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!("purveyor: cannot log to the journal ({e}); logging to stderr"),
+        }
+    }
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)

@@ -53,6 +53,20 @@ pub fn activated_socket() -> Result<Option<(UnixListener, PathBuf)>> {
     Ok(Some((listener, path.to_owned())))
 }
 
+/// Whether stderr is systemd's journal stream: `JOURNAL_STREAM` (`DEV:INO`, set by
+/// systemd for a service whose output goes to the journal) names stderr's device and
+/// inode. A stderr redirected elsewhere by hand keeps plain text.
+pub fn under_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_str() == Some(&format!("{}:{}", stderr.dev(), stderr.ino()))
+}
+
 /// Tells systemd the daemon serves on `path`.
 pub fn ready(path: &std::path::Path) {
     let status = format!("serving on {}", path.display());

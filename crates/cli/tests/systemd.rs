@@ -119,3 +119,79 @@ fn the_units_verify() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
 }
+
+/// Under systemd (stderr is the journal stream named by `JOURNAL_STREAM`) the daemon logs
+/// to the journal's socket with structured fields; checked in a mount namespace of its
+/// own whose `/run/systemd/journal/socket` is a listener this test starts. Needs root.
+#[test]
+fn under_systemd_the_daemon_logs_structured_fields_to_the_journal() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a mount namespace needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("p")).unwrap();
+    let script = r#"
+set -eu
+trap 'kill $DAEMON $LISTENER 2>/dev/null || true' EXIT
+DAEMON=; LISTENER=
+mkdir -p /run/systemd/journal
+mount -t tmpfs tmpfs /run/systemd/journal
+python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/run/systemd/journal/socket")
+open(sys.argv[1] + ".ready", "w").close()
+def fields(d):
+    # The native protocol: KEY=VALUE\n, or KEY\n, a 64-bit LE length, VALUE, \n.
+    out, i = [], 0
+    while i < len(d):
+        nl = d.index(b"\n", i)
+        line = d[i:nl]
+        if b"=" in line:
+            out.append(line)
+            i = nl + 1
+        else:
+            n = int.from_bytes(d[nl + 1:nl + 9], "little")
+            out.append(line + b"=" + d[nl + 9:nl + 9 + n].replace(b"\n", b" "))
+            i = nl + 9 + n + 1
+    return b"\n".join(out)
+with open(sys.argv[1], "ab") as f:
+    while True:
+        f.write(fields(s.recv(65536)) + b"\n--\n")
+        f.flush()
+' "$DIR/journal" &
+LISTENER=$!
+for _ in $(seq 250); do [ -e "$DIR/journal.ready" ] && break; sleep 0.02; done
+: >"$DIR/stderr"
+JOURNAL_STREAM=$(stat -c '%d:%i' "$DIR/stderr") "$BIN" serve --socket "$DIR/s.sock" \
+    --providers "$DIR/p" 2>>"$DIR/stderr" &
+DAEMON=$!
+for _ in $(seq 250); do [ -S "$DIR/s.sock" ] && break; sleep 0.02; done
+"$BIN" --socket "$DIR/s.sock" get purveyor.host >/dev/null
+kill "$DAEMON"; wait "$DAEMON" || true
+"#;
+    let child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("DIR", dir.path())
+        .env("BIN", BIN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let mut child = Stopped(child);
+    let status = common::wait_child(&mut child.0, Duration::from_secs(30));
+    assert!(status.success(), "the script failed: {status:?}");
+    let journal = std::fs::read_to_string(dir.path().join("journal")).unwrap_or_default();
+    assert!(
+        journal.contains("MESSAGE=purveyor daemon listening"),
+        "{journal}"
+    );
+    assert!(journal.contains("SYSLOG_IDENTIFIER=purveyor"), "{journal}");
+    assert!(journal.contains("PRIORITY=5"), "{journal}");
+    let socket = format!("F_SOCKET={}", dir.path().join("s.sock").display());
+    assert!(journal.contains(&socket), "structured fields: {journal}");
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(!stderr.contains("purveyor daemon listening"), "{stderr}");
+}

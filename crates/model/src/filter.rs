@@ -9,6 +9,7 @@ use crate::{ClassPath, EventDef, Identifier, Instance, Value, ValueType};
 
 /// How a condition compares a property with its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CompareOp {
     Eq,
@@ -22,6 +23,7 @@ pub enum CompareOp {
 /// `property OP value`: one condition of a filter. JSON form:
 /// `{"property":"name","op":"eq","value":{"string":"color"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Condition {
     pub property: Identifier,
     pub op: CompareOp,

@@ -9,6 +9,8 @@
 
 mod filter;
 mod instance;
+#[cfg(feature = "schema")]
+mod json_schema;
 mod name;
 mod provider;
 mod refusal;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a provider's code runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum Hosting {
@@ -22,6 +23,7 @@ pub enum Hosting {
 
 /// An operation a provider offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Capability {
     Enumerate,
@@ -34,6 +36,7 @@ pub enum Capability {
 
 /// A provider's lifecycle state, as the host reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderState {
     /// Known from its manifest; not loaded.

@@ -8,6 +8,7 @@ use crate::{ClassPath, Identifier, Instance, Names, Value, ValueType};
 
 /// What a property's number means to a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Semantic {
     /// Part of the instance's identity. Key properties are scalar and never floats.
@@ -26,6 +27,7 @@ pub enum Semantic {
 /// The unit of a property. Consumers convert from these (the OpenMetrics gateway names
 /// metrics after the base unit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Unit {
@@ -46,6 +48,7 @@ pub enum Unit {
 
 /// One property of a class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PropertyDef {
     pub name: Identifier,
     #[serde(rename = "type")]
@@ -58,6 +61,7 @@ pub struct PropertyDef {
 
 /// One parameter of a method.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ParamDef {
     pub name: Identifier,
     #[serde(rename = "type")]
@@ -70,6 +74,7 @@ pub struct ParamDef {
 
 /// A method: typed parameters and an optional typed result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MethodDef {
     pub name: Identifier,
     #[serde(default)]
@@ -82,6 +87,7 @@ pub struct MethodDef {
 
 /// An event a class can raise, with the properties it carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EventDef {
     pub name: Identifier,
     #[serde(default)]
@@ -93,6 +99,7 @@ pub struct EventDef {
 /// A class's schema. Built with [`ClassSchema::new`], which checks it; a schema that
 /// arrives from the wire is checked the same way.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "RawSchema", into = "RawSchema")]
 pub struct ClassSchema {
     // Invariant: property, method and event names are unique; key properties are scalar,
@@ -159,6 +166,7 @@ pub enum SchemaError {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct RawSchema {
     path: ClassPath,
     #[serde(default)]

@@ -20,6 +20,7 @@ pub enum ScalarType {
 /// The type of a property, parameter or result: a scalar or an array of one scalar type.
 /// Written `u64`, `string`, `array<u64>` in manifests and on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "String", into = "String")]
 pub enum ValueType {
     Scalar(ScalarType),
@@ -28,6 +29,7 @@ pub enum ValueType {
 
 /// Nanoseconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 

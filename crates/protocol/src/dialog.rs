@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a provider asks the user: text, fields to fill in, buttons, a progress bar.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Form {
     pub title: String,
     #[serde(default)]
@@ -40,6 +41,7 @@ pub struct Form {
 
 /// One field of a form. Its answer is the property `name` of the input's values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Field {
     pub name: Identifier,
     pub label: String,
@@ -51,6 +53,7 @@ pub struct Field {
 
 /// The kinds of field, and the value type of their answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FieldKind {
     /// A line of text (answered as `str`).
@@ -84,6 +87,7 @@ pub enum FieldKind {
 
 /// A button: its `name` comes back in the input that pressing it sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Button {
     pub name: Identifier,
     pub label: String,
@@ -91,6 +95,7 @@ pub struct Button {
 
 /// How far along something is: `done` of `total` (`total` 0: unknown).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Progress {
     pub done: u64,
     #[serde(default)]
@@ -101,6 +106,7 @@ pub struct Progress {
 
 /// A change to an open dialog: every part present replaces the one shown.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct FormUpdate {
     #[serde(default)]
     pub title: Option<String>,
@@ -118,6 +124,7 @@ pub struct FormUpdate {
 /// What the application sends back: the button pressed (if any) and the fields' values,
 /// or intermediate data for the provider.
 #[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DialogInput {
     #[serde(default)]
     pub button: Option<Identifier>,
@@ -149,6 +156,7 @@ impl DialogInput {
 /// From a provider to the host: what it does with its dialog number `dialog` (its own
 /// number, chosen by the provider; the host answers with the dialog's handle).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DialogOp {
     /// Opens a dialog. `call` is the token of the call in progress (the request's `ui`)
@@ -176,6 +184,7 @@ pub enum DialogOp {
 
 /// From the host to a provider, about its dialog number `dialog`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DialogEvent {
     /// The dialog is open, with this handle (what applications and logs call it).

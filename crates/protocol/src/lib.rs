@@ -25,6 +25,8 @@ pub use codec::{DecodeError, EncodeError, decode, encode_frame, encode_payload};
 pub use dialog::{
     Button, DialogEvent, DialogInput, DialogOp, Field, FieldKind, Form, FormUpdate, Progress,
 };
+#[cfg(feature = "schema")]
+pub mod layout;
 pub use frame::{FRAME_HEADER_LEN, FrameBuffer, FrameError, MAX_FRAME_DEFAULT};
 pub use message::{
     BINARY_INSTANCES_SINCE, ChangeKind, ClassList, ClientMessage, Encoding, ErrorCode, Hello,

@@ -20,6 +20,7 @@ pub const BINARY_INSTANCES_SINCE: u16 = 6;
 
 /// How the payloads after the handshake are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Encoding {
     /// postcard: compact, serde-based; integers as varints, which are word-size independent.
@@ -31,6 +32,7 @@ pub enum Encoding {
 /// The client's first frame, always JSON:
 /// `{"protocol":1,"minor":0,"encoding":"json","client":"my-tool/1.0"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Hello {
     pub protocol: u16,
     #[serde(default)]
@@ -47,6 +49,7 @@ pub struct Hello {
 
 /// The server's answer to [`Hello`], always JSON. After it, both sides use `encoding`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Welcome {
     pub protocol: u16,
     pub minor: u16,
@@ -61,6 +64,7 @@ pub struct Welcome {
 
 /// A frame from the client after the handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ClientMessage {
     /// A request. `id` is the client's choice; the reply carries it back. Requests are
@@ -126,6 +130,7 @@ fn json_request_id_prefix(payload: &[u8]) -> Option<u32> {
 
 /// A frame from the server after the handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ServerMessage {
     /// The answer to the request with this `id`.
@@ -139,6 +144,7 @@ pub enum ServerMessage {
 
 /// A request's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Ok(Response),
@@ -147,6 +153,7 @@ pub enum Outcome {
 
 /// What a client can ask.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Request {
@@ -230,6 +237,7 @@ pub enum Request {
     IoWrite {
         handle: u32,
         #[serde(with = "serde_bytes")]
+        #[cfg_attr(feature = "schema", schemars(with = "Vec<u8>"))]
         data: Vec<u8>,
         #[serde(default)]
         flush: bool,
@@ -246,6 +254,7 @@ pub enum Request {
         handle: u32,
         message: u32,
         #[serde(default, with = "serde_bytes")]
+        #[cfg_attr(feature = "schema", schemars(with = "Vec<u8>"))]
         input: Vec<u8>,
     },
     /// Closes a stream: the procedure finishes it (minor 4). Answered with `done`.
@@ -303,6 +312,7 @@ pub enum Request {
 
 /// What a reload changed: providers by name, and the files re-read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ReloadReport {
     pub added: Vec<String>,
     pub removed: Vec<String>,
@@ -319,6 +329,7 @@ pub struct ReloadReport {
 
 /// What happened to an instance ([`Push::Change`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     Created,
@@ -328,6 +339,7 @@ pub enum ChangeKind {
 
 /// One property of a modified instance: its value before and after (`None`: absent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PropertyChange {
     pub name: Identifier,
     pub old: Option<Value>,
@@ -337,6 +349,7 @@ pub struct PropertyChange {
 /// A query's answer: its columns, its rows (`None`: SQL `NULL`), and, when asked, what
 /// each class was asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct QueryRows {
     pub columns: Vec<QueryColumn>,
     pub rows: Vec<Vec<Option<Value>>>,
@@ -347,6 +360,7 @@ pub struct QueryRows {
 /// A result column: its name, and, for a column that is a class's property as it is,
 /// the property's type and unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct QueryColumn {
     pub name: String,
     #[serde(default, rename = "type")]
@@ -357,6 +371,7 @@ pub struct QueryColumn {
 
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Response {
@@ -389,7 +404,11 @@ pub enum Response {
         fd: bool,
     },
     /// Bytes read from a stream; empty at its end.
-    IoData(#[serde(with = "serde_bytes")] Vec<u8>),
+    IoData(
+        #[serde(with = "serde_bytes")]
+        #[cfg_attr(feature = "schema", schemars(with = "Vec<u8>"))]
+        Vec<u8>,
+    ),
     /// A count, a position or a custom message's answer.
     IoValue(i64),
     /// This connection is a UI agent, with this handle (a provider may target it).
@@ -412,6 +431,7 @@ pub enum Response {
 
 /// How a stream is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum IoMode {
     Read,
@@ -422,6 +442,7 @@ pub enum IoMode {
 
 /// Where a seek's offset counts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum IoWhence {
     Start,
@@ -431,6 +452,7 @@ pub enum IoWhence {
 
 /// One I/O procedure a host serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct IoProcedureInfo {
     /// The four-character code, padded: `"XOR "`.
     pub code: String,
@@ -450,6 +472,7 @@ pub struct IoProcedureInfo {
 
 /// Server-pushed messages: events of subscriptions, and dialogs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Push {
@@ -493,6 +516,7 @@ pub enum Push {
 
 /// The classes of a namespace, and the providers that could not say what theirs are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClassList {
     pub classes: Vec<ClassSchema>,
     /// One error per provider that failed to load or describe its classes.
@@ -502,14 +526,17 @@ pub struct ClassList {
 
 /// The instances of one class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct InstanceList {
     pub class: ClassPath,
     #[serde(with = "purveyor_model::instance_list")]
+    #[cfg_attr(feature = "schema", schemars(with = "Vec<Instance>"))]
     pub instances: Vec<Instance>,
 }
 
 /// Whether the host is a daemon or runs inside the client's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HostMode {
     Daemon,
@@ -518,6 +545,7 @@ pub enum HostMode {
 
 /// The host's own status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostStatus {
     /// `purveyor/0.1.0`.
     pub server: String,
@@ -540,6 +568,7 @@ pub struct HostStatus {
 
 /// One registered provider, as `purveyor providers` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ProviderStatus {
     pub name: ProviderName,
     pub hosting: Hosting,
@@ -571,6 +600,7 @@ pub struct ProviderStatus {
 
 /// Why a request failed, or why the server is closing the connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RemoteError {
     pub code: ErrorCode,
     pub message: String,
@@ -581,6 +611,7 @@ pub struct RemoteError {
 
 /// The kinds of failure a client can match on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {

@@ -553,3 +553,49 @@ fn a_real_prometheus_scrapes_the_gateway() {
     assert_eq!(kind("system_cpu_user_seconds").as_deref(), Some("counter"));
     assert_eq!(kind("system_memory_total_bytes").as_deref(), Some("gauge"));
 }
+
+/// `purveyor reload` re-reads `http.toml`: a class excluded afterwards leaves `/metrics`;
+/// a broken file is refused with its line and the file in force keeps serving.
+#[test]
+fn a_reload_rereads_http_toml() {
+    let counters = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("http.toml");
+    std::fs::write(&config, "[metrics]\nexport = [\"system\"]\n").unwrap();
+    let daemon = Daemon::start(
+        &[],
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--http-config",
+            config.to_str().unwrap(),
+        ],
+        &[("PURVEYOR_COUNTERS", counters.path().as_os_str())],
+    );
+    let addr = http_addr(&daemon);
+    let memory = "# TYPE system_memory_total_bytes gauge";
+    assert!(get(addr, "/metrics").body.contains(memory));
+
+    std::fs::write(
+        &config,
+        "[metrics]\nexport = [\"system\"]\nexclude = [\"system.memory\"]\n",
+    )
+    .unwrap();
+    let out = daemon.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(config.to_str().unwrap()), "{said}");
+    assert!(!get(addr, "/metrics").body.contains(memory));
+
+    std::fs::write(&config, "[metrics]\nexprot = []\n").unwrap();
+    let out = daemon.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http.toml:2"), "{err}");
+    let body = get(addr, "/metrics").body;
+    assert!(
+        !body.contains(memory),
+        "the file in force still excludes it"
+    );
+    assert!(body.contains("system_cpu_user_seconds_total"), "{body}");
+}

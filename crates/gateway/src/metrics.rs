@@ -113,6 +113,15 @@ impl Selection {
     }
 }
 
+impl Selection {
+    /// Whether `class` is left out: `exclude` names it, or a namespace it is in.
+    pub fn excludes(&self, class: &purveyor_model::ClassPath) -> bool {
+        self.exclude
+            .iter()
+            .any(|ns| ns.as_str() == class.as_str() || ns.contains(class))
+    }
+}
+
 /// Reads every exported class as `caller` (its access rules apply) and converts it.
 pub async fn gather(host: &Host, selection: &Selection, caller: &Caller) -> Snapshot {
     let wake = |m: &Manifest| selection.may_load(m);
@@ -120,7 +129,7 @@ pub async fn gather(host: &Host, selection: &Selection, caller: &Caller) -> Snap
     let classes: Vec<ClassSchema> = list
         .classes
         .into_iter()
-        .filter(|c| !selection.exclude.iter().any(|ns| ns.contains(c.path())))
+        .filter(|c| !selection.excludes(c.path()))
         .collect();
     let mut snapshot = Snapshot {
         families: Vec::new(),

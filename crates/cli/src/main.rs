@@ -8,6 +8,7 @@ mod io;
 mod render;
 mod serve;
 mod systemd;
+mod top;
 mod watch;
 mod write;
 
@@ -266,6 +267,21 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
     },
     /// Say which host is in use (daemon or embedded) and how it is doing
     Status,
+    /// Providers by what they cost — CPU, memory, calls, errors, latency — refreshed like top
+    #[command(
+        after_help = "Keys: c CPU, m memory, n calls, e errors, l latency (sort, largest first); q quit.\nCPU% is of one CPU over the interval: a provider in its own process is charged its\nprocess's CPU, one on the daemon's threads its calls' thread CPU (docs/lifecycle.md).\n\nExamples:\n  purveyor top\n  purveyor top --sort memory --interval 2\n  purveyor top --once --json          two samples a second apart, for scripts"
+    )]
+    Top {
+        /// Seconds between samples
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Print one view (two samples an interval apart) and exit; with --json, as JSON
+        #[arg(long)]
+        once: bool,
+        /// The column to sort by
+        #[arg(long, value_enum, default_value_t = top::SortKey::Cpu)]
+        sort: top::SortKey,
+    },
     /// Make the daemon re-read its manifests, access policy and http.toml, without a restart
     #[command(
         after_help = "All or nothing: a file with an error is named with its line, and the configuration\nin force keeps serving. Connections stay open; unchanged providers keep running;\nchanged and removed ones are released after their calls in flight. The same as\nSIGHUP and `systemctl reload purveyor`. Root and the daemon's user only.\n\nExit codes: 0 reloaded, 2 refused (the reason on stderr), 4 not allowed, 1 no daemon.\n\nExamples:\n  purveyor reload\n  purveyor reload --json\n  sudo systemctl reload purveyor"
@@ -489,7 +505,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if global.json {
                 print_json(&providers)?;
             } else {
-                out(&render::providers(&providers))?;
+                out(&render::providers(&providers, &provider_costs(&mut client)))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top {
+            interval,
+            once,
+            sort,
+        } => {
+            if !(0.1..=3600.0).contains(&interval) {
+                anyhow::bail!("--interval {interval}: expected 0.1 to 3600 seconds");
+            }
+            let interval = std::time::Duration::from_secs_f64(interval);
+            let mut client = connect_with(&global, false)?;
+            if once || !std::io::stdout().is_terminal() {
+                top::once(&mut client, interval, sort, global.json)?;
+            } else {
+                top::live(&mut client, interval, sort)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -653,6 +686,34 @@ fn connect_with(global: &Global, ui: bool) -> Result<Client> {
         tracing::debug!(socket = %socket.display(), "using the daemon");
     }
     Ok(client)
+}
+
+/// Each provider's CPU seconds and resident bytes, from `purveyor.provider` (empty if the
+/// host does not say: an older daemon).
+fn provider_costs(client: &mut Client) -> std::collections::HashMap<String, (f64, Option<u64>)> {
+    let Ok(class) = ClassPath::new("purveyor.provider") else {
+        return Default::default();
+    };
+    let rows = client
+        .enumerate(&class, &purveyor_model::InstanceKey::new())
+        .unwrap_or_default();
+    rows.iter()
+        .filter_map(|i| {
+            let name = match i.get("name") {
+                Some(purveyor_model::Value::String(n)) => n.clone(),
+                _ => return None,
+            };
+            let cpu = match i.get("cpu_seconds") {
+                Some(purveyor_model::Value::F64(c)) => *c,
+                _ => return None,
+            };
+            let rss = match i.get("rss_bytes") {
+                Some(purveyor_model::Value::U64(b)) => Some(*b),
+                _ => None,
+            };
+            Some((name, (cpu, rss)))
+        })
+        .collect()
 }
 
 fn global_socket(global: &Global) -> PathBuf {

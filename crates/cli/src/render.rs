@@ -230,7 +230,12 @@ pub fn unit_name(unit: Unit) -> &'static str {
     }
 }
 
-pub fn providers(list: &[ProviderStatus]) -> String {
+/// `purveyor providers`; `costs` are each provider's CPU seconds and resident bytes
+/// (from `purveyor.provider`), when the host gave them.
+pub fn providers(
+    list: &[ProviderStatus],
+    costs: &std::collections::HashMap<String, (f64, Option<u64>)>,
+) -> String {
     let mut t = table(vec![
         "PROVIDER",
         "HOSTING",
@@ -241,6 +246,8 @@ pub fn providers(list: &[ProviderStatus]) -> String {
         "CALLS",
         "ERRORS",
         "CRASHES",
+        "CPU",
+        "MEM",
         "UNLOAD IN",
         "LAST USE",
         "CLASSES",
@@ -261,6 +268,13 @@ pub fn providers(list: &[ProviderStatus]) -> String {
             p.calls.to_string(),
             p.errors.to_string(),
             p.crashes.to_string(),
+            costs
+                .get(p.name.as_str())
+                .map_or("-".into(), |(cpu, _)| format!("{cpu:.2}s")),
+            costs
+                .get(p.name.as_str())
+                .and_then(|(_, rss)| *rss)
+                .map_or("-".into(), |b| bytes(b as f64)),
             p.unload_in_ms.map_or("-".into(), |ms| {
                 humantime::format_duration(Duration::from_millis(ms / 1000 * 1000)).to_string()
             }),
@@ -268,7 +282,7 @@ pub fn providers(list: &[ProviderStatus]) -> String {
             classes.join(","),
         ]);
     }
-    for column in 3..=8 {
+    for column in 3..=10 {
         align_right(&mut t, column);
     }
     let mut text = table_text(&t);

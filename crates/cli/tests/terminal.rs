@@ -3,90 +3,9 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A tmux session on a private server socket, killed when the test ends.
-struct Tmux {
-    socket: PathBuf,
-    name: String,
-}
-
-impl Tmux {
-    fn start(dir: &std::path::Path, name: &str, command: &str) -> Tmux {
-        let tmux = Tmux {
-            socket: dir.join(format!("tmux-{name}")),
-            name: name.to_string(),
-        };
-        let status = tmux
-            .cmd()
-            .args([
-                "new-session",
-                "-d",
-                "-x",
-                "160",
-                "-y",
-                "50",
-                "-s",
-                name,
-                command,
-            ])
-            .status()
-            .expect("tmux is needed for this test (.ci/run installs it)");
-        assert!(status.success(), "tmux new-session failed");
-        tmux
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new("tmux");
-        cmd.arg("-S").arg(&self.socket);
-        cmd
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let status = self
-            .cmd()
-            .args(["send-keys", "-t", &self.name])
-            .args(keys)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn screen(&self) -> String {
-        let out = self
-            .cmd()
-            .args(["capture-pane", "-p", "-t", &self.name, "-S", "-100"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Waits (bounded) until the screen shows `text`; panics with the screen if not.
-    fn wait_for(&self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = self.screen();
-            if screen.contains(text) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the screen never showed {text:?}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").status();
-    }
-}
 
 #[test]
 #[ignore = "needs tmux; .ci/run installs it and runs the ignored tests"]

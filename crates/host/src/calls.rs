@@ -89,9 +89,10 @@ pub(crate) async fn call(
         extend: &extend,
     };
     slot.begin_call();
+    let started = std::time::Instant::now();
     let result = loaded.hosted().call(&call_cx, call).await;
     let result = result.map_err(|e| failed(slot, loaded, e));
-    finish_call(slot, cx.passive, result)
+    finish_call(slot, cx.passive, result, started)
 }
 
 /// [`call`] for a read whose class and key are borrowed from the request: a provider
@@ -144,16 +145,24 @@ pub(crate) fn call_inline(
         overdue: &overdue,
     };
     slot.begin_call();
-    match loaded.hosted().call_inline(&inline, call) {
+    let started = std::time::Instant::now();
+    // Its calls run on this thread: this thread's CPU time is the call's (counted while
+    // it runs, too).
+    let running = slot.running().start();
+    let result = loaded.hosted().call_inline(&inline, call);
+    let used = slot.running().finish(running);
+    slot.charge_cpu(used);
+    match result {
         Err(stuck @ CallError::Stuck(..)) => {
             // The watchdog recorded the error when the deadline passed.
             slot.end_call(cx.passive);
-            slot.record_call(None);
-            Err(remote(slot, &stuck))
+            let stuck = remote(slot, &stuck);
+            slot.record_call(Some(&stuck), started.elapsed());
+            Err(stuck)
         }
         result => {
             let result = result.map_err(|e| failed(slot, loaded, e));
-            finish_call(slot, cx.passive, result)
+            finish_call(slot, cx.passive, result, started)
         }
     }
 }
@@ -175,13 +184,14 @@ fn finish_call(
     slot: &Slot,
     passive: bool,
     result: Result<ProviderReply, RemoteError>,
+    started: std::time::Instant,
 ) -> Result<ProviderReply, RemoteError> {
     slot.end_call(passive);
     let result = result.and_then(|reply| match reply {
         ProviderReply::Error(fault) => Err(slot.offers().provider_error(from_fault(fault))),
         other => Ok(other),
     });
-    slot.record_call(result.as_ref().err());
+    slot.record_call(result.as_ref().err(), started.elapsed());
     if let Err(error) = &result {
         tracing::debug!(provider = %slot.manifest().name, %error, "provider call failed");
     }

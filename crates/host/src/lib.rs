@@ -13,6 +13,7 @@
 //! and provider answers are checked against the provider's schema.
 
 pub mod access;
+mod accounting;
 mod admission;
 mod cache_control;
 mod calls;

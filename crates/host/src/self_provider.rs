@@ -114,6 +114,20 @@ impl Provider for SelfProvider {
                         Gauge,
                         "MEM buffers held",
                     ),
+                    p(
+                        "cpu_seconds",
+                        "f64",
+                        Unit::Seconds,
+                        Counter,
+                        "the host process's CPU time (user + system)",
+                    ),
+                    p(
+                        "rss_bytes",
+                        "u64",
+                        Unit::Bytes,
+                        Gauge,
+                        "the host process's resident memory",
+                    ),
                 ],
             ),
             ClassSchema::fixed(
@@ -196,6 +210,56 @@ impl Provider for SelfProvider {
                         "calls and loads that failed",
                     ),
                     p("last_use", "timestamp", Unit::None, Discrete, "last call"),
+                    p(
+                        "cpu_seconds",
+                        "f64",
+                        Unit::Seconds,
+                        Counter,
+                        "CPU time: its process's, or its calls' on the host's threads",
+                    ),
+                    p(
+                        "rss_bytes",
+                        "u64",
+                        Unit::Bytes,
+                        Gauge,
+                        "its process's resident memory (isolated and external, while loaded)",
+                    ),
+                    p(
+                        "timeouts",
+                        "u64",
+                        Unit::Operations,
+                        Counter,
+                        "calls past their deadline",
+                    ),
+                    p(
+                        "crashes",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "times its process crashed or was killed",
+                    ),
+                    p("in_flight", "u64", Unit::Count, Gauge, "calls running now"),
+                    p(
+                        "pid",
+                        "u64",
+                        Unit::None,
+                        Discrete,
+                        "its process (while loaded)",
+                    ),
+                    p(
+                        "latency_p50_ms",
+                        "f64",
+                        Unit::Milliseconds,
+                        Gauge,
+                        "median call time (bucket bound, within 2x)",
+                    ),
+                    p(
+                        "latency_p99_ms",
+                        "f64",
+                        Unit::Milliseconds,
+                        Gauge,
+                        "99th percentile call time (bucket bound, within 2x)",
+                    ),
                 ],
             ),
             ClassSchema::fixed(
@@ -245,29 +309,7 @@ impl Provider for SelfProvider {
             .upgrade()
             .ok_or_else(|| ProviderError::Failed("the host has shut down".into()))?;
         match class.as_str() {
-            "purveyor.host" => {
-                let (providers, loaded) = host.provider_counts();
-                let mode = match host.config().mode {
-                    HostMode::Daemon => "daemon",
-                    HostMode::Embedded => "embedded",
-                };
-                let counts = host.counters().now();
-                Ok(vec![purveyor_model::instance! {
-                    "server" => Value::String(SERVER_NAME.into()),
-                    "mode" => Value::String(mode.into()),
-                    "pid" => Value::U64(host.pid().into()),
-                    "started" => Value::Timestamp(host.started()),
-                    "providers" => Value::U64(providers.into()),
-                    "providers_loaded" => Value::U64(loaded.into()),
-                    "connections_open" => Value::U64(counts.connections_open.into()),
-                    "connections" => Value::U64(counts.connections_total),
-                    "requests" => Value::U64(counts.requests),
-                    "connections_refused" => Value::U64(counts.connections_refused),
-                    "http_refused" => Value::U64(counts.http_refused),
-                    "io_mem_bytes" => Value::U64(host.memory().bytes()),
-                    "io_mem_buffers" => Value::U64(host.memory().buffers() as u64),
-                }])
-            }
+            "purveyor.host" => Ok(vec![host_instance(&host)]),
             "purveyor.events" => Ok(vec![Instance::from_pairs([
                 (
                     "subscriptions",
@@ -282,26 +324,7 @@ impl Provider for SelfProvider {
                 ("opened", Value::U64(host.dialogs().opened())),
                 ("refused", Value::U64(host.dialogs().refused())),
             ])]),
-            "purveyor.provider" => Ok(host
-                .provider_statuses()
-                .into_iter()
-                .map(|p| {
-                    let mut i = Instance::from_pairs([
-                        ("name", Value::String(p.name.to_string())),
-                        ("hosting", Value::String(p.hosting.to_string())),
-                        ("state", Value::String(p.state.to_string())),
-                        ("pure", Value::Bool(p.pure)),
-                        ("loads", Value::U64(p.loads)),
-                        ("unloads", Value::U64(p.unloads)),
-                        ("calls", Value::U64(p.calls)),
-                        ("errors", Value::U64(p.errors)),
-                    ]);
-                    if let Some(t) = p.last_use {
-                        i.set("last_use", Value::Timestamp(t));
-                    }
-                    i
-                })
-                .collect()),
+            "purveyor.provider" => Ok(provider_instances(&host)),
             "purveyor.cache_control" => Ok(host.cache_control().instances()),
             other => Err(ProviderError::NotFound(format!("no class {other}"))),
         }
@@ -385,4 +408,78 @@ fn kind_of(instance: &Instance) -> Result<crate::manifest::ProviderKind, Provide
         Some(Value::String(k)) => k.parse().map_err(ProviderError::InvalidArgument),
         _ => Err(ProviderError::InvalidArgument("kind is needed".into())),
     }
+}
+
+/// `purveyor.host`: the host's counts and its process's cost.
+fn host_instance(host: &Shared) -> Instance {
+    let (providers, loaded) = host.provider_counts();
+    let mode = match host.config().mode {
+        HostMode::Daemon => "daemon",
+        HostMode::Embedded => "embedded",
+    };
+    let counts = host.counters().now();
+    let me = crate::accounting::process_usage(host.pid());
+    let mut instance = purveyor_model::instance! {
+        "server" => Value::String(SERVER_NAME.into()),
+        "mode" => Value::String(mode.into()),
+        "pid" => Value::U64(host.pid().into()),
+        "started" => Value::Timestamp(host.started()),
+        "providers" => Value::U64(providers.into()),
+        "providers_loaded" => Value::U64(loaded.into()),
+        "connections_open" => Value::U64(counts.connections_open.into()),
+        "connections" => Value::U64(counts.connections_total),
+        "requests" => Value::U64(counts.requests),
+        "connections_refused" => Value::U64(counts.connections_refused),
+        "http_refused" => Value::U64(counts.http_refused),
+        "io_mem_bytes" => Value::U64(host.memory().bytes()),
+        "io_mem_buffers" => Value::U64(host.memory().buffers() as u64),
+    };
+    if let Some(me) = me {
+        instance.set("cpu_seconds", Value::F64(me.cpu.as_secs_f64()));
+        instance.set("rss_bytes", Value::U64(me.rss_bytes));
+    }
+    instance
+}
+
+/// `purveyor.provider`: every provider's lifecycle, counts and cost.
+fn provider_instances(host: &Shared) -> Vec<Instance> {
+    host.registry()
+        .slots()
+        .values()
+        .map(|slot| {
+            let p = slot.status();
+            let usage = slot.usage();
+            let mut i = Instance::from_pairs([
+                ("name", Value::String(p.name.to_string())),
+                ("hosting", Value::String(p.hosting.to_string())),
+                ("state", Value::String(p.state.to_string())),
+                ("pure", Value::Bool(p.pure)),
+                ("loads", Value::U64(p.loads)),
+                ("unloads", Value::U64(p.unloads)),
+                ("calls", Value::U64(p.calls)),
+                ("errors", Value::U64(p.errors)),
+            ]);
+            if let Some(t) = p.last_use {
+                i.set("last_use", Value::Timestamp(t));
+            }
+            i.set("cpu_seconds", Value::F64(usage.cpu.as_secs_f64()));
+            if let Some(rss) = usage.rss_bytes {
+                i.set("rss_bytes", Value::U64(rss));
+            }
+            i.set("timeouts", Value::U64(usage.timeouts));
+            i.set("crashes", Value::U64(p.crashes));
+            i.set("in_flight", Value::U64(p.in_flight.into()));
+            if let Some(pid) = p.pid {
+                i.set("pid", Value::U64(pid.into()));
+            }
+            let ms = |d: std::time::Duration| Value::F64(d.as_secs_f64() * 1e3);
+            if let Some(p50) = usage.p50 {
+                i.set("latency_p50_ms", ms(p50));
+            }
+            if let Some(p99) = usage.p99 {
+                i.set("latency_p99_ms", ms(p99));
+            }
+            i
+        })
+        .collect()
 }

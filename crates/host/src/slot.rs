@@ -17,6 +17,7 @@ use tokio::sync::watch;
 // (`requests::tests`), so the lifecycle is tested without sleeping.
 use tokio::time::Instant;
 
+use crate::accounting::{Histogram, Running, process_usage};
 use crate::cache_control::CacheControl;
 use crate::manifest::Manifest;
 use crate::policy::{self, Crashes, FIRST_BACKOFF, Idle};
@@ -86,6 +87,18 @@ pub(crate) enum Lost {
 /// What a load produced.
 pub(crate) type LoadResult = Result<Loaded, RemoteError>;
 
+/// What a provider has cost ([`Slot::usage`]).
+pub(crate) struct Usage {
+    /// CPU time: its process's now (isolated, external: since that process started),
+    /// plus its calls on the host's threads (builtin, in-daemon).
+    pub cpu: Duration,
+    /// Its process's resident memory (`None`: no process of its own, or not loaded).
+    pub rss_bytes: Option<u64>,
+    pub timeouts: u64,
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
+}
+
 /// One provider's place in the host: its manifest, its lifecycle state, and its
 /// statistics.
 pub(crate) struct Slot {
@@ -105,6 +118,14 @@ pub(crate) struct Slot {
     last_use: AtomicU64,
     last_error: Mutex<Option<String>>,
     crashes: AtomicU64,
+    /// Calls that missed their deadline.
+    timeouts: AtomicU64,
+    /// CPU time of its calls on the host's threads (builtin, in-daemon), in nanoseconds.
+    inline_cpu_ns: AtomicU64,
+    /// Every call's wall time (`accounting.rs`).
+    latency: Histogram,
+    /// Its calls running on host threads now, for their CPU so far.
+    running: Running,
     /// Recent crashes, for quarantine.
     recent_crashes: Mutex<Crashes>,
     in_flight: AtomicU32,
@@ -155,6 +176,10 @@ impl Slot {
             last_use: AtomicU64::new(0),
             last_error: Mutex::new(None),
             crashes: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            inline_cpu_ns: AtomicU64::new(0),
+            latency: Histogram::default(),
+            running: Running::default(),
             recent_crashes: Mutex::new(Crashes::new(crashes, window)),
             in_flight: AtomicU32::new(0),
             retired: AtomicBool::new(false),
@@ -304,6 +329,11 @@ impl Slot {
             tracing::warn!(provider = %self.manifest().name, "calls still running at release; releasing anyway");
         }
         let shared = self.shared_process().is_some();
+        // Its process's CPU stays charged to it after the process is gone (a shared
+        // worker's goes on counting in the process).
+        if !shared && let Some(used) = loaded.hosted.pid().and_then(process_usage) {
+            self.charge_cpu(used.cpu);
+        }
         loaded
             .hosted
             .release(timeout, self.manifest().pure, shared)
@@ -507,11 +537,44 @@ impl Slot {
         SlotPin(self.clone())
     }
 
-    /// Records one call's outcome.
-    pub fn record_call(&self, error: Option<&RemoteError>) {
+    /// Records one call's outcome and how long it took.
+    pub fn record_call(&self, error: Option<&RemoteError>, took: Duration) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+        self.latency.record(took);
+        if error.is_some_and(|e| e.code == ErrorCode::Timeout) {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(error) = error {
             self.record_error(error);
+        }
+    }
+
+    /// Its calls running on host threads now.
+    pub fn running(&self) -> &Running {
+        &self.running
+    }
+
+    /// Charges CPU time spent in one of its calls on a host thread.
+    pub fn charge_cpu(&self, cpu: Duration) {
+        self.inline_cpu_ns
+            .fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// What the provider has cost (`accounting.rs`).
+    pub fn usage(&self) -> Usage {
+        let pid = match &*self.lock() {
+            State::Loaded(l) => l.hosted.pid(),
+            _ => None,
+        };
+        let process = pid.and_then(process_usage);
+        let inline = Duration::from_nanos(self.inline_cpu_ns.load(Ordering::Relaxed))
+            + self.running.so_far();
+        Usage {
+            cpu: inline + process.map(|p| p.cpu).unwrap_or_default(),
+            rss_bytes: process.map(|p| p.rss_bytes),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            p50: self.latency.quantile(0.5),
+            p99: self.latency.quantile(0.99),
         }
     }
 

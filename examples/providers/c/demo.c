@@ -11,12 +11,14 @@
  * It speaks the JSON encoding and, to stay dependency-free, reads requests with plain
  * string searches; a real provider would use a JSON library. For the host's failure
  * tests, `get` with name "crash" dereferences NULL, "abort" aborts, "exit" exits with
- * status 3 and "hang" sleeps for an hour: never do this in a provider of your own.
+ * status 3, "hang" sleeps for an hour and "burnN" spends N ms of CPU before answering like
+ * "a" (for the accounting tests): never do this in a provider of your own.
  */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "purveyor/provider.h"
@@ -96,6 +98,16 @@ static char *answer(const char *req) {
             exit(3);
         } else if (!strcmp(name, "hang")) {
             sleep(3600);
+        } else if (!strncmp(name, "burn", 4)) {
+            struct timespec start, now;
+            long ms = strtol(name + 4, NULL, 10);
+            clock_gettime(CLOCK_THREAD_CPUTIME_ID, &start);
+            do {
+                clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+            } while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+            len += (size_t)snprintf(out + len, size - len, "{\"instance\":");
+            append(out, size, &len, INSTANCE, name, 0, pid);
+            len += (size_t)snprintf(out + len, size - len, "}");
         } else if (!strcmp(name, "a") || !strcmp(name, "b")) {
             unsigned long long h = __atomic_add_fetch(&hits, 1, __ATOMIC_RELAXED);
             len += (size_t)snprintf(out + len, size - len, "{\"instance\":");

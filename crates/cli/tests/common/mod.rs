@@ -351,3 +351,82 @@ pub fn as_nobody(daemon: &Daemon, args: &[&str]) -> std::process::Output {
         .output()
         .expect("setpriv (util-linux) is needed")
 }
+
+/// A tmux session on a private server socket, killed when the test ends.
+pub struct Tmux {
+    socket: PathBuf,
+    name: String,
+}
+
+impl Tmux {
+    pub fn start(dir: &std::path::Path, name: &str, command: &str) -> Tmux {
+        let tmux = Tmux {
+            socket: dir.join(format!("tmux-{name}")),
+            name: name.to_string(),
+        };
+        let status = tmux
+            .cmd()
+            .args([
+                "new-session",
+                "-d",
+                "-x",
+                "160",
+                "-y",
+                "50",
+                "-s",
+                name,
+                command,
+            ])
+            .status()
+            .expect("tmux is needed for this test (.ci/run installs it)");
+        assert!(status.success(), "tmux new-session failed");
+        tmux
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.arg("-S").arg(&self.socket);
+        cmd
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let status = self
+            .cmd()
+            .args(["send-keys", "-t", &self.name])
+            .args(keys)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", &self.name, "-S", "-100"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits (bounded) until the screen shows `text`; panics with the screen if not.
+    pub fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {text:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}

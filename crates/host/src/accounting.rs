@@ -1,0 +1,199 @@
+//! What each provider costs (`docs/lifecycle.md`, "Accounting"): CPU time, resident
+//! memory, timeouts and call latency, shown by `purveyor.provider`, `/metrics` and
+//! `purveyor top`.
+//!
+//! **Where the numbers come from.** A provider in its own process (isolated, external) is
+//! charged what the kernel says of that process (`/proc/PID/stat`: user + system time,
+//! resident pages), read when asked; a provider whose calls run on the host's threads
+//! (builtin, in-daemon) is charged the thread CPU clock around each of its calls, and has
+//! no memory of its own to show. Latency is every call's wall time into a histogram of
+//! power-of-two buckets (1 µs … 2³⁵ µs): p50 and p99 are a bucket's upper bound, within a
+//! factor of two, since the provider was registered.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Buckets: `[0, 1 µs]`, `(1, 2]`, `(2, 4]`, … `(2³⁴, 2³⁵] µs` and above.
+const BUCKETS: usize = 36;
+
+/// Call latencies by power-of-two bucket.
+pub(crate) struct Histogram {
+    counts: [AtomicU64; BUCKETS],
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Histogram {
+    pub fn record(&self, took: Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let bucket = (u64::BITS - us.saturating_sub(1).leading_zeros()) as usize;
+        self.counts[bucket.min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (0 < q ≤ 1); `None`
+    /// before any call.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(Duration::from_micros(1u64 << bucket));
+            }
+        }
+        Some(Duration::from_micros(1u64 << (BUCKETS - 1)))
+    }
+}
+
+/// The calls of one provider running on host threads now, each with its thread's CPU
+/// clock and that clock's reading when it began: so a long call (or a stuck one) is
+/// charged while it runs, not only when it ends.
+#[derive(Default)]
+pub(crate) struct Running {
+    next: AtomicU64,
+    calls: std::sync::Mutex<Vec<(u64, libc::clockid_t, Duration)>>,
+}
+
+/// A call begun with [`Running::start`].
+pub(crate) struct Started(u64, libc::clockid_t, Duration);
+
+impl Running {
+    /// This thread begins a call.
+    pub fn start(&self) -> Started {
+        let clock = this_thread_clock();
+        let at = cpu_of(clock).unwrap_or_default();
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        use purveyor_hosting::lock::Locked;
+        self.calls.locked().push((id, clock, at));
+        Started(id, clock, at)
+    }
+
+    /// The call ended (on the thread that began it): the CPU time it used.
+    pub fn finish(&self, started: Started) -> Duration {
+        use purveyor_hosting::lock::Locked;
+        self.calls.locked().retain(|(id, _, _)| *id != started.0);
+        cpu_of(started.1)
+            .unwrap_or_default()
+            .saturating_sub(started.2)
+    }
+
+    /// CPU time the calls running now have used so far.
+    pub fn so_far(&self) -> Duration {
+        use purveyor_hosting::lock::Locked;
+        let calls = self.calls.locked().clone();
+        calls
+            .iter()
+            .map(|(_, clock, at)| cpu_of(*clock).unwrap_or_default().saturating_sub(*at))
+            .sum()
+    }
+}
+
+/// The CPU clock of the calling thread, readable from any thread while it lives.
+fn this_thread_clock() -> libc::clockid_t {
+    let mut clock: libc::clockid_t = libc::CLOCK_THREAD_CPUTIME_ID;
+    // SAFETY: pthread_self is this thread; the out-pointer is ours.
+    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    if rc == 0 {
+        clock
+    } else {
+        libc::CLOCK_THREAD_CPUTIME_ID
+    }
+}
+
+/// A CPU clock's reading.
+fn cpu_of(clock: libc::clockid_t) -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own; an invalid clock is an error.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// What the kernel says a process has used: CPU time (user + system) and resident bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ProcessUsage {
+    pub cpu: Duration,
+    pub rss_bytes: u64,
+}
+
+/// `/proc/PID/stat` of `pid`, or `None` if it is gone.
+pub(crate) fn process_usage(pid: u32) -> Option<ProcessUsage> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text, ticks_per_second(), page_size())
+}
+
+/// Fields 14 and 15 (utime, stime, in clock ticks) and 24 (rss, in pages), counted after
+/// the command name's closing parenthesis (the name may hold spaces and parentheses).
+fn parse_stat(text: &str, ticks: u64, page: u64) -> Option<ProcessUsage> {
+    let after = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state).
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    let ticks_used = field(14)? + field(15)?;
+    Some(ProcessUsage {
+        cpu: Duration::from_nanos(ticks_used.saturating_mul(1_000_000_000 / ticks.max(1))),
+        rss_bytes: field(24)?.saturating_mul(page),
+    })
+}
+
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_bounds() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for _ in 0..98 {
+            h.record(Duration::from_micros(3));
+        }
+        h.record(Duration::from_millis(5));
+        h.record(Duration::from_secs(2));
+        assert_eq!(h.quantile(0.5), Some(Duration::from_micros(4)));
+        assert_eq!(h.quantile(0.99), Some(Duration::from_micros(8192)));
+        assert_eq!(h.quantile(1.0), Some(Duration::from_micros(1 << 21)));
+        h.record(Duration::ZERO);
+        h.record(Duration::from_secs(1 << 40));
+    }
+
+    #[test]
+    fn a_stat_line_with_a_strange_name_is_read_from_its_end() {
+        let line = "812 (we (ird) n) S 1 812 812 0 -1 4194560 150 0 0 0 250 50 0 0 20 0 1 0 100 10000000 300 18446744073709551615";
+        let usage = parse_stat(line, 100, 4096).unwrap();
+        assert_eq!(usage.cpu, Duration::from_secs(3));
+        assert_eq!(usage.rss_bytes, 300 * 4096);
+        assert_eq!(parse_stat("812 (x", 100, 4096), None);
+        // This process: some CPU, some memory.
+        let me = process_usage(std::process::id()).unwrap();
+        assert!(me.rss_bytes > 0);
+    }
+}

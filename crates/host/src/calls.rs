@@ -89,7 +89,7 @@ pub(crate) async fn call(
         extend: &extend,
     };
     slot.begin_call();
-    let started = std::time::Instant::now();
+    let started = host.config().accounting.then(std::time::Instant::now);
     let result = loaded.hosted().call(&call_cx, call).await;
     let result = result.map_err(|e| failed(slot, loaded, e));
     finish_call(slot, cx.passive, result, started)
@@ -145,19 +145,21 @@ pub(crate) fn call_inline(
         overdue: &overdue,
     };
     slot.begin_call();
-    let started = std::time::Instant::now();
+    let started = host.config().accounting.then(std::time::Instant::now);
     // Its calls run on this thread: this thread's CPU time is the call's (counted while
     // it runs, too).
-    let running = slot.running().start();
+    let running = started.map(|_| slot.running().start());
     let result = loaded.hosted().call_inline(&inline, call);
-    let used = slot.running().finish(running);
-    slot.charge_cpu(used);
+    if let Some(running) = running {
+        let used = slot.running().finish(running);
+        slot.charge_cpu(used);
+    }
     match result {
         Err(stuck @ CallError::Stuck(..)) => {
             // The watchdog recorded the error when the deadline passed.
             slot.end_call(cx.passive);
             let stuck = remote(slot, &stuck);
-            slot.record_call(Some(&stuck), started.elapsed());
+            slot.record_call(Some(&stuck), started.map(|s| s.elapsed()));
             Err(stuck)
         }
         result => {
@@ -184,14 +186,14 @@ fn finish_call(
     slot: &Slot,
     passive: bool,
     result: Result<ProviderReply, RemoteError>,
-    started: std::time::Instant,
+    started: Option<std::time::Instant>,
 ) -> Result<ProviderReply, RemoteError> {
     slot.end_call(passive);
     let result = result.and_then(|reply| match reply {
         ProviderReply::Error(fault) => Err(slot.offers().provider_error(from_fault(fault))),
         other => Ok(other),
     });
-    slot.record_call(result.as_ref().err(), started.elapsed());
+    slot.record_call(result.as_ref().err(), started.map(|s| s.elapsed()));
     if let Err(error) = &result {
         tracing::debug!(provider = %slot.manifest().name, %error, "provider call failed");
     }

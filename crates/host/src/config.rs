@@ -48,6 +48,9 @@ pub struct HostConfig {
     /// not wait for a process to start (`crate::spare`). On for a daemon unless
     /// `PURVEYOR_SPARE_WORKER=0`; off for an embedded host.
     pub spare_worker: bool,
+    /// Measure what each provider costs: thread CPU and latency of every call
+    /// (`accounting.rs`). On unless `PURVEYOR_ACCOUNTING=0` (for the overhead bench).
+    pub accounting: bool,
 }
 
 /// What clients can make the host hold, each with a default, a setting
@@ -279,6 +282,7 @@ impl HostConfig {
             poll: purveyor_protocol::poll::poll_window(),
             spare_worker: mode == HostMode::Daemon
                 && std::env::var_os("PURVEYOR_SPARE_WORKER").is_none_or(|v| v != "0"),
+            accounting: std::env::var_os("PURVEYOR_ACCOUNTING").is_none_or(|v| v != "0"),
         }
     }
 

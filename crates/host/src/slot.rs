@@ -538,9 +538,11 @@ impl Slot {
     }
 
     /// Records one call's outcome and how long it took.
-    pub fn record_call(&self, error: Option<&RemoteError>, took: Duration) {
+    pub fn record_call(&self, error: Option<&RemoteError>, took: Option<Duration>) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.latency.record(took);
+        if let Some(took) = took {
+            self.latency.record(took);
+        }
         if error.is_some_and(|e| e.code == ErrorCode::Timeout) {
             self.timeouts.fetch_add(1, Ordering::Relaxed);
         }

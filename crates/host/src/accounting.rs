@@ -11,7 +11,7 @@
 //! factor of two, since the provider was registered.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Buckets: `[0, 1 µs]`, `(1, 2]`, `(2, 4]`, … `(2³⁴, 2³⁵] µs` and above.
 const BUCKETS: usize = 36;
@@ -60,47 +60,117 @@ impl Histogram {
     }
 }
 
-/// The calls of one provider running on host threads now, each with its thread's CPU
-/// clock and that clock's reading when it began: so a long call (or a stuck one) is
-/// charged while it runs, not only when it ends.
+/// The calls of one provider running on host threads now: so a long call (or a stuck
+/// one) is charged while it runs, not only when it ends.
+///
+/// **How a call on a host thread is charged** without a system call for most calls (the
+/// thread CPU clock is a system call, 665 ns on a VM, against 27 ns for the monotonic
+/// clock; `docs/performance.md`, "Accounting"): each thread keeps a reading of its CPU
+/// clock, taken at most [`REFRESH`] ago, and the wall time of the short calls it has
+/// charged since. A call shorter than [`SHORT`] is charged its wall time (an upper bound
+/// of its CPU time) and reads no clock. A longer one reads the clock at its end and is
+/// charged the CPU the thread used since the reading, less the short calls charged since,
+/// at most its wall time — exact for a call that computes; for one that waits, too much
+/// by at most the thread's other work since the reading (≤ [`REFRESH`]).
 #[derive(Default)]
 pub(crate) struct Running {
     next: AtomicU64,
-    calls: std::sync::Mutex<Vec<(u64, libc::clockid_t, Duration)>>,
+    /// Per running call: its id, its thread's CPU clock, the thread CPU it starts from
+    /// (estimated as above), and when it began.
+    calls: std::sync::Mutex<Vec<(u64, libc::clockid_t, Duration, Instant)>>,
 }
 
+/// A call shorter than this is charged its wall time.
+pub(crate) const SHORT: Duration = Duration::from_micros(200);
+/// A thread's CPU clock reading is taken again when older than this.
+pub(crate) const REFRESH: Duration = Duration::from_millis(10);
+
 /// A call begun with [`Running::start`].
-pub(crate) struct Started(u64, libc::clockid_t, Duration);
+pub(crate) struct Started {
+    id: u64,
+    from: Duration,
+    at: Instant,
+}
+
+/// This thread's CPU clock reading, when it was taken, and the wall time of the short
+/// calls charged since.
+#[derive(Clone, Copy)]
+struct Base {
+    cpu: Duration,
+    at: Instant,
+    short: Duration,
+}
+
+thread_local! {
+    static BASE: std::cell::Cell<Option<Base>> = const { std::cell::Cell::new(None) };
+    static CLOCK: libc::clockid_t = this_thread_clock();
+}
 
 impl Running {
     /// This thread begins a call.
     pub fn start(&self) -> Started {
-        let clock = this_thread_clock();
-        let at = cpu_of(clock).unwrap_or_default();
+        let at = Instant::now();
+        let base = match BASE.get() {
+            Some(base) if at.duration_since(base.at) < REFRESH => base,
+            _ => {
+                let base = Base {
+                    cpu: thread_cpu(),
+                    at,
+                    short: Duration::ZERO,
+                };
+                BASE.set(Some(base));
+                base
+            }
+        };
+        let from = base.cpu + base.short;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let clock = CLOCK.with(|c| *c);
         use purveyor_hosting::lock::Locked;
-        self.calls.locked().push((id, clock, at));
-        Started(id, clock, at)
+        self.calls.locked().push((id, clock, from, at));
+        Started { id, from, at }
     }
 
-    /// The call ended (on the thread that began it): the CPU time it used.
+    /// The call ended, on the thread that began it: the CPU time it is charged.
     pub fn finish(&self, started: Started) -> Duration {
         use purveyor_hosting::lock::Locked;
-        self.calls.locked().retain(|(id, _, _)| *id != started.0);
-        cpu_of(started.1)
-            .unwrap_or_default()
-            .saturating_sub(started.2)
+        self.calls.locked().retain(|(id, ..)| *id != started.id);
+        let took = started.at.elapsed();
+        let Some(mut base) = BASE.get() else {
+            return took;
+        };
+        if took < SHORT {
+            base.short += took;
+            BASE.set(Some(base));
+            return took;
+        }
+        let now = thread_cpu();
+        BASE.set(Some(Base {
+            cpu: now,
+            at: Instant::now(),
+            short: Duration::ZERO,
+        }));
+        now.saturating_sub(started.from).min(took)
     }
 
-    /// CPU time the calls running now have used so far.
+    /// CPU time the calls running now have used so far (each at most its wall time).
     pub fn so_far(&self) -> Duration {
         use purveyor_hosting::lock::Locked;
         let calls = self.calls.locked().clone();
         calls
             .iter()
-            .map(|(_, clock, at)| cpu_of(*clock).unwrap_or_default().saturating_sub(*at))
+            .map(|(_, clock, from, at)| {
+                cpu_of(*clock)
+                    .unwrap_or_default()
+                    .saturating_sub(*from)
+                    .min(at.elapsed())
+            })
             .sum()
     }
+}
+
+/// This thread's CPU time so far (user + system): a system call.
+fn thread_cpu() -> Duration {
+    cpu_of(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default()
 }
 
 /// The CPU clock of the calling thread, readable from any thread while it lives.
@@ -183,6 +253,48 @@ mod tests {
         assert_eq!(h.quantile(1.0), Some(Duration::from_micros(1 << 21)));
         h.record(Duration::ZERO);
         h.record(Duration::from_secs(1 << 40));
+    }
+
+    /// A call that computes is charged its CPU; one that waits, almost nothing; a short
+    /// one, its wall time; a running one, what it has used so far.
+    #[test]
+    fn calls_are_charged_the_cpu_they_use() {
+        let running = Running::default();
+        // Computes until this thread has used `d` of CPU (however busy the machine).
+        let spin = |d: Duration| {
+            let t = thread_cpu();
+            let mut x = 0u64;
+            while thread_cpu() - t < d {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        };
+        let started = running.start();
+        spin(Duration::from_millis(60));
+        let busy = running.finish(started);
+        assert!(
+            busy >= Duration::from_millis(40) && busy <= Duration::from_millis(70),
+            "{busy:?}"
+        );
+        let started = running.start();
+        std::thread::sleep(Duration::from_millis(60));
+        let idle = running.finish(started);
+        assert!(idle < Duration::from_millis(15), "a waiting call: {idle:?}");
+        let started = running.start();
+        let short = running.finish(started);
+        assert!(short < SHORT, "{short:?}");
+        // Running: charged while it runs, from another thread's point of view.
+        let running = std::sync::Arc::new(running);
+        let r = running.clone();
+        let worker = std::thread::spawn(move || {
+            let started = r.start();
+            spin(Duration::from_millis(150));
+            r.finish(started)
+        });
+        std::thread::sleep(Duration::from_millis(80));
+        let so_far = running.so_far();
+        assert!(so_far >= Duration::from_millis(10), "{so_far:?}");
+        worker.join().unwrap();
+        assert_eq!(running.so_far(), Duration::ZERO);
     }
 
     #[test]

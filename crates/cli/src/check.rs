@@ -76,6 +76,11 @@ pub fn run(global: &Global, path: Option<&Path>) -> Result<ExitCode> {
         for e in &bad {
             text.push_str(&format!("error  {e}\n"));
         }
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        for warning in good.iter().filter_map(|m| m.runs_as_root_unasked(uid)) {
+            text.push_str(&format!("warn   {warning}\n"));
+        }
         if checked.is_empty() {
             text.push_str("no providers directory found; only the built-in manifests apply\n");
         }

@@ -123,6 +123,9 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         let listener = tokio::net::UnixListener::from_std(listener)?;
         let host = purveyor_builtins::host_with(config);
         host.set_socket(Some(path.clone()));
+        for warning in host.root_warnings() {
+            tracing::warn!("{warning}");
+        }
         let gateway = gateway.map(|(tcp, config)| {
             (tcp, Arc::new(purveyor_host::Current::new(Arc::new(config))))
         });

@@ -360,6 +360,11 @@ pub fn user_ids(name: &str) -> Option<(u32, u32)> {
     }
 }
 
+/// The gid of the group `name` (through NSS), if there is one.
+pub fn group_id(name: &str) -> Option<u32> {
+    lookup_group(name)
+}
+
 fn lookup_group(name: &str) -> Option<u32> {
     let name = CString::new(name).ok()?;
     // SAFETY: as in `lookup_user`.

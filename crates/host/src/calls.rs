@@ -177,7 +177,13 @@ fn failed(slot: &Slot, loaded: &Arc<Loaded>, error: CallError) -> RemoteError {
         CallError::Killed(..) => slot.lost(loaded, Lost::Killed),
         _ => {}
     }
-    remote(slot, &error)
+    let mut remote = remote(slot, &error);
+    if let CallError::Crashed(_, why) = &error
+        && let Some(note) = slot.limit_note(why)
+    {
+        remote.message.push_str(&note);
+    }
+    remote
 }
 
 /// Ends a call begun with `slot.begin_call()` (a `passive` one does not count as use):

@@ -114,7 +114,7 @@ impl Limits {
         let (name, value) = setting
             .split_once('=')
             .ok_or_else(|| format!("{setting:?} is not NAME=VALUE"))?;
-        let size = || parse_size(value).map_err(|e| format!("{name}: {e}"));
+        let size = || crate::config_file::parse_size(value).map_err(|e| format!("{name}: {e}"));
         let duration = || {
             humantime::parse_duration(value)
                 .map_err(|e| format!("{name}: {value:?} is not a duration ({e})"))
@@ -174,27 +174,6 @@ impl Limits {
         "http.connections",
         "http.header_time",
     ];
-}
-
-/// `4096`, `64KiB`, `64MiB`, `1GiB` (also `K`, `M`, `G`, `KB`… as binary multiples).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (bytes, or a number with KiB, MiB or GiB)"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        other => return Err(format!("{other:?} is not a size unit (KiB, MiB, GiB)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Default idle-unload intervals by provider kind, like cache-control classes.

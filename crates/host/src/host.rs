@@ -96,6 +96,18 @@ impl Host {
         self.shared.config()
     }
 
+    /// Providers a root daemon would run as root without their manifest asking for it.
+    pub fn root_warnings(&self) -> Vec<String> {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        self.shared
+            .registry()
+            .slots()
+            .values()
+            .filter_map(|s| s.manifest().runs_as_root_unasked(uid))
+            .collect()
+    }
+
     /// Manifests that were refused when the host was built.
     pub fn problems(&self) -> Vec<ManifestError> {
         self.shared.registry().problems().to_vec()

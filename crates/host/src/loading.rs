@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use purveyor_hosting::{HostLink, LoadError, ProcessConn, ProcessRef, Spec, spawn_worker};
+use purveyor_hosting::{Confine, HostLink, LoadError, ProcessConn, ProcessRef, Spec, spawn_worker};
 use purveyor_model::{ClassPath, ClassSchema, Hosting};
 use purveyor_protocol::{DialogOp, DirectNews, ErrorCode, RaisedEvent, RemoteError};
 
@@ -53,9 +53,11 @@ async fn worker(
     name: &str,
     label: String,
     timeout: std::time::Duration,
+    confine: &Confine,
 ) -> Result<Arc<ProcessConn>, LoadError> {
-    if !host.config().spare_worker {
-        return spawn_worker(program, name, label, timeout).await;
+    // The spare runs as the daemon, unconfined: a confined provider gets a worker of its own.
+    if !host.config().spare_worker || !confine.is_empty() {
+        return spawn_worker(program, name, label, timeout, confine).await;
     }
     let spare = host.spare().take();
     host.spare().refill(program.to_owned(), timeout);
@@ -64,8 +66,46 @@ async fn worker(
             worker.rename(label);
             Ok(worker)
         }
-        None => spawn_worker(program, name, label, timeout).await,
+        None => spawn_worker(program, name, label, timeout, confine).await,
     }
+}
+
+/// A provider that runs as a user of its own gets its state directory
+/// (`STATE_DIR/NAME`, where the SDK store keeps its database) made and owned by that user.
+fn own_state_dir(manifest: &Manifest) -> Result<(), LoadError> {
+    let Some(run_as) = &manifest.run_as else {
+        return Ok(());
+    };
+    let dir = purveyor_provider::state_dir().join(manifest.name.as_str());
+    let failed = |e: std::io::Error| {
+        LoadError::Failed(
+            manifest.name.to_string(),
+            format!("cannot give {} to user {}: {e}", dir.display(), run_as.user),
+        )
+    };
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    std::os::unix::fs::chown(&dir, Some(run_as.uid), Some(run_as.gid)).map_err(failed)
+}
+
+/// The confinement `manifest` asks for: its user (with that user's supplementary groups)
+/// and its limits the kernel enforces (memory is the host's to watch: `crate::limits`).
+pub(crate) fn confine(manifest: &Manifest) -> Confine {
+    use purveyor_hosting::confine::{Identity, RlimitResource};
+    let identity = manifest.run_as.as_ref().map(|r| Identity {
+        uid: r.uid,
+        gid: r.gid,
+        groups: purveyor_hosting::confine::groups_of(&r.user, r.gid),
+    });
+    let l = &manifest.limits;
+    let rlimits = [
+        (RlimitResource::Cpu, l.cpu.map(|d| d.as_secs().max(1))),
+        (RlimitResource::OpenFiles, l.open_files),
+        (RlimitResource::Processes, l.processes),
+    ]
+    .into_iter()
+    .filter_map(|(r, v)| v.map(|v| (r, v)))
+    .collect();
+    Confine { identity, rlimits }
 }
 
 /// What `manifest` asks to load. An isolated provider of a host group joins the group's
@@ -89,6 +129,7 @@ async fn spec(host: &Shared, manifest: &Manifest) -> Result<Spec, LoadError> {
             }
         }
         Entry::Library { path, host_group } => {
+            own_state_dir(manifest)?;
             let path = manifest.resolve(&path.to_string_lossy());
             let program = host
                 .config()
@@ -102,7 +143,9 @@ async fn spec(host: &Shared, manifest: &Manifest) -> Result<Spec, LoadError> {
                         Some(conn) if conn.dead_reason().is_none() => conn,
                         _ => {
                             let label = format!("worker of host group {group}");
-                            let conn = worker(host, &program, &name, label, timeout).await?;
+                            let conn =
+                                worker(host, &program, &name, label, timeout, &confine(manifest))
+                                    .await?;
                             workers.insert(group.clone(), Arc::downgrade(&conn));
                             conn
                         }
@@ -110,12 +153,13 @@ async fn spec(host: &Shared, manifest: &Manifest) -> Result<Spec, LoadError> {
                 }
                 None => {
                     let label = format!("worker for provider {name}");
-                    worker(host, &program, &name, label, timeout).await?
+                    worker(host, &program, &name, label, timeout, &confine(manifest)).await?
                 }
             };
             Spec::Worker { conn, path, io }
         }
         Entry::External { command } => {
+            own_state_dir(manifest)?;
             // A bare name is looked up in PATH; a path is relative to the manifest.
             let program = if command[0].contains('/') {
                 manifest.resolve(&command[0]).into_os_string()
@@ -127,6 +171,7 @@ async fn spec(host: &Shared, manifest: &Manifest) -> Result<Spec, LoadError> {
                 args: command[1..].iter().map(Into::into).collect(),
                 dir: manifest.dir().map(Into::into),
                 io,
+                confine: confine(manifest),
             }
         }
     })

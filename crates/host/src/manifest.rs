@@ -18,6 +18,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest `clear_after` accepted.
 pub const MIN_CLEAR_AFTER: Duration = Duration::from_millis(100);
 
+pub use confine::{ProviderLimits, RunAs};
+
 /// A validated provider manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -45,6 +47,10 @@ pub struct Manifest {
     /// release and is not counted as loaded.
     pub pure: bool,
     pub call_timeout: Duration,
+    /// `user`/`group` (isolated and external only; `None`: the daemon's own).
+    pub run_as: Option<RunAs>,
+    /// `[limits]` (isolated and external only).
+    pub limits: ProviderLimits,
     pub source: ManifestSource,
 }
 
@@ -176,6 +182,9 @@ struct RawManifest {
     clear_after: Option<Spanned<String>>,
     pure: Option<bool>,
     call_timeout: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    limits: Option<Spanned<confine::RawLimits>>,
 }
 
 impl Manifest {
@@ -240,6 +249,7 @@ impl Manifest {
             }),
         };
         let clear_after = clear_after(&raw, &mut errors);
+        let (run_as, limits) = confine::confinement(&raw, hosting, &mut errors);
         let call_timeout = duration(
             &raw.call_timeout,
             "call_timeout",
@@ -265,11 +275,26 @@ impl Manifest {
                     clear_after_given: raw.clear_after.is_some(),
                     pure: raw.pure.unwrap_or(true),
                     call_timeout,
+                    run_as,
+                    limits,
                     source,
                 })
             }
             _ => Err(errors.list),
         }
+    }
+
+    /// Said when a root daemon would run this provider's process as root without the
+    /// manifest asking for it (`user = "root"`): a provider in a process of its own runs
+    /// as the daemon's user unless `user` says otherwise.
+    pub fn runs_as_root_unasked(&self, daemon_uid: u32) -> Option<String> {
+        let own_process = matches!(self.hosting, Hosting::Isolated | Hosting::External);
+        (own_process && daemon_uid == 0 && self.run_as.is_none()).then(|| {
+            format!(
+                "{}: provider {} ({}) would run as root; give it user = \"NAME\" (or user = \"root\" to say so)",
+                self.source, self.name, self.hosting
+            )
+        })
     }
 
     /// Whether `class` is the provider's, by name or by namespace.
@@ -712,5 +737,6 @@ impl fmt::Display for ManifestSource {
     }
 }
 
+mod confine;
 #[cfg(test)]
 mod tests;

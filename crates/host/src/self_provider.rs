@@ -240,6 +240,13 @@ impl Provider for SelfProvider {
                     ),
                     p("in_flight", "u64", Unit::Count, Gauge, "calls running now"),
                     p(
+                        "limit_kills",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "times its process was stopped for passing a limit",
+                    ),
+                    p(
                         "pid",
                         "u64",
                         Unit::None,
@@ -467,6 +474,7 @@ fn provider_instances(host: &Shared) -> Vec<Instance> {
                 i.set("rss_bytes", Value::U64(rss));
             }
             i.set("timeouts", Value::U64(usage.timeouts));
+            i.set("limit_kills", Value::U64(usage.limit_kills));
             i.set("crashes", Value::U64(p.crashes));
             i.set("in_flight", Value::U64(p.in_flight.into()));
             if let Some(pid) = p.pid {

@@ -87,6 +87,9 @@ pub(crate) enum Lost {
 /// What a load produced.
 pub(crate) type LoadResult = Result<Loaded, RemoteError>;
 
+/// How often a provider with a memory limit has its resident memory looked at.
+const MEMORY_CHECK: Duration = Duration::from_millis(100);
+
 /// What a provider has cost ([`Slot::usage`]).
 pub(crate) struct Usage {
     /// CPU time: its process's now (isolated, external: since that process started),
@@ -95,6 +98,7 @@ pub(crate) struct Usage {
     /// Its process's resident memory (`None`: no process of its own, or not loaded).
     pub rss_bytes: Option<u64>,
     pub timeouts: u64,
+    pub limit_kills: u64,
     pub p50: Option<Duration>,
     pub p99: Option<Duration>,
 }
@@ -120,6 +124,8 @@ pub(crate) struct Slot {
     crashes: AtomicU64,
     /// Calls that missed their deadline.
     timeouts: AtomicU64,
+    /// Times its process was stopped for passing a limit.
+    limit_kills: AtomicU64,
     /// CPU time of its calls on the host's threads (builtin, in-daemon), in nanoseconds.
     inline_cpu_ns: AtomicU64,
     /// Every call's wall time (`accounting.rs`).
@@ -177,6 +183,7 @@ impl Slot {
             last_error: Mutex::new(None),
             crashes: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            limit_kills: AtomicU64::new(0),
             inline_cpu_ns: AtomicU64::new(0),
             latency: Histogram::default(),
             running: Running::default(),
@@ -287,6 +294,9 @@ impl Slot {
                 *state = State::Loaded(loaded.clone());
                 drop(state);
                 self.watch_idle(&loaded);
+                if let Some(limit) = self.manifest.limits.memory {
+                    self.watch_memory(&loaded, limit);
+                }
             }
             Err(error) => {
                 let attempts = attempts + 1;
@@ -349,6 +359,18 @@ impl Slot {
         tokio::task::spawn_blocking(move || drop(loaded));
     }
 
+    /// What a process end says of a limit: the kernel ends a process past its CPU time
+    /// limit with SIGXCPU.
+    pub fn limit_note(&self, why: &str) -> Option<String> {
+        let cpu = self.manifest.limits.cpu?;
+        why.contains("SIGXCPU").then(|| {
+            format!(
+                ": CPU time limit {} exceeded",
+                humantime::format_duration(cpu)
+            )
+        })
+    }
+
     /// No load from now on: a reload replaced or removed this provider.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
@@ -381,8 +403,12 @@ impl Slot {
                 self.crashes.fetch_add(1, Ordering::Relaxed);
                 *state = State::Registered;
             }
-            Lost::Crashed(why) => {
+            Lost::Crashed(mut why) => {
                 self.crashes.fetch_add(1, Ordering::Relaxed);
+                if let Some(note) = self.limit_note(&why) {
+                    why.push_str(&note);
+                    self.limit_kills.fetch_add(1, Ordering::Relaxed);
+                }
                 let mut recent = self.recent_crashes.locked();
                 *state = match recent.record(Instant::now().into_std()) {
                     Some(count) => {
@@ -530,6 +556,47 @@ impl Slot {
         });
     }
 
+    /// Stops the provider's process when its resident memory passes `limit` (its
+    /// manifest's `limits.memory`), looking every [`MEMORY_CHECK`] while it is loaded. The
+    /// process ends as a crash whose reason names the limit, so a provider that keeps
+    /// passing it is quarantined like any crash loop.
+    fn watch_memory(self: &Arc<Self>, loaded: &Arc<Loaded>, limit: u64) {
+        let slot = Arc::downgrade(self);
+        let loaded = Arc::downgrade(loaded);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MEMORY_CHECK).await;
+                let (Some(s), Some(l)) = (slot.upgrade(), loaded.upgrade()) else {
+                    return;
+                };
+                if !s.is_current(&l) {
+                    return;
+                }
+                let Some(used) = l.hosted.pid().and_then(process_usage) else {
+                    continue;
+                };
+                if used.rss_bytes > limit {
+                    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+                    let why = format!(
+                        "memory limit {:.0} MiB exceeded (resident {:.1} MiB)",
+                        mib(limit),
+                        mib(used.rss_bytes)
+                    );
+                    tracing::warn!(provider = %s.manifest().name, %why, "provider stopped at its limit");
+                    s.limit_kills.fetch_add(1, Ordering::Relaxed);
+                    l.hosted.kill(Some(&why));
+                    let name = s.manifest().name.clone();
+                    s.record_error(&s.error(
+                        ErrorCode::ProviderFailed,
+                        format!("provider {name} was stopped: {why}"),
+                    ));
+                    s.lost(&l, Lost::Crashed(why));
+                    return;
+                }
+            }
+        });
+    }
+
     /// Keeps the provider loaded for as long as the returned guard lives (a subscription
     /// to one of its classes).
     pub fn pin(self: &Arc<Self>) -> SlotPin {
@@ -575,6 +642,7 @@ impl Slot {
             cpu: inline + process.map(|p| p.cpu).unwrap_or_default(),
             rss_bytes: process.map(|p| p.rss_bytes),
             timeouts: self.timeouts.load(Ordering::Relaxed),
+            limit_kills: self.limit_kills.load(Ordering::Relaxed),
             p50: self.latency.quantile(0.5),
             p99: self.latency.quantile(0.99),
         }

@@ -46,7 +46,16 @@ impl SpareWorker {
         let spare = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(REFILL_PAUSE).await;
-            match spawn_worker(&program, "spare", "spare worker".into(), timeout).await {
+            let unconfined = purveyor_hosting::Confine::default();
+            match spawn_worker(
+                &program,
+                "spare",
+                "spare worker".into(),
+                timeout,
+                &unconfined,
+            )
+            .await
+            {
                 Ok(worker) => {
                     spare.worker.locked().get_or_insert(worker);
                 }

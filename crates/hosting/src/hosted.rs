@@ -69,6 +69,8 @@ pub enum Spec {
         args: Vec<OsString>,
         dir: Option<PathBuf>,
         io: bool,
+        /// Who it runs as and what it may use.
+        confine: crate::Confine,
     },
 }
 
@@ -164,6 +166,7 @@ pub async fn spawn_worker(
     name: &str,
     label: String,
     timeout: Duration,
+    confine: &crate::Confine,
 ) -> Result<Arc<ProcessConn>, LoadError> {
     let args: [OsString; 1] = ["worker".into()];
     ProcessConn::spawn(
@@ -173,7 +176,7 @@ pub async fn spawn_worker(
         name,
         label,
         timeout,
-        ProcessKind::Worker,
+        ProcessKind::Worker { confine },
     )
     .await
     .map_err(|e| LoadError::Failed(name.into(), e))
@@ -206,9 +209,11 @@ pub async fn load(
             args,
             dir,
             io,
+            confine,
         } => {
             let kind = ProcessKind::External {
                 dir: dir.as_deref(),
+                confine: &confine,
             };
             let label = format!("external provider {name}");
             let conn =

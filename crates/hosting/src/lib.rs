@@ -28,6 +28,7 @@
 
 pub mod answer;
 pub mod builtin;
+pub mod confine;
 mod contain;
 mod error;
 mod exit;
@@ -40,6 +41,7 @@ pub mod watchdog;
 pub mod worker;
 
 pub use builtin::{BuiltinProvider, Dispatch, Factory};
+pub use confine::Confine;
 pub use error::{CallError, LoadError, Shown};
 pub use hosted::{
     CallCx, HostLink, Hosted, InlineCall, InlineCx, Overrun, ProcessRef, Spec, blocking, load,

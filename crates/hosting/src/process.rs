@@ -82,9 +82,20 @@ pub struct ProcessConn {
 pub enum ProcessKind<'a> {
     /// An isolated worker (`purveyor worker`): it also gets an attach socket on fd 3
     /// (`PURVEYOR_ATTACH_FD`), on which the host hands it direct channels.
-    Worker,
+    Worker { confine: &'a crate::Confine },
     /// An external provider, run in `dir` (its manifest's directory) when given.
-    External { dir: Option<&'a std::path::Path> },
+    External {
+        dir: Option<&'a std::path::Path>,
+        confine: &'a crate::Confine,
+    },
+}
+
+impl ProcessKind<'_> {
+    fn confine(&self) -> &crate::Confine {
+        match self {
+            ProcessKind::External { confine, .. } | ProcessKind::Worker { confine } => confine,
+        }
+    }
 }
 
 /// Receives one provider's direct-channel news.
@@ -113,14 +124,15 @@ impl ProcessConn {
         kind: ProcessKind<'_>,
     ) -> Result<Arc<ProcessConn>, String> {
         let mut cmd = Command::new(program);
+        let confine = kind.confine();
         let (attach, theirs) = match kind {
-            ProcessKind::External { dir } => {
+            ProcessKind::External { dir, .. } => {
                 if let Some(dir) = dir {
                     cmd.current_dir(dir);
                 }
                 (None, None)
             }
-            ProcessKind::Worker => {
+            ProcessKind::Worker { .. } => {
                 let (ours, theirs) = std::os::unix::net::UnixStream::pair()
                     .map_err(|e| format!("cannot make {label}'s attach socket: {e}"))?;
                 cmd.env("PURVEYOR_ATTACH_FD", ATTACH_FD.to_string());
@@ -138,7 +150,7 @@ impl ProcessConn {
             .stderr(Stdio::inherit())
             .env("PURVEYOR_PROVIDER", provider)
             .kill_on_drop(false);
-        guard_in_child(&mut cmd, theirs_fd, report_fd);
+        guard_in_child(&mut cmd, theirs_fd, report_fd, confine.clone());
         let shown = program.to_string_lossy();
         let mut child = cmd
             .spawn()
@@ -477,7 +489,12 @@ impl Drop for ProcessConn {
 /// Sets up the child of `cmd` between fork and exec: it dies with the spawning thread,
 /// gets the worker's attach socket `attach_fd` (if any) on [`ATTACH_FD`], and becomes the
 /// guard of the provider, which it reports on `report_fd` ([`crate::contain`]).
-fn guard_in_child(cmd: &mut Command, attach_fd: Option<i32>, report_fd: i32) {
+fn guard_in_child(
+    cmd: &mut Command,
+    attach_fd: Option<i32>,
+    report_fd: i32,
+    confine: crate::Confine,
+) {
     let parent = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec and calls only
     // async-signal-safe functions (prctl, getppid, fcntl, dup2, _exit, and
@@ -505,8 +522,10 @@ fn guard_in_child(cmd: &mut Command, attach_fd: Option<i32>, report_fd: i32) {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            // Here the child becomes the guard; the provider goes on to exec.
-            crate::contain::split(report_fd)
+            // Here the child becomes the guard; the provider goes on to exec, confined
+            // (the guard keeps the host's identity).
+            crate::contain::split(report_fd)?;
+            confine.apply()
         });
     }
 }

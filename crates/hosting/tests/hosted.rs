@@ -186,6 +186,7 @@ async fn an_external_process_tells_its_events_and_its_end_through_the_link() {
         args: vec!["ticker.py".into()],
         dir: Some(dir),
         io: false,
+        confine: purveyor_hosting::Confine::default(),
     };
     let (hosted, classes) = load("ticker", spec, Duration::from_secs(10), link.clone())
         .await

@@ -11,8 +11,9 @@
  * It speaks the JSON encoding and, to stay dependency-free, reads requests with plain
  * string searches; a real provider would use a JSON library. For the host's failure
  * tests, `get` with name "crash" dereferences NULL, "abort" aborts, "exit" exits with
- * status 3, "hang" sleeps for an hour and "burnN" spends N ms of CPU before answering like
- * "a" (for the accounting tests): never do this in a provider of your own.
+ * status 3, "hang" sleeps for an hour, "burnN" spends N ms of CPU and "leakN" allocates
+ * and touches N MiB it never frees before answering like "a" (for the accounting and
+ * limit tests): never do this in a provider of your own.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@ static const char *CLASSES =
     "]}]}";
 
 static unsigned long long hits;
+static char *volatile leaked;
 
 /* The value of `"field":` as an unsigned number, or 0. */
 static unsigned long long number_after(const char *json, const char *field) {
@@ -105,6 +107,17 @@ static char *answer(const char *req) {
             do {
                 clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
             } while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
+            len += (size_t)snprintf(out + len, size - len, "{\"instance\":");
+            append(out, size, &len, INSTANCE, name, 0, pid);
+            len += (size_t)snprintf(out + len, size - len, "}");
+        } else if (!strncmp(name, "leak", 4)) {
+            long mib = strtol(name + 4, NULL, 10);
+            char *block = malloc((size_t)mib << 20);
+            if (block) {
+                memset(block, 1, (size_t)mib << 20);
+                *(char **)block = leaked; /* kept reachable: never freed, never optimised out */
+                leaked = block;
+            }
             len += (size_t)snprintf(out + len, size - len, "{\"instance\":");
             append(out, size, &len, INSTANCE, name, 0, pid);
             len += (size_t)snprintf(out + len, size - len, "}");

@@ -1,0 +1,173 @@
+//! Providers under control (`docs/lifecycle.md`, "Identity and limits"): a worker runs
+//! as the user its manifest names, a leaking provider is stopped at its memory limit and
+//! one past its CPU limit is ended, each with a reason naming the limit, while the
+//! others carry on. They need root (to run a root daemon that switches users); CI runs as
+//! root, elsewhere each says it was skipped.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, compile, wait_until, workspace_library};
+
+const DEMO_C: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/providers/c/demo.c"
+);
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root (a root daemon that switches users)");
+    }
+    root
+}
+
+/// The C demo as isolated provider `demo` with `extra` lines, and an in-daemon neighbour.
+fn manifests(extra: &str) -> Vec<(&'static str, String)> {
+    let demo = compile("libdemo_confine.so", DEMO_C, &["-shared", "-fPIC", "-O2"]);
+    std::fs::set_permissions(
+        demo.parent().unwrap(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let greeting = workspace_library("libpurveyor_example.so", "purveyor-example-provider");
+    vec![
+        (
+            "demo",
+            format!(
+                "name = \"demo\"\nhosting = \"isolated\"\nlibrary = {:?}\nclasses = [\"demo.counter\"]\ncapabilities = [\"enumerate\", \"get\"]\n{extra}",
+                demo.display().to_string()
+            ),
+        ),
+        (
+            "greeting",
+            format!(
+                "name = \"greeting\"\nhosting = \"in-daemon\"\nlibrary = {:?}\nclasses = [\"demo.greeting\"]\ncapabilities = [\"enumerate\", \"get\"]\n",
+                greeting.display().to_string()
+            ),
+        ),
+    ]
+}
+
+fn row(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.cli(&["get", "purveyor.provider", "--json"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    all["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+/// `/proc/PID/status`'s line starting with `field`.
+fn status_line(pid: u64, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_worker_with_a_user_runs_as_that_user() {
+    if !root() {
+        return;
+    }
+    let d = Daemon::start(&manifests("user = \"nobody\"\n"), &[], &[]);
+    let out = d.cli(&["get", "demo.counter", "name=a"]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let pid = row(&d, "demo")["pid"].as_u64().expect("a worker");
+    assert_eq!(status_line(pid, "Uid:"), "Uid:\t65534\t65534\t65534\t65534");
+    assert_eq!(status_line(pid, "Gid:"), "Gid:\t65534\t65534\t65534\t65534");
+    assert_eq!(status_line(pid, "NoNewPrivs:"), "NoNewPrivs:\t1");
+    // Its state directory is its own.
+    use std::os::unix::fs::MetadataExt;
+    let state = d.dir.path().join("state/demo");
+    assert_eq!(std::fs::metadata(&state).unwrap().uid(), 65534);
+}
+
+#[test]
+fn a_leaking_provider_is_stopped_at_its_memory_limit_and_others_carry_on() {
+    if !root() {
+        return;
+    }
+    let d = Daemon::start(&manifests("[limits]\nmemory = \"48MiB\"\n"), &[], &[]);
+    assert!(d.cli(&["get", "demo.greeting", "name=x"]).status.success());
+    let mut stopped = false;
+    for _ in 0..20 {
+        let _ = d.cli(&["get", "demo.counter", "name=leak16"]);
+        std::thread::sleep(Duration::from_millis(250));
+        if row(&d, "demo")["limit_kills"].as_u64() == Some(1) {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(stopped, "never stopped: {}\n{}", row(&d, "demo"), d.log());
+    let said = String::from_utf8_lossy(&d.cli(&["providers"]).stdout).into_owned();
+    assert!(said.contains("memory limit 48 MiB exceeded"), "{said}");
+    // The neighbour was never touched; the provider itself loads again on demand.
+    assert!(d.cli(&["get", "demo.greeting", "name=y"]).status.success());
+    assert!(d.cli(&["get", "demo.counter", "name=a"]).status.success());
+}
+
+#[test]
+fn a_provider_past_its_cpu_limit_is_ended_with_the_reason() {
+    if !root() {
+        return;
+    }
+    let d = Daemon::start(&manifests("[limits]\ncpu = \"1s\"\n"), &[], &[]);
+    let out = d.cli(&["get", "demo.counter", "name=burn3000"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SIGXCPU"), "{err}");
+    wait_until(
+        "the limit kill to be counted",
+        Duration::from_secs(10),
+        || row(&d, "demo")["limit_kills"].as_u64() == Some(1),
+    );
+    let said = String::from_utf8_lossy(&d.cli(&["providers"]).stdout).into_owned();
+    assert!(said.contains("CPU time limit 1s exceeded"), "{said}");
+}
+
+#[test]
+fn check_says_which_providers_would_run_as_root_and_refuses_misplaced_limits() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in manifests("") {
+        std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+    }
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("provider demo (isolated) would run as root"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("provider greeting"),
+        "in-daemon: no process of its own: {said}"
+    );
+    // user on an in-daemon provider is refused, naming why.
+    let bad = manifests("")[1].1.clone() + "user = \"nobody\"\n";
+    std::fs::write(dir.path().join("greeting.toml"), bad).unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("user and limits apply to a provider in a process of its own"),
+        "{said}"
+    );
+}

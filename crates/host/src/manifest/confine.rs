@@ -1,0 +1,134 @@
+//! `user`, `group` and `[limits]` of a manifest (`docs/lifecycle.md`, "Identity and
+//! limits"): for a provider in a process of its own only, names resolved when read.
+
+use std::time::Duration;
+
+use purveyor_model::Hosting;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    memory: Option<String>,
+    cpu: Option<String>,
+    open_files: Option<u64>,
+    processes: Option<u64>,
+}
+
+/// Who an isolated or external provider's process runs as (`user`, `group`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What an isolated or external provider's process may use (`[limits]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderLimits {
+    /// Resident memory, in bytes: past it the host stops the process.
+    pub memory: Option<u64>,
+    /// CPU time of its process (`RLIMIT_CPU`): past it the kernel ends it (`SIGXCPU`).
+    pub cpu: Option<Duration>,
+    pub open_files: Option<u64>,
+    pub processes: Option<u64>,
+}
+
+impl ProviderLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == ProviderLimits::default()
+    }
+}
+
+/// `user`, `group` and `[limits]`: only for a provider in a process of its own (not
+/// shared by a host group), names resolved now (through NSS).
+pub(super) fn confinement(
+    raw: &super::RawManifest,
+    hosting: Option<Hosting>,
+    errors: &mut super::Errors<'_>,
+) -> (Option<RunAs>, ProviderLimits) {
+    let own_process =
+        matches!(hosting, Some(Hosting::Isolated | Hosting::External)) && raw.host_group.is_none();
+    let limits = limits(raw, errors);
+    let mut run_as = None;
+    if let Some(user) = &raw.user {
+        let name = user.get_ref();
+        match crate::access::user_ids(name) {
+            Some((uid, mut gid)) => {
+                if let Some(group) = &raw.group {
+                    match crate::access::group_id(group.get_ref()) {
+                        Some(g) => gid = g,
+                        None => errors.push(
+                            Some(group.span()),
+                            Some("group"),
+                            format!("there is no group named {:?}", group.get_ref()),
+                        ),
+                    }
+                }
+                run_as = Some(RunAs {
+                    user: name.clone(),
+                    uid,
+                    gid,
+                });
+            }
+            None => errors.push(
+                Some(user.span()),
+                Some("user"),
+                format!("there is no user named {name:?}"),
+            ),
+        }
+    } else if let Some(group) = &raw.group {
+        errors.push(Some(group.span()), Some("group"), "group needs user".into());
+    }
+    if (run_as.is_some() || !limits.is_empty()) && !own_process {
+        let span = raw
+            .user
+            .as_ref()
+            .map(|u| u.span())
+            .or_else(|| raw.limits.as_ref().map(|l| l.span()));
+        errors.push(
+            span,
+            Some(if raw.user.is_some() { "user" } else { "limits" }),
+            "user and limits apply to a provider in a process of its own: hosting \"isolated\" (without host_group) or \"external\"".into(),
+        );
+    }
+    (run_as, limits)
+}
+
+/// `[limits]`, each checked against its minimum.
+fn limits(raw: &super::RawManifest, errors: &mut super::Errors<'_>) -> ProviderLimits {
+    let mut limits = ProviderLimits::default();
+    if let Some(spanned) = &raw.limits {
+        let span = Some(spanned.span());
+        let l = spanned.get_ref();
+        if let Some(m) = &l.memory {
+            match crate::config_file::parse_size(m) {
+                Ok(bytes) if bytes >= 1 << 20 => limits.memory = Some(bytes),
+                Ok(_) => errors.push(
+                    span.clone(),
+                    Some("limits.memory"),
+                    format!("{m:?} is below the minimum of 1MiB"),
+                ),
+                Err(e) => errors.push(span.clone(), Some("limits.memory"), e),
+            }
+        }
+        if let Some(c) = &l.cpu {
+            match humantime::parse_duration(c) {
+                Ok(d) if d >= Duration::from_secs(1) => limits.cpu = Some(d),
+                Ok(_) => errors.push(
+                    span.clone(),
+                    Some("limits.cpu"),
+                    format!("{c:?} is below the minimum of 1s (the kernel counts whole seconds)"),
+                ),
+                Err(e) => errors.push(
+                    span.clone(),
+                    Some("limits.cpu"),
+                    format!("{c:?} is not a duration ({e})"),
+                ),
+            }
+        }
+        limits.open_files = l.open_files;
+        limits.processes = l.processes;
+    }
+    limits
+}

@@ -1,0 +1,118 @@
+//! Who a provider process runs as and what it may use (`docs/lifecycle.md`, "Identity
+//! and limits"): applied in the provider's own process between fork and exec, after the
+//! guard split off ([`crate::contain`]), so the guard keeps the host's identity and can
+//! always stop it.
+//!
+//! **Order:** resource limits first (raising nothing: a limit is only ever lowered), then
+//! supplementary groups, group, user — in that order, since each later step drops the
+//! right to do the earlier ones — then `no_new_privs`, then the parent-death signal again
+//! (a change of user clears it).
+
+/// What a provider process is confined to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confine {
+    /// Run as this user and group, with these supplementary groups (`None`: the host's).
+    pub identity: Option<Identity>,
+    /// `setrlimit` resources and their values (soft = hard, but for CPU: see `apply`).
+    pub rlimits: Vec<(RlimitResource, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// The resources a manifest may limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RlimitResource {
+    /// CPU seconds (`RLIMIT_CPU`): past them the kernel sends `SIGXCPU`, which ends it.
+    Cpu,
+    /// Open descriptors (`RLIMIT_NOFILE`).
+    OpenFiles,
+    /// Processes and threads of its user (`RLIMIT_NPROC`: counted per user, so meant for
+    /// a provider with a user of its own).
+    Processes,
+}
+
+impl RlimitResource {
+    fn raw(self) -> libc::__rlimit_resource_t {
+        match self {
+            RlimitResource::Cpu => libc::RLIMIT_CPU,
+            RlimitResource::OpenFiles => libc::RLIMIT_NOFILE,
+            RlimitResource::Processes => libc::RLIMIT_NPROC,
+        }
+    }
+}
+
+impl Confine {
+    pub fn is_empty(&self) -> bool {
+        self.identity.is_none() && self.rlimits.is_empty()
+    }
+
+    /// Applies the confinement to this process.
+    ///
+    /// # Safety
+    ///
+    /// Only between fork and exec: async-signal-safe system calls on data prepared
+    /// before the fork; nothing allocates.
+    pub(crate) unsafe fn apply(&self) -> std::io::Result<()> {
+        let fail = || Err(std::io::Error::last_os_error());
+        // SAFETY: system calls with pointers to our own, already allocated data.
+        unsafe {
+            for (resource, value) in &self.rlimits {
+                // CPU: the kernel sends SIGXCPU at the soft limit and SIGKILL at the hard
+                // one, so the hard one is a second later (the reason stays readable).
+                let hard = match resource {
+                    RlimitResource::Cpu => value.saturating_add(1),
+                    _ => *value,
+                };
+                let limit = libc::rlimit {
+                    rlim_cur: *value,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(resource.raw(), &limit) != 0 {
+                    return fail();
+                }
+            }
+            if let Some(id) = &self.identity
+                && (libc::setgroups(id.groups.len(), id.groups.as_ptr()) != 0
+                    || libc::setresgid(id.gid, id.gid, id.gid) != 0
+                    || libc::setresuid(id.uid, id.uid, id.uid) != 0)
+            {
+                return fail();
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return fail();
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return fail();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The supplementary groups of user `name` with primary group `gid` (through NSS).
+/// Call before forking: it allocates.
+pub fn groups_of(name: &str, gid: u32) -> Vec<u32> {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return vec![gid];
+    };
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut n = groups.len() as libc::c_int;
+        // SAFETY: the buffer holds `n` gids; getgrouplist writes at most that many and
+        // sets `n` to how many there are.
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return groups;
+        }
+        if groups.len() >= 65536 {
+            return vec![gid];
+        }
+        groups.resize((n.max(0) as usize).max(groups.len() * 2), 0);
+    }
+}

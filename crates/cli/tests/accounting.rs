@@ -8,47 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Tmux, compile, workspace_library};
-
-const DEMO_C: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/providers/c/demo.c"
-);
-
-fn manifests(hot: &str) -> Vec<(&'static str, String)> {
-    let demo = compile("libdemo_burn.so", DEMO_C, &["-shared", "-fPIC", "-O2"]);
-    let greeting = workspace_library("libpurveyor_example.so", "purveyor-example-provider");
-    vec![
-        (
-            "hot",
-            format!(
-                "name = \"hot\"\nhosting = \"{hot}\"\nlibrary = {:?}\nclasses = [\"demo.counter\"]\ncapabilities = [\"enumerate\", \"get\"]\n",
-                demo.display().to_string()
-            ),
-        ),
-        (
-            "greeting",
-            format!(
-                "name = \"greeting\"\nhosting = \"in-daemon\"\nlibrary = {:?}\nclasses = [\"demo.greeting\"]\ncapabilities = [\"enumerate\", \"get\"]\n",
-                greeting.display().to_string()
-            ),
-        ),
-    ]
-}
-
-/// A provider's row of `purveyor.provider`, as JSON.
-fn row(d: &Daemon, name: &str) -> serde_json::Value {
-    let out = d.cli(&["get", "purveyor.provider", "--json"]);
-    assert!(out.status.success(), "{out:?}");
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    all["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no row for {name}: {all}"))
-}
+use common::{Daemon, Tmux, demo_and_neighbour, provider_row};
 
 fn burn(d: &Daemon, ms: u32) {
     let out = d.cli(&["get", "demo.counter", &format!("name=burn{ms}")]);
@@ -57,16 +17,16 @@ fn burn(d: &Daemon, ms: u32) {
 
 #[test]
 fn an_in_daemon_providers_cpu_is_charged_to_it_and_not_to_a_neighbour() {
-    let d = Daemon::start(&manifests("in-daemon"), &[], &[]);
+    let d = Daemon::start(&demo_and_neighbour("hot", "in-daemon", ""), &[], &[]);
     assert!(d.cli(&["get", "demo.greeting", "name=x"]).status.success());
     burn(&d, 300);
     burn(&d, 300);
-    let hot = row(&d, "hot");
+    let hot = provider_row(&d, "hot");
     let cpu = hot["cpu_seconds"].as_f64().unwrap();
     assert!((0.55..1.5).contains(&cpu), "hot: {hot}");
     assert!(hot["rss_bytes"].is_null(), "no process of its own: {hot}");
     assert!(hot["latency_p50_ms"].as_f64().unwrap() >= 256.0, "{hot}");
-    let neighbour = row(&d, "greeting");
+    let neighbour = provider_row(&d, "greeting");
     assert!(
         neighbour["cpu_seconds"].as_f64().unwrap() < 0.05,
         "{neighbour}"
@@ -75,9 +35,9 @@ fn an_in_daemon_providers_cpu_is_charged_to_it_and_not_to_a_neighbour() {
 
 #[test]
 fn a_workers_cpu_seconds_are_what_proc_says_of_its_process() {
-    let d = Daemon::start(&manifests("isolated"), &[], &[]);
+    let d = Daemon::start(&demo_and_neighbour("hot", "isolated", ""), &[], &[]);
     burn(&d, 400);
-    let hot = row(&d, "hot");
+    let hot = provider_row(&d, "hot");
     let pid = hot["pid"].as_u64().expect("a worker pid");
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
@@ -98,7 +58,7 @@ fn a_workers_cpu_seconds_are_what_proc_says_of_its_process() {
 #[test]
 #[ignore = "needs tmux; .ci/run installs it and runs the ignored tests"]
 fn purveyor_top_shows_the_burning_provider_first() {
-    let d = Daemon::start(&manifests("in-daemon"), &[], &[]);
+    let d = Daemon::start(&demo_and_neighbour("hot", "in-daemon", ""), &[], &[]);
     assert!(d.cli(&["get", "demo.greeting", "name=x"]).status.success());
     // Burn in the background for as long as the test runs (bounded).
     let stop = Arc::new(AtomicBool::new(false));
@@ -150,7 +110,7 @@ fn purveyor_top_shows_the_burning_provider_first() {
 /// `purveyor top --once --json`: a worker burning CPU during the interval comes first.
 #[test]
 fn top_once_json_sorts_by_cpu() {
-    let d = Daemon::start(&manifests("isolated"), &[], &[]);
+    let d = Daemon::start(&demo_and_neighbour("hot", "isolated", ""), &[], &[]);
     burn(&d, 1);
     assert!(d.cli(&["get", "demo.greeting", "name=x"]).status.success());
     let socket = d.socket.clone();

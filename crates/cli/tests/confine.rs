@@ -8,12 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, compile, wait_until, workspace_library};
-
-const DEMO_C: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/providers/c/demo.c"
-);
+use common::{Daemon, demo_and_neighbour, provider_row, wait_until};
 
 fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -22,45 +17,6 @@ fn root() -> bool {
         eprintln!("skipped: needs root (a root daemon that switches users)");
     }
     root
-}
-
-/// The C demo as isolated provider `demo` with `extra` lines, and an in-daemon neighbour.
-fn manifests(extra: &str) -> Vec<(&'static str, String)> {
-    let demo = compile("libdemo_confine.so", DEMO_C, &["-shared", "-fPIC", "-O2"]);
-    std::fs::set_permissions(
-        demo.parent().unwrap(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let greeting = workspace_library("libpurveyor_example.so", "purveyor-example-provider");
-    vec![
-        (
-            "demo",
-            format!(
-                "name = \"demo\"\nhosting = \"isolated\"\nlibrary = {:?}\nclasses = [\"demo.counter\"]\ncapabilities = [\"enumerate\", \"get\"]\n{extra}",
-                demo.display().to_string()
-            ),
-        ),
-        (
-            "greeting",
-            format!(
-                "name = \"greeting\"\nhosting = \"in-daemon\"\nlibrary = {:?}\nclasses = [\"demo.greeting\"]\ncapabilities = [\"enumerate\", \"get\"]\n",
-                greeting.display().to_string()
-            ),
-        ),
-    ]
-}
-
-fn row(d: &Daemon, name: &str) -> serde_json::Value {
-    let out = d.cli(&["get", "purveyor.provider", "--json"]);
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    all["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["name"] == name)
-        .cloned()
-        .unwrap()
 }
 
 /// `/proc/PID/status`'s line starting with `field`.
@@ -78,10 +34,14 @@ fn a_worker_with_a_user_runs_as_that_user() {
     if !root() {
         return;
     }
-    let d = Daemon::start(&manifests("user = \"nobody\"\n"), &[], &[]);
+    let d = Daemon::start(
+        &demo_and_neighbour("demo", "isolated", "user = \"nobody\"\n"),
+        &[],
+        &[],
+    );
     let out = d.cli(&["get", "demo.counter", "name=a"]);
     assert!(out.status.success(), "{out:?}\n{}", d.log());
-    let pid = row(&d, "demo")["pid"].as_u64().expect("a worker");
+    let pid = provider_row(&d, "demo")["pid"].as_u64().expect("a worker");
     assert_eq!(status_line(pid, "Uid:"), "Uid:\t65534\t65534\t65534\t65534");
     assert_eq!(status_line(pid, "Gid:"), "Gid:\t65534\t65534\t65534\t65534");
     assert_eq!(status_line(pid, "NoNewPrivs:"), "NoNewPrivs:\t1");
@@ -96,18 +56,27 @@ fn a_leaking_provider_is_stopped_at_its_memory_limit_and_others_carry_on() {
     if !root() {
         return;
     }
-    let d = Daemon::start(&manifests("[limits]\nmemory = \"48MiB\"\n"), &[], &[]);
+    let d = Daemon::start(
+        &demo_and_neighbour("demo", "isolated", "[limits]\nmemory = \"48MiB\"\n"),
+        &[],
+        &[],
+    );
     assert!(d.cli(&["get", "demo.greeting", "name=x"]).status.success());
     let mut stopped = false;
     for _ in 0..20 {
         let _ = d.cli(&["get", "demo.counter", "name=leak16"]);
         std::thread::sleep(Duration::from_millis(250));
-        if row(&d, "demo")["limit_kills"].as_u64() == Some(1) {
+        if provider_row(&d, "demo")["limit_kills"].as_u64() == Some(1) {
             stopped = true;
             break;
         }
     }
-    assert!(stopped, "never stopped: {}\n{}", row(&d, "demo"), d.log());
+    assert!(
+        stopped,
+        "never stopped: {}\n{}",
+        provider_row(&d, "demo"),
+        d.log()
+    );
     let said = String::from_utf8_lossy(&d.cli(&["providers"]).stdout).into_owned();
     assert!(said.contains("memory limit 48 MiB exceeded"), "{said}");
     // The neighbour was never touched; the provider itself loads again on demand.
@@ -120,7 +89,11 @@ fn a_provider_past_its_cpu_limit_is_ended_with_the_reason() {
     if !root() {
         return;
     }
-    let d = Daemon::start(&manifests("[limits]\ncpu = \"1s\"\n"), &[], &[]);
+    let d = Daemon::start(
+        &demo_and_neighbour("demo", "isolated", "[limits]\ncpu = \"1s\"\n"),
+        &[],
+        &[],
+    );
     let out = d.cli(&["get", "demo.counter", "name=burn3000"]);
     assert!(!out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -128,7 +101,7 @@ fn a_provider_past_its_cpu_limit_is_ended_with_the_reason() {
     wait_until(
         "the limit kill to be counted",
         Duration::from_secs(10),
-        || row(&d, "demo")["limit_kills"].as_u64() == Some(1),
+        || provider_row(&d, "demo")["limit_kills"].as_u64() == Some(1),
     );
     let said = String::from_utf8_lossy(&d.cli(&["providers"]).stdout).into_owned();
     assert!(said.contains("CPU time limit 1s exceeded"), "{said}");
@@ -140,7 +113,7 @@ fn check_says_which_providers_would_run_as_root_and_refuses_misplaced_limits() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for (name, text) in manifests("") {
+    for (name, text) in demo_and_neighbour("demo", "isolated", "") {
         std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
     }
     let out = std::process::Command::new(common::BIN)
@@ -158,7 +131,7 @@ fn check_says_which_providers_would_run_as_root_and_refuses_misplaced_limits() {
         "in-daemon: no process of its own: {said}"
     );
     // user on an in-daemon provider is refused, naming why.
-    let bad = manifests("")[1].1.clone() + "user = \"nobody\"\n";
+    let bad = demo_and_neighbour("demo", "isolated", "")[1].1.clone() + "user = \"nobody\"\n";
     std::fs::write(dir.path().join("greeting.toml"), bad).unwrap();
     let out = std::process::Command::new(common::BIN)
         .arg("check")

@@ -430,3 +430,55 @@ impl Drop for Tmux {
         let _ = self.cmd().arg("kill-server").status();
     }
 }
+
+const DEMO_C: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/providers/c/demo.c"
+);
+
+/// The C demo provider as `name` (class `demo.counter`, `hosting`, `extra` manifest
+/// lines) and the Rust greeting as an in-daemon neighbour (`demo.greeting`).
+pub fn demo_and_neighbour(
+    name: &'static str,
+    hosting: &str,
+    extra: &str,
+) -> Vec<(&'static str, String)> {
+    let demo = compile("libdemo_cost.so", DEMO_C, &["-shared", "-fPIC", "-O2"]);
+    // Readable by a provider that runs as another user.
+    std::fs::set_permissions(
+        demo.parent().unwrap(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let greeting = workspace_library("libpurveyor_example.so", "purveyor-example-provider");
+    vec![
+        (
+            name,
+            format!(
+                "name = \"{name}\"\nhosting = \"{hosting}\"\nlibrary = {:?}\nclasses = [\"demo.counter\"]\ncapabilities = [\"enumerate\", \"get\"]\n{extra}",
+                demo.display().to_string()
+            ),
+        ),
+        (
+            "greeting",
+            format!(
+                "name = \"greeting\"\nhosting = \"in-daemon\"\nlibrary = {:?}\nclasses = [\"demo.greeting\"]\ncapabilities = [\"enumerate\", \"get\"]\n",
+                greeting.display().to_string()
+            ),
+        ),
+    ]
+}
+
+/// A provider's row of `purveyor.provider`, as JSON.
+pub fn provider_row(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.cli(&["get", "purveyor.provider", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    all["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no row for {name}: {all}"))
+}

@@ -126,6 +126,10 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         for warning in host.root_warnings() {
             tracing::warn!("{warning}");
         }
+        match purveyor_hosting::sandbox::landlock_abi() {
+            0 => tracing::info!("sandbox: this kernel has no Landlock; a strict sandbox is its seccomp filter only"),
+            abi => tracing::info!(landlock_abi = abi, "sandbox: Landlock and seccomp available"),
+        }
         let gateway = gateway.map(|(tcp, config)| {
             (tcp, Arc::new(purveyor_host::Current::new(Arc::new(config))))
         });

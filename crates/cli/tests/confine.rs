@@ -144,3 +144,49 @@ fn check_says_which_providers_would_run_as_root_and_refuses_misplaced_limits() {
         "{said}"
     );
 }
+
+/// `hits` of `demo.counter name=NAME`: the errno the demo's probe got (0: allowed).
+fn probe(d: &Daemon, name: &str) -> u64 {
+    let out = d.cli(&["get", "demo.counter", &format!("name={name}"), "--json"]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    got["instances"][0]["hits"].as_u64().unwrap()
+}
+
+/// A strict sandbox: files outside what the manifest names are refused (EACCES, by
+/// Landlock), as are system calls no provider needs (EPERM, by seccomp); the same
+/// provider without it opens and calls them. Landlock is checked only where the kernel
+/// has it (the worker says which in the daemon's log).
+#[test]
+fn a_strict_sandbox_refuses_files_outside_its_allowance_and_forbidden_calls() {
+    let strict = Daemon::start(
+        &demo_and_neighbour(
+            "demo",
+            "isolated",
+            "sandbox = \"strict\"\nsandbox_read = [\"/proc\"]\n",
+        ),
+        &[],
+        &[],
+    );
+    assert_eq!(probe(&strict, "a"), 1, "it still serves");
+    let log = strict.log();
+    let landlock = !log.contains("Landlock NOT enforced");
+    assert!(log.contains("seccomp filter on"), "{log}");
+    if landlock {
+        assert_eq!(probe(&strict, "open:/etc/hostname"), libc::EACCES as u64);
+        assert_eq!(probe(&strict, "open:/proc/self/status"), 0, "sandbox_read");
+    } else {
+        eprintln!("this kernel has no Landlock: only the seccomp part is checked");
+    }
+    assert_eq!(probe(&strict, "unshare"), libc::EPERM as u64);
+
+    let open = Daemon::start(&demo_and_neighbour("demo", "isolated", ""), &[], &[]);
+    assert_eq!(probe(&open, "open:/etc/hostname"), 0);
+    if root() {
+        assert_eq!(
+            probe(&open, "unshare"),
+            0,
+            "root may unshare without the sandbox"
+        );
+    }
+}

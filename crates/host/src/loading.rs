@@ -73,10 +73,19 @@ async fn worker(
 /// A provider that runs as a user of its own gets its state directory
 /// (`STATE_DIR/NAME`, where the SDK store keeps its database) made and owned by that user.
 fn own_state_dir(manifest: &Manifest) -> Result<(), LoadError> {
+    let dir = purveyor_provider::state_dir().join(manifest.name.as_str());
+    if manifest.sandbox.is_some() {
+        // A sandboxed worker may write only there: it must exist before it starts.
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            LoadError::Failed(
+                manifest.name.to_string(),
+                format!("cannot make {}: {e}", dir.display()),
+            )
+        })?;
+    }
     let Some(run_as) = &manifest.run_as else {
         return Ok(());
     };
-    let dir = purveyor_provider::state_dir().join(manifest.name.as_str());
     let failed = |e: std::io::Error| {
         LoadError::Failed(
             manifest.name.to_string(),
@@ -105,7 +114,21 @@ pub(crate) fn confine(manifest: &Manifest) -> Confine {
     .into_iter()
     .filter_map(|(r, v)| v.map(|v| (r, v)))
     .collect();
-    Confine { identity, rlimits }
+    let sandbox = manifest.sandbox.as_ref().map(|read| {
+        let mut read = read.clone();
+        if let Entry::Library { path, .. } = &manifest.entry {
+            read.push(manifest.resolve(&path.to_string_lossy()));
+        }
+        purveyor_hosting::sandbox::Sandbox {
+            read,
+            write: vec![purveyor_provider::state_dir().join(manifest.name.as_str())],
+        }
+    });
+    Confine {
+        identity,
+        rlimits,
+        sandbox,
+    }
 }
 
 /// What `manifest` asks to load. An isolated provider of a host group joins the group's

@@ -51,6 +51,8 @@ pub struct Manifest {
     pub run_as: Option<RunAs>,
     /// `[limits]` (isolated and external only).
     pub limits: ProviderLimits,
+    /// `sandbox = "strict"`: the paths it may read besides its library (`sandbox_read`).
+    pub sandbox: Option<Vec<PathBuf>>,
     pub source: ManifestSource,
 }
 
@@ -185,6 +187,8 @@ struct RawManifest {
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
     limits: Option<Spanned<confine::RawLimits>>,
+    sandbox: Option<Spanned<String>>,
+    sandbox_read: Option<Vec<String>>,
 }
 
 impl Manifest {
@@ -250,6 +254,7 @@ impl Manifest {
         };
         let clear_after = clear_after(&raw, &mut errors);
         let (run_as, limits) = confine::confinement(&raw, hosting, &mut errors);
+        let sandbox = confine::sandbox(&raw, hosting, &mut errors);
         let call_timeout = duration(
             &raw.call_timeout,
             "call_timeout",
@@ -277,6 +282,7 @@ impl Manifest {
                     call_timeout,
                     run_as,
                     limits,
+                    sandbox,
                     source,
                 })
             }

@@ -15,6 +15,8 @@ pub struct Confine {
     pub identity: Option<Identity>,
     /// `setrlimit` resources and their values (soft = hard, but for CPU: see `apply`).
     pub rlimits: Vec<(RlimitResource, u64)>,
+    /// A worker's strict sandbox, which it applies itself (`crate::sandbox`).
+    pub sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +49,17 @@ impl RlimitResource {
 }
 
 impl Confine {
+    /// Gives a worker its sandbox's rules (it applies them itself: `crate::sandbox`).
+    pub(crate) fn pass_sandbox(&self, cmd: &mut tokio::process::Command) -> Result<(), String> {
+        if let Some(sandbox) = &self.sandbox {
+            let rules = serde_json::to_string(sandbox).map_err(|e| e.to_string())?;
+            cmd.env(crate::sandbox::ENV, rules);
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.identity.is_none() && self.rlimits.is_empty()
+        self.identity.is_none() && self.rlimits.is_empty() && self.sandbox.is_none()
     }
 
     /// Applies the confinement to this process.

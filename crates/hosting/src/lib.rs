@@ -37,6 +37,7 @@ pub mod library;
 pub mod lock;
 pub mod procedures;
 mod process;
+pub mod sandbox;
 pub mod watchdog;
 pub mod worker;
 

@@ -124,7 +124,7 @@ impl ProcessConn {
         kind: ProcessKind<'_>,
     ) -> Result<Arc<ProcessConn>, String> {
         let mut cmd = Command::new(program);
-        let confine = kind.confine();
+        let confine = kind.confine().clone();
         let (attach, theirs) = match kind {
             ProcessKind::External { dir, .. } => {
                 if let Some(dir) = dir {
@@ -150,7 +150,7 @@ impl ProcessConn {
             .stderr(Stdio::inherit())
             .env("PURVEYOR_PROVIDER", provider)
             .kill_on_drop(false);
-        guard_in_child(&mut cmd, theirs_fd, report_fd, confine.clone());
+        guard_in_child(&mut cmd, theirs_fd, report_fd, confine)?;
         let shown = program.to_string_lossy();
         let mut child = cmd
             .spawn()
@@ -494,7 +494,8 @@ fn guard_in_child(
     attach_fd: Option<i32>,
     report_fd: i32,
     confine: crate::Confine,
-) {
+) -> Result<(), String> {
+    confine.pass_sandbox(cmd)?;
     let parent = std::process::id();
     // SAFETY: the closure runs in the child between fork and exec and calls only
     // async-signal-safe functions (prctl, getppid, fcntl, dup2, _exit, and
@@ -528,6 +529,7 @@ fn guard_in_child(
             confine.apply()
         });
     }
+    Ok(())
 }
 
 /// Says hello to a provider process for `provider` and reads its answer: the frame buffer

@@ -98,6 +98,11 @@ pub fn run() -> i32 {
         }
     };
     let attach = direct::attach_socket();
+    // A strict sandbox, before the first request is read.
+    if let Err(e) = crate::sandbox::apply_from_env() {
+        eprintln!("purveyor worker: sandbox: {e}");
+        return 2;
+    }
     let mut input = Input {
         file: input,
         frames: FrameBuffer::new(MAX_FRAME),

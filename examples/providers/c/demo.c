@@ -13,8 +13,13 @@
  * tests, `get` with name "crash" dereferences NULL, "abort" aborts, "exit" exits with
  * status 3, "hang" sleeps for an hour, "burnN" spends N ms of CPU and "leakN" allocates
  * and touches N MiB it never frees before answering like "a" (for the accounting and
- * limit tests): never do this in a provider of your own.
+ * limit tests), "open:PATH" tries to open PATH and answers with the errno in `hits` (0: it
+ * opened), "unshare" tries unshare(CLONE_NEWUTS) the same way (for the sandbox tests):
+ * never do this in a provider of your own.
  */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,6 +114,17 @@ static char *answer(const char *req) {
             } while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < ms);
             len += (size_t)snprintf(out + len, size - len, "{\"instance\":");
             append(out, size, &len, INSTANCE, name, 0, pid);
+            len += (size_t)snprintf(out + len, size - len, "}");
+        } else if (!strncmp(name, "open:", 5) || !strcmp(name, "unshare")) {
+            int err = 0;
+            if (name[0] == 'o') {
+                FILE *f = fopen(name + 5, "r");
+                if (f) fclose(f); else err = errno;
+            } else if (unshare(CLONE_NEWUTS) != 0) {
+                err = errno;
+            }
+            len += (size_t)snprintf(out + len, size - len, "{\"instance\":");
+            append(out, size, &len, INSTANCE, name, (unsigned long long)err, pid);
             len += (size_t)snprintf(out + len, size - len, "}");
         } else if (!strncmp(name, "leak", 4)) {
             long mib = strtol(name + 4, NULL, 10);

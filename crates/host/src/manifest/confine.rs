@@ -132,3 +132,53 @@ fn limits(raw: &super::RawManifest, errors: &mut super::Errors<'_>) -> ProviderL
     }
     limits
 }
+
+/// `sandbox = "strict"` and `sandbox_read`: for an isolated worker of its own only.
+pub(super) fn sandbox(
+    raw: &super::RawManifest,
+    hosting: Option<Hosting>,
+    errors: &mut super::Errors<'_>,
+) -> Option<Vec<std::path::PathBuf>> {
+    let Some(mode) = &raw.sandbox else {
+        if raw.sandbox_read.is_some() {
+            errors.push(
+                None,
+                Some("sandbox_read"),
+                "sandbox_read needs sandbox = \"strict\"".into(),
+            );
+        }
+        return None;
+    };
+    if mode.get_ref() != "strict" {
+        errors.push(
+            Some(mode.span()),
+            Some("sandbox"),
+            format!(
+                "{:?} is not a sandbox (the one there is: \"strict\")",
+                mode.get_ref()
+            ),
+        );
+        return None;
+    }
+    if hosting != Some(Hosting::Isolated) || raw.host_group.is_some() {
+        errors.push(
+            Some(mode.span()),
+            Some("sandbox"),
+            "sandbox applies to an isolated provider with a worker of its own (hosting = \"isolated\", no host_group)".into(),
+        );
+        return None;
+    }
+    let mut read = Vec::new();
+    for path in raw.sandbox_read.iter().flatten() {
+        if !path.starts_with('/') {
+            errors.push(
+                None,
+                Some("sandbox_read"),
+                format!("{path:?} is not an absolute path"),
+            );
+        } else {
+            read.push(std::path::PathBuf::from(path));
+        }
+    }
+    Some(read)
+}

@@ -111,7 +111,7 @@ fn broken_manifests_give_exact_errors() {
         (
             "name = \"demo\"\nhosting = \"builtin\"\nbuiltin = \"demo\"\nclasses = [\"demo.a\"]\ncolour = \"red\"\n",
             &[
-                "providers/demo.toml:5:1: field `colour`: unknown field `colour`, expected one of `name`, `description`, `hosting`, `builtin`, `library`, `host_group`, `command`, `classes`, `io`, `capabilities`, `kind`, `clear_after`, `pure`, `call_timeout`, `user`, `group`, `limits`",
+                "providers/demo.toml:5:1: field `colour`: unknown field `colour`, expected one of `name`, `description`, `hosting`, `builtin`, `library`, `host_group`, `command`, `classes`, `io`, `capabilities`, `kind`, `clear_after`, `pure`, `call_timeout`, `user`, `group`, `limits`, `sandbox`, `sandbox_read`",
             ],
         ),
         (

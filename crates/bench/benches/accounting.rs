@@ -67,6 +67,56 @@ fn main() {
         );
     }
     pin_thread(None);
+    cold_starts(&bin, &many, dir.path());
+}
+
+/// The first get of an isolated provider (a worker started for it, no spare) as the
+/// daemon's user, next to one with `user = "nobody"` and `sandbox = "strict"`: 11
+/// fresh daemons, medians. Needs root for the user switch.
+fn cold_starts(bin: &Path, many: &Path, dir: &Path) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("cold start with a user switch: skipped (needs root)");
+        return;
+    }
+    let mut plain = Vec::new();
+    let mut confined = Vec::new();
+    for round in 0..11 {
+        let home = dir.join(format!("cold{round}"));
+        let providers = home.join("providers");
+        std::fs::create_dir_all(&providers).unwrap();
+        for (name, extra) in [
+            ("n5", ""),
+            ("n6", "user = \"nobody\"\nsandbox = \"strict\"\n"),
+        ] {
+            std::fs::write(
+                providers.join(format!("{name}.toml")),
+                format!(
+                    "name = \"{name}\"\nhosting = \"isolated\"\nlibrary = {:?}\nclasses = [\"bench.{name}\"]\ncapabilities = [\"enumerate\", \"get\"]\n{extra}",
+                    many.display().to_string()
+                ),
+            )
+            .unwrap();
+        }
+        let no_spare = Path::new("0");
+        let daemon = BenchDaemon::start(bin, &home, &[], &[("PURVEYOR_SPARE_WORKER", no_spare)]);
+        let mut c = client(&daemon.socket);
+        let mut key = InstanceKey::new();
+        key.insert(Identifier::new("id").unwrap(), Value::U64(1));
+        for (class, into) in [("bench.n5", &mut plain), ("bench.n6", &mut confined)] {
+            let class = ClassPath::new(class).unwrap();
+            let t = Instant::now();
+            c.get(&class, &key).unwrap();
+            into.push(t.elapsed());
+        }
+    }
+    plain.sort();
+    confined.sort();
+    println!(
+        "isolated cold start (first get, no spare worker): {:.2} ms as the daemon's user; {:.2} ms with user = \"nobody\" and sandbox = \"strict\" (medians of 11)",
+        us(plain[5]) / 1000.0,
+        us(confined[5]) / 1000.0
+    );
 }
 
 /// The median over rounds of each daemon's p50, rounds alternating between the two.

@@ -190,3 +190,38 @@ fn a_strict_sandbox_refuses_files_outside_its_allowance_and_forbidden_calls() {
         );
     }
 }
+
+/// `limits.calls`: past that many calls running at once, a call is refused at once with
+/// `limit_exceeded` naming the limit; the one running finishes.
+#[test]
+fn calls_past_the_concurrency_limit_are_refused() {
+    let d = Daemon::start(
+        &demo_and_neighbour("demo", "isolated", "[limits]\ncalls = 1\n"),
+        &[],
+        &[],
+    );
+    assert_eq!(probe(&d, "a"), 1);
+    let socket = d.socket.clone();
+    let slow = std::thread::spawn(move || {
+        std::process::Command::new(common::BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["get", "demo.counter", "name=burn1500"])
+            .output()
+            .unwrap()
+    });
+    wait_until(
+        "the slow call to be running",
+        Duration::from_secs(10),
+        || provider_row(&d, "demo")["in_flight"].as_u64() == Some(1),
+    );
+    let out = d.cli(&["get", "demo.counter", "name=a"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("provider demo has 1 calls running, its limit (limits.calls = 1)"),
+        "{err}"
+    );
+    assert!(slow.join().unwrap().status.success());
+    assert_eq!(probe(&d, "a"), 2, "served again once the slow call ended");
+}

@@ -13,6 +13,19 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// What a provider has cost (`Slot::usage`).
+pub(crate) struct Usage {
+    /// CPU time: its process's now (isolated, external: since that process started),
+    /// plus its calls on the host's threads (builtin, in-daemon).
+    pub cpu: Duration,
+    /// Its process's resident memory (`None`: no process of its own, or not loaded).
+    pub rss_bytes: Option<u64>,
+    pub timeouts: u64,
+    pub limit_kills: u64,
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
+}
+
 /// Buckets: `[0, 1 µs]`, `(1, 2]`, `(2, 4]`, … `(2³⁴, 2³⁵] µs` and above.
 const BUCKETS: usize = 36;
 

@@ -2,8 +2,9 @@
 //! the request's context, record the outcome on the slot, and turn what went wrong into
 //! the wire's error — the edge where [`CallError`] becomes a [`RemoteError`].
 //!
-//! **Invariant:** every call is bracketed by `Slot::begin_call` / `Slot::end_call` (a
-//! passive call does not count as use), and a provider whose process died or was killed
+//! **Invariant:** every call is bracketed by `Slot::begin_limited_call` (which refuses a
+//! call past the manifest's `limits.calls`) / `Slot::end_call` (a passive call does not
+//! count as use), and a provider whose process died or was killed
 //! is marked lost before the error goes back.
 
 use std::sync::Arc;
@@ -88,7 +89,7 @@ pub(crate) async fn call(
         ui,
         extend: &extend,
     };
-    slot.begin_call();
+    slot.begin_limited_call()?;
     let started = host.config().accounting.then(std::time::Instant::now);
     let result = loaded.hosted().call(&call_cx, call).await;
     let result = result.map_err(|e| failed(slot, loaded, e));
@@ -144,7 +145,7 @@ pub(crate) fn call_inline(
         watchdog: host.watchdog(),
         overdue: &overdue,
     };
-    slot.begin_call();
+    slot.begin_limited_call()?;
     let started = host.config().accounting.then(std::time::Instant::now);
     // Its calls run on this thread: this thread's CPU time is the call's (counted while
     // it runs, too).
@@ -186,7 +187,7 @@ fn failed(slot: &Slot, loaded: &Arc<Loaded>, error: CallError) -> RemoteError {
     remote
 }
 
-/// Ends a call begun with `slot.begin_call()` (a `passive` one does not count as use):
+/// Ends a call begun with `slot.begin_limited_call()` (a `passive` one does not count as use):
 /// records its outcome, and makes a provider error in the reply the returned error.
 fn finish_call(
     slot: &Slot,

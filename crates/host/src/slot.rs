@@ -17,7 +17,7 @@ use tokio::sync::watch;
 // (`requests::tests`), so the lifecycle is tested without sleeping.
 use tokio::time::Instant;
 
-use crate::accounting::{Histogram, Running, process_usage};
+use crate::accounting::{Histogram, Running, Usage, process_usage};
 use crate::cache_control::CacheControl;
 use crate::manifest::Manifest;
 use crate::policy::{self, Crashes, FIRST_BACKOFF, Idle};
@@ -89,19 +89,6 @@ pub(crate) type LoadResult = Result<Loaded, RemoteError>;
 
 /// How often a provider with a memory limit has its resident memory looked at.
 const MEMORY_CHECK: Duration = Duration::from_millis(100);
-
-/// What a provider has cost ([`Slot::usage`]).
-pub(crate) struct Usage {
-    /// CPU time: its process's now (isolated, external: since that process started),
-    /// plus its calls on the host's threads (builtin, in-daemon).
-    pub cpu: Duration,
-    /// Its process's resident memory (`None`: no process of its own, or not loaded).
-    pub rss_bytes: Option<u64>,
-    pub timeouts: u64,
-    pub limit_kills: u64,
-    pub p50: Option<Duration>,
-    pub p99: Option<Duration>,
-}
 
 /// One provider's place in the host: its manifest, its lifecycle state, and its
 /// statistics.
@@ -464,13 +451,26 @@ impl Slot {
         }
     }
 
-    /// A call starts. A passive call (an exporter's scrape) keeps the provider from being
-    /// released while it runs but does not count as use: scraping every 15 s must not keep
-    /// an idle provider loaded for ever.
-    pub fn begin_call(&self) {
-        // No clock here: while a call runs the provider is busy, not idle, and its idle
-        // time counts from the call's end (`end_call`).
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    /// A call starts, unless the manifest's `limits.calls` (calls running at once) are
+    /// running: counted and checked in one step, so two calls cannot both take the last
+    /// place. A passive call (an exporter's scrape) keeps the provider from being released
+    /// while it runs but does not count as use. No clock here: while a call runs the
+    /// provider is busy, not idle, and its idle time counts from the call's end.
+    pub fn begin_limited_call(&self) -> Result<(), RemoteError> {
+        let running = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        match self.manifest.limits.calls {
+            Some(cap) if running >= cap => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(self.error(
+                    ErrorCode::LimitExceeded,
+                    format!(
+                        "provider {} has {running} calls running, its limit (limits.calls = {cap})",
+                        self.manifest.name
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A call ended: its end is the provider's last use, and (unless passive) its last

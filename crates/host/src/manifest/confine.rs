@@ -13,6 +13,7 @@ pub(super) struct RawLimits {
     cpu: Option<String>,
     open_files: Option<u64>,
     processes: Option<u64>,
+    calls: Option<u32>,
 }
 
 /// Who an isolated or external provider's process runs as (`user`, `group`).
@@ -32,11 +33,22 @@ pub struct ProviderLimits {
     pub cpu: Option<Duration>,
     pub open_files: Option<u64>,
     pub processes: Option<u64>,
+    /// Calls running at once; more are refused (`limit_exceeded`). Any hosting.
+    pub calls: Option<u32>,
 }
 
 impl ProviderLimits {
     pub fn is_empty(&self) -> bool {
         *self == ProviderLimits::default()
+    }
+
+    /// Whether a limit the kernel or the host enforces on a process is set (all but
+    /// `calls`, which the host counts for any provider).
+    pub fn need_a_process(&self) -> bool {
+        self.memory.is_some()
+            || self.cpu.is_some()
+            || self.open_files.is_some()
+            || self.processes.is_some()
     }
 }
 
@@ -80,7 +92,7 @@ pub(super) fn confinement(
     } else if let Some(group) = &raw.group {
         errors.push(Some(group.span()), Some("group"), "group needs user".into());
     }
-    if (run_as.is_some() || !limits.is_empty()) && !own_process {
+    if (run_as.is_some() || limits.need_a_process()) && !own_process {
         let span = raw
             .user
             .as_ref()
@@ -128,6 +140,14 @@ fn limits(raw: &super::RawManifest, errors: &mut super::Errors<'_>) -> ProviderL
             }
         }
         limits.open_files = l.open_files;
+        match l.calls {
+            Some(0) => errors.push(
+                span.clone(),
+                Some("limits.calls"),
+                "calls = 0 would refuse every call".into(),
+            ),
+            calls => limits.calls = calls,
+        }
         limits.processes = l.processes;
     }
     limits

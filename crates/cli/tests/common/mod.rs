@@ -443,13 +443,19 @@ pub fn demo_and_neighbour(
     hosting: &str,
     extra: &str,
 ) -> Vec<(&'static str, String)> {
-    let demo = compile("libdemo_cost.so", DEMO_C, &["-shared", "-fPIC", "-O2"]);
-    // Readable by a provider that runs as another user.
-    std::fs::set_permissions(
-        demo.parent().unwrap(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // Compiled once per test process: tests run on threads of one process, and one
+    // compiling over the file while another loads it would fail.
+    static DEMO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let demo = DEMO.get_or_init(|| {
+        let demo = compile("libdemo_cost.so", DEMO_C, &["-shared", "-fPIC", "-O2"]);
+        // Readable by a provider that runs as another user.
+        std::fs::set_permissions(
+            demo.parent().unwrap(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        demo
+    });
     let greeting = workspace_library("libpurveyor_example.so", "purveyor-example-provider");
     vec![
         (

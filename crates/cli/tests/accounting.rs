@@ -25,6 +25,7 @@ fn an_in_daemon_providers_cpu_is_charged_to_it_and_not_to_a_neighbour() {
     let cpu = hot["cpu_seconds"].as_f64().unwrap();
     assert!((0.55..1.5).contains(&cpu), "hot: {hot}");
     assert!(hot["rss_bytes"].is_null(), "no process of its own: {hot}");
+    assert!(hot["bytes_out"].is_null(), "no frames to count: {hot}");
     assert!(hot["latency_p50_ms"].as_f64().unwrap() >= 256.0, "{hot}");
     let neighbour = provider_row(&d, "greeting");
     assert!(
@@ -52,6 +53,9 @@ fn a_workers_cpu_seconds_are_what_proc_says_of_its_process() {
         "purveyor says {cpu}, /proc says {proc_cpu}"
     );
     assert!(hot["rss_bytes"].as_u64().unwrap() > 100_000, "{hot}");
+    // The frames of its calls, both ways (a get's request and its instance).
+    assert!(hot["bytes_out"].as_u64().unwrap() > 20, "{hot}");
+    assert!(hot["bytes_in"].as_u64().unwrap() > 20, "{hot}");
 }
 
 /// `purveyor top` in a terminal: the provider burning CPU comes first; `q` quits.

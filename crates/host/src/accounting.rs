@@ -22,6 +22,8 @@ pub(crate) struct Usage {
     pub rss_bytes: Option<u64>,
     pub timeouts: u64,
     pub limit_kills: u64,
+    /// Bytes sent to its current process and received from it.
+    pub bytes: Option<(u64, u64)>,
     pub p50: Option<Duration>,
     pub p99: Option<Duration>,
 }

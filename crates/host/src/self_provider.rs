@@ -240,6 +240,20 @@ impl Provider for SelfProvider {
                     ),
                     p("in_flight", "u64", Unit::Count, Gauge, "calls running now"),
                     p(
+                        "bytes_out",
+                        "u64",
+                        Unit::Bytes,
+                        Counter,
+                        "bytes of requests sent to its current process",
+                    ),
+                    p(
+                        "bytes_in",
+                        "u64",
+                        Unit::Bytes,
+                        Counter,
+                        "bytes of answers received from its current process",
+                    ),
+                    p(
                         "limit_kills",
                         "u64",
                         Unit::Count,
@@ -475,6 +489,10 @@ fn provider_instances(host: &Shared) -> Vec<Instance> {
             }
             i.set("timeouts", Value::U64(usage.timeouts));
             i.set("limit_kills", Value::U64(usage.limit_kills));
+            if let Some((to, from)) = usage.bytes {
+                i.set("bytes_out", Value::U64(to));
+                i.set("bytes_in", Value::U64(from));
+            }
             i.set("crashes", Value::U64(p.crashes));
             i.set("in_flight", Value::U64(p.in_flight.into()));
             if let Some(pid) = p.pid {

@@ -631,9 +631,9 @@ impl Slot {
 
     /// What the provider has cost (`accounting.rs`).
     pub fn usage(&self) -> Usage {
-        let pid = match &*self.lock() {
-            State::Loaded(l) => l.hosted.pid(),
-            _ => None,
+        let (pid, bytes) = match &*self.lock() {
+            State::Loaded(l) => (l.hosted.pid(), l.hosted.bytes()),
+            _ => (None, None),
         };
         let process = pid.and_then(process_usage);
         let inline = Duration::from_nanos(self.inline_cpu_ns.load(Ordering::Relaxed))
@@ -643,6 +643,7 @@ impl Slot {
             rss_bytes: process.map(|p| p.rss_bytes),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             limit_kills: self.limit_kills.load(Ordering::Relaxed),
+            bytes,
             p50: self.latency.quantile(0.5),
             p99: self.latency.quantile(0.99),
         }

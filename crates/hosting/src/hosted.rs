@@ -362,6 +362,14 @@ impl Hosted {
         )
     }
 
+    /// Bytes sent to its process and received from it (`None`: no process of its own).
+    pub fn bytes(&self) -> Option<(u64, u64)> {
+        match &self.backend {
+            Backend::Process(conn) => Some(conn.bytes()),
+            Backend::Local { .. } | Backend::Library(_) | Backend::Io(_) => None,
+        }
+    }
+
     /// The pid of its process, if it has one.
     pub fn pid(&self) -> Option<u32> {
         match &self.backend {

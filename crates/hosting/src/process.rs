@@ -60,6 +60,8 @@ pub struct ProcessConn {
     /// Set once the process is gone (or being killed): why.
     dead: Mutex<Option<String>>,
     next_id: AtomicU32,
+    /// Bytes of frames sent to the process and received from it (`purveyor.provider`).
+    traffic: Traffic,
     child: Mutex<Option<Child>>,
     /// Set when the host no longer owns the process (a non-pure provider released as a
     /// client): it is not killed when this handle goes.
@@ -96,6 +98,13 @@ impl ProcessKind<'_> {
             ProcessKind::External { confine, .. } | ProcessKind::Worker { confine } => confine,
         }
     }
+}
+
+/// Bytes of frames sent to a process and received from it.
+#[derive(Default)]
+struct Traffic {
+    sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
 }
 
 /// Receives one provider's direct-channel news.
@@ -151,10 +160,9 @@ impl ProcessConn {
             .env("PURVEYOR_PROVIDER", provider)
             .kill_on_drop(false);
         guard_in_child(&mut cmd, theirs_fd, report_fd, confine)?;
-        let shown = program.to_string_lossy();
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {label} ({shown}): {e}"))?;
+            .map_err(|e| format!("cannot start {label} ({}): {e}", program.to_string_lossy()))?;
         // The child has its copy: ours would keep the socket open after it exits.
         drop(theirs);
         drop(report_theirs);
@@ -185,6 +193,7 @@ impl ProcessConn {
             pending: Mutex::new(HashMap::new()),
             dead: Mutex::new(None),
             next_id: AtomicU32::new(1),
+            traffic: Traffic::default(),
             child: Mutex::new(Some(child)),
             detached: std::sync::atomic::AtomicBool::new(false),
             events: std::sync::OnceLock::new(),
@@ -243,6 +252,14 @@ impl ProcessConn {
         (&*socket)
             .write_all(&frame[sent..])
             .map_err(|e| format!("cannot hand {} a direct channel: {e}", self.label()))
+    }
+
+    /// Bytes of frames sent to the process and received from it so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.traffic.sent.load(Ordering::Relaxed),
+            self.traffic.received.load(Ordering::Relaxed),
+        )
     }
 
     /// Runs `hook` with the reason when the process ends (at once if it has).
@@ -326,6 +343,9 @@ impl ProcessConn {
                     // Closed by a release: nobody will answer.
                     return None;
                 };
+                self.traffic
+                    .sent
+                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
                 if let Err(e) = w.write_all(&frame).await {
                     // The reader reports the exit status; wait for it rather than guess.
                     tracing::debug!(process = %self.label(), error = %e, "write to provider failed");
@@ -603,6 +623,10 @@ async fn read_replies(
             Err(e) => break Some(e),
         };
         let Some(conn) = conn.upgrade() else { return };
+        conn.traffic.received.fetch_add(
+            (payload.len() + purveyor_protocol::FRAME_HEADER_LEN) as u64,
+            Ordering::Relaxed,
+        );
         match decode::<ProviderResponse>(conn.encoding, &payload) {
             Ok(response) => conn.received(response),
             Err(e) => break Some(format!("it sent {e}")),

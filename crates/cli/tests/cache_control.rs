@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{Daemon, as_nobody, wait_until, workspace_library};
+use common::{Daemon, as_nobody, root_or_skip, wait_until, workspace_library};
 use purveyor_model::ProviderState;
 
 fn greeting_manifest() -> String {
@@ -93,9 +93,7 @@ fn a_kinds_window_is_set_applied_at_once_and_kept() {
 
 #[test]
 fn only_the_owner_may_set_it() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: acting as nobody needs root");
+    if !root_or_skip("acting as nobody needs root") {
         return;
     }
     let d = Daemon::start(&[], &[], &[]);

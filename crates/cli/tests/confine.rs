@@ -8,16 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, demo_and_neighbour, provider_row, wait_until};
-
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root (a root daemon that switches users)");
-    }
-    root
-}
+use common::{Daemon, demo_and_neighbour, is_root, provider_row, root_or_skip, wait_until};
 
 /// `/proc/PID/status`'s line starting with `field`.
 fn status_line(pid: u64, field: &str) -> String {
@@ -31,7 +22,7 @@ fn status_line(pid: u64, field: &str) -> String {
 
 #[test]
 fn a_worker_with_a_user_runs_as_that_user() {
-    if !root() {
+    if !root_or_skip("needs root (a root daemon that switches users)") {
         return;
     }
     let d = Daemon::start(
@@ -53,7 +44,7 @@ fn a_worker_with_a_user_runs_as_that_user() {
 
 #[test]
 fn a_leaking_provider_is_stopped_at_its_memory_limit_and_others_carry_on() {
-    if !root() {
+    if !root_or_skip("needs root (a root daemon that switches users)") {
         return;
     }
     let d = Daemon::start(
@@ -86,7 +77,7 @@ fn a_leaking_provider_is_stopped_at_its_memory_limit_and_others_carry_on() {
 
 #[test]
 fn a_provider_past_its_cpu_limit_is_ended_with_the_reason() {
-    if !root() {
+    if !root_or_skip("needs root (a root daemon that switches users)") {
         return;
     }
     let d = Daemon::start(
@@ -109,7 +100,7 @@ fn a_provider_past_its_cpu_limit_is_ended_with_the_reason() {
 
 #[test]
 fn check_says_which_providers_would_run_as_root_and_refuses_misplaced_limits() {
-    if !root() {
+    if !root_or_skip("needs root (a root daemon that switches users)") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -182,7 +173,7 @@ fn a_strict_sandbox_refuses_files_outside_its_allowance_and_forbidden_calls() {
 
     let open = Daemon::start(&demo_and_neighbour("demo", "isolated", ""), &[], &[]);
     assert_eq!(probe(&open, "open:/etc/hostname"), 0);
-    if root() {
+    if is_root() {
         assert_eq!(
             probe(&open, "unshare"),
             0,

@@ -55,12 +55,5 @@ fn the_python_client_passes_its_tests_against_this_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains(" passed"), "{said}");
-    assert!(!said.contains("skipped") || !nix_root(), "{said}");
-}
-
-/// The access-refusal test is skipped unless the tests run as root.
-fn nix_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the process's effective user.
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+    assert!(!said.contains("skipped") || !common::is_root(), "{said}");
 }

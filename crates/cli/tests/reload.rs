@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Daemon, as_nobody, wait_until, workspace_library};
+use common::{Daemon, as_nobody, root_or_skip, wait_until, workspace_library};
 use purveyor_model::{ClassPath, InstanceKey, Value};
 
 fn greeting_manifest() -> String {
@@ -116,21 +116,12 @@ fn a_changed_provider_is_released_and_loads_anew() {
     assert_eq!(d.status("greeting").pid, after.pid);
 }
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: acting as nobody needs root");
-    }
-    root
-}
-
 /// A broken policy is refused with its file and line, and the policy in force is still
 /// enforced; a good one takes effect on the connections already open. Only the daemon's
 /// owner may reload.
 #[test]
 fn a_broken_policy_is_refused_and_the_old_one_still_enforced() {
-    if !root() {
+    if !root_or_skip("acting as nobody needs root") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

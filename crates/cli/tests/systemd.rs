@@ -125,9 +125,7 @@ fn the_units_verify() {
 /// own whose `/run/systemd/journal/socket` is a listener this test starts. Needs root.
 #[test]
 fn under_systemd_the_daemon_logs_structured_fields_to_the_journal() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: a mount namespace needs root");
+    if !common::root_or_skip("a mount namespace needs root") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -132,11 +132,15 @@ impl CacheControl {
     }
 }
 
-/// The settings in `file`: `[clear_after]` with `KIND = "DURATION"` lines.
+/// The settings in `file`: `[clear_after]` with `KIND = "DURATION"` lines. Read as every
+/// configuration file is (`config_file::read_text`: a regular file, without blocking,
+/// bounded).
 fn read(file: &std::path::Path) -> BTreeMap<ProviderKind, Duration> {
-    let text = match std::fs::read_to_string(file) {
+    if std::fs::symlink_metadata(file).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return BTreeMap::new();
+    }
+    let text = match crate::config_file::read_text(file) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeMap::new(),
         Err(e) => {
             tracing::warn!(file = %file.display(), error = %e, "cannot read the cache control settings; using the defaults");
             return BTreeMap::new();
@@ -267,5 +271,10 @@ mod tests {
         );
         assert!(parse("[clear_after]\ncounter = \"soon\"\n").is_err());
         assert!(parse("[clear]\n").is_err());
+        // Not a regular file (a directory here; a FIFO would be opened without blocking):
+        // the defaults, at once.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheControl::new(ClearAfter::default(), Some(dir.path().to_owned()));
+        assert_eq!(cache.get(ProviderKind::Io), Duration::from_secs(60));
     }
 }

@@ -352,6 +352,8 @@ fn execute(
         {
             if let QueryError::TypeMismatch { found, offset, .. } = &mut f {
                 *offset = sql.find(found.as_str());
+                // Found, it is quoted cut short: the statement may be 64 KiB.
+                *found = purveyor_model::shorten(found, purveyor_model::QUOTE_MAX).into_owned();
             }
             return f;
         }

@@ -230,6 +230,15 @@ fn a_value_of_another_kind_is_a_type_mismatch_at_its_place() {
     let (answer, asked) = query("SELECT rss FROM test.proc WHERE pid = '7'");
     assert_eq!(answer.unwrap().rows, vec![vec![Some(Value::U64(7000))]]);
     assert_eq!(asked.len(), 1, "{asked:?}");
+    // A long value is quoted cut short, its place still found.
+    let long = "x".repeat(5000);
+    let sql = format!("SELECT pid FROM test.proc WHERE rss > '{long}'");
+    let err = query(&sql).0.unwrap_err().to_string();
+    assert!(
+        err.starts_with("type mismatch at byte 38: test.proc.rss is u64"),
+        "{err}"
+    );
+    assert!(err.len() < 300, "{err}");
     // NULL is no mismatch: nothing compares equal to it.
     let (answer, _) = query("SELECT rss FROM test.proc WHERE rss = NULL");
     assert!(answer.unwrap().rows.is_empty());

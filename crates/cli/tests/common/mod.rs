@@ -488,3 +488,19 @@ pub fn provider_row(d: &Daemon, name: &str) -> serde_json::Value {
         .cloned()
         .unwrap_or_else(|| panic!("no row for {name}: {all}"))
 }
+
+/// Whether the tests run as root (some act as other users, or mount).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// [`is_root`], saying why the test is skipped when not.
+pub fn root_or_skip(why: &str) -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("skipped: {why}");
+    }
+    root
+}

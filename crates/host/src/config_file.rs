@@ -42,36 +42,7 @@ pub const MAX_CONFIG_FILE: u64 = 1 << 20;
 /// open until a writer came), read only if it is a regular file (not `/dev/zero`, not a
 /// directory), and at most [`MAX_CONFIG_FILE`] bytes. `Err` says what is wrong.
 pub fn read_text(path: &Path) -> Result<String, String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err(format!(
-            "it is not a regular file (a {})",
-            purveyor_io::file_kind(&meta.file_type())
-        ));
-    }
-    if meta.len() > MAX_CONFIG_FILE {
-        return Err(format!(
-            "it is {} bytes, more than the limit of {MAX_CONFIG_FILE}",
-            meta.len()
-        ));
-    }
-    let mut bytes = Vec::new();
-    // The size may have changed since: never read more than the limit.
-    file.take(MAX_CONFIG_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_CONFIG_FILE {
-        return Err(format!(
-            "it is more than the limit of {MAX_CONFIG_FILE} bytes"
-        ));
-    }
+    let bytes = purveyor_io::read_small_file(path, MAX_CONFIG_FILE)?;
     String::from_utf8(bytes).map_err(|e| format!("it is not UTF-8 text ({e})"))
 }
 

@@ -23,6 +23,7 @@ mod name;
 mod procedure;
 mod registry;
 mod requester;
+mod small_file;
 
 pub use builtin::{Dos, Gzip, Memory, MemoryLimits, Tar, file_kind};
 pub use fourcc::{FourCC, FourCCError};
@@ -30,3 +31,4 @@ pub use name::{IoName, NameError};
 pub use procedure::{IoError, IoProcedure, IoStream, OpenMode, message};
 pub use registry::{GlobalProcedures, Listing, Registry, Scope, Stream, StreamGuard};
 pub use requester::Requester;
+pub use small_file::read_small_file;

@@ -1,0 +1,146 @@
+//! A client's side: dial the daemon, complete the TLS handshake, and give the client a
+//! Unix stream whose bytes a thread of this connection carries to and from the daemon.
+
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use purveyor_protocol::{Encoding, ErrorCode};
+use rustls::AlertDescription;
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use crate::bridge::{self, Teller};
+use crate::config::ClientSettings;
+use crate::{Error, tcp};
+
+/// Connects to the daemon `settings` name, as a client speaking `encoding` after its
+/// hello. Errors before the handshake is done (no route, a certificate the CA did not
+/// issue) are returned; the daemon's refusal of this client's certificate reaches the
+/// client as a goodbye naming it, the answer to its hello.
+pub fn connect(settings: &ClientSettings, encoding: Encoding) -> Result<UnixStream, Error> {
+    let config = crate::tls::client_config(settings)?;
+    let address = settings.address.clone();
+    let server_name = ServerName::try_from(address.host.clone()).map_err(|_| {
+        Error::Config(format!(
+            "{:?} is neither a DNS name nor an IP address",
+            address.host
+        ))
+    })?;
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|e| Error::Connect(format!("socket pair: {e}")))?;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let settings = settings.clone();
+    std::thread::Builder::new()
+        .name("purveyor-tls".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = done_tx.send(Err(Error::Connect(format!("runtime: {e}"))));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let tls = match dial(&settings, config, server_name).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        let _ = done_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let unix = match ours
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::UnixStream::from_std(ours))
+                {
+                    Ok(unix) => unix,
+                    Err(e) => {
+                        let _ = done_tx.send(Err(Error::Connect(format!("socket pair: {e}"))));
+                        return;
+                    }
+                };
+                let _ = done_tx.send(Ok(()));
+                let shown = settings.address.to_string();
+                let teller = Teller {
+                    encoding,
+                    describe: Box::new(move |e, before_welcome| {
+                        describe(&shown, e, before_welcome)
+                    }),
+                };
+                bridge::carry(tls, unix, Some(teller)).await;
+            });
+        })
+        .map_err(|e| Error::Connect(format!("cannot start the TLS thread: {e}")))?;
+    match done_rx.recv() {
+        Ok(Ok(())) => Ok(theirs),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Connect(
+            "the TLS thread ended before connecting".into(),
+        )),
+    }
+}
+
+async fn dial(
+    settings: &ClientSettings,
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Error> {
+    let address = &settings.address;
+    let timeout = settings.connect_timeout;
+    let limit = |what: &str| {
+        Error::Connect(format!(
+            "{what} did not finish within {}",
+            humantime::format_duration(timeout)
+        ))
+    };
+    let tcp = tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((address.host.as_str(), address.port)),
+    )
+    .await
+    .map_err(|_| limit("the TCP connection"))?
+    .map_err(|e| Error::Connect(e.to_string()))?;
+    tcp::configure(&tcp, settings.dead_after).map_err(|e| Error::Connect(e.to_string()))?;
+    tokio::time::timeout(
+        timeout,
+        TlsConnector::from(config).connect(server_name, tcp),
+    )
+    .await
+    .map_err(|_| limit("the TLS handshake"))?
+    .map_err(|e| Error::Connect(format!("the TLS handshake failed: {e}")))
+}
+
+/// What a client is told when its TLS connection fails.
+fn describe(address: &str, e: &std::io::Error, before_welcome: bool) -> (ErrorCode, String) {
+    let alert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|e| match e {
+            rustls::Error::AlertReceived(alert) => Some(*alert),
+            _ => None,
+        });
+    match alert {
+        Some(AlertDescription::CertificateRequired) => (
+            ErrorCode::AccessDenied,
+            format!(
+                "the daemon at {address} requires a client certificate: pass --tls-cert and --tls-key (or set PURVEYOR_TLS_CERT and PURVEYOR_TLS_KEY)"
+            ),
+        ),
+        Some(alert) => (
+            ErrorCode::AccessDenied,
+            format!(
+                "the daemon at {address} refused this client's certificate (TLS alert {alert:?})"
+            ),
+        ),
+        None if before_welcome => (
+            ErrorCode::Protocol,
+            format!("the TLS connection to {address} failed: {e}"),
+        ),
+        None => (
+            ErrorCode::Protocol,
+            format!("the connection to {address} was lost: {e}"),
+        ),
+    }
+}

@@ -5,6 +5,7 @@
 mod check;
 mod dialog;
 mod io;
+mod remote;
 mod render;
 mod serve;
 mod systemd;
@@ -79,6 +80,18 @@ struct Global {
     /// Load dialog UI modules from this trusted directory (repeatable) [env: PURVEYOR_UI_MODULES, colon-separated]
     #[arg(long = "ui-modules", global = true, value_name = "DIR")]
     ui_modules: Vec<PathBuf>,
+    /// Talk to a daemon on another machine over TLS: HOST:PORT (docs/remote.md) [env: PURVEYOR_REMOTE]
+    #[arg(long, global = true, value_name = "HOST:PORT", conflicts_with_all = ["socket", "embedded"])]
+    remote: Option<String>,
+    /// The CA that issued the remote daemon's certificate [env: PURVEYOR_TLS_CA]
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate for --remote (PEM) [env: PURVEYOR_TLS_CERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM) [env: PURVEYOR_TLS_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -207,7 +220,7 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
     Worker,
     /// Run the daemon
     #[command(
-        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers\n  purveyor serve --clear-after counter=30s --clear-after instance=1m\n  purveyor serve --limit io.mem_per_user=16MiB --limit io.mem_idle=5m\n  purveyor serve --http 9464                       JSON API and /metrics on 127.0.0.1:9464\n  purveyor serve --http 0.0.0.0:9464 --http-config /etc/purveyor/http.toml"
+        after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers\n  purveyor serve --clear-after counter=30s --clear-after instance=1m\n  purveyor serve --limit io.mem_per_user=16MiB --limit io.mem_idle=5m\n  purveyor serve --http 9464                       JSON API and /metrics on 127.0.0.1:9464\n  purveyor serve --http 0.0.0.0:9464 --http-config /etc/purveyor/http.toml\n  purveyor serve --listen tls://0.0.0.0:7443       remote clients over TLS (certificates in /etc/purveyor/remote.toml)"
     )]
     Serve {
         /// Let the socket's group connect (mode 0660 instead of 0600)
@@ -239,6 +252,12 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
         /// The HTTP gateway's configuration [default: /etc/purveyor/http.toml if it exists]
         #[arg(long, value_name = "FILE", requires = "http")]
         http_config: Option<PathBuf>,
+        /// Also serve the protocol to other machines over TLS 1.3 on tls://ADDR:PORT (repeatable; a bare PORT is on loopback; docs/remote.md)
+        #[arg(long, value_name = "tls://ADDR:PORT")]
+        listen: Vec<String>,
+        /// Certificates and user mapping for --listen [default: /etc/purveyor/remote.toml]
+        #[arg(long, value_name = "FILE", requires = "listen")]
+        remote_config: Option<PathBuf>,
     },
     /// I/O procedures: list the codes the host serves
     #[command(after_help = "Examples:\n  purveyor io ls\n  purveyor io ls --json")]
@@ -363,6 +382,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             http,
             http_config,
+            listen,
+            remote_config,
         } => serve::run(
             &global,
             serve::Options {
@@ -375,6 +396,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 limits: &limit,
                 http: http.as_deref(),
                 http_config: http_config.as_deref(),
+                listen: &listen,
+                remote_config: remote_config.as_deref(),
             },
         )
         .map(|()| ExitCode::SUCCESS),
@@ -528,7 +551,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Reload => {
             let mut client = connect_with(&global, false)?;
-            if !matches!(client.mode(), Mode::Daemon { .. }) {
+            if matches!(client.mode(), Mode::Embedded) {
                 anyhow::bail!(
                     "no daemon at {}: nothing to reload",
                     global_socket(&global).display()
@@ -663,7 +686,19 @@ fn ui_module_dirs(global: &Global) -> Vec<PathBuf> {
 }
 
 fn connect_with(global: &Global, ui: bool) -> Result<Client> {
-    let target = if global.embedded {
+    let remote = if global.embedded || global.socket.is_some() {
+        None
+    } else {
+        purveyor_client::RemoteSettings::resolve(purveyor_client::RemoteFlags {
+            address: global.remote.clone(),
+            ca: global.tls_ca.clone(),
+            certificate: global.tls_cert.clone(),
+            key: global.tls_key.clone(),
+        })?
+    };
+    let target = if let Some(remote) = remote {
+        Target::Remote(remote)
+    } else if global.embedded {
         Target::Embedded
     } else if let Some(socket) = &global.socket {
         Target::Socket(socket.clone())
@@ -682,8 +717,10 @@ fn connect_with(global: &Global, ui: bool) -> Result<Client> {
         options = options.provider_dirs(global.provider_dirs.clone());
     }
     let client = Client::connect(&options)?;
-    if let Mode::Daemon { socket } = client.mode() {
-        tracing::debug!(socket = %socket.display(), "using the daemon");
+    match client.mode() {
+        Mode::Daemon { socket } => tracing::debug!(socket = %socket.display(), "using the daemon"),
+        Mode::Remote { address } => tracing::debug!(%address, "using a remote daemon"),
+        Mode::Embedded => {}
     }
     Ok(client)
 }

@@ -299,6 +299,7 @@ pub fn providers(
 pub fn status(s: &HostStatus, mode: &Mode, socket: &std::path::Path) -> String {
     let mode = match mode {
         Mode::Daemon { socket } => format!("daemon on {}", socket.display()),
+        Mode::Remote { address } => format!("daemon at {address} (remote, over TLS)"),
         Mode::Embedded => format!(
             "embedded (in this process; no daemon answered on {})",
             socket.display()

@@ -22,6 +22,8 @@ pub struct Options<'a> {
     pub limits: &'a [String],
     pub http: Option<&'a str>,
     pub http_config: Option<&'a std::path::Path>,
+    pub listen: &'a [String],
+    pub remote_config: Option<&'a std::path::Path>,
 }
 
 pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
@@ -35,6 +37,8 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         limits,
         http,
         http_config,
+        listen,
+        remote_config,
     } = options;
     // The gateway's address and configuration are checked before anything is bound.
     let gateway = match http {
@@ -75,6 +79,8 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         config.access = std::sync::Arc::new(policy);
         tracing::info!(file = %file.display(), "access policy loaded");
     }
+    // Certificates are read and addresses bound before anything is served.
+    let remote = crate::remote::prepare(listen, remote_config, config.handshake_timeout)?;
     let path = global
         .socket
         .clone()
@@ -176,7 +182,8 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
             crate::systemd::stopping();
             let _ = stop.send(true);
         };
-        let result = server::serve(listener, host, signal).await;
+        let carried = remote.map(crate::remote::start).transpose()?;
+        let result = server::serve_carried(listener, carried, host, signal).await;
         if let Some(http) = http
             && tokio::time::timeout(std::time::Duration::from_secs(2), http)
                 .await

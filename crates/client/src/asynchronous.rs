@@ -72,6 +72,7 @@ impl AsyncClient {
     /// Connects as `options` say; see [`crate::Client::connect`].
     pub async fn connect(options: &ConnectOptions) -> Result<AsyncClient, ClientError> {
         match (&options.target, options.socket_path()) {
+            (Target::Remote(settings), _) => Self::connect_remote(settings, options).await,
             (Target::Embedded, _) | (_, None) => Self::embedded(options),
             (Target::Socket(_), Some(path)) => Self::connect_socket(&path, options).await,
             (Target::Auto, Some(path)) => match Self::connect_socket(&path, options).await {
@@ -93,11 +94,55 @@ impl AsyncClient {
         path: &Path,
         options: &ConnectOptions,
     ) -> Result<AsyncClient, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mode = Mode::Daemon {
+            socket: path.to_owned(),
+        };
+        Self::over(stream, path, mode, options).await
+    }
+
+    /// Connects to a daemon on another machine over TLS (`docs/remote.md`). The dial
+    /// and handshake run on a thread of the connection's own.
+    pub async fn connect_remote(
+        settings: &purveyor_remote::ClientSettings,
+        options: &ConnectOptions,
+    ) -> Result<AsyncClient, ClientError> {
+        let address = settings.address.to_string();
+        let (settings2, encoding) = (settings.clone(), options.encoding);
+        let stream =
+            tokio::task::spawn_blocking(move || purveyor_remote::connect(&settings2, encoding))
+                .await
+                .map_err(|e| ClientError::Internal {
+                    message: format!("the TLS connect task failed: {e}"),
+                })?
+                .map_err(|e| crate::error::remote_connect(&address, e))?;
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(stream))
+            .map_err(ClientError::Io)?;
+        let mode = Mode::Remote {
+            address: address.clone(),
+        };
+        Self::over(stream, Path::new(&address), mode, options).await
+    }
+
+    /// The handshake on `stream` (a daemon's socket, or a bridge to one), named `path` in
+    /// errors.
+    async fn over(
+        mut stream: UnixStream,
+        path: &Path,
+        mode: Mode,
+        options: &ConnectOptions,
+    ) -> Result<AsyncClient, ClientError> {
         let connect_err = |source| ClientError::Connect {
             path: path.to_owned(),
             source,
         };
-        let mut stream = UnixStream::connect(path).await.map_err(connect_err)?;
         let hello = stream
             .write_all(&hello_frame(
                 options.encoding,
@@ -157,9 +202,7 @@ impl AsyncClient {
                 max_frame: welcome.max_frame,
                 reader,
             }),
-            mode: Mode::Daemon {
-                socket: path.to_owned(),
-            },
+            mode,
             taken: Default::default(),
         })
     }

@@ -77,6 +77,7 @@ impl Client {
     /// "no daemon": the client runs an embedded host instead.
     pub fn connect(options: &ConnectOptions) -> Result<Client, ClientError> {
         match (&options.target, options.socket_path()) {
+            (Target::Remote(settings), _) => Self::connect_remote(settings, options),
             (Target::Embedded, _) | (_, None) => Self::embedded(options),
             (Target::Socket(_), Some(path)) => Self::connect_socket(&path, options),
             (Target::Auto, Some(path)) => match Self::connect_socket(&path, options) {
@@ -95,11 +96,49 @@ impl Client {
 
     /// Connects to the daemon on `path`.
     pub fn connect_socket(path: &Path, options: &ConnectOptions) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mode = Mode::Daemon {
+            socket: path.to_owned(),
+        };
+        Self::over(stream, path, mode, options)
+    }
+
+    /// Connects to a daemon on another machine over TLS (`docs/remote.md`).
+    pub fn connect_remote(
+        settings: &purveyor_remote::ClientSettings,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        let address = settings.address.to_string();
+        let stream = purveyor_remote::connect(settings, options.encoding)
+            .map_err(|e| crate::error::remote_connect(&address, e))?;
+        let mut client = Self::over(
+            stream,
+            Path::new(&address),
+            Mode::Remote {
+                address: address.clone(),
+            },
+            options,
+        )?;
+        // Direct channels pass a socket: never across machines.
+        client.direct = None;
+        Ok(client)
+    }
+
+    /// The handshake on `stream` (a daemon's socket, or a bridge to one), named `label` in
+    /// errors.
+    fn over(
+        mut stream: UnixStream,
+        path: &Path,
+        mode: Mode,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
         let connect_err = |source| ClientError::Connect {
             path: path.to_owned(),
             source,
         };
-        let mut stream = UnixStream::connect(path).map_err(connect_err)?;
         stream
             .set_read_timeout(Some(options.reply_timeout))
             .map_err(connect_err)?;
@@ -143,9 +182,7 @@ impl Client {
                 path: path.to_owned(),
                 reply_timeout: options.reply_timeout,
             }),
-            mode: Mode::Daemon {
-                socket: path.to_owned(),
-            },
+            mode,
             next_id: 1,
             ui: None,
             internal: Default::default(),

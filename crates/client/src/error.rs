@@ -82,3 +82,12 @@ impl ClientError {
         }
     }
 }
+
+/// A remote connection that could not be made, as [`ClientError::Connect`] naming the
+/// address.
+pub(crate) fn remote_connect(address: &str, e: purveyor_remote::Error) -> ClientError {
+    ClientError::Connect {
+        path: address.into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}

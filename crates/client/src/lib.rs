@@ -25,6 +25,9 @@ pub use purveyor_protocol::{
     HostMode, HostStatus, IoMode, IoProcedureInfo, Progress, PropertyChange, ProviderStatus, Push,
     QueryColumn, QueryRows, ReloadReport, Request, Response,
 };
+pub use purveyor_remote::{
+    ClientFlags as RemoteFlags, ClientSettings as RemoteSettings, RemoteAddress,
+};
 
 #[cfg(feature = "embedded")]
 #[cfg(feature = "embedded")]

@@ -14,13 +14,22 @@ pub enum Target {
     Socket(PathBuf),
     /// A host inside this process, whether or not a daemon runs.
     Embedded,
+    /// A daemon on another machine, over TLS (`docs/remote.md`): everything but direct
+    /// channels and passed descriptors works as on the local socket.
+    Remote(purveyor_remote::ClientSettings),
 }
 
 /// Which host a connected client talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    Daemon { socket: PathBuf },
+    Daemon {
+        socket: PathBuf,
+    },
     Embedded,
+    /// A daemon reached over TLS at this address (`tls://HOST:PORT`).
+    Remote {
+        address: String,
+    },
 }
 
 /// How to connect.
@@ -95,7 +104,7 @@ impl ConnectOptions {
         match &self.target {
             Target::Auto => Some(purveyor_protocol::default_socket_path()),
             Target::Socket(path) => Some(path.clone()),
-            Target::Embedded => None,
+            Target::Embedded | Target::Remote(_) => None,
         }
     }
 }

@@ -25,11 +25,30 @@ use crate::state::SERVER_NAME;
 
 pub use crate::connection::OUT_CAP;
 
+/// A connection another transport carries to the server (`purveyor-remote`'s TLS
+/// bridge): the server's end of a Unix socket pair, and who the peer is — which the
+/// transport established, since the pair's own credentials are the daemon's.
+pub struct Carried {
+    pub stream: UnixStream,
+    pub caller: Caller,
+}
+
 /// Serves `host` on `listener` until `shutdown` completes. Then it stops accepting, lets
 /// in-flight requests finish within the configured grace period, tells every client
 /// goodbye, and releases the providers. The caller owns the socket file.
 pub async fn serve(
     listener: tokio::net::UnixListener,
+    host: Host,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_carried(listener, None, host, shutdown).await
+}
+
+/// [`serve`], and also the connections `carried` brings (remote ones), under the same
+/// limits, except that descriptors are never passed on them.
+pub async fn serve_carried(
+    listener: tokio::net::UnixListener,
+    mut carried: Option<tokio::sync::mpsc::Receiver<Carried>>,
     host: Host,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -60,7 +79,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     next_id = next_id.wrapping_add(1);
-                    connections.spawn(connection(stream, host.clone(), next_id, stop_rx.clone(), admission.clone()));
+                    connections.spawn(connection(Peer::Local(stream), host.clone(), next_id, stop_rx.clone(), admission.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors or a peer that vanished: keep serving the others.
@@ -74,10 +93,15 @@ pub async fn serve(
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(remote) = async { carried.as_mut()?.recv().await }, if carried.is_some() => {
+                next_id = next_id.wrapping_add(1);
+                connections.spawn(connection(Peer::Carried(remote), host.clone(), next_id, stop_rx.clone(), admission.clone()));
+            }
         }
     }
     tracing::info!(connections = connections.len(), "shutting down");
     drop(listener);
+    drop(carried);
     let _ = stop_tx.send(true);
     let grace = host.config().shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
@@ -102,19 +126,29 @@ pub async fn serve(
     Ok(())
 }
 
+/// Where a connection comes from.
+enum Peer {
+    /// A local client on the daemon's socket: its credentials are the socket's.
+    Local(UnixStream),
+    Carried(Carried),
+}
+
 async fn connection(
-    stream: UnixStream,
+    peer: Peer,
     host: Host,
     id: u32,
     stop: watch::Receiver<bool>,
     admission: Arc<crate::admission::Admission>,
 ) {
-    let caller = match crate::socket::peer_credentials(&stream) {
-        Ok(caller) => caller,
-        Err(e) => {
-            tracing::warn!(connection = id, error = %e, "cannot read peer credentials; closing");
-            return;
-        }
+    let (stream, caller, local) = match peer {
+        Peer::Local(stream) => match crate::socket::peer_credentials(&stream) {
+            Ok(caller) => (stream, caller, true),
+            Err(e) => {
+                tracing::warn!(connection = id, error = %e, "cannot read peer credentials; closing");
+                return;
+            }
+        },
+        Peer::Carried(Carried { stream, caller }) => (stream, caller, false),
     };
     let shared = host.shared();
     let config = shared.config();
@@ -136,8 +170,10 @@ async fn connection(
         }
     };
     shared.counters().connection_opened();
-    let span = tracing::debug_span!("connection", id, uid = caller.uid, pid = caller.pid);
-    let result = run(stream, &host, id, caller, stop).instrument(span).await;
+    let span = tracing::debug_span!("connection", id, uid = caller.uid, pid = caller.pid, local);
+    let result = run(stream, &host, id, caller, local, stop)
+        .instrument(span)
+        .await;
     if let Err(e) = result {
         tracing::debug!(connection = id, error = %e, "connection ended with an I/O error");
     }
@@ -150,6 +186,7 @@ async fn run(
     host: &Host,
     id: u32,
     caller: Caller,
+    local: bool,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let config = host.config();
@@ -170,8 +207,11 @@ async fn run(
     };
     let session = host.session(caller);
     session.set_shows(ui);
-    // A Unix socket can carry file descriptors (plain files opened for reading).
-    session.allow_fds();
+    // A local Unix socket can carry file descriptors (plain files opened for reading); a
+    // carried connection's pair cannot reach its client's process.
+    if local {
+        session.allow_fds();
+    }
     let socket = Socket { rd, wr, fd };
     connection::serve(socket, frames, wire, host.shared(), &session, id, stop).await
 }

@@ -75,6 +75,7 @@ pub fn start(remote: Remote) -> std::io::Result<tokio::sync::mpsc::Receiver<Carr
         while let Some(a) = accepted.recv().await {
             let mut caller = purveyor_host::Caller::new(a.user.uid, a.user.gid, 0);
             caller.groups = a.user.groups.into();
+            caller.remote = true;
             tracing::info!(peer = %a.peer, certificate = %a.user.certificate, user = %a.user.user, "remote client");
             let carried = Carried {
                 stream: a.stream,

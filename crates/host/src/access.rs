@@ -62,8 +62,10 @@ impl fmt::Display for Permission {
 /// Someone a rule grants a permission to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    /// `@local`: every user who can reach the socket.
+    /// `@local`: every user who can reach the socket (not remote clients).
     Local,
+    /// `@remote`: every client on another machine, whatever user its certificate maps to.
+    Remote,
     /// `@owner`: the user the daemon runs as.
     Owner,
     /// `user:NAME` or `uid:N`.
@@ -246,7 +248,8 @@ impl AccessPolicy {
             return Err(format!("no rule grants {permission} on {path}"));
         };
         let granted = allowed.iter().any(|(p, _)| match p {
-            Principal::Local => true,
+            Principal::Local => !caller.remote,
+            Principal::Remote => caller.remote,
             Principal::Owner => caller.uid == self.owner,
             Principal::Uid(uid) => caller.uid == *uid,
             Principal::Gid(gid) => caller.gid == *gid || caller.groups.contains(gid),
@@ -296,11 +299,12 @@ impl AccessPolicy {
 fn parse_principal(text: &str) -> Result<Principal, String> {
     match text {
         "@local" => return Ok(Principal::Local),
+        "@remote" => return Ok(Principal::Remote),
         "@owner" => return Ok(Principal::Owner),
         _ => {}
     }
     let (kind, name) = text.split_once(':').ok_or_else(|| {
-        format!("{text:?} is not @local, @owner, user:NAME, uid:N, group:NAME or gid:N")
+        format!("{text:?} is not @local, @remote, @owner, user:NAME, uid:N, group:NAME or gid:N")
     })?;
     match kind {
         "uid" => name
@@ -318,7 +322,7 @@ fn parse_principal(text: &str) -> Result<Principal, String> {
             .map(Principal::Gid)
             .ok_or_else(|| format!("{text:?}: there is no group named {name:?}")),
         _ => Err(format!(
-            "{text:?} is not @local, @owner, user:NAME, uid:N, group:NAME or gid:N"
+            "{text:?} is not @local, @remote, @owner, user:NAME, uid:N, group:NAME or gid:N"
         )),
     }
 }
@@ -389,6 +393,23 @@ mod tests {
 
     fn caller(uid: u32, gid: u32) -> Caller {
         Caller::new(uid, gid, u32::MAX)
+    }
+
+    #[test]
+    fn remote_clients_are_not_local_and_remote_names_them() {
+        let text = "[namespace.config]\nread = [\"@remote\"]\n";
+        let policy = AccessPolicy::parse(Path::new("/etc/purveyor/access.toml"), text).unwrap();
+        let mut far = caller(1000, 1000);
+        far.remote = true;
+        let near = caller(1000, 1000);
+        // The built-in `@local` of the system namespace is not for remote clients.
+        assert!(policy.check(&near, Permission::Read, "system.cpu").is_ok());
+        let refused = policy
+            .check(&far, Permission::Read, "system.cpu")
+            .unwrap_err();
+        assert!(refused.contains("@local"), "{refused}");
+        assert!(policy.check(&far, Permission::Read, "config.x").is_ok());
+        assert!(policy.check(&near, Permission::Read, "config.x").is_err());
     }
 
     /// Every decision of the defaults and of a configured file, as a table of callers ×
@@ -563,7 +584,7 @@ read = ["uid:1000"]
         );
         assert_eq!(
             err("[namespace.config]\nread = [\"everyone\"]\n"),
-            "/etc/purveyor/access.toml:2: read of namespace \"config\": \"everyone\" is not @local, @owner, user:NAME, uid:N, group:NAME or gid:N"
+            "/etc/purveyor/access.toml:2: read of namespace \"config\": \"everyone\" is not @local, @remote, @owner, user:NAME, uid:N, group:NAME or gid:N"
         );
         assert!(
             err("[namespace.config]\nreed = []\n")

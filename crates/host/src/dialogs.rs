@@ -562,7 +562,11 @@ impl DialogHub {
                 .filter(|(_, d)| d.session == session.id)
                 .map(|(h, _)| *h)
                 .collect();
-            let reason = format!("the application (pid {}) disconnected", session.caller.pid);
+            let reason = match session.caller.pid {
+                // A remote client (or one in another PID namespace) has no pid here.
+                0 => format!("the application (uid {}) disconnected", session.caller.uid),
+                pid => format!("the application (pid {pid}) disconnected"),
+            };
             for handle in mine {
                 close(&mut state, handle, &reason, true, false, &mut after);
             }

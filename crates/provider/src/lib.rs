@@ -161,6 +161,10 @@ pub struct Caller {
     /// Supplementary groups. Empty when the host did not pass them (a provider process is
     /// told uid, gid and pid only; the host applies group rules itself).
     pub groups: Groups,
+    /// A client on another machine (`docs/remote.md`): uid, gid and groups are those of
+    /// the local user its certificate maps to, and pid is 0. The access policy's `@local`
+    /// does not include it; `@remote` does.
+    pub remote: bool,
 }
 
 /// A caller's supplementary groups: cheap to clone, and no allocation when there are none.
@@ -284,6 +288,7 @@ impl Caller {
             gid: current_gid(),
             pid: std::process::id(),
             groups: current_groups().into(),
+            remote: false,
         }
     }
 
@@ -303,6 +308,7 @@ impl Caller {
             gid,
             pid,
             groups: Groups::default(),
+            remote: false,
         }
     }
 }

@@ -21,12 +21,25 @@ pub struct Daemon {
     child: Option<Child>,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    /// A command the daemon runs under (`ip netns exec NS`), or none.
+    prefix: Vec<OsString>,
 }
 
 impl Daemon {
     /// Writes `manifests` into a fresh providers directory and starts a daemon on it, with
     /// `args` after `serve` and `env` added. Provider state goes to its `state` directory.
     pub fn start(
+        manifests: &[(&str, String)],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
+        Self::start_under(&[], manifests, args, env)
+    }
+
+    /// [`Daemon::start`] with the daemon run by `prefix` (which must exec it, so that its
+    /// pid is the daemon's): `["ip", "netns", "exec", NS]`.
+    pub fn start_under(
+        prefix: &[&str],
         manifests: &[(&str, String)],
         args: &[&str],
         env: &[(&str, &std::ffi::OsStr)],
@@ -46,6 +59,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.into(), v.to_os_string()))
                 .collect(),
+            prefix: prefix.iter().map(Into::into).collect(),
             dir,
         };
         daemon.spawn();
@@ -60,7 +74,15 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let mut command = match self.prefix.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["serve", "-v", "--socket"])
             .arg(&self.socket)
             .arg("--providers")

@@ -4,7 +4,7 @@
 #![cfg_attr(not(feature = "embedded"), allow(irrefutable_let_patterns))]
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use purveyor_protocol::{
 
 use crate::dialog::{DialogUi, OpenDialog, UiAction};
 use crate::direct::{DIRECT_SINCE, DirectRoutes, Plan};
+use crate::stream::Stream;
 use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
 use crate::{ClientError, ConnectOptions, Mode, Target, typed};
 use purveyor_protocol::DialogInput;
@@ -45,7 +46,7 @@ enum Transport {
 }
 
 struct SocketConn {
-    stream: UnixStream,
+    stream: Stream,
     frames: FrameBuffer,
     out: Vec<u8>,
     encoding: Encoding,
@@ -103,7 +104,7 @@ impl Client {
         let mode = Mode::Daemon {
             socket: path.to_owned(),
         };
-        Self::over(stream, path, mode, options)
+        Self::over(Stream::Unix(stream), path, mode, options)
     }
 
     /// Connects to a daemon on another machine over TLS (`docs/remote.md`).
@@ -112,10 +113,11 @@ impl Client {
         options: &ConnectOptions,
     ) -> Result<Client, ClientError> {
         let address = settings.address.to_string();
-        let stream = purveyor_remote::connect(settings, options.encoding)
+        // TLS on this thread: no bridge thread to wake for each request.
+        let stream = purveyor_remote::TlsClient::connect(settings)
             .map_err(|e| crate::error::remote_connect(&address, e))?;
         let mut client = Self::over(
-            stream,
+            Stream::Tls(Box::new(stream)),
             Path::new(&address),
             Mode::Remote {
                 address: address.clone(),
@@ -127,10 +129,10 @@ impl Client {
         Ok(client)
     }
 
-    /// The handshake on `stream` (a daemon's socket, or a bridge to one), named `label` in
+    /// The handshake on `stream` (a daemon's socket, or TLS to one), named `path` in
     /// errors.
     fn over(
-        mut stream: UnixStream,
+        mut stream: Stream,
         path: &Path,
         mode: Mode,
         options: &ConnectOptions,
@@ -166,7 +168,7 @@ impl Client {
                 &mut Default::default(),
                 path,
                 options.reply_timeout,
-                "the handshake",
+                HANDSHAKE,
             )?;
         };
         Ok(Client {
@@ -357,7 +359,7 @@ impl Client {
                 })?;
                 let written = conn.stream.write_all(&conn.out);
                 conn.out.clear();
-                written?;
+                written.map_err(|e| conn.stream.error(e, false))?;
             }
             #[cfg(feature = "embedded")]
             Transport::Embedded(e) => {
@@ -837,7 +839,7 @@ impl SocketConn {
                 None => None,
             };
             self.stream.set_read_timeout(left)?;
-            let read = recv(&self.stream, self.frames.spare(), &mut self.fds);
+            let read = self.stream.recv(self.frames.spare(), &mut self.fds);
             self.stream.set_read_timeout(Some(self.reply_timeout))?;
             match read {
                 Ok(0) => {
@@ -848,26 +850,16 @@ impl SocketConn {
                 }
                 Ok(n) => self.frames.filled(n),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(self.stream.error(e, false)),
             }
         }
     }
 }
 
-/// `read`, keeping any file descriptor the daemon passed.
-fn recv(
-    stream: &UnixStream,
-    buf: &mut [u8],
-    fds: &mut std::collections::VecDeque<std::os::fd::OwnedFd>,
-) -> std::io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    purveyor_protocol::fds::recv(stream.as_raw_fd(), buf, fds)
-}
-
 /// Reads what has arrived into `frames`. A timeout, or the daemon closing the connection,
 /// is an error that names the socket and what was awaited.
 fn read_some(
-    stream: &mut UnixStream,
+    stream: &mut Stream,
     frames: &mut FrameBuffer,
     fds: &mut std::collections::VecDeque<std::os::fd::OwnedFd>,
     path: &Path,
@@ -877,14 +869,8 @@ fn read_some(
     // The daemon answers most requests within microseconds: look before blocking, so
     // the reply does not have to wake this thread on a halted CPU
     // (`purveyor_protocol::poll`).
-    {
-        use std::os::fd::AsRawFd;
-        purveyor_protocol::poll::readable_within(
-            stream.as_raw_fd(),
-            purveyor_protocol::poll::poll_window(),
-        );
-    }
-    match recv(stream, frames.spare(), fds) {
+    stream.poll_briefly();
+    match stream.recv(frames.spare(), fds) {
         Ok(0) => Err(ClientError::protocol(format!(
             "the daemon at {} closed the connection during {awaiting}",
             path.display()
@@ -902,9 +888,12 @@ fn read_some(
                 ),
             })
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(stream.error(e, awaiting == HANDSHAKE)),
     }
 }
+
+/// What the handshake is called in errors (and how a read knows it is one).
+const HANDSHAKE: &str = "the handshake";
 
 #[cfg(feature = "embedded")]
 impl Drop for Embedded {

@@ -12,6 +12,7 @@ mod direct;
 mod error;
 pub mod io;
 mod options;
+mod stream;
 mod typed;
 mod wire;
 

@@ -88,6 +88,9 @@ pub(crate) struct Socket<'s> {
     pub rd: ReadHalf<'s>,
     pub wr: WriteHalf<'s>,
     pub fd: RawFd,
+    /// A local client's socket; else a pair whose other end a bridge in this process
+    /// serves (a remote client), where polling would only hold a thread the bridge needs.
+    pub local: bool,
 }
 
 /// A request being answered on the connection's task.
@@ -161,7 +164,11 @@ pub(crate) async fn serve(
         goodbye: None,
         last_heard: Instant::now(),
         partial_since: None,
-        poll: config.poll,
+        poll: if socket.local {
+            config.poll
+        } else {
+            Duration::ZERO
+        },
         last_reply: None,
         back_to_back: false,
     };

@@ -212,7 +212,7 @@ async fn run(
     if local {
         session.allow_fds();
     }
-    let socket = Socket { rd, wr, fd };
+    let socket = Socket { rd, wr, fd, local };
     connection::serve(socket, frames, wire, host.shared(), &session, id, stop).await
 }
 

@@ -31,7 +31,7 @@ mod tcp;
 mod tls;
 
 pub use config::{ClientFlags, ClientSettings, DEAD_AFTER_DEFAULT, RemoteAddress, ServerSettings};
-pub use connect::connect;
+pub use connect::{TlsClient, connect};
 pub use identity::{RemoteUser, Users};
 pub use listen::{Accepted, Listener, MAX_HANDSHAKES, listen};
 pub use tls::{client_config, server_config};

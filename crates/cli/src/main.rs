@@ -246,7 +246,7 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
         /// docs/security.md "Limits": io.mem_per_user 64MiB, io.mem_total 256MiB, io.mem_idle 15m)
         #[arg(long, value_name = "NAME=VALUE")]
         limit: Vec<String>,
-        /// Also serve HTTP (JSON API, /metrics, /healthz, /readyz; docs/http.md) on ADDR: a bare PORT is on loopback
+        /// Also serve HTTP (JSON API, /metrics, /healthz, /readyz, events; docs/http.md) on ADDR: a bare PORT is on loopback; https://ADDR for HTTPS with the certificate of --remote-config
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
         /// The HTTP gateway's configuration [default: /etc/purveyor/http.toml if it exists]
@@ -255,8 +255,8 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
         /// Also serve the protocol to other machines over TLS 1.3 on tls://ADDR:PORT (repeatable; a bare PORT is on loopback; docs/remote.md)
         #[arg(long, value_name = "tls://ADDR:PORT")]
         listen: Vec<String>,
-        /// Certificates and user mapping for --listen [default: /etc/purveyor/remote.toml]
-        #[arg(long, value_name = "FILE", requires = "listen")]
+        /// Certificates and user mapping for --listen and --http https://… [default: /etc/purveyor/remote.toml]
+        #[arg(long, value_name = "FILE")]
         remote_config: Option<PathBuf>,
     },
     /// I/O procedures: list the codes the host serves

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use purveyor_host::server::Carried;
+use purveyor_remote::rustls as tls;
 use purveyor_remote::{Listener, ServerSettings};
 
 /// The remote listeners, bound, with their certificates read.
@@ -55,6 +56,18 @@ pub fn prepare(
         tcp.push(bound);
     }
     Ok(Some(Remote { tcp, listener }))
+}
+
+/// The HTTP gateway's TLS (`--http https://…`), from the same certificate as `--listen`.
+pub fn https(config: Option<&Path>) -> Result<Arc<tls::ServerConfig>> {
+    let file = config_file(config);
+    let settings = ServerSettings::load(&file).with_context(|| {
+        format!(
+            "--http https://… needs the certificate in {} (docs/remote.md)",
+            file.display()
+        )
+    })?;
+    Ok(purveyor_remote::https_config(&settings)?)
 }
 
 /// Starts accepting on the runtime: each connection, after its handshake, comes out of

@@ -44,6 +44,11 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
     let gateway = match http {
         None => None,
         Some(addr) => {
+            // `https://ADDR` serves HTTPS with the certificate of the remote configuration.
+            let (addr, tls) = match addr.strip_prefix("https://") {
+                Some(rest) => (rest, Some(crate::remote::https(remote_config)?)),
+                None => (addr.strip_prefix("http://").unwrap_or(addr), None),
+            };
             let addr = purveyor_gateway::parse_addr(addr).map_err(anyhow::Error::msg)?;
             let config = http_file(http_config)
                 .map(|file| purveyor_gateway::GatewayConfig::load(&file))
@@ -52,7 +57,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
             let tcp = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
             tcp.set_nonblocking(true)?;
-            Some((tcp, config))
+            Some((tcp, config, tls))
         }
     };
     let mut config = if global.provider_dirs.is_empty() {
@@ -136,10 +141,10 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
             0 => tracing::info!("sandbox: this kernel has no Landlock; a strict sandbox is its seccomp filter only"),
             abi => tracing::info!(landlock_abi = abi, "sandbox: Landlock and seccomp available"),
         }
-        let gateway = gateway.map(|(tcp, config)| {
-            (tcp, Arc::new(purveyor_host::Current::new(Arc::new(config))))
+        let gateway = gateway.map(|(tcp, config, tls)| {
+            (tcp, Arc::new(purveyor_host::Current::new(Arc::new(config))), tls)
         });
-        let http_cell = gateway.as_ref().map(|(_, cell)| cell.clone());
+        let http_cell = gateway.as_ref().map(|(_, cell, _)| cell.clone());
         let access = access.map(std::path::Path::to_path_buf);
         let http_config = http_config.map(std::path::Path::to_path_buf);
         host.set_reloader(Arc::new(move |host: &purveyor_host::Host| {
@@ -150,15 +155,15 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let http = match gateway {
             None => None,
-            Some((tcp, config)) => {
+            Some((tcp, config, tls)) => {
                 let tcp = tokio::net::TcpListener::from_std(tcp)?;
                 let addr = tcp.local_addr()?;
                 if !addr.ip().is_loopback() {
                     tracing::warn!(%addr, "the HTTP gateway listens beyond loopback; anonymous requests can read what every local user can");
                 }
-                tracing::info!(%addr, "HTTP gateway listening");
+                tracing::info!(%addr, https = tls.is_some(), "HTTP gateway listening");
                 let mut stopped = stopped.clone();
-                let served = purveyor_gateway::serve(tcp, host.clone(), config, async move {
+                let served = purveyor_gateway::serve_tls(tcp, tls, host.clone(), config, async move {
                     let _ = stopped.wait_for(|stop| *stop).await;
                 });
                 // A failure is logged when it happens, not at shutdown; the socket

@@ -24,6 +24,22 @@ pub struct Gateway {
     pub host: Host,
     /// `http.toml` in force: replaced by a reload (`purveyor reload`), read per request.
     pub config: Arc<purveyor_host::Current<GatewayConfig>>,
+    /// Becomes `true` when the daemon stops: long responses (event streams) end.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Gateway {
+    /// A gateway that is never told to stop (tests, embedding).
+    pub fn new(host: Host, config: Arc<purveyor_host::Current<GatewayConfig>>) -> Self {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        // Kept: a dropped sender would read as a change.
+        std::mem::forget(stop);
+        Gateway {
+            host,
+            config,
+            stopping,
+        }
+    }
 }
 
 /// The gateway's routes.
@@ -44,13 +60,15 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/v1/classes/{class}/methods/{method}",
             axum::routing::post(call),
         )
+        .route("/v1/classes/{class}/events", get(crate::events::events))
         .route("/v1/query", get(query_get).post(query_post))
         .fallback(not_found)
         .with_state(gateway)
 }
 
 /// An HTTP error: a status and the host's error, as `{"error": {"code", "message"}}`.
-struct Failure {
+#[derive(Debug)]
+pub(crate) struct Failure {
     status: StatusCode,
     error: RemoteError,
 }
@@ -73,7 +91,7 @@ impl From<RemoteError> for Failure {
 }
 
 impl Failure {
-    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Failure {
             status,
             error: RemoteError::new(code, message),
@@ -100,7 +118,7 @@ impl IntoResponse for Failure {
 type Result<T> = std::result::Result<T, Failure>;
 
 /// Who the request acts as (anonymous, or a bearer token's user).
-fn identity(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity> {
+pub(crate) fn identity(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity> {
     let authorization = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| {
@@ -146,7 +164,7 @@ fn json<T: serde::Serialize>(value: &T) -> Response {
     axum::Json(value).into_response()
 }
 
-fn class_path(text: &str) -> Result<ClassPath> {
+pub(crate) fn class_path(text: &str) -> Result<ClassPath> {
     ClassPath::new(text).map_err(|e| {
         Failure::new(
             StatusCode::BAD_REQUEST,
@@ -156,7 +174,11 @@ fn class_path(text: &str) -> Result<ClassPath> {
     })
 }
 
-async fn schema(gateway: &Gateway, identity: &Identity, class: &ClassPath) -> Result<ClassSchema> {
+pub(crate) async fn schema(
+    gateway: &Gateway,
+    identity: &Identity,
+    class: &ClassPath,
+) -> Result<ClassSchema> {
     match ask(
         gateway,
         identity,
@@ -192,7 +214,7 @@ async fn selector(
     })
 }
 
-fn unexpected(answer: &Answer) -> Failure {
+pub(crate) fn unexpected(answer: &Answer) -> Failure {
     Failure::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Internal,

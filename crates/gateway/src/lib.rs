@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod config;
+mod events;
 pub mod exposition;
 pub mod http;
 pub mod metrics;
@@ -53,6 +54,18 @@ pub async fn serve(
     config: Arc<purveyor_host::Current<GatewayConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_tls(listener, None, host, config, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (HTTPS: the server's certificate, no client
+/// certificate asked; identities are tokens as over plain HTTP).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    host: Host,
+    config: Arc<purveyor_host::Current<GatewayConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     #[cfg(feature = "otlp")]
     if let Some(otlp) = config.get().otlp.clone() {
@@ -70,11 +83,27 @@ pub async fn serve(
     }
     drop(stopped);
     let limits = host.config().limits;
-    let gateway = Arc::new(Gateway { host, config });
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let gateway = Arc::new(Gateway {
+        host,
+        config,
+        stopping,
+    });
     let router = http::router(gateway.clone());
-    let result = accept_loop(listener, router, &gateway.host, limits, shutdown).await;
+    let listening = Listening {
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        stopping: stopping_tx,
+    };
+    let result = accept_loop(listener, router, &gateway.host, limits, listening, shutdown).await;
     let _ = stop.send(true);
     result
+}
+
+/// How the accept loop serves its connections: over TLS or not, and whom to tell when
+/// it stops (the gateway's long responses).
+struct Listening {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Accepts HTTP connections until `shutdown`: at most `http.connections` at once (more
@@ -86,9 +115,9 @@ async fn accept_loop(
     router: axum::Router,
     host: &Host,
     limits: purveyor_host::Limits,
+    listening: Listening,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     let slots = Arc::new(tokio::sync::Semaphore::new(
         limits.http_connections as usize,
@@ -119,27 +148,27 @@ async fn accept_loop(
             continue;
         };
         let service = TowerToHyperService::new(router.clone());
-        let mut stopped = stopped.clone();
+        let stopped = stopped.clone();
         let header_time = limits.http_header_time;
+        let tls = listening.tls.clone();
         connections.spawn(async move {
             let _slot = slot;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_time);
-            let connection = builder.serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => serve_connection(tcp, service, header_time, stopped).await,
+                Some(acceptor) => {
+                    // The handshake has the headers' time too.
+                    match tokio::time::timeout(header_time, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, service, header_time, stopped).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTPS handshake failed"),
+                        Err(_) => tracing::debug!("HTTPS handshake too slow; closed"),
+                    }
                 }
             }
         });
     }
     drop(listener);
     let _ = stop.send(true);
+    let _ = listening.stopping.send(true);
     // Connections finish their requests, within the host's grace period.
     let grace = host.config().shutdown_grace;
     let _ = tokio::time::timeout(grace, async {
@@ -147,6 +176,37 @@ async fn accept_loop(
     })
     .await;
     Ok(())
+}
+
+/// Serves HTTP/1 on one connection (plain or TLS) until it ends, or finishes its request
+/// when `stopped` says the gateway stops.
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    header_time: std::time::Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_time);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = async { let _ = stopped.wait_for(|stop| *stop).await; } => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -17,12 +17,12 @@ async fn every_documented_route_is_served() {
         HostMode::Embedded,
         vec![providers.path().to_path_buf()],
     ));
-    let router = purveyor_gateway::http::router(std::sync::Arc::new(Gateway {
+    let router = purveyor_gateway::http::router(std::sync::Arc::new(Gateway::new(
         host,
-        config: std::sync::Arc::new(purveyor_host::Current::new(std::sync::Arc::new(
+        std::sync::Arc::new(purveyor_host::Current::new(std::sync::Arc::new(
             GatewayConfig::default(),
         ))),
-    }));
+    )));
     let paths = doc["paths"].as_object().unwrap();
     let mut checked = 0;
     for (path, methods) in paths {
@@ -46,6 +46,6 @@ async fn every_documented_route_is_served() {
             checked += 1;
         }
     }
-    // 10 paths; /v1/classes/{class}/instances has 3 methods, /v1/query 2.
-    assert_eq!(checked, 13);
+    // 11 paths; /v1/classes/{class}/instances has 3 methods, /v1/query 2.
+    assert_eq!(checked, 14);
 }

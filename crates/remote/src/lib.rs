@@ -34,7 +34,9 @@ pub use config::{ClientFlags, ClientSettings, DEAD_AFTER_DEFAULT, RemoteAddress,
 pub use connect::{TlsClient, connect};
 pub use identity::{RemoteUser, Users};
 pub use listen::{Accepted, Listener, MAX_HANDSHAKES, listen};
-pub use tls::{client_config, server_config};
+/// The rustls these configurations are of.
+pub use rustls;
+pub use tls::{client_config, https_config, server_config};
 
 /// Why a remote connection could not be set up or configured.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,19 @@ pub fn server_config(settings: &ServerSettings) -> Result<Arc<rustls::ServerConf
     Ok(Arc::new(config))
 }
 
+/// The HTTP gateway's TLS (`--http https://…`): the daemon's certificate and key, no
+/// client certificate asked (HTTP callers are identified by tokens), ALPN `http/1.1`.
+pub fn https_config(settings: &ServerSettings) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Config(format!("TLS 1.3 is not available: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain(&settings.certificate)?, key(&settings.key)?)
+        .map_err(|e| config_error(&settings.key, e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A client's TLS: the daemon's certificate verified against `ca` for the address's
 /// host, and this client's certificate if it has one.
 pub fn client_config(settings: &ClientSettings) -> Result<Arc<rustls::ClientConfig>, Error> {

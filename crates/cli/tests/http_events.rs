@@ -220,3 +220,97 @@ fn the_gateway_serves_https_and_its_events_with_the_remote_certificate() {
     let seen = curl.until(|l| l.starts_with("data:"));
     assert!(seen.join("\n").contains("\"x\""), "{seen:#?}");
 }
+
+#[test]
+fn an_http_callers_dialog_is_answered_through_the_api() {
+    let lib = workspace_library("libpurveyor_dialogs.so", "purveyor-example-dialogs");
+    let manifest = format!(
+        "name = \"confirm\"\nhosting = \"isolated\"\nlibrary = {lib:?}\nclasses = [\"demo.vault\", \"demo.dialog_probe\"]\ncapabilities = [\"enumerate\", \"get\", \"call\"]\ncall_timeout = \"2s\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let http_toml = dir.path().join("http.toml");
+    std::fs::write(
+        &http_toml,
+        format!(
+            "[[token]]\nname = \"ops\"\nsha256 = \"{}\"\nuser = \"root\"\n",
+            purveyor_gateway::auth::sha256_hex("s3cret")
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(
+        &[("confirm", manifest)],
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--http-config",
+            http_toml.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let addr = http_addr(&d);
+    let auth = ("Authorization", "Bearer s3cret");
+    let destroy = "/v1/classes/demo.vault/methods/destroy?name=photos";
+
+    // Without `Prefer: respond-async` the caller has no UI, as before.
+    let plain = common::http(
+        "POST",
+        addr,
+        "/v1/classes/demo.vault/methods/destroy?name=taxes",
+        &[auth],
+        "",
+    );
+    assert!(plain.body.contains("no UI available"), "{}", plain.body);
+
+    let opened = common::http(
+        "POST",
+        addr,
+        destroy,
+        &[auth, ("Prefer", "respond-async")],
+        "",
+    );
+    assert_eq!(opened.status, 202, "{}", opened.body);
+    let location = opened.header("location").expect("a Location").to_string();
+    let body = opened.json();
+    assert_eq!(body["call"]["href"], location.as_str());
+    let dialog = &body["dialogs"][0];
+    assert_eq!(dialog["form"]["title"], "Destroy vault photos?", "{body}");
+    assert_eq!(dialog["provider"], "confirm");
+    let href = dialog["href"].as_str().unwrap().to_string();
+
+    // Someone else cannot see it.
+    let stranger = common::http("GET", addr, &location, &[], "");
+    assert_eq!(stranger.status, 404, "{}", stranger.body);
+
+    // The user takes longer than the call's 2 s timeout: the deadline waits for them.
+    std::thread::sleep(Duration::from_millis(2500));
+    let answered = common::http(
+        "POST",
+        addr,
+        &href,
+        &[auth],
+        r#"{"button": "destroy", "values": {"sure": {"bool": true}, "passphrase": {"string": "purveyor"}}}"#,
+    );
+    assert_eq!(answered.status, 204, "{}", answered.body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let reply = common::http("GET", addr, &format!("{location}?wait=5s"), &[auth], "");
+        if reply.status != 202 {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call never finished: {}",
+            reply.body
+        );
+    };
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(
+        done.json()["returned"]["string"],
+        "destroyed photos (812 files)"
+    );
+    // Fetched once, then forgotten.
+    assert_eq!(
+        common::http("GET", addr, &location, &[auth], "").status,
+        404
+    );
+}

@@ -26,6 +26,8 @@ pub struct Gateway {
     pub config: Arc<purveyor_host::Current<GatewayConfig>>,
     /// Becomes `true` when the daemon stops: long responses (event streams) end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Calls answered `202` because they opened a dialog (`crate::calls`).
+    pub(crate) calls: crate::calls::Calls,
 }
 
 impl Gateway {
@@ -38,6 +40,7 @@ impl Gateway {
             host,
             config,
             stopping,
+            calls: Default::default(),
         }
     }
 }
@@ -61,6 +64,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             axum::routing::post(call),
         )
         .route("/v1/classes/{class}/events", get(crate::events::events))
+        .route("/v1/calls/{id}", get(crate::calls::get_call))
+        .route(
+            "/v1/calls/{id}/dialogs/{handle}",
+            axum::routing::post(crate::calls::answer_dialog).delete(crate::calls::close_dialog),
+        )
         .route("/v1/query", get(query_get).post(query_post))
         .fallback(not_found)
         .with_state(gateway)
@@ -404,7 +412,7 @@ async fn run_query(
 }
 
 /// The body of a JSON request, with the parse error as a 400 that says where.
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| {
         Failure::new(
             StatusCode::BAD_REQUEST,
@@ -474,6 +482,10 @@ async fn call(
         key,
         args,
     };
+    if crate::calls::accepts_async(&headers) {
+        // The caller can answer a dialog through the API: 202 if one opens.
+        return crate::calls::call_async(&gateway, &identity, request).await;
+    }
     match ask(&gateway, &identity, request).await? {
         Answer::Returned(value) => Ok(json(&serde_json::json!({ "returned": value }))),
         other => Err(unexpected(&other)),

@@ -18,6 +18,7 @@
 //! `metrics.load`.
 
 pub mod auth;
+mod calls;
 pub mod config;
 mod events;
 pub mod exposition;
@@ -88,6 +89,7 @@ pub async fn serve_tls(
         host,
         config,
         stopping,
+        calls: Default::default(),
     });
     let router = http::router(gateway.clone());
     let listening = Listening {

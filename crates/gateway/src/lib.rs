@@ -149,6 +149,9 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        // Small responses and event-stream messages go out at once, not after the
+        // peer's delayed acknowledgement (Nagle).
+        let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let stopped = stopped.clone();
         let header_time = limits.http_header_time;

@@ -511,3 +511,86 @@ fn dialogs_are_shown_on_the_remote_terminal_and_a_cut_network_ends_them_on_both_
         "{screen}"
     );
 }
+
+/// Runs `f` on a thread that has entered network namespace `ns` (sockets it makes stay
+/// there).
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a valid namespace descriptor; only this thread changes namespace.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_lost_network_fails_the_requests_in_flight_and_names_them() {
+    use purveyor_client::{
+        Client, ConnectOptions, Push, RemoteAddress, RemoteSettings, Request, Target,
+    };
+    use purveyor_model::{Identifier, Instance, InstanceKey};
+    if !root_or_skip("network namespaces need root") {
+        return;
+    }
+    let lib = workspace_library("libpurveyor_dialogs.so", "purveyor-example-dialogs");
+    let r = remote(&[(
+        "confirm",
+        format!(
+            "name = \"confirm\"\nhosting = \"isolated\"\nlibrary = {lib:?}\nclasses = [\"demo.vault\", \"demo.dialog_probe\"]\ncapabilities = [\"enumerate\", \"get\", \"call\"]\n"
+        ),
+    )]);
+    let dir = r.client_dir.path().to_owned();
+    let settings = RemoteSettings {
+        address: RemoteAddress::parse(&format!("{DAEMON_IP}:{PORT}")).unwrap(),
+        ca: dir.join("ca.crt"),
+        certificate: Some(dir.join("operator.crt")),
+        key: Some(dir.join("operator.key")),
+        dead_after: Duration::from_secs(3),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let client_ns = r.net.c.clone();
+    let (mut client, id) = in_netns(&client_ns, move || {
+        let options = ConnectOptions::default()
+            .target(Target::Remote(settings))
+            .ui(true);
+        let mut client = Client::connect(&options).unwrap();
+        let id = client
+            .send(Request::Call {
+                class: common::class("demo.dialog_probe"),
+                method: Identifier::new("ask").unwrap(),
+                key: InstanceKey::new(),
+                args: Instance::new(),
+            })
+            .unwrap();
+        (client, id)
+    });
+    // The dialog is open: the call waits for an answer.
+    match client.next_event(Some(Duration::from_secs(10))).unwrap() {
+        Some((_, Push::DialogOpen { .. })) => {}
+        other => panic!("expected the dialog, got {other:?}"),
+    }
+    assert_eq!(client.in_flight(), [id]);
+    r.net.cut();
+    let started = std::time::Instant::now();
+    let err = client.recv().unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "the connection to tls://{DAEMON_IP}:{PORT} was lost"
+        )),
+        "{err}"
+    );
+    // Within about dead_after (3 s), not TCP's default minutes.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.in_flight(), [id]);
+}

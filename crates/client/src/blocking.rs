@@ -55,6 +55,8 @@ struct SocketConn {
     early: HashMap<u32, Result<Response, ClientError>>,
     /// Pushes (subscription events) that arrived while waiting for a reply.
     pushes: std::collections::VecDeque<(u32, Push)>,
+    /// Requests sent whose replies have not arrived ([`Client::in_flight`]).
+    outstanding: std::collections::BTreeSet<u32>,
     /// Descriptors the daemon passed (`io_open` with `pass_fd`), in arrival order.
     pub(crate) fds: std::collections::VecDeque<std::os::fd::OwnedFd>,
     /// For messages: the daemon's socket and how long a reply may take.
@@ -180,6 +182,7 @@ impl Client {
                 max_frame: welcome.max_frame,
                 early: HashMap::new(),
                 pushes: Default::default(),
+                outstanding: Default::default(),
                 fds: Default::default(),
                 path: path.to_owned(),
                 reply_timeout: options.reply_timeout,
@@ -344,6 +347,23 @@ impl Client {
         matches!(self.transport, Transport::Socket(_))
     }
 
+    /// The ids of requests sent on this connection whose replies have not arrived (the
+    /// dialog driver's own excepted). After the connection fails (a goodbye, a lost
+    /// network: `docs/remote.md`), these are the requests whose fate is unknown.
+    pub fn in_flight(&self) -> Vec<u32> {
+        match &self.transport {
+            Transport::Socket(conn) => conn
+                .outstanding
+                .iter()
+                .copied()
+                .filter(|id| !self.internal.contains(id))
+                .collect(),
+            // An embedded host answers each request as it is sent.
+            #[cfg(feature = "embedded")]
+            Transport::Embedded(_) => Vec::new(),
+        }
+    }
+
     /// Sends a request without waiting; returns its id. Collect replies with
     /// [`Client::recv`], in whatever order the host finishes them.
     pub fn send(&mut self, request: Request) -> Result<u32, ClientError> {
@@ -360,6 +380,7 @@ impl Client {
                 let written = conn.stream.write_all(&conn.out);
                 conn.out.clear();
                 written.map_err(|e| conn.stream.error(e, false))?;
+                conn.outstanding.insert(id);
             }
             #[cfg(feature = "embedded")]
             Transport::Embedded(e) => {
@@ -786,7 +807,10 @@ impl SocketConn {
                 .map_err(|e| ClientError::protocol(e.to_string()))?;
             if let Some(payload) = frame {
                 match parse_incoming(self.encoding, payload)? {
-                    Incoming::Reply(id, reply) => return Ok(Some((id, reply))),
+                    Incoming::Reply(id, reply) => {
+                        self.outstanding.remove(&id);
+                        return Ok(Some((id, reply)));
+                    }
                     Incoming::Push(handle, push) => {
                         let dialog = is_dialog(&push);
                         self.pushes.push_back((handle, push));
@@ -824,6 +848,7 @@ impl SocketConn {
             {
                 match parse_incoming(self.encoding, payload)? {
                     Incoming::Reply(id, reply) => {
+                        self.outstanding.remove(&id);
                         self.early.insert(id, reply);
                     }
                     Incoming::Push(handle, push) => return Ok(Some((handle, push))),
@@ -849,7 +874,9 @@ impl SocketConn {
                     )));
                 }
                 Ok(n) => self.frames.filled(n),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                // A read timeout (`SO_RCVTIMEO`) is EAGAIN; ETIMEDOUT is a dead TCP
+                // connection (keepalive, `TCP_USER_TIMEOUT`).
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Err(self.stream.error(e, false)),
             }
         }
@@ -879,15 +906,14 @@ fn read_some(
             frames.filled(n);
             Ok(())
         }
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-            Err(ClientError::Timeout {
-                provider: None,
-                message: format!(
-                    "the daemon at {} did not answer {awaiting} within {timeout:?}",
-                    path.display()
-                ),
-            })
-        }
+        // A read timeout (`SO_RCVTIMEO`) is EAGAIN; ETIMEDOUT is a dead TCP connection.
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ClientError::Timeout {
+            provider: None,
+            message: format!(
+                "the daemon at {} did not answer {awaiting} within {timeout:?}",
+                path.display()
+            ),
+        }),
         Err(e) => Err(stream.error(e, awaiting == HANDSHAKE)),
     }
 }

@@ -520,10 +520,8 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
         use std::os::fd::AsRawFd;
         let file = std::fs::File::open(&path).unwrap();
         // SAFETY: a valid namespace descriptor; only this thread changes namespace.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
         f()
     })
     .join()

@@ -151,6 +151,13 @@ fn main() {
     };
     line("unpinned", ours_free, echo_free);
     line("pinned together", ours_pinned, echo_pinned);
+    // The floor, as every latency bench takes it (docs/performance.md, "Placement"): the
+    // echo with client and server pinned together; ours as users get it, unpinned.
+    println!(
+        "against the floor (the TLS echo pinned together, {:.1} us): ours unpinned {:.2}x",
+        us(echo_pinned.0),
+        ours_free.0.as_secs_f64() / echo_pinned.0.as_secs_f64()
+    );
     println!(
         "the TLS echo through a client's bridge, unpinned: p50 {:.1} us p99 {:.1} us",
         us(bridged_free.0),

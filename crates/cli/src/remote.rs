@@ -91,7 +91,10 @@ pub fn start(remote: Remote) -> std::io::Result<tokio::sync::mpsc::Receiver<Carr
             caller.remote = true;
             tracing::info!(peer = %a.peer, certificate = %a.user.certificate, user = %a.user.user, "remote client");
             let carried = Carried {
-                stream: a.stream,
+                io: purveyor_host::server::CarriedIo {
+                    io: Box::new(a.stream),
+                    fd: a.fd,
+                },
                 caller,
             };
             if carried_tx.send(carried).await.is_err() {

@@ -224,6 +224,41 @@ pub(crate) fn process_usage(pid: u32) -> Option<ProcessUsage> {
     parse_stat(&text, ticks_per_second(), page_size())
 }
 
+/// This process's own usage, cheaply enough for every `get purveyor.host`: CPU time from
+/// `getrusage` (one system call, microseconds), resident memory from `/proc/self/statm`
+/// read at most every [`RSS_REFRESH`] (opening and reading a `/proc` file costs more than
+/// the rest of the request).
+pub(crate) fn self_usage() -> ProcessUsage {
+    static RSS: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
+    // SAFETY: all-zero is a valid `rusage`; getrusage writes it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a `rusage`.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+    let mut rss = RSS.lock().unwrap_or_else(|e| e.into_inner());
+    let bytes = match *rss {
+        Some((at, bytes)) if at.elapsed() < RSS_REFRESH => bytes,
+        _ => {
+            let bytes = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map_or(0, |pages| pages.saturating_mul(page_size()));
+            *rss = Some((std::time::Instant::now(), bytes));
+            bytes
+        }
+    };
+    ProcessUsage {
+        cpu,
+        rss_bytes: bytes,
+    }
+}
+
+/// How old the resident memory [`self_usage`] reports may be.
+pub(crate) const RSS_REFRESH: Duration = Duration::from_millis(100);
+
 /// Fields 14 and 15 (utime, stime, in clock ticks) and 24 (rss, in pages), counted after
 /// the command name's closing parenthesis (the name may hold spaces and parentheses).
 fn parse_stat(text: &str, ticks: u64, page: u64) -> Option<ProcessUsage> {
@@ -253,6 +288,20 @@ fn page_size() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn self_usage_agrees_with_proc() {
+        let me = self_usage();
+        let proc = process_usage(std::process::id()).unwrap();
+        // Ticks are coarser than getrusage's microseconds.
+        assert!(
+            me.cpu + Duration::from_millis(50) >= proc.cpu,
+            "{me:?} {proc:?}"
+        );
+        assert!(me.rss_bytes > 0);
+        let diff = me.rss_bytes.abs_diff(proc.rss_bytes);
+        assert!(diff < proc.rss_bytes / 2, "{me:?} {proc:?}");
+    }
 
     #[test]
     fn quantiles_are_bucket_bounds() {

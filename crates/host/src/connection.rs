@@ -28,9 +28,8 @@ use purveyor_protocol::{
     ClientMessage, Encoding, ErrorCode, FrameBuffer, Outcome, Push, RemoteError, Request, Response,
     ServerMessage, decode, encode_frame,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::{ReadHalf, WriteHalf};
+use tokio::net::unix::ReadHalf;
 use tokio::sync::watch;
 
 use crate::config::Limits;
@@ -41,7 +40,10 @@ use crate::session::Session;
 use crate::state::Shared;
 
 mod site;
+mod transport;
 use site::{ConnectionSite, Site};
+pub(crate) use transport::{Arrived, Reader, Writer};
+pub use transport::{CarriedIo, Carrier};
 
 /// The most reply bytes a connection buffers before it writes them and waits for the
 /// client to take them (`docs/security.md`, "Limits"): requests answered at once stop
@@ -85,11 +87,11 @@ impl Wire {
 
 /// The socket a connection serves, split.
 pub(crate) struct Socket<'s> {
-    pub rd: ReadHalf<'s>,
-    pub wr: WriteHalf<'s>,
+    pub rd: Reader<'s>,
+    pub wr: Writer<'s>,
     pub fd: RawFd,
-    /// A local client's socket; else a pair whose other end a bridge in this process
-    /// serves (a remote client), where polling would only hold a thread the bridge needs.
+    /// A local client's socket (peeked, able to pass descriptors, written raw by the
+    /// watchdog); else a carried stream (a remote client's TLS).
     pub local: bool,
 }
 
@@ -148,6 +150,7 @@ pub(crate) async fn serve(
         session,
         site: Arc::new(ConnectionSite {
             fd: socket.fd,
+            raw: socket.local,
             wire,
             abandoned: AtomicBool::new(false),
         }),
@@ -164,11 +167,7 @@ pub(crate) async fn serve(
         goodbye: None,
         last_heard: Instant::now(),
         partial_since: None,
-        poll: if socket.local {
-            config.poll
-        } else {
-            Duration::ZERO
-        },
+        poll: config.poll,
         last_reply: None,
         back_to_back: false,
     };
@@ -196,10 +195,24 @@ pub(crate) async fn serve(
             && conn.back_to_back
             && purveyor_protocol::poll::readable_within(conn.fd, conn.poll)
         {
-            if !conn
-                .readable(None, &mut in_flight, wr, timer.as_mut())
-                .await?
-            {
+            let more = match &mut socket.rd {
+                Reader::Unix(_) => {
+                    conn.readable(None, &mut in_flight, wr, timer.as_mut())
+                        .await?
+                }
+                // A carried stream (TLS): its socket has bytes; the stream decodes them.
+                Reader::Stream(_) => match socket.rd.read(conn.frames.spare()).await {
+                    Ok(n) => {
+                        conn.took(n, false, &mut in_flight, wr, timer.as_mut())
+                            .await?
+                    }
+                    Err(e) => {
+                        session.client_gone();
+                        return Err(e);
+                    }
+                },
+            };
+            if !more {
                 return Ok(());
             }
             continue;
@@ -217,12 +230,20 @@ pub(crate) async fn serve(
                 conn.encode_pushes();
                 conn.write_out(wr).await?;
             }
-            ready = std::future::poll_fn(|cx| socket.rd.as_ref().poll_read_ready(cx)), if conn.reading && room => {
-                if let Err(e) = ready {
-                    session.client_gone();
-                    return Err(e);
-                }
-                if !conn.readable(Some(&socket.rd), &mut in_flight, wr, timer.as_mut()).await? {
+            arrived = socket.rd.arrive(&mut conn.frames), if conn.reading && room => {
+                let more = match arrived {
+                    Arrived::Readable(Err(e)) | Arrived::Read(Err(e)) => {
+                        session.client_gone();
+                        return Err(e);
+                    }
+                    Arrived::Readable(Ok(())) => {
+                        conn.readable(socket.rd.unix(), &mut in_flight, wr, timer.as_mut()).await?
+                    }
+                    Arrived::Read(Ok(n)) => {
+                        conn.took(n, false, &mut in_flight, wr, timer.as_mut()).await?
+                    }
+                };
+                if !more {
                     return Ok(());
                 }
             }
@@ -280,7 +301,7 @@ impl<'a> Connection<'a> {
     async fn start_buffered(
         &mut self,
         in_flight: &mut FuturesUnordered<Answering<'a>>,
-        wr: &mut WriteHalf<'_>,
+        wr: &mut Writer<'_>,
     ) -> std::io::Result<()> {
         loop {
             let result = self.start_requests(in_flight);
@@ -338,7 +359,7 @@ impl<'a> Connection<'a> {
         rid: u32,
         outcome: Outcome,
         in_flight: &mut FuturesUnordered<Answering<'a>>,
-        wr: &mut WriteHalf<'_>,
+        wr: &mut Writer<'_>,
     ) -> std::io::Result<()> {
         // A dialog's last update and its close come before the reply of the call that
         // opened it.
@@ -356,10 +377,13 @@ impl<'a> Connection<'a> {
         if !self.fds.is_empty() {
             // The descriptors ride on the first byte of this write, so the client has
             // them before it reads the replies that name them.
-            let sent = send_with_fds(wr.as_ref(), &self.out, &self.fds).await?;
+            // Only a local socket is ever given descriptors to pass (`allow_fds`).
+            if let Some(unix) = wr.unix() {
+                let sent = send_with_fds(unix, &self.out, &self.fds).await?;
+                self.out.drain(..sent);
+                self.last_reply = Some(Instant::now());
+            }
             self.fds.clear();
-            self.out.drain(..sent);
-            self.last_reply = Some(Instant::now());
         }
         self.write_out(wr).await?;
         take_owed(self.fd, &mut self.owed)?;
@@ -379,7 +403,7 @@ impl<'a> Connection<'a> {
         &mut self,
         rd: Option<&ReadHalf<'_>>,
         in_flight: &mut FuturesUnordered<Answering<'a>>,
-        wr: &mut WriteHalf<'_>,
+        wr: &mut Writer<'_>,
         timer: Pin<&mut tokio::time::Sleep>,
     ) -> std::io::Result<bool> {
         // Peek only when no partial frame is buffered: the bytes then stay on the socket
@@ -401,6 +425,20 @@ impl<'a> Connection<'a> {
                 return Err(e);
             }
         };
+        self.took(n, peek, in_flight, wr, timer).await
+    }
+
+    /// `n` bytes arrived into the frame buffer (`peeked`: still on the socket, to be
+    /// taken once answered): answers or starts their requests, and times a frame begun.
+    /// `false` when the connection must end now (the watchdog closed it).
+    async fn took(
+        &mut self,
+        n: usize,
+        peeked: bool,
+        in_flight: &mut FuturesUnordered<Answering<'a>>,
+        wr: &mut Writer<'_>,
+        timer: Pin<&mut tokio::time::Sleep>,
+    ) -> std::io::Result<bool> {
         if n == 0 {
             self.client_left();
             return Ok(true);
@@ -411,7 +449,7 @@ impl<'a> Connection<'a> {
             .last_reply
             .is_some_and(|at| read_at.saturating_duration_since(at) < BACK_TO_BACK);
         self.frames.filled(n);
-        if peek {
+        if peeked {
             self.owed = n;
         }
         let waiting = in_flight.len();
@@ -541,7 +579,7 @@ impl<'a> Connection<'a> {
     }
 
     /// Writes what `out` holds.
-    async fn write_out(&mut self, wr: &mut WriteHalf<'_>) -> std::io::Result<()> {
+    async fn write_out(&mut self, wr: &mut Writer<'_>) -> std::io::Result<()> {
         if !self.out.is_empty() {
             wr.write_all(&self.out).await?;
             self.out.clear();
@@ -551,7 +589,7 @@ impl<'a> Connection<'a> {
     }
 
     /// Says why the connection ends, if it is the daemon's choice, and shuts the socket.
-    async fn say_goodbye(mut self, wr: &mut WriteHalf<'_>) {
+    async fn say_goodbye(mut self, wr: &mut Writer<'_>) {
         if let Some(mut error) = self.goodbye.take() {
             error.code = error.code.for_minor(self.wire.minor);
             let msg = ServerMessage::Goodbye { error };

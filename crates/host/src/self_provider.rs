@@ -439,7 +439,8 @@ fn host_instance(host: &Shared) -> Instance {
         HostMode::Embedded => "embedded",
     };
     let counts = host.counters().now();
-    let me = crate::accounting::process_usage(host.pid());
+    // This process (the host is embedded in it, or is the daemon).
+    let me = Some(crate::accounting::self_usage());
     let mut instance = purveyor_model::instance! {
         "server" => Value::String(SERVER_NAME.into()),
         "mode" => Value::String(mode.into()),

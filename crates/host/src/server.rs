@@ -12,24 +12,23 @@ use purveyor_protocol::{
     PROTOCOL_VERSION, RemoteError, ServerMessage, Welcome, encode_frame,
 };
 use purveyor_provider::Caller;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::net::unix::{ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::Host;
-use crate::connection::{self, Socket, Wire};
+use crate::connection::{self, Reader, Socket, Wire, Writer};
 use crate::state::SERVER_NAME;
 
-pub use crate::connection::OUT_CAP;
+pub use crate::connection::{CarriedIo, Carrier, OUT_CAP};
 
-/// A connection another transport carries to the server (`purveyor-remote`'s TLS
-/// bridge): the server's end of a Unix socket pair, and who the peer is — which the
-/// transport established, since the pair's own credentials are the daemon's.
+/// A connection another transport carries to the server (`purveyor-remote`'s TLS): the
+/// stream the connection reads and writes on its own task, and who the peer is — which
+/// the transport established (there are no peer credentials to read).
 pub struct Carried {
-    pub stream: UnixStream,
+    pub io: crate::connection::CarriedIo,
     pub caller: Caller,
 }
 
@@ -140,15 +139,15 @@ async fn connection(
     stop: watch::Receiver<bool>,
     admission: Arc<crate::admission::Admission>,
 ) {
-    let (stream, caller, local) = match peer {
-        Peer::Local(stream) => match crate::socket::peer_credentials(&stream) {
-            Ok(caller) => (stream, caller, true),
+    let caller = match &peer {
+        Peer::Local(stream) => match crate::socket::peer_credentials(stream) {
+            Ok(caller) => caller,
             Err(e) => {
                 tracing::warn!(connection = id, error = %e, "cannot read peer credentials; closing");
                 return;
             }
         },
-        Peer::Carried(Carried { stream, caller }) => (stream, caller, false),
+        Peer::Carried(carried) => carried.caller.clone(),
     };
     let shared = host.shared();
     let config = shared.config();
@@ -164,16 +163,26 @@ async fn connection(
             };
             let mut out = Vec::new();
             if encode_frame(Encoding::Json, &bye, u32::MAX, &mut out).is_ok() {
-                let _ = stream.try_write(&out);
+                match peer {
+                    Peer::Local(stream) => {
+                        let _ = stream.try_write(&out);
+                    }
+                    Peer::Carried(mut carried) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            let _ = carried.io.io.write_all(&out).await;
+                            let _ = carried.io.io.shutdown().await;
+                        })
+                        .await;
+                    }
+                }
             }
             return;
         }
     };
     shared.counters().connection_opened();
+    let local = matches!(peer, Peer::Local(_));
     let span = tracing::debug_span!("connection", id, uid = caller.uid, pid = caller.pid, local);
-    let result = run(stream, &host, id, caller, local, stop)
-        .instrument(span)
-        .await;
+    let result = run(peer, &host, id, caller, stop).instrument(span).await;
     if let Err(e) = result {
         tracing::debug!(connection = id, error = %e, "connection ended with an I/O error");
     }
@@ -182,22 +191,51 @@ async fn connection(
 
 /// Serves one connection: its handshake, then its requests ([`crate::connection`]).
 async fn run(
-    mut stream: UnixStream,
+    peer: Peer,
     host: &Host,
     id: u32,
     caller: Caller,
-    local: bool,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    match peer {
+        Peer::Local(mut stream) => {
+            let fd = stream.as_raw_fd();
+            let (rd, wr) = stream.split();
+            let socket = Socket {
+                rd: Reader::Unix(rd),
+                wr: Writer::Unix(wr),
+                fd,
+                local: true,
+            };
+            serve_socket(socket, host, id, caller, stop).await
+        }
+        Peer::Carried(Carried { io, .. }) => {
+            let (rd, wr) = tokio::io::split(io.io);
+            let socket = Socket {
+                rd: Reader::Stream(rd),
+                wr: Writer::Stream(wr),
+                fd: io.fd,
+                local: false,
+            };
+            serve_socket(socket, host, id, caller, stop).await
+        }
+    }
+}
+
+async fn serve_socket(
+    mut socket: Socket<'_>,
+    host: &Host,
+    id: u32,
+    caller: Caller,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let config = host.config();
     let max = config.max_frame;
     // What the client may send: `conn.request_max`, at most the frame limit.
     let request_max = config.limits.conn_request_max.min(max);
-    let fd = stream.as_raw_fd();
-    let (mut rd, mut wr) = stream.split();
     let mut frames = FrameBuffer::new(request_max);
-    let Some((encoding, ui, minor)) = handshake(&mut rd, &mut wr, &mut frames, host, id).await?
-    else {
+    let (rd, wr) = (&mut socket.rd, &mut socket.wr);
+    let Some((encoding, ui, minor)) = handshake(rd, wr, &mut frames, host, id).await? else {
         return Ok(());
     };
     let wire = Wire {
@@ -208,19 +246,18 @@ async fn run(
     let session = host.session(caller);
     session.set_shows(ui);
     // A local Unix socket can carry file descriptors (plain files opened for reading); a
-    // carried connection's pair cannot reach its client's process.
-    if local {
+    // carried stream cannot reach its client's process.
+    if socket.local {
         session.allow_fds();
     }
-    let socket = Socket { rd, wr, fd, local };
     connection::serve(socket, frames, wire, host.shared(), &session, id, stop).await
 }
 
 /// Reads the client's hello and answers it. `None` when the connection should close (the
 /// client was told why, or it left).
 async fn handshake(
-    rd: &mut ReadHalf<'_>,
-    wr: &mut WriteHalf<'_>,
+    rd: &mut Reader<'_>,
+    wr: &mut Writer<'_>,
     frames: &mut FrameBuffer,
     host: &Host,
     id: u32,
@@ -308,7 +345,7 @@ async fn handshake(
 }
 
 /// Says goodbye in JSON (no encoding was agreed) and gives up on the connection.
-async fn refuse(wr: &mut WriteHalf<'_>, message: String) {
+async fn refuse(wr: &mut Writer<'_>, message: String) {
     tracing::warn!(%message, "handshake refused");
     let msg = ServerMessage::Goodbye {
         error: RemoteError::new(ErrorCode::Protocol, message),

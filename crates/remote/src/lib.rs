@@ -1,15 +1,17 @@
 //! Purveyor's protocol over the network: TLS 1.3 (rustls, no OpenSSL) between a remote
-//! client and the daemon, a client certificate as the remote user's identity, and the
-//! bridges that let both sides keep their Unix-socket code (`docs/remote.md`).
+//! client and the daemon, a client certificate as the remote user's identity
+//! (`docs/remote.md`).
 //!
-//! **The shape.** Neither the daemon's session code nor the client libraries learn TLS.
-//! Each side puts a *bridge* between the TLS stream and one end of a Unix socket pair:
+//! **The shape.** The daemon's sessions and the client libraries speak the protocol on a
+//! byte stream; this crate gives them one over TLS:
 //! - in the daemon, [`listen`] accepts TCP, completes the handshake within a deadline,
-//!   maps the certificate to a local user ([`Users`]), and hands the other end of the
-//!   pair — with that user — to the socket server, which serves it like a local
-//!   connection except that it never passes descriptors;
-//! - in a client, [`connect`] dials, completes the handshake, and returns the other end
-//!   of a pair whose bytes a thread of its own carries to and from the daemon.
+//!   maps the certificate to a local user ([`Users`]), and hands the socket server the
+//!   TLS stream with that user; the server reads and writes it on the connection's own
+//!   task, as it does a local socket (except that it never passes descriptors on it);
+//! - a blocking client drives a [`TlsClient`] on its own thread;
+//! - an async client (or anything that wants a Unix socket) gets from [`connect`] one end
+//!   of a socket pair whose bytes a thread of its own carries to and from the daemon
+//!   (`bridge.rs`).
 //!
 //! **Invariants.**
 //! - No identity, no connection: a client without a certificate the trusted CA issued is
@@ -17,8 +19,7 @@
 //!   the mapping names root) is told why in a goodbye and closed before any request.
 //! - Everything a peer can make the daemon hold is bounded: handshakes in progress
 //!   ([`MAX_HANDSHAKES`]), each within the handshake deadline; a connection after its
-//!   handshake counts against the socket server's connection limits; the bridge holds
-//!   one buffer each way and reads the TLS side only when the session end has room.
+//!   handshake counts against the socket server's connection limits and buffers.
 //! - A silent peer is found dead within `dead_after` (TCP keepalive and
 //!   `TCP_USER_TIMEOUT`), and its session ends as if the client had left.
 
@@ -36,6 +37,7 @@ pub use identity::{RemoteUser, Users};
 pub use listen::{Accepted, Listener, MAX_HANDSHAKES, listen};
 /// The rustls these configurations are of.
 pub use rustls;
+pub use tcp::EagerTcp;
 pub use tls::{client_config, https_config, server_config};
 
 /// Why a remote connection could not be set up or configured.

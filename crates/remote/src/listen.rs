@@ -9,22 +9,24 @@ use std::time::{Duration, Instant};
 
 use purveyor_protocol::{Encoding, ErrorCode, RemoteError, ServerMessage, encode_frame};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UnixStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerSettings;
 use crate::identity::{RemoteUser, Users, certificate_name};
-use crate::{Error, bridge, tcp};
+use crate::{Error, tcp};
 
 /// The most TLS handshakes in progress at once (`docs/security.md`, "Limits"): a TCP
 /// connection beyond them is closed at once, and counted.
 pub const MAX_HANDSHAKES: usize = 64;
 
-/// A remote connection after its handshake, for the socket server.
+/// A remote connection after its handshake, for the socket server: the TLS stream it
+/// reads and writes itself (no bridge: a request crosses no thread), and its socket's
+/// descriptor (for shutting it).
 pub struct Accepted {
-    /// The daemon's end of the bridge: serve it as a connection of `user`.
-    pub stream: UnixStream,
+    pub stream: tokio_rustls::server::TlsStream<tcp::EagerTcp>,
+    pub fd: std::os::fd::RawFd,
     pub user: RemoteUser,
     pub peer: SocketAddr,
 }
@@ -110,6 +112,7 @@ async fn handshake(
     listener: &Listener,
 ) -> Result<Accepted, String> {
     tcp::configure(&stream, listener.dead_after).map_err(|e| format!("TCP options: {e}"))?;
+    let stream = tcp::EagerTcp::new(stream);
     let tls = tokio::time::timeout(listener.handshake_timeout, listener.acceptor.accept(stream))
         .await
         .map_err(|_| {
@@ -133,11 +136,11 @@ async fn handshake(
             return Err(message);
         }
     };
-    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
-    tokio::spawn(bridge::carry(tls, ours, None));
     tracing::debug!(%peer, certificate = %user.certificate, user = %user.user, "remote connection");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(tls.get_ref().0.get_ref());
     Ok(Accepted {
-        stream: theirs,
+        stream: tls,
+        fd,
         user,
         peer,
     })

@@ -38,3 +38,74 @@ fn set(fd: i32, level: i32, name: i32, value: libc::c_int) -> std::io::Result<()
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// A TCP stream read eagerly: a read first asks the socket itself, and only when it has
+/// nothing goes through tokio's readiness. The daemon's connection loop polls a busy
+/// client's socket before blocking (`purveyor_protocol::poll`); tokio would not read a
+/// socket its driver has not reported readable since the last empty read, so without
+/// this the bytes polling found would still wait for the driver's next turn.
+pub struct EagerTcp(tokio::net::TcpStream);
+
+impl EagerTcp {
+    pub fn new(stream: tokio::net::TcpStream) -> Self {
+        EagerTcp(stream)
+    }
+
+    pub fn get_ref(&self) -> &tokio::net::TcpStream {
+        &self.0
+    }
+}
+
+impl tokio::io::AsyncRead for EagerTcp {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let fd = self.0.as_raw_fd();
+        let unfilled = buf.initialize_unfilled();
+        // SAFETY: `unfilled` is valid for writes of its length; the descriptor is open
+        // for as long as `self` is.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                unfilled.as_mut_ptr().cast(),
+                unfilled.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            buf.advance(n as usize);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for EagerTcp {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}

@@ -137,11 +137,7 @@ fn bytes_cross_both_ways_as_the_certificates_user() {
     });
     assert_eq!(accepted.user.certificate, "nobody");
     assert_eq!(accepted.user.uid, 65534);
-    let mut server = accepted.stream.into_std().unwrap();
-    server.set_nonblocking(false).unwrap();
-    server
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut server = accepted.stream;
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -151,15 +147,23 @@ fn bytes_cross_both_ways_as_the_certificates_user() {
         let big = big.clone();
         std::thread::spawn(move || client.write_all(&big).unwrap())
     };
-    let mut got = vec![0u8; big.len()];
-    server.read_exact(&mut got).unwrap();
-    assert!(got == big, "bytes differ after the crossing");
+    s.runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut got = vec![0u8; big.len()];
+        server.read_exact(&mut got).await.unwrap();
+        assert!(got == big, "bytes differ after the crossing");
+        server.write_all(b"back").await.unwrap();
+        server.flush().await.unwrap();
+    });
     writer.join().unwrap();
-    server.write_all(b"back").unwrap();
     let mut back = [0u8; 4];
     client.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"back");
     // The server's end closing ends the client's stream.
+    s.runtime.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        server.shutdown().await.unwrap();
+    });
     drop(server);
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).unwrap();

@@ -22,6 +22,10 @@ pub(super) struct ConnectionSite {
     /// The socket, open for as long as the connection task runs, which is at least as
     /// long as any call on it.
     pub(super) fd: RawFd,
+    /// Whether the socket carries our frames as they are (a local Unix socket), so the
+    /// watchdog may write a reply to it; a carried stream's bytes are its transport's
+    /// (TLS records), so the watchdog only shuts it.
+    pub(super) raw: bool,
     pub(super) wire: Wire,
     /// Set when the watchdog answered for a stuck call: the connection task must not
     /// write again and ends as soon as the call returns.
@@ -40,6 +44,11 @@ impl CallSite for Site {
     fn abandon(&self, error: RemoteError, provider: &str) {
         let conn = &self.conn;
         if conn.abandoned.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if !conn.raw {
+            // SAFETY: the descriptor is open (see `ConnectionSite::fd`).
+            unsafe { libc::shutdown(conn.fd, libc::SHUT_RDWR) };
             return;
         }
         let mut out = Vec::new();

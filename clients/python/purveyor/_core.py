@@ -52,6 +52,77 @@ def default_socket() -> str:
     return "/run/purveyor/purveyor.sock"
 
 
+@dataclass
+class Remote:
+    """A daemon on another machine, over TLS 1.3 (``docs/remote.md``): its address, the CA
+    that issued its certificate, and this client's certificate and key (the certificate's
+    common name is the user the daemon acts for)."""
+
+    host: str
+    port: int
+    ca: str
+    cert: Optional[str] = None
+    key: Optional[str] = None
+
+    def context(self) -> "ssl.SSLContext":
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_verify_locations(self.ca)
+        if self.cert:
+            ctx.load_cert_chain(self.cert, self.key)
+        ctx.set_alpn_protocols(["purveyor/1"])
+        return ctx
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tls://{host}:{self.port}"
+
+
+def remote(
+    address: Optional[str] = None,
+    ca: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+) -> Optional[Remote]:
+    """The remote daemon to use: ``address`` (``HOST:PORT``, ``tls://HOST:PORT``, or a port
+    on loopback), else ``$PURVEYOR_REMOTE``; the CA, certificate and key from the arguments,
+    else ``$PURVEYOR_TLS_CA``, ``$PURVEYOR_TLS_CERT``, ``$PURVEYOR_TLS_KEY``. ``None`` when
+    neither names a daemon."""
+    address = address or os.environ.get("PURVEYOR_REMOTE")
+    if not address:
+        return None
+    rest = address[len("tls://"):] if address.startswith("tls://") else address
+    if rest.isdigit():
+        host, port = "127.0.0.1", rest
+    else:
+        host, _, port = rest.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not a daemon address: expected HOST:PORT, tls://HOST:PORT or a port")
+    ca = ca or os.environ.get("PURVEYOR_TLS_CA")
+    if not ca:
+        raise ValueError(f"no CA for {address}: pass ca= or set PURVEYOR_TLS_CA")
+    cert = cert or os.environ.get("PURVEYOR_TLS_CERT")
+    key = key or os.environ.get("PURVEYOR_TLS_KEY")
+    return Remote(host, int(port), ca, cert, key)
+
+
+def tls_error(where: Remote, e: BaseException) -> "PurveyorError":
+    """What a TLS failure means to the caller, as the Rust client says it."""
+    text = str(e)
+    if "CERTIFICATE_REQUIRED" in text.upper() or "certificate required" in text.lower():
+        return AccessDenied(
+            "access_denied",
+            f"the daemon at {where} requires a client certificate: pass cert= and key= "
+            "(or set PURVEYOR_TLS_CERT and PURVEYOR_TLS_KEY)",
+        )
+    if "ALERT" in text.upper():
+        return AccessDenied("access_denied", f"the daemon at {where} refused this client's certificate ({text})")
+    return ConnectionClosed("protocol", f"the TLS connection to {where} failed: {text}")
+
+
 # ---------------------------------------------------------------------------------------
 # Errors
 

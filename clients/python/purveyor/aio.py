@@ -8,6 +8,7 @@ import asyncio
 import inspect
 import itertools
 import json
+import ssl
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Mapping, Optional, Union
 
 from . import _core
@@ -24,14 +25,34 @@ async def connect(
     client: str = "purveyor-python",
     ui: Optional[AsyncUi] = None,
     timeout: Optional[float] = 30.0,
+    remote: Optional[str] = None,
+    ca: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
 ) -> "AsyncClient":
-    """As [`purveyor.connect`], for asyncio: ``async with await aio.connect() as c``."""
-    path = socket_path or _core.default_socket()
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    """As [`purveyor.connect`], for asyncio: ``async with await aio.connect() as c``;
+    ``remote=`` (or ``$PURVEYOR_REMOTE``) reaches a daemon on another machine over TLS."""
+    far = None if socket_path else _core.remote(remote, ca, cert, key)
+    try:
+        if far is None:
+            path = socket_path or _core.default_socket()
+            opened = asyncio.open_unix_connection(path)
+        else:
+            opened = asyncio.open_connection(far.host, far.port, ssl=far.context(), server_hostname=far.host)
+        reader, writer = await asyncio.wait_for(opened, timeout)
+    except ssl.SSLError as e:
+        if far is None:
+            raise
+        raise _core.tls_error(far, e) from e
     try:
         writer.write(_core.frame(_core.hello(client, ui is not None)))
         await writer.drain()
         welcome = _core.welcome(await asyncio.wait_for(_read(reader), timeout))
+    except ssl.SSLError as e:
+        writer.close()
+        if far is None:
+            raise
+        raise _core.tls_error(far, e) from e
     except BaseException:
         writer.close()
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import ssl
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Set
@@ -22,12 +23,20 @@ def connect(
     client: str = "purveyor-python",
     ui: Optional[Ui] = None,
     timeout: Optional[float] = 30.0,
+    remote: Optional[str] = None,
+    ca: Optional[str] = None,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
 ) -> "Client":
     """Connects to the daemon at ``socket_path`` (default: ``$PURVEYOR_SOCKET``, then
-    ``$XDG_RUNTIME_DIR/purveyor/purveyor.sock``, then ``/run/purveyor/purveyor.sock``).
+    ``$XDG_RUNTIME_DIR/purveyor/purveyor.sock``, then ``/run/purveyor/purveyor.sock``) —
+    or, with ``remote="HOST:PORT"`` (or ``$PURVEYOR_REMOTE``) and no ``socket_path``, to a
+    daemon on another machine over TLS 1.3 with the CA ``ca`` and this client's ``cert``
+    and ``key`` (or ``$PURVEYOR_TLS_CA``, ``_CERT``, ``_KEY``; ``docs/remote.md``).
     ``ui`` answers in-call dialogs (without it, a provider's dialog is refused "no UI
     available"); ``timeout`` bounds the connect and the hello, in seconds."""
-    return Client(socket_path, client=client, ui=ui, timeout=timeout)
+    far = None if socket_path else _core.remote(remote, ca, cert, key)
+    return Client(socket_path, client=client, ui=ui, timeout=timeout, remote=far)
 
 
 class Pending:
@@ -88,9 +97,11 @@ class Client:
         client: str = "purveyor-python",
         ui: Optional[Ui] = None,
         timeout: Optional[float] = 30.0,
+        remote: Optional[_core.Remote] = None,
     ) -> None:
-        self.socket_path = socket_path or _core.default_socket()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.socket_path = str(remote) if remote else (socket_path or _core.default_socket())
+        self.remote = remote
+        self._sock = self._open(remote, timeout)
         self._buf = bytearray()
         self._ids = itertools.count(1)
         self._replies: Dict[int, Dict[str, Any]] = {}
@@ -102,7 +113,8 @@ class Client:
         self._ended: Optional[ConnectionClosed] = None
         try:
             self._sock.settimeout(timeout)
-            self._sock.connect(self.socket_path)
+            if remote is None:
+                self._sock.connect(self.socket_path)
             self._sock.sendall(_core.frame(_core.hello(client, ui is not None)))
             deadline = None if timeout is None else time.monotonic() + timeout
             message = self._read(deadline)
@@ -111,6 +123,22 @@ class Client:
             self.welcome = _core.welcome(message)
         except BaseException:
             self._sock.close()
+            raise
+
+    @staticmethod
+    def _open(remote: Optional[_core.Remote], timeout: Optional[float]) -> socket.socket:
+        """A Unix socket to connect, or a TLS connection to the remote daemon."""
+        if remote is None:
+            return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw = socket.create_connection((remote.host, remote.port), timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            return remote.context().wrap_socket(raw, server_hostname=remote.host)
+        except ssl.SSLError as e:
+            raw.close()
+            raise _core.tls_error(remote, e) from e
+        except BaseException:
+            raw.close()
             raise
 
     # -- reads ----------------------------------------------------------------------
@@ -322,7 +350,10 @@ class Client:
             except socket.timeout:
                 return None
             except OSError as e:
-                self._ended = ConnectionClosed("protocol", f"the connection failed: {e}")
+                if self.remote is not None and isinstance(e, ssl.SSLError):
+                    self._ended = _core.tls_error(self.remote, e)
+                else:
+                    self._ended = ConnectionClosed("protocol", f"the connection failed: {e}")
                 raise self._ended from e
             if not chunk:
                 self._ended = ConnectionClosed("protocol", "the daemon closed the connection")

@@ -4,7 +4,10 @@ stopped by its pid when the tests end.
 
 ``PURVEYOR_BIN`` names the daemon (default: ``target/debug/purveyor`` of this checkout)
 and ``PURVEYOR_LIBS`` the directory of the example libraries (default: that binary's
-directory). ``cargo test -p purveyor --test python_client`` sets both.
+directory). ``cargo test -p purveyor --test python_client`` sets both, and
+``PURVEYOR_TEST_TLS``: a directory with ``remote.toml``, a CA and client certificates
+(made by the Rust test), with which the daemon also listens for remote clients over TLS
+on a loopback port (``daemon.tls_port``).
 """
 
 import os
@@ -50,12 +53,21 @@ class Daemon:
         policy.write_text('[namespace.config]\nread = ["@local"]\n')
         self.socket = str(dir / "d.sock")
         self.log = dir / "daemon.log"
+        self.tls = os.environ.get("PURVEYOR_TEST_TLS")
+        self.tls_port = None
+        extra = []
+        if self.tls:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.tls_port = s.getsockname()[1]
+            extra = ["--listen", f"tls://127.0.0.1:{self.tls_port}",
+                     "--remote-config", str(Path(self.tls) / "remote.toml")]
         env = dict(os.environ, PURVEYOR_WORKER=str(binary), PURVEYOR_STATE_DIR=str(dir / "state"))
         env.pop("PURVEYOR_SOCKET", None)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [str(binary), "serve", "-v", "--socket", self.socket, "--providers", str(providers),
-                 "--access", str(policy)],
+                 "--access", str(policy), *extra],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -67,6 +79,8 @@ class Daemon:
             try:
                 with socket.socket(socket.AF_UNIX) as probe:
                     probe.connect(self.socket)
+                if self.tls_port:
+                    socket.create_connection(("127.0.0.1", self.tls_port), 1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:

@@ -32,6 +32,8 @@ fn the_python_client_passes_its_tests_against_this_daemon() {
     let config = workspace_library("libpurveyor_config.so", "purveyor-example-config");
     workspace_library("libpurveyor_dialogs.so", "purveyor-example-dialogs");
     let python = python();
+    let tls = tempfile::tempdir().unwrap();
+    certificates(tls.path());
     let out = Command::new(&python)
         .args([
             "-m",
@@ -45,6 +47,7 @@ fn the_python_client_passes_its_tests_against_this_daemon() {
         .env("PYTHONPATH", root().join("clients/python"))
         .env("PURVEYOR_BIN", BIN)
         .env("PURVEYOR_LIBS", config.parent().unwrap())
+        .env("PURVEYOR_TEST_TLS", tls.path())
         .output()
         .unwrap_or_else(|e| panic!("{} could not run: {e}", python.display()));
     let said = String::from_utf8_lossy(&out.stdout);
@@ -56,4 +59,47 @@ fn the_python_client_passes_its_tests_against_this_daemon() {
     );
     assert!(said.contains(" passed"), "{said}");
     assert!(!said.contains("skipped") || !common::is_root(), "{said}");
+}
+
+/// For the remote tests (`clients/python/tests/test_remote.py`): a CA, the daemon's
+/// certificate for 127.0.0.1, client certificates `operator` (mapped to root) and
+/// `stranger` (another CA's), and `remote.toml`.
+fn certificates(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        (params.self_signed(&key).unwrap(), key)
+    };
+    let (ours, ours_key) = ca("test CA");
+    let (theirs, theirs_key) = ca("another CA");
+    std::fs::write(dir.join("ca.crt"), ours.pem()).unwrap();
+    let issue = |file: &str, cn: &str, sans: Vec<String>, by: &(rcgen::Certificate, KeyPair)| {
+        let key = KeyPair::generate().unwrap();
+        let usage = if sans.is_empty() {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        };
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &by.0, &by.1).unwrap();
+        std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    let ours = (ours, ours_key);
+    let theirs = (theirs, theirs_key);
+    issue("server", "daemon", vec!["127.0.0.1".into()], &ours);
+    issue("operator", "operator", vec![], &ours);
+    issue("stranger", "operator", vec![], &theirs);
+    std::fs::write(
+        dir.join("remote.toml"),
+        "[tls]\ncertificate = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n[users]\noperator = \"root\"\n",
+    )
+    .unwrap();
 }

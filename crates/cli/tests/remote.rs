@@ -349,6 +349,18 @@ fn reads_writes_calls_events_and_streams_cross_the_network_as_the_certificates_u
         &["get", "config.setting", "name=b", "--json"],
     ));
     assert!(got.contains("\"3\""), "{got}");
+    // Queries and the providers' status, remotely.
+    let rows = ok(&r.run(
+        Some("operator"),
+        &[
+            "query",
+            "SELECT name, value FROM config.setting WHERE name = 'b'",
+            "--json",
+        ],
+    ));
+    assert!(rows.contains("\"3\""), "{rows}");
+    let providers = ok(&r.run(Some("operator"), &["providers", "--json"]));
+    assert!(providers.contains("\"config\""), "{providers}");
     // The policy applies to the certificate's user: nobody reads but may not write.
     let got = ok(&r.run(
         Some("nobody"),
@@ -554,6 +566,7 @@ fn a_lost_network_fails_the_requests_in_flight_and_names_them() {
         connect_timeout: Duration::from_secs(5),
     };
     let client_ns = r.net.c.clone();
+    let settings_again = settings.clone();
     let (mut client, id) = in_netns(&client_ns, move || {
         let options = ConnectOptions::default()
             .target(Target::Remote(settings))
@@ -575,6 +588,23 @@ fn a_lost_network_fails_the_requests_in_flight_and_names_them() {
         other => panic!("expected the dialog, got {other:?}"),
     }
     assert_eq!(client.in_flight(), [id]);
+    // A direct channel passes a socket: refused on a remote connection, saying why.
+    let mut other = in_netns(&client_ns, {
+        let settings = settings_again.clone();
+        move || {
+            Client::connect(&ConnectOptions::default().target(Target::Remote(settings))).unwrap()
+        }
+    });
+    let refused = other
+        .request(Request::Direct {
+            class: common::class("demo.vault"),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("direct channels need a local Unix socket"),
+        "{refused}"
+    );
     r.net.cut();
     let started = std::time::Instant::now();
     let err = client.recv().unwrap_err().to_string();

@@ -160,21 +160,9 @@ fn curl_reads_events_as_server_sent_events_with_filters_and_ids() {
 
 /// A CA and the daemon's certificate for 127.0.0.1, and `remote.toml` naming them.
 fn https_files(dir: &Path) -> PathBuf {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "test CA");
-    let ca = params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "daemon");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let pki = common::Pki::new("test CA");
+    pki.write_ca(&dir.join("ca.crt"));
+    pki.issue(dir, "server", "daemon", &["127.0.0.1"]);
     let config = dir.join("remote.toml");
     std::fs::write(
         &config,

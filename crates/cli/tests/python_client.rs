@@ -65,38 +65,11 @@ fn the_python_client_passes_its_tests_against_this_daemon() {
 /// certificate for 127.0.0.1, client certificates `operator` (mapped to root) and
 /// `stranger` (another CA's), and `remote.toml`.
 fn certificates(dir: &Path) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let ca = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        (params.self_signed(&key).unwrap(), key)
-    };
-    let (ours, ours_key) = ca("test CA");
-    let (theirs, theirs_key) = ca("another CA");
-    std::fs::write(dir.join("ca.crt"), ours.pem()).unwrap();
-    let issue = |file: &str, cn: &str, sans: Vec<String>, by: &(rcgen::Certificate, KeyPair)| {
-        let key = KeyPair::generate().unwrap();
-        let usage = if sans.is_empty() {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        };
-        let mut params = CertificateParams::new(sans).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &by.0, &by.1).unwrap();
-        std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-    };
-    let ours = (ours, ours_key);
-    let theirs = (theirs, theirs_key);
-    issue("server", "daemon", vec!["127.0.0.1".into()], &ours);
-    issue("operator", "operator", vec![], &ours);
-    issue("stranger", "operator", vec![], &theirs);
+    let ours = common::Pki::new("test CA");
+    ours.write_ca(&dir.join("ca.crt"));
+    ours.issue(dir, "server", "daemon", &["127.0.0.1"]);
+    ours.issue(dir, "operator", "operator", &[]);
+    common::Pki::new("another CA").issue(dir, "stranger", "operator", &[]);
     std::fs::write(
         dir.join("remote.toml"),
         "[tls]\ncertificate = \"server.crt\"\nkey = \"server.key\"\nclient_ca = \"ca.crt\"\n[users]\noperator = \"root\"\n",

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
 const DAEMON_IP: &str = "10.77.0.1";
 const CLIENT_IP: &str = "10.77.0.2";
@@ -88,52 +87,6 @@ impl Drop for Net {
         for ns in [&self.d, &self.c] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-    }
-}
-
-/// A CA and what it issued: the daemon's certificate (for `DAEMON_IP`) and client
-/// certificates by common name, written as PEM files into a directory.
-struct Pki {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Pki {
-            cert: params.self_signed(&key).unwrap(),
-            key,
-        }
-    }
-
-    /// Writes `FILE.crt` and `FILE.key` into `dir`: a certificate named `cn`, for the
-    /// daemon when `sans` names its address, else for a client.
-    fn issue(&self, dir: &Path, file: &str, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![if sans.is_empty() {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let paths = (
-            dir.join(format!("{file}.crt")),
-            dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&paths.0, cert.pem()).unwrap();
-        std::fs::write(&paths.1, key.serialize_pem()).unwrap();
-        paths
-    }
-
-    fn write_ca(&self, path: &Path) {
-        std::fs::write(path, self.cert.pem()).unwrap();
     }
 }
 

@@ -526,3 +526,54 @@ pub fn root_or_skip(why: &str) -> bool {
     }
     root
 }
+
+/// A test CA (rcgen) and what it issues: a daemon's certificate for an address, client
+/// certificates by common name, written as PEM files into a directory.
+pub struct Pki {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        Pki {
+            cert: params.self_signed(&key).unwrap(),
+            key,
+        }
+    }
+
+    /// Writes `FILE.crt` and `FILE.key` into `dir`: a certificate named `cn`, for the
+    /// daemon when `sans` names its address, else for a client.
+    pub fn issue(&self, dir: &Path, file: &str, cn: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![if sans.is_empty() {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let paths = (
+            dir.join(format!("{file}.crt")),
+            dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&paths.0, cert.pem()).unwrap();
+        std::fs::write(&paths.1, key.serialize_pem()).unwrap();
+        paths
+    }
+
+    pub fn write_ca(&self, path: &Path) {
+        std::fs::write(path, self.cert.pem()).unwrap();
+    }
+}

@@ -216,3 +216,64 @@ fn calls_past_the_concurrency_limit_are_refused() {
     assert!(slow.join().unwrap().status.success());
     assert_eq!(probe(&d, "a"), 2, "served again once the slow call ended");
 }
+
+/// `user = "requestor"`: each caller's requests go to a worker running as that caller,
+/// so the provider reaches exactly the files the caller could; users never share a
+/// worker.
+#[test]
+fn a_requestor_provider_runs_as_each_caller_in_a_worker_of_their_own() {
+    use std::os::unix::fs::PermissionsExt;
+    if !root_or_skip("needs root (a root daemon that switches users)") {
+        return;
+    }
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy.path(), "[namespace.demo]\nread = [\"@local\"]\n").unwrap();
+    let d = Daemon::start(
+        &demo_and_neighbour("demo", "isolated", "user = \"requestor\"\n"),
+        &["--access", policy.path().to_str().unwrap()],
+        &[],
+    );
+    // Let nobody reach the socket; the secret stays root's alone.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let secret = d.dir.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = format!("name=open:{}", secret.display());
+    let errno = |out: std::process::Output| {
+        assert!(out.status.success(), "{out:?}\n{}", d.log());
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        got["instances"][0]["hits"].as_u64().unwrap()
+    };
+    assert_eq!(
+        errno(d.cli(&["get", "demo.counter", &key, "--json"])),
+        0,
+        "root opens it"
+    );
+    let as_nobody = common::as_nobody(&d, &["get", "demo.counter", &key, "--json"]);
+    assert_eq!(errno(as_nobody), libc::EACCES as u64, "nobody may not");
+    // Two workers, one per user, each running as its user.
+    let out = d.cli(&["get", "purveyor.provider", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut uids: Vec<String> = rows["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "demo")
+        .filter_map(|r| r["pid"].as_u64())
+        .map(|pid| status_line(pid, "Uid:"))
+        .collect();
+    uids.sort();
+    assert_eq!(
+        uids,
+        ["Uid:\t0\t0\t0\t0", "Uid:\t65534\t65534\t65534\t65534"],
+        "{rows}"
+    );
+    // The daemon does not warn that a requestor provider would run as root.
+    assert!(
+        !d.log()
+            .contains("provider demo (isolated) would run as root"),
+        "{}",
+        d.log()
+    );
+}

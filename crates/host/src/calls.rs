@@ -19,6 +19,7 @@ use crate::cx::Cx;
 use crate::outcomes::{deliver, not_offered, remote, schema_for, unexpected};
 use crate::slot::{Loaded, Lost, Slot};
 use crate::state::Shared;
+use purveyor_provider::Caller;
 
 /// Whether the access policy lets the caller have `permission` on `path`.
 pub(crate) fn allowed(
@@ -35,6 +36,7 @@ pub(crate) fn allowed(
 /// The slot serving `class`, loaded, after checking it offers `capability`.
 pub(crate) async fn loaded_for(
     host: &Arc<Shared>,
+    caller: &Caller,
     class: &ClassPath,
     capability: Option<Capability>,
 ) -> Result<(Arc<Slot>, Arc<Loaded>), RemoteError> {
@@ -44,6 +46,8 @@ pub(crate) async fn loaded_for(
             format!("no provider serves class {class}"),
         ));
     };
+    // A requestor provider serves each user from a slot of their own.
+    let slot = slot.for_caller(caller)?;
     if let Some(cap) = capability
         && !slot.manifest().offers(cap)
     {
@@ -53,11 +57,21 @@ pub(crate) async fn loaded_for(
     Ok((slot, loaded))
 }
 
-/// `slot`'s provider, loading it if needed.
+/// `slot`'s provider, loading it if needed. A requestor provider's own slot never loads
+/// (its users' slots do: [`Slot::for_caller`]).
 pub(crate) async fn acquire(
     host: &Arc<Shared>,
     slot: &Arc<Slot>,
 ) -> Result<Arc<Loaded>, RemoteError> {
+    if slot.serves_per_user() {
+        return Err(slot.error(
+            ErrorCode::Unsupported,
+            format!(
+                "provider {} runs as each caller (user = \"requestor\"): it serves requests for classes only",
+                slot.manifest().name
+            ),
+        ));
+    }
     slot.acquire(|slot| crate::loading::load(host.clone(), slot))
         .await
 }

@@ -183,10 +183,10 @@ impl Host {
         // Open dialogs hold their providers: close them first, telling both sides.
         shared.dialogs().shutdown();
         let registry = shared.registry();
-        let slots = registry.slots().values();
+        let slots = registry.all_slots();
         let released = tokio::time::timeout(
             shared.config().shutdown_grace,
-            join_all(slots.map(|slot| slot.release("host shutdown"))),
+            join_all(slots.iter().map(|slot| slot.release("host shutdown"))),
         )
         .await;
         if released.is_err() {
@@ -194,7 +194,7 @@ impl Host {
                 "providers still releasing after the grace period; killing their processes"
             );
         }
-        for slot in registry.slots().values() {
+        for slot in &slots {
             slot.kill_process();
         }
     }

@@ -83,7 +83,9 @@ fn own_state_dir(manifest: &Manifest) -> Result<(), LoadError> {
             )
         })?;
     }
-    let Some(run_as) = &manifest.run_as else {
+    // A requestor provider's worker acts with its caller's rights: the provider's state
+    // directory is not handed to each of them in turn.
+    let Some(run_as) = manifest.run_as.as_ref().filter(|_| !manifest.requestor) else {
         return Ok(());
     };
     let failed = |e: std::io::Error| {

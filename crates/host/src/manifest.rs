@@ -49,6 +49,9 @@ pub struct Manifest {
     pub call_timeout: Duration,
     /// `user`/`group` (isolated and external only; `None`: the daemon's own).
     pub run_as: Option<RunAs>,
+    /// `user = "requestor"`: the worker runs as each caller; `run_as` is set only on a
+    /// user's own copy (`slot/requestor.rs`).
+    pub requestor: bool,
     /// `[limits]` (isolated and external only).
     pub limits: ProviderLimits,
     /// `sandbox = "strict"`: the paths it may read besides its library (`sandbox_read`).
@@ -253,7 +256,7 @@ impl Manifest {
             }),
         };
         let clear_after = clear_after(&raw, &mut errors);
-        let (run_as, limits) = confine::confinement(&raw, hosting, &mut errors);
+        let (run_as, requestor, limits) = confine::confinement(&raw, hosting, &mut errors);
         let sandbox = confine::sandbox(&raw, hosting, &mut errors);
         let call_timeout = duration(
             &raw.call_timeout,
@@ -281,6 +284,7 @@ impl Manifest {
                     pure: raw.pure.unwrap_or(true),
                     call_timeout,
                     run_as,
+                    requestor,
                     limits,
                     sandbox,
                     source,
@@ -288,19 +292,6 @@ impl Manifest {
             }
             _ => Err(errors.list),
         }
-    }
-
-    /// Said when a root daemon would run this provider's process as root without the
-    /// manifest asking for it (`user = "root"`): a provider in a process of its own runs
-    /// as the daemon's user unless `user` says otherwise.
-    pub fn runs_as_root_unasked(&self, daemon_uid: u32) -> Option<String> {
-        let own_process = matches!(self.hosting, Hosting::Isolated | Hosting::External);
-        (own_process && daemon_uid == 0 && self.run_as.is_none()).then(|| {
-            format!(
-                "{}: provider {} ({}) would run as root; give it user = \"NAME\" (or user = \"root\" to say so)",
-                self.source, self.name, self.hosting
-            )
-        })
     }
 
     /// Whether `class` is the provider's, by name or by namespace.

@@ -36,6 +36,16 @@ impl Registry {
     }
 
     /// The provider that installs I/O procedure `code` globally.
+    /// Every slot: the providers', and each user's of a requestor provider.
+    pub fn all_slots(&self) -> Vec<Arc<Slot>> {
+        let mut all = Vec::with_capacity(self.slots.len());
+        for slot in self.slots.values() {
+            all.push(slot.clone());
+            all.extend(slot.user_slots());
+        }
+        all
+    }
+
     pub fn io_slot(&self, code: &purveyor_io::FourCC) -> Option<&Arc<Slot>> {
         self.by_io.get(code)
     }

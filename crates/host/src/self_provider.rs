@@ -466,8 +466,8 @@ fn host_instance(host: &Shared) -> Instance {
 /// `purveyor.provider`: every provider's lifecycle, counts and cost.
 fn provider_instances(host: &Shared) -> Vec<Instance> {
     host.registry()
-        .slots()
-        .values()
+        .all_slots()
+        .iter()
         .map(|slot| {
             let p = slot.status();
             let usage = slot.usage();

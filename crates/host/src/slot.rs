@@ -22,6 +22,8 @@ use crate::cache_control::CacheControl;
 use crate::manifest::Manifest;
 use crate::policy::{self, Crashes, FIRST_BACKOFF, Idle};
 
+mod requestor;
+
 /// The schemas a loaded provider serves, by class. (Looked up on every request: a fast
 /// hash, as in the registry; class paths are validated names, not attacker-chosen keys
 /// in a way that matters here, and foldhash is seeded per process.)
@@ -133,6 +135,8 @@ pub(crate) struct Slot {
     /// The wall clock at `born`: `last_use` is shown as `born_wall` plus it, so a call
     /// reads the clock once (`docs/performance.md`).
     born_wall: Timestamp,
+    /// `user = "requestor"`: each user's own slot (this one never loads).
+    requestors: Option<requestor::Requestors>,
 }
 
 enum State {
@@ -158,7 +162,11 @@ impl Slot {
         window: Duration,
         cache: Option<Arc<CacheControl>>,
     ) -> Self {
+        let per_user = manifest.requestor && manifest.run_as.is_none();
+        let requestors =
+            per_user.then(|| requestor::Requestors::new(crashes, window, cache.clone()));
         Slot {
+            requestors,
             manifest,
             cache,
             state: Mutex::new(State::Registered),
@@ -361,6 +369,7 @@ impl Slot {
     /// No load from now on: a reload replaced or removed this provider.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);
+        self.user_slots().iter().for_each(|s| s.retire());
     }
 
     /// The host group, when this provider shares a worker.

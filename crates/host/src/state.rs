@@ -336,8 +336,8 @@ impl Shared {
 
     pub fn provider_statuses(&self) -> Vec<ProviderStatus> {
         self.registry()
-            .slots()
-            .values()
+            .all_slots()
+            .iter()
             .map(|s| s.status())
             .collect()
     }

@@ -54,16 +54,25 @@ impl ProviderLimits {
 
 /// `user`, `group` and `[limits]`: only for a provider in a process of its own (not
 /// shared by a host group), names resolved now (through NSS).
+/// `user = "requestor"`: the provider's worker runs as each caller (a worker per user).
+pub const REQUESTOR: &str = "requestor";
+
 pub(super) fn confinement(
     raw: &super::RawManifest,
     hosting: Option<Hosting>,
     errors: &mut super::Errors<'_>,
-) -> (Option<RunAs>, ProviderLimits) {
+) -> (Option<RunAs>, bool, ProviderLimits) {
     let own_process =
         matches!(hosting, Some(Hosting::Isolated | Hosting::External)) && raw.host_group.is_none();
     let limits = limits(raw, errors);
     let mut run_as = None;
-    if let Some(user) = &raw.user {
+    let requestor = raw.user.as_ref().is_some_and(|u| u.get_ref() == REQUESTOR);
+    if requestor {
+        if let Some(group) = &raw.group {
+            let why = "a requestor provider runs with each caller's own groups: drop group";
+            errors.push(Some(group.span()), Some("group"), why.into());
+        }
+    } else if let Some(user) = &raw.user {
         let name = user.get_ref();
         match crate::access::user_ids(name) {
             Some((uid, mut gid)) => {
@@ -92,7 +101,7 @@ pub(super) fn confinement(
     } else if let Some(group) = &raw.group {
         errors.push(Some(group.span()), Some("group"), "group needs user".into());
     }
-    if (run_as.is_some() || limits.need_a_process()) && !own_process {
+    if (run_as.is_some() || requestor || limits.need_a_process()) && !own_process {
         let span = raw
             .user
             .as_ref()
@@ -104,7 +113,7 @@ pub(super) fn confinement(
             "user and limits apply to a provider in a process of its own: hosting \"isolated\" (without host_group) or \"external\"".into(),
         );
     }
-    (run_as, limits)
+    (run_as, requestor, limits)
 }
 
 /// `[limits]`, each checked against its minimum.
@@ -201,4 +210,19 @@ pub(super) fn sandbox(
         }
     }
     Some(read)
+}
+
+impl super::Manifest {
+    /// Said when a root daemon would run this provider's process as root without the
+    /// manifest asking for it (`user = "root"`): a provider in a process of its own runs
+    /// as the daemon's user unless `user` says otherwise.
+    pub fn runs_as_root_unasked(&self, daemon_uid: u32) -> Option<String> {
+        let own_process = matches!(self.hosting, Hosting::Isolated | Hosting::External);
+        (own_process && daemon_uid == 0 && self.run_as.is_none() && !self.requestor).then(|| {
+            format!(
+                "{}: provider {} ({}) would run as root; give it user = \"NAME\" (or user = \"root\" to say so)",
+                self.source, self.name, self.hosting
+            )
+        })
+    }
 }

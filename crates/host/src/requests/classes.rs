@@ -33,7 +33,7 @@ pub(super) async fn list(
                 false
             }
         };
-    let mut list = collect(host, namespace.as_slice(), &|_: &Slot| true).await;
+    let mut list = collect(host, namespace.as_slice(), &|_: &Slot| true, cx.caller).await;
     // Classes the caller may not read are left out, as if they were not there.
     list.classes.retain(|c| readable(c.path()));
     if list.classes.is_empty()
@@ -56,7 +56,7 @@ pub(super) async fn describe(
     class: ClassPath,
 ) -> Result<Response, RemoteError> {
     allowed(host, cx, Permission::Read, class.as_str())?;
-    let (slot, loaded) = loaded_for(host, &class, None).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, None).await?;
     Ok(Response::Class(
         schema_for(&slot, &loaded, &class)?.as_ref().clone(),
     ))
@@ -73,7 +73,7 @@ pub(crate) async fn export_classes(
     caller: &Caller,
 ) -> ClassList {
     let take = |slot: &Slot| slot.state() == ProviderState::Loaded || wake(slot.manifest());
-    let mut list = collect(host, namespaces, &take).await;
+    let mut list = collect(host, namespaces, &take, caller).await;
     let access = host.access();
     list.classes.retain(|c| {
         access
@@ -115,6 +115,7 @@ async fn collect(
     host: &Arc<Shared>,
     namespaces: &[NamespacePath],
     take: &(dyn Fn(&Slot) -> bool + Sync),
+    caller: &Caller,
 ) -> ClassList {
     let wanted =
         |class: &ClassPath| namespaces.is_empty() || namespaces.iter().any(|ns| ns.contains(class));
@@ -131,7 +132,13 @@ async fn collect(
                 && take(s)
         })
         .collect();
-    let loads = join_all(slots.iter().map(|slot| acquire(host, slot))).await;
+    // A requestor provider's classes are its caller's worker's.
+    let loads = join_all(
+        slots
+            .iter()
+            .map(|slot| async move { acquire(host, &slot.for_caller(caller)?).await }),
+    )
+    .await;
     let mut list = ClassList {
         classes: Vec::new(),
         problems: Vec::new(),

@@ -34,7 +34,7 @@ pub(super) async fn open(
                 .into(),
         );
     }
-    let (slot, loaded) = loaded_for(host, &class, None).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, None).await?;
     let manifest = slot.manifest();
     if !loaded.hosted().takes_direct() {
         return unsupported(format!(

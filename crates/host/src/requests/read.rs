@@ -22,7 +22,7 @@ pub(super) async fn enumerate(
     class: ClassPath,
     selector: InstanceKey,
 ) -> Result<Response, RemoteError> {
-    let (slot, loaded) = loaded_for(host, &class, Some(Capability::Enumerate)).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, Some(Capability::Enumerate)).await?;
     let (schema, call) = enumerate_call_for(&slot, &loaded, &class, &selector)?;
     let asked_get = matches!(call, ReadCall::Get { .. });
     let reply = read(host, cx, &slot, &loaded, call).await?;
@@ -35,7 +35,7 @@ pub(super) async fn get(
     class: ClassPath,
     key: InstanceKey,
 ) -> Result<Response, RemoteError> {
-    let (slot, loaded) = loaded_for(host, &class, None).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, None).await?;
     let (schema, call) = get_call_for(&slot, &loaded, &class, &key)?;
     let asked_get = matches!(call, ReadCall::Get { .. });
     let reply = read(host, cx, &slot, &loaded, call).await?;

@@ -36,7 +36,7 @@ pub(super) async fn subscribe(
     filter: Vec<Condition>,
 ) -> Result<Response, RemoteError> {
     let session = cx.session("subscribing")?;
-    let (slot, loaded) = loaded_for(host, &class, Some(Capability::Subscribe)).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, Some(Capability::Subscribe)).await?;
     let schema = schema_for(&slot, &loaded, &class)?;
     let invalid = |m: String| RemoteError::new(ErrorCode::InvalidRequest, m);
     if schema.events().is_empty() {
@@ -120,7 +120,7 @@ pub(super) async fn watch_changes(
             MAX_INTERVAL.as_millis()
         )));
     }
-    let (slot, loaded) = loaded_for(host, &class, Some(Capability::Enumerate)).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, Some(Capability::Enumerate)).await?;
     let schema = schema_for(&slot, &loaded, &class)?;
     // Conditions are on the instance: typed by the class's properties.
     let instance = EventDef {

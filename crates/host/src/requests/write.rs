@@ -18,7 +18,7 @@ pub(super) async fn put(
     class: ClassPath,
     instance: Instance,
 ) -> Result<Response, RemoteError> {
-    let (slot, loaded) = loaded_for(host, &class, Some(Capability::Put)).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, Some(Capability::Put)).await?;
     let schema = schema_for(&slot, &loaded, &class)?;
     schema
         .check_instance(&instance)
@@ -34,7 +34,7 @@ pub(super) async fn delete(
     class: ClassPath,
     key: InstanceKey,
 ) -> Result<Response, RemoteError> {
-    let (slot, loaded) = loaded_for(host, &class, Some(Capability::Delete)).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, Some(Capability::Delete)).await?;
     let schema = schema_for(&slot, &loaded, &class)?;
     check_full_key(&schema, &key)?;
     let call = ProviderCall::Delete { class, key };
@@ -50,7 +50,7 @@ pub(super) async fn call_method(
     key: InstanceKey,
     args: Instance,
 ) -> Result<Response, RemoteError> {
-    let (slot, loaded) = loaded_for(host, &class, Some(Capability::Call)).await?;
+    let (slot, loaded) = loaded_for(host, cx.caller, &class, Some(Capability::Call)).await?;
     let schema = schema_for(&slot, &loaded, &class)?;
     let Some(def) = schema.method(method.as_str()) else {
         let have: Vec<&str> = schema.methods().iter().map(|m| m.name.as_str()).collect();

@@ -218,6 +218,13 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
     /// Serve isolated provider libraries over stdin/stdout (started by the daemon)
     #[command(hide = true)]
     Worker,
+    /// Run an external provider in its strict sandbox (started by the daemon)
+    #[command(hide = true)]
+    SandboxExec {
+        program: std::ffi::OsString,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run the daemon
     #[command(
         after_help = "Examples:\n  purveyor serve\n  purveyor serve --socket /tmp/p.sock --providers ./providers\n  purveyor serve --clear-after counter=30s --clear-after instance=1m\n  purveyor serve --limit io.mem_per_user=16MiB --limit io.mem_idle=5m\n  purveyor serve --http 9464                       JSON API and /metrics on 127.0.0.1:9464\n  purveyor serve --http 0.0.0.0:9464 --http-config /etc/purveyor/http.toml\n  purveyor serve --listen tls://0.0.0.0:7443       remote clients over TLS (certificates in /etc/purveyor/remote.toml)"
@@ -506,6 +513,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Worker => Ok(ExitCode::from(
             purveyor_hosting::worker::run().clamp(0, 255) as u8,
+        )),
+        Command::SandboxExec { program, args } => Ok(ExitCode::from(
+            purveyor_hosting::sandbox::exec(&program, &args).clamp(0, 255) as u8,
         )),
         Command::Providers {
             action: Some(ProvidersAction::Enable { name }),

@@ -277,3 +277,42 @@ fn a_requestor_provider_runs_as_each_caller_in_a_worker_of_their_own() {
         d.log()
     );
 }
+
+/// `sandbox = "strict"` on an external provider: the daemon starts it through its
+/// trampoline (`purveyor sandbox-exec`), which confines itself and execs the program, so
+/// the program reads only what its manifest names. The example Python provider reads
+/// `/proc/uptime` on each get: refused without `/proc` in `sandbox_read`, served with it.
+#[test]
+fn an_external_provider_in_a_strict_sandbox_reads_only_what_its_manifest_names() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/providers/python")
+        .canonicalize()
+        .unwrap();
+    let manifest = |read: &str| {
+        (
+            "uptime",
+            format!(
+                "name = \"uptime\"\nhosting = \"external\"\ncommand = [\"python3\", \"{}/uptime.py\"]\nclasses = [\"demo.uptime\"]\ncapabilities = [\"enumerate\", \"get\"]\nsandbox = \"strict\"\nsandbox_read = [\"/usr/bin\", \"/usr/local\", \"{}\"{read}]\n",
+                script.display(),
+                script.display()
+            ),
+        )
+    };
+    let closed = Daemon::start(&[manifest("")], &[], &[]);
+    let out = closed.cli(&["get", "demo.uptime"]);
+    let log = closed.log();
+    assert!(log.contains("seccomp filter on"), "{log}");
+    if log.contains("Landlock NOT enforced") {
+        eprintln!("this kernel lacks Landlock: only the seccomp part was checked");
+        return;
+    }
+    assert!(!out.status.success(), "read /proc/uptime unsandboxed");
+    assert!(
+        log.contains("Permission denied: '/proc/uptime'"),
+        "the provider should have been refused /proc/uptime:\n{log}"
+    );
+    let open = Daemon::start(&[manifest(", \"/proc\"")], &[], &[]);
+    let out = open.cli(&["get", "demo.uptime", "--json"]);
+    assert!(out.status.success(), "{out:?}\n{}", open.log());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("uptime"));
+}

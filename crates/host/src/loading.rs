@@ -118,8 +118,16 @@ pub(crate) fn confine(manifest: &Manifest) -> Confine {
     .collect();
     let sandbox = manifest.sandbox.as_ref().map(|read| {
         let mut read = read.clone();
-        if let Entry::Library { path, .. } = &manifest.entry {
-            read.push(manifest.resolve(&path.to_string_lossy()));
+        match &manifest.entry {
+            Entry::Library { path, .. } => read.push(manifest.resolve(&path.to_string_lossy())),
+            // An external program runs in the manifest's directory, and may be named there.
+            Entry::External { command } => {
+                read.extend(manifest.dir().map(std::path::Path::to_path_buf));
+                if command[0].contains('/') {
+                    read.push(manifest.resolve(&command[0]));
+                }
+            }
+            Entry::Builtin(_) => {}
         }
         purveyor_hosting::sandbox::Sandbox {
             read,
@@ -191,12 +199,25 @@ async fn spec(host: &Shared, manifest: &Manifest) -> Result<Spec, LoadError> {
             } else {
                 command[0].clone().into()
             };
+            let mut args: Vec<std::ffi::OsString> = command[1..].iter().map(Into::into).collect();
+            let confine = confine(manifest);
+            // A strict sandbox is set up by a trampoline of ours, which then execs the
+            // program: Landlock and seccomp stay in force across the exec.
+            let program = if confine.sandbox.is_some() {
+                let trampoline = host.config().worker_program().map_err(|e| {
+                    LoadError::Failed(name.clone(), format!("cannot sandbox it: {e}"))
+                })?;
+                args.splice(0..0, ["sandbox-exec".into(), "--".into(), program]);
+                trampoline.into_os_string()
+            } else {
+                program
+            };
             Spec::External {
                 program,
-                args: command[1..].iter().map(Into::into).collect(),
+                args,
                 dir: manifest.dir().map(Into::into),
                 io,
-                confine: confine(manifest),
+                confine,
             }
         }
     })

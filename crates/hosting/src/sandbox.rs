@@ -50,11 +50,33 @@ pub fn apply_from_env() -> Result<(), String> {
     let rules: Sandbox = serde_json::from_slice(rules.as_encoded_bytes())
         .map_err(|e| format!("malformed {ENV}: {e}"))?;
     let report = apply(&rules)?;
-    eprintln!(
-        "purveyor worker (pid {}): sandbox: {report}",
-        std::process::id()
-    );
+    eprintln!("purveyor (pid {}): sandbox: {report}", std::process::id());
     Ok(())
+}
+
+/// `purveyor sandbox-exec -- PROGRAM ARGS…`: applies the sandbox `PURVEYOR_SANDBOX`
+/// describes to this process, then becomes `PROGRAM` (an external provider). Landlock
+/// rules and the seccomp filter stay in force across the exec. Returns only on failure,
+/// with the exit code (the reason is on stderr, the daemon's log).
+pub fn exec(program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(ENV).is_none() {
+        eprintln!("purveyor sandbox-exec: {ENV} is not set: refusing to run unconfined");
+        return 2;
+    }
+    if let Err(e) = apply_from_env() {
+        eprintln!("purveyor sandbox-exec: {e}");
+        return 2;
+    }
+    let e = std::process::Command::new(program)
+        .args(args)
+        .env_remove(ENV)
+        .exec();
+    eprintln!(
+        "purveyor sandbox-exec: cannot run {} in its sandbox: {e}",
+        program.to_string_lossy()
+    );
+    127
 }
 
 /// What the kernel let the worker do, in words for the log.

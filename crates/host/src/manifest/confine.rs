@@ -162,7 +162,8 @@ fn limits(raw: &super::RawManifest, errors: &mut super::Errors<'_>) -> ProviderL
     limits
 }
 
-/// `sandbox = "strict"` and `sandbox_read`: for an isolated worker of its own only.
+/// `sandbox = "strict"` and `sandbox_read`: for an isolated worker of its own, or an
+/// external program.
 pub(super) fn sandbox(
     raw: &super::RawManifest,
     hosting: Option<Hosting>,
@@ -189,11 +190,12 @@ pub(super) fn sandbox(
         );
         return None;
     }
-    if hosting != Some(Hosting::Isolated) || raw.host_group.is_some() {
+    let own_worker = hosting == Some(Hosting::Isolated) && raw.host_group.is_none();
+    if !own_worker && hosting != Some(Hosting::External) {
         errors.push(
             Some(mode.span()),
             Some("sandbox"),
-            "sandbox applies to an isolated provider with a worker of its own (hosting = \"isolated\", no host_group)".into(),
+            "sandbox applies to a provider in a process of its own (hosting = \"isolated\" without host_group, or \"external\")".into(),
         );
         return None;
     }

@@ -81,6 +81,12 @@ pub fn run(global: &Global, path: Option<&Path>) -> Result<ExitCode> {
         for warning in good.iter().filter_map(|m| m.runs_as_root_unasked(uid)) {
             text.push_str(&format!("warn   {warning}\n"));
         }
+        if good.iter().any(|m| !m.limits.is_empty()) {
+            text.push_str(&format!(
+                "note   {}\n",
+                purveyor_hosting::confine::limits_report()
+            ));
+        }
         if good.iter().any(|m| m.sandbox.is_some()) {
             text.push_str(&match purveyor_hosting::sandbox::landlock_abi() {
                 0 => "warn   this kernel has no Landlock: a strict sandbox is its seccomp filter only\n".to_string(),

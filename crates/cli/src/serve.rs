@@ -137,6 +137,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         for warning in host.root_warnings() {
             tracing::warn!("{warning}");
         }
+        tracing::info!("{}", purveyor_hosting::confine::limits_report());
         match purveyor_hosting::sandbox::landlock_abi() {
             0 => tracing::info!("sandbox: this kernel has no Landlock; a strict sandbox is its seccomp filter only"),
             abi => tracing::info!(landlock_abi = abi, "sandbox: Landlock and seccomp available"),

@@ -104,7 +104,7 @@ fn check_says_which_providers_would_run_as_root_and_refuses_misplaced_limits() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for (name, text) in demo_and_neighbour("demo", "isolated", "") {
+    for (name, text) in demo_and_neighbour("demo", "isolated", "[limits]\nmemory = \"64MiB\"\n") {
         std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
     }
     let out = std::process::Command::new(common::BIN)
@@ -120,6 +120,11 @@ fn check_says_which_providers_would_run_as_root_and_refuses_misplaced_limits() {
     assert!(
         !said.contains("provider greeting"),
         "in-daemon: no process of its own: {said}"
+    );
+    // Which mechanisms enforce limits here, and why not cgroup v2.
+    assert!(
+        said.contains("note   limits: rlimits (cpu, open_files, processes) and the host's resident-memory watch (memory); cgroup v2"),
+        "{said}"
     );
     // user on an in-daemon provider is refused, naming why.
     let bad = demo_and_neighbour("demo", "isolated", "")[1].1.clone() + "user = \"nobody\"\n";

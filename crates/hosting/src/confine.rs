@@ -127,3 +127,54 @@ pub fn groups_of(name: &str, gid: u32) -> Vec<u32> {
         groups.resize((n.max(0) as usize).max(groups.len() * 2), 0);
     }
 }
+
+/// Which of the kernel's mechanisms enforce providers' `[limits]` on this machine, in
+/// words for the daemon's log and `purveyor check`: rlimits (CPU, open files, processes)
+/// and the host's own resident-memory watch — and what cgroup v2 would offer here, and why
+/// it is not used. (cgroup v2 needs a subtree delegated to the daemon, with the memory
+/// and cpu controllers: under systemd, `Delegate=yes`.)
+pub fn limits_report() -> String {
+    const IN_FORCE: &str = "limits: rlimits (cpu, open_files, processes) and the host's resident-memory watch (memory)";
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return format!(
+            "{IN_FORCE}; cgroup v2 is not in use on this machine (v1 hierarchies only)"
+        );
+    };
+    let root = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        std::path::PathBuf::from("/sys/fs/cgroup")
+    } else {
+        std::path::PathBuf::from("/sys/fs/cgroup/unified")
+    };
+    let dir = root.join(path.trim_start_matches('/'));
+    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let have = |c: &str| controllers.split_whitespace().any(|x| x == c);
+    if !have("memory") || !have("cpu") {
+        return format!(
+            "{IN_FORCE}; cgroup v2 at {} lacks the memory and cpu controllers (they are on v1 here)",
+            dir.display()
+        );
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return format!(
+            "{IN_FORCE}; cgroup v2 at {} is not delegated to the daemon (systemd's Delegate=yes would)",
+            dir.display()
+        );
+    }
+    format!(
+        "{IN_FORCE}; cgroup v2 at {} is delegated, but providers' limits do not use it yet",
+        dir.display()
+    )
+}
+
+#[cfg(test)]
+mod limits_report_tests {
+    #[test]
+    fn the_report_names_what_is_in_force_and_why_not_cgroups() {
+        let report = super::limits_report();
+        assert!(report.starts_with("limits: rlimits"), "{report}");
+        assert!(report.contains("cgroup v2"), "{report}");
+    }
+}

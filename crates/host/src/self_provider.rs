@@ -244,14 +244,14 @@ impl Provider for SelfProvider {
                         "u64",
                         Unit::Bytes,
                         Counter,
-                        "bytes of requests sent to its current process",
+                        "bytes of requests sent to its current process, or its in-daemon library",
                     ),
                     p(
                         "bytes_in",
                         "u64",
                         Unit::Bytes,
                         Counter,
-                        "bytes of answers received from its current process",
+                        "bytes of answers received from its current process, or its in-daemon library",
                     ),
                     p(
                         "limit_kills",

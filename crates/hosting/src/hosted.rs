@@ -362,11 +362,14 @@ impl Hosted {
         )
     }
 
-    /// Bytes sent to its process and received from it (`None`: no process of its own).
+    /// Bytes sent to it and received from it: its process's channel, or an in-daemon
+    /// library's encoded requests and replies (`None`: a builtin, which gets and gives
+    /// values, not bytes).
     pub fn bytes(&self) -> Option<(u64, u64)> {
         match &self.backend {
             Backend::Process(conn) => Some(conn.bytes()),
-            Backend::Local { .. } | Backend::Library(_) | Backend::Io(_) => None,
+            Backend::Library(library) => Some(library.bytes()),
+            Backend::Local { .. } | Backend::Io(_) => None,
         }
     }
 

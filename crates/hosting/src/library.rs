@@ -50,6 +50,9 @@ pub struct LibraryProvider {
     classes: Vec<ClassSchema>,
     /// The host's line for dialogs, when attached: freed after the cleanup entry point.
     host_line: Option<Box<HostLine>>,
+    /// Bytes of requests handed to the library and of its replies, for accounting.
+    sent: std::sync::atomic::AtomicU64,
+    received: std::sync::atomic::AtomicU64,
     _library: libloading::Library,
 }
 
@@ -140,6 +143,8 @@ impl LibraryProvider {
             path: path.to_owned(),
             classes: Vec::new(),
             host_line: None,
+            sent: Default::default(),
+            received: Default::default(),
             _library: library,
         };
         match provider.request(ProviderCall::Classes, &CallContext::internal()) {
@@ -289,6 +294,9 @@ impl LibraryProvider {
                 }
             )));
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.sent.fetch_add(bytes.len() as u64, Relaxed);
+        self.received.fetch_add(reply_len, Relaxed);
         // SAFETY: on success the library hands over `reply_len` readable bytes at `reply`,
         // valid until we give them back with `free_reply` below.
         let slice = unsafe { std::slice::from_raw_parts(reply, reply_len as usize) };
@@ -321,6 +329,12 @@ impl LibraryProvider {
 }
 
 impl LibraryProvider {
+    /// Bytes of requests handed to the library and of its replies so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.sent.load(Relaxed), self.received.load(Relaxed))
+    }
+
     /// A put, delete or call: the result, with the library's events raised again in `ctx`.
     fn written(
         &self,

@@ -13,7 +13,7 @@ use purveyor_remote::{Listener, ServerSettings};
 /// The remote listeners, bound, with their certificates read.
 pub struct Remote {
     tcp: Vec<std::net::TcpListener>,
-    listener: Arc<Listener>,
+    listener: Listener,
 }
 
 /// The daemon's remote configuration: `--remote-config`, else `/etc/purveyor/remote.toml`.
@@ -39,7 +39,7 @@ pub fn prepare(
             file.display()
         )
     })?;
-    let listener = Arc::new(Listener::new(&settings, handshake_timeout)?);
+    let listener = Listener::new(&settings, handshake_timeout)?;
     let mut tcp = Vec::new();
     for address in listen {
         let Some(rest) = address
@@ -72,14 +72,23 @@ pub fn https(config: Option<&Path>) -> Result<Arc<tls::ServerConfig>> {
 
 /// Starts accepting on the runtime: each connection, after its handshake, comes out of
 /// the receiver as a [`Carried`] connection of its certificate's user.
-pub fn start(remote: Remote) -> std::io::Result<tokio::sync::mpsc::Receiver<Carried>> {
+pub fn start(
+    remote: Remote,
+    host: purveyor_host::Host,
+) -> std::io::Result<tokio::sync::mpsc::Receiver<Carried>> {
+    // Refusals are counted in `purveyor.host` (`remote_refused`).
+    let listener = Arc::new(
+        remote
+            .listener
+            .on_refused(move || host.note_remote_refused()),
+    );
     let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(purveyor_remote::MAX_HANDSHAKES);
     for tcp in remote.tcp {
         let tcp = tokio::net::TcpListener::from_std(tcp)?;
         tracing::info!(addr = %tcp.local_addr()?, "listening for remote clients over TLS");
         tokio::spawn(purveyor_remote::listen(
             tcp,
-            remote.listener.clone(),
+            listener.clone(),
             accepted_tx.clone(),
         ));
     }

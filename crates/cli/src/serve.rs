@@ -188,7 +188,9 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
             crate::systemd::stopping();
             let _ = stop.send(true);
         };
-        let carried = remote.map(crate::remote::start).transpose()?;
+        let carried = remote
+            .map(|r| crate::remote::start(r, host.clone()))
+            .transpose()?;
         let result = server::serve_carried(listener, carried, host, signal).await;
         if let Some(http) = http
             && tokio::time::timeout(std::time::Duration::from_secs(2), http)

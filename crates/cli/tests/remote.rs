@@ -383,9 +383,15 @@ fn a_client_without_a_certificate_or_with_a_strangers_is_refused_at_the_handshak
         stderr.contains("\"ghost-of-nobody\"") && stderr.contains("does not exist here"),
         "{stderr}"
     );
-    wait_until("the refusals logged", Duration::from_secs(5), || {
-        r.daemon.log().matches("remote connection refused").count() >= 3
+    wait_until("the refusals counted", Duration::from_secs(5), || {
+        let out = r.daemon.cli(&["get", "purveyor.host", "--json"]);
+        let host: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        host["instances"][0]["remote_refused"].as_u64() == Some(3)
     });
+    assert_eq!(
+        r.daemon.log().matches("remote connection refused").count(),
+        3
+    );
 }
 
 #[test]

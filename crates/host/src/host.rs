@@ -123,6 +123,12 @@ impl Host {
         self.shared.counters().http_refused();
     }
 
+    /// Counts a remote connection refused before its session: no or a bad certificate,
+    /// no user for it, too many handshakes, a handshake too slow (`purveyor.host`).
+    pub fn note_remote_refused(&self) {
+        self.shared.counters().remote_refused();
+    }
+
     /// A session for `caller`: what a connection (or an embedded client) holds so that it
     /// can subscribe, open streams and show dialogs. Dropping it ends all of them.
     pub fn session(&self, caller: Caller) -> Session {

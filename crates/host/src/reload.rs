@@ -88,8 +88,11 @@ pub(crate) fn reload(
     }
     for slot in retired {
         slot.retire();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { slot.release("reload").await });
+        // A requestor provider's workers are its users' slots.
+        for slot in std::iter::once(slot.clone()).chain(slot.user_slots()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { slot.release("reload").await });
+            }
         }
     }
     tracing::info!(

@@ -101,6 +101,13 @@ impl Provider for SelfProvider {
                         "HTTP connections refused by http.connections",
                     ),
                     p(
+                        "remote_refused",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "remote (TLS) connections refused before their session: certificate, user, handshake limit or time",
+                    ),
+                    p(
                         "io_mem_bytes",
                         "u64",
                         Unit::Bytes,
@@ -453,6 +460,7 @@ fn host_instance(host: &Shared) -> Instance {
         "requests" => Value::U64(counts.requests),
         "connections_refused" => Value::U64(counts.connections_refused),
         "http_refused" => Value::U64(counts.http_refused),
+        "remote_refused" => Value::U64(counts.remote_refused),
         "io_mem_bytes" => Value::U64(host.memory().bytes()),
         "io_mem_buffers" => Value::U64(host.memory().buffers() as u64),
     };

@@ -84,6 +84,8 @@ pub(crate) struct Counters {
     connections_refused: AtomicU64,
     /// HTTP connections refused by `http.connections`.
     http_refused: AtomicU64,
+    /// Remote connections refused before their session (`purveyor-remote`).
+    remote_refused: AtomicU64,
     requests: AtomicU64,
 }
 
@@ -93,6 +95,7 @@ pub(crate) struct Counts {
     pub connections_total: u64,
     pub connections_refused: u64,
     pub http_refused: u64,
+    pub remote_refused: u64,
     pub requests: u64,
 }
 
@@ -114,12 +117,17 @@ impl Counters {
         self.http_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn remote_refused(&self) {
+        self.remote_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn now(&self) -> Counts {
         Counts {
             connections_open: self.connections_open.load(Ordering::Relaxed),
             connections_total: self.connections_total.load(Ordering::Relaxed),
             connections_refused: self.connections_refused.load(Ordering::Relaxed),
             http_refused: self.http_refused.load(Ordering::Relaxed),
+            remote_refused: self.remote_refused.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
         }
     }

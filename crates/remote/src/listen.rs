@@ -41,6 +41,8 @@ pub struct Listener {
     /// Connections refused: no or a bad certificate, no user, too many handshakes, or
     /// a handshake past its deadline.
     refused: AtomicU64,
+    /// Told of each refusal (the daemon counts them in `purveyor.host`).
+    on_refused: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Listener {
@@ -53,7 +55,21 @@ impl Listener {
             handshake_timeout,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
             refused: AtomicU64::new(0),
+            on_refused: None,
         })
+    }
+
+    /// Calls `f` for each connection refused, besides counting it here.
+    pub fn on_refused(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_refused = Some(Box::new(f));
+        self
+    }
+
+    fn refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(f) = &self.on_refused {
+            f();
+        }
     }
 
     /// Remote connections refused so far.
@@ -83,7 +99,7 @@ pub async fn listen(tcp: TcpListener, listener: Arc<Listener>, server: mpsc::Sen
             }
         };
         let Ok(permit) = listener.handshakes.clone().try_acquire_owned() else {
-            listener.refused.fetch_add(1, Ordering::Relaxed);
+            listener.refuse();
             tracing::debug!(%peer, limit = MAX_HANDSHAKES, "too many TLS handshakes in progress; closed");
             continue;
         };
@@ -96,7 +112,7 @@ pub async fn listen(tcp: TcpListener, listener: Arc<Listener>, server: mpsc::Sen
                     let _ = server.send(accepted).await;
                 }
                 Err(message) => {
-                    listener.refused.fetch_add(1, Ordering::Relaxed);
+                    listener.refuse();
                     tracing::info!(%peer, %message, "remote connection refused");
                 }
             }

@@ -191,7 +191,12 @@ impl Messages {
                 let sink = m.session.sink().clone();
                 tokio::select! {
                     () = sink.ready() => {}
-                    _ = m.stopping.changed() => {}
+                    changed = m.stopping.changed() => {
+                        // The gateway is gone: so is the stream.
+                        if changed.is_err() {
+                            return None;
+                        }
+                    }
                 }
             }
         })

@@ -28,19 +28,20 @@ pub struct Gateway {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Calls answered `202` because they opened a dialog (`crate::calls`).
     pub(crate) calls: crate::calls::Calls,
+    /// The sender of `stopping` when nobody else holds it ([`Gateway::new`]).
+    pub(crate) _never_stops: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Gateway {
     /// A gateway that is never told to stop (tests, embedding).
     pub fn new(host: Host, config: Arc<purveyor_host::Current<GatewayConfig>>) -> Self {
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        // Kept: a dropped sender would read as a change.
-        std::mem::forget(stop);
         Gateway {
             host,
             config,
             stopping,
             calls: Default::default(),
+            _never_stops: Some(stop),
         }
     }
 }

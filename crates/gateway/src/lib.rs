@@ -90,6 +90,7 @@ pub async fn serve_tls(
         config,
         stopping,
         calls: Default::default(),
+        _never_stops: None,
     });
     let router = http::router(gateway.clone());
     let listening = Listening {

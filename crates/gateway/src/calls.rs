@@ -10,96 +10,46 @@
 //! is kept [`KEEP_RESULT`] for its caller to fetch, then dropped; only the identity that
 //! made a call can see or answer it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use purveyor_host::Session;
-use purveyor_model::Value;
+use purveyor_model::{Identifier, Instance};
 use purveyor_protocol::Response as Answer;
-use purveyor_protocol::{DialogInput, ErrorCode, Form, FormUpdate, Push, RemoteError, Request};
+use purveyor_protocol::{DialogInput, ErrorCode, Push, RemoteError, Request};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Identity;
-use crate::http::{Failure, Gateway};
+use crate::http::{
+    Failure, Gateway, ask, body, class_path, identity, json, selector, unexpected, writer,
+};
+use crate::pending::{Call, CallState, Calls, DialogView, KEEP_RESULT, MAX_CALLS};
 
-/// HTTP calls with a session of their own, running or finished, at once.
-pub const MAX_CALLS: usize = 64;
-/// How long a finished call's result waits for its caller.
-pub const KEEP_RESULT: Duration = Duration::from_secs(300);
 /// The longest `?wait=` a `GET /v1/calls/{id}` may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-/// The gateway's calls with dialogs.
-#[derive(Default)]
-pub struct Calls {
-    next: AtomicU32,
-    table: std::sync::Mutex<BTreeMap<u32, Arc<Call>>>,
-}
-
-/// One call: who made it, its session, and what the caller can see.
-struct Call {
-    id: u32,
-    owner: String,
-    session: Session,
-    state: std::sync::Mutex<CallState>,
-    changed: tokio::sync::Notify,
-}
-
-#[derive(Default)]
-struct CallState {
-    dialogs: BTreeMap<u32, DialogView>,
-    outcome: Option<Result<Option<Value>, RemoteError>>,
-    finished: Option<Instant>,
-    /// Bumped at each change, for `?wait=`.
-    version: u64,
-}
-
-/// A dialog as the caller sees it.
-#[derive(Clone, Serialize)]
-struct DialogView {
-    handle: u32,
-    provider: String,
-    deadline_ms: u64,
-    form: Form,
-    updates: Vec<FormUpdate>,
-    closed: Option<String>,
-    href: String,
-}
-
-impl Calls {
-    fn get(&self, id: u32, identity: &Identity) -> Result<Arc<Call>, Failure> {
-        self.sweep();
-        let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        table
-            .get(&id)
-            .filter(|call| call.owner == identity.who())
-            .cloned()
-            .ok_or_else(|| {
-                Failure::new(
-                    StatusCode::NOT_FOUND,
-                    ErrorCode::NotFound,
-                    format!(
-                        "no call {id} of {} (finished calls are kept {} s)",
-                        identity.who(),
-                        KEEP_RESULT.as_secs()
-                    ),
-                )
-            })
-    }
-
-    /// Drops finished calls nobody fetched in time.
-    fn sweep(&self) {
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        table.retain(|_, call| {
-            let state = call.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.finished.is_none_or(|at| at.elapsed() < KEEP_RESULT)
-        });
-    }
+/// `id`, if it is a call of `identity`'s.
+fn find(calls: &Calls, id: u32, identity: &Identity) -> Result<Arc<Call>, Failure> {
+    calls.sweep();
+    let table = calls.table.lock().unwrap_or_else(|e| e.into_inner());
+    table
+        .get(&id)
+        .filter(|call| call.owner == identity.who())
+        .cloned()
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                format!(
+                    "no call {id} of {} (finished calls are kept {} s)",
+                    identity.who(),
+                    KEEP_RESULT.as_secs()
+                ),
+            )
+        })
 }
 
 /// Runs `request` (a call) for an HTTP caller that accepts `202`: the answer when it
@@ -306,8 +256,8 @@ pub(crate) async fn get_call(
     Path(id): Path<u32>,
     Query(params): Query<WaitParams>,
 ) -> Result<Response, Failure> {
-    let identity = crate::http::identity(&gateway, &headers)?;
-    let call = gateway.calls.get(id, &identity)?;
+    let identity = identity(&gateway, &headers)?;
+    let call = find(&gateway.calls, id, &identity)?;
     let wait = match params.wait.as_deref() {
         None => Duration::ZERO,
         Some(text) => humantime::parse_duration(text)
@@ -346,9 +296,9 @@ pub(crate) async fn answer_dialog(
     Path((id, handle)): Path<(u32, u32)>,
     bytes: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    let identity = crate::http::identity(&gateway, &headers)?;
-    let call = gateway.calls.get(id, &identity)?;
-    let input: DialogInput = crate::http::body(
+    let identity = identity(&gateway, &headers)?;
+    let call = find(&gateway.calls, id, &identity)?;
+    let input: DialogInput = body(
         &bytes,
         "a dialog answer ({\"button\": \"ok\", \"values\": {\"name\": {\"string\": \"x\"}}})",
     )?;
@@ -365,8 +315,8 @@ pub(crate) async fn close_dialog(
     headers: HeaderMap,
     Path((id, handle)): Path<(u32, u32)>,
 ) -> Result<Response, Failure> {
-    let identity = crate::http::identity(&gateway, &headers)?;
-    let call = gateway.calls.get(id, &identity)?;
+    let identity = identity(&gateway, &headers)?;
+    let call = find(&gateway.calls, id, &identity)?;
     gateway
         .host
         .handle_in(Request::DialogClose { handle }, &call.session)
@@ -383,4 +333,47 @@ pub(crate) fn accepts_async(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+/// `POST /v1/classes/{class}/methods/{method}[?key…]`: a method call; with `Prefer:
+/// respond-async`, one whose provider opens a dialog answers `202` ([`call_async`]).
+pub(crate) async fn call(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path((class, method)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, Failure> {
+    let identity = writer(&gateway, &headers, "calling a method")?;
+    let class = class_path(&class)?;
+    let method = Identifier::new(method.as_str()).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!("{method:?} is not a method name: {e}"),
+        )
+    })?;
+    let key = selector(&gateway, &identity, &class, &query).await?;
+    let args: Instance = if bytes.is_empty() {
+        Instance::default()
+    } else {
+        body(
+            &bytes,
+            "the arguments (an object of typed values, {\"name\": {\"u64\": 5}})",
+        )?
+    };
+    let request = Request::Call {
+        class,
+        method,
+        key,
+        args,
+    };
+    if accepts_async(&headers) {
+        // The caller can answer a dialog through the API: 202 if one opens.
+        return call_async(&gateway, &identity, request).await;
+    }
+    match ask(&gateway, &identity, request).await? {
+        Answer::Returned(value) => Ok(json(&serde_json::json!({ "returned": value }))),
+        other => Err(unexpected(&other)),
+    }
 }

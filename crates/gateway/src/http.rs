@@ -5,13 +5,11 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use purveyor_host::Host;
-use purveyor_model::{ClassPath, ClassSchema, Identifier, Instance, InstanceKey, NamespacePath};
+use purveyor_model::{ClassPath, ClassSchema, Instance, InstanceKey, NamespacePath};
 use purveyor_protocol::{ErrorCode, RemoteError, Request, Response as Answer};
 use serde::Deserialize;
 
@@ -26,8 +24,8 @@ pub struct Gateway {
     pub config: Arc<purveyor_host::Current<GatewayConfig>>,
     /// Becomes `true` when the daemon stops: long responses (event streams) end.
     pub stopping: tokio::sync::watch::Receiver<bool>,
-    /// Calls answered `202` because they opened a dialog (`crate::calls`).
-    pub(crate) calls: crate::calls::Calls,
+    /// Calls answered `202` because they opened a dialog (`crate::pending`).
+    pub(crate) calls: crate::pending::Calls,
     /// The sender of `stopping` when nobody else holds it ([`Gateway::new`]).
     pub(crate) _never_stops: Option<tokio::sync::watch::Sender<bool>>,
 }
@@ -44,35 +42,6 @@ impl Gateway {
             _never_stops: Some(stop),
         }
     }
-}
-
-/// The gateway's routes.
-pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(scrape))
-        .route("/v1/status", get(status))
-        .route("/v1/providers", get(providers))
-        .route("/v1/classes", get(classes))
-        .route("/v1/classes/{class}", get(describe))
-        .route(
-            "/v1/classes/{class}/instances",
-            get(instances).put(put).delete(delete),
-        )
-        .route(
-            "/v1/classes/{class}/methods/{method}",
-            axum::routing::post(call),
-        )
-        .route("/v1/classes/{class}/events", get(crate::events::events))
-        .route("/v1/calls/{id}", get(crate::calls::get_call))
-        .route(
-            "/v1/calls/{id}/dialogs/{handle}",
-            axum::routing::post(crate::calls::answer_dialog).delete(crate::calls::close_dialog),
-        )
-        .route("/v1/query", get(query_get).post(query_post))
-        .fallback(not_found)
-        .with_state(gateway)
 }
 
 /// An HTTP error: a status and the host's error, as `{"error": {"code", "message"}}`.
@@ -144,7 +113,7 @@ pub(crate) fn identity(gateway: &Gateway, headers: &HeaderMap) -> Result<Identit
 
 /// The identity, if it may change things: anonymous requests get 401 (with
 /// `WWW-Authenticate: Bearer`), read-only tokens 403.
-fn writer(gateway: &Gateway, headers: &HeaderMap, what: &str) -> Result<Identity> {
+pub(crate) fn writer(gateway: &Gateway, headers: &HeaderMap, what: &str) -> Result<Identity> {
     let identity = identity(gateway, headers)?;
     if identity.may_write {
         return Ok(identity);
@@ -165,11 +134,15 @@ fn writer(gateway: &Gateway, headers: &HeaderMap, what: &str) -> Result<Identity
     Err(Failure::new(status, ErrorCode::AccessDenied, message))
 }
 
-async fn ask(gateway: &Gateway, identity: &Identity, request: Request) -> Result<Answer> {
+pub(crate) async fn ask(
+    gateway: &Gateway,
+    identity: &Identity,
+    request: Request,
+) -> Result<Answer> {
     Ok(gateway.host.handle(request, &identity.caller).await?)
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Response {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Response {
     axum::Json(value).into_response()
 }
 
@@ -203,7 +176,7 @@ pub(crate) async fn schema(
 }
 
 /// `?name=value&…` typed by the class's schema (asked for only when there is a query).
-async fn selector(
+pub(crate) async fn selector(
     gateway: &Gateway,
     identity: &Identity,
     class: &ClassPath,
@@ -231,7 +204,7 @@ pub(crate) fn unexpected(answer: &Answer) -> Failure {
     )
 }
 
-async fn healthz(State(gateway): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn healthz(State(gateway): State<Arc<Gateway>>) -> Response {
     match gateway
         .host
         .handle(Request::Ping, &Identity::anonymous().caller)
@@ -248,7 +221,7 @@ async fn healthz(State(gateway): State<Arc<Gateway>>) -> Response {
 
 /// Ready when the host takes requests and every builtin provider of the exported
 /// namespaces loads (the system provider reads `/proc`).
-async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+pub(crate) async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     let anonymous = Identity::anonymous();
     if let Err(error) = gateway
         .host
@@ -280,7 +253,10 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     }
 }
 
-async fn scrape(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Result<Response> {
+pub(crate) async fn scrape(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let identity = identity(&gateway, &headers)?;
     let config = gateway.config.get();
     let snapshot = metrics::gather(&gateway.host, &config.metrics, &identity.caller).await;
@@ -299,7 +275,10 @@ async fn scrape(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resu
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Result<Response> {
+pub(crate) async fn status(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let identity = identity(&gateway, &headers)?;
     match ask(&gateway, &identity, Request::Status).await? {
         Answer::Status(status) => Ok(json(&status)),
@@ -307,7 +286,10 @@ async fn status(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resu
     }
 }
 
-async fn providers(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Result<Response> {
+pub(crate) async fn providers(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let identity = identity(&gateway, &headers)?;
     match ask(&gateway, &identity, Request::ListProviders).await? {
         Answer::Providers(list) => Ok(json(&list)),
@@ -316,11 +298,11 @@ async fn providers(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> R
 }
 
 #[derive(Deserialize)]
-struct ClassesQuery {
+pub(crate) struct ClassesQuery {
     namespace: Option<String>,
 }
 
-async fn classes(
+pub(crate) async fn classes(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     Query(query): Query<ClassesQuery>,
@@ -342,7 +324,7 @@ async fn classes(
     }
 }
 
-async fn describe(
+pub(crate) async fn describe(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     Path(class): Path<String>,
@@ -352,7 +334,7 @@ async fn describe(
     Ok(json(&schema(&gateway, &identity, &class).await?))
 }
 
-async fn instances(
+pub(crate) async fn instances(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     Path(class): Path<String>,
@@ -369,7 +351,7 @@ async fn instances(
 
 /// `GET /v1/query?sql=…&plan=true`: a SQL query over classes as the request's identity
 /// (`docs/query.md`); it only reads, so no token is needed beyond what each class needs.
-async fn query_get(
+pub(crate) async fn query_get(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     Query(params): Query<QueryParams>,
@@ -380,7 +362,7 @@ async fn query_get(
 
 /// `POST /v1/query` with `{"sql": "…", "plan": false}`: the same, for SQL that does not fit
 /// a URL.
-async fn query_post(
+pub(crate) async fn query_post(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     bytes: axum::body::Bytes,
@@ -391,7 +373,7 @@ async fn query_post(
 }
 
 #[derive(Deserialize)]
-struct QueryParams {
+pub(crate) struct QueryParams {
     sql: String,
     #[serde(default)]
     plan: bool,
@@ -423,7 +405,7 @@ pub(crate) fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> 
     })
 }
 
-async fn put(
+pub(crate) async fn put(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     Path(class): Path<String>,
@@ -439,7 +421,7 @@ async fn put(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn delete(
+pub(crate) async fn delete(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     Path(class): Path<String>,
@@ -452,48 +434,7 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn call(
-    State(gateway): State<Arc<Gateway>>,
-    headers: HeaderMap,
-    Path((class, method)): Path<(String, String)>,
-    Query(query): Query<Vec<(String, String)>>,
-    bytes: axum::body::Bytes,
-) -> Result<Response> {
-    let identity = writer(&gateway, &headers, "calling a method")?;
-    let class = class_path(&class)?;
-    let method = Identifier::new(method.as_str()).map_err(|e| {
-        Failure::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRequest,
-            format!("{method:?} is not a method name: {e}"),
-        )
-    })?;
-    let key = selector(&gateway, &identity, &class, &query).await?;
-    let args: Instance = if bytes.is_empty() {
-        Instance::default()
-    } else {
-        body(
-            &bytes,
-            "the arguments (an object of typed values, {\"name\": {\"u64\": 5}})",
-        )?
-    };
-    let request = Request::Call {
-        class,
-        method,
-        key,
-        args,
-    };
-    if crate::calls::accepts_async(&headers) {
-        // The caller can answer a dialog through the API: 202 if one opens.
-        return crate::calls::call_async(&gateway, &identity, request).await;
-    }
-    match ask(&gateway, &identity, request).await? {
-        Answer::Returned(value) => Ok(json(&serde_json::json!({ "returned": value }))),
-        other => Err(unexpected(&other)),
-    }
-}
-
-async fn not_found() -> Failure {
+pub(crate) async fn not_found() -> Failure {
     Failure::new(
         StatusCode::NOT_FOUND,
         ErrorCode::NotFound,

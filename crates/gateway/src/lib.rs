@@ -26,6 +26,8 @@ pub mod http;
 pub mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+mod pending;
+mod routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use std::sync::Arc;
 pub use config::{ConfigError, GatewayConfig, OtlpConfig};
 pub use http::Gateway;
 use purveyor_host::Host;
+pub use routes::router;
 
 /// The address `--http ADDR` means: a bare port is on loopback (`9464` →
 /// `127.0.0.1:9464`); any other interface must be named.
@@ -92,7 +95,7 @@ pub async fn serve_tls(
         calls: Default::default(),
         _never_stops: None,
     });
-    let router = http::router(gateway.clone());
+    let router = routes::router(gateway.clone());
     let listening = Listening {
         tls: tls.map(tokio_rustls::TlsAcceptor::from),
         stopping: stopping_tx,

@@ -17,7 +17,7 @@ async fn every_documented_route_is_served() {
         HostMode::Embedded,
         vec![providers.path().to_path_buf()],
     ));
-    let router = purveyor_gateway::http::router(std::sync::Arc::new(Gateway::new(
+    let router = purveyor_gateway::router(std::sync::Arc::new(Gateway::new(
         host,
         std::sync::Arc::new(purveyor_host::Current::new(std::sync::Arc::new(
             GatewayConfig::default(),

@@ -48,11 +48,14 @@ async def connect(
         writer.write(_core.frame(_core.hello(client, ui is not None)))
         await writer.drain()
         welcome = _core.welcome(await asyncio.wait_for(_read(reader), timeout))
-    except ssl.SSLError as e:
+    except (ssl.SSLError, ConnectionError) as e:
         writer.close()
         if far is None:
             raise
-        raise _core.tls_error(far, e) from e
+        # The daemon may have refused the handshake before the hello got through: the
+        # reader holds the TLS alert it sent.
+        alert = reader.exception()
+        raise _core.tls_error(far, alert if isinstance(alert, ssl.SSLError) else e) from e
     except BaseException:
         writer.close()
         raise

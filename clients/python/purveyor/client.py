@@ -11,7 +11,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Set
 
 from . import _core
-from ._core import ConnectionClosed, Dialog, Filter, Push, Rows
+from ._core import ConnectionClosed, Dialog, Filter, Push, PurveyorError, Rows
 
 #: An in-call dialog callback: the input to send, or ``None`` to close it unanswered.
 Ui = Callable[[Dialog], Optional[Mapping[str, Any]]]
@@ -115,7 +115,12 @@ class Client:
             self._sock.settimeout(timeout)
             if remote is None:
                 self._sock.connect(self.socket_path)
-            self._sock.sendall(_core.frame(_core.hello(client, ui is not None)))
+            try:
+                self._sock.sendall(_core.frame(_core.hello(client, ui is not None)))
+            except OSError as e:
+                if remote is None:
+                    raise
+                raise self._refusal(remote, e) from e
             deadline = None if timeout is None else time.monotonic() + timeout
             message = self._read(deadline)
             if message is None:
@@ -124,6 +129,17 @@ class Client:
         except BaseException:
             self._sock.close()
             raise
+
+    def _refusal(self, remote: _core.Remote, e: OSError) -> PurveyorError:
+        """Why a remote daemon dropped the connection before the hello got through: the
+        TLS alert it sent, if it can still be read, else the failure itself."""
+        try:
+            self._sock.recv(1)
+        except ssl.SSLError as alert:
+            return _core.tls_error(remote, alert)
+        except OSError:
+            pass
+        return _core.tls_error(remote, e)
 
     @staticmethod
     def _open(remote: Optional[_core.Remote], timeout: Optional[float]) -> socket.socket:

@@ -301,4 +301,17 @@ fn an_http_callers_dialog_is_answered_through_the_api() {
         common::http("GET", addr, &location, &[auth], "").status,
         404
     );
+
+    // By policy (`[calls] dialogs = false`, read again by a reload): no UI, as before.
+    let text = std::fs::read_to_string(&http_toml).unwrap() + "[calls]\ndialogs = false\n";
+    std::fs::write(&http_toml, text).unwrap();
+    assert!(d.cli(&["reload"]).status.success(), "{}", d.log());
+    let refused = common::http(
+        "POST",
+        addr,
+        "/v1/classes/demo.vault/methods/destroy?name=taxes",
+        &[auth, ("Prefer", "respond-async")],
+        "",
+    );
+    assert!(refused.body.contains("no UI available"), "{}", refused.body);
 }

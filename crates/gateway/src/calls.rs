@@ -368,7 +368,7 @@ pub(crate) async fn call(
         key,
         args,
     };
-    if accepts_async(&headers) {
+    if accepts_async(&headers) && !gateway.config.get().dialogs_refused {
         // The caller can answer a dialog through the API: 202 if one opens.
         return call_async(&gateway, &identity, request).await;
     }

@@ -17,6 +17,9 @@ pub struct GatewayConfig {
     pub metrics: Selection,
     pub tokens: Vec<Token>,
     pub otlp: Option<OtlpConfig>,
+    /// `[calls] dialogs = false`: an HTTP caller's `Prefer: respond-async` is ignored, and
+    /// a provider asking it something is told "no UI available" (`docs/http.md`).
+    pub dialogs_refused: bool,
 }
 
 /// Where and how often to push metrics over OTLP/HTTP.
@@ -37,6 +40,13 @@ struct Raw {
     #[serde(default)]
     token: Vec<toml::Spanned<RawToken>>,
     otlp: Option<toml::Spanned<RawOtlp>>,
+    calls: Option<RawCalls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalls {
+    dialogs: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -91,7 +101,10 @@ impl GatewayConfig {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        let mut config = GatewayConfig::default();
+        let mut config = GatewayConfig {
+            dialogs_refused: raw.calls.and_then(|c| c.dialogs) == Some(false),
+            ..GatewayConfig::default()
+        };
         if let Some(metrics) = raw.metrics {
             if let Some(export) = metrics.export {
                 config.metrics.export = namespaces("export", export)?;

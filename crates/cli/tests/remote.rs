@@ -581,3 +581,59 @@ fn a_lost_network_fails_the_requests_in_flight_and_names_them() {
     );
     assert_eq!(client.in_flight(), [id]);
 }
+
+#[test]
+fn the_async_client_speaks_tls_itself_and_is_told_why_it_is_refused() {
+    use purveyor_client::{AsyncClient, ConnectOptions, RemoteAddress, RemoteSettings, Target};
+    if !root_or_skip("network namespaces need root") {
+        return;
+    }
+    let r = remote(&[]);
+    let dir = r.client_dir.path().to_owned();
+    let settings = RemoteSettings {
+        address: RemoteAddress::parse(&format!("{DAEMON_IP}:{PORT}")).unwrap(),
+        ca: dir.join("ca.crt"),
+        certificate: Some(dir.join("operator.crt")),
+        key: Some(dir.join("operator.key")),
+        dead_after: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+    };
+    let (got, refused) = in_netns(&r.net.c.clone(), move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let options = ConnectOptions::default().target(Target::Remote(settings.clone()));
+            let c = AsyncClient::connect(&options).await.unwrap();
+            let host = c
+                .get(
+                    &common::class("purveyor.host"),
+                    &purveyor_model::InstanceKey::new(),
+                )
+                .await
+                .unwrap();
+            let mut anonymous = settings;
+            anonymous.certificate = None;
+            anonymous.key = None;
+            let options = ConnectOptions::default().target(Target::Remote(anonymous));
+            let refused = match AsyncClient::connect(&options).await {
+                Ok(c) => c
+                    .get(
+                        &common::class("purveyor.host"),
+                        &purveyor_model::InstanceKey::new(),
+                    )
+                    .await
+                    .map(|_| ())
+                    .unwrap_err(),
+                Err(e) => e,
+            };
+            (host, refused.to_string())
+        })
+    });
+    assert!(got.get("pid").is_some(), "{got:?}");
+    assert!(
+        refused.contains("requires a client certificate"),
+        "{refused}"
+    );
+}

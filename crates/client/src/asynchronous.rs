@@ -12,9 +12,15 @@ use purveyor_protocol::{
     ClassList, ClientMessage, Encoding, FrameBuffer, HostStatus, ProviderStatus, Push, PushQueue,
     QueryRows, Request, Response, encode_frame,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The halves of a connection's stream: a daemon's socket, or TLS to a remote one.
+type ReadStream = Box<dyn AsyncRead + Send + Unpin>;
+type WriteStream = Box<dyn AsyncWrite + Send + Unpin>;
+/// What a failed read or write of a remote connection means ([`purveyor_remote::explain`]).
+type Explain = Arc<dyn Fn(&std::io::Error, bool) -> ClientError + Send + Sync>;
 use tokio::sync::oneshot;
 
 use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
@@ -42,7 +48,7 @@ enum Transport {
 }
 
 struct Socket {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteStream>,
     pending: Pending,
     pushes: Arc<Pushes>,
     next_id: AtomicU32,
@@ -103,53 +109,51 @@ impl AsyncClient {
         let mode = Mode::Daemon {
             socket: path.to_owned(),
         };
-        Self::over(stream, path, mode, options).await
+        Self::over(stream, path, mode, options, None).await
     }
 
-    /// Connects to a daemon on another machine over TLS (`docs/remote.md`). The dial
-    /// and handshake run on a thread of the connection's own.
+    /// Connects to a daemon on another machine over TLS (`docs/remote.md`), read and
+    /// written on this runtime's tasks.
     pub async fn connect_remote(
         settings: &purveyor_remote::ClientSettings,
         options: &ConnectOptions,
     ) -> Result<AsyncClient, ClientError> {
         let address = settings.address.to_string();
-        let (settings2, encoding) = (settings.clone(), options.encoding);
-        let stream =
-            tokio::task::spawn_blocking(move || purveyor_remote::connect(&settings2, encoding))
-                .await
-                .map_err(|e| ClientError::Internal {
-                    message: format!("the TLS connect task failed: {e}"),
-                })?
-                .map_err(|e| crate::error::remote_connect(&address, e))?;
-        let stream = stream
-            .set_nonblocking(true)
-            .and_then(|()| UnixStream::from_std(stream))
-            .map_err(ClientError::Io)?;
+        let stream = purveyor_remote::connect_tls(settings)
+            .await
+            .map_err(|e| crate::error::remote_connect(&address, e))?;
         let mode = Mode::Remote {
             address: address.clone(),
         };
-        Self::over(stream, Path::new(&address), mode, options).await
+        let shown = address.clone();
+        let explain: Explain = Arc::new(move |e, before_welcome| {
+            let (code, message) = purveyor_remote::explain(&shown, e, before_welcome);
+            purveyor_protocol::RemoteError::new(code, message).into()
+        });
+        Self::over(stream, Path::new(&address), mode, options, Some(explain)).await
     }
 
     /// The handshake on `stream` (a daemon's socket, or a bridge to one), named `path` in
     /// errors.
-    async fn over(
-        mut stream: UnixStream,
+    async fn over<S>(
+        mut stream: S,
         path: &Path,
         mode: Mode,
         options: &ConnectOptions,
-    ) -> Result<AsyncClient, ClientError> {
+        explain: Option<Explain>,
+    ) -> Result<AsyncClient, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let connect_err = |source| ClientError::Connect {
             path: path.to_owned(),
             source,
         };
-        let hello = stream
-            .write_all(&hello_frame(
-                options.encoding,
-                &options.client_name,
-                options.ui,
-            ))
-            .await;
+        let frame = hello_frame(options.encoding, &options.client_name, options.ui);
+        let hello = match stream.write_all(&frame).await {
+            Ok(()) => stream.flush().await,
+            Err(e) => Err(e),
+        };
         // A daemon that refuses the connection (a connection limit) says why and closes
         // before reading the hello: the reason is still there to read.
         hello
@@ -164,7 +168,15 @@ impl AsyncClient {
                 {
                     return parse_welcome(payload, options.encoding);
                 }
-                let n = stream.read(frames.spare()).await?;
+                let n = match stream.read(frames.spare()).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        return Err(match &explain {
+                            Some(explain) => explain(&e, true),
+                            None => e.into(),
+                        });
+                    }
+                };
                 if n == 0 {
                     return Err(ClientError::protocol(
                         "the daemon closed the connection during the handshake",
@@ -179,7 +191,8 @@ impl AsyncClient {
                 provider: None,
                 message: "the daemon did not answer the handshake in time".into(),
             })??;
-        let (read, write) = stream.into_split();
+        let (read, write) = tokio::io::split(stream);
+        let (read, write): (ReadStream, WriteStream) = (Box::new(read), Box::new(write));
         let pending: Pending = Arc::default();
         let pushes = Arc::new(Pushes {
             queue: PushQueue::new(PUSH_QUEUE),
@@ -189,8 +202,8 @@ impl AsyncClient {
             read,
             frames,
             options.encoding,
-            pending.clone(),
-            pushes.clone(),
+            (pending.clone(), pushes.clone()),
+            explain,
         ));
         Ok(AsyncClient {
             transport: Transport::Socket(Socket {
@@ -431,7 +444,14 @@ impl Socket {
             }
             pending.waiting.insert(id, tx);
         }
-        let written = self.writer.lock().await.write_all(&frame).await;
+        let written = {
+            let mut writer = self.writer.lock().await;
+            match writer.write_all(&frame).await {
+                // TLS holds written bytes until flushed.
+                Ok(()) => writer.flush().await,
+                Err(e) => Err(e),
+            }
+        };
         if let Err(e) = written {
             self.forget(id);
             return Err(e.into());
@@ -462,11 +482,11 @@ impl Drop for Socket {
 /// Reads replies and hands each to the request that waits for it. When the connection
 /// ends, every waiting request fails with the reason.
 async fn read_replies(
-    mut read: OwnedReadHalf,
+    mut read: ReadStream,
     mut frames: FrameBuffer,
     encoding: Encoding,
-    pending: Pending,
-    pushes: Arc<Pushes>,
+    (pending, pushes): (Pending, Arc<Pushes>),
+    explain: Option<Explain>,
 ) {
     let why = loop {
         match frames.next_frame() {
@@ -496,7 +516,10 @@ async fn read_replies(
         match read.read(frames.spare()).await {
             Ok(0) => break "the daemon closed the connection".to_owned(),
             Ok(n) => frames.filled(n),
-            Err(e) => break format!("reading from the daemon failed: {e}"),
+            Err(e) => match &explain {
+                Some(explain) => break explain(&e, false).to_string(),
+                None => break format!("reading from the daemon failed: {e}"),
+            },
         }
     };
     let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());

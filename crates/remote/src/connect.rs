@@ -83,6 +83,27 @@ pub fn connect(settings: &ClientSettings, encoding: Encoding) -> Result<UnixStre
     }
 }
 
+/// Dials the daemon `settings` name and completes the TLS handshake, for an async client
+/// that reads and writes the stream on its own tasks (no bridge).
+pub async fn connect_tls(
+    settings: &ClientSettings,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Error> {
+    let config = crate::tls::client_config(settings)?;
+    let server_name = ServerName::try_from(settings.address.host.clone()).map_err(|_| {
+        Error::Config(format!(
+            "{:?} is neither a DNS name nor an IP address",
+            settings.address.host
+        ))
+    })?;
+    dial(settings, config, server_name).await
+}
+
+/// What a failure of a connection to `address` means to its client: a code and a message
+/// naming the daemon (`before_welcome`: the handshake was not done).
+pub fn explain(address: &str, e: &std::io::Error, before_welcome: bool) -> (ErrorCode, String) {
+    describe(address, e, before_welcome)
+}
+
 async fn dial(
     settings: &ClientSettings,
     config: Arc<rustls::ClientConfig>,

@@ -8,9 +8,10 @@
 //!   maps the certificate to a local user ([`Users`]), and hands the socket server the
 //!   TLS stream with that user; the server reads and writes it on the connection's own
 //!   task, as it does a local socket (except that it never passes descriptors on it);
-//! - a blocking client drives a [`TlsClient`] on its own thread;
-//! - an async client (or anything that wants a Unix socket) gets from [`connect`] one end
-//!   of a socket pair whose bytes a thread of its own carries to and from the daemon
+//! - a blocking client drives a [`TlsClient`] on its own thread, an async client the
+//!   stream of [`connect_tls`] on its tasks;
+//! - anything that wants a Unix socket to speak on gets from [`connect`] one end of a
+//!   socket pair whose bytes a thread of its own carries to and from the daemon
 //!   (`bridge.rs`).
 //!
 //! **Invariants.**
@@ -32,7 +33,7 @@ mod tcp;
 mod tls;
 
 pub use config::{ClientFlags, ClientSettings, DEAD_AFTER_DEFAULT, RemoteAddress, ServerSettings};
-pub use connect::{TlsClient, connect};
+pub use connect::{TlsClient, connect, connect_tls, explain};
 pub use identity::{RemoteUser, Users};
 pub use listen::{Accepted, Listener, MAX_HANDSHAKES, listen};
 /// The rustls these configurations are of.

@@ -185,6 +185,20 @@ impl Remote {
         command
     }
 
+    /// A Rust client's settings for the `operator` certificate, finding the daemon dead
+    /// after `dead_after`.
+    fn operator(&self, dead_after: Duration) -> purveyor_client::RemoteSettings {
+        let dir = self.client_dir.path();
+        purveyor_client::RemoteSettings {
+            address: purveyor_client::RemoteAddress::parse(&format!("{DAEMON_IP}:{PORT}")).unwrap(),
+            ca: dir.join("ca.crt"),
+            certificate: Some(dir.join("operator.crt")),
+            key: Some(dir.join("operator.key")),
+            dead_after,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
     fn run(&self, who: Option<&str>, args: &[&str]) -> Output {
         self.command(who, args).output().unwrap()
     }
@@ -501,9 +515,7 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 
 #[test]
 fn a_lost_network_fails_the_requests_in_flight_and_names_them() {
-    use purveyor_client::{
-        Client, ConnectOptions, Push, RemoteAddress, RemoteSettings, Request, Target,
-    };
+    use purveyor_client::{Client, ConnectOptions, Push, Request, Target};
     use purveyor_model::{Identifier, Instance, InstanceKey};
     if !root_or_skip("network namespaces need root") {
         return;
@@ -515,15 +527,7 @@ fn a_lost_network_fails_the_requests_in_flight_and_names_them() {
             "name = \"confirm\"\nhosting = \"isolated\"\nlibrary = {lib:?}\nclasses = [\"demo.vault\", \"demo.dialog_probe\"]\ncapabilities = [\"enumerate\", \"get\", \"call\"]\n"
         ),
     )]);
-    let dir = r.client_dir.path().to_owned();
-    let settings = RemoteSettings {
-        address: RemoteAddress::parse(&format!("{DAEMON_IP}:{PORT}")).unwrap(),
-        ca: dir.join("ca.crt"),
-        certificate: Some(dir.join("operator.crt")),
-        key: Some(dir.join("operator.key")),
-        dead_after: Duration::from_secs(3),
-        connect_timeout: Duration::from_secs(5),
-    };
+    let settings = r.operator(Duration::from_secs(3));
     let client_ns = r.net.c.clone();
     let settings_again = settings.clone();
     let (mut client, id) = in_netns(&client_ns, move || {
@@ -584,20 +588,12 @@ fn a_lost_network_fails_the_requests_in_flight_and_names_them() {
 
 #[test]
 fn the_async_client_speaks_tls_itself_and_is_told_why_it_is_refused() {
-    use purveyor_client::{AsyncClient, ConnectOptions, RemoteAddress, RemoteSettings, Target};
+    use purveyor_client::{AsyncClient, ConnectOptions, Target};
     if !root_or_skip("network namespaces need root") {
         return;
     }
     let r = remote(&[]);
-    let dir = r.client_dir.path().to_owned();
-    let settings = RemoteSettings {
-        address: RemoteAddress::parse(&format!("{DAEMON_IP}:{PORT}")).unwrap(),
-        ca: dir.join("ca.crt"),
-        certificate: Some(dir.join("operator.crt")),
-        key: Some(dir.join("operator.key")),
-        dead_after: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-    };
+    let settings = r.operator(Duration::from_secs(5));
     let (got, refused) = in_netns(&r.net.c.clone(), move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

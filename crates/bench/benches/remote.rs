@@ -16,7 +16,6 @@ use purveyor_client::{
     Client, ConnectOptions, Encoding, RemoteAddress, RemoteSettings, Request, Target,
 };
 use purveyor_model::{ClassPath, InstanceKey};
-use purveyor_protocol::{ClientMessage, Outcome, ServerMessage, encode_frame};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
 const ROUNDS: usize = 5;
@@ -84,7 +83,8 @@ fn main() {
         class: ClassPath::new("purveyor.host").unwrap(),
         key: InstanceKey::new(),
     };
-    let (request_len, reply_len) = sizes(&mut client, &request);
+    let (_, request_len, reply_len) =
+        purveyor_bench::request_and_reply_sizes(&mut client, &request);
     let mut echo_frame = ((request_len.max(4)) as u32).to_le_bytes().to_vec();
     echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
     echo_frame.resize(4 + request_len.max(4), 0);
@@ -188,24 +188,6 @@ fn main() {
         us(b50) / 1000.0,
         us(b99) / 1000.0
     );
-}
-
-/// Request and reply payload sizes of `request` (binary).
-fn sizes(c: &mut Client, request: &Request) -> (usize, usize) {
-    let mut frame = Vec::new();
-    let msg = ClientMessage::Request {
-        id: 1,
-        request: request.clone(),
-    };
-    encode_frame(Encoding::Binary, &msg, u32::MAX, &mut frame).unwrap();
-    let reply = c.request(request.clone()).unwrap();
-    let mut out = Vec::new();
-    let msg = ServerMessage::Reply {
-        id: 1,
-        outcome: Outcome::Ok(reply),
-    };
-    encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
-    (frame.len() - 4, out.len() - 4)
 }
 
 fn free_port() -> u16 {

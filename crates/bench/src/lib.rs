@@ -53,9 +53,8 @@ impl VsEcho {
     }
 }
 
-/// What an echo server is sent to mirror `request` ([`Mirror`]). Asks `c` once to learn
-/// the reply's size.
-fn mirror(c: &mut Client, request: &Request) -> Mirror {
+/// `request`'s binary frame and the payload sizes of it and of its reply (asks `c` once).
+pub fn request_and_reply_sizes(c: &mut Client, request: &Request) -> (Vec<u8>, usize, usize) {
     let mut frame = Vec::new();
     let msg = ClientMessage::Request {
         id: 1,
@@ -70,6 +69,13 @@ fn mirror(c: &mut Client, request: &Request) -> Mirror {
     };
     encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
     let (request_len, reply_len) = (frame.len() - 4, out.len() - 4);
+    (frame, request_len, reply_len)
+}
+
+/// What an echo server is sent to mirror `request` ([`Mirror`]). Asks `c` once to learn
+/// the reply's size.
+fn mirror(c: &mut Client, request: &Request) -> Mirror {
+    let (frame, request_len, reply_len) = request_and_reply_sizes(c, request);
     let payload = request_len.max(4);
     let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
     echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());

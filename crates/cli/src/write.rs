@@ -243,22 +243,12 @@ pub fn events(client: &mut Client, json: bool, args: EventsArgs<'_>) -> Result<E
     let class = ClassPath::new(args.class)?;
     let schema = client.describe(&class)?;
     let event = args.event.map(Identifier::new).transpose()?;
-    let mut filter = Vec::new();
-    for text in args.filters {
-        let name = text.split(['=', '!', '<', '>']).next().unwrap_or_default();
-        let def = match &event {
-            Some(e) => schema.event(e.as_str()),
-            None => schema
-                .events()
-                .iter()
-                .find(|d| d.property(name.trim()).is_some())
-                .or(schema.events().first()),
-        };
-        let Some(def) = def else {
-            bail!("class {class} declares no events");
-        };
-        filter.push(Condition::parse(&class, def, text).map_err(anyhow::Error::msg)?);
-    }
+    let filter = args
+        .filters
+        .iter()
+        .map(|text| Condition::parse_for_events(&schema, event.as_ref(), text))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let handle = client.subscribe(&class, event.as_ref(), filter)?;
     if matches!(client.mode(), Mode::Embedded) {
         eprintln!(

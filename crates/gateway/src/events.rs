@@ -39,29 +39,11 @@ pub(crate) async fn events(
     let class = class_path(&class)?;
     let (event, filters) = params(query.as_deref().unwrap_or_default())?;
     let schema = schema(&gateway, &identity, &class).await?;
-    let mut filter = Vec::new();
-    for text in &filters {
-        let name = text.split(['=', '!', '<', '>']).next().unwrap_or_default();
-        let def = match &event {
-            Some(e) => schema.event(e.as_str()),
-            None => schema
-                .events()
-                .iter()
-                .find(|d| d.property(name.trim()).is_some())
-                .or(schema.events().first()),
-        };
-        let def = def.ok_or_else(|| {
-            Failure::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidRequest,
-                format!("class {class} declares no events"),
-            )
-        })?;
-        filter
-            .push(Condition::parse(&class, def, text).map_err(|e| {
-                Failure::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, e)
-            })?);
-    }
+    let filter = filters
+        .iter()
+        .map(|text| Condition::parse_for_events(&schema, event.as_ref(), text))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, e))?;
     let session = gateway.host.session(identity.caller.clone());
     let request = Request::Subscribe {
         class,

@@ -49,6 +49,27 @@ impl CompareOp {
 }
 
 impl Condition {
+    /// A subscription filter of `schema`'s events: against `event` when one is named,
+    /// else against the first event that has the property the condition names (or the
+    /// first event). `subscribe`'s filters from the CLI and the HTTP gateway alike.
+    pub fn parse_for_events(
+        schema: &crate::ClassSchema,
+        event: Option<&Identifier>,
+        text: &str,
+    ) -> Result<Condition, String> {
+        let name = text.split(['=', '!', '<', '>']).next().unwrap_or_default();
+        let def = match event {
+            Some(e) => schema.event(e.as_str()),
+            None => schema
+                .events()
+                .iter()
+                .find(|d| d.property(name.trim()).is_some())
+                .or(schema.events().first()),
+        };
+        let def = def.ok_or_else(|| format!("class {} declares no events", schema.path()))?;
+        Condition::parse(schema.path(), def, text)
+    }
+
     /// Parses `NAME=VALUE`, `NAME!=VALUE`, `NAME<VALUE`, `NAME<=VALUE`, `NAME>VALUE` or
     /// `NAME>=VALUE` against an event's properties, typing the value by the property.
     pub fn parse(class: &ClassPath, event: &EventDef, text: &str) -> Result<Condition, String> {

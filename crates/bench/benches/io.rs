@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use purveyor_bench::{BenchDaemon, release_file};
 use purveyor_client::io::READ_CHUNK;
-use purveyor_client::{Client, ConnectOptions, IoMode, Request, Response};
+use purveyor_client::{Client, ConnectOptions, IoMode};
 
 const ROUNDS: usize = 3;
 
@@ -97,33 +97,18 @@ fn through_daemon(client: &mut Client, path: &Path, bytes: u64) {
     assert_eq!(total, bytes);
 }
 
-/// The same file with descriptor passing declined: every byte crosses the socket.
+/// The same file with descriptor passing declined: every byte crosses the socket, read
+/// as the client library reads a stream (`READ_AHEAD` reads in flight).
 fn streamed_read(client: &mut Client, path: &Path, bytes: u64) {
-    let open = Request::IoOpen {
-        name: path.to_str().unwrap().into(),
-        mode: IoMode::Read,
-        pass_fd: false,
-    };
-    let Response::IoOpened { handle, fd, .. } = client.request(open).unwrap() else {
-        panic!("io_open")
-    };
-    assert!(!fd);
+    let mut stream = client
+        .io_open_streamed(path.to_str().unwrap(), IoMode::Read)
+        .unwrap();
+    assert!(!stream.is_direct());
+    let mut buf = Vec::with_capacity(1 << 20);
     let mut total = 0u64;
-    loop {
-        let Response::IoData(data) = client
-            .request(Request::IoRead {
-                handle,
-                max: READ_CHUNK,
-            })
-            .unwrap()
-        else {
-            panic!("io_read")
-        };
-        if data.is_empty() {
-            break;
-        }
-        total += data.len() as u64;
+    while client.io_read(&mut stream, &mut buf, READ_CHUNK).unwrap() > 0 {
+        total += buf.len() as u64;
     }
-    client.request(Request::IoClose { handle }).unwrap();
+    client.io_close(stream).unwrap();
     assert_eq!(total, bytes);
 }

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{BIN, Daemon, wait_until, workspace_library};
-use purveyor_client::io::READ_CHUNK;
+use purveyor_client::io::{READ_AHEAD, READ_CHUNK};
 use purveyor_client::{Client, ClientError, IoMode};
 
 fn xor_library() -> &'static Path {
@@ -179,7 +179,10 @@ fn a_procedure_provider_that_crashes_mid_stream_fails_its_streams_clearly() {
     wait_until("the worker to be gone", Duration::from_secs(10), || {
         !Path::new(&format!("/proc/{pid}")).exists()
     });
-    let err = client.io_read(&mut stream, &mut buf, 1 << 16).unwrap_err();
+    // Reads answered before the crash (the client reads ahead) still hand out their bytes.
+    let err = (0..=READ_AHEAD)
+        .find_map(|_| client.io_read(&mut stream, &mut buf, 1 << 16).err())
+        .expect("a read after the crash fails");
     assert!(
         matches!(err, ClientError::ProviderFailed { .. }) && err.to_string().contains("crashed"),
         "{err}"
@@ -235,6 +238,97 @@ fn plain_files_are_passed_as_descriptors_and_everything_else_streams() {
             .contains("no I/O procedure is installed for \"ZZZ \""),
         "{err}"
     );
+}
+
+/// A stream read through the connection (descriptor declined) is read ahead, several
+/// reads in flight: the bytes still come in order, whatever the read size, spliced from a
+/// pipe for a binary client and encoded for a JSON one; a seek after reading ahead lands
+/// where the caller is; a client that leaves with reads in flight costs no pipe.
+#[test]
+fn a_stream_read_ahead_comes_in_order_spliced_or_encoded_and_seeks_from_the_caller() {
+    use purveyor_client::ConnectOptions;
+    use purveyor_protocol::Encoding;
+    use std::io::SeekFrom;
+    let daemon = Daemon::start(&[], &[], &[]);
+    let plain = daemon.dir.path().join("plain.bin");
+    let data = pattern(7, 5_000_003);
+    std::fs::write(&plain, &data).unwrap();
+    let name = plain.to_str().unwrap();
+    let read_streamed = |client: &mut Client, max: u32| {
+        let mut stream = client.io_open_streamed(name, IoMode::Read).unwrap();
+        assert!(!stream.is_direct());
+        let (mut out, mut buf) = (Vec::new(), Vec::new());
+        while client.io_read(&mut stream, &mut buf, max).unwrap() > 0 {
+            assert!(buf.len() <= max as usize, "a read longer than asked");
+            out.extend_from_slice(&buf);
+        }
+        client.io_close(stream).unwrap();
+        out
+    };
+    let pipes = || {
+        let host = daemon
+            .client()
+            .get(
+                &"purveyor.host".parse().unwrap(),
+                &purveyor_model::InstanceKey::default(),
+            )
+            .unwrap();
+        common::u64_of(&host, "io_pipes")
+    };
+    let mut binary = daemon.client();
+    for max in [READ_CHUNK, 65_536, 5_000] {
+        assert!(
+            read_streamed(&mut binary, max) == data,
+            "binary, reads of {max}"
+        );
+    }
+    let made = pipes();
+    assert!(
+        (1..=32).contains(&made),
+        "the binary client's reads went through {made} pipes"
+    );
+    let json_options = ConnectOptions::default().encoding(Encoding::Json);
+    let mut json = Client::connect_socket(&daemon.socket, &json_options).unwrap();
+    assert!(read_streamed(&mut json, 300_000) == data, "json");
+
+    // Three reads taken, more in flight: the host's position is ahead of the caller's.
+    let mut stream = binary.io_open_streamed(name, IoMode::Read).unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        binary.io_read(&mut stream, &mut buf, 65_536).unwrap();
+    }
+    assert_eq!(
+        binary.io_seek(&mut stream, SeekFrom::Current(0)).unwrap(),
+        196_608
+    );
+    binary.io_read(&mut stream, &mut buf, 1000).unwrap();
+    assert!(buf == data[196_608..197_608]);
+    assert_eq!(
+        binary.io_seek(&mut stream, SeekFrom::Start(10)).unwrap(),
+        10
+    );
+    binary.io_read(&mut stream, &mut buf, 1000).unwrap();
+    assert!(buf == data[10..1010]);
+    assert_eq!(
+        binary.io_seek(&mut stream, SeekFrom::End(-3)).unwrap(),
+        data.len() as u64 - 3
+    );
+    binary.io_read(&mut stream, &mut buf, 1000).unwrap();
+    assert!(buf == data[data.len() - 3..]);
+    assert_eq!(binary.io_read(&mut stream, &mut buf, 1000).unwrap(), 0);
+    binary.io_close(stream).unwrap();
+
+    // Clients that leave with reads in flight: their pipes are closed or reused.
+    for _ in 0..40 {
+        let mut leaving = daemon.client();
+        let mut stream = leaving.io_open_streamed(name, IoMode::Read).unwrap();
+        leaving.io_read(&mut stream, &mut buf, READ_CHUNK).unwrap();
+    }
+    assert!(
+        read_streamed(&mut binary, READ_CHUNK) == data,
+        "after the leavers"
+    );
+    assert!(pipes() <= 32, "{} pipes", pipes());
 }
 
 /// The CLI end to end: cp into a procedure and back, cat, io ls --json.

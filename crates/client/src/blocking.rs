@@ -34,6 +34,9 @@ pub struct Client {
     ui: Option<Box<dyn DialogUi + Send>>,
     /// Requests the dialog driver sent, whose replies nobody waits for.
     internal: std::collections::HashSet<u32>,
+    /// Requests whose replies nobody will collect, handed back by streams dropped with
+    /// reads still in flight ([`crate::io::IoStream`]).
+    pub(crate) orphans: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
     /// Direct channels to isolated workers, when the daemon offers them and the options
     /// allow.
     direct: Option<DirectRoutes>,
@@ -191,6 +194,7 @@ impl Client {
             next_id: 1,
             ui: None,
             internal: Default::default(),
+            orphans: Default::default(),
             direct: (options.direct && !options.ui && welcome.minor >= DIRECT_SINCE)
                 .then(DirectRoutes::default),
         })
@@ -222,6 +226,7 @@ impl Client {
             next_id: 1,
             ui: None,
             internal: Default::default(),
+            orphans: Default::default(),
             direct: None,
         })
     }
@@ -450,8 +455,30 @@ impl Client {
         Ok(())
     }
 
+    /// Forgets the replies to requests `ids`: those that arrived are dropped, the others
+    /// will be when they arrive.
+    pub(crate) fn forget_replies(&mut self, ids: impl IntoIterator<Item = u32>) {
+        let Transport::Socket(conn) = &mut self.transport else {
+            return;
+        };
+        for id in ids {
+            if conn.early.remove(&id).is_none() && conn.outstanding.contains(&id) {
+                self.internal.insert(id);
+            }
+        }
+    }
+
+    /// Takes in the requests dropped streams left in flight.
+    fn adopt_orphans(&mut self) {
+        let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()));
+        if !orphans.is_empty() {
+            self.forget_replies(orphans);
+        }
+    }
+
     /// The next reply to arrive, with its request id.
     pub fn recv(&mut self) -> Result<(u32, Result<Response, ClientError>), ClientError> {
+        self.adopt_orphans();
         match &mut self.transport {
             Transport::Socket(conn) => {
                 // Replies to the dialog driver's own requests are nobody's.
@@ -484,7 +511,8 @@ impl Client {
         }
     }
 
-    fn recv_for(&mut self, id: u32) -> Result<Response, ClientError> {
+    pub(crate) fn recv_for(&mut self, id: u32) -> Result<Response, ClientError> {
+        self.adopt_orphans();
         loop {
             if let Transport::Socket(conn) = &mut self.transport
                 && let Some(reply) = conn.early.remove(&id)

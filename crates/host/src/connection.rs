@@ -40,6 +40,7 @@ use crate::session::Session;
 use crate::state::Shared;
 
 mod site;
+mod spliced;
 mod transport;
 use site::{ConnectionSite, Site};
 pub(crate) use transport::{Arrived, Reader, Writer};
@@ -128,6 +129,8 @@ struct Connection<'a> {
     /// the reply before it: then the next is looked for before blocking.
     last_reply: Option<Instant>,
     back_to_back: bool,
+    /// The socket's send buffer was raised for spliced replies ([`crate::pipes::widen`]).
+    widened: bool,
 }
 
 /// Serves `session` on `socket` after the handshake (`frames` may already hold requests
@@ -170,6 +173,7 @@ pub(crate) async fn serve(
         poll: config.poll,
         last_reply: None,
         back_to_back: false,
+        widened: false,
     };
     let mut in_flight: FuturesUnordered<Answering<'_>> = FuturesUnordered::new();
     let wr = &mut socket.wr;
@@ -364,16 +368,32 @@ impl<'a> Connection<'a> {
         // A dialog's last update and its close come before the reply of the call that
         // opened it.
         self.encode_pushes();
-        self.take_fd(&outcome);
-        self.wire.reply(rid, outcome, &mut self.out);
-        while self.out.len() < OUT_CAP
-            && let Some(Some((rid, outcome))) = in_flight.next().now_or_never()
-        {
+        let mut next = Some((rid, outcome));
+        while let Some((rid, outcome)) = next.take() {
             self.take_fd(&outcome);
-            self.wire.reply(rid, outcome, &mut self.out);
+            match self.take_spliced(rid, &outcome) {
+                Some(spliced) => self.send_spliced(rid, spliced, wr).await?,
+                None => self.wire.reply(rid, outcome, &mut self.out),
+            }
+            if self.out.len() < OUT_CAP {
+                next = in_flight.next().now_or_never().flatten();
+            }
         }
         // A request that had to wait was slow: peek the next one.
         self.peek_next = true;
+        self.send_fds(wr).await?;
+        self.write_out(wr).await?;
+        take_owed(self.fd, &mut self.owed)?;
+        // Requests left buffered while `max_in_flight` ran.
+        if self.reading && self.frames.frame_ready() && in_flight.len() < self.max_in_flight {
+            self.start_buffered(in_flight, wr).await?;
+            self.write_out(wr).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the descriptors waiting with the first bytes of `out`.
+    pub(super) async fn send_fds(&mut self, wr: &mut Writer<'_>) -> std::io::Result<()> {
         if !self.fds.is_empty() {
             // The descriptors ride on the first byte of this write, so the client has
             // them before it reads the replies that name them.
@@ -384,13 +404,6 @@ impl<'a> Connection<'a> {
                 self.last_reply = Some(Instant::now());
             }
             self.fds.clear();
-        }
-        self.write_out(wr).await?;
-        take_owed(self.fd, &mut self.owed)?;
-        // Requests left buffered while `max_in_flight` ran.
-        if self.reading && self.frames.frame_ready() && in_flight.len() < self.max_in_flight {
-            self.start_buffered(in_flight, wr).await?;
-            self.write_out(wr).await?;
         }
         Ok(())
     }
@@ -579,7 +592,7 @@ impl<'a> Connection<'a> {
     }
 
     /// Writes what `out` holds.
-    async fn write_out(&mut self, wr: &mut Writer<'_>) -> std::io::Result<()> {
+    pub(super) async fn write_out(&mut self, wr: &mut Writer<'_>) -> std::io::Result<()> {
         if !self.out.is_empty() {
             wr.write_all(&self.out).await?;
             self.out.clear();

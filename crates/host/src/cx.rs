@@ -15,6 +15,11 @@ pub(crate) trait CallSite: Sync {
     /// Answers the request with `error` and closes the connection, from the watchdog's
     /// thread while the request's own thread is stuck in `provider`.
     fn abandon(&self, error: RemoteError, provider: &str);
+    /// Whether the reply may carry bytes spliced from a pipe (a local socket, the binary
+    /// encoding: [`crate::pipes`]).
+    fn splices(&self) -> bool {
+        false
+    }
 }
 
 /// One request's context. A plain bundle of borrowed parameters (fields are the API).

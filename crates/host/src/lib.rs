@@ -28,6 +28,7 @@ mod host;
 mod loading;
 pub mod manifest;
 mod outcomes;
+mod pipes;
 mod policy;
 mod push;
 mod registry;

@@ -122,6 +122,13 @@ impl Provider for SelfProvider {
                         "MEM buffers held",
                     ),
                     p(
+                        "io_pipes",
+                        "u64",
+                        Unit::Count,
+                        Gauge,
+                        "pipes carrying plain files' bytes to local clients (at most 32)",
+                    ),
+                    p(
                         "cpu_seconds",
                         "f64",
                         Unit::Seconds,
@@ -463,6 +470,7 @@ fn host_instance(host: &Shared) -> Instance {
         "remote_refused" => Value::U64(counts.remote_refused),
         "io_mem_bytes" => Value::U64(host.memory().bytes()),
         "io_mem_buffers" => Value::U64(host.memory().buffers() as u64),
+        "io_pipes" => Value::U64(crate::pipes::PIPES.made() as u64),
     };
     if let Some(me) = me {
         instance.set("cpu_seconds", Value::F64(me.cpu.as_secs_f64()));

@@ -1,8 +1,12 @@
 //! A session's streams: where each lives, the descriptors waiting to be passed to its
 //! client, and the slots that bound the built-in procedures' blocking calls.
 //!
-//! **Invariant:** a stream whose client has gone is closed by its procedure, as the
-//! client that opened it, without the host waiting for it.
+//! **Invariants:** a stream whose client has gone is closed by its procedure, as the
+//! client that opened it, without the host waiting for it. A stream's requests run one at
+//! a time in the order they arrived, however many its client sent ahead: each takes its
+//! [`Turns`] ticket synchronously, on its future's first poll, and the connection polls
+//! new requests first in arrival order (`FuturesUnordered` runs newly pushed futures
+//! first-in first-out).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +36,86 @@ pub(crate) struct SessionStream {
     pub(crate) target: StreamTarget,
     /// The stream's id in its procedure server.
     pub(crate) id: u32,
+    /// Whose turn it is: requests sent ahead wait for the ones before them.
+    pub(crate) turns: Turns,
+}
+
+impl SessionStream {
+    pub(crate) fn new(name: String, target: StreamTarget) -> Self {
+        SessionStream {
+            name,
+            target,
+            id: 0,
+            turns: Turns::default(),
+        }
+    }
+}
+
+/// Tickets that order a stream's requests: a request takes one when it arrives
+/// ([`Turns::take`]) and runs when every earlier ticket has been served or dropped.
+#[derive(Default)]
+pub(crate) struct Turns {
+    state: Mutex<TurnState>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct TurnState {
+    next: u64,
+    serving: u64,
+    /// Tickets dropped before their turn (their requests were abandoned).
+    skipped: std::collections::BTreeSet<u64>,
+}
+
+/// One request's place in its stream's line; dropping it lets the next one go.
+pub(crate) struct Turn<'a> {
+    turns: &'a Turns,
+    ticket: u64,
+}
+
+impl Turns {
+    /// A ticket behind every one taken before it.
+    pub(crate) fn take(&self) -> Turn<'_> {
+        let mut state = self.state.locked();
+        let ticket = state.next;
+        state.next += 1;
+        Turn {
+            turns: self,
+            ticket,
+        }
+    }
+}
+
+impl Turn<'_> {
+    /// Waits until every earlier ticket has been served or dropped.
+    pub(crate) async fn wait(&self) {
+        loop {
+            let changed = self.turns.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.turns.state.locked().serving == self.ticket {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self.turns.state.locked();
+        if state.serving != self.ticket {
+            state.skipped.insert(self.ticket);
+            return;
+        }
+        let mut serving = self.ticket + 1;
+        while state.skipped.remove(&serving) {
+            serving += 1;
+        }
+        state.serving = serving;
+        drop(state);
+        self.turns.changed.notify_waiters();
+    }
 }
 
 /// A session's streams and the descriptors waiting to be passed to its client.
@@ -42,6 +126,8 @@ pub struct SessionIo {
     fds: Mutex<HashMap<u32, std::os::fd::OwnedFd>>,
     /// Whether this session's connection can carry descriptors (a Unix socket).
     pass_fds: std::sync::atomic::AtomicBool,
+    /// Replies whose bytes wait in a pipe, by request id ([`crate::pipes`]).
+    spliced: Mutex<HashMap<u32, crate::pipes::Spliced>>,
 }
 
 impl SessionIo {
@@ -88,6 +174,20 @@ impl SessionIo {
         let token = self.handle(|h| fds.contains_key(&h));
         fds.insert(token, fd);
         token
+    }
+
+    /// Keeps the bytes of request `rid`'s reply, in a pipe, until the server sends them.
+    pub(crate) fn stash_spliced(&self, rid: u32, spliced: crate::pipes::Spliced) {
+        self.spliced.locked().insert(rid, spliced);
+    }
+
+    /// The bytes of request `rid`'s reply, if they wait in a pipe.
+    pub(crate) fn take_spliced(&self, rid: u32) -> Option<crate::pipes::Spliced> {
+        let mut spliced = self.spliced.locked();
+        if spliced.is_empty() {
+            return None;
+        }
+        spliced.remove(&rid)
     }
 
     /// The descriptor for the reply with `token` (the server sends it along).

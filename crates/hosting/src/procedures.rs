@@ -247,6 +247,51 @@ impl ProcedureServer {
         }
     }
 
+    /// Reads up to `max` bytes of stream `id` for `caller` into the empty pipe `pipe`
+    /// without copying them (`splice`), when the stream is a plain file: answered with
+    /// `io_value`, the bytes now in the pipe (0 at the end). Any other stream is read as
+    /// [`ProcedureServer::answer`] reads it, answered with `io_data`.
+    pub fn read_to_pipe(
+        &self,
+        id: u32,
+        max: u32,
+        pipe: std::os::fd::BorrowedFd<'_>,
+        caller: CallerInfo,
+    ) -> ProviderReply {
+        use std::os::fd::AsRawFd;
+        let spliced = self.stream(id).and_then(|open| {
+            open.with(|s| {
+                let Some(file) = s.plain_file() else {
+                    return Ok(None);
+                };
+                // SAFETY: both descriptors are open for the call; null offsets use and
+                // advance the file's own position, as a read would.
+                let n = unsafe {
+                    libc::splice(
+                        file.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        pipe.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        max as usize,
+                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                    )
+                };
+                if n < 0 {
+                    return Err(IoError::os(
+                        "read (splice)".to_string(),
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                Ok(Some(n as usize))
+            })
+        });
+        match spliced {
+            Ok(Some(n)) => ProviderReply::IoValue(n as i64),
+            Ok(None) => self.answer(ProviderCall::IoRead { stream: id, max }, caller),
+            Err(e) => ProviderReply::Error(io_fault(&e)),
+        }
+    }
+
     /// Takes a just-opened stream's plain file out (closing the stream), for handing its
     /// descriptor to a local client. `None` (and the stream stays) when there is none.
     pub fn take_plain_file(&self, id: u32) -> Option<std::fs::File> {

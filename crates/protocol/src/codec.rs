@@ -52,6 +52,46 @@ pub fn encode_frame<T: Serialize>(
     Ok(())
 }
 
+/// Appends the start of the frame of an `io_data` reply to request `id` carrying `len`
+/// bytes, in the binary encoding: everything but the bytes themselves, which the caller
+/// sends right after it (a server moving them from a pipe without copying them). The
+/// result, followed by the bytes, is exactly the frame [`encode_frame`] makes of the
+/// whole reply; a test holds the two together. On error `out` is unchanged.
+pub fn encode_io_data_head(
+    id: u32,
+    len: usize,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    use crate::{Outcome, Response, ServerMessage};
+    let header_at = out.len();
+    let msg = ServerMessage::Reply {
+        id,
+        outcome: Outcome::Ok(Response::IoData(Vec::new())),
+    };
+    encode_frame(Encoding::Binary, &msg, max, out)?;
+    // An empty byte string ends the message: its length, a varint 0, is the last byte.
+    debug_assert_eq!(out.last(), Some(&0));
+    out.pop();
+    let mut n = len;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    let total = out.len() - header_at - FRAME_HEADER_LEN + len;
+    if total > max as usize {
+        out.truncate(header_at);
+        return Err(EncodeError::TooLarge { len: total, max });
+    }
+    out[header_at..header_at + FRAME_HEADER_LEN].copy_from_slice(&(total as u32).to_le_bytes());
+    Ok(())
+}
+
 /// Appends `msg` to `out` as a bare payload, with no frame header (for the provider
 /// library ABI, where the length travels beside the bytes). On error `out` is unchanged.
 pub fn encode_payload<T: Serialize>(
@@ -308,5 +348,46 @@ mod tests {
         let err = encode_frame(Encoding::Json, &"x".repeat(100), 50, &mut out).unwrap_err();
         assert!(matches!(err, EncodeError::TooLarge { max: 50, .. }));
         assert_eq!(out, vec![1, 2, 3]);
+    }
+}
+
+#[cfg(test)]
+mod io_data_head {
+    use super::*;
+    use crate::{Outcome, Response, ServerMessage};
+
+    #[test]
+    fn the_head_and_the_bytes_make_the_frame_of_the_whole_reply() {
+        for len in [
+            0usize,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            1 << 20,
+            (4 << 20) + 7,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let msg = ServerMessage::Reply {
+                id: 0x1234_5678,
+                outcome: Outcome::Ok(Response::IoData(data.clone())),
+            };
+            let mut whole = Vec::new();
+            encode_frame(Encoding::Binary, &msg, u32::MAX, &mut whole).unwrap();
+            let mut spliced = b"earlier".to_vec();
+            encode_io_data_head(0x1234_5678, len, u32::MAX, &mut spliced).unwrap();
+            spliced.extend_from_slice(&data);
+            assert_eq!(&spliced[7..], &whole[..], "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_head_past_the_frame_limit_is_refused_and_writes_nothing() {
+        let mut out = b"earlier".to_vec();
+        let err = encode_io_data_head(1, 1 << 20, 1 << 20, &mut out).unwrap_err();
+        assert!(matches!(err, EncodeError::TooLarge { .. }), "{err}");
+        assert_eq!(out, b"earlier");
     }
 }

@@ -21,7 +21,9 @@ pub mod poll;
 mod provider;
 mod pushes;
 
-pub use codec::{DecodeError, EncodeError, decode, encode_frame, encode_payload};
+pub use codec::{
+    DecodeError, EncodeError, decode, encode_frame, encode_io_data_head, encode_payload,
+};
 pub use dialog::{
     Button, DialogEvent, DialogInput, DialogOp, Field, FieldKind, Form, FormUpdate, Progress,
 };

@@ -37,6 +37,10 @@ impl CallSite for Site {
         self.id
     }
 
+    fn splices(&self) -> bool {
+        self.conn.raw && self.conn.wire.encoding == purveyor_protocol::Encoding::Binary
+    }
+
     /// Answers this request with `error`, says goodbye and shuts the socket, from the
     /// watchdog's thread while the connection's own thread is stuck in `provider`. Safe
     /// because that thread is inside the call, not writing: replies are only written

@@ -15,6 +15,7 @@ use purveyor_protocol::{
 use crate::access::Permission;
 use crate::calls::{acquire, allowed, call};
 use crate::cx::Cx;
+use crate::pipes::{PIPES, Spliced};
 use crate::session::Session;
 use crate::slot::Lost;
 use crate::state::Shared;
@@ -86,13 +87,71 @@ pub(super) async fn read(
     max: u32,
 ) -> Result<Response, RemoteError> {
     let stream = stream_of(cx.session, handle)?;
+    let turn = stream.turns.take();
+    turn.wait().await;
+    let max = max.min(MAX_READ);
+    if let Some(response) = read_spliced(host, cx, &stream, max).await? {
+        return Ok(response);
+    }
     let call = ProviderCall::IoRead {
         stream: stream.id,
-        max: max.min(MAX_READ),
+        max,
     };
     match io_call(host, cx, &stream, call).await? {
         ProviderReply::IoData(data) => Ok(Response::IoData(data)),
         other => Err(unexpected_io(&stream, &other)),
+    }
+}
+
+/// A read of a built-in stream for a local client on the binary encoding, through a pipe
+/// ([`crate::pipes`]): a plain file's bytes are spliced into it and sent from it behind
+/// the reply's head, never copied into the daemon. `None` when this read cannot go so (a
+/// provider's stream, a remote or JSON client, every pipe in use).
+async fn read_spliced(
+    host: &Arc<Shared>,
+    cx: &Cx<'_>,
+    stream: &SessionStream,
+    max: u32,
+) -> Result<Option<Response>, RemoteError> {
+    let (StreamTarget::Builtin(server), Some(session), Some(site)) =
+        (&stream.target, cx.session, cx.site)
+    else {
+        return Ok(None);
+    };
+    if !site.splices() {
+        return Ok(None);
+    }
+    let Some(pipe) = PIPES.take() else {
+        return Ok(None);
+    };
+    let (id, max) = (stream.id, max.min(pipe.capacity() as u32));
+    let (reply, pipe) = builtin_run(host, cx, server, stream, move |server, who| {
+        let reply = server.read_to_pipe(id, max, pipe.input(), who);
+        (reply, pipe)
+    })
+    .await?;
+    match reply {
+        ProviderReply::IoValue(n) if n > 0 => {
+            let len = n as usize;
+            session
+                .streams()
+                .stash_spliced(site.request(), Spliced { pipe, len });
+            // The connection sends the bytes from the pipe in place of this empty vector.
+            Ok(Some(Response::IoData(Vec::new())))
+        }
+        ProviderReply::IoValue(_) => {
+            PIPES.give_back(pipe, true);
+            Ok(Some(Response::IoData(Vec::new())))
+        }
+        ProviderReply::IoData(data) => {
+            PIPES.give_back(pipe, true);
+            Ok(Some(Response::IoData(data)))
+        }
+        ProviderReply::Error(fault) => {
+            PIPES.give_back(pipe, true);
+            Err(from_fault(fault))
+        }
+        other => Err(unexpected_io(stream, &other)),
     }
 }
 
@@ -105,6 +164,8 @@ pub(super) async fn on_stream(
     call: impl FnOnce(u32) -> ProviderCall,
 ) -> Result<Response, RemoteError> {
     let stream = stream_of(cx.session, handle)?;
+    let turn = stream.turns.take();
+    turn.wait().await;
     let call = call(stream.id);
     io_value(host, cx, &stream, call).await
 }
@@ -120,6 +181,9 @@ pub(super) async fn close(
         .streams()
         .remove(handle)
         .ok_or_else(|| no_stream(handle))?;
+    // After the requests sent before it.
+    let turn = stream.turns.take();
+    turn.wait().await;
     let call = ProviderCall::IoClose { stream: stream.id };
     io_call(host, cx, &stream, call).await?;
     Ok(Response::Done)
@@ -242,11 +306,7 @@ async fn io_open(
         mode,
         groups: cx.caller.groups.to_vec(),
     };
-    let mut stream = SessionStream {
-        name: parsed.to_string(),
-        target,
-        id: 0,
-    };
+    let mut stream = SessionStream::new(parsed.to_string(), target);
     let (id, size) = match io_call(host, cx, &stream, call).await? {
         ProviderReply::IoOpened { stream, size } => (stream, size),
         other => return Err(unexpected_io(&stream, &other)),
@@ -282,11 +342,7 @@ async fn io_oneshot(
     code: FourCC,
     call: ProviderCall,
 ) -> Result<Response, RemoteError> {
-    let stream = SessionStream {
-        name: String::new(),
-        target: io_target(host, code).await?,
-        id: 0,
-    };
+    let stream = SessionStream::new(String::new(), io_target(host, code).await?);
     io_call(host, cx, &stream, call).await?;
     Ok(Response::Done)
 }
@@ -360,41 +416,54 @@ async fn builtin_call(
     stream: &SessionStream,
     call: ProviderCall,
 ) -> Result<ProviderReply, RemoteError> {
+    let reply = builtin_run(host, cx, server, stream, move |server, who| {
+        server.answer(call, who)
+    })
+    .await?;
+    match reply {
+        ProviderReply::Error(fault) => Err(from_fault(fault)),
+        other => Ok(other),
+    }
+}
+
+/// Runs `work` on the built-in procedures on the blocking pool, in one of the caller's
+/// I/O slots (`io.ops_*`), within `io.op_time`.
+async fn builtin_run<T: Send + 'static>(
+    host: &Shared,
+    cx: &Cx<'_>,
+    server: &Arc<purveyor_hosting::ProcedureServer>,
+    stream: &SessionStream,
+    work: impl FnOnce(&purveyor_hosting::ProcedureServer, purveyor_protocol::CallerInfo) -> T
+    + Send
+    + 'static,
+) -> Result<T, RemoteError> {
     let (server, who) = (server.clone(), cx.caller.info());
     let limits = &host.config().limits;
     let permits = host.io_slots().acquire(cx.caller.uid, limits).await?;
     // The permits are held until the call returns, however long after its client gave up.
     let reply = blocking(limits.io_op_time, move || {
         let _permits = permits;
-        server.answer(call, who)
+        work(&server, who)
     });
-    let reply = match reply.await {
-        Ok(reply) => reply,
-        Err(Overrun::Panicked(why) | Overrun::Task(why)) => {
-            return Err(RemoteError::new(
-                ErrorCode::Internal,
-                format!("I/O task failed: {why}"),
-            ));
-        }
-        Err(Overrun::Timeout) => {
-            return Err(RemoteError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "the I/O call on {} took longer than {} (io.op_time); it finishes without its client, holding one of uid {}'s I/O slots",
-                    if stream.name.is_empty() {
-                        "a name"
-                    } else {
-                        &stream.name
-                    },
-                    humantime::format_duration(limits.io_op_time),
-                    cx.caller.uid
-                ),
-            ));
-        }
-    };
-    match reply {
-        ProviderReply::Error(fault) => Err(from_fault(fault)),
-        other => Ok(other),
+    match reply.await {
+        Ok(reply) => Ok(reply),
+        Err(Overrun::Panicked(why) | Overrun::Task(why)) => Err(RemoteError::new(
+            ErrorCode::Internal,
+            format!("I/O task failed: {why}"),
+        )),
+        Err(Overrun::Timeout) => Err(RemoteError::new(
+            ErrorCode::Timeout,
+            format!(
+                "the I/O call on {} took longer than {} (io.op_time); it finishes without its client, holding one of uid {}'s I/O slots",
+                if stream.name.is_empty() {
+                    "a name"
+                } else {
+                    &stream.name
+                },
+                humantime::format_duration(limits.io_op_time),
+                cx.caller.uid
+            ),
+        )),
     }
 }
 

@@ -829,6 +829,10 @@ impl SocketConn {
     /// caller shows it: the reply may wait for it).
     fn next_reply(&mut self, showing: bool) -> Result<Option<Reply>, ClientError> {
         loop {
+            if let Some((id, data)) = self.take_io_data()? {
+                self.outstanding.remove(&id);
+                return Ok(Some((id, Ok(Response::IoData(data)))));
+            }
             let frame = self
                 .frames
                 .next_frame()
@@ -863,6 +867,35 @@ impl SocketConn {
 }
 
 impl SocketConn {
+    /// A large `io_data` reply whose head has arrived, read straight into its own vector:
+    /// its bytes are copied once, from the socket, instead of into the frame buffer and
+    /// again out of it.
+    fn take_io_data(&mut self) -> Result<Option<(u32, Vec<u8>)>, ClientError> {
+        if self.encoding != Encoding::Binary {
+            return Ok(None);
+        }
+        let Some((id, head, len)) = self.frames.io_data_head(DIRECT_READ) else {
+            return Ok(None);
+        };
+        let arrived = &self.frames.unparsed()[head..];
+        let mut data = Vec::with_capacity(len);
+        data.extend_from_slice(&arrived[..arrived.len().min(len)]);
+        self.frames.discard(head + data.len());
+        let mut got = data.len();
+        data.resize(len, 0);
+        while got < len {
+            got += read_into(
+                &mut self.stream,
+                &mut data[got..],
+                &mut self.fds,
+                &self.path,
+                self.reply_timeout,
+                "a request",
+            )?;
+        }
+        Ok(Some((id, data)))
+    }
+
     fn next_push(&mut self, timeout: Option<Duration>) -> Result<Option<(u32, Push)>, ClientError> {
         let give_up = timeout.map(|t| std::time::Instant::now() + t);
         loop {
@@ -921,19 +954,47 @@ fn read_some(
     timeout: Duration,
     awaiting: &str,
 ) -> Result<(), ClientError> {
+    // A new frame is read in a small piece first, so a large `io_data` reply's head can
+    // be seen before its bytes land in the frame buffer (`SocketConn::take_io_data`).
+    let fresh = frames.unparsed().is_empty();
+    let spare = frames.spare();
+    let spare = if fresh {
+        let n = spare.len().min(FIRST_READ);
+        &mut spare[..n]
+    } else {
+        spare
+    };
+    let n = read_into(stream, spare, fds, path, timeout, awaiting)?;
+    frames.filled(n);
+    Ok(())
+}
+
+/// A frame at least this large that is an `io_data` reply is read straight into its
+/// vector.
+const DIRECT_READ: usize = 64 * 1024;
+/// The most read into an empty frame buffer at once.
+const FIRST_READ: usize = 16 * 1024;
+
+/// Reads what has arrived into `into` (at least one byte); a timeout, or the daemon
+/// closing the connection, is an error that names the socket and what was awaited.
+fn read_into(
+    stream: &mut Stream,
+    into: &mut [u8],
+    fds: &mut std::collections::VecDeque<std::os::fd::OwnedFd>,
+    path: &Path,
+    timeout: Duration,
+    awaiting: &str,
+) -> Result<usize, ClientError> {
     // The daemon answers most requests within microseconds: look before blocking, so
     // the reply does not have to wake this thread on a halted CPU
     // (`purveyor_protocol::poll`).
     stream.poll_briefly();
-    match stream.recv(frames.spare(), fds) {
+    match stream.recv(into, fds) {
         Ok(0) => Err(ClientError::protocol(format!(
             "the daemon at {} closed the connection during {awaiting}",
             path.display()
         ))),
-        Ok(n) => {
-            frames.filled(n);
-            Ok(())
-        }
+        Ok(n) => Ok(n),
         // A read timeout (`SO_RCVTIMEO`) is EAGAIN; ETIMEDOUT is a dead TCP connection.
         Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ClientError::Timeout {
             provider: None,

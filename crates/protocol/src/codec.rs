@@ -92,6 +92,42 @@ pub fn encode_io_data_head(
     Ok(())
 }
 
+/// The head of a frame that is an `io_data` reply in the binary encoding, from the bytes
+/// received so far (starting at the frame's header): the request's id, the head's length
+/// (header included) and the number of bytes after it, which fill the frame. `None` for
+/// any other frame, or while the head has not all arrived. The head is checked by making
+/// it again ([`encode_io_data_head`]), so nothing else can pass for one.
+pub fn decode_io_data_head(bytes: &[u8]) -> Option<(u32, usize, usize)> {
+    let header: [u8; FRAME_HEADER_LEN] = bytes.get(..FRAME_HEADER_LEN)?.try_into().ok()?;
+    let frame = FRAME_HEADER_LEN + u32::from_le_bytes(header) as usize;
+    // Five varints: the message's variant, the id, the outcome's, the response's, the
+    // bytes' length.
+    let mut at = FRAME_HEADER_LEN;
+    let mut fields = [0u64; 5];
+    for field in &mut fields {
+        let mut value = 0u64;
+        for shift in (0..).step_by(7).take(10) {
+            let byte = *bytes.get(at)?;
+            at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        *field = value;
+    }
+    let (id, len) = (
+        u32::try_from(fields[1]).ok()?,
+        usize::try_from(fields[4]).ok()?,
+    );
+    if at.checked_add(len)? != frame {
+        return None;
+    }
+    let mut again = Vec::with_capacity(at);
+    encode_io_data_head(id, len, u32::MAX, &mut again).ok()?;
+    (again == bytes[..at]).then_some((id, at, len))
+}
+
 /// Appends `msg` to `out` as a bare payload, with no frame header (for the provider
 /// library ABI, where the length travels beside the bytes). On error `out` is unchanged.
 pub fn encode_payload<T: Serialize>(
@@ -381,6 +417,40 @@ mod io_data_head {
             spliced.extend_from_slice(&data);
             assert_eq!(&spliced[7..], &whole[..], "len {len}");
         }
+    }
+
+    #[test]
+    fn an_io_data_head_is_recognised_and_nothing_else_is() {
+        let mut frame = Vec::new();
+        encode_io_data_head(77, 300_000, u32::MAX, &mut frame).unwrap();
+        let head = frame.len();
+        frame.extend_from_slice(&[5; 1000]);
+        assert_eq!(decode_io_data_head(&frame), Some((77, head, 300_000)));
+        assert_eq!(
+            decode_io_data_head(&frame[..head - 1]),
+            None,
+            "head incomplete"
+        );
+        // Other replies of the same shape are not io_data.
+        for response in [
+            Response::IoValue(300_000),
+            Response::IoProcedures(Vec::new()),
+            Response::Pong,
+        ] {
+            let mut other = Vec::new();
+            let msg = ServerMessage::Reply {
+                id: 77,
+                outcome: Outcome::Ok(response),
+            };
+            encode_frame(Encoding::Binary, &msg, u32::MAX, &mut other).unwrap();
+            other.extend_from_slice(&[0; 64]);
+            assert_eq!(decode_io_data_head(&other), None, "{other:?}");
+        }
+        // A length that does not fill the frame.
+        let mut short = Vec::new();
+        encode_io_data_head(77, 10, u32::MAX, &mut short).unwrap();
+        short[0] += 1;
+        assert_eq!(decode_io_data_head(&short), None);
     }
 
     #[test]

@@ -77,6 +77,33 @@ impl FrameBuffer {
         &mut self.buf[self.end..]
     }
 
+    /// The head of the frame arriving, when it is an `io_data` reply of at least `least`
+    /// bytes within the limit ([`crate::decode_io_data_head`]): its id, the head's length
+    /// and the bytes' length. A reader may then take the frame itself: what has arrived
+    /// with [`FrameBuffer::unparsed`] and [`FrameBuffer::discard`], the rest straight from
+    /// its socket.
+    pub fn io_data_head(&self, least: usize) -> Option<(u32, usize, usize)> {
+        let len = self.pending_frame_len()?;
+        if len > self.max || (len as usize) < least || self.frame_ready() {
+            return None;
+        }
+        crate::decode_io_data_head(&self.buf[self.start..self.end])
+    }
+
+    /// The bytes received and not yet taken as a frame.
+    pub fn unparsed(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Drops the first `n` unparsed bytes, which the caller took itself.
+    pub fn discard(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// The bytes this buffer holds (what it costs its connection).
     pub fn capacity(&self) -> usize {
         self.buf.len()

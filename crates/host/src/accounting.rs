@@ -225,11 +225,17 @@ pub(crate) fn process_usage(pid: u32) -> Option<ProcessUsage> {
 }
 
 /// This process's own usage, cheaply enough for every `get purveyor.host`: CPU time from
-/// `getrusage` (one system call, microseconds), resident memory from `/proc/self/statm`
-/// read at most every [`RSS_REFRESH`] (opening and reading a `/proc` file costs more than
-/// the rest of the request).
+/// `getrusage` and resident memory from `/proc/self/statm`, both read at most every
+/// [`RSS_REFRESH`] (either costs more than the rest of the request).
 pub(crate) fn self_usage() -> ProcessUsage {
-    static RSS: std::sync::Mutex<Option<(std::time::Instant, u64)>> = std::sync::Mutex::new(None);
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, ProcessUsage)>> =
+        std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, usage)) = &*last
+        && at.elapsed() < RSS_REFRESH
+    {
+        return *usage;
+    }
     // SAFETY: all-zero is a valid `rusage`; getrusage writes it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid pointer to a `rusage`.
@@ -237,26 +243,20 @@ pub(crate) fn self_usage() -> ProcessUsage {
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
     };
-    let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
-    let mut rss = RSS.lock().unwrap_or_else(|e| e.into_inner());
-    let bytes = match *rss {
-        Some((at, bytes)) if at.elapsed() < RSS_REFRESH => bytes,
-        _ => {
-            let bytes = std::fs::read_to_string("/proc/self/statm")
-                .ok()
-                .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .map_or(0, |pages| pages.saturating_mul(page_size()));
-            *rss = Some((std::time::Instant::now(), bytes));
-            bytes
-        }
+    let rss_bytes = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages.saturating_mul(page_size()));
+    let now = ProcessUsage {
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        rss_bytes,
     };
-    ProcessUsage {
-        cpu,
-        rss_bytes: bytes,
-    }
+    *last = Some((std::time::Instant::now(), now));
+    now
 }
 
-/// How old the resident memory [`self_usage`] reports may be.
+/// How old the CPU time and resident memory [`self_usage`] reports may be (`getrusage`
+/// sums every thread of the daemon: a microsecond or more per `get purveyor.host`).
 pub(crate) const RSS_REFRESH: Duration = Duration::from_millis(100);
 
 /// Fields 14 and 15 (utime, stime, in clock ticks) and 24 (rss, in pages), counted after

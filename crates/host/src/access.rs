@@ -11,7 +11,6 @@
 //! **Invariant:** every request that touches a class is checked here, with the socket's
 //! peer credentials, before any provider is loaded or called.
 
-use std::ffi::CString;
 use std::fmt;
 use std::path::Path;
 
@@ -315,10 +314,11 @@ fn parse_principal(text: &str) -> Result<Principal, String> {
             .parse()
             .map(Principal::Gid)
             .map_err(|_| format!("{text:?}: {name:?} is not a number")),
-        "user" => lookup_user(name)
+        "user" => user_ids(name)
+            .map(|(uid, _)| uid)
             .map(Principal::Uid)
             .ok_or_else(|| format!("{text:?}: there is no user named {name:?}")),
-        "group" => lookup_group(name)
+        "group" => group_id(name)
             .map(Principal::Gid)
             .ok_or_else(|| format!("{text:?}: there is no group named {name:?}")),
         _ => Err(format!(
@@ -340,51 +340,15 @@ fn user_principal(text: &str) -> Result<u32, String> {
     }
 }
 
-fn lookup_user(name: &str) -> Option<u32> {
-    user_ids(name).map(|(uid, _)| uid)
-}
-
 /// The uid and primary gid of the user `name` (through NSS), if there is one.
 pub fn user_ids(name: &str) -> Option<(u32, u32)> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: zeroed passwd is a valid out-parameter; the buffer outlives the call and the
-    // result is read before it is freed.
-    unsafe {
-        let mut pwd: libc::passwd = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        );
-        (rc == 0 && !out.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
-    }
+    let user = purveyor_io::users::user_by_name(name).ok().flatten()?;
+    Some((user.uid, user.gid))
 }
 
 /// The gid of the group `name` (through NSS), if there is one.
 pub fn group_id(name: &str) -> Option<u32> {
-    lookup_group(name)
-}
-
-fn lookup_group(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: as in `lookup_user`.
-    unsafe {
-        let mut grp: libc::group = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 64 * 1024];
-        let mut out: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            name.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        );
-        (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
-    }
+    purveyor_io::users::group_id(name)
 }
 
 #[cfg(test)]

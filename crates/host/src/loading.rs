@@ -105,7 +105,7 @@ pub(crate) fn confine(manifest: &Manifest) -> Confine {
     let identity = manifest.run_as.as_ref().map(|r| Identity {
         uid: r.uid,
         gid: r.gid,
-        groups: purveyor_hosting::confine::groups_of(&r.user, r.gid),
+        groups: purveyor_io::users::groups_of(&r.user, r.gid),
     });
     let l = &manifest.limits;
     let rlimits = [

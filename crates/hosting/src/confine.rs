@@ -105,29 +105,6 @@ impl Confine {
     }
 }
 
-/// The supplementary groups of user `name` with primary group `gid` (through NSS).
-/// Call before forking: it allocates.
-pub fn groups_of(name: &str, gid: u32) -> Vec<u32> {
-    let Ok(name) = std::ffi::CString::new(name) else {
-        return vec![gid];
-    };
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut n = groups.len() as libc::c_int;
-        // SAFETY: the buffer holds `n` gids; getgrouplist writes at most that many and
-        // sets `n` to how many there are.
-        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        if rc >= 0 {
-            groups.truncate(n.max(0) as usize);
-            return groups;
-        }
-        if groups.len() >= 65536 {
-            return vec![gid];
-        }
-        groups.resize((n.max(0) as usize).max(groups.len() * 2), 0);
-    }
-}
-
 /// Which of the kernel's mechanisms enforce providers' `[limits]` on this machine, in
 /// words for the daemon's log and `purveyor check`: rlimits (CPU, open files, processes)
 /// and the host's own resident-memory watch — and what cgroup v2 would offer here, and why

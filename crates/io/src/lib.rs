@@ -24,6 +24,7 @@ mod procedure;
 mod registry;
 mod requester;
 mod small_file;
+pub mod users;
 
 pub use builtin::{Dos, Gzip, Memory, MemoryLimits, Tar, file_kind};
 pub use fourcc::{FourCC, FourCCError};

@@ -7,7 +7,6 @@
 //! enough.
 
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
 
 /// A remote client after its handshake: the certificate's name and the local account it
 /// acts as.
@@ -72,9 +71,12 @@ impl Users {
                 ));
             }
         };
-        let (uid, gid) = lookup(user)?.ok_or_else(|| {
-            format!("certificate {name:?} names user {user:?}, who does not exist here")
-        })?;
+        let ids = purveyor_io::users::user_by_name(user)
+            .map_err(|e| format!("cannot look up user {user:?}: {e}"))?
+            .ok_or_else(|| {
+                format!("certificate {name:?} names user {user:?}, who does not exist here")
+            })?;
+        let (uid, gid) = (ids.uid, ids.gid);
         if uid == 0 && listed.is_none() {
             return Err(format!(
                 "certificate {name:?} would act as root; only a [users] entry can map a certificate to root"
@@ -85,7 +87,7 @@ impl Users {
             user: user.to_owned(),
             uid,
             gid,
-            groups: groups(user, gid),
+            groups: purveyor_io::users::groups_of(user, gid),
         })
     }
 }
@@ -129,63 +131,6 @@ fn shorten(text: &str) -> String {
     text.chars().take(MAX_NAME).collect()
 }
 
-/// `getpwnam_r`: the user's uid and primary gid.
-fn lookup(user: &str) -> Result<Option<(u32, u32)>, String> {
-    let name = CString::new(user).map_err(|_| format!("{user:?} holds a NUL"))?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: all-zero is a valid `passwd` (null pointers, zero ids).
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: the buffers are valid for their stated lengths; `result` points at
-        // `pwd` or is null afterwards.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                name.as_ptr(),
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(format!(
-                "cannot look up user {user:?}: {}",
-                std::io::Error::from_raw_os_error(rc)
-            ));
-        }
-        return Ok((!result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid)));
-    }
-}
-
-/// `getgrouplist`: the groups the user is in (the primary one included).
-fn groups(user: &str, gid: u32) -> Vec<u32> {
-    let Ok(name) = CString::new(user) else {
-        return vec![gid];
-    };
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
-    loop {
-        let mut n = groups.len() as libc::c_int;
-        // SAFETY: `groups` has room for `n` entries; the call writes at most that many
-        // and sets `n` to how many it needed.
-        let rc =
-            unsafe { libc::getgrouplist(CStr::as_ptr(&name), gid, groups.as_mut_ptr(), &mut n) };
-        if rc >= 0 {
-            groups.truncate(n.max(0) as usize);
-            return groups;
-        }
-        if groups.len() >= 65_536 {
-            return vec![gid];
-        }
-        let want = (n.max(0) as usize).max(groups.len() * 2);
-        groups.resize(want, 0);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +169,6 @@ mod tests {
 
     #[test]
     fn root_is_in_its_groups() {
-        assert!(groups("root", 0).contains(&0));
+        assert!(purveyor_io::users::groups_of("root", 0).contains(&0));
     }
 }

@@ -59,7 +59,7 @@ impl Slot {
                 ),
             ));
         }
-        let user = user_name(caller.uid).ok_or_else(|| {
+        let user = purveyor_io::users::user_name(caller.uid).ok_or_else(|| {
             self.error(
                 ErrorCode::AccessDenied,
                 format!(
@@ -104,44 +104,5 @@ impl Slot {
     /// Whether this is a requestor provider's own slot, which never loads.
     pub fn serves_per_user(&self) -> bool {
         self.requestors.is_some()
-    }
-}
-
-/// `getpwuid_r`: the user name of `uid`.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: all-zero is a valid `passwd`.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: the buffers are valid for their lengths; `result` is null or `&pwd`.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: `pw_name` points into `buf`, NUL-terminated, on success.
-        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-        return name.to_str().ok().map(str::to_owned);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn uids_have_names() {
-        assert_eq!(super::user_name(0).as_deref(), Some("root"));
-        assert_eq!(super::user_name(65534).as_deref(), Some("nobody"));
     }
 }

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{BenchDaemon, EchoChild, percentiles, release_file, us};
+use purveyor_bench::{BenchDaemon, EchoChild, percentiles, us};
 use purveyor_client::{
     Client, ConnectOptions, DialogInput, DialogUi, FormUpdate, OpenDialog, UiAction,
 };
@@ -40,13 +40,11 @@ fn main() {
     if purveyor_bench::helper_mode() {
         return;
     }
-    let (Some(bin), Some(lib)) = (
-        release_file("purveyor"),
-        release_file("libpurveyor_dialogs.so"),
+    let Some((bin, lib)) = purveyor_bench::release_daemon_and(
+        "dialogs",
+        "libpurveyor_dialogs.so",
+        "purveyor-example-dialogs",
     ) else {
-        println!(
-            "dialogs: skipped (run `cargo build --release -p purveyor -p purveyor-example-dialogs` first)"
-        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

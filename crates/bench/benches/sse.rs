@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{BenchDaemon, percentiles, release_file, us};
+use purveyor_bench::{BenchDaemon, percentiles, us};
 use purveyor_client::{Client, ConnectOptions, Push, Target};
 use purveyor_model::{ClassPath, Instance, Value};
 
@@ -20,16 +20,14 @@ const WRITERS: usize = 8;
 const RUN: Duration = Duration::from_secs(3);
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    if purveyor_bench::helper_mode() {
         return;
     }
-    let (Some(bin), Some(lib)) = (
-        release_file("purveyor"),
-        release_file("libpurveyor_config.so"),
+    let Some((bin, lib)) = purveyor_bench::release_daemon_and(
+        "sse",
+        "libpurveyor_config.so",
+        "purveyor-example-config",
     ) else {
-        println!(
-            "sse: skipped (run `cargo build --release -p purveyor -p purveyor-example-config` first)"
-        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

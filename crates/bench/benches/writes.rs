@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{BenchDaemon, percentiles, release_file, us};
+use purveyor_bench::{BenchDaemon, percentiles, us};
 use purveyor_client::{Client, ConnectOptions, Push};
 use purveyor_model::{ClassPath, Instance, Value};
 use purveyor_provider::store::Store;
@@ -35,13 +35,11 @@ fn main() {
     if purveyor_bench::helper_mode() {
         return;
     }
-    let (Some(bin), Some(lib)) = (
-        release_file("purveyor"),
-        release_file("libpurveyor_config.so"),
+    let Some((bin, lib)) = purveyor_bench::release_daemon_and(
+        "writes",
+        "libpurveyor_config.so",
+        "purveyor-example-config",
     ) else {
-        println!(
-            "writes: skipped (run `cargo build --release -p purveyor -p purveyor-example-config` first)"
-        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();

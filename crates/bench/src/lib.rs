@@ -269,6 +269,21 @@ pub fn release_file(name: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
+/// The release `purveyor` binary and the release library `library` (built by package
+/// `package`), or `None` after saying that benchmark `bench` is skipped and how to build
+/// them.
+pub fn release_daemon_and(bench: &str, library: &str, package: &str) -> Option<(PathBuf, PathBuf)> {
+    match (release_file("purveyor"), release_file(library)) {
+        (Some(bin), Some(lib)) => Some((bin, lib)),
+        _ => {
+            println!(
+                "{bench}: skipped (run `cargo build --release -p purveyor -p {package}` first)"
+            );
+            None
+        }
+    }
+}
+
 /// A `purveyor serve` started for a benchmark; killed (with its provider processes) when
 /// dropped.
 pub struct BenchDaemon {

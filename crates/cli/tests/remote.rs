@@ -438,14 +438,7 @@ fn dialogs_are_shown_on_the_remote_terminal_and_a_cut_network_ends_them_on_both_
             r.shell("operator", "call demo.vault.destroy name=photos")
         ),
     );
-    call.wait_for("Really destroy photos? [y/N]:");
-    call.keys(&["y", "Enter"]);
-    call.wait_for("The vault's passphrase (hidden):");
-    call.keys(&["purveyor", "Enter"]);
-    call.wait_for("[1] Destroy  [2] Cancel:");
-    call.keys(&["1", "Enter"]);
-    let screen = call.wait_for("EXIT=0");
-    assert!(screen.contains("destroyed photos (812 files)"), "{screen}");
+    call.destroy_photos();
 
     // Spontaneous: the remote user's agent gets the phone's dialog, dialled on the
     // daemon's machine by the same user (root, through the operator certificate).

@@ -22,14 +22,7 @@ fn the_terminal_asks_in_call_hides_the_secret_and_the_agent_talks_on_the_phone()
         ),
     );
     call.wait_for("Destroy vault photos?");
-    call.wait_for("Really destroy photos? [y/N]:");
-    call.keys(&["y", "Enter"]);
-    call.wait_for("The vault's passphrase (hidden):");
-    call.keys(&["purveyor", "Enter"]);
-    call.wait_for("[1] Destroy  [2] Cancel:");
-    call.keys(&["1", "Enter"]);
-    let screen = call.wait_for("EXIT=0");
-    assert!(screen.contains("destroyed photos (812 files)"), "{screen}");
+    let screen = call.destroy_photos();
     assert!(
         screen.contains("[####################] 100% shredded"),
         "{screen}"

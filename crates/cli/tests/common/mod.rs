@@ -381,6 +381,21 @@ pub struct Tmux {
 }
 
 impl Tmux {
+    /// Answers the example vault's in-call dialogs for `demo.vault.destroy name=photos`
+    /// (yes, the passphrase `purveyor`, Destroy) and returns the screen once the command
+    /// printed `EXIT=0`.
+    pub fn destroy_photos(&self) -> String {
+        self.wait_for("Really destroy photos? [y/N]:");
+        self.keys(&["y", "Enter"]);
+        self.wait_for("The vault's passphrase (hidden):");
+        self.keys(&["purveyor", "Enter"]);
+        self.wait_for("[1] Destroy  [2] Cancel:");
+        self.keys(&["1", "Enter"]);
+        let screen = self.wait_for("EXIT=0");
+        assert!(screen.contains("destroyed photos (812 files)"), "{screen}");
+        screen
+    }
+
     pub fn start(dir: &std::path::Path, name: &str, command: &str) -> Tmux {
         let tmux = Tmux {
             socket: dir.join(format!("tmux-{name}")),

@@ -50,7 +50,7 @@ struct ReadAhead {
     /// A read came back empty: the stream ended, and no more are sent.
     ended: bool,
     /// Where the requests left in flight go when the stream is dropped.
-    orphans: Option<std::sync::Arc<std::sync::Mutex<Vec<u32>>>>,
+    orphans: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
 }
 
 impl ReadAhead {
@@ -83,10 +83,9 @@ impl ReadAhead {
 
 impl Drop for IoStream {
     fn drop(&mut self) {
-        if let Some(orphans) = &self.ahead.orphans
-            && !self.ahead.sent.is_empty()
-        {
-            orphans
+        if !self.ahead.sent.is_empty() {
+            self.ahead
+                .orphans
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(self.ahead.sent.drain(..));
@@ -171,7 +170,7 @@ impl Client {
                 };
                 let ahead = ReadAhead {
                     on: file.is_none() && mode == IoMode::Read && self.on_socket(),
-                    orphans: Some(self.orphans.clone()),
+                    orphans: self.orphans.clone(),
                     ..ReadAhead::default()
                 };
                 Ok(IoStream {

@@ -8,10 +8,14 @@
 //! statistics, its subscriptions); a changed or removed provider's slot is retired — no
 //! new load — and released after its calls in flight (within its call timeout, as any
 //! release). A request keeps the registry it started with, so it ends as it began. One
-//! reload runs at a time.
+//! reload runs at a time. A `reload` request is answered once the retired providers are
+//! released, or after [`SETTLE`] if calls still run in them: so a retired isolated
+//! provider's worker no longer answers on its direct channels when the reload is
+//! reported done.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use purveyor_hosting::lock::Locked;
 use purveyor_protocol::{ErrorCode, ReloadReport, RemoteError};
@@ -29,6 +33,16 @@ pub(crate) fn run(host: &Arc<Shared>) -> Result<ReloadReport, RemoteError> {
         Some(hook) => hook(&crate::Host::from_shared(host.clone())),
         None => reload(host, None),
     }
+}
+
+/// How long a `reload` request waits for the providers it retired to be released.
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
+
+/// Waits (at most [`SETTLE`]) for the releases the reloads so far started; those still
+/// running go on without a waiter.
+pub(crate) async fn settle(host: &Shared) {
+    let releases = std::mem::take(&mut *host.retiring().locked());
+    let _ = tokio::time::timeout(SETTLE, futures_util::future::join_all(releases)).await;
 }
 
 /// Reads the manifests again and, if nothing new is wrong, puts the new registry and
@@ -91,7 +105,11 @@ pub(crate) fn reload(
         // A requestor provider's workers are its users' slots.
         for slot in std::iter::once(slot.clone()).chain(slot.user_slots()) {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { slot.release("reload").await });
+                let release = runtime.spawn(async move { slot.release("reload").await });
+                let mut retiring = host.retiring().locked();
+                // Reloads by SIGHUP have no waiter: keep only the releases still running.
+                retiring.retain(|r| !r.is_finished());
+                retiring.push(release);
             }
         }
     }

@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     reloader: Mutex<Option<Arc<ReloadHook>>>,
     /// Held by the reload running: one at a time.
     one_reload: Mutex<()>,
+    /// The releases of the providers the last reloads retired, until someone waits for
+    /// them (`reload::settle`).
+    retiring: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The host's own counts, shown by `status` and `purveyor.host`.
@@ -175,6 +178,7 @@ impl Shared {
             io_slots,
             reloader: Mutex::new(None),
             one_reload: Mutex::new(()),
+            retiring: Mutex::new(Vec::new()),
         }
     }
 
@@ -261,6 +265,10 @@ impl Shared {
 
     pub fn one_reload(&self) -> &Mutex<()> {
         &self.one_reload
+    }
+
+    pub fn retiring(&self) -> &Mutex<Vec<tokio::task::JoinHandle<()>>> {
+        &self.retiring
     }
 
     pub fn dialogs(&self) -> &Arc<DialogHub> {

@@ -166,7 +166,7 @@ async fn route(host: &Arc<Shared>, cx: &Cx<'_>, request: Request) -> Result<Resp
         Request::IoDelete { name } => io::delete(host, cx, &name).await,
         Request::IoRename { from, to } => io::rename(host, cx, &from, &to).await,
         Request::Query { sql, plan } => query::query(host, cx, sql, plan).await,
-        Request::Reload => status::reload(host, cx),
+        Request::Reload => status::reload(host, cx).await,
         other => Err(RemoteError::new(
             ErrorCode::Unsupported,
             format!("request {other:?} is not supported by this host"),

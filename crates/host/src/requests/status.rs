@@ -39,7 +39,9 @@ pub(super) fn enable_provider(
 
 /// Reloads the configuration (`reload.rs`); whoever may write `purveyor` (the daemon's
 /// owner by default).
-pub(super) fn reload(host: &Arc<Shared>, cx: &Cx<'_>) -> Result<Response, RemoteError> {
+pub(super) async fn reload(host: &Arc<Shared>, cx: &Cx<'_>) -> Result<Response, RemoteError> {
     allowed(host, cx, Permission::Write, "purveyor")?;
-    crate::reload::run(host).map(Response::Reloaded)
+    let report = crate::reload::run(host)?;
+    crate::reload::settle(host).await;
+    Ok(Response::Reloaded(report))
 }

@@ -52,6 +52,13 @@ fn main() {
         "# purveyor request benchmark ({} round trips each, interleaved)",
         ROUNDS * PER_ROUND
     );
+    // `PURVEYOR_BENCH_ONLY=throughput`: the pipelined figures alone (for profiling).
+    if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "throughput") {
+        throughput(&daemon, "purveyor.host", 4);
+        throughput(&daemon, "system.load", 4);
+        server.stop();
+        return;
+    }
     // `PURVEYOR_BENCH_ONLY=latency` stops after the latency figures (for profiling).
     let only_latency = std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "latency");
     // The transport and server loop alone, with no provider work.

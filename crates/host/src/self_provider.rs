@@ -454,8 +454,10 @@ fn host_instance(host: &Shared) -> Instance {
     };
     let counts = host.counters().now();
     // This process (the host is embedded in it, or is the daemon).
-    let me = Some(crate::accounting::self_usage());
-    let mut instance = purveyor_model::instance! {
+    let me = crate::accounting::self_usage();
+    // Every property in the one table of names the macro keeps: a property set after it
+    // would copy the table and lose its resolution against the schema on every request.
+    purveyor_model::instance! {
         "server" => Value::String(SERVER_NAME.into()),
         "mode" => Value::String(mode.into()),
         "pid" => Value::U64(host.pid().into()),
@@ -471,12 +473,9 @@ fn host_instance(host: &Shared) -> Instance {
         "io_mem_bytes" => Value::U64(host.memory().bytes()),
         "io_mem_buffers" => Value::U64(host.memory().buffers() as u64),
         "io_pipes" => Value::U64(crate::pipes::PIPES.made() as u64),
-    };
-    if let Some(me) = me {
-        instance.set("cpu_seconds", Value::F64(me.cpu.as_secs_f64()));
-        instance.set("rss_bytes", Value::U64(me.rss_bytes));
+        "cpu_seconds" => Value::F64(me.cpu.as_secs_f64()),
+        "rss_bytes" => Value::U64(me.rss_bytes),
     }
-    instance
 }
 
 /// `purveyor.provider`: every provider's lifecycle, counts and cost.

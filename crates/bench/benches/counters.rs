@@ -26,6 +26,11 @@ fn main() {
     }
     let dir = tempfile::tempdir().unwrap();
     println!("# purveyor counters benchmark");
+    // `PURVEYOR_BENCH_ONLY=get`: the daemon's `get app.big` alone (for profiling).
+    if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "get") {
+        get_through_daemon(dir.path());
+        return;
+    }
     updates(dir.path());
     snapshot(dir.path());
     get_through_daemon(dir.path());
@@ -192,5 +197,55 @@ fn get_through_daemon(dir: &Path) {
         "get app.big (1 000 counters, {} B reply) through the daemon: {}",
         m.reply_len,
         m.line()
+    );
+    in_process_big(&counters, &request);
+}
+
+/// Where a `get app.big` spends its time without a socket: the host's answer, the reply's
+/// encoding, and the client's decoding, each hot in a loop.
+fn in_process_big(counters: &Path, request: &Request) {
+    use purveyor_protocol::{Outcome, ServerMessage, decode, encode_frame};
+    // SAFETY: set before any thread of this process reads the environment again.
+    unsafe { std::env::set_var("PURVEYOR_COUNTERS", counters) };
+    let host = purveyor_client::default_host(purveyor_protocol::HostMode::Embedded, None);
+    let caller = purveyor_host::Caller::current_process();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = 2000;
+    let response = runtime
+        .block_on(host.handle(request.clone(), &caller))
+        .unwrap();
+    let t = Instant::now();
+    for _ in 0..n {
+        black_box(
+            runtime
+                .block_on(host.handle(request.clone(), &caller))
+                .unwrap(),
+        );
+    }
+    let answer = t.elapsed() / n;
+    let msg = ServerMessage::Reply {
+        id: 1,
+        outcome: Outcome::Ok(response),
+    };
+    let mut out = Vec::new();
+    let t = Instant::now();
+    for _ in 0..n {
+        out.clear();
+        encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
+    }
+    let encode = t.elapsed() / n;
+    let t = Instant::now();
+    for _ in 0..n {
+        black_box(decode::<ServerMessage>(Encoding::Binary, &out[4..]).unwrap());
+    }
+    let decoded = t.elapsed() / n;
+    println!(
+        "get app.big in process: the host's answer {:.1} us, encoding {:.1} us, decoding {:.1} us",
+        answer.as_secs_f64() * 1e6,
+        encode.as_secs_f64() * 1e6,
+        decoded.as_secs_f64() * 1e6
     );
 }

@@ -100,7 +100,7 @@ fn main() {
             )
             .unwrap();
         }
-        // PURVEYOR_BENCH_THREADS=N: the daemon's runtime threads (default: one per CPU).
+        // PURVEYOR_BENCH_THREADS=N: the daemon's runtime threads (default: one per two CPUs).
         let threads: Vec<String> = std::env::var("PURVEYOR_BENCH_THREADS")
             .map(|t| vec!["--threads".into(), t])
             .unwrap_or_default();

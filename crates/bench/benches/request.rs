@@ -100,6 +100,7 @@ fn child(dir: &Path) {
             .build()
             .unwrap(),
         None => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(purveyor_host::server::default_runtime_threads(false))
             .enable_all()
             .build()
             .unwrap(),

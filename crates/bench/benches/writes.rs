@@ -45,8 +45,23 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     purveyor_bench::register_config(&dir.path().join("providers"), &lib);
     let state = dir.path().join("state");
-    let daemon = BenchDaemon::start(&bin, dir.path(), &[], &[("PURVEYOR_STATE_DIR", &state)]);
+    // PURVEYOR_BENCH_THREADS=N: the daemon's runtime threads (default: one per two CPUs).
+    let threads: Vec<String> = std::env::var("PURVEYOR_BENCH_THREADS")
+        .map(|t| vec!["--threads".into(), t])
+        .unwrap_or_default();
+    let threads: Vec<&str> = threads.iter().map(String::as_str).collect();
+    let daemon = BenchDaemon::start(
+        &bin,
+        dir.path(),
+        &threads,
+        &[("PURVEYOR_STATE_DIR", &state)],
+    );
     println!("# purveyor writes benchmark ({PUTS} puts; {SUBSCRIBERS} subscribers)");
+    // `PURVEYOR_BENCH_ONLY=one`: one client's put, its parts side by side (for profiling).
+    if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "one") {
+        one_client_parts(&daemon.socket, dir.path());
+        return;
+    }
     // The disk's speed wanders from second to second: the three are measured in turn,
     // ROUNDS times, and each figure is the median of its rounds.
     let (mut bare, mut one, mut four) = (Vec::new(), Vec::new(), Vec::new());
@@ -84,6 +99,64 @@ fn bare_store(path: &Path) -> f64 {
             .unwrap();
     }
     PUTS as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One client's put next to its parts, each as p50 of single operations in turn: the bare
+/// store's commit, a get relayed by the daemon to the same worker (the trip without the
+/// disk), and the put.
+fn one_client_parts(socket: &Path, dir: &Path) {
+    let class = ClassPath::new("config.setting").unwrap();
+    let store = Store::open_at(&dir.join("parts.redb")).unwrap();
+    let mut relayed =
+        Client::connect_socket(socket, &ConnectOptions::default().direct(false)).unwrap();
+    relayed.put(&class, setting("warm", "1")).unwrap();
+    let mut key = purveyor_model::InstanceKey::new();
+    key.insert(
+        purveyor_model::Identifier::new("name").unwrap(),
+        Value::String("warm".into()),
+    );
+    store
+        .write(|tx| tx.put_instance("settings", "k1", &setting("k1", "1")))
+        .unwrap();
+    let mut alone = Vec::new();
+    for _ in 0..PUTS * 3 {
+        let t = Instant::now();
+        relayed.get(&class, &key).unwrap();
+        alone.push(t.elapsed());
+    }
+    let mut reads = Vec::new();
+    for _ in 0..PUTS * 3 {
+        let t = Instant::now();
+        store.read(|tx| tx.instance("settings", "k1")).unwrap();
+        reads.push(t.elapsed());
+    }
+    println!(
+        "relayed get alone p50 {:.0} µs; bare store read {:.1} µs",
+        us(percentiles(&mut alone).0),
+        us(percentiles(&mut reads).0)
+    );
+    let (mut commit, mut get, mut put) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..PUTS * 3 {
+        let name = format!("k{}", i % 50);
+        let s = setting(&name, &i.to_string());
+        let t = Instant::now();
+        store
+            .write(|tx| tx.put_instance("settings", &name, &s))
+            .unwrap();
+        commit.push(t.elapsed());
+        let t = Instant::now();
+        relayed.get(&class, &key).unwrap();
+        get.push(t.elapsed());
+        let t = Instant::now();
+        relayed.put(&class, s).unwrap();
+        put.push(t.elapsed());
+    }
+    let p50 = |v: &mut Vec<Duration>| us(percentiles(v).0);
+    let (commit, get, put) = (p50(&mut commit), p50(&mut get), p50(&mut put));
+    println!(
+        "one client, p50: bare commit {commit:.0} µs; relayed get {get:.0} µs; put {put:.0} µs ({:.0} µs beyond the commit and the get)",
+        put - commit - get
+    );
 }
 
 /// Acknowledged puts per second with `clients` connections writing at once.

@@ -233,7 +233,7 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
         /// Let the socket's group connect (mode 0660 instead of 0600)
         #[arg(long)]
         group_access: bool,
-        /// Worker threads (default: one per CPU)
+        /// Async runtime threads (default: one per two CPUs; at least two when a provider library is hosted in-daemon)
         #[arg(long)]
         threads: Option<usize>,
         /// Idle-unload default for providers of KIND whose manifest gives no clear_after

@@ -122,9 +122,16 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<()> {
         }
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = threads {
-        runtime.worker_threads(threads.max(1));
-    }
+    let threads = threads.map_or_else(
+        || {
+            purveyor_host::server::default_runtime_threads(
+                purveyor_host::server::hosts_libraries_in_daemon(&config.provider_dirs),
+            )
+        },
+        |t| t.max(1),
+    );
+    tracing::info!(threads, "async runtime threads");
+    runtime.worker_threads(threads);
     let runtime = runtime
         .enable_all()
         .build()

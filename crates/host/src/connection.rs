@@ -39,6 +39,8 @@ use crate::requests;
 use crate::session::Session;
 use crate::state::Shared;
 
+mod polling;
+mod quiet;
 mod site;
 mod spliced;
 mod transport;
@@ -129,6 +131,10 @@ struct Connection<'a> {
     /// the reply before it: then the next is looked for before blocking.
     last_reply: Option<Instant>,
     back_to_back: bool,
+    /// The millisecond this connection was last counted in [`polling::Recent`], and the
+    /// runtime's worker threads.
+    noted: u64,
+    threads: usize,
     /// The socket's send buffer was raised for spliced replies ([`crate::pipes::widen`]).
     widened: bool,
 }
@@ -173,9 +179,12 @@ pub(crate) async fn serve(
         poll: config.poll,
         last_reply: None,
         back_to_back: false,
+        noted: u64::MAX,
+        threads: tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()),
         widened: false,
     };
     let mut in_flight: FuturesUnordered<Answering<'_>> = FuturesUnordered::new();
+    let quiet = quiet::Quiet::new();
     let wr = &mut socket.wr;
     // Requests the client sent right behind its hello are already buffered.
     conn.start_buffered(&mut in_flight, wr).await?;
@@ -197,6 +206,7 @@ pub(crate) async fn serve(
         if conn.reading
             && in_flight.is_empty()
             && conn.back_to_back
+            && polling::recent().may_poll(conn.threads)
             && purveyor_protocol::poll::readable_within(conn.fd, conn.poll)
         {
             let more = match &mut socket.rd {
@@ -223,7 +233,7 @@ pub(crate) async fn serve(
         }
         tokio::select! {
             biased;
-            Some((rid, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((rid, outcome)) = quiet.next(&mut in_flight), if !in_flight.is_empty() => {
                 if conn.site.abandoned.load(Ordering::Acquire) {
                     // The watchdog answered and closed the socket.
                     return Ok(());
@@ -460,7 +470,8 @@ impl<'a> Connection<'a> {
         self.last_heard = read_at;
         self.back_to_back = self
             .last_reply
-            .is_some_and(|at| read_at.saturating_duration_since(at) < BACK_TO_BACK);
+            .is_some_and(|at| read_at.saturating_duration_since(at) < polling::BACK_TO_BACK);
+        polling::recent().note(read_at, &mut self.noted);
         self.frames.filled(n);
         if peeked {
             self.owed = n;
@@ -632,18 +643,6 @@ impl<'a> Connection<'a> {
 // socket; they are taken (`take_owed`) before any other read, so the socket and the frame
 // buffer never disagree. Peeking happens only when `frames` holds no partial frame, so a
 // large frame arriving in pieces is read normally, never peeked twice.
-
-// Polling: on a machine whose idle CPUs halt, a connection task that blocks after each
-// reply is woken for the next request on a halted CPU, which costs more than the request
-// (`docs/performance.md`, "Placement"). A connection whose last request came within
-// `BACK_TO_BACK` of the reply before it looks at its socket for `HostConfig::poll`
-// (`PURVEYOR_POLL_US`, default 50 µs) before going back to the runtime, yielding the CPU
-// between looks. A client that asks once a second never makes it poll; one that asks
-// back to back costs at most the window per request. While it polls, the task's other
-// events (a push, the timer, shutdown) wait at most the window.
-
-/// A request this soon after the previous reply marks a client asking back to back.
-const BACK_TO_BACK: Duration = Duration::from_millis(1);
 
 /// An answer written within this long of reading its request comes before the client's
 /// CPU has gone back to sleep, so peeking would not help it (see "Intake"): the next

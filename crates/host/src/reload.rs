@@ -45,6 +45,27 @@ pub(crate) async fn settle(host: &Shared) {
     let _ = tokio::time::timeout(SETTLE, futures_util::future::join_all(releases)).await;
 }
 
+/// A library reloaded in-daemon into a daemon that started with one runtime thread (see
+/// the server's `default_runtime_threads`) would stop it if it hung: say so.
+fn warn_of_in_daemon_on_one_thread(host: &Shared, report: &ReloadReport) {
+    let one_thread =
+        tokio::runtime::Handle::try_current().is_ok_and(|h| h.metrics().num_workers() == 1);
+    if !one_thread {
+        return;
+    }
+    for name in report.added.iter().chain(&report.changed) {
+        let in_daemon = host.registry().slots().iter().any(|(n, s)| {
+            n.to_string() == *name && s.manifest().hosting == purveyor_model::Hosting::InDaemon
+        });
+        if in_daemon {
+            tracing::warn!(
+                provider = %name,
+                "hosted in-daemon on a daemon started with one runtime thread (no in-daemon library at start): if it hangs, the daemon stops serving until restarted; restart the daemon, or pass --threads 2"
+            );
+        }
+    }
+}
+
 /// Reads the manifests again and, if nothing new is wrong, puts the new registry and
 /// `policy` (when given) in force.
 pub(crate) fn reload(
@@ -113,6 +134,7 @@ pub(crate) fn reload(
             }
         }
     }
+    warn_of_in_daemon_on_one_thread(host, &report);
     tracing::info!(
         added = ?report.added,
         removed = ?report.removed,

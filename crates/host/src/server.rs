@@ -32,6 +32,40 @@ pub struct Carried {
     pub caller: Caller,
 }
 
+/// The async runtime's worker threads a daemon starts with when not told: one per two
+/// CPUs this process may run on — at least one, and at least two when a provider library
+/// is hosted in the daemon (`in_daemon_libraries`).
+///
+/// Why half: a connection's requests and its providers' replies then mostly meet on one
+/// thread, and the other CPUs are left to the clients and the provider processes they talk
+/// to. On a machine whose idle CPUs halt, a runtime of a thread per CPU spreads one
+/// client's request over two threads, waking a halted CPU on the way (on 2 vCPUs: `get
+/// purveyor.host` 0.83× its floor with one thread, 2.0× with two; `docs/performance.md`,
+/// "Placement"). Blocking work (file I/O, queries, large decodes) runs on the blocking
+/// pool either way.
+///
+/// Why two with in-daemon libraries: a library that hangs holds the thread its call runs
+/// on for good (it cannot be stopped, only marked failed); the other thread keeps serving.
+pub fn default_runtime_threads(in_daemon_libraries: bool) -> usize {
+    let half = std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2));
+    if in_daemon_libraries {
+        half.max(2)
+    } else {
+        half.max(1)
+    }
+}
+
+/// Whether any manifest in `dirs` hosts a library in the daemon (unreadable or broken
+/// manifests count as not; the host reports them when it reads them).
+pub fn hosts_libraries_in_daemon(dirs: &[std::path::PathBuf]) -> bool {
+    dirs.iter().any(|dir| {
+        crate::manifest::load_dir(dir)
+            .0
+            .iter()
+            .any(|m| m.hosting == purveyor_model::Hosting::InDaemon)
+    })
+}
+
 /// Serves `host` on `listener` until `shutdown` completes. Then it stops accepting, lets
 /// in-flight requests finish within the configured grace period, tells every client
 /// goodbye, and releases the providers. The caller owns the socket file.
@@ -355,4 +389,32 @@ async fn refuse(wr: &mut Writer<'_>, message: String) {
         let _ = wr.write_all(&out).await;
     }
     let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(dir: &std::path::Path, name: &str, hosting: &str) {
+        std::fs::write(
+            dir.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\nhosting = \"{hosting}\"\nlibrary = \"lib{name}.so\"\nclasses = [\"{name}.thing\"]\ncapabilities = [\"get\"]\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_in_daemon_library_asks_for_a_second_runtime_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().to_path_buf()];
+        manifest(dir.path(), "iso", "isolated");
+        assert!(!hosts_libraries_in_daemon(&dirs));
+        manifest(dir.path(), "ind", "in-daemon");
+        assert!(hosts_libraries_in_daemon(&dirs));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default_runtime_threads(false), cpus.div_ceil(2).max(1));
+        assert_eq!(default_runtime_threads(true), cpus.div_ceil(2).max(2));
+    }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use purveyor_bench::{BenchDaemon, EchoChild, against_echo, helper_mode, release_file};
+use purveyor_bench::{BenchDaemon, Echoes, helper_mode, placed, release_file};
 use purveyor_client::{Client, ConnectOptions, Encoding};
 use purveyor_counters::{CounterFile, CounterSet, CounterType, Unit};
 use purveyor_model::{ClassPath, InstanceKey};
@@ -179,8 +179,7 @@ fn get_through_daemon(dir: &Path) {
     }
     let set = b.create_in(&counters).unwrap();
     set.counter("c1").unwrap().add(1);
-    let echo = EchoChild::spawn(dir);
-    let echo_path = &echo.socket;
+    let echoes = Echoes::spawn(dir);
     let daemon = BenchDaemon::start(&bin, dir, &[], &[("PURVEYOR_COUNTERS", &counters)]);
     let socket = &daemon.socket;
     let mut c = Client::connect_socket(
@@ -192,7 +191,7 @@ fn get_through_daemon(dir: &Path) {
         class: ClassPath::new("app.big").unwrap(),
         key: InstanceKey::new(),
     };
-    let m = against_echo(&mut c, echo_path, None, &request, 10, 300);
+    let m = placed(&mut c, daemon.pid(), None, &echoes, &request, 10, 300);
     println!(
         "get app.big (1 000 counters, {} B reply) through the daemon: {}",
         m.reply_len,

@@ -8,9 +8,11 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{BenchDaemon, EchoChild, percentiles, us};
+use purveyor_bench::{BenchDaemon, Echoes, percentiles, pin_process, pin_thread, us};
 use purveyor_client::{
     Client, ConnectOptions, DialogInput, DialogUi, FormUpdate, OpenDialog, UiAction,
 };
@@ -59,18 +61,26 @@ fn main() {
     )
     .unwrap();
     let daemon = BenchDaemon::start(&bin, dir.path(), &[], &[]);
-    let echo = EchoChild::spawn(dir.path());
+    let echoes = Echoes::spawn(dir.path());
     println!("# purveyor dialogs benchmark ({ROUNDS} rounds of {PER_ROUND} round trips)");
 
     let mut agent =
         Client::connect_socket(&daemon.socket, &ConnectOptions::default().ui(true)).unwrap();
     agent.set_dialog_ui(Box::new(Answering));
     agent.register_agent().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Whether the agent's thread should be pinned to CPU 0 (it looks between events).
+    let pinned = Arc::new(AtomicBool::new(false));
     let agent_thread = {
-        let stop = stop.clone();
+        let (stop, pinned) = (stop.clone(), pinned.clone());
         std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut is_pinned = false;
+            while !stop.load(Ordering::Relaxed) {
+                let want = pinned.load(Ordering::Relaxed);
+                if want != is_pinned {
+                    pin_thread(want.then_some(0));
+                    is_pinned = want;
+                }
                 agent.next_event(Some(Duration::from_millis(20))).unwrap();
             }
         })
@@ -78,16 +88,17 @@ fn main() {
     let mut caller = Client::connect_socket(&daemon.socket, &ConnectOptions::default()).unwrap();
     let class = ClassPath::new("demo.dialog_probe").unwrap();
     let method = Identifier::new("round_trips").unwrap();
-    let mut e = UnixStream::connect(&echo.socket).unwrap();
+    let connect = |path: &std::path::Path| UnixStream::connect(path).unwrap();
+    let mut together = connect(&echoes.together.socket);
+    let mut split = echoes.split.as_ref().map(|e| connect(&e.socket));
+    let mut free = connect(&echoes.free.socket);
     // Frames the size of a dialog_update push and of a dialog_send request.
     let mut frame = 48u32.to_le_bytes().to_vec();
     frame.extend_from_slice(&48u32.to_le_bytes());
     frame.resize(4 + 48, 0);
     let mut buf = vec![0u8; 4 + 48];
-    let mut ours = Vec::new();
-    let mut floor = Vec::new();
-    for round in 0..=ROUNDS {
-        let warmup = round == 0;
+    // Two echoes back to back, PER_ROUND times, into `samples` unless warming up.
+    let mut two_echoes = |e: &mut UnixStream, samples: &mut Vec<Duration>, warmup: bool| {
         for _ in 0..PER_ROUND {
             let t = Instant::now();
             for _ in 0..2 {
@@ -95,9 +106,12 @@ fn main() {
                 e.read_exact(&mut buf).unwrap();
             }
             if !warmup {
-                floor.push(t.elapsed());
+                samples.push(t.elapsed());
             }
         }
+    };
+    // The provider's own timings of PER_ROUND round trips.
+    let mut round_trips = |samples: &mut Vec<Duration>, warmup: bool| {
         let args = Instance::from_pairs([("count", Value::U64(PER_ROUND))]);
         let times = match caller
             .call(&class, &method, &InstanceKey::new(), args)
@@ -107,25 +121,63 @@ fn main() {
             other => panic!("round_trips answered {other:?}"),
         };
         if !warmup {
-            ours.extend(
+            samples.extend(
                 times
                     .split(',')
                     .map(|ns| Duration::from_nanos(ns.parse().unwrap())),
             );
         }
+    };
+    let [
+        mut floor,
+        mut split_s,
+        mut free_s,
+        mut ours,
+        mut ours_pinned,
+    ] = [(); 5].map(|()| Vec::new());
+    for round in 0..=ROUNDS {
+        let warmup = round == 0;
+        pin_thread(Some(0));
+        two_echoes(&mut together, &mut floor, warmup);
+        if let Some(split) = split.as_mut() {
+            two_echoes(split, &mut split_s, warmup);
+        }
+        // Ours pinned together: the daemon, its worker and the agent on CPU 0.
+        pin_process(daemon.pid(), Some(0));
+        pinned.store(true, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        round_trips(&mut ours_pinned, warmup);
+        pinned.store(false, Ordering::Relaxed);
+        pin_process(daemon.pid(), None);
+        pin_thread(None);
+        std::thread::sleep(Duration::from_millis(50));
+        two_echoes(&mut free, &mut free_s, warmup);
+        round_trips(&mut ours, warmup);
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     agent_thread.join().unwrap();
     let (p50, p99) = percentiles(&mut ours);
     let (f50, f99) = percentiles(&mut floor);
+    let (pinned50, _) = percentiles(&mut ours_pinned);
+    let (free50, _) = percentiles(&mut free_s);
+    let split = (!split_s.is_empty()).then(|| percentiles(&mut split_s).0);
     println!(
-        "dialog round trip (provider update -> agent input -> provider, isolated worker): p50 {:.1} us  p99 {:.1} us | two raw echoes p50 {:.1} us  p99 {:.1} us | ratio p50 {:.2}x  p99 {:.2}x (target <= 3x)",
+        "dialog round trip (provider update -> agent input -> provider, isolated worker): unpinned p50 {:.1} us  p99 {:.1} us ({:.2}x, target <= 3x) | pinned together p50 {:.1} us ({:.2}x) | floor (two echoes pinned together) p50 {:.1} us  p99 {:.1} us | two echoes unpinned p50 {:.1} us{}",
         us(p50),
         us(p99),
+        p50.as_secs_f64() / f50.as_secs_f64(),
+        us(pinned50),
+        pinned50.as_secs_f64() / f50.as_secs_f64(),
         us(f50),
         us(f99),
-        p50.as_secs_f64() / f50.as_secs_f64(),
-        p99.as_secs_f64() / f99.as_secs_f64()
+        us(free50),
+        split
+            .map(|s| format!(
+                ", split {:.1} us (two cross-CPU wake-ups here: ~{:.0} us)",
+                us(s),
+                us(s.saturating_sub(f50))
+            ))
+            .unwrap_or_default()
     );
     drop(daemon);
 }

@@ -10,9 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{
-    BenchDaemon, EchoChild, against_echo, helper_mode, ms, percentiles, release_file,
-};
+use purveyor_bench::{BenchDaemon, Echoes, helper_mode, ms, percentiles, placed, release_file};
 use purveyor_client::{Client, ConnectOptions, Encoding};
 use purveyor_model::{ClassPath, Identifier, InstanceKey, ProviderState, Value};
 use purveyor_protocol::{Request, Response};
@@ -48,8 +46,7 @@ fn main() {
         .is_ok_and(|s| s.success());
     assert!(ok, "cc failed");
 
-    let echo = EchoChild::spawn(dir.path());
-    let echo_path = &echo.socket;
+    let echoes = Echoes::spawn(dir.path());
 
     println!(
         "# purveyor hosting benchmark ({} round trips each, interleaved with the echo)",
@@ -124,7 +121,7 @@ fn main() {
         if !entry.is_empty() {
             cold_load(label, &mut c, &request);
         }
-        latency(label, &mut c, echo_path, &request);
+        latency(label, &mut c, &daemon, &echoes, &request);
         if *label == "in-daemon" {
             against_builtin(&mut c, &request);
         }
@@ -137,7 +134,13 @@ fn main() {
                     .direct(false),
             )
             .unwrap();
-            latency("isolated, relayed", &mut relayed, echo_path, &request);
+            latency(
+                "isolated, relayed",
+                &mut relayed,
+                &daemon,
+                &echoes,
+                &request,
+            );
         }
         if !entry.is_empty() {
             memory(label, &mut c, &request, &daemon);
@@ -237,7 +240,7 @@ fn wait_unloaded(c: &mut Client) {
     }
 }
 
-fn latency(label: &str, c: &mut Client, echo: &Path, request: &Request) {
+fn latency(label: &str, c: &mut Client, daemon: &BenchDaemon, echoes: &Echoes, request: &Request) {
     // Enough reads for a client to open its direct channel, where it may (more after
     // the cold loads closed its earlier channels unused).
     for done in 0..200 {
@@ -254,7 +257,7 @@ fn latency(label: &str, c: &mut Client, echo: &Path, request: &Request) {
     } else {
         " on a direct channel"
     };
-    let m = against_echo(c, echo, None, request, ROUNDS, PER_ROUND);
+    let m = placed(c, daemon.pid(), None, echoes, request, ROUNDS, PER_ROUND);
     println!(
         "{label:<13} get ({} B reply){direct}: {}",
         m.reply_len,

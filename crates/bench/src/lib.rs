@@ -8,51 +8,6 @@ use std::time::{Duration, Instant};
 use purveyor_client::{Client, Encoding};
 use purveyor_protocol::{ClientMessage, Outcome, Request, ServerMessage, encode_frame};
 
-/// One request's round trip next to the echo floor of the same sizes, in the same run.
-pub struct VsEcho {
-    pub request_len: usize,
-    pub reply_len: usize,
-    /// Ours, nothing pinned.
-    pub ours: (Duration, Duration),
-    /// The floor: the echo with the client pinned beside it on CPU 0 (when the echo's
-    /// pinned twin runs; else the unpinned echo).
-    pub floor: (Duration, Duration),
-    /// The echo with nothing pinned.
-    pub free_echo: Option<(Duration, Duration)>,
-    /// The same request on a bare socket to the daemon: a pre-encoded frame written, the
-    /// reply's bytes read and not decoded (the daemon's share without the client library).
-    pub bare: Option<(Duration, Duration)>,
-}
-
-impl VsEcho {
-    /// `p50 … us  p99 … us (unpinned) | echo pinned together p50 … | ratio p50 …x  p99 …x
-    /// | echo unpinned p50 …`.
-    pub fn line(&self) -> String {
-        let ((p50, p99), (f50, f99)) = (self.ours, self.floor);
-        format!(
-            "unpinned p50 {:>6.1} us  p99 {:>6.1} us | floor (echo pinned together) p50 {:>6.1} us  p99 {:>6.1} us | ratio p50 {:.2}x  p99 {:.2}x",
-            us(p50),
-            us(p99),
-            us(f50),
-            us(f99),
-            p50.as_secs_f64() / f50.as_secs_f64(),
-            p99.as_secs_f64() / f99.as_secs_f64(),
-        ) + &self
-            .free_echo
-            .map(|(e50, _)| format!(" | echo unpinned p50 {:>6.1} us", us(e50)))
-            .unwrap_or_default()
-            + &match self.bare {
-                Some((b50, b99)) => format!(
-                    " | bare socket p50 {:>6.1} us  p99 {:>6.1} us ({:.2}x)",
-                    us(b50),
-                    us(b99),
-                    b50.as_secs_f64() / f50.as_secs_f64()
-                ),
-                None => String::new(),
-            }
-    }
-}
-
 /// `request`'s binary frame and the payload sizes of it and of its reply (asks `c` once).
 pub fn request_and_reply_sizes(c: &mut Client, request: &Request) -> (Vec<u8>, usize, usize) {
     let mut frame = Vec::new();
@@ -75,109 +30,25 @@ pub fn request_and_reply_sizes(c: &mut Client, request: &Request) -> (Vec<u8>, u
 /// What an echo server is sent to mirror `request` ([`Mirror`]). Asks `c` once to learn
 /// the reply's size.
 fn mirror(c: &mut Client, request: &Request) -> Mirror {
-    let (frame, request_len, reply_len) = request_and_reply_sizes(c, request);
+    let (_, request_len, reply_len) = request_and_reply_sizes(c, request);
     let payload = request_len.max(4);
     let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
     echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
     echo_frame.resize(4 + payload, 0);
     Mirror {
-        frame,
         request_len,
         reply_len,
         echo_frame,
     }
 }
 
-/// `request`'s frame, its payload's and its reply's payload's sizes, and the frame an echo
-/// server is sent to answer alike: a payload the size of the request's (at least the 4
-/// bytes that tell the echo its reply size), asking for a reply the size of the reply's.
+/// `request`'s payload's and its reply's payload's sizes, and the frame an echo server is
+/// sent to answer alike: a payload the size of the request's (at least the 4 bytes that
+/// tell the echo its reply size), asking for a reply the size of the reply's.
 struct Mirror {
-    frame: Vec<u8>,
     request_len: usize,
     reply_len: usize,
     echo_frame: Vec<u8>,
-}
-
-/// Measures `request` through `c` against the echo server at `echo`, asked for frames of
-/// the same sizes: `rounds` rounds (after one warm-up) of `per_round` echoes, then
-/// `per_round` requests.
-pub fn against_echo(
-    c: &mut Client,
-    echo: &Path,
-    bare: Option<&Path>,
-    request: &Request,
-    rounds: usize,
-    per_round: usize,
-) -> VsEcho {
-    let Mirror {
-        frame,
-        request_len,
-        reply_len,
-        echo_frame,
-    } = mirror(c, request);
-    let mut e = UnixStream::connect(echo).unwrap();
-    // The echo's twin pinned to CPU 0 ([`EchoChild::spawn`]), for the floor.
-    let mut pinned = UnixStream::connect(echo.with_file_name(PINNED_ECHO)).ok();
-    let mut free = Vec::with_capacity(rounds * per_round);
-    let mut buf = vec![0u8; 4 + reply_len];
-    let mut ours = Vec::with_capacity(rounds * per_round);
-    let mut floor = Vec::with_capacity(rounds * per_round);
-    let mut bare_samples = Vec::with_capacity(rounds * per_round);
-    let mut bare = bare.map(bare_connection);
-    let mut bare_buf = vec![0u8; reply_len + 4];
-    // `per_round` round trips of `one`, timed into `samples` unless warming up.
-    let time = |samples: &mut Vec<Duration>, warmup: bool, one: &mut dyn FnMut()| {
-        for _ in 0..per_round {
-            let t = Instant::now();
-            one();
-            if !warmup {
-                samples.push(t.elapsed());
-            }
-        }
-    };
-    for round in 0..=rounds {
-        let warmup = round == 0;
-        if let Some(p) = pinned.as_mut() {
-            pin_thread(Some(0));
-            time(&mut floor, warmup, &mut || {
-                p.write_all(&echo_frame).unwrap();
-                p.read_exact(&mut buf).unwrap();
-            });
-            pin_thread(None);
-        }
-        let unpinned = if pinned.is_some() {
-            &mut free
-        } else {
-            &mut floor
-        };
-        time(unpinned, warmup, &mut || {
-            e.write_all(&echo_frame).unwrap();
-            e.read_exact(&mut buf).unwrap();
-        });
-        if let Some(b) = bare.as_mut() {
-            time(&mut bare_samples, warmup, &mut || {
-                b.write_all(&frame).unwrap();
-                b.read_exact(&mut bare_buf).unwrap();
-            });
-        }
-        time(&mut ours, warmup, &mut || {
-            c.request(request.clone()).unwrap();
-        });
-    }
-    VsEcho {
-        request_len,
-        reply_len,
-        ours: percentiles(&mut ours),
-        floor: percentiles(&mut floor),
-        free_echo: (!free.is_empty()).then(|| percentiles(&mut free)),
-        bare: (!bare_samples.is_empty()).then(|| percentiles(&mut bare_samples)),
-    }
-}
-
-/// A connection to the daemon at `path` that has said hello in the binary encoding, for
-/// writing pre-encoded frames and reading replies without decoding them.
-fn bare_connection(path: &Path) -> UnixStream {
-    said_hello(path, "binary", "bench-bare").unwrap().0
 }
 
 /// A raw connection to the daemon at `path` after its hello in `encoding` (`binary` or
@@ -342,25 +213,15 @@ pub fn helper_mode() -> bool {
     false
 }
 
-/// The socket of an [`EchoChild`]'s twin pinned to CPU 0, beside its own.
-const PINNED_ECHO: &str = "echo-pinned.sock";
-
-/// The echo floor in a process of its own (this benchmark's executable, in
-/// [`helper_mode`]), so that floor and request cross the same two processes, with a twin
-/// pinned to CPU 0 for the pinned-together floor; stopped when dropped.
+/// An echo floor in a process of its own (this benchmark's executable, in
+/// [`helper_mode`]), so that floor and request cross the same two processes; stopped when
+/// dropped.
 pub struct EchoChild {
     pub socket: PathBuf,
     child: std::process::Child,
-    twin: Option<Box<EchoChild>>,
 }
 
 impl EchoChild {
-    pub fn spawn(dir: &Path) -> EchoChild {
-        let mut echo = Self::spawn_on(dir, "echo.sock", None);
-        echo.twin = Some(Box::new(Self::spawn_on(dir, PINNED_ECHO, Some(0))));
-        echo
-    }
-
     /// An echo whose threads all run on `cpu` (anywhere when `None`).
     pub fn spawn_on(dir: &Path, name: &str, cpu: Option<usize>) -> EchoChild {
         let socket = dir.join(name);
@@ -373,11 +234,7 @@ impl EchoChild {
         }
         let child = command.spawn().unwrap();
         wait_for_socket(&socket);
-        EchoChild {
-            socket,
-            child,
-            twin: None,
-        }
+        EchoChild { socket, child }
     }
 }
 
@@ -391,14 +248,20 @@ pub fn pin_thread(cpu: Option<usize>) {
     pin_tid(0, cpu);
 }
 
-/// Pins every thread of process `pid` to `cpu`, or lets them run anywhere (`None`).
+/// Pins every thread of process `pid` and of its descendants (a daemon's provider
+/// processes) to `cpu`, or lets them run anywhere (`None`).
 pub fn pin_process(pid: u32, cpu: Option<usize>) {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return;
     };
     for task in tasks.flatten() {
-        if let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) {
-            pin_tid(tid, cpu);
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        pin_tid(tid, cpu);
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            pin_process(child, cpu);
         }
     }
 }
@@ -419,9 +282,9 @@ fn pin_tid(tid: libc::pid_t, cpu: Option<usize>) {
 /// The three echo floors of a latency figure, each in a process of its own: pinned on
 /// CPU 0 (the client's, when it is pinned), on CPU 1, and anywhere.
 pub struct Echoes {
-    together: EchoChild,
-    split: Option<EchoChild>,
-    free: EchoChild,
+    pub together: EchoChild,
+    pub split: Option<EchoChild>,
+    pub free: EchoChild,
 }
 
 impl Echoes {

@@ -574,6 +574,8 @@ impl<'a> Connection<'a> {
     fn encode_pushes(&mut self) {
         let Wire { encoding, max, .. } = self.wire;
         for (handle, push) in self.session.sink().take() {
+            // A request that answers a push is not asked back to back (see "Polling").
+            self.last_reply = None;
             let msg = ServerMessage::Push { handle, push };
             if let Err(e) = encode_frame(encoding, &msg, max, &mut self.out) {
                 // Too large for a frame: the client is told it lost one.

@@ -7,7 +7,9 @@
 //! (`PURVEYOR_POLL_US`, default 50 µs) before going back to the runtime, yielding the CPU
 //! between looks. A client that asks once a second never makes it poll; one that asks
 //! back to back costs at most the window per request. While it polls, the task's other
-//! events (a push, the timer, shutdown) wait at most the window.
+//! events (a push, the timer, shutdown) wait at most the window. A request that follows a
+//! push (a dialog agent's input after an update) is not back to back: its client answers
+//! the daemon, and polling for it would only hold the thread the push's sender needs.
 //!
 //! A thread looking at one socket keeps the other connections on that thread waiting. So
 //! while more connections have sent requests in the last millisecond or two than the

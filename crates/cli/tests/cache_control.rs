@@ -113,3 +113,48 @@ fn only_the_owner_may_set_it() {
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert_eq!(window(&d, "counter"), (600_000, "default".into()));
 }
+
+/// The blocking client writes pipelined requests together, before it waits for a reply
+/// (`Client::send`): many sent back to back are all answered, in any order, and one sent
+/// and never waited for still reaches the daemon when the client is dropped.
+#[test]
+fn pipelined_requests_are_written_before_a_wait_and_when_the_client_goes() {
+    use purveyor_model::{ClassPath, Instance, InstanceKey, Value};
+    use purveyor_protocol::Request;
+    let d = Daemon::start(&[], &[], &[]);
+    let host = ClassPath::new("purveyor.host").unwrap();
+    let mut c = d.client();
+    let ids: std::collections::BTreeSet<u32> = (0..500)
+        .map(|_| {
+            c.send(Request::Get {
+                class: host.clone(),
+                key: InstanceKey::new(),
+            })
+            .unwrap()
+        })
+        .collect();
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..ids.len() {
+        let (id, reply) = c.recv().unwrap();
+        reply.unwrap();
+        answered.insert(id);
+    }
+    assert_eq!(answered, ids);
+
+    let mut setter = d.client();
+    setter
+        .send(Request::Put {
+            class: ClassPath::new("purveyor.cache_control").unwrap(),
+            instance: Instance::from_pairs([
+                ("kind", Value::String("event".into())),
+                ("clear_after_ms", Value::U64(4321)),
+            ]),
+        })
+        .unwrap();
+    drop(setter);
+    wait_until(
+        "the put sent by a client that left",
+        Duration::from_secs(10),
+        || window(&d, "event").0 == 4321,
+    );
+}

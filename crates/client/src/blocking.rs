@@ -377,15 +377,19 @@ impl Client {
         match &mut self.transport {
             Transport::Socket(conn) => {
                 let msg = ClientMessage::Request { id, request };
-                encode_frame(conn.encoding, &msg, conn.max_frame, &mut conn.out).map_err(|e| {
-                    ClientError::InvalidRequest {
+                let before = conn.out.len();
+                if let Err(e) = encode_frame(conn.encoding, &msg, conn.max_frame, &mut conn.out) {
+                    conn.out.truncate(before);
+                    return Err(ClientError::InvalidRequest {
                         message: e.to_string(),
-                    }
-                })?;
-                let written = conn.stream.write_all(&conn.out);
-                conn.out.clear();
-                written.map_err(|e| conn.stream.error(e, false))?;
+                    });
+                }
                 conn.outstanding.insert(id);
+                // Written when a read would wait (or a batch is full): requests sent back
+                // to back while replies are at hand go out in one write.
+                if conn.out.len() >= SEND_BATCH {
+                    conn.flush()?;
+                }
             }
             #[cfg(feature = "embedded")]
             Transport::Embedded(e) => {
@@ -824,7 +828,29 @@ impl Embedded {
     }
 }
 
+/// Requests encoded and not yet written are written once they reach this many bytes, or
+/// before any read that would wait.
+const SEND_BATCH: usize = 64 * 1024;
+
+impl Drop for SocketConn {
+    fn drop(&mut self) {
+        // Requests sent and never waited for still go (a close, a forgotten stream's).
+        let _ = self.flush();
+    }
+}
+
 impl SocketConn {
+    /// Writes the requests [`Client::send`] encoded. Called before every read that may
+    /// wait, so a reply is never awaited for a request still here.
+    fn flush(&mut self) -> Result<(), ClientError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = self.stream.write_all(&self.out);
+        self.out.clear();
+        written.map_err(|e| self.stream.error(e, false))
+    }
+
     /// The next reply; with `showing`, `None` as soon as a dialog push arrives (the
     /// caller shows it: the reply may wait for it).
     fn next_reply(&mut self, showing: bool) -> Result<Option<Reply>, ClientError> {
@@ -854,6 +880,7 @@ impl SocketConn {
                     Incoming::Goodbye(error) => return Err(error),
                 }
             }
+            self.flush()?;
             read_some(
                 &mut self.stream,
                 &mut self.frames,
@@ -883,6 +910,7 @@ impl SocketConn {
         self.frames.discard(head + data.len());
         let mut got = data.len();
         data.resize(len, 0);
+        self.flush()?;
         while got < len {
             got += read_into(
                 &mut self.stream,
@@ -924,6 +952,7 @@ impl SocketConn {
                 },
                 None => None,
             };
+            self.flush()?;
             self.stream.set_read_timeout(left)?;
             let read = self.stream.recv(self.frames.spare(), &mut self.fds);
             self.stream.set_read_timeout(Some(self.reply_timeout))?;

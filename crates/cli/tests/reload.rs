@@ -158,3 +158,49 @@ fn a_broken_policy_is_refused_and_the_old_one_still_enforced() {
     let allowed = as_nobody(&d, &["get", "system.load"]);
     assert!(allowed.status.success(), "{allowed:?}");
 }
+
+/// A daemon keeps two runtime threads when a library is hosted in-daemon at start (a hung
+/// library holds its thread for good); one started with a single thread warns when a
+/// reload brings such a library in (`docs/lifecycle.md`, "Calls and deadlines").
+#[test]
+fn an_in_daemon_library_keeps_a_second_thread_and_a_reload_that_adds_one_warns() {
+    let in_daemon = greeting_manifest().replace("\"isolated\"", "\"in-daemon\"");
+    let d = Daemon::start(&[("greeting", in_daemon.clone())], &[], &[]);
+    let threads = |d: &Daemon| {
+        let log = d.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("async runtime threads"))
+            .unwrap_or_else(|| panic!("no runtime line in {log}"))
+            .to_string();
+        // The number ends the line (after `threads=`, perhaps with colour codes).
+        let digits: String = line
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(char::is_ascii_digit)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        digits.parse::<usize>().unwrap_or_else(|_| panic!("{line}"))
+    };
+    assert!(threads(&d) >= 2, "{}", d.log());
+    drop(d);
+
+    let d = Daemon::start(&[], &["--threads", "1"], &[]);
+    assert_eq!(threads(&d), 1);
+    std::fs::write(providers_dir(&d).join("greeting.toml"), in_daemon).unwrap();
+    let out = d.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_until("the warning in the log", Duration::from_secs(5), || {
+        d.log()
+            .contains("hosted in-daemon on a daemon started with one runtime thread")
+    });
+    let log = d.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("one runtime thread"))
+        .unwrap();
+    assert!(warning.contains("greeting"), "{warning}");
+}

@@ -31,6 +31,16 @@ fn main() {
         get_through_daemon(dir.path());
         return;
     }
+    // `PURVEYOR_BENCH_ONLY=in-process`: the host's answer, encoding and decoding of `get
+    // app.big` without a socket, repeated for `perf record`.
+    if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "in-process") {
+        let counters = dir.path().join("served");
+        let _set = big_set(&counters);
+        for _ in 0..5 {
+            in_process_big(&counters, &big_request());
+        }
+        return;
+    }
     updates(dir.path());
     snapshot(dir.path());
     get_through_daemon(dir.path());
@@ -173,12 +183,7 @@ fn get_through_daemon(dir: &Path) {
         return;
     };
     let counters = dir.join("served");
-    let mut b = CounterSet::builder("big");
-    for c in 0..1000 {
-        b = b.counter(&format!("c{c}"), CounterType::Counter, Unit::Count, "");
-    }
-    let set = b.create_in(&counters).unwrap();
-    set.counter("c1").unwrap().add(1);
+    let _set = big_set(&counters);
     let echoes = Echoes::spawn(dir);
     let daemon = BenchDaemon::start(&bin, dir, &[], &[("PURVEYOR_COUNTERS", &counters)]);
     let socket = &daemon.socket;
@@ -187,10 +192,7 @@ fn get_through_daemon(dir: &Path) {
         &ConnectOptions::default().encoding(Encoding::Binary),
     )
     .unwrap();
-    let request = Request::Get {
-        class: ClassPath::new("app.big").unwrap(),
-        key: InstanceKey::new(),
-    };
+    let request = big_request();
     let m = placed(&mut c, daemon.pid(), None, &echoes, &request, 10, 300);
     println!(
         "get app.big (1 000 counters, {} B reply) through the daemon: {}",
@@ -198,6 +200,24 @@ fn get_through_daemon(dir: &Path) {
         m.line()
     );
     in_process_big(&counters, &request);
+}
+
+/// The set `app.big`: 1 000 counters, in a file under `counters`.
+fn big_set(counters: &Path) -> CounterSet {
+    let mut b = CounterSet::builder("big");
+    for c in 0..1000 {
+        b = b.counter(&format!("c{c}"), CounterType::Counter, Unit::Count, "");
+    }
+    let set = b.create_in(counters).unwrap();
+    set.counter("c1").unwrap().add(1);
+    set
+}
+
+fn big_request() -> Request {
+    Request::Get {
+        class: ClassPath::new("app.big").unwrap(),
+        key: InstanceKey::new(),
+    }
 }
 
 /// Where a `get app.big` spends its time without a socket: the host's answer, the reply's

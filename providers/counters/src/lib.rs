@@ -3,7 +3,8 @@
 //!
 //! Files are found as they appear and disappear: each directory has an inotify watch,
 //! drained (one non-blocking read) at every request, and rescanned when it reported
-//! anything. A file that cannot be read is logged once, naming the file and the problem,
+//! anything; a directory that does not exist yet is waited for by a watch on its nearest
+//! existing ancestor, so it too costs one read per request. A file that cannot be read is logged once, naming the file and the problem,
 //! and skipped; the others are served. A file whose publisher has exited is shown with
 //! `stale = true` and removed after the grace period.
 //!
@@ -83,10 +84,16 @@ struct State {
     next_liveness: Instant,
 }
 
+/// A watched directory. While it exists, `watch` is on it; while it is missing, `watch` is
+/// on its nearest existing ancestor, for entries appearing there, so a request costs one
+/// `read` of a quiet inotify descriptor either way (before, a missing directory cost a
+/// failed watch and a failed scan on every request). With no watch at all (inotify
+/// unavailable), every request looks again.
 struct Dir {
     path: PathBuf,
     watch: Option<OwnedFd>,
-    scanned: bool,
+    /// Whether `watch` is on the directory itself (else on an ancestor, or none).
+    on_dir: bool,
 }
 
 struct MmvServed {
@@ -136,7 +143,7 @@ impl AppCounters {
                 .map(|path| Dir {
                     path,
                     watch: None,
-                    scanned: false,
+                    on_dir: false,
                 })
                 .collect()
         };
@@ -251,22 +258,55 @@ fn set_name(class: &ClassPath) -> Option<&str> {
 }
 
 impl Dir {
-    /// Whether the directory must be read again: it was never read, or its watch reported
-    /// a change. Sets the watch up when the directory (re)appears, and drops it when the
-    /// directory went away, so it is watched again when it is back.
+    /// Whether the directory must be read again: it was never read, its watch reported a
+    /// change, or it was missing and something appeared under its watched ancestor (or
+    /// nothing could be watched). Moves the watch between the directory and its ancestor
+    /// as the directory comes and goes.
     fn poll(&mut self) -> bool {
-        if self.watch.is_none() {
-            self.watch = watch(&self.path);
-            self.scanned = false;
+        if !self.on_dir {
+            if !self.watch.as_ref().is_none_or(drain) {
+                return false;
+            }
+            self.arm();
+            return true;
         }
         let changed = self.watch.as_ref().is_some_and(drain);
         if changed && !self.path.is_dir() {
-            self.watch = None;
+            self.arm();
         }
-        let again = changed || !self.scanned;
-        self.scanned = self.watch.is_some();
-        again
+        changed
     }
+
+    /// Watches the directory, or, while it is missing, its nearest existing ancestor.
+    fn arm(&mut self) {
+        self.watch = None;
+        self.on_dir = false;
+        // An ancestor watched while a directory below it was being made is not the nearest
+        // one any more: look again, a few times, then leave it unwatched (looked at on
+        // every request) until the next poll.
+        for _ in 0..4 {
+            if let Some(fd) = watch(&self.path, DIR_EVENTS) {
+                self.watch = Some(fd);
+                self.on_dir = true;
+                return;
+            }
+            let Some(ancestor) = nearest_existing(&self.path) else {
+                return;
+            };
+            let Some(fd) = watch(ancestor, ANCESTOR_EVENTS) else {
+                return;
+            };
+            if nearest_existing(&self.path) == Some(ancestor) {
+                self.watch = Some(fd);
+                return;
+            }
+        }
+    }
+}
+
+/// The nearest directory above `path` that exists.
+fn nearest_existing(path: &Path) -> Option<&Path> {
+    path.ancestors().skip(1).find(|a| a.is_dir())
 }
 
 impl State {
@@ -649,7 +689,21 @@ fn ratio(a: u64, b: u64, scale: f64) -> f64 {
 
 /// An inotify watch on `dir` for files appearing and disappearing; `None` if the
 /// directory does not exist (tried again at the next request).
-fn watch(dir: &Path) -> Option<OwnedFd> {
+/// What changes a watched directory's sets.
+const DIR_EVENTS: u32 = libc::IN_CREATE
+    | libc::IN_DELETE
+    | libc::IN_MOVED_TO
+    | libc::IN_MOVED_FROM
+    | libc::IN_CLOSE_WRITE
+    | libc::IN_ATTRIB
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF;
+
+/// What may make a missing directory appear below a watched ancestor.
+const ANCESTOR_EVENTS: u32 =
+    libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
+
+fn watch(dir: &Path, mask: u32) -> Option<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: plain system calls; the descriptor is owned below.
@@ -659,14 +713,6 @@ fn watch(dir: &Path) -> Option<OwnedFd> {
             return None;
         }
         let fd = OwnedFd::from_raw_fd(fd);
-        let mask = libc::IN_CREATE
-            | libc::IN_DELETE
-            | libc::IN_MOVED_TO
-            | libc::IN_MOVED_FROM
-            | libc::IN_CLOSE_WRITE
-            | libc::IN_ATTRIB
-            | libc::IN_DELETE_SELF
-            | libc::IN_MOVE_SELF;
         if libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) < 0 {
             return None;
         }

@@ -223,7 +223,7 @@ fn big_request() -> Request {
 /// Where a `get app.big` spends its time without a socket: the host's answer, the reply's
 /// encoding, and the client's decoding, each hot in a loop.
 fn in_process_big(counters: &Path, request: &Request) {
-    use purveyor_protocol::{Outcome, ServerMessage, decode, encode_frame};
+    use purveyor_protocol::{Outcome, ServerMessage, decode_server_message, encode_server_frame};
     // SAFETY: set before any thread of this process reads the environment again.
     unsafe { std::env::set_var("PURVEYOR_COUNTERS", counters) };
     let host = purveyor_client::default_host(purveyor_protocol::HostMode::Embedded, None);
@@ -253,12 +253,12 @@ fn in_process_big(counters: &Path, request: &Request) {
     let t = Instant::now();
     for _ in 0..n {
         out.clear();
-        encode_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
+        encode_server_frame(Encoding::Binary, &msg, u32::MAX, &mut out).unwrap();
     }
     let encode = t.elapsed() / n;
     let t = Instant::now();
     for _ in 0..n {
-        black_box(decode::<ServerMessage>(Encoding::Binary, &out[4..]).unwrap());
+        black_box(decode_server_message(Encoding::Binary, &out[4..]).unwrap());
     }
     let decoded = t.elapsed() / n;
     println!(

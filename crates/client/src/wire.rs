@@ -3,7 +3,7 @@
 
 use purveyor_protocol::{
     Encoding, Hello, Outcome, PROTOCOL_MINOR, PROTOCOL_VERSION, Push, Response, ServerMessage,
-    Welcome, decode, encode_frame,
+    Welcome, decode_server_message, encode_frame,
 };
 
 use crate::ClientError;
@@ -51,8 +51,8 @@ pub(crate) enum Incoming {
 }
 
 pub(crate) fn parse_incoming(encoding: Encoding, payload: &[u8]) -> Result<Incoming, ClientError> {
-    let msg: ServerMessage =
-        decode(encoding, payload).map_err(|e| ClientError::protocol(e.to_string()))?;
+    let msg: ServerMessage = decode_server_message(encoding, payload)
+        .map_err(|e| ClientError::protocol(e.to_string()))?;
     Ok(match msg {
         ServerMessage::Reply { id, outcome } => Incoming::Reply(
             id,

@@ -26,7 +26,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use purveyor_protocol::{
     ClientMessage, Encoding, ErrorCode, FrameBuffer, Outcome, Push, RemoteError, Request, Response,
-    ServerMessage, decode, encode_frame,
+    ServerMessage, decode, encode_frame, encode_server_frame,
 };
 use tokio::net::UnixStream;
 use tokio::net::unix::ReadHalf;
@@ -74,7 +74,7 @@ impl Wire {
             ok => ok,
         };
         let msg = ServerMessage::Reply { id, outcome };
-        if let Err(e) = encode_frame(self.encoding, &msg, self.max, out) {
+        if let Err(e) = encode_server_frame(self.encoding, &msg, self.max, out) {
             // A reply too large for a frame becomes an error reply the client can act on.
             let msg = ServerMessage::Reply {
                 id,

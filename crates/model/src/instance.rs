@@ -142,7 +142,7 @@ impl Names {
     }
 
     /// The binary form: per name, its length in one byte, then its bytes.
-    fn blob(&self) -> &[u8] {
+    pub(crate) fn blob(&self) -> &[u8] {
         self.0.blob.get_or_init(|| {
             let mut out =
                 Vec::with_capacity(self.0.names.iter().map(|n| n.as_str().len() + 1).sum());
@@ -157,7 +157,7 @@ impl Names {
 
     /// Reads a names blob from a peer. Blobs seen recently on this thread are not parsed
     /// again: the table decoded then is shared (bytes compared, not only hashed).
-    fn decode(bytes: &[u8]) -> Result<Self, String> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
         if bytes.is_empty() {
             return Ok(Names::empty());
         }
@@ -577,7 +577,7 @@ impl Instance {
         }
     }
 
-    fn from_table(names: Names, values: Vec<Value>) -> Result<Self, String> {
+    pub(crate) fn from_table(names: Names, values: Vec<Value>) -> Result<Self, String> {
         if names.len() != values.len() {
             return Err(format!(
                 "an instance has {} property names but {} values",

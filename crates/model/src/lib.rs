@@ -16,6 +16,7 @@ mod provider;
 mod refusal;
 mod schema;
 mod value;
+pub mod wire;
 
 pub use filter::{CompareOp, Condition, matches_all};
 pub use instance::{

@@ -3,7 +3,9 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Encoding, FRAME_HEADER_LEN};
+use purveyor_model::{ClassPath, wire};
+
+use crate::{Encoding, FRAME_HEADER_LEN, InstanceList, Outcome, Response, ServerMessage};
 
 /// A message that could not be encoded.
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +45,7 @@ pub fn encode_frame<T: Serialize>(
         out.truncate(header_at);
         return Err(EncodeError::Serialize { encoding, message });
     }
-    let len = out.len() - header_at - FRAME_HEADER_LEN;
-    if len > max as usize {
-        out.truncate(header_at);
-        return Err(EncodeError::TooLarge { len, max });
-    }
-    out[header_at..header_at + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(())
+    finish_frame(out, header_at, max)
 }
 
 /// Appends the start of the frame of an `io_data` reply to request `id` carrying `len`
@@ -63,7 +59,6 @@ pub fn encode_io_data_head(
     max: u32,
     out: &mut Vec<u8>,
 ) -> Result<(), EncodeError> {
-    use crate::{Outcome, Response, ServerMessage};
     let header_at = out.len();
     let msg = ServerMessage::Reply {
         id,
@@ -126,6 +121,110 @@ pub fn decode_io_data_head(bytes: &[u8]) -> Option<(u32, usize, usize)> {
     let mut again = Vec::with_capacity(at);
     encode_io_data_head(id, len, u32::MAX, &mut again).ok()?;
     (again == bytes[..at]).then_some((id, at, len))
+}
+
+/// Appends `msg` to `out` as one frame, as [`encode_frame`] does, the same bytes; a reply
+/// carrying instances in the binary encoding is written by hand ([`purveyor_model::wire`]:
+/// serde's dispatch per value is most of the cost of a large reply). A test holds the two
+/// together. On error `out` is unchanged.
+pub fn encode_server_frame(
+    encoding: Encoding,
+    msg: &ServerMessage,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let ServerMessage::Reply {
+        id,
+        outcome: Outcome::Ok(response @ (Response::Instance(_) | Response::Instances(_))),
+    } = msg
+    else {
+        return encode_frame(encoding, msg, max, out);
+    };
+    if encoding != Encoding::Binary {
+        return encode_frame(encoding, msg, max, out);
+    }
+    let header_at = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    out.push(REPLY);
+    wire::write_varint(out, u64::from(*id));
+    out.push(OK);
+    match response {
+        Response::Instance(instance) => {
+            out.push(INSTANCE);
+            wire::write_instance(out, instance);
+        }
+        Response::Instances(list) => {
+            out.push(INSTANCES);
+            let class = list.class.as_str().as_bytes();
+            wire::write_varint(out, class.len() as u64);
+            out.extend_from_slice(class);
+            wire::write_instance_list(out, &list.instances);
+        }
+        _ => unreachable!("matched above"),
+    }
+    finish_frame(out, header_at, max)
+}
+
+/// Fills in the header of the frame that starts at `header_at`, or, past `max`, takes the
+/// frame off `out` again.
+fn finish_frame(out: &mut Vec<u8>, header_at: usize, max: u32) -> Result<(), EncodeError> {
+    let len = out.len() - header_at - FRAME_HEADER_LEN;
+    if len > max as usize {
+        out.truncate(header_at);
+        return Err(EncodeError::TooLarge { len, max });
+    }
+    out[header_at..header_at + FRAME_HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// Variant indexes, in declaration order (a test checks them against serde's):
+/// `ServerMessage::Reply`, `Outcome::Ok`, `Response::Instances`, `Response::Instance`.
+const REPLY: u8 = 0;
+const OK: u8 = 0;
+const INSTANCES: u8 = 4;
+const INSTANCE: u8 = 5;
+
+/// Decodes a server's message, as [`decode`] does; a reply carrying instances in the
+/// binary encoding is read by hand ([`purveyor_model::wire`]), and whatever that does not
+/// read — any other message, or bytes it declines — goes through [`decode`], which gives
+/// the same message or the error.
+pub fn decode_server_message(
+    encoding: Encoding,
+    payload: &[u8],
+) -> Result<ServerMessage, DecodeError> {
+    if encoding == Encoding::Binary
+        && let Some(msg) = read_instances_reply(payload)
+    {
+        return Ok(msg);
+    }
+    decode(encoding, payload)
+}
+
+fn read_instances_reply(payload: &[u8]) -> Option<ServerMessage> {
+    let mut r = wire::Reader::new(payload);
+    if r.u32()? != u32::from(REPLY) {
+        return None;
+    }
+    let id = r.u32()?;
+    if r.u32()? != u32::from(OK) {
+        return None;
+    }
+    let response = match u8::try_from(r.u32()?).ok()? {
+        INSTANCE => Response::Instance(wire::read_instance(&mut r)?),
+        INSTANCES => {
+            let (class, rest) = postcard::take_from_bytes::<ClassPath>(r.rest()).ok()?;
+            r.skip_to(rest);
+            Response::Instances(InstanceList {
+                class,
+                instances: wire::read_instance_list(&mut r)?,
+            })
+        }
+        _ => return None,
+    };
+    r.rest().is_empty().then_some(ServerMessage::Reply {
+        id,
+        outcome: Outcome::Ok(response),
+    })
 }
 
 /// Appends `msg` to `out` as a bare payload, with no frame header (for the provider
@@ -226,7 +325,7 @@ impl std::fmt::Display for Encoding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ClientMessage, FrameBuffer, Outcome, Request, Response, ServerMessage};
+    use crate::{ClientMessage, FrameBuffer, Request};
     use purveyor_model::{ClassPath, Instance, InstanceKey, Value};
 
     fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(msg: T) {
@@ -242,6 +341,89 @@ mod tests {
             let back: T = decode(encoding, payload).unwrap();
             assert_eq!(back, msg, "{encoding:?}");
         }
+    }
+
+    /// Replies carrying instances, written and read by hand: the same frames as serde's,
+    /// read back to the same messages, and anything the hand reader declines (every
+    /// other message, damaged bytes) decoded by serde with serde's answer.
+    #[test]
+    fn instance_replies_by_hand_are_the_frames_serde_makes() {
+        let a = Instance::from_pairs([
+            ("name", Value::String("eth0".into())),
+            ("bytes", Value::U64(1 << 40)),
+            ("ratio", Value::F64(0.25)),
+            ("tags", Value::Array(vec![Value::String("up".into())])),
+        ]);
+        let b = Instance::with_values(
+            a.names(),
+            vec![
+                Value::String("lo".into()),
+                Value::U64(0),
+                Value::F64(-1.0),
+                Value::Array(vec![]),
+            ],
+        );
+        let other = Instance::from_pairs([("x", Value::Bool(false))]);
+        let replies = [
+            Response::Instance(a.clone()),
+            Response::Instance(Instance::new()),
+            Response::Instances(InstanceList {
+                class: ClassPath::new("net.interface").unwrap(),
+                instances: vec![a, other, b],
+            }),
+            Response::Instances(InstanceList {
+                class: ClassPath::new("net.interface").unwrap(),
+                instances: vec![],
+            }),
+            Response::Pong,
+        ];
+        for (i, response) in replies.into_iter().enumerate() {
+            let msg = ServerMessage::Reply {
+                id: 300 * i as u32,
+                outcome: Outcome::Ok(response),
+            };
+            for encoding in [Encoding::Binary, Encoding::Json] {
+                let (mut ours, mut serde) = (Vec::new(), Vec::new());
+                encode_server_frame(encoding, &msg, 1 << 20, &mut ours).unwrap();
+                encode_frame(encoding, &msg, 1 << 20, &mut serde).unwrap();
+                assert_eq!(ours, serde, "{msg:?}");
+                let payload = &ours[FRAME_HEADER_LEN..];
+                assert_eq!(decode_server_message(encoding, payload).unwrap(), msg);
+                if encoding == Encoding::Binary && i < 4 {
+                    assert!(read_instances_reply(payload).is_some(), "{msg:?}");
+                }
+            }
+            let mut frame = Vec::new();
+            encode_frame(Encoding::Binary, &msg, 1 << 20, &mut frame).unwrap();
+            let payload = &frame[FRAME_HEADER_LEN..];
+            for at in 0..payload.len() {
+                for byte in [0u8, 4, 5, 0x80, 0xff] {
+                    let mut bad = payload.to_vec();
+                    bad[at] = byte;
+                    let ours = decode_server_message(Encoding::Binary, &bad);
+                    let theirs = decode::<ServerMessage>(Encoding::Binary, &bad);
+                    match (ours, theirs) {
+                        (Ok(x), Ok(y)) => assert_eq!(format!("{x:?}"), format!("{y:?}")),
+                        (Err(x), Err(y)) => assert_eq!(x, y),
+                        (x, y) => panic!("hand {x:?} against serde {y:?}"),
+                    }
+                }
+            }
+        }
+        // Too large for the frame: refused, `out` unchanged.
+        let big = ServerMessage::Reply {
+            id: 1,
+            outcome: Outcome::Ok(Response::Instance(Instance::from_pairs([(
+                "s",
+                Value::String("x".repeat(100)),
+            )]))),
+        };
+        let mut out = vec![9];
+        assert!(matches!(
+            encode_server_frame(Encoding::Binary, &big, 50, &mut out),
+            Err(EncodeError::TooLarge { .. })
+        ));
+        assert_eq!(out, [9]);
     }
 
     /// A `get` whose key value is an array nested 20 000 deep (40 KB) aborted the daemon

@@ -22,8 +22,8 @@ mod provider;
 mod pushes;
 
 pub use codec::{
-    DecodeError, EncodeError, decode, decode_io_data_head, encode_frame, encode_io_data_head,
-    encode_payload,
+    DecodeError, EncodeError, decode, decode_io_data_head, decode_server_message, encode_frame,
+    encode_io_data_head, encode_payload, encode_server_frame,
 };
 pub use dialog::{
     Button, DialogEvent, DialogInput, DialogOp, Field, FieldKind, Form, FormUpdate, Progress,

@@ -625,8 +625,14 @@ impl Served {
             .into_iter()
             .map(|i| {
                 let v = &i.values;
-                let values = (self.layout.sources.iter())
-                    .map(|source| match *source {
+                let mut values = Vec::with_capacity(self.layout.sources.len());
+                for source in &self.layout.sources {
+                    // Slots (most counters) written in place (`Value::push_u64`).
+                    if let Source::Slot(at) = *source {
+                        Value::push_u64(&mut values, v[at]);
+                        continue;
+                    }
+                    values.push(match *source {
                         Source::Instance => Value::String(i.name.clone()),
                         Source::Stale => Value::Bool(stale),
                         Source::Slot(at) => Value::U64(v[at]),
@@ -637,8 +643,8 @@ impl Served {
                         } else {
                             (now - v[at]) as f64 / 1e9
                         }),
-                    })
-                    .collect();
+                    });
+                }
                 Instance::with_values(self.schema.names(), values)
             })
             .collect();

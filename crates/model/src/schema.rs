@@ -121,6 +121,9 @@ struct Derived {
     id: u64,
     /// The positions of the key properties.
     keys: Box<[u32]>,
+    /// Each property's type, in declaration order: checking the values of a large
+    /// instance walks this dense array, not the property definitions.
+    types: Box<[ValueType]>,
 }
 
 // Derived from `raw`: two schemas are equal when their definitions are.
@@ -252,10 +255,8 @@ impl ClassSchema {
 
     /// The key properties, in declaration order.
     pub fn keys(&self) -> impl Iterator<Item = &PropertyDef> {
-        self.raw
-            .properties
-            .iter()
-            .filter(|p| p.semantic == Semantic::Key)
+        // From the positions found once: a class of 1 000 counters has no key to scan for.
+        (self.derived.keys.iter()).map(|&at| &self.raw.properties[at as usize])
     }
 
     /// A class without key properties has at most one instance.
@@ -274,11 +275,10 @@ impl ClassSchema {
         let props = &self.raw.properties;
         let values = instance.value_slice();
         if names.same(&self.derived.names) {
-            return self.check_types(values.iter().zip(props));
+            return self.check_types(values.iter().zip(0..));
         }
         if let Some(at) = names.resolved(self.derived.id) {
-            let pairs = values.iter().zip(at.iter().map(|&i| &props[i as usize]));
-            return self.check_types(pairs);
+            return self.check_types(values.iter().zip(at.iter().copied()));
         }
         let mut at = Vec::with_capacity(names.len());
         for name in names.as_slice() {
@@ -300,25 +300,24 @@ impl ClassSchema {
                 ));
             }
         }
-        let pairs = values.iter().zip(at.iter().map(|&i| &props[i as usize]));
-        self.check_types(pairs)?;
+        self.check_types(values.iter().zip(at.iter().copied()))?;
         names.remember(self.derived.id, at.into_boxed_slice());
         Ok(())
     }
 
-    /// Checks each value's type against its property's. Names and keys are known good.
-    fn check_types<'a>(
-        &self,
-        pairs: impl Iterator<Item = (&'a Value, &'a PropertyDef)>,
-    ) -> Result<(), String> {
-        for (value, prop) in pairs {
-            if !value.conforms_to(prop.ty) {
+    /// Checks each value's type against that of the property at its position. Names and
+    /// keys are known good.
+    fn check_types<'a>(&self, pairs: impl Iterator<Item = (&'a Value, u32)>) -> Result<(), String> {
+        let types = &self.derived.types;
+        for (value, at) in pairs {
+            let ty = types[at as usize];
+            if !value.conforms_to(ty) {
                 return Err(format!(
                     "property {:?} of {} has type {} but the schema says {}",
-                    prop.name.as_str(),
+                    self.raw.properties[at as usize].name.as_str(),
                     self.path(),
                     value.value_type(),
-                    prop.ty
+                    ty
                 ));
             }
         }
@@ -457,6 +456,7 @@ impl TryFrom<RawSchema> for ClassSchema {
                 .filter(|(_, p)| p.semantic == Semantic::Key)
                 .map(|(i, _)| i as u32)
                 .collect(),
+            types: raw.properties.iter().map(|p| p.ty).collect(),
         };
         Ok(ClassSchema { raw, derived })
     }

@@ -262,14 +262,30 @@ impl Value {
     }
 
     /// Whether this value conforms to `ty` (arrays: every element has the element type).
+    #[inline]
     pub fn conforms_to(&self, ty: ValueType) -> bool {
-        match (self, ty) {
-            (Value::Array(items), ValueType::Array(elem)) => {
-                items.iter().all(|v| v.conforms_to(ValueType::Scalar(elem)))
-            }
-            (Value::Array(_), ValueType::Scalar(_)) | (_, ValueType::Array(_)) => false,
-            (v, ValueType::Scalar(s)) => v.value_type() == ValueType::Scalar(s),
+        match ty {
+            ValueType::Scalar(s) => self.scalar_type() == Some(s),
+            ValueType::Array(elem) => match self {
+                Value::Array(items) => items.iter().all(|v| v.scalar_type() == Some(elem)),
+                _ => false,
+            },
         }
+    }
+
+    /// A scalar's type; `None` for an array.
+    #[inline]
+    fn scalar_type(&self) -> Option<ScalarType> {
+        Some(match self {
+            Value::I64(_) => ScalarType::I64,
+            Value::U64(_) => ScalarType::U64,
+            Value::F64(_) => ScalarType::F64,
+            Value::Bool(_) => ScalarType::Bool,
+            Value::String(_) => ScalarType::String,
+            Value::Bytes(_) => ScalarType::Bytes,
+            Value::Timestamp(_) => ScalarType::Timestamp,
+            Value::Array(_) => return None,
+        })
     }
 
     /// The value as a float, for numeric values (rates and averages are computed on these).
@@ -395,6 +411,12 @@ mod tests {
             Value::Array(vec![Value::I64(1), Value::I64(2), Value::I64(3)])
         );
         assert!(arr.conforms_to("array<i64>".parse().unwrap()));
+        assert!(!arr.conforms_to("array<u64>".parse().unwrap()));
+        assert!(!arr.conforms_to(ValueType::Scalar(ScalarType::I64)));
+        assert!(!Value::I64(1).conforms_to("array<i64>".parse().unwrap()));
+        let nested = Value::Array(vec![Value::Array(vec![])]);
+        assert!(!nested.conforms_to("array<u64>".parse().unwrap()));
+        assert!(Value::Array(vec![]).conforms_to("array<string>".parse().unwrap()));
         assert_eq!(
             Value::parse_as("-1", ValueType::Scalar(ScalarType::U64))
                 .unwrap_err()

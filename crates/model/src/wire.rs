@@ -200,7 +200,11 @@ fn read_value(r: &mut Reader, array: bool) -> Option<Value> {
     })
 }
 
-fn read_sequence(r: &mut Reader, arrays: bool) -> Option<Vec<Value>> {
+fn read_sequence(outer: &mut Reader, arrays: bool) -> Option<Vec<Value>> {
+    // A reader of its own, kept in registers, given back at the end (a declined read is
+    // dropped whole, so a reader left behind by `?` does not matter).
+    let mut local = Reader { rest: outer.rest };
+    let r = &mut local;
     let n = r.len()?;
     // Every value takes at least one byte: no more room than the bytes can fill.
     let mut values = Vec::with_capacity(n.min(r.rest.len()));
@@ -216,6 +220,7 @@ fn read_sequence(r: &mut Reader, arrays: bool) -> Option<Vec<Value>> {
         }
         values.push(read_value(r, arrays)?);
     }
+    outer.rest = local.rest;
     Some(values)
 }
 

@@ -516,6 +516,49 @@ fn an_isolated_load_takes_the_spare_worker_started_ahead() {
     }
 }
 
+/// User and system CPU time of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // After the name: state is field 3, utime 14 and stime 15.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A worker answering a client that reads back to back on a direct channel looks for the
+/// next read before blocking (`purveyor_protocol::poll`), for at most the window: once the
+/// client stops, the worker uses no CPU, even with the longest window (1 ms).
+#[test]
+fn a_worker_rests_once_its_direct_client_stops() {
+    let d = Daemon::start(
+        &[("iso", c_manifest("iso", "isolated", ""))],
+        &[],
+        &[("PURVEYOR_POLL_US", std::ffi::OsStr::new("1000"))],
+    );
+    let mut c = d.client();
+    let counter = class("demo.counter");
+    for _ in 0..2 {
+        c.get(&counter, &named("a")).unwrap();
+    }
+    assert_eq!(c.direct_channels().len(), 1);
+    let mut pid = 0;
+    for _ in 0..2000 {
+        pid = u64_of(&c.get(&counter, &named("a")).unwrap(), "pid");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let resting = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        cpu_ticks(pid) <= resting + 1,
+        "the worker kept using CPU after its client stopped: {} ticks in 0.5 s",
+        cpu_ticks(pid) - resting
+    );
+}
+
 /// After two reads through the daemon, a client reads an isolated provider on a direct
 /// channel to its worker: the same answers and errors, and the host counts the calls.
 /// Providers not in an isolated worker, and clients that opt out, stay on the daemon.

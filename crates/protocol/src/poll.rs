@@ -5,13 +5,18 @@
 //! CPU costs tens of microseconds — more than the whole request. A side that expects an
 //! answer within microseconds therefore looks at its socket for a short window before it
 //! blocks: the client after sending a request, the daemon after answering one when
-//! requests arrive back to back. Between looks it yields the CPU, so a peer on the same
+//! requests arrive back to back ([`BACK_TO_BACK`]), and an isolated worker after
+//! answering on a direct channel, by the same rule. Between looks it yields the CPU, so a peer on the same
 //! CPU runs at once and loses nothing. The window is `PURVEYOR_POLL_US` microseconds
 //! (default [`DEFAULT_POLL`], at most [`MAX_POLL`]; `0` turns polling off).
 
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+/// A request this soon after the previous reply marks a client asking back to back: the
+/// side that answered looks for its next request before blocking.
+pub const BACK_TO_BACK: Duration = Duration::from_millis(1);
 
 /// The polling window when `PURVEYOR_POLL_US` is not set.
 pub const DEFAULT_POLL: Duration = Duration::from_micros(50);

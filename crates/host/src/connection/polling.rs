@@ -18,10 +18,9 @@
 //! at most once per millisecond ([`Recent::note`]).
 
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// A request this soon after the previous reply marks a client asking back to back.
-pub(super) const BACK_TO_BACK: Duration = Duration::from_millis(1);
+pub(super) use purveyor_protocol::poll::BACK_TO_BACK;
 
 /// Connections that sent requests in this millisecond and the one before.
 #[derive(Default)]
@@ -90,6 +89,7 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn each_connection_counts_once_per_millisecond_and_old_ones_fall_out() {

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use purveyor_model::{ClassPath, ClassSchema, ProviderName};
+use purveyor_protocol::poll::{BACK_TO_BACK, poll_window, readable_within};
 use purveyor_protocol::{
     CallerInfo, ClientMessage, DirectAttach, DirectNews, Encoding, ErrorCode, FrameBuffer, Outcome,
     ProviderReply, ProviderRequestRef, ProviderResponse, ReadCall, RemoteError, Request, Response,
@@ -204,9 +205,15 @@ impl Worker {
     fn serve_channel(&self, channel: &Arc<Channel>, mut reader: UnixStream) {
         let mut frames = FrameBuffer::new(MAX_FRAME);
         let mut out = Vec::with_capacity(256);
+        // When the last reply went, and whether the request it answered came back to back:
+        // then the next one is looked for before blocking, as the daemon's connections do
+        // (`purveyor_protocol::poll`), so its arrival does not wake a halted CPU.
+        let mut last_reply: Option<Instant> = None;
+        let mut back_to_back = false;
         loop {
             let request = match frames.next_frame() {
                 Ok(Some(payload)) => {
+                    back_to_back = last_reply.is_some_and(|t| t.elapsed() < BACK_TO_BACK);
                     match purveyor_protocol::decode::<ClientMessage>(Encoding::Binary, payload) {
                         Ok(ClientMessage::Request { id, request }) => (id, request),
                         Err(e) => {
@@ -219,6 +226,9 @@ impl Worker {
                     }
                 }
                 Ok(None) => {
+                    if std::mem::take(&mut back_to_back) {
+                        readable_within(reader.as_raw_fd(), poll_window());
+                    }
                     match reader.read(frames.spare()) {
                         Ok(0) => return,
                         Ok(n) => frames.filled(n),
@@ -268,6 +278,7 @@ impl Worker {
             if writer.write_all(&out).is_err() {
                 return;
             }
+            last_reply = Some(Instant::now());
         }
     }
 

@@ -29,7 +29,7 @@ use purveyor_protocol::poll::{BACK_TO_BACK, poll_window, readable_within};
 use purveyor_protocol::{
     CallerInfo, ClientMessage, DirectAttach, DirectNews, Encoding, ErrorCode, FrameBuffer, Outcome,
     ProviderReply, ProviderRequestRef, ProviderResponse, ReadCall, RemoteError, Request, Response,
-    ServerMessage, encode_frame,
+    ServerMessage, encode_frame, encode_server_frame,
 };
 use purveyor_provider::abi::{fault, from_fault, panic_message};
 
@@ -257,7 +257,7 @@ impl Worker {
                 Ok(response) => Outcome::Ok(response),
                 Err(error) => Outcome::Err(error),
             };
-            if let Err(e) = encode_frame(
+            if let Err(e) = encode_server_frame(
                 Encoding::Binary,
                 &ServerMessage::Reply { id, outcome },
                 MAX_FRAME,

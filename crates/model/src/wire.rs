@@ -179,6 +179,18 @@ pub fn write_instance_list(out: &mut Vec<u8>, instances: &[Instance]) {
     }
 }
 
+/// How many of `announced` items of type `T` to make room for before reading them, with
+/// `left` bytes to read: no more than the bytes can hold (a value takes at least two, its
+/// tag and a byte; so does a row, its index and its values' length), and no more
+/// than 1 MiB up front, as serde's sequences allow — a peer's length alone never makes
+/// the reader allocate much more than the bytes it sent. The vector grows past it as
+/// items are actually read.
+fn cautious<T>(announced: usize, left: usize) -> usize {
+    announced
+        .min(left / 2)
+        .min((1 << 20) / std::mem::size_of::<T>().max(1))
+}
+
 /// One value; `array` says whether an array may be read (not inside an array).
 fn read_value(r: &mut Reader, array: bool) -> Option<Value> {
     Some(match r.u32()? {
@@ -206,8 +218,7 @@ fn read_sequence(outer: &mut Reader, arrays: bool) -> Option<Vec<Value>> {
     let mut local = Reader { rest: outer.rest };
     let r = &mut local;
     let n = r.len()?;
-    // Every value takes at least one byte: no more room than the bytes can fill.
-    let mut values = Vec::with_capacity(n.min(r.rest.len()));
+    let mut values = Vec::with_capacity(cautious::<Value>(n, r.rest.len()));
     for _ in 0..n {
         // Unsigned integers (counters, most values) on a path of their own: a push that
         // only ever writes `Value::U64` writes it in place, where one fed by a `match`
@@ -239,12 +250,12 @@ pub fn read_instance(r: &mut Reader) -> Option<Instance> {
 /// A list of instances, as [`write_instance_list`] writes it.
 pub fn read_instance_list(r: &mut Reader) -> Option<Vec<Instance>> {
     let tables = r.len()?;
-    let mut names = Vec::with_capacity(tables.min(r.rest.len()));
+    let mut names = Vec::with_capacity(cautious::<Names>(tables, r.rest.len()));
     for _ in 0..tables {
         names.push(Names::decode(r.bytes()?).ok()?);
     }
     let rows = r.len()?;
-    let mut instances = Vec::with_capacity(rows.min(r.rest.len()));
+    let mut instances = Vec::with_capacity(cautious::<Instance>(rows, r.rest.len()));
     for _ in 0..rows {
         let table = names.get(r.u32()? as usize)?.clone();
         instances.push(Instance::from_table(table, read_values(r)?).ok()?);

@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use purveyor_protocol::{
     ClientMessage, DirectAttach, Encoding, FrameBuffer, Hello, ProviderRequest, ProviderResponse,
-    ServerMessage, decode, encode_payload,
+    ServerMessage, decode, decode_server_message, encode_frame, encode_payload,
+    encode_server_frame,
 };
 
 /// Runs `target` on bolero's inputs, counting them; prints the rate when done. A macro,
@@ -98,10 +99,29 @@ fn client_messages() {
     });
 }
 
-/// What the daemon sends a client (replies, pushes, goodbyes).
+/// What the daemon sends a client (replies, pushes, goodbyes); and the hand codec for
+/// replies carrying instances (`purveyor_model::wire`), which must agree with serde on
+/// any bytes: the same message (the same bytes again) or the same error.
 #[test]
 fn server_messages() {
-    run!("server_messages", messages::<ServerMessage>);
+    run!("server_messages", |input| {
+        messages::<ServerMessage>(input);
+        for encoding in [Encoding::Binary, Encoding::Json] {
+            match (
+                decode_server_message(encoding, input),
+                decode::<ServerMessage>(encoding, input),
+            ) {
+                (Ok(ours), Ok(theirs)) => {
+                    let (mut x, mut y) = (Vec::new(), Vec::new());
+                    encode_server_frame(encoding, &ours, u32::MAX, &mut x).unwrap();
+                    encode_frame(encoding, &theirs, u32::MAX, &mut y).unwrap();
+                    assert_eq!(x, y, "{encoding:?}: the hand codec disagrees with serde");
+                }
+                (Err(ours), Err(theirs)) => assert_eq!(ours, theirs),
+                (ours, theirs) => panic!("{encoding:?}: hand {ours:?}, serde {theirs:?}"),
+            }
+        }
+    });
 }
 
 /// A client's hello, and what the host tells a worker of a direct channel (both JSON).

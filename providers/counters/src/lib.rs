@@ -1,12 +1,12 @@
 //! The built-in `counters` provider: every counter file in the counters directories is
 //! served as class `app.NAME` (`docs/counter-file.md`).
 //!
-//! Files are found as they appear and disappear: each directory has an inotify watch,
-//! drained (one non-blocking read) at every request, and rescanned when it reported
-//! anything; a directory that does not exist yet is waited for by a watch on its nearest
-//! existing ancestor, so it too costs one read per request. A file that cannot be read is logged once, naming the file and the problem,
-//! and skipped; the others are served. A file whose publisher has exited is shown with
-//! `stale = true` and removed after the grace period.
+//! Files are found as they appear and disappear: each directory has an inotify watch
+//! (a directory that does not exist yet, one on its nearest existing ancestor); at every
+//! request one `poll` of all the watches says which have events, those are drained, and
+//! their directories rescanned. A file that cannot be read is logged once, naming the
+//! file and the problem, and skipped; the others are served. A file whose publisher has
+//! exited is shown with `stale = true` and removed after the grace period.
 //!
 //! How each counter type becomes properties (the consumer's formulas):
 //! - `raw` → `NAME`, a gauge; `counter` → `NAME`, a counter (shown as a rate);
@@ -85,10 +85,10 @@ struct State {
 }
 
 /// A watched directory. While it exists, `watch` is on it; while it is missing, `watch` is
-/// on its nearest existing ancestor, for entries appearing there, so a request costs one
-/// `read` of a quiet inotify descriptor either way (before, a missing directory cost a
-/// failed watch and a failed scan on every request). With no watch at all (inotify
-/// unavailable), every request looks again.
+/// on its nearest existing ancestor, for entries appearing there, so a quiet directory
+/// costs a request nothing but its part of one `poll` either way (before, a missing
+/// directory cost a failed watch and a failed scan on every request). With no watch at
+/// all (inotify unavailable), every request looks again.
 struct Dir {
     path: PathBuf,
     watch: Option<OwnedFd>,
@@ -261,9 +261,8 @@ impl Dir {
     /// Whether the directory must be read again: it was never read, its watch reported a
     /// change, or it was missing and something appeared under its watched ancestor (or
     /// nothing could be watched). Moves the watch between the directory and its ancestor
-    /// as the directory comes and goes.
-    /// `waiting` says whether its watch has events (from [`waiting`]); a watch without
-    /// is not read.
+    /// as the directory comes and goes. `waiting` says whether its watch has events (from
+    /// [`waiting`]); a watch without any is not read.
     fn poll(&mut self, waiting: bool) -> bool {
         let fired = |watch: &OwnedFd| waiting && drain(watch);
         if !self.on_dir {

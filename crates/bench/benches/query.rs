@@ -16,10 +16,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use purveyor_bench::{
-    BenchDaemon, build_many, helper_mode, percentiles, register, register_config, release_file, us,
+    BenchDaemon, Echoes, build_many, helper_mode, percentiles, placed, register, register_config,
+    release_file, us,
 };
 use purveyor_client::{AsyncClient, Client, ConnectOptions, Encoding, Push, Target};
 use purveyor_model::{ClassPath, Identifier, Instance, InstanceKey, Value};
+use purveyor_protocol::Request;
 
 const ROUNDS: usize = 2000;
 
@@ -41,6 +43,7 @@ fn main() {
     let daemon = BenchDaemon::start(&bin, dir.path(), &[], &[]);
     let mut c = client(&daemon.socket);
     key_query(&mut c, daemon.pid());
+    regimes(&mut c, dir.path(), daemon.pid());
     thousand(&mut c);
     match release_file("libpurveyor_config.so") {
         Some(lib) => change_subscribers(&bin, &lib),
@@ -83,6 +86,31 @@ fn key_query(c: &mut Client, pid: u32) {
         us(get99),
         q50.as_secs_f64() / get50.as_secs_f64()
     );
+}
+
+/// The key query and its plain get in every regime (`purveyor_bench::placed`): next to the
+/// floor (an echo pinned with the client), the split and unpinned echoes, unpinned and
+/// with the daemon pinned together with the client.
+fn regimes(c: &mut Client, dir: &Path, pid: u32) {
+    let echoes = Echoes::spawn(dir);
+    let mut key = InstanceKey::new();
+    key.insert(Identifier::new("pid").unwrap(), Value::U64(pid.into()));
+    let get = Request::Get {
+        class: ClassPath::new("system.process").unwrap(),
+        key,
+    };
+    let query = Request::Query {
+        sql: format!("SELECT * FROM system.process WHERE pid = {pid}"),
+        plan: false,
+    };
+    for (name, request) in [("get", &get), ("query", &query)] {
+        let m = placed(c, pid, None, &echoes, request, 10, 200);
+        println!(
+            "{name} of system.process pid=P ({} B reply): {}",
+            m.reply_len,
+            m.line()
+        );
+    }
 }
 
 /// Calls made to provider `name` so far.

@@ -834,8 +834,16 @@ const SEND_BATCH: usize = 64 * 1024;
 
 impl Drop for SocketConn {
     fn drop(&mut self) {
-        // Requests sent and never waited for still go (a close, a forgotten stream's).
-        let _ = self.flush();
+        // Requests sent and never waited for still go (a close, a forgotten stream's) —
+        // within the reply timeout: a daemon that reads nothing must not hang the drop.
+        if !self.out.is_empty()
+            && self
+                .stream
+                .set_write_timeout(Some(self.reply_timeout))
+                .is_ok()
+        {
+            let _ = self.flush();
+        }
     }
 }
 

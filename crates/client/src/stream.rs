@@ -31,6 +31,13 @@ impl Stream {
         }
     }
 
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(timeout),
+            Stream::Tls(s) => s.set_write_timeout(timeout),
+        }
+    }
+
     /// Reads what has arrived, keeping any descriptor the daemon passed (a local socket).
     pub fn recv(&mut self, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> std::io::Result<usize> {
         match self {

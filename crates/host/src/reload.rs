@@ -53,9 +53,10 @@ fn warn_of_in_daemon_on_one_thread(host: &Shared, report: &ReloadReport) {
     if !one_thread {
         return;
     }
+    let registry = host.registry();
     for name in report.added.iter().chain(&report.changed) {
-        let in_daemon = host.registry().slots().iter().any(|(n, s)| {
-            n.to_string() == *name && s.manifest().hosting == purveyor_model::Hosting::InDaemon
+        let in_daemon = (registry.slots().iter()).any(|(n, s)| {
+            n.as_str() == name && s.manifest().hosting == purveyor_model::Hosting::InDaemon
         });
         if in_daemon {
             tracing::warn!(

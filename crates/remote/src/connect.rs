@@ -230,6 +230,10 @@ impl TlsClient {
         self.stream.sock.set_read_timeout(timeout)
     }
 
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.stream.sock.set_write_timeout(timeout)
+    }
+
     /// Whether decrypted bytes wait to be read (then the socket need not be polled).
     pub fn has_plaintext(&self) -> bool {
         !self.stream.conn.wants_read()

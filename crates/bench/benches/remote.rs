@@ -1,7 +1,9 @@
 //! Remote clients over TLS on loopback (`docs/remote.md`, `docs/performance.md`
 //! "Remote"): `get purveyor.host` through `Target::Remote` next to a TLS echo of the same
-//! bytes (a blocking rustls client and server, in a process of its own), nothing pinned
-//! and pinned together; the handshake (connect to welcome) next to a bare TLS handshake.
+//! bytes (a blocking rustls client and server, in a process of its own) in every placement
+//! (`docs/performance.md`, "Placement"): the echo pinned together with the client (the
+//! floor), split across two CPUs (a cross-CPU wake-up), and unpinned; ours unpinned and
+//! pinned together. Then the handshake (connect to welcome) next to a bare TLS handshake.
 //!
 //! Needs the release `purveyor` binary (`bench/run` builds it).
 
@@ -11,7 +13,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use purveyor_bench::{BenchDaemon, percentiles, pin_process, pin_thread, release_file, us};
+use purveyor_bench::{
+    BenchDaemon, Placed, cpus, percentiles, pin_process, pin_this_process, pin_thread,
+    release_file, us,
+};
 use purveyor_client::{
     Client, ConnectOptions, Encoding, RemoteAddress, RemoteSettings, Request, Target,
 };
@@ -98,7 +103,9 @@ fn main() {
         ..settings.clone()
     };
     let mut bridged = purveyor_remote::connect(&echo_settings, Encoding::Binary).unwrap();
-    let mut s = [(); 5].map(|()| Vec::with_capacity(ROUNDS * PER_ROUND));
+    let mut s = [(); 6].map(|()| Vec::with_capacity(ROUNDS * PER_ROUND));
+    // Asked before anything is pinned (pinned, this process sees one CPU).
+    let two_cpus = cpus() > 1;
     for round in 0..=ROUNDS {
         let warm = round == 0;
         let time = |samples: &mut Vec<Duration>, one: &mut dyn FnMut()| {
@@ -123,7 +130,7 @@ fn main() {
         });
         // Pinned together: the client's threads (its TLS thread too), the daemon, the echo.
         pin_thread(Some(0));
-        pin_process(std::process::id(), Some(0));
+        pin_this_process(Some(0));
         pin_process(daemon.pid(), Some(0));
         pin_process(echo.child.id(), Some(0));
         time(&mut s[2], &mut || {
@@ -133,31 +140,44 @@ fn main() {
         time(&mut s[3], &mut || {
             client.request(request.clone()).unwrap();
         });
-        pin_process(std::process::id(), None);
+        // Split: the client on CPU 0, the echo on CPU 1.
+        if two_cpus {
+            pin_process(echo.child.id(), Some(1));
+            time(&mut s[5], &mut || {
+                echo_stream.write_all(&echo_frame).unwrap();
+                echo_stream.read_exact(&mut buf).unwrap();
+            });
+        }
+        pin_thread(None);
+        pin_this_process(None);
         pin_process(daemon.pid(), None);
         pin_process(echo.child.id(), None);
     }
-    let [echo_free, ours_free, echo_pinned, ours_pinned, bridged_free] =
-        s.map(|mut v| percentiles(&mut v));
-    let line = |what: &str, ours: (Duration, Duration), echo: (Duration, Duration)| {
-        println!(
-            "get purveyor.host over TLS, {what}: p50 {:.1} us p99 {:.1} us | TLS echo of the same bytes ({request_len} B / {reply_len} B) p50 {:.1} us p99 {:.1} us | ratio p50 {:.2}x",
-            us(ours.0),
-            us(ours.1),
-            us(echo.0),
-            us(echo.1),
-            ours.0.as_secs_f64() / echo.0.as_secs_f64()
-        );
+    let [
+        echo_free,
+        ours_free,
+        echo_pinned,
+        ours_pinned,
+        bridged_free,
+        echo_split,
+    ] = s.map(|mut v| (!v.is_empty()).then(|| percentiles(&mut v)));
+    let placed = Placed {
+        request_len,
+        reply_len,
+        floor: echo_pinned.unwrap(),
+        split: echo_split,
+        free_echo: echo_free.unwrap(),
+        ours: ours_free.unwrap(),
+        ours_together: ours_pinned.unwrap(),
+        plain_json: None,
     };
-    line("unpinned", ours_free, echo_free);
-    line("pinned together", ours_pinned, echo_pinned);
-    // The floor, as every latency bench takes it (docs/performance.md, "Placement"): the
-    // echo with client and server pinned together; ours as users get it, unpinned.
+    // The floor, as every latency bench takes it: the (TLS) echo with client and server
+    // pinned together; ours as users get it, unpinned.
     println!(
-        "against the floor (the TLS echo pinned together, {:.1} us): ours unpinned {:.2}x",
-        us(echo_pinned.0),
-        ours_free.0.as_secs_f64() / echo_pinned.0.as_secs_f64()
+        "get purveyor.host over TLS ({request_len} B / {reply_len} B, the floor a TLS echo of the same bytes): {}",
+        placed.line()
     );
+    let bridged_free = bridged_free.unwrap();
     println!(
         "the TLS echo through a client's bridge, unpinned: p50 {:.1} us p99 {:.1} us",
         us(bridged_free.0),

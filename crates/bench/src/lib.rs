@@ -31,15 +31,21 @@ pub fn request_and_reply_sizes(c: &mut Client, request: &Request) -> (Vec<u8>, u
 /// the reply's size.
 fn mirror(c: &mut Client, request: &Request) -> Mirror {
     let (_, request_len, reply_len) = request_and_reply_sizes(c, request);
-    let payload = request_len.max(4);
-    let mut echo_frame = (payload as u32).to_le_bytes().to_vec();
-    echo_frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
-    echo_frame.resize(4 + payload, 0);
     Mirror {
         request_len,
         reply_len,
-        echo_frame,
+        echo_frame: echo_frame(request_len, reply_len),
     }
+}
+
+/// The frame that asks an echo for a `reply_len`-byte payload, its own payload
+/// `request_len` bytes (at least the 4 that carry `reply_len`).
+fn echo_frame(request_len: usize, reply_len: usize) -> Vec<u8> {
+    let payload = request_len.max(4);
+    let mut frame = (payload as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&(reply_len as u32).to_le_bytes());
+    frame.resize(4 + payload, 0);
+    frame
 }
 
 /// `request`'s payload's and its reply's payload's sizes, and the frame an echo server is
@@ -251,6 +257,16 @@ pub fn pin_thread(cpu: Option<usize>) {
 /// Pins every thread of process `pid` and of its descendants (a daemon's provider
 /// processes) to `cpu`, or lets them run anywhere (`None`).
 pub fn pin_process(pid: u32, cpu: Option<usize>) {
+    pin_threads(pid, cpu, true);
+}
+
+/// Pins every thread of this process, and none of its children (a bench's echoes and
+/// daemon), to `cpu`, or lets them run anywhere (`None`).
+pub fn pin_this_process(cpu: Option<usize>) {
+    pin_threads(std::process::id(), cpu, false);
+}
+
+fn pin_threads(pid: u32, cpu: Option<usize>, descendants: bool) {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return;
     };
@@ -259,9 +275,12 @@ pub fn pin_process(pid: u32, cpu: Option<usize>) {
             continue;
         };
         pin_tid(tid, cpu);
+        if !descendants {
+            continue;
+        }
         let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
         for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            pin_process(child, cpu);
+            pin_threads(child, cpu, true);
         }
     }
 }
@@ -335,8 +354,34 @@ impl Placed {
                 x(p50)
             );
         }
-        line += &format!(
-            " | floor: echo pinned together p50 {:.1} us, unpinned {:.1} us",
+        line += " | ";
+        line += &self.floors().line();
+        line
+    }
+
+    pub fn floors(&self) -> Floors {
+        Floors {
+            floor: self.floor,
+            split: self.split,
+            free_echo: self.free_echo,
+        }
+    }
+}
+
+/// The echo floors alone, for a figure that is not one request's round trip.
+pub struct Floors {
+    /// A blocking echo, client and echo pinned together on one CPU.
+    pub floor: (Duration, Duration),
+    /// The same echo across two CPUs.
+    pub split: Option<(Duration, Duration)>,
+    /// The same echo, nothing pinned.
+    pub free_echo: (Duration, Duration),
+}
+
+impl Floors {
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "floor: echo pinned together p50 {:.1} us, unpinned {:.1} us",
             us(self.floor.0),
             us(self.free_echo.0)
         );
@@ -348,6 +393,38 @@ impl Placed {
             );
         }
         line
+    }
+}
+
+impl Echoes {
+    /// Each echo's round trip for a `request_len`-byte payload answered with a
+    /// `reply_len`-byte one, `n` times after `n` to warm up; the floor and the split with
+    /// the calling thread on CPU 0, the unpinned echo with it unpinned (as it returns).
+    pub fn floors(&self, request_len: usize, reply_len: usize, n: usize) -> Floors {
+        let frame = echo_frame(request_len, reply_len);
+        let mut buf = vec![0u8; 4 + reply_len];
+        let mut time = |e: &EchoChild| {
+            let mut s = UnixStream::connect(&e.socket).unwrap();
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..2 * n {
+                let t = Instant::now();
+                s.write_all(&frame).unwrap();
+                s.read_exact(&mut buf).unwrap();
+                if i >= n {
+                    samples.push(t.elapsed());
+                }
+            }
+            percentiles(&mut samples)
+        };
+        pin_thread(Some(0));
+        let floor = time(&self.together);
+        let split = self.split.as_ref().map(&mut time);
+        pin_thread(None);
+        Floors {
+            floor,
+            split,
+            free_echo: time(&self.free),
+        }
     }
 }
 

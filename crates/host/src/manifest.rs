@@ -692,8 +692,11 @@ fn line_col(text: &str, offset: usize) -> (u32, u32) {
 
 /// The bare key assigned on the line holding `offset`: `pure` for `pure = "yes"`.
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    let start = text[..offset.min(text.len())]
-        .rfind('\n')
+    // By bytes: the parser's offset may fall inside a character; a line starts after a
+    // newline, which is a character of its own.
+    let start = text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .rposition(|&b| b == b'\n')
         .map_or(0, |p| p + 1);
     let line = &text[start..];
     let key = line[..line.find('=')?].trim();

@@ -193,3 +193,12 @@ fn load_dir_reports_every_bad_file_and_keeps_good_ones() {
     assert_eq!(bad.len(), 1);
     assert!(bad[0].file.ends_with("bad.toml"));
 }
+
+/// Found by the `configuration_files` fuzz target: the parser's error offset fell inside a
+/// two-byte character, and finding the key on its line sliced the text there (a panic).
+#[test]
+fn an_error_inside_a_character_is_reported_not_a_panic() {
+    let errors = parse("\"\\\u{80}").unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, None);
+}

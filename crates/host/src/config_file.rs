@@ -20,7 +20,11 @@ impl FileError {
     pub fn at(path: &Path, text: &str, span: Option<Range<usize>>, message: String) -> Self {
         FileError {
             path: path.to_owned(),
-            line: span.map(|s| text[..s.start.min(text.len())].matches('\n').count() as u32 + 1),
+            // By bytes: the parser's offset may fall inside a character.
+            line: span.map(|s| {
+                let before = &text.as_bytes()[..s.start.min(text.len())];
+                before.iter().filter(|&&b| b == b'\n').count() as u32 + 1
+            }),
             message,
         }
     }
@@ -70,6 +74,16 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `configuration_files` fuzz target: the parser's error offset fell
+    /// inside a two-byte character, and counting the lines before it sliced the text there.
+    #[test]
+    fn an_error_inside_a_character_names_its_line() {
+        let text = "a = 1\n\"\\\u{80}";
+        let e = toml::from_str::<toml::Table>(text).unwrap_err();
+        let error = FileError::at(Path::new("x.toml"), text, e.span(), e.message().into());
+        assert_eq!(error.line, Some(2));
+    }
 
     /// A FIFO or `/dev/zero` as a configuration file hung start-up and `purveyor check`,
     /// or read until memory ran out; an oversized file is refused by its size.

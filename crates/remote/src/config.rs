@@ -251,7 +251,12 @@ fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> Error {
         .map(|s| {
             format!(
                 ":{}",
-                text[..s.start.min(text.len())].matches('\n').count() + 1
+                // By bytes: the parser's offset may fall inside a character.
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
             )
         })
         .unwrap_or_default();
@@ -276,6 +281,18 @@ fn duration(path: &Path, key: &str, text: Option<String>) -> Result<Duration, Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parser's error offset may fall inside a character (found by fuzzing the host's
+    /// configuration files, which shared this line count): counted by bytes, no panic.
+    #[test]
+    fn an_error_inside_a_character_names_its_line() {
+        let text = "a = 1\n\"\\\u{80}";
+        let e = toml::from_str::<toml::Table>(text).unwrap_err();
+        match toml_error(Path::new("remote.toml"), text, &e) {
+            Error::Config(message) => assert!(message.starts_with("remote.toml:2: "), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn addresses() {

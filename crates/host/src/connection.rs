@@ -28,12 +28,11 @@ use purveyor_protocol::{
     ClientMessage, Encoding, ErrorCode, FrameBuffer, Outcome, Push, RemoteError, Request, Response,
     ServerMessage, decode, encode_frame, encode_server_frame,
 };
-use tokio::net::UnixStream;
-use tokio::net::unix::ReadHalf;
 use tokio::sync::watch;
 
 use crate::config::Limits;
 use crate::cx::Cx;
+use crate::local_io::LocalIo;
 use crate::policy::{self, Silence};
 use crate::requests;
 use crate::session::Session;
@@ -210,9 +209,17 @@ pub(crate) async fn serve(
             && purveyor_protocol::poll::readable_within(conn.fd, conn.poll)
         {
             let more = match &mut socket.rd {
-                Reader::Unix(_) => {
-                    conn.readable(None, &mut in_flight, wr, timer.as_mut())
-                        .await?
+                Reader::Unix(io) => {
+                    let more = conn
+                        .readable(None, &mut in_flight, wr, timer.as_mut())
+                        .await?;
+                    // Answered at once and polling on: no registration while the
+                    // connection polls, so no other runtime thread is woken by its
+                    // requests (see `local_io`).
+                    if conn.threads > 1 && in_flight.is_empty() {
+                        io.rest();
+                    }
+                    more
                 }
                 // A carried stream (TLS): its socket has bytes; the stream decodes them.
                 Reader::Stream(_) => match socket.rd.read(conn.frames.spare()).await {
@@ -229,6 +236,9 @@ pub(crate) async fn serve(
             if !more {
                 return Ok(());
             }
+            // A client asking back to back never makes this task wait: give the thread
+            // back to the runtime when its budget says so, so other tasks run.
+            tokio::task::consume_budget().await;
             continue;
         }
         tokio::select! {
@@ -424,7 +434,7 @@ impl<'a> Connection<'a> {
     /// without, straight to the socket (polling found input).
     async fn readable(
         &mut self,
-        rd: Option<&ReadHalf<'_>>,
+        rd: Option<&LocalIo>,
         in_flight: &mut FuturesUnordered<Answering<'a>>,
         wr: &mut Writer<'_>,
         timer: Pin<&mut tokio::time::Sleep>,
@@ -435,9 +445,7 @@ impl<'a> Connection<'a> {
         let fd = self.fd;
         let flags = if peek { libc::MSG_PEEK } else { 0 };
         let read = take_owed(fd, &mut self.owed).and_then(|()| match rd {
-            Some(rd) => rd.as_ref().try_io(tokio::io::Interest::READABLE, || {
-                recv(fd, self.frames.spare(), flags)
-            }),
+            Some(io) => io.try_read(|| recv(fd, self.frames.spare(), flags)),
             None => recv(fd, self.frames.spare(), flags),
         });
         let n = match read {
@@ -691,22 +699,10 @@ fn take_owed(fd: RawFd, owed: &mut usize) -> std::io::Result<()> {
 
 /// Sends the start of `bytes` with `fds` attached (`SCM_RIGHTS`); returns how many bytes
 /// went (at least one).
-async fn send_with_fds(
-    stream: &UnixStream,
-    bytes: &[u8],
-    fds: &[OwnedFd],
-) -> std::io::Result<usize> {
+async fn send_with_fds(io: &LocalIo, bytes: &[u8], fds: &[OwnedFd]) -> std::io::Result<usize> {
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    loop {
-        stream.writable().await?;
-        match stream.try_io(tokio::io::Interest::WRITABLE, || {
-            purveyor_protocol::fds::send(stream.as_raw_fd(), bytes, &raw)
-        }) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    io.write_with(|fd| purveyor_protocol::fds::send(fd, bytes, &raw))
+        .await
 }
 
 /// Payloads at least this large are decoded with the worker thread handed over first.

@@ -26,6 +26,7 @@ mod dialogs;
 mod events;
 mod host;
 mod loading;
+mod local_io;
 pub mod manifest;
 mod outcomes;
 mod pipes;

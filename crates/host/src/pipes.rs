@@ -12,8 +12,8 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
+use crate::local_io::LocalIo;
 use purveyor_hosting::lock::Locked;
-use tokio::net::UnixStream;
 
 /// Pipes in use or kept for reuse, at most.
 pub(crate) const MAX_PIPES: usize = 32;
@@ -127,11 +127,11 @@ impl Pipes {
 pub(crate) const SEND_BUFFER: libc::c_int = 4 << 20;
 
 /// Raises `socket`'s send buffer to [`SEND_BUFFER`] (as far as the kernel allows).
-pub(crate) fn widen(socket: &UnixStream) {
+pub(crate) fn widen(socket: &LocalIo) {
     // SAFETY: setsockopt with a pointer to a c_int of the size given.
     unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            socket.fd(),
             libc::SOL_SOCKET,
             libc::SO_SNDBUF,
             (&SEND_BUFFER as *const libc::c_int).cast(),
@@ -148,7 +148,7 @@ pub(crate) struct Spliced {
 
 /// Sends a reply's bytes from their pipe into `socket` (after what was written before);
 /// the pipe goes back to the pool if it emptied.
-pub(crate) async fn send(socket: &UnixStream, spliced: Spliced) -> std::io::Result<()> {
+pub(crate) async fn send(socket: &LocalIo, spliced: Spliced) -> std::io::Result<()> {
     let sent = splice_out(socket, &spliced.pipe, spliced.len).await;
     PIPES.give_back(spliced.pipe, sent.is_ok());
     sent
@@ -156,39 +156,36 @@ pub(crate) async fn send(socket: &UnixStream, spliced: Spliced) -> std::io::Resu
 
 /// Moves `len` bytes from `pipe` into `socket` (after what was written before), waiting
 /// for room as a write would.
-async fn splice_out(socket: &UnixStream, pipe: &Pipe, len: usize) -> std::io::Result<()> {
+async fn splice_out(socket: &LocalIo, pipe: &Pipe, len: usize) -> std::io::Result<()> {
     let mut left = len;
     while left > 0 {
-        socket.writable().await?;
-        let moved = socket.try_io(tokio::io::Interest::WRITABLE, || {
-            // SAFETY: both descriptors are open; no offsets.
-            let n = unsafe {
-                libc::splice(
-                    pipe.rd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    socket.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    left,
-                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-                )
-            };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match moved {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    "the pipe ran dry before the reply's bytes were sent",
-                ));
-            }
-            Ok(n) => left -= n.min(left),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        let moved = socket
+            .write_with(|fd| {
+                // SAFETY: both descriptors are open; no offsets.
+                let n = unsafe {
+                    libc::splice(
+                        pipe.rd.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        fd,
+                        std::ptr::null_mut(),
+                        left,
+                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                    )
+                };
+                if n < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            })
+            .await?;
+        if moved == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "the pipe ran dry before the reply's bytes were sent",
+            ));
         }
+        left -= moved.min(left);
     }
     Ok(())
 }

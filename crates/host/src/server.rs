@@ -3,7 +3,6 @@
 //! within the grace period and releases the providers.
 
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use tracing::Instrument;
 
 use crate::Host;
 use crate::connection::{self, Reader, Socket, Wire, Writer};
+use crate::local_io::LocalIo;
 use crate::state::SERVER_NAME;
 
 pub use crate::connection::{CarriedIo, Carrier, OUT_CAP};
@@ -232,13 +232,12 @@ async fn run(
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     match peer {
-        Peer::Local(mut stream) => {
-            let fd = stream.as_raw_fd();
-            let (rd, wr) = stream.split();
+        Peer::Local(stream) => {
+            let io = LocalIo::new(stream)?;
             let socket = Socket {
-                rd: Reader::Unix(rd),
-                wr: Writer::Unix(wr),
-                fd,
+                rd: Reader::Unix(&io),
+                wr: Writer::Unix(&io),
+                fd: io.fd(),
                 local: true,
             };
             serve_socket(socket, host, id, caller, stop).await

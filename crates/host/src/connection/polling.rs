@@ -16,6 +16,13 @@
 //! runtime has threads, none polls ([`Recent::may_poll`]): with that many clients busy the
 //! threads are not idle long enough for their CPUs to halt. Each connection counts itself
 //! at most once per millisecond ([`Recent::note`]).
+//!
+//! A connection polling back to back never waits on the runtime, so it gives its thread
+//! back when tokio's cooperative budget runs out (every 128 requests): the other tasks on
+//! its thread run (a new connection's accept among them). On a runtime of two or more
+//! threads, a connection whose requests are answered at once takes its socket off the
+//! runtime's I/O driver while it polls (`crate::local_io`), so the idle runtime thread,
+//! waiting in `epoll_wait`, is not woken by each of its requests.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;

@@ -2,15 +2,16 @@
 //! `recv` (peeked, polled; see "Intake" and "Polling" in the parent), able to carry
 //! descriptors — or a stream another transport carries (`purveyor-remote`'s TLS), read
 //! and written through tokio's traits on the connection's own task, so a remote request
-//! costs no hand-off between threads.
+//! costs no hand-off between threads. A local socket is a [`LocalIo`] (registered with
+//! the runtime only while its connection may wait on it).
 
 use std::os::fd::RawFd;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::{ReadHalf, WriteHalf};
 
 use purveyor_protocol::FrameBuffer;
+
+use crate::local_io::LocalIo;
 
 /// A byte stream another transport hands the server (a TLS connection).
 pub trait Carrier: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -25,12 +26,12 @@ pub struct CarriedIo {
 }
 
 pub(crate) enum Reader<'s> {
-    Unix(ReadHalf<'s>),
+    Unix(&'s LocalIo),
     Stream(tokio::io::ReadHalf<Box<dyn Carrier>>),
 }
 
 pub(crate) enum Writer<'s> {
-    Unix(WriteHalf<'s>),
+    Unix(&'s LocalIo),
     Stream(tokio::io::WriteHalf<Box<dyn Carrier>>),
 }
 
@@ -46,24 +47,21 @@ impl Reader<'_> {
     /// `frames` (cancel-safe: a read that has not finished took nothing).
     pub async fn arrive(&mut self, frames: &mut FrameBuffer) -> Arrived {
         match self {
-            Reader::Unix(rd) => {
-                let rd = &*rd;
-                Arrived::Readable(std::future::poll_fn(|cx| rd.as_ref().poll_read_ready(cx)).await)
-            }
+            Reader::Unix(io) => Arrived::Readable(io.readable().await),
             Reader::Stream(rd) => Arrived::Read(rd.read(frames.spare()).await),
         }
     }
 
     pub async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
-            Reader::Unix(rd) => rd.read(buf).await,
+            Reader::Unix(io) => io.read(buf).await,
             Reader::Stream(rd) => rd.read(buf).await,
         }
     }
 
-    pub fn unix(&self) -> Option<&ReadHalf<'_>> {
+    pub fn unix(&self) -> Option<&LocalIo> {
         match self {
-            Reader::Unix(rd) => Some(rd),
+            Reader::Unix(io) => Some(io),
             Reader::Stream(_) => None,
         }
     }
@@ -72,7 +70,7 @@ impl Reader<'_> {
 impl Writer<'_> {
     pub async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
-            Writer::Unix(wr) => wr.write_all(bytes).await,
+            Writer::Unix(io) => io.write_all(bytes).await,
             Writer::Stream(wr) => {
                 wr.write_all(bytes).await?;
                 wr.flush().await
@@ -82,15 +80,15 @@ impl Writer<'_> {
 
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         match self {
-            Writer::Unix(wr) => wr.shutdown().await,
+            Writer::Unix(io) => io.shutdown(),
             Writer::Stream(wr) => wr.shutdown().await,
         }
     }
 
     /// The Unix socket, which alone can carry descriptors.
-    pub fn unix(&self) -> Option<&UnixStream> {
+    pub fn unix(&self) -> Option<&LocalIo> {
         match self {
-            Writer::Unix(wr) => Some(wr.as_ref()),
+            Writer::Unix(io) => Some(io),
             Writer::Stream(_) => None,
         }
     }

@@ -26,8 +26,7 @@ pub(crate) struct LocalIo {
 }
 
 /// The socket's descriptor, as a registration borrows it (the stream owns it).
-#[derive(Clone, Copy)]
-pub(crate) struct Fd(RawFd);
+struct Fd(RawFd);
 
 impl AsRawFd for Fd {
     fn as_raw_fd(&self) -> RawFd {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use purveyor_bench::{
-    BenchDaemon, Placed, cpus, percentiles, pin_process, pin_this_process, pin_thread,
+    BenchDaemon, Floors, Placed, cpus, percentiles, pin_process, pin_this_process, pin_thread,
     release_file, us,
 };
 use purveyor_client::{
@@ -164,9 +164,11 @@ fn main() {
     let placed = Placed {
         request_len,
         reply_len,
-        floor: echo_pinned.unwrap(),
-        split: echo_split,
-        free_echo: echo_free.unwrap(),
+        floors: Floors {
+            floor: echo_pinned.unwrap(),
+            split: echo_split,
+            free_echo: echo_free.unwrap(),
+        },
         ours: ours_free.unwrap(),
         ours_together: ours_pinned.unwrap(),
         plain_json: None,

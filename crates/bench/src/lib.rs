@@ -321,12 +321,8 @@ impl Echoes {
 pub struct Placed {
     pub request_len: usize,
     pub reply_len: usize,
-    /// The floor: a blocking echo, client and echo pinned together on one CPU.
-    pub floor: (Duration, Duration),
-    /// The same echo across two CPUs: what a wake-up on the other (halted) CPU costs.
-    pub split: Option<(Duration, Duration)>,
-    /// The same echo, nothing pinned.
-    pub free_echo: (Duration, Duration),
+    /// The echoes of the same sizes: the floor (pinned together), split, unpinned.
+    pub floors: Floors,
     /// Ours, nothing pinned: what users get.
     pub ours: (Duration, Duration),
     /// Ours, client and daemon pinned together on one CPU.
@@ -337,7 +333,7 @@ pub struct Placed {
 
 impl Placed {
     pub fn line(&self) -> String {
-        let f = self.floor.0.as_secs_f64();
+        let f = self.floors.floor.0.as_secs_f64();
         let x = |d: Duration| d.as_secs_f64() / f;
         let mut line = format!(
             "unpinned p50 {:>6.1} us p99 {:>6.1} us ({:.2}x) | pinned together p50 {:>6.1} us ({:.2}x)",
@@ -355,16 +351,8 @@ impl Placed {
             );
         }
         line += " | ";
-        line += &self.floors().line();
+        line += &self.floors.line();
         line
-    }
-
-    pub fn floors(&self) -> Floors {
-        Floors {
-            floor: self.floor,
-            split: self.split,
-            free_echo: self.free_echo,
-        }
     }
 }
 
@@ -501,9 +489,11 @@ pub fn placed(
     Placed {
         request_len,
         reply_len,
-        floor: p(floor).unwrap(),
-        split: p(split_s),
-        free_echo: p(free_s).unwrap(),
+        floors: Floors {
+            floor: p(floor).unwrap(),
+            split: p(split_s),
+            free_echo: p(free_s).unwrap(),
+        },
         ours: p(ours).unwrap(),
         ours_together: p(together_s).unwrap(),
         plain_json: p(plain_s),

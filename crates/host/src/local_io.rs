@@ -99,12 +99,8 @@ impl LocalIo {
     /// Runs `read` (a read of the socket) once, through the registration's readiness when
     /// there is one, so that a read that finds nothing makes the next wait wait.
     pub fn try_read<R>(&self, read: impl FnOnce() -> std::io::Result<R>) -> std::io::Result<R> {
-        let registration = self
-            .registration
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match registration {
+        let slot = self.registration.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
             Some(registration) => registration.try_io(Interest::READABLE, |_| read()),
             None => read(),
         }

@@ -657,6 +657,16 @@ fn crash_run(
     (kills, ops.load(Ordering::Relaxed))
 }
 
+/// Waits (up to 10 s) until the daemon serves the class again, after a kill.
+fn serving(daemon: &Daemon, what: &str) {
+    wait_until(what, Duration::from_secs(10), || {
+        daemon
+            .client()
+            .enumerate(&class(), &InstanceKey::new())
+            .is_ok()
+    });
+}
+
 /// The proof that nothing is lost. `PURVEYOR_CRASH_SECS` lengthens each phase (the
 /// benchmark variant, `bench/crash`).
 #[test]
@@ -689,6 +699,9 @@ fn acknowledged_writes_survive_provider_and_daemon_kills() {
         writers,
         &acked,
     );
+    // The last kill may have landed just before this: the next call meets the dying
+    // worker (`provider_failed`) until a new one serves.
+    serving(&daemon, "the restarted worker to serve");
     check_invariants(&mut daemon.client(), &acked.lock().unwrap(), writers);
     let (daemon_kills, ops2) = crash_run(
         &mut daemon,
@@ -697,16 +710,7 @@ fn acknowledged_writes_survive_provider_and_daemon_kills() {
         writers,
         &acked,
     );
-    wait_until(
-        "the restarted daemon to serve",
-        Duration::from_secs(10),
-        || {
-            daemon
-                .client()
-                .enumerate(&class(), &InstanceKey::new())
-                .is_ok()
-        },
-    );
+    serving(&daemon, "the restarted daemon to serve");
     check_invariants(&mut daemon.client(), &acked.lock().unwrap(), writers);
     let puts = acked.lock().unwrap().puts.len();
     eprintln!(

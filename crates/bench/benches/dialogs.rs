@@ -135,6 +135,27 @@ fn main() {
         mut ours,
         mut ours_pinned,
     ] = [(); 5].map(|()| Vec::new());
+    // `PURVEYOR_BENCH_ONLY=unpinned`: unpinned round trips alone for `SECS` (default 5)
+    // seconds, printed as one p50 (for `perf record` / `perf sched`).
+    if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "unpinned") {
+        let secs: u64 = std::env::var("SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            round_trips(&mut ours, false);
+        }
+        let (p50, p99) = percentiles(&mut ours);
+        println!(
+            "dialog round trip unpinned alone: p50 {:.1} us  p99 {:.1} us",
+            us(p50),
+            us(p99)
+        );
+        stop.store(true, Ordering::Relaxed);
+        agent_thread.join().unwrap();
+        return;
+    }
     for round in 0..=ROUNDS {
         let warmup = round == 0;
         pin_thread(Some(0));

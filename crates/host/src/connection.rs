@@ -130,6 +130,8 @@ struct Connection<'a> {
     /// the reply before it: then the next is looked for before blocking.
     last_reply: Option<Instant>,
     back_to_back: bool,
+    /// `out` holds a push: its write is not a reply (see "Polling").
+    pushed: bool,
     /// The millisecond this connection was last counted in [`polling::Recent`], and the
     /// runtime's worker threads.
     noted: u64,
@@ -178,6 +180,7 @@ pub(crate) async fn serve(
         poll: config.poll,
         last_reply: None,
         back_to_back: false,
+        pushed: false,
         noted: u64::MAX,
         threads: tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()),
         widened: false,
@@ -421,7 +424,8 @@ impl<'a> Connection<'a> {
             if let Some(unix) = wr.unix() {
                 let sent = send_with_fds(unix, &self.out, &self.fds).await?;
                 self.out.drain(..sent);
-                self.last_reply = Some(Instant::now());
+                self.last_reply = (!self.pushed).then(Instant::now);
+                self.pushed &= !self.out.is_empty();
             }
             self.fds.clear();
         }
@@ -583,7 +587,7 @@ impl<'a> Connection<'a> {
         let Wire { encoding, max, .. } = self.wire;
         for (handle, push) in self.session.sink().take() {
             // A request that answers a push is not asked back to back (see "Polling").
-            self.last_reply = None;
+            self.pushed = true;
             let msg = ServerMessage::Push { handle, push };
             if let Err(e) = encode_frame(encoding, &msg, max, &mut self.out) {
                 // Too large for a frame: the client is told it lost one.
@@ -617,7 +621,8 @@ impl<'a> Connection<'a> {
         if !self.out.is_empty() {
             wr.write_all(&self.out).await?;
             self.out.clear();
-            self.last_reply = Some(Instant::now());
+            // A write that carried a push is not a reply to time the next request by.
+            self.last_reply = (!std::mem::take(&mut self.pushed)).then(Instant::now);
         }
         Ok(())
     }

@@ -38,6 +38,13 @@ impl DialogUi for Answering {
     }
 }
 
+/// The agent's options: direct dialog channels unless `PURVEYOR_BENCH_DIRECT_DIALOGS=0`
+/// (to measure the round trip through the daemon).
+fn agent_options() -> ConnectOptions {
+    let direct = std::env::var("PURVEYOR_BENCH_DIRECT_DIALOGS").map_or(true, |v| v != "0");
+    ConnectOptions::default().ui(true).direct_dialogs(direct)
+}
+
 fn main() {
     if purveyor_bench::helper_mode() {
         return;
@@ -64,8 +71,7 @@ fn main() {
     let echoes = Echoes::spawn(dir.path());
     println!("# purveyor dialogs benchmark ({ROUNDS} rounds of {PER_ROUND} round trips)");
 
-    let mut agent =
-        Client::connect_socket(&daemon.socket, &ConnectOptions::default().ui(true)).unwrap();
+    let mut agent = Client::connect_socket(&daemon.socket, &agent_options()).unwrap();
     agent.set_dialog_ui(Box::new(Answering));
     agent.register_agent().unwrap();
     let stop = Arc::new(AtomicBool::new(false));

@@ -376,7 +376,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Agent => {
             dialog::check_agent(global.no_input)?;
-            let client = connect_with(&global, false)?;
+            // An agent takes dialogs of providers in workers on direct channels.
+            let client = connect_with(&global, false, true)?;
             dialog::run_agent(client, ui_module_dirs(&global)).map(|()| ExitCode::SUCCESS)
         }
         Command::Serve {
@@ -551,7 +552,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("--interval {interval}: expected 0.1 to 3600 seconds");
             }
             let interval = std::time::Duration::from_secs_f64(interval);
-            let mut client = connect_with(&global, false)?;
+            let mut client = connect_with(&global, false, false)?;
             if once || !std::io::stdout().is_terminal() {
                 top::once(&mut client, interval, sort, global.json)?;
             } else {
@@ -560,7 +561,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload => {
-            let mut client = connect_with(&global, false)?;
+            let mut client = connect_with(&global, false, false)?;
             if matches!(client.mode(), Mode::Embedded) {
                 anyhow::bail!(
                     "no daemon at {}: nothing to reload",
@@ -679,7 +680,7 @@ fn man_pages(dir: &std::path::Path) -> Result<ExitCode> {
 /// given or stdin is not a terminal (then providers are told "no UI available").
 fn connect(global: &Global) -> Result<Client> {
     let ui = !global.no_input && std::io::stdin().is_terminal();
-    let mut client = connect_with(global, ui)?;
+    let mut client = connect_with(global, ui, false)?;
     if ui {
         client.set_dialog_ui(dialog::command_ui(ui_module_dirs(global)));
     }
@@ -695,7 +696,7 @@ fn ui_module_dirs(global: &Global) -> Vec<PathBuf> {
     dirs
 }
 
-fn connect_with(global: &Global, ui: bool) -> Result<Client> {
+fn connect_with(global: &Global, ui: bool, direct_dialogs: bool) -> Result<Client> {
     let remote = if global.embedded || global.socket.is_some() {
         None
     } else {
@@ -722,7 +723,8 @@ fn connect_with(global: &Global, ui: bool) -> Result<Client> {
             WireEncoding::Binary => Encoding::Binary,
             WireEncoding::Json => Encoding::Json,
         })
-        .ui(ui);
+        .ui(ui)
+        .direct_dialogs(direct_dialogs);
     if !global.provider_dirs.is_empty() {
         options = options.provider_dirs(global.provider_dirs.clone());
     }
@@ -820,9 +822,11 @@ fn init_logging(cli: &Cli) {
             Err(e) => eprintln!("purveyor: cannot log to the journal ({e}); logging to stderr"),
         }
     }
+    // Colour only for a person at a terminal: a log file or a pipe gets plain text.
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }

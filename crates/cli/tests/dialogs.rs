@@ -22,8 +22,14 @@ fn daemon() -> Daemon {
 
 /// A client that shows dialogs with `ui`.
 fn showing(d: &Daemon, ui: impl DialogUi + Send + 'static) -> Client {
-    let mut client =
-        Client::connect_socket(&d.socket, &ConnectOptions::default().ui(true)).unwrap();
+    showing_with(d, ui, false)
+}
+
+/// A client that shows dialogs with `ui`, taking its agent dialogs on direct channels
+/// when `direct` says so.
+fn showing_with(d: &Daemon, ui: impl DialogUi + Send + 'static, direct: bool) -> Client {
+    let options = ConnectOptions::default().ui(true).direct_dialogs(direct);
+    let mut client = Client::connect_socket(&d.socket, &options).unwrap();
     client.set_dialog_ui(Box::new(ui));
     client
 }
@@ -226,15 +232,16 @@ fn a_client_without_a_ui_is_refused_and_the_provider_is_told_no_ui_available() {
     }
 }
 
-/// An agent on its own thread, answering with `answer` until `until` holds for its log
-/// (bounded).
-fn agent(
+/// An agent on its own thread (on direct dialog channels when `direct` says so), answering
+/// with `answer` until `until` holds for its log (bounded).
+fn agent_with(
     d: &Daemon,
+    direct: bool,
     answer: impl FnMut(&str) -> UiAction + Send + 'static,
     until: impl Fn(&[String]) -> bool + Send + 'static,
 ) -> (std::thread::JoinHandle<Vec<String>>, u32) {
     let (ui, log) = Scripted::new(answer);
-    let mut client = showing(d, ui);
+    let mut client = showing_with(d, ui, direct);
     let handle = client.register_agent().unwrap();
     let thread = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -249,8 +256,28 @@ fn agent(
 #[test]
 fn a_spontaneous_dialog_reaches_the_agent_and_the_phone_call_runs_through_it() {
     let d = daemon();
-    let (agent, _) = agent(
-        &d,
+    phone_call(&d, false);
+    // The daemon's log is written behind it: wait for the line.
+    wait_until("the open in the log", Duration::from_secs(10), || {
+        d.log().contains("direct=false")
+    });
+}
+
+#[test]
+fn the_phone_call_runs_the_same_on_a_direct_channel() {
+    let d = daemon();
+    phone_call(&d, true);
+    wait_until("a direct open in the log", Duration::from_secs(10), || {
+        d.log().contains("direct=true")
+    });
+}
+
+/// The phone call through an agent (on direct channels when `direct` says so): every
+/// update in order, the close after the last.
+fn phone_call(d: &Daemon, direct: bool) {
+    let (agent, _) = agent_with(
+        d,
+        direct,
         |seen| {
             if seen.starts_with("open") {
                 press("talk", &[])
@@ -288,6 +315,74 @@ fn a_spontaneous_dialog_reaches_the_agent_and_the_phone_call_runs_through_it() {
             "closed call ended",
         ]
     );
+}
+
+/// A UI that logs what it is shown, answers nothing, and keeps the last dialog's handle.
+#[derive(Default)]
+struct Seen {
+    log: Vec<String>,
+    handle: u32,
+}
+
+#[derive(Clone, Default)]
+struct Watching(Arc<Mutex<Seen>>);
+
+impl Watching {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.0.lock().unwrap()
+    }
+}
+
+impl DialogUi for Watching {
+    fn open(&mut self, dialog: &OpenDialog) -> UiAction {
+        let mut me = self.lock();
+        me.handle = dialog.handle;
+        me.log.push(format!("open {}", dialog.form.title));
+        UiAction::Wait
+    }
+
+    fn update(&mut self, _handle: u32, update: &FormUpdate) -> UiAction {
+        let text = update.text.clone().unwrap_or_default();
+        self.lock().log.push(format!("update {text}"));
+        UiAction::Wait
+    }
+
+    fn closed(&mut self, _handle: u32, reason: &str) {
+        self.lock().log.push(format!("closed {reason}"));
+    }
+}
+
+#[test]
+fn a_direct_channel_keeps_the_order_of_updates_and_of_an_input_before_the_users_close() {
+    let d = daemon();
+    let ui = Watching::default();
+    let mut agent = showing_with(&d, ui.clone(), true);
+    agent.register_agent().unwrap();
+    let burst = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(50))]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ui.lock().log.iter().any(|l| l == "update update 50") {
+        assert!(Instant::now() < deadline, "{:?}", ui.lock().log);
+        agent.next_event(Some(Duration::from_millis(50))).unwrap();
+    }
+    let expected: Vec<String> = std::iter::once("open Burst".to_string())
+        .chain((1..=50).map(|i| format!("update update {i}")))
+        .collect();
+    assert_eq!(ui.lock().log, expected);
+    // The input, then the user's close right behind it: the provider has the input first
+    // (it went on the channel, the close through the daemon).
+    let handle = ui.lock().handle;
+    agent
+        .dialog_send(handle, DialogInput::button("done").unwrap())
+        .unwrap();
+    // The provider may have closed it already, having read the input.
+    match agent.dialog_close(handle) {
+        Ok(()) | Err(ClientError::NotFound { .. }) => {}
+        Err(e) => panic!("closing: {e}"),
+    }
+    assert_eq!(burst.join().unwrap().unwrap(), "50 updates, then done");
+    wait_until("a direct open in the log", Duration::from_secs(10), || {
+        d.log().contains("direct=true")
+    });
 }
 
 #[test]

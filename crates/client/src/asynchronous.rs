@@ -149,7 +149,8 @@ impl AsyncClient {
             path: path.to_owned(),
             source,
         };
-        let frame = hello_frame(options.encoding, &options.client_name, options.ui);
+        // Direct dialog channels are the blocking client's (its `next_event` reads them).
+        let frame = hello_frame(options.encoding, &options.client_name, options.ui, false);
         let hello = match stream.write_all(&frame).await {
             Ok(()) => stream.flush().await,
             Err(e) => Err(e),

@@ -18,11 +18,13 @@ use purveyor_protocol::{
 };
 
 use crate::dialog::{DialogUi, OpenDialog, UiAction};
+use crate::dialog_channels::DialogChannels;
 use crate::direct::{DIRECT_SINCE, DirectRoutes, Plan};
 use crate::stream::Stream;
 use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
 use crate::{ClientError, ConnectOptions, Mode, Target, typed};
 use purveyor_protocol::DialogInput;
+use purveyor_protocol::dialog_channel;
 
 /// A blocking client. Requests go one at a time through [`Client::request`], or pipelined
 /// through [`Client::send`] and [`Client::recv`].
@@ -62,6 +64,10 @@ struct SocketConn {
     outstanding: std::collections::BTreeSet<u32>,
     /// Descriptors the daemon passed (`io_open` with `pass_fd`), in arrival order.
     pub(crate) fds: std::collections::VecDeque<std::os::fd::OwnedFd>,
+    /// How many of `fds` belong to replies parsed and not yet collected (`claim_fds`).
+    unclaimed: usize,
+    /// Dialogs' direct channels (`ConnectOptions::direct_dialogs`).
+    dialogs: DialogChannels,
     /// For messages: the daemon's socket and how long a reply may take.
     path: PathBuf,
     reply_timeout: Duration,
@@ -149,10 +155,12 @@ impl Client {
         stream
             .set_read_timeout(Some(options.reply_timeout))
             .map_err(connect_err)?;
+        let direct_dialogs = options.direct_dialogs && matches!(stream, Stream::Unix(_));
         let hello = stream.write_all(&hello_frame(
             options.encoding,
             &options.client_name,
             options.ui,
+            direct_dialogs,
         ));
         // A daemon that refuses the connection (a connection limit) says why and closes
         // before reading the hello: the reason is still there to read.
@@ -187,6 +195,8 @@ impl Client {
                 pushes: Default::default(),
                 outstanding: Default::default(),
                 fds: Default::default(),
+                unclaimed: 0,
+                dialogs: DialogChannels::default(),
                 path: path.to_owned(),
                 reply_timeout: options.reply_timeout,
             }),
@@ -341,7 +351,10 @@ impl Client {
     /// The next descriptor the daemon passed, in arrival order.
     pub(crate) fn take_fd(&mut self) -> Option<std::os::fd::OwnedFd> {
         match &mut self.transport {
-            Transport::Socket(conn) => conn.fds.pop_front(),
+            Transport::Socket(conn) => {
+                conn.unclaimed = conn.unclaimed.saturating_sub(1);
+                conn.fds.pop_front()
+            }
             #[cfg(feature = "embedded")]
             Transport::Embedded(_) => None,
         }
@@ -426,12 +439,19 @@ impl Client {
 
     /// Sends input (a button, fields, data) to the provider of dialog `handle`.
     pub fn dialog_send(&mut self, handle: u32, input: DialogInput) -> Result<(), ClientError> {
-        typed::done(self.request(Request::DialogSend { handle, input })?)
+        match self
+            .route(vec![Request::DialogSend { handle, input }])
+            .pop()
+        {
+            Some(request) => typed::done(self.request(request)?),
+            None => Ok(()),
+        }
     }
 
     /// Closes dialog `handle`; its provider is told the user closed it.
     pub fn dialog_close(&mut self, handle: u32) -> Result<(), ClientError> {
-        typed::done(self.request(Request::DialogClose { handle })?)
+        let request = self.route(vec![Request::DialogClose { handle }]);
+        typed::done(self.request(request.into_iter().next().expect("a close is sent"))?)
     }
 
     /// Passes the dialog pushes waiting on the socket to the UI, and sends what it does.
@@ -439,24 +459,118 @@ impl Client {
         let Transport::Socket(conn) = &mut self.transport else {
             return Ok(());
         };
-        let Some(ui) = self.ui.as_deref_mut() else {
+        if self.ui.is_none() {
             return Ok(());
-        };
-        let mut requests = Vec::new();
-        let mut rest = std::collections::VecDeque::new();
-        for (handle, push) in conn.pushes.drain(..) {
-            if is_dialog(&push) {
-                requests.extend(drive(ui, handle, push));
-            } else {
-                rest.push_back((handle, push));
-            }
         }
+        let (dialog, rest) = conn.pushes.drain(..).partition(|(_, push)| is_dialog(push));
         conn.pushes = rest;
+        let mut requests = Vec::new();
+        for (handle, push) in Vec::from(dialog) {
+            requests.extend(self.drive_push(handle, push));
+        }
         for request in requests {
             let id = self.send(request)?;
             self.internal.insert(id);
         }
         Ok(())
+    }
+
+    /// What the UI does with a dialog push, as the requests to send (those its direct
+    /// channel carries already sent). A closing dialog's channel is read out first: what
+    /// the provider sent before closing is shown before the close.
+    fn drive_push(&mut self, handle: u32, push: Push) -> Vec<Request> {
+        let Some(ui) = self.ui.as_deref_mut() else {
+            return Vec::new();
+        };
+        if let (Push::DialogClosed { .. }, Transport::Socket(conn)) = (&push, &mut self.transport) {
+            for update in conn.dialogs.close(handle) {
+                // The dialog is closed: what the UI would answer has nowhere to go.
+                let _ = ui.update(handle, &update);
+            }
+        }
+        let opening = matches!(push, Push::DialogOpen { .. });
+        let requests = drive(ui, handle, push);
+        if let (true, Transport::Socket(conn)) = (opening, &mut self.transport) {
+            conn.dialogs.shown(handle);
+        }
+        self.route(requests)
+    }
+
+    /// Sends the inputs of dialogs with a direct channel on it; closes the channel of a
+    /// dialog the UI closes. Returns what still goes to the daemon.
+    fn route(&mut self, requests: Vec<Request>) -> Vec<Request> {
+        let Transport::Socket(conn) = &mut self.transport else {
+            return requests;
+        };
+        if conn.dialogs.is_empty() {
+            return requests;
+        }
+        let mut out = Vec::with_capacity(requests.len());
+        for request in requests {
+            match request {
+                Request::DialogSend { handle, input } => {
+                    if let Some(input) = conn.dialogs.send(handle, input) {
+                        out.push(Request::DialogSend { handle, input });
+                    }
+                }
+                Request::DialogClose { handle } => {
+                    // The inputs written stay readable by the provider; the close comes
+                    // after them.
+                    conn.dialogs.close(handle);
+                    out.push(Request::DialogClose { handle });
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    /// Shows the updates that came on direct channels, and sends what the UI does.
+    fn drive_channels(&mut self) -> Result<(), ClientError> {
+        let Transport::Socket(conn) = &mut self.transport else {
+            return Ok(());
+        };
+        if conn.dialogs.is_empty() {
+            return Ok(());
+        }
+        for (handle, update) in conn.dialogs.arrived() {
+            for request in self.drive_push(handle, Push::DialogUpdate { update }) {
+                self.request(request).map(drop).or_else(benign)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next push when this client has direct dialog channels: one already read, or
+    /// the first to come while the channels are watched too (`None` when only a channel
+    /// spoke, or at `give_up`).
+    fn next_push_or_channel(
+        &mut self,
+        give_up: Option<std::time::Instant>,
+    ) -> Result<Option<(u32, Push)>, ClientError> {
+        let Transport::Socket(conn) = &mut self.transport else {
+            return Ok(None);
+        };
+        if let Some(push) = conn.next_push(Some(Duration::ZERO))? {
+            return Ok(Some(push));
+        }
+        let Stream::Unix(socket) = &conn.stream else {
+            return Ok(None);
+        };
+        let socket = std::os::fd::AsRawFd::as_raw_fd(socket);
+        let mut fds = conn.dialogs.fds();
+        fds.push(socket);
+        // Waits in slices of an hour when there is no limit.
+        let left = give_up.map_or(Duration::from_secs(3600), |at| {
+            at.saturating_duration_since(std::time::Instant::now())
+        });
+        conn.flush()?;
+        dialog_channel::wait_readable(&fds, left);
+        if !dialog_channel::readable_now(socket) {
+            return Ok(None);
+        }
+        // One read of what came: a push, or a reply kept for its caller.
+        conn.next_push(Some(Duration::from_millis(1)))
     }
 
     /// Forgets the replies to requests `ids`: those that arrived are dropped, the others
@@ -671,19 +785,28 @@ impl Client {
         if self.ui.is_none() {
             return self.next_push(timeout);
         }
-        // Dialog pushes go to the UI; the first other push is returned.
+        // Dialog pushes go to the UI, as do updates on direct channels; the first other
+        // push is returned.
         let give_up = timeout.map(|t| std::time::Instant::now() + t);
         loop {
+            self.drive_channels()?;
             let left = give_up.map(|at| at.saturating_duration_since(std::time::Instant::now()));
-            let Some((handle, push)) = self.next_push(left)? else {
+            let channels = matches!(&self.transport, Transport::Socket(c) if !c.dialogs.is_empty());
+            let next = if channels {
+                self.next_push_or_channel(give_up)?
+            } else {
+                self.next_push(left)?
+            };
+            let Some((handle, push)) = next else {
+                if channels && !left.is_some_and(|l| l.is_zero()) {
+                    continue;
+                }
                 return Ok(None);
             };
             if !is_dialog(&push) {
                 return Ok(Some((handle, push)));
             }
-            let ui = self.ui.as_deref_mut().expect("checked above");
-            let requests = drive(ui, handle, push);
-            for request in requests {
+            for request in self.drive_push(handle, push) {
                 self.request(request).map(drop).or_else(benign)?;
             }
             if left.is_some_and(|l| l.is_zero()) {
@@ -777,7 +900,10 @@ fn drive(ui: &mut (dyn DialogUi + Send), handle: u32, push: Push) -> Vec<Request
 fn is_dialog(push: &Push) -> bool {
     matches!(
         push,
-        Push::DialogOpen { .. } | Push::DialogUpdate { .. } | Push::DialogClosed { .. }
+        Push::DialogOpen { .. }
+            | Push::DialogUpdate { .. }
+            | Push::DialogClosed { .. }
+            | Push::DialogChannel
     )
 }
 
@@ -872,7 +998,9 @@ impl SocketConn {
                 .next_frame()
                 .map_err(|e| ClientError::protocol(e.to_string()))?;
             if let Some(payload) = frame {
-                match parse_incoming(self.encoding, payload)? {
+                let incoming = parse_incoming(self.encoding, payload)?;
+                self.claim_fds(&incoming);
+                match incoming {
                     Incoming::Reply(id, reply) => {
                         self.outstanding.remove(&id);
                         return Ok(Some((id, reply)));
@@ -902,6 +1030,24 @@ impl SocketConn {
 }
 
 impl SocketConn {
+    /// Takes the descriptor a `dialog_channel` push names as it is parsed: the one after
+    /// those of the replies parsed before it and not yet collected (a reply's is collected
+    /// by its caller, in order).
+    fn claim_fds(&mut self, incoming: &Incoming) {
+        match incoming {
+            Incoming::Reply(
+                _,
+                Ok(Response::IoOpened { fd: true, .. } | Response::Direct { .. }),
+            ) => self.unclaimed += 1,
+            Incoming::Push(handle, Push::DialogChannel) => {
+                if let Some(fd) = self.fds.remove(self.unclaimed) {
+                    self.dialogs.add(*handle, fd);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// A large `io_data` reply whose head has arrived, read straight into its own vector:
     /// its bytes are copied once, from the socket, instead of into the frame buffer and
     /// again out of it.
@@ -943,7 +1089,9 @@ impl SocketConn {
                 .next_frame()
                 .map_err(|e| ClientError::protocol(e.to_string()))?
             {
-                match parse_incoming(self.encoding, payload)? {
+                let incoming = parse_incoming(self.encoding, payload)?;
+                self.claim_fds(&incoming);
+                match incoming {
                     Incoming::Reply(id, reply) => {
                         self.outstanding.remove(&id);
                         self.early.insert(id, reply);

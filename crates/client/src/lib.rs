@@ -8,6 +8,7 @@
 mod asynchronous;
 mod blocking;
 pub mod dialog;
+mod dialog_channels;
 mod direct;
 mod error;
 pub mod io;

@@ -50,6 +50,12 @@ pub struct ConnectOptions {
     /// Reads of a provider in an isolated worker may go on a direct channel to the worker
     /// (`docs/protocol.md`, "Direct channels"). On unless `PURVEYOR_DIRECT=0`.
     pub direct: bool,
+    /// As a UI agent, take dialogs from providers in isolated workers on direct channels
+    /// to the worker (`docs/dialogs.md`, "Direct channels"): their updates and this
+    /// client's inputs skip the daemon. Only over a local socket, and only for a client
+    /// that shows dialogs with a [`crate::DialogUi`] through [`crate::Client::next_event`]
+    /// (a client reading raw pushes would not see the updates). Off by default.
+    pub direct_dialogs: bool,
 }
 
 impl Default for ConnectOptions {
@@ -62,6 +68,7 @@ impl Default for ConnectOptions {
             reply_timeout: std::time::Duration::from_secs(60),
             ui: false,
             direct: std::env::var_os("PURVEYOR_DIRECT").is_none_or(|v| v != "0"),
+            direct_dialogs: false,
         }
     }
 }
@@ -80,6 +87,13 @@ impl ConnectOptions {
     /// Whether this client shows in-call dialogs (see [`ConnectOptions::ui`]).
     pub fn ui(mut self, ui: bool) -> Self {
         self.ui = ui;
+        self
+    }
+
+    /// Whether this agent takes dialogs on direct channels (see
+    /// [`ConnectOptions::direct_dialogs`]).
+    pub fn direct_dialogs(mut self, direct: bool) -> Self {
+        self.direct_dialogs = direct;
         self
     }
 

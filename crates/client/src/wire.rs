@@ -9,13 +9,19 @@ use purveyor_protocol::{
 use crate::ClientError;
 
 /// The hello frame.
-pub(crate) fn hello_frame(encoding: Encoding, client: &str, ui: bool) -> Vec<u8> {
+pub(crate) fn hello_frame(
+    encoding: Encoding,
+    client: &str,
+    ui: bool,
+    direct_dialogs: bool,
+) -> Vec<u8> {
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
         minor: PROTOCOL_MINOR,
         encoding,
         client: client.into(),
         ui,
+        direct_dialogs,
     };
     let mut out = Vec::new();
     encode_frame(Encoding::Json, &hello, u32::MAX, &mut out).expect("a hello always encodes");

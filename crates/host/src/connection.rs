@@ -586,6 +586,14 @@ impl<'a> Connection<'a> {
     fn encode_pushes(&mut self) {
         let Wire { encoding, max, .. } = self.wire;
         for (handle, push) in self.session.sink().take() {
+            if matches!(push, Push::DialogChannel) {
+                // The channel's end rides on its push; without it (already taken) the
+                // push is not sent: the dialog then goes through the host.
+                match self.session.sink().take_channel(handle) {
+                    Some(fd) => self.fds.push(fd),
+                    None => continue,
+                }
+            }
             // A request that answers a push is not asked back to back (see "Polling").
             self.pushed = true;
             let msg = ServerMessage::Push { handle, push };
@@ -618,6 +626,8 @@ impl<'a> Connection<'a> {
 
     /// Writes what `out` holds.
     pub(super) async fn write_out(&mut self, wr: &mut Writer<'_>) -> std::io::Result<()> {
+        // Descriptors ride on the first bytes written after the messages that name them.
+        self.send_fds(wr).await?;
         if !self.out.is_empty() {
             wr.write_all(&self.out).await?;
             self.out.clear();

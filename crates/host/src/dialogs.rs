@@ -19,20 +19,24 @@
 //!   which may call back).
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use purveyor_hosting::hosted::DialogChannels;
 use purveyor_hosting::lock::{Current, Locked};
-use purveyor_protocol::{DialogEvent, DialogInput, DialogOp, ErrorCode, Form, Push, RemoteError};
+use purveyor_protocol::{DialogEvent, DialogInput, DialogOp, Form, Push, RemoteError};
 use purveyor_provider::Caller;
 
 use crate::access::AccessPolicy;
 
 mod deadlines;
+mod table;
 #[cfg(test)]
 mod tests;
 use crate::push::PushSink;
+use table::{close, direct_channel, in_call, owned, run};
 
 /// Updates held for a dialog not yet shown; one more closes it.
 pub(crate) const MAX_HELD: usize = 256;
@@ -47,6 +51,9 @@ pub(crate) struct Origin {
     id: u64,
     provider: String,
     notify: Notify,
+    /// Hands the provider's worker a dialog's direct channel (a provider in an isolated
+    /// worker; `docs/dialogs.md`, "Direct channels").
+    channels: Option<DialogChannels>,
     /// Keeps the provider loaded while one of its dialogs is open.
     pin: Box<dyn Fn() -> Box<dyn Send + Sync> + Send + Sync>,
 }
@@ -58,6 +65,8 @@ pub struct SessionUi {
     shows: AtomicBool,
     /// Set once the session registered as its user's UI agent.
     agent: AtomicBool,
+    /// Its hello asked for direct dialog channels, over a socket that can carry them.
+    direct: AtomicBool,
     sink: Arc<PushSink>,
 }
 
@@ -68,8 +77,15 @@ impl SessionUi {
             caller,
             shows: AtomicBool::new(false),
             agent: AtomicBool::new(false),
+            direct: AtomicBool::new(false),
             sink,
         }
+    }
+
+    /// Whether this session takes its agent dialogs on direct channels (its hello asked
+    /// for `direct_dialogs` on a local socket).
+    pub fn set_direct(&self, direct: bool) {
+        self.direct.store(direct, Ordering::Relaxed);
     }
 
     /// Whether this session shows in-call dialogs (its hello said `ui`).
@@ -118,6 +134,7 @@ struct Agent {
     session: u64,
     uid: u32,
     pid: u32,
+    direct: bool,
     sink: Arc<PushSink>,
 }
 
@@ -161,6 +178,10 @@ struct Opening {
 enum After {
     Provider(Arc<Origin>, u32, DialogEvent),
     Client(Arc<PushSink>, u32, Push),
+    /// Hand the provider's worker its end of dialog `.2`'s direct channel, then tell the
+    /// provider the dialog opened (`direct`, or plain `opened` if the hand-over failed:
+    /// the application then finds its end closed and goes through the host).
+    Direct(Arc<Origin>, u32, u32, OwnedFd),
 }
 
 /// Unregisters a dialog-capable call when it ends.
@@ -227,12 +248,14 @@ impl DialogHub {
         &self,
         provider: String,
         notify: Notify,
+        channels: Option<DialogChannels>,
         pin: Box<dyn Fn() -> Box<dyn Send + Sync> + Send + Sync>,
     ) -> Arc<Origin> {
         Arc::new(Origin {
             id: self.next_origin.fetch_add(1, Ordering::Relaxed),
             provider,
             notify,
+            channels,
             pin,
         })
     }
@@ -291,6 +314,7 @@ impl DialogHub {
             session: session.id,
             uid: session.caller.uid,
             pid: session.caller.pid,
+            direct: session.direct.load(Ordering::Relaxed),
             sink: session.sink.clone(),
         });
         tracing::info!(
@@ -335,13 +359,17 @@ impl DialogHub {
                         deadline_ms,
                     },
                 ) {
-                    Ok(handle) => {
+                    Ok((handle, None)) => {
                         self.opened.fetch_add(1, Ordering::Relaxed);
                         after.push(After::Provider(
                             origin.clone(),
                             local,
                             DialogEvent::Opened { handle },
                         ));
+                    }
+                    Ok((handle, Some(theirs))) => {
+                        self.opened.fetch_add(1, Ordering::Relaxed);
+                        after.push(After::Direct(origin.clone(), local, handle, theirs));
                     }
                     Err(message) => {
                         self.refused.fetch_add(1, Ordering::Relaxed);
@@ -387,7 +415,7 @@ impl DialogHub {
         origin: &Arc<Origin>,
         local: u32,
         opening: Opening,
-    ) -> Result<u32, String> {
+    ) -> Result<(u32, Option<OwnedFd>), String> {
         let Opening {
             form,
             call,
@@ -404,8 +432,9 @@ impl DialogHub {
                 origin.provider
             ));
         }
-        let (session, sink, request) = if call != 0 {
-            in_call(state, call)?
+        let (session, sink, request, direct) = if call != 0 {
+            let (session, sink, request) = in_call(state, call)?;
+            (session, sink, request, false)
         } else {
             self.spontaneous(state, user, agent)?
         };
@@ -427,7 +456,13 @@ impl DialogHub {
             deadline_ms: span.as_millis() as u64,
             form,
         };
-        tracing::info!(dialog = handle, provider = %origin.provider, in_call = call != 0, "dialog opened");
+        // A direct channel for an agent that takes them, from a provider in a worker: its
+        // end rides on a push before the open (`docs/dialogs.md`, "Direct channels").
+        let theirs = match (direct, &origin.channels) {
+            (true, Some(_)) => direct_channel(&sink, handle),
+            _ => None,
+        };
+        tracing::info!(dialog = handle, provider = %origin.provider, in_call = call != 0, direct = theirs.is_some(), "dialog opened");
         if !sink.offer_reliable(handle, push) {
             if let Some(c) = state.calls.get_mut(&call) {
                 c.open -= 1;
@@ -452,7 +487,7 @@ impl DialogHub {
         );
         self.start_deadlines();
         self.wake.notify_one();
-        Ok(handle)
+        Ok((handle, theirs))
     }
 
     /// Where a spontaneous dialog for `user` goes: the UI agent `agent` if named (and
@@ -463,7 +498,7 @@ impl DialogHub {
         state: &State,
         user: Option<u32>,
         agent: Option<u32>,
-    ) -> Result<(u64, Arc<PushSink>, Option<u32>), String> {
+    ) -> Result<(u64, Arc<PushSink>, Option<u32>, bool), String> {
         let Some(user) = user else {
             return Err("a spontaneous dialog must name its user".into());
         };
@@ -501,7 +536,7 @@ impl DialogHub {
             pid = chosen.pid,
             "spontaneous dialog routed"
         );
-        Ok((chosen.session, chosen.sink.clone(), None))
+        Ok((chosen.session, chosen.sink.clone(), None, chosen.direct))
     }
 
     /// The client shows the dialog: deliver what was held.
@@ -631,89 +666,5 @@ impl DialogHub {
 
     pub fn agents(&self) -> usize {
         self.lock().agents.len()
-    }
-}
-
-/// Where an in-call dialog goes: the client whose call has the token `call`, if that
-/// call still runs and its client shows dialogs (the call's count of open dialogs grows).
-fn in_call(state: &mut State, call: u32) -> Result<(u64, Arc<PushSink>, Option<u32>), String> {
-    let Some(c) = state.calls.get_mut(&call) else {
-        return Err(format!(
-            "no UI available: the call (token {call}) is over or was not made by a client that shows dialogs"
-        ));
-    };
-    if !c.shows {
-        return Err(format!(
-            "no UI available: the client (pid {}) cannot show dialogs (--no-input, or no terminal)",
-            c.pid
-        ));
-    }
-    c.open += 1;
-    Ok((c.session, c.sink.clone(), c.request))
-}
-
-/// The dialog `handle` if `session` owns it.
-fn owned<'s>(
-    state: &'s mut State,
-    session: &SessionUi,
-    handle: u32,
-) -> Result<&'s mut Open, RemoteError> {
-    match state.dialogs.get_mut(&handle) {
-        Some(open) if open.session == session.id => Ok(open),
-        _ => Err(RemoteError::new(
-            ErrorCode::NotFound,
-            format!("this connection has no dialog {handle} (it may have closed)"),
-        )),
-    }
-}
-
-/// Ends dialog `handle`, telling the provider and/or the client `reason`.
-fn close(
-    state: &mut State,
-    handle: u32,
-    reason: &str,
-    tell_provider: bool,
-    tell_client: bool,
-    after: &mut Vec<After>,
-) {
-    let Some(open) = state.dialogs.remove(&handle) else {
-        return;
-    };
-    state.by_local.remove(&(open.origin.id, open.local));
-    if let Some(call) = state.calls.get_mut(&open.call) {
-        call.open = call.open.saturating_sub(1);
-        call.last_end = Some(Instant::now());
-    }
-    tracing::info!(dialog = handle, provider = %open.origin.provider, %reason, "dialog closed");
-    if tell_provider {
-        after.push(After::Provider(
-            open.origin.clone(),
-            open.local,
-            DialogEvent::Closed {
-                reason: reason.to_string(),
-            },
-        ));
-    }
-    if tell_client {
-        after.push(After::Client(
-            open.sink.clone(),
-            handle,
-            Push::DialogClosed {
-                reason: reason.to_string(),
-            },
-        ));
-    }
-}
-
-fn run(after: Vec<After>) {
-    for action in after {
-        match action {
-            After::Provider(origin, local, event) => (origin.notify)(local, event),
-            After::Client(sink, handle, push) => {
-                // A client whose queue is full is not reading; it learns when it does
-                // that the dialog is gone (its requests for it fail).
-                let _ = sink.offer_reliable(handle, push);
-            }
-        }
     }
 }

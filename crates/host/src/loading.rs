@@ -38,7 +38,10 @@ pub(crate) async fn load(host: Arc<Shared>, slot: Arc<Slot>) -> LoadResult {
     // A provider that can open dialogs gets an origin: news goes to it, and its release
     // (or its process's end) closes its dialogs.
     let hold = hosted.dialog_news().map(|news| {
-        let origin = host.dialogs().origin(name.clone(), news, pin_for(&slot));
+        let channels = hosted.dialog_channels();
+        let origin = host
+            .dialogs()
+            .origin(name.clone(), news, channels, pin_for(&slot));
         let _ = link.origin.set(origin.clone());
         Box::new(host.dialogs().guard(origin)) as Box<dyn Send + Sync>
     });

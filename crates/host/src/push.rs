@@ -23,6 +23,9 @@ pub struct PushSink {
     notify: tokio::sync::Notify,
     /// The subscriptions this session holds (`conn.subscriptions` bounds them).
     subscriptions: AtomicUsize,
+    /// Dialogs' direct channels (the application's ends), each until its
+    /// `dialog_channel` push is written: the descriptor rides on it.
+    channels: std::sync::Mutex<std::collections::HashMap<u32, std::os::fd::OwnedFd>>,
 }
 
 /// Dialog messages queued for a session that does not read; more refuse or close dialogs.
@@ -36,7 +39,24 @@ impl PushSink {
             pending: Default::default(),
             notify: tokio::sync::Notify::new(),
             subscriptions: Default::default(),
+            channels: Default::default(),
         }
+    }
+
+    /// Queues dialog `handle`'s `dialog_channel` push with `channel`, the descriptor the
+    /// connection sends with it; `false` when the session is not reading.
+    pub(crate) fn offer_channel(&self, handle: u32, channel: std::os::fd::OwnedFd) -> bool {
+        self.channels.locked().insert(handle, channel);
+        if self.offer_reliable(handle, Push::DialogChannel) {
+            return true;
+        }
+        self.channels.locked().remove(&handle);
+        false
+    }
+
+    /// The descriptor of dialog `handle`'s `dialog_channel` push, once.
+    pub fn take_channel(&self, handle: u32) -> Option<std::os::fd::OwnedFd> {
+        self.channels.locked().remove(&handle)
     }
 
     /// Queues a push; `false` (and the drop counted) when the queue is full.

@@ -268,20 +268,21 @@ async fn serve_socket(
     let request_max = config.limits.conn_request_max.min(max);
     let mut frames = FrameBuffer::new(request_max);
     let (rd, wr) = (&mut socket.rd, &mut socket.wr);
-    let Some((encoding, ui, minor)) = handshake(rd, wr, &mut frames, host, id).await? else {
+    let Some(hello) = handshake(rd, wr, &mut frames, host, id).await? else {
         return Ok(());
     };
     let wire = Wire {
-        encoding,
+        encoding: hello.encoding,
         max,
-        minor,
+        minor: hello.minor,
     };
     let session = host.session(caller);
-    session.set_shows(ui);
-    // A local Unix socket can carry file descriptors (plain files opened for reading); a
-    // carried stream cannot reach its client's process.
+    session.set_shows(hello.ui);
+    // A local Unix socket can carry file descriptors (plain files opened for reading, the
+    // ends of direct dialog channels); a carried stream cannot reach its client's process.
     if socket.local {
         session.allow_fds();
+        session.set_direct_dialogs(hello.direct_dialogs);
     }
     connection::serve(socket, frames, wire, host.shared(), &session, id, stop).await
 }
@@ -294,7 +295,7 @@ async fn handshake(
     frames: &mut FrameBuffer,
     host: &Host,
     id: u32,
-) -> std::io::Result<Option<(Encoding, bool, u16)>> {
+) -> std::io::Result<Option<Hello>> {
     let config = host.config();
     let first = tokio::time::timeout(config.handshake_timeout, async {
         loop {
@@ -374,7 +375,7 @@ async fn handshake(
         return Ok(None);
     }
     wr.write_all(&out).await?;
-    Ok(Some((hello.encoding, hello.ui, hello.minor)))
+    Ok(Some(hello))
 }
 
 /// Says goodbye in JSON (no encoding was agreed) and gives up on the connection.

@@ -67,6 +67,12 @@ impl Session {
         self.ui.set_shows(shows);
     }
 
+    /// Whether its client takes its agent dialogs on direct channels (`docs/dialogs.md`,
+    /// "Direct channels"; a local socket's hello asked for them).
+    pub fn set_direct_dialogs(&self, direct: bool) {
+        self.ui.set_direct(direct);
+    }
+
     /// Whether its client shows in-call dialogs.
     pub fn shows(&self) -> bool {
         self.ui.shows()

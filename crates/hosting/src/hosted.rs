@@ -34,6 +34,10 @@ use crate::procedures::{ProcedureServer, close_off_thread};
 use crate::process::{CallFailure, ProcessConn, ProcessKind};
 use crate::watchdog::Watchdog;
 
+/// Hands a provider's worker the socket of its dialog number `dialog`.
+pub type DialogChannels =
+    Box<dyn Fn(u32, &std::os::fd::OwnedFd) -> Result<(), String> + Send + Sync>;
+
 /// What a running provider may ask of its host. Called from any thread, never with a
 /// lock of the provider's held; an implementation must not block.
 pub trait HostLink: Send + Sync + 'static {
@@ -429,6 +433,32 @@ impl Hosted {
             }
             Backend::Local { .. } | Backend::Io(_) => None,
         }
+    }
+
+    /// How to hand its worker a dialog's direct channel (`docs/dialogs.md`, "Direct
+    /// channels"): for a provider in an isolated worker. Holds the process weakly.
+    pub fn dialog_channels(&self) -> Option<DialogChannels> {
+        let Backend::Process(conn) = &self.backend else {
+            return None;
+        };
+        if !conn.takes_direct() {
+            return None;
+        }
+        let (conn, provider) = (Arc::downgrade(conn), self.name.clone());
+        Some(Box::new(move |dialog, channel| {
+            let conn = conn.upgrade().ok_or("its worker is gone")?;
+            let attach = DirectAttach {
+                provider: provider.clone(),
+                caller: CallerInfo::default(),
+                classes: Vec::new(),
+                offers_get: false,
+                offers_enumerate: false,
+                deadline_ms: 0,
+                keep_ms: 0,
+                dialog: Some(dialog),
+            };
+            conn.attach(&attach, channel)
+        }))
     }
 
     /// Whether it takes direct channels (it is in an isolated worker).

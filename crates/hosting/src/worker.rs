@@ -39,6 +39,7 @@ use crate::library::LibraryProvider;
 use crate::lock::{Locked, RwLocked};
 use crate::procedures::ProcedureServer;
 
+mod dialog_channels;
 mod direct;
 
 /// Threads started with the worker: one reader and spares.
@@ -84,6 +85,8 @@ struct Worker {
     uses: Mutex<HashMap<String, Arc<direct::UseReport>>>,
     /// Direct calls running now (for their deadlines).
     running: Mutex<direct::RunningCalls>,
+    /// Dialogs' direct channels handed over and not yet given to their library.
+    dialog_sockets: dialog_channels::Waiting,
 }
 
 /// Runs the worker until stdin closes. Returns the process exit code.
@@ -156,6 +159,7 @@ pub fn run() -> i32 {
         channels: 0.into(),
         uses: Mutex::new(HashMap::new()),
         running: Mutex::new(Default::default()),
+        dialog_sockets: Default::default(),
     });
     if let Some(socket) = attach {
         let w = worker.clone();
@@ -215,7 +219,7 @@ impl Worker {
             // Dialog news is never answered, and must not wait behind a busy thread.
             let news = id == 0 && matches!(request.call, ProviderCall::Dialog { .. });
             if news {
-                let _ = catch_unwind(AssertUnwindSafe(|| self.answer(request)));
+                self.deliver_news(request);
                 continue;
             }
             self.call_begins();

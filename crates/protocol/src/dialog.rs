@@ -196,7 +196,28 @@ pub enum DialogEvent {
     /// It is closed (by the application, its deadline, or because the application went
     /// away): why.
     Closed { reason: String },
+    /// The dialog is open with this handle and has a direct channel to the application
+    /// (`docs/dialogs.md`, "Direct channels"): the socket `fd` of this process, which
+    /// the provider now owns, carries [`DialogMessage`] frames both ways. The host sends
+    /// it to an isolated worker with `fd` -1, the socket on the worker's attach socket;
+    /// the worker gives its library the descriptor.
+    Direct { handle: u32, fd: i32 },
 }
+
+/// What goes on a dialog's direct channel, each way, as `[u32 LE length][payload]`
+/// frames in the binary encoding, at most [`DIALOG_FRAME_MAX`] bytes: the provider sends
+/// updates, the application inputs. Closing is not on the channel: each side shuts its
+/// writing half, then says so through the host (so everything it wrote comes first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum DialogMessage {
+    Update(FormUpdate),
+    Input(DialogInput),
+}
+
+/// The largest payload of a frame on a dialog's direct channel.
+pub const DIALOG_FRAME_MAX: u32 = 1 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@
 
 mod codec;
 mod dialog;
+pub mod dialog_channel;
 pub mod fds;
 mod frame;
 mod message;
@@ -26,7 +27,8 @@ pub use codec::{
     encode_io_data_head, encode_payload, encode_server_frame,
 };
 pub use dialog::{
-    Button, DialogEvent, DialogInput, DialogOp, Field, FieldKind, Form, FormUpdate, Progress,
+    Button, DIALOG_FRAME_MAX, DialogEvent, DialogInput, DialogMessage, DialogOp, Field, FieldKind,
+    Form, FormUpdate, Progress,
 };
 #[cfg(feature = "schema")]
 pub mod layout;

@@ -13,7 +13,7 @@ use crate::{DialogInput, Form, FormUpdate};
 /// The protocol's major version: a peer with another major version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The minor version: additions only (new requests, new variants at the end).
-pub const PROTOCOL_MINOR: u16 = 11;
+pub const PROTOCOL_MINOR: u16 = 12;
 /// The first minor version whose binary form of instances this side speaks (names sent
 /// once per reply: `docs/protocol.md`). Binary peers below it are refused.
 pub const BINARY_INSTANCES_SINCE: u16 = 6;
@@ -45,6 +45,11 @@ pub struct Hello {
     /// available".
     #[serde(default)]
     pub ui: bool,
+    /// The client takes the dialogs it is an agent for on direct channels (minor 12,
+    /// `docs/dialogs.md`, "Direct channels"): a `dialog_channel` push, with a socket
+    /// riding on it, comes before the dialog's `dialog_open`. Only over a local socket.
+    #[serde(default)]
+    pub direct_dialogs: bool,
 }
 
 /// The server's answer to [`Hello`], always JSON. After it, both sides use `encoding`.
@@ -512,6 +517,11 @@ pub enum Push {
         #[serde(default)]
         changed: Vec<PropertyChange>,
     },
+    /// The dialog `handle` names, opened next, has a direct channel to its provider
+    /// (minor 12, only to a client whose hello asked for `direct_dialogs`): the socket
+    /// riding on this push (`SCM_RIGHTS`) carries its updates and the client's inputs as
+    /// [`crate::DialogMessage`] frames. Its open and close still come as pushes.
+    DialogChannel,
 }
 
 /// The classes of a namespace, and the providers that could not say what theirs are.

@@ -255,6 +255,11 @@ pub struct DirectAttach {
     pub deadline_ms: u64,
     /// How long a `used` news keeps the provider in use (a quarter of its `clear_after`).
     pub keep_ms: u64,
+    /// When set, the socket is not a channel for reads but the direct channel of the
+    /// provider's dialog number `dialog` (`docs/dialogs.md`, "Direct channels"); the
+    /// fields above other than `provider` are then unused.
+    #[serde(default)]
+    pub dialog: Option<u32>,
 }
 
 /// An event a provider raises.

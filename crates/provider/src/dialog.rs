@@ -9,11 +9,13 @@
 //! from a call or a thread of your own, never while holding a lock others need.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use purveyor_protocol::{DialogEvent, DialogInput, DialogOp, Form, FormUpdate};
+use purveyor_protocol::dialog_channel::{DialogChannel, Received, Sent, wait_readable};
+use purveyor_protocol::{DialogEvent, DialogInput, DialogMessage, DialogOp, Form, FormUpdate};
 
 use crate::ProviderError;
 
@@ -67,6 +69,9 @@ struct Link {
 struct Mailbox {
     events: Mutex<VecDeque<DialogEvent>>,
     arrived: Condvar,
+    /// A direct dialog's wake-up (an eventfd), written as each event arrives, so a wait
+    /// that polls the channel hears the host too.
+    wake: OnceLock<OwnedFd>,
 }
 
 impl std::fmt::Debug for HostHandle {
@@ -91,9 +96,22 @@ impl HostHandle {
     /// Hands the provider's dialog number `dialog` news from the host. Never blocks.
     pub fn deliver(&self, dialog: u32, event: DialogEvent) {
         let mailbox = self.link.lock().get(&dialog).cloned();
-        if let Some(mailbox) = mailbox {
-            mailbox.lock().push_back(event);
-            mailbox.arrived.notify_all();
+        match mailbox {
+            Some(mailbox) => {
+                mailbox.lock().push_back(event);
+                mailbox.arrived.notify_all();
+                if let Some(wake) = mailbox.wake.get() {
+                    let one = 1u64.to_ne_bytes();
+                    // SAFETY: an 8-byte write to an eventfd this mailbox owns.
+                    unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+                }
+            }
+            // A channel for a dialog nobody waits for any more: closed, not leaked.
+            None => {
+                if let DialogEvent::Direct { fd, .. } = event {
+                    drop(owned(fd));
+                }
+            }
         }
     }
 
@@ -138,6 +156,7 @@ impl HostHandle {
             handle: 0,
             mailbox,
             closed: AtomicBool::new(false),
+            channel: None,
         };
         (self.link.send)(
             id,
@@ -154,6 +173,11 @@ impl HostHandle {
         match first {
             Some(DialogEvent::Opened { handle }) => {
                 dialog.handle = handle;
+                Ok(dialog)
+            }
+            Some(DialogEvent::Direct { handle, fd }) => {
+                dialog.handle = handle;
+                dialog.channel = direct(&dialog.mailbox, fd);
                 Ok(dialog)
             }
             Some(DialogEvent::Refused { message }) => {
@@ -174,6 +198,27 @@ impl HostHandle {
     }
 }
 
+/// The descriptor `fd` the host handed over, owned; `None` for none (-1).
+fn owned(fd: i32) -> Option<OwnedFd> {
+    // SAFETY: the host hands the provider this descriptor with a `direct` event and keeps
+    // no copy (`docs/provider-abi.md`): it is this process's and nobody else's.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The channel of a direct dialog, and the mailbox's wake-up for waits on it; `None` (the
+/// dialog then goes through the host) when either cannot be made.
+fn direct(mailbox: &Mailbox, fd: i32) -> Option<Mutex<DialogChannel>> {
+    let channel = DialogChannel::new(owned(fd)?).ok()?;
+    // SAFETY: eventfd has no preconditions; the result is checked.
+    let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if wake < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor eventfd just made.
+    let _ = mailbox.wake.set(unsafe { OwnedFd::from_raw_fd(wake) });
+    Some(Mutex::new(channel))
+}
+
 impl Link {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<Mailbox>>> {
         self.dialogs.lock().unwrap_or_else(|p| p.into_inner())
@@ -183,6 +228,17 @@ impl Link {
 impl Mailbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<DialogEvent>> {
         self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next event if one has arrived; empties the wake-up first, so an event that
+    /// arrives after this look is heard by the next wait.
+    fn try_take(&self) -> Option<DialogEvent> {
+        if let Some(wake) = self.wake.get() {
+            let mut count = [0u8; 8];
+            // SAFETY: an 8-byte read from a non-blocking eventfd this mailbox owns.
+            unsafe { libc::read(wake.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        }
+        self.lock().pop_front()
     }
 
     /// The next event, waiting until `until`.
@@ -213,6 +269,9 @@ pub struct Dialog {
     mailbox: Arc<Mailbox>,
     /// Closed by either side: nothing more is sent.
     closed: AtomicBool,
+    /// Its direct channel to the application, when the host gave it one: updates go out
+    /// and inputs come in on it, not through the host.
+    channel: Option<Mutex<DialogChannel>>,
 }
 
 impl std::fmt::Debug for Dialog {
@@ -235,6 +294,31 @@ impl Dialog {
         if self.closed.load(Ordering::Relaxed) {
             return Err(DialogError::Closed("it is already closed".into()));
         }
+        let update = match &self.channel {
+            Some(channel) => {
+                let message = DialogMessage::Update(update);
+                match lock(channel).write(&message) {
+                    Sent::Sent => return Ok(()),
+                    Sent::Full => {
+                        let reason = "the application did not read the dialog's updates (its channel is full)";
+                        self.finish(reason);
+                        return Err(DialogError::Closed(reason.into()));
+                    }
+                    Sent::TooLarge => {
+                        return Err(DialogError::Refused(format!(
+                            "the update is larger than {} bytes",
+                            purveyor_protocol::DIALOG_FRAME_MAX
+                        )));
+                    }
+                    // The application no longer reads the channel: through the host.
+                    Sent::Gone => match message {
+                        DialogMessage::Update(update) => update,
+                        DialogMessage::Input(_) => unreachable!("an update was written"),
+                    },
+                }
+            }
+            None => update,
+        };
         (self.link.send)(self.id, DialogOp::Update(update));
         Ok(())
     }
@@ -245,7 +329,15 @@ impl Dialog {
         if self.closed.load(Ordering::Relaxed) {
             return Err(DialogError::Closed("it is already closed".into()));
         }
-        match self.mailbox.wait(Instant::now() + timeout) {
+        let until = Instant::now() + timeout;
+        let event = match &self.channel {
+            Some(channel) => match next_direct(channel, &self.mailbox, until) {
+                Ok(input) => return Ok(Some(input)),
+                Err(event) => event,
+            },
+            None => self.mailbox.wait(until),
+        };
+        match event {
             None => Ok(None),
             Some(DialogEvent::Input(input)) => Ok(Some(input)),
             Some(DialogEvent::Closed { reason }) => {
@@ -279,6 +371,10 @@ impl Dialog {
 
     fn finish(&self, reason: &str) {
         if !self.closed.swap(true, Ordering::Relaxed) && self.handle != 0 {
+            // Everything written on the channel reaches the application before the close.
+            if let Some(channel) = &self.channel {
+                lock(channel).shut_writing();
+            }
             (self.link.send)(
                 self.id,
                 DialogOp::Close {
@@ -286,6 +382,50 @@ impl Dialog {
                 },
             );
         }
+    }
+}
+
+fn lock(channel: &Mutex<DialogChannel>) -> std::sync::MutexGuard<'_, DialogChannel> {
+    channel.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The next input of a direct dialog, from its channel (first: what the application wrote
+/// before it closed comes before the close) or the host; else the host's event, or `None`
+/// at `until`.
+fn next_direct(
+    channel: &Mutex<DialogChannel>,
+    mailbox: &Mailbox,
+    until: Instant,
+) -> Result<DialogInput, Option<DialogEvent>> {
+    loop {
+        let mut fds = Vec::with_capacity(2);
+        {
+            let mut channel = lock(channel);
+            loop {
+                match channel.read() {
+                    Received::Message(DialogMessage::Input(input)) => return Ok(input),
+                    // Updates are the provider's to send: one from the application is ignored.
+                    Received::Message(DialogMessage::Update(_)) => {}
+                    Received::Nothing | Received::Ended => break,
+                }
+            }
+            if channel.is_reading() {
+                fds.push(channel.fd());
+            }
+        }
+        match mailbox.try_take() {
+            Some(DialogEvent::Input(input)) => return Ok(input),
+            Some(event) => return Err(Some(event)),
+            None => {}
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(None);
+        }
+        if let Some(wake) = mailbox.wake.get() {
+            fds.push(wake.as_raw_fd());
+        }
+        wait_readable(&fds, left);
     }
 }
 
@@ -372,6 +512,108 @@ mod tests {
             .unwrap();
         assert_eq!(dialog.next(Duration::from_millis(20)).unwrap(), None);
         drop(dialog);
+        assert_eq!(*seen.lock().unwrap(), ["open 1", "close 1"]);
+    }
+
+    #[test]
+    fn a_direct_dialog_talks_on_its_channel_and_its_close_comes_after_what_was_written() {
+        use std::os::fd::IntoRawFd;
+        let (ours, theirs) = DialogChannel::pair().unwrap();
+        let (host, seen) = host(DialogEvent::Direct {
+            handle: 9,
+            fd: ours.into_raw_fd(),
+        });
+        let mut app = DialogChannel::new(theirs).unwrap();
+        let dialog = host
+            .open_dialog(Form::default(), DialogTarget::User(0))
+            .unwrap();
+        assert_eq!(dialog.handle(), 9);
+        let update = FormUpdate {
+            text: Some("ringing".into()),
+            ..FormUpdate::default()
+        };
+        dialog.update(update.clone()).unwrap();
+        assert_eq!(app.read(), Received::Message(DialogMessage::Update(update)));
+        // Nothing yet: the wait ends at its timeout.
+        assert_eq!(dialog.next(Duration::from_millis(20)).unwrap(), None);
+        // Two inputs, then the application closes: its end first, then the host's word.
+        for name in ["one", "two"] {
+            let input = DialogInput::button(name).unwrap();
+            assert_eq!(app.write(&DialogMessage::Input(input)), Sent::Sent);
+        }
+        app.shut_writing();
+        host.deliver(
+            1,
+            DialogEvent::Closed {
+                reason: "the user closed the dialog".into(),
+            },
+        );
+        for name in ["one", "two"] {
+            let got = dialog.next(Duration::from_secs(5)).unwrap().unwrap();
+            assert_eq!(got.button.unwrap().as_str(), name);
+        }
+        assert_eq!(
+            dialog.next(Duration::from_secs(5)).unwrap_err(),
+            DialogError::Closed("the user closed the dialog".into())
+        );
+        // Updates never went through the host.
+        assert_eq!(*seen.lock().unwrap(), ["open 1"]);
+    }
+
+    #[test]
+    fn a_direct_dialog_hears_the_host_while_it_waits_on_its_channel() {
+        use std::os::fd::IntoRawFd;
+        let (ours, theirs) = DialogChannel::pair().unwrap();
+        let (host, seen) = host(DialogEvent::Direct {
+            handle: 3,
+            fd: ours.into_raw_fd(),
+        });
+        let mut app = DialogChannel::new(theirs).unwrap();
+        let dialog = host
+            .open_dialog(Form::default(), DialogTarget::User(0))
+            .unwrap();
+        let h = host.clone();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            h.deliver(
+                1,
+                DialogEvent::Closed {
+                    reason: "its deadline passed".into(),
+                },
+            );
+        });
+        let started = Instant::now();
+        assert_eq!(
+            dialog.next(Duration::from_secs(30)).unwrap_err(),
+            DialogError::Closed("its deadline passed".into())
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        closer.join().unwrap();
+        drop(dialog);
+        // Closed by the host: nothing more sent, and the channel is gone with the dialog.
+        assert_eq!(*seen.lock().unwrap(), ["open 1"]);
+        assert_eq!(app.read(), Received::Ended);
+    }
+
+    #[test]
+    fn a_provider_closing_a_direct_dialog_ends_its_channel_before_telling_the_host() {
+        use std::os::fd::IntoRawFd;
+        let (ours, theirs) = DialogChannel::pair().unwrap();
+        let (host, seen) = host(DialogEvent::Direct {
+            handle: 4,
+            fd: ours.into_raw_fd(),
+        });
+        let mut app = DialogChannel::new(theirs).unwrap();
+        let dialog = host
+            .open_dialog(Form::default(), DialogTarget::User(0))
+            .unwrap();
+        dialog.update(FormUpdate::default()).unwrap();
+        dialog.close("done");
+        assert!(matches!(
+            app.read(),
+            Received::Message(DialogMessage::Update(_))
+        ));
+        assert_eq!(app.read(), Received::Ended);
         assert_eq!(*seen.lock().unwrap(), ["open 1", "close 1"]);
     }
 }

@@ -17,6 +17,7 @@ fn origin(hub: &Arc<DialogHub>) -> (Arc<Origin>, Told) {
     let origin = hub.origin(
         "phone".into(),
         Box::new(move |dialog, event| record.lock().unwrap().push((dialog, event))),
+        None,
         Box::new(|| Box::new(())),
     );
     (origin, told)

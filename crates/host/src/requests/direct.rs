@@ -59,6 +59,7 @@ pub(super) async fn open(
         offers_enumerate: offers.enumerate,
         deadline_ms: manifest.call_timeout.as_millis() as u64,
         keep_ms: direct_keep(&slot).as_millis() as u64,
+        dialog: None,
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {
         RemoteError::new(

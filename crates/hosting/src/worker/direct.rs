@@ -113,6 +113,11 @@ impl Worker {
                     continue;
                 };
                 match attach {
+                    Ok(DirectAttach {
+                        provider,
+                        dialog: Some(dialog),
+                        ..
+                    }) => self.dialog_socket(provider, dialog, fd),
                     Ok(attach) => self.open_channel(attach, fd),
                     Err(e) => eprintln!("purveyor worker: malformed direct channel attach: {e}"),
                 }

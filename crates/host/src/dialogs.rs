@@ -467,6 +467,8 @@ impl DialogHub {
             if let Some(c) = state.calls.get_mut(&call) {
                 c.open -= 1;
             }
+            // Its channel's push, if queued, goes without a socket: the client skips it.
+            sink.take_channel(handle);
             return Err("the application is not reading its dialogs (its queue is full)".into());
         }
         state.by_local.insert((origin.id, local), handle);

@@ -176,3 +176,73 @@ fn updates_wait_for_the_ready_signal_and_the_clients_end_closes_its_dialogs() {
         .count();
     assert_eq!(closes, 1);
 }
+
+/// A provider side in a worker that takes dialog channels: records the news, and hands
+/// over each channel's socket to `handed` (or fails to, with `works` false).
+fn worker_origin(hub: &Arc<DialogHub>, works: bool) -> (Arc<Origin>, Told, Arc<Mutex<Vec<u32>>>) {
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let (record, hand) = (told.clone(), handed.clone());
+    let origin = hub.origin(
+        "phone".into(),
+        Box::new(move |dialog, event| record.lock().unwrap().push((dialog, event))),
+        Some(Box::new(move |dialog, _socket| {
+            if !works {
+                return Err("its worker is gone".into());
+            }
+            hand.lock().unwrap().push(dialog);
+            Ok(())
+        })),
+        Box::new(|| Box::new(())),
+    );
+    (origin, told, handed)
+}
+
+#[test]
+fn an_agent_that_asked_gets_a_channel_before_the_open_and_the_worker_the_other_end() {
+    let hub = hub();
+    let (origin, told, handed) = worker_origin(&hub, true);
+    let agent = session(1, 1000);
+    agent.set_direct(true);
+    hub.register_agent(&agent);
+    hub.provider_op(&origin, 4, open(0, Some(1000)));
+    let DialogEvent::Direct { handle, fd: -1 } = last(&told) else {
+        panic!("not direct: {:?}", last(&told));
+    };
+    assert_eq!(*handed.lock().unwrap(), [4]);
+    let pushes = agent.sink.take();
+    assert!(
+        matches!(&pushes[..], [(a, Push::DialogChannel), (b, Push::DialogOpen { .. })] if *a == handle && *b == handle),
+        "{pushes:?}"
+    );
+    assert!(
+        agent.sink.take_channel(handle).is_some(),
+        "the agent's end rides on its push"
+    );
+    assert!(agent.sink.take_channel(handle).is_none(), "once");
+
+    // An agent that did not ask, or a hand-over that fails: plain `opened`.
+    let plain = session(2, 1001);
+    hub.register_agent(&plain);
+    hub.provider_op(&origin, 5, open(0, Some(1001)));
+    assert!(
+        matches!(last(&told), DialogEvent::Opened { .. }),
+        "{:?}",
+        last(&told)
+    );
+    assert!(
+        !plain
+            .sink
+            .take()
+            .iter()
+            .any(|(_, p)| matches!(p, Push::DialogChannel)),
+        "no channel for an agent that did not ask"
+    );
+    let (broken, told, _) = worker_origin(&hub, false);
+    hub.provider_op(&broken, 6, open(0, Some(1000)));
+    assert!(
+        matches!(last(&told), DialogEvent::Opened { .. }),
+        "{:?}",
+        last(&told)
+    );
+}

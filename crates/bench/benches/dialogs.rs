@@ -1,8 +1,9 @@
-//! The dialog round trip through the daemon (see `docs/performance.md`): the provider (the
-//! example `confirm`, isolated) sends an update, the UI agent answers it, and the provider
-//! has the answer — timed inside the provider — next to two raw Unix-socket echoes of
-//! similar frames, back to back, in the same run (the issue's floor: "two raw socket
-//! echoes").
+//! The dialog round trip (see `docs/performance.md`): the provider (the example `confirm`,
+//! isolated) sends an update, the UI agent answers it, and the provider has the answer —
+//! timed inside the provider — next to two raw Unix-socket echoes of similar frames, back
+//! to back, in the same run (the issue's floor: "two raw socket echoes"). The agent takes
+//! the dialog on a direct channel (`docs/dialogs.md`); `PURVEYOR_BENCH_DIRECT_DIALOGS=0`
+//! measures it through the daemon.
 //!
 //! Needs the release `purveyor` binary and dialogs library (`bench/run` builds them).
 
@@ -41,8 +42,13 @@ impl DialogUi for Answering {
 /// The agent's options: direct dialog channels unless `PURVEYOR_BENCH_DIRECT_DIALOGS=0`
 /// (to measure the round trip through the daemon).
 fn agent_options() -> ConnectOptions {
-    let direct = std::env::var("PURVEYOR_BENCH_DIRECT_DIALOGS").map_or(true, |v| v != "0");
-    ConnectOptions::default().ui(true).direct_dialogs(direct)
+    ConnectOptions::default()
+        .ui(true)
+        .direct_dialogs(direct_dialogs())
+}
+
+fn direct_dialogs() -> bool {
+    std::env::var("PURVEYOR_BENCH_DIRECT_DIALOGS").map_or(true, |v| v != "0")
 }
 
 fn main() {
@@ -189,7 +195,12 @@ fn main() {
     let (free50, _) = percentiles(&mut free_s);
     let split = (!split_s.is_empty()).then(|| percentiles(&mut split_s).0);
     println!(
-        "dialog round trip (provider update -> agent input -> provider, isolated worker): unpinned p50 {:.1} us  p99 {:.1} us ({:.2}x, target <= 3x) | pinned together p50 {:.1} us ({:.2}x) | floor (two echoes pinned together) p50 {:.1} us  p99 {:.1} us | two echoes unpinned p50 {:.1} us{}",
+        "dialog round trip (provider update -> agent input -> provider, isolated worker, {}): unpinned p50 {:.1} us  p99 {:.1} us ({:.2}x, target <= 3x) | pinned together p50 {:.1} us ({:.2}x) | floor (two echoes pinned together) p50 {:.1} us  p99 {:.1} us | two echoes unpinned p50 {:.1} us{}",
+        if direct_dialogs() {
+            "direct channel"
+        } else {
+            "through the daemon"
+        },
         us(p50),
         us(p99),
         p50.as_secs_f64() / f50.as_secs_f64(),

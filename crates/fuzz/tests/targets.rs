@@ -133,6 +133,30 @@ fn hellos_and_attaches() {
     });
 }
 
+/// What either end of a dialog's direct channel reads from the other (a provider's
+/// updates, an application's inputs): as one message, and as a stream of frames on a
+/// socket, ending at the peer's end without a panic or a hang.
+#[test]
+fn dialog_channels() {
+    use purveyor_protocol::DialogMessage;
+    use purveyor_protocol::dialog_channel::{DialogChannel, Received};
+    run!("dialog_channels", |input| {
+        messages::<DialogMessage>(input);
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Within what one socket holds, so the write never waits for the reader.
+        let bytes = &input[..input.len().min(64 << 10)];
+        std::io::Write::write_all(&mut &theirs, bytes).unwrap();
+        drop(theirs);
+        let mut channel = DialogChannel::new(ours.into()).unwrap();
+        for _ in 0..=bytes.len() {
+            if channel.read() == Received::Ended {
+                return;
+            }
+        }
+        panic!("a channel of {} bytes did not end", bytes.len());
+    });
+}
+
 /// What a provider process or library answers the host.
 #[test]
 fn provider_responses() {

@@ -134,6 +134,12 @@ fn main() {
                     .direct(false),
             )
             .unwrap();
+            // `PURVEYOR_BENCH_ONLY=relayed`: relayed gets alone, unpinned, for `SECS`
+            // seconds (default 5), for `perf sched`.
+            if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "relayed") {
+                relayed_alone(&mut relayed, &request);
+                return;
+            }
             latency(
                 "isolated, relayed",
                 &mut relayed,
@@ -240,6 +246,35 @@ fn wait_unloaded(c: &mut Client) {
     }
 }
 
+fn relayed_alone(c: &mut Client, request: &Request) {
+    let secs: u64 = std::env::var("SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let (p50, p99) = alone(c, request, std::time::Duration::from_secs(secs));
+    println!(
+        "isolated, relayed get alone, unpinned: p50 {:.1} us p99 {:.1} us",
+        purveyor_bench::us(p50),
+        purveyor_bench::us(p99)
+    );
+}
+
+/// `request` asked back to back for `time`, nothing pinned: p50 and p99.
+fn alone(
+    c: &mut Client,
+    request: &Request,
+    time: std::time::Duration,
+) -> (std::time::Duration, std::time::Duration) {
+    let until = std::time::Instant::now() + time;
+    let mut samples = Vec::new();
+    while std::time::Instant::now() < until {
+        let t = std::time::Instant::now();
+        c.request(request.clone()).unwrap();
+        samples.push(t.elapsed());
+    }
+    purveyor_bench::percentiles(&mut samples)
+}
+
 fn latency(label: &str, c: &mut Client, daemon: &BenchDaemon, echoes: &Echoes, request: &Request) {
     // Enough reads for a client to open its direct channel, where it may (more after
     // the cold loads closed its earlier channels unused).
@@ -257,11 +292,15 @@ fn latency(label: &str, c: &mut Client, daemon: &BenchDaemon, echoes: &Echoes, r
     } else {
         " on a direct channel"
     };
+    // Before any round pins anything: where the scheduler puts the processes on its own
+    // (a pinned round leaves them together, which the unpinned rounds after it inherit).
+    let (first, _) = alone(c, request, std::time::Duration::from_secs(1));
     let m = placed(c, daemon.pid(), None, echoes, request, ROUNDS, PER_ROUND);
     println!(
-        "{label:<13} get ({} B reply){direct}: {}",
+        "{label:<13} get ({} B reply){direct}: {} | alone for 1 s before any pinning: p50 {:.1} us",
         m.reply_len,
-        m.line()
+        m.line(),
+        purveyor_bench::us(first)
     );
 }
 

@@ -65,13 +65,20 @@ fn main() {
     // `PURVEYOR_BENCH_ONLY=puts`: one client's puts alone for `SECS` seconds (default 5),
     // for `perf sched`.
     if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "puts") {
-        let secs: u64 = std::env::var("SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+        let secs: u64 = std::env::var("SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
         let until = Instant::now() + Duration::from_secs(secs);
         let mut rates = Vec::new();
         while Instant::now() < until {
             rates.push(through_daemon(&daemon.socket, 1));
         }
-        println!("one client alone: {:.0} puts/s (median of {} rounds)", median(rates.clone()), rates.len());
+        println!(
+            "one client alone: {:.0} puts/s (median of {} rounds)",
+            median(rates.clone()),
+            rates.len()
+        );
         return;
     }
     // The disk's speed wanders from second to second: the three are measured in turn,

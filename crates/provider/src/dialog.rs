@@ -389,6 +389,18 @@ fn lock(channel: &Mutex<DialogChannel>) -> std::sync::MutexGuard<'_, DialogChann
     channel.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The next input that has arrived on `channel`, if any.
+fn next_input(channel: &mut DialogChannel) -> Option<DialogInput> {
+    loop {
+        match channel.read() {
+            Received::Message(DialogMessage::Input(input)) => return Some(input),
+            // Updates are the provider's to send: one from the application is ignored.
+            Received::Message(DialogMessage::Update(_)) => {}
+            Received::Nothing | Received::Ended => return None,
+        }
+    }
+}
+
 /// The next input of a direct dialog, from its channel (first: what the application wrote
 /// before it closed comes before the close) or the host; else the host's event, or `None`
 /// at `until`.
@@ -401,13 +413,8 @@ fn next_direct(
         let mut fds = Vec::with_capacity(2);
         {
             let mut channel = lock(channel);
-            loop {
-                match channel.read() {
-                    Received::Message(DialogMessage::Input(input)) => return Ok(input),
-                    // Updates are the provider's to send: one from the application is ignored.
-                    Received::Message(DialogMessage::Update(_)) => {}
-                    Received::Nothing | Received::Ended => break,
-                }
+            if let Some(input) = next_input(&mut channel) {
+                return Ok(input);
             }
             if channel.is_reading() {
                 fds.push(channel.fd());
@@ -415,7 +422,15 @@ fn next_direct(
         }
         match mailbox.try_take() {
             Some(DialogEvent::Input(input)) => return Ok(input),
-            Some(event) => return Err(Some(event)),
+            Some(event) => {
+                // The application wrote its last inputs before it said close: any that
+                // came after the look above come first.
+                if let Some(input) = next_input(&mut lock(channel)) {
+                    mailbox.lock().push_front(event);
+                    return Ok(input);
+                }
+                return Err(Some(event));
+            }
             None => {}
         }
         let left = until.saturating_duration_since(Instant::now());

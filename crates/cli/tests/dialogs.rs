@@ -699,3 +699,56 @@ fn a_trusted_ui_module_renders_the_dialog_that_names_it_and_the_generic_ui_the_r
     ui.open(&dialog(4, Some("phone-keypad")));
     assert_eq!(*log.lock().unwrap(), ["open Phone: calling 555-0100"]);
 }
+
+/// A burst of one update to an agent on a direct channel, the agent's UI having shown it.
+fn direct_burst(
+    d: &Daemon,
+) -> (
+    Client,
+    Watching,
+    std::thread::JoinHandle<Result<String, ClientError>>,
+) {
+    let ui = Watching::default();
+    let mut agent = showing_with(d, ui.clone(), true);
+    agent.register_agent().unwrap();
+    let burst = burst_in_background(d, Instance::from_pairs([("count", Value::U64(1))]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ui.lock().log.iter().any(|l| l == "update update 1") {
+        assert!(Instant::now() < deadline, "{:?}", ui.lock().log);
+        agent.next_event(Some(Duration::from_millis(50))).unwrap();
+    }
+    (agent, ui, burst)
+}
+
+#[test]
+fn either_side_of_a_direct_dialog_going_away_is_reported_to_the_other() {
+    let d = daemon();
+    // The worker dies: the agent is told why, through the daemon.
+    let (mut agent, ui, burst) = direct_burst(&d);
+    let pid = d.status("confirm").pid.expect("the worker runs");
+    // SAFETY: kill signals the worker process the daemon started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ui.lock().log.iter().any(|l| l.starts_with("closed")) {
+        assert!(Instant::now() < deadline, "{:?}", ui.lock().log);
+        agent.next_event(Some(Duration::from_millis(50))).unwrap();
+    }
+    let closed = ui.lock().log.last().cloned().unwrap();
+    assert!(
+        closed.starts_with("closed provider confirm went away: ") && closed.contains("SIGKILL"),
+        "{closed}"
+    );
+    assert!(burst.join().unwrap().is_err());
+    drop(agent);
+
+    // The agent goes: the provider, waiting on the channel, is told by the daemon.
+    let (agent, _, burst) = direct_burst(&d);
+    drop(agent);
+    let err = burst.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("disconnected"), "{err}");
+    let outcome = last_outcome(&d);
+    assert!(
+        outcome.starts_with("the dialog was closed: the application (pid "),
+        "{outcome}"
+    );
+}

@@ -600,14 +600,23 @@ fn a_polling_connection_lets_the_idle_runtime_thread_sleep() {
         c.get(&host, &InstanceKey::new()).unwrap();
     }
     const REQUESTS: u64 = 3000;
-    let before = runtime_sleeps(d.pid());
-    for _ in 0..REQUESTS {
-        c.get(&host, &InstanceKey::new()).unwrap();
+    // Up to three rounds: other tests running beside this one take the CPUs and make a
+    // polling connection give way (and sleep); the behaviour shows in a round they leave
+    // alone. Without it every round sleeps more than once per request.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let before = runtime_sleeps(d.pid());
+        for _ in 0..REQUESTS {
+            c.get(&host, &InstanceKey::new()).unwrap();
+        }
+        rounds.push(runtime_sleeps(d.pid()) - before);
+        if rounds.last().is_some_and(|&slept| slept < REQUESTS / 4) {
+            break;
+        }
     }
-    let slept = runtime_sleeps(d.pid()) - before;
     assert!(
-        slept < REQUESTS / 4,
-        "the daemon's runtime threads slept {slept} times in {REQUESTS} back-to-back requests"
+        rounds.iter().any(|&slept| slept < REQUESTS / 4),
+        "the daemon's runtime threads slept {rounds:?} times in rounds of {REQUESTS} back-to-back requests"
     );
     // Once the client stops, the connection waits on its socket again: a request after
     // a pause is answered.

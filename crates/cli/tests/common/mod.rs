@@ -6,7 +6,6 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,8 +99,14 @@ impl Daemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        // Serving, not just listening: the socket is bound before the host is built (its
+        // registry read from the providers directory, its start-up logged), and a bound
+        // socket already takes connections into its backlog.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&self.socket).is_err() {
+        let answers = |socket: &Path| {
+            Client::connect_socket(socket, &ConnectOptions::default()).and_then(|mut c| c.ping())
+        };
+        while answers(&self.socket).is_err() {
             assert!(Instant::now() < deadline, "the daemon did not start");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -62,20 +62,23 @@ fn main() {
         one_client_parts(&daemon.socket, dir.path());
         return;
     }
-    // `PURVEYOR_BENCH_ONLY=puts`: one client's puts alone for `SECS` seconds (default 5),
-    // for `perf sched`.
+    // `PURVEYOR_BENCH_ONLY=puts`: `CLIENTS` clients' puts (default 1) alone for `SECS`
+    // seconds (default 5), for `perf sched`.
     if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "puts") {
-        let secs: u64 = std::env::var("SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(5);
-        let until = Instant::now() + Duration::from_secs(secs);
+        let number = |name: &str, default: u64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(default)
+        };
+        let clients = number("CLIENTS", 1) as usize;
+        let until = Instant::now() + Duration::from_secs(number("SECS", 5));
         let mut rates = Vec::new();
         while Instant::now() < until {
-            rates.push(through_daemon(&daemon.socket, 1));
+            rates.push(through_daemon(&daemon.socket, clients));
         }
         println!(
-            "one client alone: {:.0} puts/s (median of {} rounds)",
+            "{clients} clients alone: {:.0} puts/s (median of {} rounds)",
             median(rates.clone()),
             rates.len()
         );

@@ -417,7 +417,8 @@ impl<'a> Connection<'a> {
 
     /// Sends the descriptors waiting with the first bytes of `out`.
     pub(super) async fn send_fds(&mut self, wr: &mut Writer<'_>) -> std::io::Result<()> {
-        if !self.fds.is_empty() {
+        // Descriptors wait for the bytes of the message that names them.
+        if !self.fds.is_empty() && !self.out.is_empty() {
             // The descriptors ride on the first byte of this write, so the client has
             // them before it reads the replies that name them.
             // Only a local socket is ever given descriptors to pass (`allow_fds`).

@@ -270,6 +270,11 @@ fn the_phone_call_runs_the_same_on_a_direct_channel() {
     wait_until("a direct open in the log", Duration::from_secs(10), || {
         d.log().contains("direct=true")
     });
+    let counts = d
+        .client()
+        .get(&class("purveyor.dialogs"), &InstanceKey::new())
+        .unwrap();
+    assert_eq!(counts.get("direct"), Some(&Value::U64(1)), "{counts:?}");
 }
 
 /// The phone call through an agent (on direct channels when `direct` says so): every

@@ -117,6 +117,8 @@ pub(crate) struct DialogHub {
     /// Dialogs opened, and refused, since start (`purveyor.dialogs`).
     opened: AtomicU64,
     refused: AtomicU64,
+    /// Dialogs whose worker took their direct channel (`purveyor.dialogs.direct`).
+    direct: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -181,7 +183,7 @@ enum After {
     /// Hand the provider's worker its end of dialog `.2`'s direct channel, then tell the
     /// provider the dialog opened (`direct`, or plain `opened` if the hand-over failed:
     /// the application then finds its end closed and goes through the host).
-    Direct(Arc<Origin>, u32, u32, OwnedFd),
+    Direct(Arc<Origin>, u32, u32, OwnedFd, Arc<AtomicU64>),
 }
 
 /// Unregisters a dialog-capable call when it ends.
@@ -236,6 +238,7 @@ impl DialogHub {
             access,
             opened: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            direct: Arc::default(),
         }
     }
 
@@ -369,7 +372,8 @@ impl DialogHub {
                     }
                     Ok((handle, Some(theirs))) => {
                         self.opened.fetch_add(1, Ordering::Relaxed);
-                        after.push(After::Direct(origin.clone(), local, handle, theirs));
+                        let direct = self.direct.clone();
+                        after.push(After::Direct(origin.clone(), local, handle, theirs, direct));
                     }
                     Err(message) => {
                         self.refused.fetch_add(1, Ordering::Relaxed);
@@ -660,6 +664,11 @@ impl DialogHub {
     /// Dialogs refused since start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Dialogs opened on a direct channel since start.
+    pub fn direct(&self) -> u64 {
+        self.direct.load(Ordering::Relaxed)
     }
 
     pub fn open_dialogs(&self) -> usize {

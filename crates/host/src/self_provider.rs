@@ -185,6 +185,13 @@ impl Provider for SelfProvider {
                         Counter,
                         "dialogs refused (no agent, no UI available, another user)",
                     ),
+                    p(
+                        "direct",
+                        "u64",
+                        Unit::Count,
+                        Counter,
+                        "dialogs opened on a direct channel between the provider's worker and the agent",
+                    ),
                 ],
             ),
             ClassSchema::fixed(
@@ -358,6 +365,7 @@ impl Provider for SelfProvider {
                 ("agents", Value::U64(host.dialogs().agents() as u64)),
                 ("opened", Value::U64(host.dialogs().opened())),
                 ("refused", Value::U64(host.dialogs().refused())),
+                ("direct", Value::U64(host.dialogs().direct())),
             ])]),
             "purveyor.provider" => Ok(provider_instances(&host)),
             "purveyor.cache_control" => Ok(host.cache_control().instances()),

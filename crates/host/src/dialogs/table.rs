@@ -103,10 +103,13 @@ pub(super) fn run(after: Vec<After>) {
                 // that the dialog is gone (its requests for it fail).
                 let _ = sink.offer_reliable(handle, push);
             }
-            After::Direct(origin, local, handle, theirs) => {
+            After::Direct(origin, local, handle, theirs, direct) => {
                 let handed = origin.channels.as_ref().map(|hand| hand(local, &theirs));
                 let event = match handed {
-                    Some(Ok(())) => DialogEvent::Direct { handle, fd: -1 },
+                    Some(Ok(())) => {
+                        direct.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        DialogEvent::Direct { handle, fd: -1 }
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(dialog = handle, error = %e, "dialog channel not handed over; the dialog goes through the host");
                         DialogEvent::Opened { handle }

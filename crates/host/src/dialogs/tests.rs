@@ -220,6 +220,7 @@ fn an_agent_that_asked_gets_a_channel_before_the_open_and_the_worker_the_other_e
         "the agent's end rides on its push"
     );
     assert!(agent.sink.take_channel(handle).is_none(), "once");
+    assert_eq!(hub.direct(), 1);
 
     // An agent that did not ask, or a hand-over that fails: plain `opened`.
     let plain = session(2, 1001);
@@ -245,4 +246,5 @@ fn an_agent_that_asked_gets_a_channel_before_the_open_and_the_worker_the_other_e
         "{:?}",
         last(&told)
     );
+    assert_eq!(hub.direct(), 1, "a failed hand-over is not counted");
 }

@@ -315,7 +315,7 @@ quoted (\"NS.NAME\"). Equality on key properties asks the class for those instan
     Reload,
     /// Be this user's UI agent: show the dialogs providers open on their own
     #[command(
-        after_help = "Answer a dialog by typing a button's number (or name) and Enter.\n\nExamples:\n  purveyor agent\n  purveyor agent --ui-modules /usr/lib/purveyor/ui      with trusted UI modules\n  (in another terminal) purveyor call phone.line dial number=555-0100"
+        after_help = "Answer a dialog by typing a button's number (or name) and Enter.\n\nDialogs from providers in isolated workers come on a direct channel to the worker\n(docs/dialogs.md, \"Direct channels\"); PURVEYOR_DIRECT_DIALOGS=0 takes them through\nthe daemon.\n\nExamples:\n  purveyor agent\n  purveyor agent --ui-modules /usr/lib/purveyor/ui      with trusted UI modules\n  (in another terminal) purveyor call phone.line dial number=555-0100"
     )]
     Agent,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -376,8 +376,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Agent => {
             dialog::check_agent(global.no_input)?;
-            // An agent takes dialogs of providers in workers on direct channels.
-            let client = connect_with(&global, false, true)?;
+            // An agent takes dialogs of providers in workers on direct channels, unless
+            // PURVEYOR_DIRECT_DIALOGS=0.
+            let direct = std::env::var_os("PURVEYOR_DIRECT_DIALOGS").is_none_or(|v| v != "0");
+            let client = connect_with(&global, false, direct)?;
             dialog::run_agent(client, ui_module_dirs(&global)).map(|()| ExitCode::SUCCESS)
         }
         Command::Serve {

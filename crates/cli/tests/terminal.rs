@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -90,4 +91,8 @@ fn the_terminal_asks_in_call_hides_the_secret_and_the_agent_talks_on_the_phone()
     agent.keys(&["1", "Enter"]);
     let screen = agent.wait_for("closed: call ended");
     assert!(screen.contains("== Phone: calling 555-0100 =="), "{screen}");
+    // `purveyor agent` took the phone's dialog on a direct channel.
+    wait_until("a direct open in the log", Duration::from_secs(10), || {
+        d.log().contains("provider=phone in_call=false direct=true")
+    });
 }

@@ -757,3 +757,19 @@ fn either_side_of_a_direct_dialog_going_away_is_reported_to_the_other() {
         "{outcome}"
     );
 }
+
+#[test]
+fn a_direct_channel_nobody_reads_closes_its_dialog_as_held_updates_did() {
+    let d = daemon();
+    // An agent that asks for direct channels, then never reads.
+    let mut agent = showing_with(&d, Watching::default(), true);
+    agent.register_agent().unwrap();
+    let burst = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(100_000))]));
+    let err = burst.join().unwrap().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the application did not read the dialog's updates (its channel is full)"),
+        "{err}"
+    );
+    drop(agent);
+}

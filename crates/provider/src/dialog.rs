@@ -297,7 +297,9 @@ impl Dialog {
         let update = match &self.channel {
             Some(channel) => {
                 let message = DialogMessage::Update(update);
-                match lock(channel).write(&message) {
+                // The lock ends here: closing below takes it again.
+                let sent = lock(channel).write(&message);
+                match sent {
                     Sent::Sent => return Ok(()),
                     Sent::Full => {
                         let reason = "the application did not read the dialog's updates (its channel is full)";
@@ -630,5 +632,31 @@ mod tests {
         ));
         assert_eq!(app.read(), Received::Ended);
         assert_eq!(*seen.lock().unwrap(), ["open 1", "close 1"]);
+    }
+
+    #[test]
+    fn a_direct_dialog_whose_application_does_not_read_is_closed_when_its_channel_fills() {
+        use std::os::fd::IntoRawFd;
+        let (ours, theirs) = DialogChannel::pair().unwrap();
+        let (host, seen) = host(DialogEvent::Direct {
+            handle: 5,
+            fd: ours.into_raw_fd(),
+        });
+        let dialog = host
+            .open_dialog(Form::default(), DialogTarget::User(0))
+            .unwrap();
+        let why = "the application did not read the dialog's updates (its channel is full)";
+        let full = (0..100_000).find_map(|i| {
+            let update = FormUpdate {
+                text: Some(format!("update {i}")),
+                ..FormUpdate::default()
+            };
+            dialog.update(update).err()
+        });
+        assert_eq!(full, Some(DialogError::Closed(why.into())));
+        assert!(dialog.update(FormUpdate::default()).is_err());
+        // The host was told to close it, once; the updates never went through it.
+        assert_eq!(*seen.lock().unwrap(), ["open 1", "close 1"]);
+        drop(theirs);
     }
 }

@@ -759,17 +759,72 @@ fn either_side_of_a_direct_dialog_going_away_is_reported_to_the_other() {
 }
 
 #[test]
-fn a_direct_channel_nobody_reads_closes_its_dialog_as_held_updates_did() {
+fn a_direct_channel_nobody_reads_overflows_to_the_daemon_whose_rules_hold() {
     let d = daemon();
-    // An agent that asks for direct channels, then never reads.
+    // An agent that asks for direct channels, then never reads: the channel fills, the
+    // rest goes through the daemon, which holds at most 256 for a dialog not yet shown.
     let mut agent = showing_with(&d, Watching::default(), true);
     agent.register_agent().unwrap();
-    let burst = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(100_000))]));
+    let burst = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(3_000))]));
     let err = burst.join().unwrap().unwrap_err();
     assert!(
         err.to_string()
-            .contains("the application did not read the dialog's updates (its channel is full)"),
+            .contains("sent more than 256 updates before the application showed the dialog"),
         "{err}"
     );
     drop(agent);
+}
+
+#[test]
+fn an_agent_shows_what_its_channel_held_before_what_came_through_the_daemon() {
+    let d = daemon();
+    let ui = Watching::default();
+    let mut agent = showing_with(&d, ui.clone(), true);
+    agent.register_agent().unwrap();
+    // The dialog is shown, then the agent looks away while the provider sends more than
+    // the channel holds (the rest through the daemon), then reads everything.
+    let burst = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(0))]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ui.lock().log.iter().any(|l| l == "open Burst") {
+        assert!(Instant::now() < deadline);
+        agent.next_event(Some(Duration::from_millis(50))).unwrap();
+    }
+    let handle = ui.lock().handle;
+    let second = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(1_500))]));
+    // The first burst waits for a button; the second is a dialog of its own: find it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ui
+        .lock()
+        .log
+        .iter()
+        .filter(|l| l.starts_with("open"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline);
+        agent.next_event(Some(Duration::from_millis(50))).unwrap();
+    }
+    // Now away for a while: the second burst's updates overflow the channel.
+    std::thread::sleep(Duration::from_millis(500));
+    while !ui.lock().log.iter().any(|l| l == "update update 1500") {
+        assert!(Instant::now() < deadline, "{:?}", ui.lock().log.len());
+        agent.next_event(Some(Duration::from_millis(50))).unwrap();
+    }
+    let updates: Vec<String> = ui
+        .lock()
+        .log
+        .iter()
+        .filter(|l| l.starts_with("update "))
+        .cloned()
+        .collect();
+    let expected: Vec<String> = (1..=1_500).map(|i| format!("update update {i}")).collect();
+    assert_eq!(updates, expected, "in order, none lost");
+    let second_handle = ui.lock().handle;
+    for h in [handle, second_handle] {
+        agent
+            .dialog_send(h, DialogInput::button("done").unwrap())
+            .unwrap();
+    }
+    assert_eq!(burst.join().unwrap().unwrap(), "0 updates, then done");
+    assert_eq!(second.join().unwrap().unwrap(), "1500 updates, then done");
 }

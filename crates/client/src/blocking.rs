@@ -466,7 +466,7 @@ impl Client {
         conn.pushes = rest;
         let mut requests = Vec::new();
         for (handle, push) in Vec::from(dialog) {
-            requests.extend(self.drive_push(handle, push));
+            requests.extend(self.drive_socket_push(handle, push));
         }
         for request in requests {
             let id = self.send(request)?;
@@ -475,19 +475,36 @@ impl Client {
         Ok(())
     }
 
+    /// [`Client::drive_push`] for a push that came through the daemon: a dialog's channel
+    /// is read out first, so what the provider sent on it comes before its close, and
+    /// before the updates it sent through the daemon once the channel was full.
+    fn drive_socket_push(&mut self, handle: u32, push: Push) -> Vec<Request> {
+        let mut requests = Vec::new();
+        if let Transport::Socket(conn) = &mut self.transport {
+            let earlier = match &push {
+                Push::DialogClosed { .. } => conn.dialogs.close(handle),
+                Push::DialogUpdate { .. } => conn.dialogs.pending(handle),
+                _ => Vec::new(),
+            };
+            let closing = matches!(push, Push::DialogClosed { .. });
+            for update in earlier {
+                let answer = self.drive_push(handle, Push::DialogUpdate { update });
+                // A closed dialog's answers have nowhere to go.
+                if !closing {
+                    requests.extend(answer);
+                }
+            }
+        }
+        requests.extend(self.drive_push(handle, push));
+        requests
+    }
+
     /// What the UI does with a dialog push, as the requests to send (those its direct
-    /// channel carries already sent). A closing dialog's channel is read out first: what
-    /// the provider sent before closing is shown before the close.
+    /// channel carries already sent).
     fn drive_push(&mut self, handle: u32, push: Push) -> Vec<Request> {
         let Some(ui) = self.ui.as_deref_mut() else {
             return Vec::new();
         };
-        if let (Push::DialogClosed { .. }, Transport::Socket(conn)) = (&push, &mut self.transport) {
-            for update in conn.dialogs.close(handle) {
-                // The dialog is closed: what the UI would answer has nowhere to go.
-                let _ = ui.update(handle, &update);
-            }
-        }
         let opening = matches!(push, Push::DialogOpen { .. });
         let requests = drive(ui, handle, push);
         if let (true, Transport::Socket(conn)) = (opening, &mut self.transport) {
@@ -806,7 +823,7 @@ impl Client {
             if !is_dialog(&push) {
                 return Ok(Some((handle, push)));
             }
-            for request in self.drive_push(handle, push) {
+            for request in self.drive_socket_push(handle, push) {
                 self.request(request).map(drop).or_else(benign)?;
             }
             if left.is_some_and(|l| l.is_zero()) {

@@ -83,6 +83,15 @@ impl DialogChannels {
         }
     }
 
+    /// The updates dialog `handle`'s channel holds now (shown before an update that came
+    /// through the daemon: a provider whose channel was full sends the rest that way).
+    pub fn pending(&mut self, handle: u32) -> Vec<FormUpdate> {
+        match self.open.get_mut(&handle) {
+            Some(c) => updates(&mut c.channel),
+            None => Vec::new(),
+        }
+    }
+
     /// The dialog ends: what its channel delivered before the end (to show first), and the
     /// channel is closed. The inputs written on it stay readable by the provider.
     pub fn close(&mut self, handle: u32) -> Vec<FormUpdate> {

@@ -54,8 +54,7 @@ pub struct ConnectOptions {
     /// to the worker (`docs/dialogs.md`, "Direct channels"): their updates and this
     /// client's inputs skip the daemon. Only over a local socket, and only for a client
     /// that shows dialogs with a [`crate::DialogUi`] through [`crate::Client::next_event`]
-    /// (a client reading raw pushes would not see the updates); channels are read only in
-    /// `next_event`, so an agent that asks calls it often. Off by default.
+    /// (a client reading raw pushes would not see the updates). Off by default.
     pub direct_dialogs: bool,
 }
 

@@ -301,10 +301,15 @@ impl Dialog {
                 let sent = lock(channel).write(&message);
                 match sent {
                     Sent::Sent => return Ok(()),
+                    // The application is not reading the channel now: this update and
+                    // every later one go through the host, which holds or queues them as
+                    // for any dialog (the application shows what the channel holds first).
                     Sent::Full => {
-                        let reason = "the application did not read the dialog's updates (its channel is full)";
-                        self.finish(reason);
-                        return Err(DialogError::Closed(reason.into()));
+                        lock(channel).shut_writing();
+                        match message {
+                            DialogMessage::Update(update) => update,
+                            DialogMessage::Input(_) => unreachable!("an update was written"),
+                        }
                     }
                     Sent::TooLarge => {
                         return Err(DialogError::Refused(format!(
@@ -635,28 +640,37 @@ mod tests {
     }
 
     #[test]
-    fn a_direct_dialog_whose_application_does_not_read_is_closed_when_its_channel_fills() {
+    fn a_direct_dialog_whose_application_does_not_read_goes_on_through_the_host() {
         use std::os::fd::IntoRawFd;
         let (ours, theirs) = DialogChannel::pair().unwrap();
         let (host, seen) = host(DialogEvent::Direct {
             handle: 5,
             fd: ours.into_raw_fd(),
         });
+        let mut app = DialogChannel::new(theirs).unwrap();
         let dialog = host
             .open_dialog(Form::default(), DialogTarget::User(0))
             .unwrap();
-        let why = "the application did not read the dialog's updates (its channel is full)";
-        let full = (0..100_000).find_map(|i| {
-            let update = FormUpdate {
-                text: Some(format!("update {i}")),
-                ..FormUpdate::default()
-            };
-            dialog.update(update).err()
-        });
-        assert_eq!(full, Some(DialogError::Closed(why.into())));
-        assert!(dialog.update(FormUpdate::default()).is_err());
-        // The host was told to close it, once; the updates never went through it.
-        assert_eq!(*seen.lock().unwrap(), ["open 1", "close 1"]);
-        drop(theirs);
+        let text = |i: usize| FormUpdate {
+            text: Some(format!("update {i}")),
+            ..FormUpdate::default()
+        };
+        // Until the channel is full, nothing goes through the host; then everything does.
+        let mut i = 0;
+        while seen.lock().unwrap().len() == 1 {
+            dialog.update(text(i)).unwrap();
+            i += 1;
+            assert!(i < 100_000, "the channel never filled");
+        }
+        dialog.update(text(i)).unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["open 1", "update 1", "update 1"]);
+        // The channel holds the updates before them, in order, then its end.
+        let mut on_channel = 0;
+        while let Received::Message(DialogMessage::Update(u)) = app.read() {
+            assert_eq!(u, text(on_channel));
+            on_channel += 1;
+        }
+        assert_eq!(on_channel, i - 1);
+        assert_eq!(app.read(), Received::Ended);
     }
 }

@@ -583,7 +583,7 @@ impl Client {
         });
         conn.flush()?;
         dialog_channel::wait_readable(&fds, left);
-        if !dialog_channel::readable_now(socket) {
+        if !purveyor_protocol::poll::readable_now(socket) {
             return Ok(None);
         }
         // One read of what came: a push, or a reply kept for its caller.

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use crate::{DIALOG_FRAME_MAX, DialogMessage, Encoding, FrameBuffer, decode, encode_frame};
+use crate::{DIALOG_FRAME_MAX, DialogMessage, Encoding, FrameBuffer, decode, encode_frame, poll};
 
 /// How long a write that filled the socket halfway through a frame waits for room for the
 /// rest before the channel's writing ends.
@@ -200,49 +200,21 @@ fn wait_writable(fd: RawFd, left: Duration) {
     unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
-/// Whether `fd` has input (or its end) now.
-pub fn readable_now(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, a zero timeout.
-    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
-}
-
 /// Waits until one of `fds` is readable (or ended), up to `timeout`; polls them for the
 /// process's polling window first (`crate::poll`), so an answer due within microseconds
 /// does not wait on a halted CPU.
 pub fn wait_readable(fds: &[RawFd], timeout: Duration) {
-    if fds.is_empty() {
-        std::thread::sleep(timeout);
-        return;
-    }
-    let window = crate::poll::poll_window().min(timeout);
+    let mut pfds: Vec<libc::pollfd> = fds.iter().map(|&fd| poll::pollfd(fd)).collect();
     let started = Instant::now();
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: `pfds` is a valid array of its length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) };
-        if n != 0 || started.elapsed() >= window {
-            break;
-        }
-        std::thread::yield_now();
+    if poll::any_readable_within(&mut pfds, poll::poll_window().min(timeout)) {
+        return;
     }
     let left = timeout.saturating_sub(started.elapsed());
     if left.is_zero() {
         return;
     }
     let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: as above.
+    // SAFETY: `pfds` is a valid array of its length (poll with none only sleeps).
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
 }
 

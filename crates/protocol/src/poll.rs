@@ -38,18 +38,18 @@ pub fn poll_window() -> Duration {
 /// between looks — or, once a yield gave the CPU to another thread, one last time; whether
 /// there is something to read. Never blocks.
 pub fn readable_within(fd: RawFd, window: Duration) -> bool {
+    any_readable_within(&mut [pollfd(fd)], window)
+}
+
+/// [`readable_within`] for several descriptors (`POLLIN` each, as [`pollfd`] makes them):
+/// whether any has something to read.
+pub fn any_readable_within(fds: &mut [libc::pollfd], window: Duration) -> bool {
     if window.is_zero() {
         return false;
     }
     let started = Instant::now();
     loop {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, a zero timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        let n = look(fds);
         if n > 0 {
             return true;
         }
@@ -65,7 +65,7 @@ pub fn readable_within(fd: RawFd, window: Duration) -> bool {
         if before.elapsed() >= SHARED_CPU {
             // Something else ran on this CPU meanwhile (the peer, likely): polling only
             // adds switches here. One last look, then the caller blocks.
-            return looked(fd);
+            return look(fds) > 0;
         }
     }
 }
@@ -73,15 +73,24 @@ pub fn readable_within(fd: RawFd, window: Duration) -> bool {
 /// A yield that takes this long gave the CPU to another thread.
 const SHARED_CPU: Duration = Duration::from_micros(3);
 
-/// Whether `fd` has input now.
-fn looked(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
+/// The `pollfd` that asks whether `fd` has input.
+pub fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
-    };
-    // SAFETY: one valid pollfd, a zero timeout.
-    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
+    }
+}
+
+/// Whether `fd` has input (or its end) now.
+pub fn readable_now(fd: RawFd) -> bool {
+    look(&mut [pollfd(fd)]) > 0
+}
+
+/// One look at `fds`, without waiting: `poll`'s answer.
+fn look(fds: &mut [libc::pollfd]) -> i32 {
+    // SAFETY: a valid array of its length, a zero timeout.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) }
 }
 
 #[cfg(test)]

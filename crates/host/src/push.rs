@@ -6,7 +6,8 @@
 //! **Invariants.** Events go on a bounded queue: offered to a full queue, one is dropped
 //! and counted, and the client is told how many it lost before any later event. Dialog
 //! messages are never dropped; at most [`RELIABLE_MAX`] wait, and a dialog that would add
-//! one more is refused or closed instead.
+//! one more is refused or closed instead. At most [`CHANNELS_MAX`] direct dialog channels
+//! wait for their pushes to be written; a dialog past it goes through the daemon.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -30,6 +31,9 @@ pub struct PushSink {
 
 /// Dialog messages queued for a session that does not read; more refuse or close dialogs.
 const RELIABLE_MAX: usize = 65_536;
+/// Direct dialog channels (descriptors) waiting for a session to read their pushes; more
+/// dialogs go through the daemon (`docs/dialogs.md`, "Direct channels").
+pub(crate) const CHANNELS_MAX: usize = 64;
 
 impl PushSink {
     pub(crate) fn new(capacity: usize) -> Self {
@@ -46,7 +50,14 @@ impl PushSink {
     /// Queues dialog `handle`'s `dialog_channel` push with `channel`, the descriptor the
     /// connection sends with it; `false` when the session is not reading.
     pub(crate) fn offer_channel(&self, handle: u32, channel: std::os::fd::OwnedFd) -> bool {
-        self.channels.locked().insert(handle, channel);
+        let mut channels = self.channels.locked();
+        // A session that does not read would otherwise make the daemon hold a descriptor
+        // per dialog: past the bound its dialogs go through the daemon.
+        if channels.len() >= CHANNELS_MAX {
+            return false;
+        }
+        channels.insert(handle, channel);
+        drop(channels);
         if self.offer_reliable(handle, Push::DialogChannel) {
             return true;
         }

@@ -248,3 +248,25 @@ fn an_agent_that_asked_gets_a_channel_before_the_open_and_the_worker_the_other_e
     );
     assert_eq!(hub.direct(), 1, "a failed hand-over is not counted");
 }
+
+#[test]
+fn an_agent_that_does_not_read_makes_the_daemon_hold_a_bounded_number_of_channels() {
+    let hub = hub();
+    let (origin, told, _) = worker_origin(&hub, true);
+    let agent = session(1, 1000);
+    agent.set_direct(true);
+    hub.register_agent(&agent);
+    let max = crate::push::CHANNELS_MAX as u32;
+    for local in 1..=max {
+        hub.provider_op(&origin, local, open(0, Some(1000)));
+        assert!(matches!(last(&told), DialogEvent::Direct { .. }));
+    }
+    // The agent has read none of them: the next goes through the daemon.
+    hub.provider_op(&origin, max + 1, open(0, Some(1000)));
+    assert!(
+        matches!(last(&told), DialogEvent::Opened { .. }),
+        "{:?}",
+        last(&told)
+    );
+    assert_eq!(hub.direct(), u64::from(max));
+}

@@ -364,11 +364,9 @@ fn a_direct_channel_keeps_the_order_of_updates_and_of_an_input_before_the_users_
     let mut agent = showing_with(&d, ui.clone(), true);
     agent.register_agent().unwrap();
     let burst = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(50))]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ui.lock().log.iter().any(|l| l == "update update 50") {
-        assert!(Instant::now() < deadline, "{:?}", ui.lock().log);
-        agent.next_event(Some(Duration::from_millis(50))).unwrap();
-    }
+    until_seen(&mut agent, &ui, |log| {
+        log.iter().any(|l| l == "update update 50")
+    });
     let expected: Vec<String> = std::iter::once("open Burst".to_string())
         .chain((1..=50).map(|i| format!("update update {i}")))
         .collect();
@@ -705,6 +703,15 @@ fn a_trusted_ui_module_renders_the_dialog_that_names_it_and_the_generic_ui_the_r
     assert_eq!(*log.lock().unwrap(), ["open Phone: calling 555-0100"]);
 }
 
+/// Drives `agent`'s events until its UI's log satisfies `seen` (at most 30 s).
+fn until_seen(agent: &mut Client, ui: &Watching, seen: impl Fn(&[String]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen(&ui.lock().log) {
+        assert!(Instant::now() < deadline, "{:?}", ui.lock().log);
+        agent.next_event(Some(Duration::from_millis(50))).unwrap();
+    }
+}
+
 /// A burst of one update to an agent on a direct channel, the agent's UI having shown it.
 fn direct_burst(
     d: &Daemon,
@@ -717,11 +724,9 @@ fn direct_burst(
     let mut agent = showing_with(d, ui.clone(), true);
     agent.register_agent().unwrap();
     let burst = burst_in_background(d, Instance::from_pairs([("count", Value::U64(1))]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ui.lock().log.iter().any(|l| l == "update update 1") {
-        assert!(Instant::now() < deadline, "{:?}", ui.lock().log);
-        agent.next_event(Some(Duration::from_millis(50))).unwrap();
-    }
+    until_seen(&mut agent, &ui, |log| {
+        log.iter().any(|l| l == "update update 1")
+    });
     (agent, ui, burst)
 }
 
@@ -733,11 +738,9 @@ fn either_side_of_a_direct_dialog_going_away_is_reported_to_the_other() {
     let pid = d.status("confirm").pid.expect("the worker runs");
     // SAFETY: kill signals the worker process the daemon started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ui.lock().log.iter().any(|l| l.starts_with("closed")) {
-        assert!(Instant::now() < deadline, "{:?}", ui.lock().log);
-        agent.next_event(Some(Duration::from_millis(50))).unwrap();
-    }
+    until_seen(&mut agent, &ui, |log| {
+        log.iter().any(|l| l.starts_with("closed"))
+    });
     let closed = ui.lock().log.last().cloned().unwrap();
     assert!(
         closed.starts_with("closed provider confirm went away: ") && closed.contains("SIGKILL"),
@@ -784,32 +787,18 @@ fn an_agent_shows_what_its_channel_held_before_what_came_through_the_daemon() {
     // The dialog is shown, then the agent looks away while the provider sends more than
     // the channel holds (the rest through the daemon), then reads everything.
     let burst = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(0))]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ui.lock().log.iter().any(|l| l == "open Burst") {
-        assert!(Instant::now() < deadline);
-        agent.next_event(Some(Duration::from_millis(50))).unwrap();
-    }
+    until_seen(&mut agent, &ui, |log| log.iter().any(|l| l == "open Burst"));
     let handle = ui.lock().handle;
     let second = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(1_500))]));
     // The first burst waits for a button; the second is a dialog of its own: find it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ui
-        .lock()
-        .log
-        .iter()
-        .filter(|l| l.starts_with("open"))
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline);
-        agent.next_event(Some(Duration::from_millis(50))).unwrap();
-    }
+    until_seen(&mut agent, &ui, |log| {
+        log.iter().filter(|l| l.starts_with("open")).count() == 2
+    });
     // Now away for a while: the second burst's updates overflow the channel.
     std::thread::sleep(Duration::from_millis(500));
-    while !ui.lock().log.iter().any(|l| l == "update update 1500") {
-        assert!(Instant::now() < deadline, "{:?}", ui.lock().log.len());
-        agent.next_event(Some(Duration::from_millis(50))).unwrap();
-    }
+    until_seen(&mut agent, &ui, |log| {
+        log.iter().any(|l| l == "update update 1500")
+    });
     let updates: Vec<String> = ui
         .lock()
         .log

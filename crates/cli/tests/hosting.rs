@@ -583,17 +583,22 @@ fn runtime_sleeps(pid: u32) -> u64 {
     sleeps
 }
 
+/// A daemon with `threads` runtime threads whose connections poll for up to 1 ms.
+fn polling_daemon(threads: &str) -> Daemon {
+    Daemon::start(
+        &[],
+        &["--threads", threads],
+        &[("PURVEYOR_POLL_US", std::ffi::OsStr::new("1000"))],
+    )
+}
+
 /// On a runtime of two threads, a connection answering back to back by polling takes its
 /// socket off the runtime's I/O driver, so the other runtime thread sleeps through its
 /// requests. Before, that thread waited in `epoll_wait` on the socket and was woken by
 /// every request, only to find it taken (about one sleep and wake per request).
 #[test]
 fn a_polling_connection_lets_the_idle_runtime_thread_sleep() {
-    let d = Daemon::start(
-        &[],
-        &["--threads", "2"],
-        &[("PURVEYOR_POLL_US", std::ffi::OsStr::new("1000"))],
-    );
+    let d = polling_daemon("2");
     let mut c = d.client();
     let host = class("purveyor.host");
     for _ in 0..100 {
@@ -631,11 +636,7 @@ fn a_polling_connection_lets_the_idle_runtime_thread_sleep() {
 fn a_client_asking_back_to_back_does_not_starve_another() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let d = Daemon::start(
-        &[],
-        &["--threads", "1"],
-        &[("PURVEYOR_POLL_US", std::ffi::OsStr::new("1000"))],
-    );
+    let d = polling_daemon("1");
     let host = class("purveyor.host");
     let (stop, asked) = (
         Arc::new(AtomicBool::new(false)),

@@ -486,6 +486,22 @@ mod tests {
         (handle, seen)
     }
 
+    /// A dialog opened on a direct channel with `handle`: the host, what it was told, the
+    /// application's end of the channel, and the dialog.
+    fn direct_dialog(handle: u32) -> (HostHandle, Arc<Mutex<Vec<String>>>, DialogChannel, Dialog) {
+        use std::os::fd::IntoRawFd;
+        let (ours, theirs) = DialogChannel::pair().unwrap();
+        let (host, seen) = host(DialogEvent::Direct {
+            handle,
+            fd: ours.into_raw_fd(),
+        });
+        let app = DialogChannel::new(theirs).unwrap();
+        let dialog = host
+            .open_dialog(Form::default(), DialogTarget::User(0))
+            .unwrap();
+        (host, seen, app, dialog)
+    }
+
     #[test]
     fn a_refused_open_is_an_error_with_the_hosts_reason_and_sends_no_close() {
         let (host, seen) = host(DialogEvent::Refused {
@@ -539,16 +555,7 @@ mod tests {
 
     #[test]
     fn a_direct_dialog_talks_on_its_channel_and_its_close_comes_after_what_was_written() {
-        use std::os::fd::IntoRawFd;
-        let (ours, theirs) = DialogChannel::pair().unwrap();
-        let (host, seen) = host(DialogEvent::Direct {
-            handle: 9,
-            fd: ours.into_raw_fd(),
-        });
-        let mut app = DialogChannel::new(theirs).unwrap();
-        let dialog = host
-            .open_dialog(Form::default(), DialogTarget::User(0))
-            .unwrap();
+        let (host, seen, mut app, dialog) = direct_dialog(9);
         assert_eq!(dialog.handle(), 9);
         let update = FormUpdate {
             text: Some("ringing".into()),
@@ -584,16 +591,7 @@ mod tests {
 
     #[test]
     fn a_direct_dialog_hears_the_host_while_it_waits_on_its_channel() {
-        use std::os::fd::IntoRawFd;
-        let (ours, theirs) = DialogChannel::pair().unwrap();
-        let (host, seen) = host(DialogEvent::Direct {
-            handle: 3,
-            fd: ours.into_raw_fd(),
-        });
-        let mut app = DialogChannel::new(theirs).unwrap();
-        let dialog = host
-            .open_dialog(Form::default(), DialogTarget::User(0))
-            .unwrap();
+        let (host, seen, mut app, dialog) = direct_dialog(3);
         let h = host.clone();
         let closer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
@@ -619,16 +617,7 @@ mod tests {
 
     #[test]
     fn a_provider_closing_a_direct_dialog_ends_its_channel_before_telling_the_host() {
-        use std::os::fd::IntoRawFd;
-        let (ours, theirs) = DialogChannel::pair().unwrap();
-        let (host, seen) = host(DialogEvent::Direct {
-            handle: 4,
-            fd: ours.into_raw_fd(),
-        });
-        let mut app = DialogChannel::new(theirs).unwrap();
-        let dialog = host
-            .open_dialog(Form::default(), DialogTarget::User(0))
-            .unwrap();
+        let (_host, seen, mut app, dialog) = direct_dialog(4);
         dialog.update(FormUpdate::default()).unwrap();
         dialog.close("done");
         assert!(matches!(
@@ -641,16 +630,7 @@ mod tests {
 
     #[test]
     fn a_direct_dialog_whose_application_does_not_read_goes_on_through_the_host() {
-        use std::os::fd::IntoRawFd;
-        let (ours, theirs) = DialogChannel::pair().unwrap();
-        let (host, seen) = host(DialogEvent::Direct {
-            handle: 5,
-            fd: ours.into_raw_fd(),
-        });
-        let mut app = DialogChannel::new(theirs).unwrap();
-        let dialog = host
-            .open_dialog(Form::default(), DialogTarget::User(0))
-            .unwrap();
+        let (_host, seen, mut app, dialog) = direct_dialog(5);
         let text = |i: usize| FormUpdate {
             text: Some(format!("update {i}")),
             ..FormUpdate::default()

@@ -789,11 +789,23 @@ fn an_agent_shows_what_its_channel_held_before_what_came_through_the_daemon() {
     let burst = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(0))]));
     until_seen(&mut agent, &ui, |log| log.iter().any(|l| l == "open Burst"));
     let handle = ui.lock().handle;
-    let second = burst_in_background(&d, Instance::from_pairs([("count", Value::U64(1_500))]));
+    let second = burst_in_background(
+        &d,
+        Instance::from_pairs([
+            ("count", Value::U64(1_500)),
+            ("after_button", Value::Bool(true)),
+        ]),
+    );
     // The first burst waits for a button; the second is a dialog of its own: find it.
+    // Once `until_seen` returns the daemon has the agent's ready signal, so the updates
+    // that overflow to it are for a dialog shown (the 256-held rule is not in play).
     until_seen(&mut agent, &ui, |log| {
         log.iter().filter(|l| l.starts_with("open")).count() == 2
     });
+    let second_handle = ui.lock().handle;
+    agent
+        .dialog_send(second_handle, DialogInput::button("done").unwrap())
+        .unwrap();
     // Now away for a while: the second burst's updates overflow the channel.
     std::thread::sleep(Duration::from_millis(500));
     until_seen(&mut agent, &ui, |log| {
@@ -808,7 +820,6 @@ fn an_agent_shows_what_its_channel_held_before_what_came_through_the_daemon() {
         .collect();
     let expected: Vec<String> = (1..=1_500).map(|i| format!("update update {i}")).collect();
     assert_eq!(updates, expected, "in order, none lost");
-    let second_handle = ui.lock().handle;
     for h in [handle, second_handle] {
         agent
             .dialog_send(h, DialogInput::button("done").unwrap())

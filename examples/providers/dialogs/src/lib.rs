@@ -191,9 +191,10 @@ impl Provider for Dialogs {
                             params: vec![
                                 ParamDef::new("count", "u64", false, "updates sent right after opening"),
                                 ParamDef::new("deadline_ms", "u64", true, "the dialog's deadline"),
+                                ParamDef::new("after_button", "bool", true, "wait for a button before the updates"),
                             ],
                             result: string,
-                            description: "Opens a dialog on the caller's agent, sends `count` updates at once, waits for a button".into(),
+                            description: "Opens a dialog on the caller's agent, sends `count` updates at once (after a first button if `after_button`), waits for a button".into(),
                         },
                         MethodDef {
                             name: id("round_trips"),
@@ -512,6 +513,9 @@ impl Dialogs {
             self.outcome(e.to_string());
             ProviderError::from(e)
         })?;
+        if matches!(args.get("after_button"), Some(Value::Bool(true))) {
+            self.wait(&dialog, PATIENCE)?;
+        }
         for i in 1..=count {
             dialog.update(text(&format!("update {i}")))?;
         }

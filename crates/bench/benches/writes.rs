@@ -1,9 +1,11 @@
 //! Writable providers, each figure next to its floor measured in the same run (see
 //! `docs/performance.md`):
-//! - acknowledged durable puts per second through the daemon (the example `config`
-//!   provider, isolated; concurrent puts share a commit of its store), with 1 client and
-//!   with 4 at once, next to the bare store's commits per second (one writer, one put
-//!   per commit) on the same disk with the same data;
+//! - acknowledged durable puts per second (the example `config` provider, isolated;
+//!   concurrent puts share a commit of its store), with 1 client and with 4 at once, from
+//!   the default client (its puts go on a direct channel to the worker after its first
+//!   two) and from one that sends everything through the daemon (`direct(false)`), next
+//!   to the bare store's commits per second (one writer, one put per commit) on the same
+//!   disk with the same data;
 //! - event fan-out: the time from sending a put until each of 100 subscribers (100
 //!   connections) holds its event, next to the same bytes written to 100 Unix sockets
 //!   and read by 100 threads.
@@ -63,7 +65,7 @@ fn main() {
         return;
     }
     // `PURVEYOR_BENCH_ONLY=puts`: `CLIENTS` clients' puts (default 1) alone for `SECS`
-    // seconds (default 5), for `perf sched`.
+    // seconds (default 5), for `perf sched`; `DIRECT=0`: through the daemon.
     if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "puts") {
         let number = |name: &str, default: u64| {
             std::env::var(name)
@@ -72,10 +74,11 @@ fn main() {
                 .unwrap_or(default)
         };
         let clients = number("CLIENTS", 1) as usize;
+        let direct = number("DIRECT", 1) != 0;
         let until = Instant::now() + Duration::from_secs(number("SECS", 5));
         let mut rates = Vec::new();
         while Instant::now() < until {
-            rates.push(through_daemon(&daemon.socket, clients));
+            rates.push(puts(&daemon.socket, clients, direct));
         }
         println!(
             "{clients} clients alone: {:.0} puts/s (median of {} rounds)",
@@ -86,19 +89,31 @@ fn main() {
     }
     // The disk's speed wanders from second to second: the three are measured in turn,
     // ROUNDS times, and each figure is the median of its rounds.
-    let (mut bare, mut one, mut four) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rates: [Vec<f64>; 5] = Default::default();
     for round in 0..ROUNDS {
-        bare.push(bare_store(&dir.path().join(format!("bare{round}.redb"))));
-        one.push(through_daemon(&daemon.socket, 1));
-        four.push(through_daemon(&daemon.socket, 4));
+        rates[0].push(bare_store(&dir.path().join(format!("bare{round}.redb"))));
+        rates[1].push(puts(&daemon.socket, 1, true));
+        rates[2].push(puts(&daemon.socket, 4, true));
+        rates[3].push(puts(&daemon.socket, 1, false));
+        rates[4].push(puts(&daemon.socket, 4, false));
     }
-    let (bare, one, four) = (median(bare), median(one), median(four));
-    println!(
-        "durable writes (median of {ROUNDS} rounds): bare store {bare:.0} commits/s; through the daemon {one:.0} puts/s with 1 client ({:.2}× the store), {four:.0} puts/s with 4 clients ({:.2}× the store, {:.2}× one client)",
-        one / bare,
-        four / bare,
-        four / one
-    );
+    let [bare, one, four, one_daemon, four_daemon] = rates.map(median);
+    println!("durable writes (median of {ROUNDS} rounds): bare store {bare:.0} commits/s");
+    for (how, one, four) in [
+        ("default client (puts on a direct channel)", one, four),
+        (
+            "through the daemon (direct(false))",
+            one_daemon,
+            four_daemon,
+        ),
+    ] {
+        println!(
+            "  {how}: {one:.0} puts/s with 1 client ({:.2}× the store), {four:.0} puts/s with 4 clients ({:.2}× the store, {:.2}× one client)",
+            one / bare,
+            four / bare,
+            four / one
+        );
+    }
     fan_out(&daemon.socket);
 }
 
@@ -132,6 +147,15 @@ fn one_client_parts(socket: &Path, dir: &Path) {
     let mut relayed =
         Client::connect_socket(socket, &ConnectOptions::default().direct(false)).unwrap();
     relayed.put(&class, setting("warm", "1")).unwrap();
+    let mut direct = Client::connect_socket(socket, &ConnectOptions::default()).unwrap();
+    for _ in 0..2 {
+        direct.put(&class, setting("warm", "1")).unwrap();
+    }
+    assert_eq!(
+        direct.direct_channels().len(),
+        1,
+        "a direct channel for puts"
+    );
     let mut key = purveyor_model::InstanceKey::new();
     key.insert(
         purveyor_model::Identifier::new("name").unwrap(),
@@ -157,7 +181,8 @@ fn one_client_parts(socket: &Path, dir: &Path) {
         us(percentiles(&mut alone).0),
         us(percentiles(&mut reads).0)
     );
-    let (mut commit, mut get, mut put) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut commit, mut get, mut put, mut on_channel) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..PUTS * 3 {
         let name = format!("k{}", i % 50);
         let s = setting(&name, &i.to_string());
@@ -170,26 +195,37 @@ fn one_client_parts(socket: &Path, dir: &Path) {
         relayed.get(&class, &key).unwrap();
         get.push(t.elapsed());
         let t = Instant::now();
-        relayed.put(&class, s).unwrap();
+        relayed.put(&class, s.clone()).unwrap();
         put.push(t.elapsed());
+        let t = Instant::now();
+        direct.put(&class, s).unwrap();
+        on_channel.push(t.elapsed());
     }
     let p50 = |v: &mut Vec<Duration>| us(percentiles(v).0);
     let (commit, get, put) = (p50(&mut commit), p50(&mut get), p50(&mut put));
+    let on_channel = p50(&mut on_channel);
     println!(
-        "one client, p50: bare commit {commit:.0} µs; relayed get {get:.0} µs; put {put:.0} µs ({:.0} µs beyond the commit and the get)",
-        put - commit - get
+        "one client, p50: bare commit {commit:.0} µs; relayed get {get:.0} µs; put through the daemon {put:.0} µs ({:.0} µs beyond the commit and the get); put on a direct channel {on_channel:.0} µs ({:.0} µs beyond the commit)",
+        put - commit - get,
+        on_channel - commit
     );
 }
 
-/// Acknowledged puts per second with `clients` connections writing at once.
-fn through_daemon(socket: &Path, clients: usize) -> f64 {
+/// Acknowledged puts per second with `clients` connections writing at once, on direct
+/// channels (`direct`: the default client) or through the daemon.
+fn puts(socket: &Path, clients: usize, direct: bool) -> f64 {
     let class = ClassPath::new("config.setting").unwrap();
     let per = PUTS / clients;
+    let options = ConnectOptions::default().direct(direct);
     let mut conns: Vec<Client> = (0..clients)
-        .map(|_| Client::connect_socket(socket, &ConnectOptions::default()).unwrap())
+        .map(|_| Client::connect_socket(socket, &options).unwrap())
         .collect();
-    // Load the provider first.
-    conns[0].put(&class, setting("warm", "1")).unwrap();
+    // Load the provider first, and let each client open its channel (after two puts).
+    for (c, conn) in conns.iter_mut().enumerate() {
+        for _ in 0..2 {
+            conn.put(&class, setting(&format!("warm{c}"), "1")).unwrap();
+        }
+    }
     let start = Instant::now();
     std::thread::scope(|s| {
         for (c, conn) in conns.iter_mut().enumerate() {
@@ -244,7 +280,11 @@ fn fan_out(socket: &Path) {
         })
         .collect();
     ready.wait();
-    let mut writer = Client::connect_socket(socket, &ConnectOptions::default()).unwrap();
+    // The writer goes through the daemon, which offers a put's events before it
+    // acknowledges the put, so "after the ack" is the fan-out alone (a put on a direct
+    // channel is acknowledged by the worker as its events leave for the daemon).
+    let mut writer =
+        Client::connect_socket(socket, &ConnectOptions::default().direct(false)).unwrap();
     let mut sent = Vec::with_capacity(EVENTS);
     let mut ack = Vec::with_capacity(EVENTS);
     for i in 0..EVENTS {

@@ -194,6 +194,108 @@ fn puts_deletes_and_calls_are_checked_against_the_schema() {
     );
 }
 
+/// The requests the daemon has answered so far (this one included).
+fn daemon_requests(client: &mut Client) -> u64 {
+    let host = client
+        .get(&common::class("purveyor.host"), &InstanceKey::new())
+        .unwrap();
+    match host.get("requests") {
+        Some(Value::U64(n)) => *n,
+        other => panic!("purveyor.host requests is {other:?}"),
+    }
+}
+
+/// A client that does not use direct channels: everything through the daemon.
+fn through_daemon(daemon: &Daemon) -> Client {
+    Client::connect_socket(
+        &daemon.socket,
+        &purveyor_client::ConnectOptions::default().direct(false),
+    )
+    .unwrap()
+}
+
+/// After two puts through the daemon a client puts on a direct channel to the worker:
+/// the daemon answers none of them, each is checked as the daemon checks it, and their
+/// events reach a subscriber of the daemon's, in order.
+#[test]
+fn puts_go_on_a_direct_channel_checked_and_with_their_events() {
+    let daemon = start(&[]);
+    let cls = class();
+    let mut sub = daemon.client();
+    sub.subscribe(&cls, None, vec![]).unwrap();
+    let mut w = daemon.client();
+    w.put(&cls, setting("a", "string", "1")).unwrap();
+    assert!(w.direct_channels().is_empty(), "one put is not enough");
+    w.put(&cls, setting("b", "string", "2")).unwrap();
+    assert_eq!(w.direct_channels().len(), 1, "{:?}", w.direct_channels());
+    let before = daemon_requests(&mut w);
+    for (name, value) in [("c", "3"), ("d", "4"), ("a", "5")] {
+        w.put(&cls, setting(name, "string", value)).unwrap();
+    }
+    // Refused on the channel (the schema's checks and the provider's own).
+    let bad = [
+        Instance::from_pairs([
+            ("name", Value::String("a".into())),
+            ("value", Value::U64(1)),
+        ]),
+        Instance::from_pairs([("value", Value::String("x".into()))]),
+        setting("n", "i64", "ten"),
+    ];
+    let refusals: Vec<String> = bad
+        .iter()
+        .map(|instance| message(w.put(&cls, instance.clone())))
+        .collect();
+    assert_eq!(
+        daemon_requests(&mut w) - before,
+        1,
+        "the daemon answered only the second count"
+    );
+    // In the daemon's own words.
+    let mut plain = through_daemon(&daemon);
+    for (instance, direct) in bad.into_iter().zip(refusals) {
+        assert_eq!(direct, message(plain.put(&cls, instance)));
+    }
+    assert_eq!(w.direct_channels().len(), 1, "refusals keep the channel");
+    for (name, value) in [("a", "5"), ("b", "2"), ("c", "3"), ("d", "4")] {
+        assert_eq!(value_of(&mut plain, name).as_deref(), Some(value), "{name}");
+    }
+    assert_eq!(
+        events_of(&mut sub, Duration::from_millis(500)),
+        [
+            "changed action=created name=a value=1 version=1",
+            "changed action=created name=b value=2 version=1",
+            "changed action=created name=c value=3 version=1",
+            "changed action=created name=d value=4 version=1",
+            "changed action=updated name=a value=5 version=2",
+        ]
+    );
+}
+
+/// A class the channel may not put (here: its manifest does not offer `put`) is put
+/// through the daemon, which answers with its own error; reads stay on the channel.
+#[test]
+fn a_put_the_channel_may_not_make_goes_through_the_daemon() {
+    let (name, manifest) = config_manifest("isolated");
+    let manifest = manifest.replace("\"put\", ", "");
+    let daemon = Daemon::start(&[(name, manifest)], &[], &[]);
+    let cls = class();
+    let mut c = daemon.client();
+    for _ in 0..2 {
+        assert!(c.enumerate(&cls, &InstanceKey::new()).unwrap().is_empty());
+    }
+    assert_eq!(c.direct_channels().len(), 1);
+    let refused = |c: &mut Client| match c.put(&cls, setting("x", "string", "1")) {
+        Err(ClientError::Unsupported { message }) => message,
+        other => panic!("{other:?}"),
+    };
+    let expected = refused(&mut through_daemon(&daemon));
+    assert!(expected.contains("put"), "{expected}");
+    for _ in 0..3 {
+        assert_eq!(refused(&mut c), expected);
+    }
+    assert_eq!(c.direct_channels().len(), 1, "the channel stays for reads");
+}
+
 fn events_of(client: &mut Client, wait: Duration) -> Vec<String> {
     let mut seen = Vec::new();
     while let Some((_, push)) = client.next_event(Some(wait)).unwrap() {
@@ -355,25 +457,33 @@ fn as_user(daemon: &Daemon, uid: u32, gid: u32, args: &[&str]) -> std::process::
         .unwrap()
 }
 
+/// A daemon with access `policy` whose socket other users may reach, and the policy's
+/// file; `None` (the test is skipped) unless this runs as root, which running clients as
+/// other users needs.
+fn open_to_other_users(policy: &str) -> Option<(Daemon, tempfile::NamedTempFile)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running clients as other users needs root");
+        return None;
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), policy).unwrap();
+    let daemon = start(&["--access", file.path().to_str().unwrap()]);
+    // Let other users reach the socket: its directory and the socket itself.
+    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    Some((daemon, file))
+}
+
 /// Each access decision as a table of users × operations, enforced by the daemon on the
 /// credentials of real processes. Needs root (to run clients as other users).
 #[test]
 fn access_is_enforced_per_namespace_with_peer_credentials() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: running clients as other users needs root");
-        return;
-    }
-    let policy = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        policy.path(),
+    let Some((daemon, _policy)) = open_to_other_users(
         "[namespace.config]\nread = [\"@local\"]\nwrite = [\"uid:65533\"]\ncall = [\"gid:65533\"]\nsubscribe = [\"uid:65533\"]\n",
-    )
-    .unwrap();
-    let daemon = start(&["--access", policy.path().to_str().unwrap()]);
-    // Let other users reach the socket: its directory and the socket itself.
-    std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    ) else {
+        return;
+    };
     daemon
         .client()
         .put(&class(), setting("a", "i64", "1"))
@@ -452,6 +562,89 @@ fn access_is_enforced_per_namespace_with_peer_credentials() {
         text.contains("system.load") && text.contains("config.setting"),
         "{text}"
     );
+}
+
+/// Set when this test binary runs itself as another user: the daemon's socket.
+const AS_USER_SOCKET: &str = "PURVEYOR_TEST_AS_USER_SOCKET";
+
+/// The access policy decides which classes a channel takes puts of, for the caller on the
+/// other end: a user who may read but not write `config.setting` has a channel whose puts
+/// go through the daemon (and are refused there), a user who may write puts on it. Real
+/// peer credentials: the test runs itself as each user (needs root).
+#[test]
+fn a_channel_takes_puts_only_where_the_policy_lets_its_caller_write() {
+    if let Some(socket) = std::env::var_os(AS_USER_SOCKET) {
+        return puts_as_this_user(Path::new(&socket));
+    }
+    let Some((daemon, _policy)) =
+        open_to_other_users("[namespace.config]\nread = [\"@local\"]\nwrite = [\"uid:65533\"]\n")
+    else {
+        return;
+    };
+    let as_user = |uid: u32| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "a_channel_takes_puts_only_where_the_policy_lets_its_caller_write",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(AS_USER_SOCKET, &daemon.socket)
+            .uid(uid)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "uid {uid}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            // The harness may start the line with the test's name.
+            .filter_map(|l| l.split_once("as user: "))
+            .map(|(_, said)| said.to_string())
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(
+        as_user(65533),
+        [
+            "channels 1",
+            "put ok",
+            "put ok",
+            "the daemon answered 0 puts"
+        ]
+    );
+    let refused = "put: access denied: uid 65534 lacks the write permission on config.setting";
+    let nobody = as_user(65534);
+    assert_eq!(nobody.len(), 4, "{nobody:?}");
+    assert_eq!(nobody[0], "channels 1");
+    assert!(nobody[1].starts_with(refused), "{nobody:?}");
+    assert!(nobody[2].starts_with(refused), "{nobody:?}");
+    assert_eq!(nobody[3], "the daemon answered 2 puts");
+    // The provider saw who wrote, on the channel.
+    let w = daemon.client().get(&class(), &named("w")).unwrap();
+    assert_eq!(w.get("updated_by"), Some(&Value::U64(65533)));
+}
+
+/// The other user's side: two reads (a channel opens), two puts; says what happened.
+fn puts_as_this_user(socket: &Path) {
+    let mut c =
+        Client::connect_socket(socket, &purveyor_client::ConnectOptions::default()).unwrap();
+    for _ in 0..2 {
+        c.enumerate(&class(), &InstanceKey::new()).unwrap();
+    }
+    println!("as user: channels {}", c.direct_channels().len());
+    let before = daemon_requests(&mut c);
+    for value in ["1", "2"] {
+        match c.put(&class(), setting("w", "string", value)) {
+            Ok(()) => println!("as user: put ok"),
+            Err(e) => println!("as user: put: {e}"),
+        }
+    }
+    let answered = daemon_requests(&mut c) - before - 1;
+    println!("as user: the daemon answered {answered} puts");
 }
 
 // --- The crash test -------------------------------------------------------------------

@@ -1,8 +1,12 @@
 //! Direct channels (`docs/protocol.md`, "Direct channels"): after a class has been read
-//! through the daemon [`ATTACH_AFTER`] times, a blocking client asks the daemon for a
-//! socket to the isolated worker serving it, and sends that provider's gets and
-//! enumerates there — one hop instead of two. Anything else, and any class whose
-//! provider is not in an isolated worker, goes through the daemon as before.
+//! or put through the daemon [`ATTACH_AFTER`] times, a blocking client asks the daemon for
+//! a socket to the isolated worker serving it, and sends that provider's gets, enumerates
+//! and puts there — one hop instead of two. Anything else, and any class whose provider is
+//! not in an isolated worker, goes through the daemon as before. A put the channel answers
+//! `unsupported` (the caller may not write the class there) was not made: it goes through
+//! the daemon, as do that class's later puts; one answered `shutting_down` (the worker
+//! released the provider) goes through the daemon and the channel is dropped. A put whose
+//! channel ends after it was read is reported, never sent again: it may have been made.
 //!
 //! When a channel fails (the worker exited, was released or crashed) the request goes
 //! through the daemon instead, which restarts the provider or reports how it died; the
@@ -13,7 +17,7 @@
 //! failed attempt only now and then. A class the daemon says cannot have one
 //! (`unsupported`: not in an isolated worker) stays on the daemon.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -27,7 +31,7 @@ use serde::Serialize;
 use crate::ClientError;
 use crate::wire::{Incoming, parse_incoming};
 
-/// Reads of a class through the daemon before a direct channel is asked for.
+/// Reads or puts of a class through the daemon before a direct channel is asked for.
 pub(crate) const ATTACH_AFTER: u32 = 2;
 
 /// The first protocol minor version whose servers open direct channels.
@@ -59,14 +63,19 @@ pub(crate) enum Plan {
 pub(crate) struct DirectRoutes {
     routes: HashMap<ClassPath, Route>,
     channels: Vec<Option<DirectConn>>,
+    /// Classes whose puts a channel answered `unsupported`: they go through the daemon.
+    no_puts: HashSet<ClassPath>,
 }
 
-/// A channel's failure: the request may go through the daemon instead.
-pub(crate) struct Lost;
+/// A channel's failure before an answer. A read may go through the daemon instead; a put
+/// only if it was not `sent` (else the worker may have made it).
+pub(crate) struct Lost {
+    pub sent: bool,
+}
 
 impl DirectRoutes {
-    /// How to send a read of `class`.
-    pub fn plan(&mut self, class: &ClassPath) -> Plan {
+    /// How to send a read (or, `put`, a put) of `class`.
+    pub fn plan(&mut self, class: &ClassPath, put: bool) -> Plan {
         if !self.routes.contains_key(class) {
             self.routes.insert(
                 class.clone(),
@@ -78,6 +87,7 @@ impl DirectRoutes {
         }
         let route = self.routes.get_mut(class).expect("inserted above");
         match route {
+            Route::Channel(_) if put && self.no_puts.contains(class) => Plan::Daemon,
             Route::Channel(at) => Plan::Channel(*at),
             Route::Never => Plan::Daemon,
             Route::Daemon { reads, misses } => {
@@ -89,6 +99,20 @@ impl DirectRoutes {
                 }
             }
         }
+    }
+
+    /// The provider channel `at` goes to.
+    pub fn provider_of(&self, at: usize) -> String {
+        self.channels
+            .get(at)
+            .and_then(Option::as_ref)
+            .map(|c| c.provider.clone())
+            .unwrap_or_default()
+    }
+
+    /// A channel answered a put of `class` `unsupported`: its puts go through the daemon.
+    pub fn no_puts(&mut self, class: &ClassPath) {
+        self.no_puts.insert(class.clone());
     }
 
     /// The daemon will not open a channel for `class`: never (`unsupported`), or not
@@ -144,7 +168,7 @@ impl DirectRoutes {
         request: &Request,
     ) -> Result<Result<Response, ClientError>, Lost> {
         let Some(conn) = self.channels.get_mut(at).and_then(Option::as_mut) else {
-            return Err(Lost);
+            return Err(Lost { sent: false });
         };
         match conn.call(id, request) {
             Ok(Answer::Reply(reply)) => {
@@ -157,16 +181,16 @@ impl DirectRoutes {
                 self.drop_channel(at);
                 Ok(Err(timeout))
             }
-            Err(Lost) => {
+            Err(lost) => {
                 self.drop_channel(at);
-                Err(Lost)
+                Err(lost)
             }
         }
     }
 
     /// Forgets channel `at`; its classes go through the daemon again, and are attached
     /// again later (much later if it never answered).
-    fn drop_channel(&mut self, at: usize) {
+    pub fn drop_channel(&mut self, at: usize) {
         let Some(conn) = self.channels.get_mut(at).and_then(Option::take) else {
             return;
         };
@@ -234,11 +258,13 @@ impl DirectConn {
     fn call(&mut self, id: u32, request: &Request) -> Result<Answer, Lost> {
         self.out.clear();
         let message = ClientMessageRef::Request { id, request };
+        // A request not written whole was not read (a worker reads whole frames).
         if encode_frame(Encoding::Binary, &message, MAX_FRAME_DEFAULT, &mut self.out).is_err()
             || self.stream.write_all(&self.out).is_err()
         {
-            return Err(Lost);
+            return Err(Lost { sent: false });
         }
+        const LOST: Lost = Lost { sent: true };
         loop {
             match self.frames.next_frame() {
                 Ok(Some(payload)) => match parse_incoming(Encoding::Binary, payload) {
@@ -247,10 +273,10 @@ impl DirectConn {
                     }
                     // A late answer to an earlier request: not ours.
                     Ok(Incoming::Reply(..)) => continue,
-                    _ => return Err(Lost),
+                    _ => return Err(LOST),
                 },
                 Ok(None) => {}
-                Err(_) => return Err(Lost),
+                Err(_) => return Err(LOST),
             }
             // The worker answers within microseconds: look before blocking
             // (`purveyor_protocol::poll`).
@@ -259,9 +285,14 @@ impl DirectConn {
                 purveyor_protocol::poll::poll_window(),
             );
             match self.stream.read(self.frames.spare()) {
-                Ok(0) => return Err(Lost),
+                Ok(0) => return Err(LOST),
                 Ok(n) => self.frames.filled(n),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // The worker closed its end with the request unread (the kernel says so
+                // with a reset, not an end of stream): it was not made.
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    return Err(Lost { sent: false });
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     let waited = self.stream.read_timeout().ok().flatten();
                     return Ok(Answer::None(ClientError::Timeout {
@@ -273,7 +304,7 @@ impl DirectConn {
                         ),
                     }));
                 }
-                Err(_) => return Err(Lost),
+                Err(_) => return Err(LOST),
             }
         }
     }
@@ -311,34 +342,52 @@ mod tests {
     fn a_class_is_attached_after_its_reads_through_the_daemon() {
         let class = ClassPath::new("demo.uptime").unwrap();
         let mut routes = DirectRoutes::default();
-        assert!(matches!(routes.plan(&class), Plan::Daemon));
-        assert!(matches!(routes.plan(&class), Plan::DaemonThenAttach));
+        assert!(matches!(routes.plan(&class, false), Plan::Daemon));
+        assert!(matches!(routes.plan(&class, false), Plan::DaemonThenAttach));
         routes.refused(&class, true);
         for _ in 0..100 {
-            assert!(matches!(routes.plan(&class), Plan::Daemon));
+            assert!(matches!(routes.plan(&class, false), Plan::Daemon));
+        }
+    }
+
+    /// Routes with one channel, for `class` of `provider`, and the worker's end of it.
+    fn one_channel(class: &ClassPath, provider: &str) -> (DirectRoutes, UnixStream) {
+        let mut routes = DirectRoutes::default();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        routes.attached(provider.into(), vec![class.clone()], ours);
+        (routes, theirs)
+    }
+
+    /// A put of `class` with nothing in it (the tests' worker never decodes it).
+    fn empty_put(class: &ClassPath) -> Request {
+        Request::Put {
+            class: class.clone(),
+            instance: purveyor_model::Instance::new(),
         }
     }
 
     /// How many reads through the daemon until a channel is asked for.
     fn reads_until_attach(routes: &mut DirectRoutes, class: &ClassPath) -> u32 {
         (1..=10_000)
-            .find(|_| matches!(routes.plan(class), Plan::DaemonThenAttach))
+            .find(|_| matches!(routes.plan(class, false), Plan::DaemonThenAttach))
             .expect("asked within 10 000 reads")
     }
 
     #[test]
     fn a_channel_that_never_served_is_asked_for_again_later_and_later() {
         let class = ClassPath::new("demo.uptime").unwrap();
-        let mut routes = DirectRoutes::default();
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        routes.attached("uptime".into(), vec![class.clone()], ours);
-        assert!(matches!(routes.plan(&class), Plan::Channel(0)));
+        let (mut routes, theirs) = one_channel(&class, "uptime");
+        assert!(matches!(routes.plan(&class, false), Plan::Channel(0)));
         drop(theirs);
         let request = Request::Get {
             class: class.clone(),
             key: InstanceKey::new(),
         };
-        assert!(routes.call(0, 1, &request).is_err());
+        // Not written (the worker had gone): a put may go through the daemon.
+        assert!(matches!(
+            routes.call(0, 1, &request),
+            Err(Lost { sent: false })
+        ));
         assert!(routes.channels().is_empty());
         assert_eq!(reads_until_attach(&mut routes, &class), 8);
         routes.refused(&class, false);
@@ -348,9 +397,7 @@ mod tests {
     #[test]
     fn a_channel_that_served_is_asked_for_again_soon() {
         let class = ClassPath::new("demo.uptime").unwrap();
-        let mut routes = DirectRoutes::default();
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        routes.attached("uptime".into(), vec![class.clone()], ours);
+        let (mut routes, theirs) = one_channel(&class, "uptime");
         // A worker that answers once, then goes away.
         let worker = std::thread::spawn(move || {
             let mut theirs = theirs;
@@ -375,5 +422,49 @@ mod tests {
         worker.join().unwrap();
         assert!(routes.call(0, 2, &request).is_err());
         assert_eq!(reads_until_attach(&mut routes, &class), ATTACH_AFTER);
+    }
+
+    #[test]
+    fn a_request_the_worker_read_and_never_answered_counts_as_sent() {
+        let class = ClassPath::new("demo.setting").unwrap();
+        let (mut routes, theirs) = one_channel(&class, "config");
+        // A worker that reads the put, then dies before answering.
+        let worker = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let mut buf = [0u8; 256];
+            let _ = theirs.read(&mut buf);
+        });
+        let put = empty_put(&class);
+        assert!(matches!(routes.call(0, 1, &put), Err(Lost { sent: true })));
+        worker.join().unwrap();
+        assert!(routes.channels().is_empty());
+    }
+
+    #[test]
+    fn a_request_the_worker_closed_unread_counts_as_not_sent() {
+        let class = ClassPath::new("demo.setting").unwrap();
+        let (mut routes, theirs) = one_channel(&class, "config");
+        // A worker that goes away after the put arrived, without reading it.
+        let worker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(theirs);
+        });
+        let put = empty_put(&class);
+        assert!(matches!(routes.call(0, 1, &put), Err(Lost { sent: false })));
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn a_class_whose_puts_a_channel_refused_puts_through_the_daemon_and_reads_on_it() {
+        let class = ClassPath::new("demo.setting").unwrap();
+        let (mut routes, _theirs) = one_channel(&class, "config");
+        assert!(matches!(routes.plan(&class, true), Plan::Channel(0)));
+        routes.no_puts(&class);
+        assert!(matches!(routes.plan(&class, true), Plan::Daemon));
+        assert!(matches!(routes.plan(&class, false), Plan::Channel(0)));
+        // Puts count towards asking for a channel, as reads do.
+        let other = ClassPath::new("demo.other").unwrap();
+        assert!(matches!(routes.plan(&other, true), Plan::Daemon));
+        assert!(matches!(routes.plan(&other, true), Plan::DaemonThenAttach));
     }
 }

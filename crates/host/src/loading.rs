@@ -263,6 +263,10 @@ impl HostLink for Link {
     }
 
     fn direct_news(&self, news: DirectNews, process: ProcessRef) {
+        if let DirectNews::Events { events } = news {
+            // A direct put's events: checked and delivered as a put's of the host's own.
+            return self.raised(events);
+        }
         if let Some(slot) = self.slot.upgrade() {
             direct_news(&slot, news, &process);
         }
@@ -288,6 +292,7 @@ fn direct_news(slot: &Arc<Slot>, news: DirectNews, process: &ProcessRef) {
             errors,
             keep_ms,
         } => slot.used_directly(calls, errors, std::time::Duration::from_millis(keep_ms)),
+        DirectNews::Events { .. } => {}
         DirectNews::Overdue { deadline_ms } => {
             let Some(loaded) = slot.loaded_now() else {
                 return;

@@ -455,6 +455,7 @@ impl Hosted {
                 offers_enumerate: false,
                 deadline_ms: 0,
                 keep_ms: 0,
+                writable: Vec::new(),
                 dialog: Some(dialog),
             };
             conn.attach(&attach, channel)

@@ -218,7 +218,7 @@ pub enum ProviderReply {
 }
 
 /// What an isolated worker tells the host about the calls its direct channels served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DirectNews {
     /// `calls` calls ended (`errors` of them failed) since the last news. With `keep_ms`
@@ -234,6 +234,9 @@ pub enum DirectNews {
     /// timeout. The host kills the worker (it restarts on next use), as for a call of
     /// its own.
     Overdue { deadline_ms: u64 },
+    /// The events a put on a direct channel raised, sent before the put's answer: the
+    /// host checks and delivers them as it does a put's of its own.
+    Events { events: Vec<RaisedEvent> },
 }
 
 /// What the host sends an isolated worker with a direct channel's socket, on the
@@ -255,6 +258,11 @@ pub struct DirectAttach {
     pub deadline_ms: u64,
     /// How long a `used` news keeps the provider in use (a quarter of its `clear_after`).
     pub keep_ms: u64,
+    /// The classes (of `classes`) whose puts the client may send on the channel: the
+    /// access policy lets it write them and the manifest offers `put`. Others' puts are
+    /// answered `unsupported` (the client sends them through the host).
+    #[serde(default)]
+    pub writable: Vec<ClassPath>,
     /// When set, the socket is not a channel for reads but the direct channel of the
     /// provider's dialog number `dialog` (`docs/dialogs.md`, "Direct channels"); the
     /// fields above other than `provider` are then unused.

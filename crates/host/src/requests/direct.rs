@@ -1,11 +1,11 @@
 //! Direct channels (`docs/protocol.md`, "Direct channels"): a socket pair from a client to
 //! the isolated worker serving a class, one end handed to the worker with the caller's
-//! credentials and the schemas of the classes the access policy lets it read, the other
-//! stashed in the session for the reply to carry.
+//! credentials, the schemas of the classes the access policy lets it read and which of
+//! them it may put, the other stashed in the session for the reply to carry.
 
 use std::sync::Arc;
 
-use purveyor_model::{ClassPath, ClassSchema};
+use purveyor_model::{Capability, ClassPath, ClassSchema};
 use purveyor_protocol::{DirectAttach, ErrorCode, RemoteError, Response};
 
 use crate::access::Permission;
@@ -49,7 +49,18 @@ pub(super) async fn open(
         .map(|(_, schema)| schema.as_ref().clone())
         .collect();
     classes.sort_by(|a, b| a.path().cmp(b.path()));
-    let paths = classes.iter().map(|c| c.path().clone()).collect();
+    let paths: Vec<ClassPath> = classes.iter().map(|c| c.path().clone()).collect();
+    // Puts go on the channel too where the caller may make them here (the same checks
+    // as `route` and `write::put` make); a delete or a method call goes through the host.
+    let writable = if manifest.offers(Capability::Put) {
+        paths
+            .iter()
+            .filter(|path| allowed(host, cx, Permission::Write, path.as_str()).is_ok())
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
     let offers = slot.offers();
     let attach = DirectAttach {
         provider: manifest.name.to_string(),
@@ -59,6 +70,7 @@ pub(super) async fn open(
         offers_enumerate: offers.enumerate,
         deadline_ms: manifest.call_timeout.as_millis() as u64,
         keep_ms: direct_keep(&slot).as_millis() as u64,
+        writable,
         dialog: None,
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {

@@ -1,10 +1,14 @@
 //! An isolated worker's direct channels (`docs/provider-abi.md`, "Direct channels"): a
-//! client's gets and enumerates of a provider this worker hosts come straight here on a
-//! socket the host handed over, and go back the same way, one hop instead of two.
+//! client's gets, enumerates and puts of a provider this worker hosts come straight here
+//! on a socket the host handed over, and go back the same way, one hop instead of two.
 //!
 //! The host did what needs the daemon before handing the socket over: it checked the
 //! caller's credentials and the access policy (the channel serves only the classes the
-//! caller may read) and gave the schemas. Here each call is planned, checked and answered
+//! caller may read, and takes puts only of those it may write) and gave the schemas. A
+//! put's events go to the host, which delivers them, before the put is answered; a put
+//! this channel cannot make is answered `unsupported` (not writable here) or
+//! `shutting_down` (its provider released), so its client knows to send it through the
+//! host. Here each call is planned, checked and answered
 //! by the same code the host uses ([`crate::answer`]), within the provider's deadline: the
 //! watcher answers a call that overruns it with a timeout and tells the host, which kills
 //! the worker as for a call of its own. The host is told of use often enough to keep its
@@ -28,8 +32,8 @@ use purveyor_model::{ClassPath, ClassSchema, ProviderName};
 use purveyor_protocol::poll::{BACK_TO_BACK, poll_window, readable_within};
 use purveyor_protocol::{
     CallerInfo, ClientMessage, DirectAttach, DirectNews, Encoding, ErrorCode, FrameBuffer, Outcome,
-    ProviderReply, ProviderRequestRef, ProviderResponse, ReadCall, RemoteError, Request, Response,
-    ServerMessage, encode_frame, encode_server_frame,
+    ProviderCall, ProviderReply, ProviderRequestRef, ProviderResponse, ReadCall, RemoteError,
+    Request, Response, ServerMessage, encode_frame, encode_server_frame,
 };
 use purveyor_provider::abi::{fault, from_fault, panic_message};
 
@@ -50,12 +54,24 @@ struct Channel {
     schemas: HashMap<ClassPath, ClassSchema, foldhash::fast::RandomState>,
     offers_get: bool,
     offers_enumerate: bool,
+    /// The classes whose puts it takes (`DirectAttach::writable`).
+    writable: Vec<ClassPath>,
     deadline: Duration,
     usage: Arc<UseReport>,
     writer: Arc<Mutex<UnixStream>>,
 }
 
 impl Channel {
+    /// The schema of `class`, if this channel serves it.
+    fn schema(&self, class: &ClassPath) -> Result<&ClassSchema, RemoteError> {
+        self.schemas.get(class).ok_or_else(|| {
+            RemoteError::new(
+                ErrorCode::Unsupported,
+                format!("class {class} is not served on this direct channel; ask the host"),
+            )
+        })
+    }
+
     fn offers(&self) -> Offers<'_> {
         Offers {
             name: &self.name,
@@ -171,6 +187,7 @@ impl Worker {
                 .collect(),
             offers_get: attach.offers_get,
             offers_enumerate: attach.offers_enumerate,
+            writable: attach.writable,
             deadline: Duration::from_millis(attach.deadline_ms),
             usage,
             writer,
@@ -252,35 +269,26 @@ impl Worker {
             };
             let (id, request) = request;
             let provider = self.providers.read_locked().get(&channel.provider).cloned();
-            // Released here: closing tells the client to ask the host, which loads it.
-            let Some(provider) = provider else { return };
+            // Released here: closing tells the client to ask the host, which loads it. A
+            // put is answered first (`shutting_down`), so its client knows it was not made
+            // (a read is simply asked again).
+            let Some(provider) = provider else {
+                if let Request::Put { .. } = request {
+                    let error = RemoteError::new(
+                        ErrorCode::ShuttingDown,
+                        format!(
+                            "provider {} is no longer served on this direct channel; ask the host",
+                            channel.provider
+                        ),
+                    );
+                    let _ = reply(channel, id, Err(error), &mut out);
+                }
+                return;
+            };
             let Some(result) = self.direct_call(channel, &provider, id, request) else {
                 continue;
             };
-            out.clear();
-            let outcome = match result {
-                Ok(response) => Outcome::Ok(response),
-                Err(error) => Outcome::Err(error),
-            };
-            if let Err(e) = encode_server_frame(
-                Encoding::Binary,
-                &ServerMessage::Reply { id, outcome },
-                MAX_FRAME,
-                &mut out,
-            ) {
-                out.clear();
-                let error = channel.offers().error(
-                    ErrorCode::ProviderFailed,
-                    format!("cannot encode the reply: {e}"),
-                );
-                let reply = ServerMessage::Reply {
-                    id,
-                    outcome: Outcome::Err(error),
-                };
-                let _ = encode_frame(Encoding::Binary, &reply, MAX_FRAME, &mut out);
-            }
-            let mut writer = channel.writer.locked();
-            if writer.write_all(&out).is_err() {
+            if reply(channel, id, result, &mut out).is_err() {
                 return;
             }
             last_reply = Some(Instant::now());
@@ -295,27 +303,27 @@ impl Worker {
         id: u32,
         request: Request,
     ) -> Option<Result<Response, RemoteError>> {
-        let offers = channel.offers();
-        let schema_of = |class: &ClassPath| {
-            channel.schemas.get(class).ok_or_else(|| {
-                RemoteError::new(
-                    ErrorCode::Unsupported,
-                    format!("class {class} is not served on this direct channel; ask the host"),
-                )
-            })
-        };
-        // Plan the call: a get or an enumerate, the key checked against the schema.
+        let unsupported = |why: String| Some(Err(RemoteError::new(ErrorCode::Unsupported, why)));
         let (class, key, is_get) = match request {
             Request::Get { class, key } => (class, key, true),
             Request::Enumerate { class, selector } => (class, selector, false),
+            Request::Put { class, instance } if channel.writable.contains(&class) => {
+                return self.direct_put(channel, provider, id, class, instance);
+            }
+            Request::Put { class, .. } => {
+                return unsupported(format!(
+                    "puts of class {class} do not go on this direct channel; ask the host"
+                ));
+            }
             _ => {
-                return Some(Err(RemoteError::new(
-                    ErrorCode::Unsupported,
-                    "only get and enumerate go on a direct channel; ask the host",
-                )));
+                return unsupported(
+                    "only get, enumerate and put go on a direct channel; ask the host".into(),
+                );
             }
         };
-        let plan = schema_of(&class).and_then(|schema| {
+        let offers = channel.offers();
+        // Plan the call: a get or an enumerate, the key checked against the schema.
+        let plan = channel.schema(&class).and_then(|schema| {
             let call = if is_get {
                 offers.get_call(schema, &class, &key)?
             } else if !offers.enumerate {
@@ -330,6 +338,64 @@ impl Worker {
             Err(error) => return Some(Err(error)),
         };
         let asked_get = matches!(call, ReadCall::Get { .. });
+        let (reply, answered) = self.run(channel, provider, id, call);
+        if answered {
+            return None;
+        }
+        let result = match reply {
+            ProviderReply::Error(f) => Err(offers.provider_error(from_fault(f))),
+            reply if is_get => offers.get_answer(schema, &class, &key, asked_get, reply),
+            reply => offers.enumerate_answer(schema, class, &key, asked_get, reply),
+        };
+        Some(self.counted(channel, result))
+    }
+
+    /// A put: checked against the schema as the host checks it, then given to the
+    /// provider; the events it raised go to the host before the answer goes back.
+    fn direct_put(
+        &self,
+        channel: &Arc<Channel>,
+        provider: &crate::library::LibraryProvider,
+        id: u32,
+        class: ClassPath,
+        instance: purveyor_model::Instance,
+    ) -> Option<Result<Response, RemoteError>> {
+        let checked = channel.schema(&class).and_then(|schema| {
+            schema
+                .check_instance(&instance)
+                .map_err(|m| RemoteError::new(ErrorCode::InvalidRequest, m))
+        });
+        if let Err(error) = checked {
+            return Some(Err(error));
+        }
+        let (reply, answered) =
+            self.run(channel, provider, id, ProviderCall::Put { class, instance });
+        let offers = channel.offers();
+        let result = match reply {
+            ProviderReply::Done { events, .. } => {
+                if !events.is_empty() {
+                    self.tell_host(&channel.provider, DirectNews::Events { events });
+                }
+                Ok(Response::Done)
+            }
+            ProviderReply::Error(f) => Err(offers.provider_error(from_fault(f))),
+            other => Err(offers.unexpected("put", &other)),
+        };
+        if answered {
+            return None;
+        }
+        Some(self.counted(channel, result))
+    }
+
+    /// Gives `call` to the provider within the channel's deadline: its reply, and whether
+    /// the watcher answered the call meanwhile (then its thread must not).
+    fn run<C: serde::Serialize>(
+        &self,
+        channel: &Arc<Channel>,
+        provider: &crate::library::LibraryProvider,
+        id: u32,
+        call: C,
+    ) -> (ProviderReply, bool) {
         self.call_begins();
         let at = self.running_add(Running {
             id,
@@ -356,16 +422,16 @@ impl Worker {
             });
         let answered = self.running_remove(at);
         self.busy.fetch_sub(1, Ordering::SeqCst);
-        if answered {
-            return None;
-        }
-        let result = match reply {
-            ProviderReply::Error(f) => Err(offers.provider_error(from_fault(f))),
-            reply if is_get => offers.get_answer(schema, &class, &key, asked_get, reply),
-            reply => offers.enumerate_answer(schema, class, &key, asked_get, reply),
-        };
-        // As the host counts: a failure the provider reported, or an answer that is its
-        // fault.
+        (reply, answered)
+    }
+
+    /// Counts a direct call's answer as the host counts its own: a failure the provider
+    /// reported, or an answer that is its fault, is an error.
+    fn counted(
+        &self,
+        channel: &Channel,
+        result: Result<Response, RemoteError>,
+    ) -> Result<Response, RemoteError> {
         let failed = match &result {
             Err(e) => e.code == ErrorCode::ProviderFailed || e.provider.is_some(),
             Ok(_) => false,
@@ -375,7 +441,7 @@ impl Worker {
             channel.usage.errors.fetch_add(1, Ordering::Relaxed);
         }
         self.report_use(&channel.usage, true);
-        Some(result)
+        result
     }
 
     fn running_add(&self, call: Running) -> usize {
@@ -504,6 +570,39 @@ impl Worker {
             let _ = out.write_all(&frame);
         }
     }
+}
+
+/// Writes the answer to request `id` on `channel` (an answer that cannot be encoded
+/// becomes an error saying so), using `out` for the frame.
+fn reply(
+    channel: &Channel,
+    id: u32,
+    result: Result<Response, RemoteError>,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    out.clear();
+    let outcome = match result {
+        Ok(response) => Outcome::Ok(response),
+        Err(error) => Outcome::Err(error),
+    };
+    if let Err(e) = encode_server_frame(
+        Encoding::Binary,
+        &ServerMessage::Reply { id, outcome },
+        MAX_FRAME,
+        out,
+    ) {
+        out.clear();
+        let error = channel.offers().error(
+            ErrorCode::ProviderFailed,
+            format!("cannot encode the reply: {e}"),
+        );
+        let reply = ServerMessage::Reply {
+            id,
+            outcome: Outcome::Err(error),
+        };
+        let _ = encode_frame(Encoding::Binary, &reply, MAX_FRAME, out);
+    }
+    channel.writer.locked().write_all(out)
 }
 
 /// The attach socket the host gave this worker (`PURVEYOR_ATTACH_FD`), if any; the

@@ -566,6 +566,85 @@ fn access_is_enforced_per_namespace_with_peer_credentials() {
 
 /// Set when this test binary runs itself as another user: the daemon's socket.
 const AS_USER_SOCKET: &str = "PURVEYOR_TEST_AS_USER_SOCKET";
+/// Set too when that user should wait for a line on stdin between its two puts.
+const AS_USER_PAUSE: &str = "PURVEYOR_TEST_AS_USER_PAUSE";
+
+/// This test binary, running only `test` (with its output), as `uid`.
+fn this_test_as(uid: u32, test: &str, socket: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(AS_USER_SOCKET, socket)
+        .uid(uid)
+        .gid(65534);
+    command
+}
+
+/// A child process, killed (by its pid) and reaped if the test ends before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// What a run of `puts_as_this_user` said, from its output.
+fn as_user_said(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        // The harness may start the line with the test's name.
+        .filter_map(|l| l.split_once("as user: "))
+        .map(|(_, said)| said.to_string())
+        .collect()
+}
+
+/// A reload that takes a user's write permission away closes the direct channels the
+/// old policy opened: the user's next put goes through the daemon and is refused there,
+/// where the channel would have made it.
+#[test]
+fn a_reload_that_revokes_writing_closes_the_channels_opened_before() {
+    const NAME: &str = "a_reload_that_revokes_writing_closes_the_channels_opened_before";
+    if let Some(socket) = std::env::var_os(AS_USER_SOCKET) {
+        return puts_as_this_user(Path::new(&socket));
+    }
+    let Some((daemon, policy)) =
+        open_to_other_users("[namespace.config]\nread = [\"@local\"]\nwrite = [\"uid:65533\"]\n")
+    else {
+        return;
+    };
+    let child = this_test_as(65533, NAME, &daemon.socket)
+        .env(AS_USER_PAUSE, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("as user: paused") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(read > 0, "the user's side ended before pausing: {said}");
+        said.push_str(&line);
+    }
+    std::fs::write(policy.path(), "[namespace.config]\nread = [\"@local\"]\n").unwrap();
+    daemon.client().reload().unwrap();
+    std::io::Write::write_all(child.0.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    std::io::Read::read_to_string(&mut stdout, &mut said).unwrap();
+    assert!(child.0.wait().unwrap().success(), "{said}");
+    let said = as_user_said(&said);
+    assert_eq!(said[..3], ["channels 1", "put ok", "paused"], "{said:?}");
+    assert!(
+        said[3].starts_with("put: access denied: uid 65533 lacks the write permission"),
+        "{said:?}"
+    );
+    let w = daemon.client().get(&class(), &named("w")).unwrap();
+    assert_eq!(w.get("value"), Some(&Value::String("1".into())));
+}
 
 /// The access policy decides which classes a channel takes puts of, for the caller on the
 /// other end: a user who may read but not write `config.setting` has a channel whose puts
@@ -582,30 +661,15 @@ fn a_channel_takes_puts_only_where_the_policy_lets_its_caller_write() {
         return;
     };
     let as_user = |uid: u32| {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "a_channel_takes_puts_only_where_the_policy_lets_its_caller_write",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(AS_USER_SOCKET, &daemon.socket)
-            .uid(uid)
-            .gid(65534)
-            .output()
-            .unwrap();
+        let test = "a_channel_takes_puts_only_where_the_policy_lets_its_caller_write";
+        let out = this_test_as(uid, test, &daemon.socket).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
             "uid {uid}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        stdout
-            .lines()
-            // The harness may start the line with the test's name.
-            .filter_map(|l| l.split_once("as user: "))
-            .map(|(_, said)| said.to_string())
-            .collect::<Vec<String>>()
+        as_user_said(&stdout)
     };
     assert_eq!(
         as_user(65533),
@@ -641,6 +705,12 @@ fn puts_as_this_user(socket: &Path) {
         match c.put(&class(), setting("w", "string", value)) {
             Ok(()) => println!("as user: put ok"),
             Err(e) => println!("as user: put: {e}"),
+        }
+        if value == "1" && std::env::var_os(AS_USER_PAUSE).is_some() {
+            // Until the test has changed something (a line on stdin).
+            println!("as user: paused");
+            std::io::Write::flush(&mut std::io::stdout()).unwrap();
+            std::io::stdin().read_line(&mut String::new()).unwrap();
         }
     }
     let answered = daemon_requests(&mut c) - before - 1;

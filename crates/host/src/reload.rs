@@ -11,7 +11,10 @@
 //! reload runs at a time. A `reload` request is answered once the retired providers are
 //! released, or after [`SETTLE`] if calls still run in them: so a retired isolated
 //! provider's worker no longer answers on its direct channels when the reload is
-//! reported done.
+//! reported done. A reload that reads the access policy closes every direct channel
+//! (each was opened for what the old policy allowed its caller), and is answered once the
+//! workers have closed them: from then on, no channel opened under the old policy takes
+//! a request it had not already received.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -63,6 +66,32 @@ fn warn_of_in_daemon_on_one_thread(host: &Shared, report: &ReloadReport) {
                 provider = %name,
                 "hosted in-daemon on a daemon started with one runtime thread (no in-daemon library at start): if it hangs, the daemon stops serving until restarted; restart the daemon, or pass --threads 2"
             );
+        }
+    }
+}
+
+/// Closes every loaded isolated provider's direct channels: each was opened for the
+/// classes the old policy let its caller read and write. Their clients go through the
+/// daemon, under the new policy, and attach again. The reload's answer waits for the
+/// workers (as for retired providers).
+fn close_direct_channels(host: &Arc<Shared>, registry: &Registry) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for slot in registry.slots().values() {
+        for slot in std::iter::once(slot.clone()).chain(slot.user_slots()) {
+            let Some(loaded) = slot.loaded_now() else {
+                continue;
+            };
+            if !loaded.hosted().takes_direct() {
+                continue;
+            }
+            let closing = runtime.spawn(async move {
+                loaded.hosted().close_direct(Duration::from_secs(2)).await;
+            });
+            let mut retiring = host.retiring().locked();
+            retiring.retain(|r| !r.is_finished());
+            retiring.push(closing);
         }
     }
 }
@@ -121,6 +150,7 @@ pub(crate) fn reload(
     host.set_registry(new);
     if let Some(policy) = policy {
         host.set_access(policy);
+        close_direct_channels(host, &host.registry());
     }
     for slot in retired {
         slot.retire();

@@ -467,6 +467,29 @@ impl Hosted {
         matches!(&self.backend, Backend::Process(conn) if conn.takes_direct())
     }
 
+    /// Closes its direct channels, if it is in an isolated worker (the access policy
+    /// changed: their clients come back through the host). Waits for the worker, up to
+    /// `timeout`; a worker that does not answer is left as it is.
+    pub async fn close_direct(&self, timeout: Duration) {
+        let Backend::Process(conn) = &self.backend else {
+            return;
+        };
+        if !conn.takes_direct() {
+            return;
+        }
+        let closed = conn
+            .call(
+                &self.name,
+                CallerInfo::default(),
+                timeout,
+                ProviderCall::CloseDirect,
+            )
+            .await;
+        if let Err(e) = closed {
+            tracing::warn!(provider = %self.name, error = ?e, "could not close its direct channels");
+        }
+    }
+
     /// Hands its worker one end of a direct channel.
     pub fn attach_direct(
         &self,

@@ -81,6 +81,8 @@ struct Worker {
     procedures: RwLock<HashMap<String, Arc<ProcedureServer>>>,
     /// Direct channels open now.
     channels: AtomicUsize,
+    /// The direct channels, for closing a provider's (a channel's thread holds it).
+    open_channels: Mutex<Vec<std::sync::Weak<direct::Channel>>>,
     /// Each provider's direct use since the host last heard of it.
     uses: Mutex<HashMap<String, Arc<direct::UseReport>>>,
     /// Direct calls running now (for their deadlines).
@@ -157,6 +159,7 @@ pub fn run() -> i32 {
         providers: RwLock::new(HashMap::new()),
         procedures: RwLock::new(HashMap::new()),
         channels: 0.into(),
+        open_channels: Mutex::new(Vec::new()),
         uses: Mutex::new(HashMap::new()),
         running: Mutex::new(Default::default()),
         dialog_sockets: Default::default(),
@@ -375,6 +378,13 @@ impl Worker {
                         ProviderReply::Loaded
                     }
                     Err(e) => fault(FaultKind::Failed, e),
+                }
+            }
+            ProviderCall::CloseDirect => {
+                self.close_channels(&request.provider);
+                ProviderReply::Done {
+                    result: None,
+                    events: Vec::new(),
                 }
             }
             ProviderCall::Release => {

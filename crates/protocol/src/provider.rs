@@ -162,6 +162,10 @@ pub enum ProviderCall {
     },
     /// News of the provider's dialog number `dialog`. Sent with id 0 and never answered.
     Dialog { dialog: u32, event: DialogEvent },
+    /// To an isolated worker, never to a library: close the provider's direct channels
+    /// (the access policy changed; their clients go through the host, which attaches them
+    /// again under the new policy). Answered with `done` once they take no more requests.
+    CloseDirect,
 }
 
 /// One response from a provider.
@@ -331,6 +335,7 @@ impl ProviderCall {
             ProviderCall::IoDelete { .. } => "io_delete",
             ProviderCall::IoRename { .. } => "io_rename",
             ProviderCall::Dialog { .. } => "dialog",
+            ProviderCall::CloseDirect => "close_direct",
         }
     }
 }

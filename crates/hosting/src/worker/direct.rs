@@ -47,7 +47,7 @@ use crate::lock::{Locked, RwLocked};
 const MAX_CHANNELS: usize = 1024;
 
 /// One direct channel: what the host said when it handed the socket over.
-struct Channel {
+pub(super) struct Channel {
     provider: String,
     name: ProviderName,
     caller: CallerInfo,
@@ -193,6 +193,11 @@ impl Worker {
             writer,
         };
         let channel = Arc::new(channel);
+        {
+            let mut open = self.open_channels.locked();
+            open.retain(|c| c.strong_count() > 0);
+            open.push(Arc::downgrade(&channel));
+        }
         let w = self.clone();
         let started = std::thread::Builder::new()
             .name("purveyor-direct".into())
@@ -203,6 +208,23 @@ impl Worker {
         if let Err(e) = started {
             self.channels.fetch_sub(1, Ordering::SeqCst);
             eprintln!("purveyor worker: cannot start a direct channel's thread: {e}");
+        }
+    }
+
+    /// Closes `provider`'s direct channels for reading (`ProviderCall::CloseDirect`): a
+    /// call running on one still answers; the next request its client writes fails at
+    /// once (`EPIPE`: not made), and the client goes through the host. A request already
+    /// waiting on the channel is still read and answered.
+    pub(super) fn close_channels(&self, provider: &str) {
+        let open: Vec<Arc<Channel>> = self
+            .open_channels
+            .locked()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|c| c.provider == provider)
+            .collect();
+        for channel in open {
+            let _ = channel.writer.locked().shutdown(std::net::Shutdown::Read);
         }
     }
 

@@ -74,7 +74,7 @@ fn warn_of_in_daemon_on_one_thread(host: &Shared, report: &ReloadReport) {
 /// classes the old policy let its caller read and write. Their clients go through the
 /// daemon, under the new policy, and attach again. The reload's answer waits for the
 /// workers (as for retired providers).
-fn close_direct_channels(host: &Arc<Shared>, registry: &Registry) {
+fn close_direct_channels(host: &Arc<Shared>, registry: &Registry, policy: u64) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -87,7 +87,10 @@ fn close_direct_channels(host: &Arc<Shared>, registry: &Registry) {
                 continue;
             }
             let closing = runtime.spawn(async move {
-                loaded.hosted().close_direct(Duration::from_secs(2)).await;
+                loaded
+                    .hosted()
+                    .close_direct(policy, Duration::from_secs(2))
+                    .await;
             });
             let mut retiring = host.retiring().locked();
             retiring.retain(|r| !r.is_finished());
@@ -149,8 +152,8 @@ pub(crate) fn reload(
         .collect();
     host.set_registry(new);
     if let Some(policy) = policy {
-        host.set_access(policy);
-        close_direct_channels(host, &host.registry());
+        let generation = host.set_access(policy);
+        close_direct_channels(host, &host.registry(), generation);
     }
     for slot in retired {
         slot.retire();

@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     registry: Current<Registry>,
     /// The access policy in force: `config.access` at start, replaced by a reload.
     access: Arc<Current<AccessPolicy>>,
+    /// How many times a reload has replaced `access` (bumped after the replacement):
+    /// a direct channel is tagged with the number read before its permissions were
+    /// decided, and closed by any reload after it.
+    access_generation: AtomicU64,
     /// The kinds' `clear_after` windows (`purveyor.cache_control`).
     cache_control: Arc<CacheControl>,
     /// The providers compiled into this build, by the name manifests use.
@@ -161,6 +165,7 @@ impl Shared {
             config,
             registry,
             access,
+            access_generation: AtomicU64::new(0),
             cache_control,
             catalog,
             started: Timestamp::now(),
@@ -205,9 +210,16 @@ impl Shared {
         self.access.get()
     }
 
-    /// Replaces the access policy (a reload).
-    pub fn set_access(&self, policy: AccessPolicy) {
+    /// Replaces the access policy (a reload); returns the new generation.
+    pub fn set_access(&self, policy: AccessPolicy) -> u64 {
         self.access.set(Arc::new(policy));
+        self.access_generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The access policy's generation: read it before deciding what a policy allows, so
+    /// that a reload after the read counts as newer.
+    pub fn access_generation(&self) -> u64 {
+        self.access_generation.load(Ordering::SeqCst)
     }
 
     pub fn builtin(&self, name: &str) -> Option<&BuiltinProvider> {

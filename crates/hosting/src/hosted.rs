@@ -456,6 +456,7 @@ impl Hosted {
                 deadline_ms: 0,
                 keep_ms: 0,
                 writable: Vec::new(),
+                policy: 0,
                 dialog: Some(dialog),
             };
             conn.attach(&attach, channel)
@@ -467,10 +468,11 @@ impl Hosted {
         matches!(&self.backend, Backend::Process(conn) if conn.takes_direct())
     }
 
-    /// Closes its direct channels, if it is in an isolated worker (the access policy
-    /// changed: their clients come back through the host). Waits for the worker, up to
-    /// `timeout`; a worker that does not answer is left as it is.
-    pub async fn close_direct(&self, timeout: Duration) {
+    /// Closes its direct channels opened under an access policy older than generation
+    /// `policy`, if it is in an isolated worker (a reload replaced the policy: their
+    /// clients come back through the host). Waits for the worker, up to `timeout`; a
+    /// worker that does not answer is left as it is.
+    pub async fn close_direct(&self, policy: u64, timeout: Duration) {
         let Backend::Process(conn) = &self.backend else {
             return;
         };
@@ -482,7 +484,7 @@ impl Hosted {
                 &self.name,
                 CallerInfo::default(),
                 timeout,
-                ProviderCall::CloseDirect,
+                ProviderCall::CloseDirect { policy },
             )
             .await;
         if let Err(e) = closed {

@@ -82,7 +82,7 @@ struct Worker {
     /// Direct channels open now.
     channels: AtomicUsize,
     /// The direct channels, for closing a provider's (a channel's thread holds it).
-    open_channels: Mutex<Vec<std::sync::Weak<direct::Channel>>>,
+    open_channels: Mutex<direct::OpenChannels>,
     /// Each provider's direct use since the host last heard of it.
     uses: Mutex<HashMap<String, Arc<direct::UseReport>>>,
     /// Direct calls running now (for their deadlines).
@@ -159,7 +159,7 @@ pub fn run() -> i32 {
         providers: RwLock::new(HashMap::new()),
         procedures: RwLock::new(HashMap::new()),
         channels: 0.into(),
-        open_channels: Mutex::new(Vec::new()),
+        open_channels: Mutex::default(),
         uses: Mutex::new(HashMap::new()),
         running: Mutex::new(Default::default()),
         dialog_sockets: Default::default(),
@@ -380,8 +380,8 @@ impl Worker {
                     Err(e) => fault(FaultKind::Failed, e),
                 }
             }
-            ProviderCall::CloseDirect => {
-                self.close_channels(&request.provider);
+            ProviderCall::CloseDirect { policy } => {
+                self.close_channels(&request.provider, *policy);
                 ProviderReply::Done {
                     result: None,
                     events: Vec::new(),

@@ -163,9 +163,11 @@ pub enum ProviderCall {
     /// News of the provider's dialog number `dialog`. Sent with id 0 and never answered.
     Dialog { dialog: u32, event: DialogEvent },
     /// To an isolated worker, never to a library: close the provider's direct channels
-    /// (the access policy changed; their clients go through the host, which attaches them
-    /// again under the new policy). Answered with `done` once they take no more requests.
-    CloseDirect,
+    /// whose permissions come from an access policy older than generation `policy` (a
+    /// reload replaced it), now and when they arrive later; their clients go through the
+    /// host, which attaches them again under the new policy. Answered with `done` once
+    /// they take no more requests.
+    CloseDirect { policy: u64 },
 }
 
 /// One response from a provider.
@@ -267,6 +269,10 @@ pub struct DirectAttach {
     /// answered `unsupported` (the client sends them through the host).
     #[serde(default)]
     pub writable: Vec<ClassPath>,
+    /// The generation of the access policy these permissions come from (a reload makes
+    /// a new one, and closes channels of older ones: `ProviderCall::CloseDirect`).
+    #[serde(default)]
+    pub policy: u64,
     /// When set, the socket is not a channel for reads but the direct channel of the
     /// provider's dialog number `dialog` (`docs/dialogs.md`, "Direct channels"); the
     /// fields above other than `provider` are then unused.
@@ -335,7 +341,7 @@ impl ProviderCall {
             ProviderCall::IoDelete { .. } => "io_delete",
             ProviderCall::IoRename { .. } => "io_rename",
             ProviderCall::Dialog { .. } => "dialog",
-            ProviderCall::CloseDirect => "close_direct",
+            ProviderCall::CloseDirect { .. } => "close_direct",
         }
     }
 }

@@ -20,6 +20,8 @@ pub(super) async fn open(
     class: ClassPath,
 ) -> Result<Response, RemoteError> {
     let session = cx.session("a direct channel")?;
+    // Read before any permission is decided: a reload after this closes the channel.
+    let policy = host.access_generation();
     allowed(host, cx, Permission::Read, class.as_str())?;
     let unsupported = |why: String| Err(RemoteError::new(ErrorCode::Unsupported, why));
     if session.shows() {
@@ -71,6 +73,7 @@ pub(super) async fn open(
         deadline_ms: manifest.call_timeout.as_millis() as u64,
         keep_ms: direct_keep(&slot).as_millis() as u64,
         writable,
+        policy,
         dialog: None,
     };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {

@@ -46,6 +46,43 @@ use crate::lock::{Locked, RwLocked};
 /// at once and its client goes on through the host.
 const MAX_CHANNELS: usize = 1024;
 
+/// The direct channels open now, and the policy generation each provider's must come from
+/// (`ProviderCall::CloseDirect`): one lock, so a channel is either seen by a close or
+/// checked against it when it opens.
+#[derive(Default)]
+pub(super) struct OpenChannels {
+    channels: Vec<std::sync::Weak<Channel>>,
+    at_least: HashMap<String, u64>,
+}
+
+impl OpenChannels {
+    /// Keeps `channel` unless a close has passed its policy (then it must not be served).
+    fn admit(&mut self, channel: &Arc<Channel>) -> bool {
+        if self
+            .at_least
+            .get(&channel.provider)
+            .is_some_and(|&at| channel.policy < at)
+        {
+            return false;
+        }
+        self.channels.retain(|c| c.strong_count() > 0);
+        self.channels.push(Arc::downgrade(channel));
+        true
+    }
+
+    /// Shuts the reading side of `provider`'s channels from policies older than
+    /// `policy`, and remembers to refuse such channels arriving later.
+    fn close(&mut self, provider: &str, policy: u64) {
+        let at_least = self.at_least.entry(provider.to_string()).or_default();
+        *at_least = (*at_least).max(policy);
+        for channel in self.channels.iter().filter_map(std::sync::Weak::upgrade) {
+            if channel.provider == provider && channel.policy < policy {
+                let _ = channel.writer.locked().shutdown(std::net::Shutdown::Read);
+            }
+        }
+    }
+}
+
 /// One direct channel: what the host said when it handed the socket over.
 pub(super) struct Channel {
     provider: String,
@@ -56,6 +93,8 @@ pub(super) struct Channel {
     offers_enumerate: bool,
     /// The classes whose puts it takes (`DirectAttach::writable`).
     writable: Vec<ClassPath>,
+    /// The access policy generation its permissions come from.
+    policy: u64,
     deadline: Duration,
     usage: Arc<UseReport>,
     writer: Arc<Mutex<UnixStream>>,
@@ -188,15 +227,17 @@ impl Worker {
             offers_get: attach.offers_get,
             offers_enumerate: attach.offers_enumerate,
             writable: attach.writable,
+            policy: attach.policy,
             deadline: Duration::from_millis(attach.deadline_ms),
             usage,
             writer,
         };
         let channel = Arc::new(channel);
-        {
-            let mut open = self.open_channels.locked();
-            open.retain(|c| c.strong_count() > 0);
-            open.push(Arc::downgrade(&channel));
+        if !self.open_channels.locked().admit(&channel) {
+            // Opened under a policy a reload has since replaced: its client goes through
+            // the host, under the new one.
+            self.channels.fetch_sub(1, Ordering::SeqCst);
+            return;
         }
         let w = self.clone();
         let started = std::thread::Builder::new()
@@ -211,21 +252,13 @@ impl Worker {
         }
     }
 
-    /// Closes `provider`'s direct channels for reading (`ProviderCall::CloseDirect`): a
-    /// call running on one still answers; the next request its client writes fails at
-    /// once (`EPIPE`: not made), and the client goes through the host. A request already
+    /// Closes `provider`'s direct channels from policies older than generation `policy`
+    /// for reading (`ProviderCall::CloseDirect`), and any that arrive later: a call
+    /// running on one still answers; the next request its client writes fails at once
+    /// (`EPIPE`: not made), and the client goes through the host. A request already
     /// waiting on the channel is still read and answered.
-    pub(super) fn close_channels(&self, provider: &str) {
-        let open: Vec<Arc<Channel>> = self
-            .open_channels
-            .locked()
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .filter(|c| c.provider == provider)
-            .collect();
-        for channel in open {
-            let _ = channel.writer.locked().shutdown(std::net::Shutdown::Read);
-        }
+    pub(super) fn close_channels(&self, provider: &str, policy: u64) {
+        self.open_channels.locked().close(provider, policy);
     }
 
     /// The use report of `provider`, shared by all its channels.
@@ -641,5 +674,66 @@ pub(super) fn attach_socket() -> Option<UnixStream> {
             return None;
         }
         Some(UnixStream::from_raw_fd(fd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A channel of `provider` from policy generation `policy`, and its client's end.
+    fn channel(provider: &str, policy: u64) -> (Arc<Channel>, UnixStream) {
+        let (ours, client) = UnixStream::pair().unwrap();
+        let channel = Channel {
+            provider: provider.to_string(),
+            name: ProviderName::new(provider).unwrap(),
+            caller: CallerInfo::default(),
+            schemas: HashMap::default(),
+            offers_get: true,
+            offers_enumerate: true,
+            writable: Vec::new(),
+            policy,
+            deadline: Duration::from_secs(1),
+            usage: Arc::new(UseReport {
+                provider: provider.to_string(),
+                keep: 1,
+                last: 0.into(),
+                calls: 0.into(),
+                errors: 0.into(),
+            }),
+            writer: Arc::new(Mutex::new(ours)),
+        };
+        (Arc::new(channel), client)
+    }
+
+    /// Whether the client's next request would reach the worker.
+    fn takes_requests(client: &mut UnixStream) -> bool {
+        client.write_all(b"x").is_ok()
+    }
+
+    #[test]
+    fn a_close_ends_older_channels_of_its_provider_and_refuses_them_later() {
+        let mut open = OpenChannels::default();
+        let (old, mut old_client) = channel("config", 0);
+        let (other, mut other_client) = channel("other", 0);
+        assert!(open.admit(&old) && open.admit(&other));
+        open.close("config", 1);
+        assert!(
+            !takes_requests(&mut old_client),
+            "the old policy's channel is shut"
+        );
+        assert!(
+            takes_requests(&mut other_client),
+            "another provider's is not"
+        );
+        // An attach decided before the reload but arriving after its close: refused.
+        let (late, _) = channel("config", 0);
+        assert!(!open.admit(&late));
+        // One decided under the new policy is served, and a later close of the same
+        // generation leaves it alone.
+        let (new, mut new_client) = channel("config", 1);
+        assert!(open.admit(&new));
+        open.close("config", 1);
+        assert!(takes_requests(&mut new_client));
     }
 }

@@ -214,11 +214,11 @@ fn through_daemon(daemon: &Daemon) -> Client {
     .unwrap()
 }
 
-/// After two puts through the daemon a client puts on a direct channel to the worker:
-/// the daemon answers none of them, each is checked as the daemon checks it, and their
-/// events reach a subscriber of the daemon's, in order.
+/// After two puts through the daemon a client puts and deletes on a direct channel to the
+/// worker: the daemon answers none of them, each is checked as the daemon checks it, and
+/// their events reach a subscriber of the daemon's, in order.
 #[test]
-fn puts_go_on_a_direct_channel_checked_and_with_their_events() {
+fn puts_and_deletes_go_on_a_direct_channel_checked_and_with_their_events() {
     let daemon = start(&[]);
     let cls = class();
     let mut sub = daemon.client();
@@ -229,9 +229,10 @@ fn puts_go_on_a_direct_channel_checked_and_with_their_events() {
     w.put(&cls, setting("b", "string", "2")).unwrap();
     assert_eq!(w.direct_channels().len(), 1, "{:?}", w.direct_channels());
     let before = daemon_requests(&mut w);
-    for (name, value) in [("c", "3"), ("d", "4"), ("a", "5")] {
+    for (name, value) in [("c", "3"), ("d", "4"), ("a", "5"), ("e", "6")] {
         w.put(&cls, setting(name, "string", value)).unwrap();
     }
+    w.delete(&cls, &named("e")).unwrap();
     // Refused on the channel (the schema's checks and the provider's own).
     let bad = [
         Instance::from_pairs([
@@ -245,6 +246,8 @@ fn puts_go_on_a_direct_channel_checked_and_with_their_events() {
         .iter()
         .map(|instance| message(w.put(&cls, instance.clone())))
         .collect();
+    let no_key = message(w.delete(&cls, &InstanceKey::new()));
+    let gone = w.delete(&cls, &named("e")).unwrap_err().to_string();
     assert_eq!(
         daemon_requests(&mut w) - before,
         1,
@@ -255,6 +258,12 @@ fn puts_go_on_a_direct_channel_checked_and_with_their_events() {
     for (instance, direct) in bad.into_iter().zip(refusals) {
         assert_eq!(direct, message(plain.put(&cls, instance)));
     }
+    assert_eq!(no_key, message(plain.delete(&cls, &InstanceKey::new())));
+    assert_eq!(
+        gone,
+        plain.delete(&cls, &named("e")).unwrap_err().to_string()
+    );
+    assert!(value_of(&mut plain, "e").is_none());
     assert_eq!(w.direct_channels().len(), 1, "refusals keep the channel");
     for (name, value) in [("a", "5"), ("b", "2"), ("c", "3"), ("d", "4")] {
         assert_eq!(value_of(&mut plain, name).as_deref(), Some(value), "{name}");
@@ -267,6 +276,8 @@ fn puts_go_on_a_direct_channel_checked_and_with_their_events() {
             "changed action=created name=c value=3 version=1",
             "changed action=created name=d value=4 version=1",
             "changed action=updated name=a value=5 version=2",
+            "changed action=created name=e value=6 version=1",
+            "changed action=deleted name=e value=6 version=1",
         ]
     );
 }

@@ -19,7 +19,7 @@ use purveyor_protocol::{
 
 use crate::dialog::{DialogUi, OpenDialog, UiAction};
 use crate::dialog_channels::DialogChannels;
-use crate::direct::{DIRECT_SINCE, DirectRoutes, Lost, Plan};
+use crate::direct::{DIRECT_SINCE, DirectRoutes, Lost, Plan, Use};
 use crate::stream::Stream;
 use crate::wire::{Incoming, hello_frame, parse_incoming, parse_welcome};
 use crate::{ClientError, ConnectOptions, Mode, Target, typed};
@@ -253,55 +253,49 @@ impl Client {
         &self.mode
     }
 
-    /// Sends one request and waits for its reply. A get, enumerate or put of a provider
-    /// in an isolated worker may go on a direct channel to it (see
+    /// Sends one request and waits for its reply. A get, enumerate, put or delete of a
+    /// provider in an isolated worker may go on a direct channel to it (see
     /// [`ConnectOptions::direct`]).
     pub fn request(&mut self, request: Request) -> Result<Response, ClientError> {
-        if self.direct.is_some()
-            && self.ui.is_none()
-            && matches!(
-                request,
-                Request::Get { .. } | Request::Enumerate { .. } | Request::Put { .. }
-            )
-        {
+        if self.direct.is_some() && self.ui.is_none() && Use::of(&request).is_some() {
             return self.routed(request);
         }
         let id = self.send(request)?;
         self.recv_for(id)
     }
 
-    /// A get, enumerate or put: on its class's direct channel if it has one (through the
-    /// daemon if that fails — a put only if the worker cannot have made it), else through
-    /// the daemon, asking for a channel once the class has been used often enough.
+    /// A get, enumerate, put or delete: on its class's direct channel if it has one
+    /// (through the daemon if that fails — a write only if the worker cannot have made
+    /// it), else through the daemon, asking for a channel once the class has been used
+    /// often enough.
     fn routed(&mut self, request: Request) -> Result<Response, ClientError> {
-        let (Request::Get { class, .. }
-        | Request::Enumerate { class, .. }
-        | Request::Put { class, .. }) = &request
-        else {
-            unreachable!("only reads and puts are routed")
-        };
-        let put = matches!(request, Request::Put { .. });
+        let (class, what) = Use::of(&request).expect("only reads and writes are routed");
+        let write = what != Use::Read;
         let routes = self.direct.as_mut().expect("checked by the caller");
-        match routes.plan(class, put) {
+        match routes.plan(class, what) {
             Plan::Channel(at) => {
                 let id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let routes = self.direct.as_mut().expect("checked by the caller");
-                let provider = if put {
+                let provider = if write {
                     routes.provider_of(at)
                 } else {
                     String::new()
                 };
                 match routes.call(at, id, &request) {
-                    // Not made: the daemon makes it, and this class's next puts; or the
-                    // worker no longer serves the provider: the channel is done.
-                    Ok(Err(ClientError::Unsupported { .. })) if put => routes.no_puts(class),
-                    Ok(Err(ClientError::ShuttingDown { .. })) if put => routes.drop_channel(at),
+                    // Not made: the daemon makes it, and this class's next writes of its
+                    // kind; or the worker no longer serves the provider: the channel is
+                    // done.
+                    Ok(Err(ClientError::Unsupported { .. })) if write => {
+                        routes.refused_write(class, what)
+                    }
+                    Ok(Err(ClientError::ShuttingDown { .. })) if write => routes.drop_channel(at),
                     Ok(reply) => return reply,
-                    Err(Lost { sent: true }) if put => {
+                    Err(Lost { sent: true }) if write => {
+                        let verb = if what == Use::Put { "put" } else { "delete" };
                         return Err(ClientError::ProviderFailed {
                             message: format!(
-                                "provider {provider} closed its direct channel before answering the put of {class} (its worker exited or was killed): the put may or may not have been made"
+                                "provider {provider} closed its direct channel before answering the {verb} of {class} (its worker exited or was killed): the {verb} may or may not have been made"
                             ),
                             provider: Some(provider),
                         });

@@ -1,12 +1,13 @@
 //! Direct channels (`docs/protocol.md`, "Direct channels"): after a class has been read
-//! or put through the daemon [`ATTACH_AFTER`] times, a blocking client asks the daemon for
-//! a socket to the isolated worker serving it, and sends that provider's gets, enumerates
-//! and puts there — one hop instead of two. Anything else, and any class whose provider is
-//! not in an isolated worker, goes through the daemon as before. A put the channel answers
-//! `unsupported` (the caller may not write the class there) was not made: it goes through
-//! the daemon, as do that class's later puts; one answered `shutting_down` (the worker
-//! released the provider) goes through the daemon and the channel is dropped. A put whose
-//! channel ends after it was read is reported, never sent again: it may have been made.
+//! or written through the daemon [`ATTACH_AFTER`] times, a blocking client asks the
+//! daemon for a socket to the isolated worker serving it, and sends that provider's gets,
+//! enumerates, puts and deletes there — one hop instead of two. Anything else, and any
+//! class whose provider is not in an isolated worker, goes through the daemon as before.
+//! A write the channel answers `unsupported` (the caller may not make it there) was not
+//! made: it goes through the daemon, as do that class's later writes of its kind; one
+//! answered `shutting_down` (the worker released the provider) goes through the daemon and
+//! the channel is dropped. A write whose channel ends after it was read is reported, never
+//! sent again: it may have been made.
 //!
 //! When a channel fails (the worker exited, was released or crashed) the request goes
 //! through the daemon instead, which restarts the provider or reports how it died; the
@@ -17,7 +18,7 @@
 //! failed attempt only now and then. A class the daemon says cannot have one
 //! (`unsupported`: not in an isolated worker) stays on the daemon.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -31,7 +32,7 @@ use serde::Serialize;
 use crate::ClientError;
 use crate::wire::{Incoming, parse_incoming};
 
-/// Reads or puts of a class through the daemon before a direct channel is asked for.
+/// Reads or writes of a class through the daemon before a direct channel is asked for.
 pub(crate) const ATTACH_AFTER: u32 = 2;
 
 /// The first protocol minor version whose servers open direct channels.
@@ -63,19 +64,51 @@ pub(crate) enum Plan {
 pub(crate) struct DirectRoutes {
     routes: HashMap<ClassPath, Route>,
     channels: Vec<Option<DirectConn>>,
-    /// Classes whose puts a channel answered `unsupported`: they go through the daemon.
-    no_puts: HashSet<ClassPath>,
+    /// Classes whose writes of a kind (bits of [`Use::bit`]) a channel answered
+    /// `unsupported`: they go through the daemon.
+    no_writes: HashMap<ClassPath, u8>,
 }
 
-/// A channel's failure before an answer. A read may go through the daemon instead; a put
-/// only if it was not `sent` (else the worker may have made it).
+/// What a routed request does to its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    Read,
+    Put,
+    Delete,
+}
+
+impl Use {
+    /// Its bit in [`DirectRoutes::no_writes`] (none for a read).
+    fn bit(self) -> u8 {
+        match self {
+            Use::Read => 0,
+            Use::Put => 1,
+            Use::Delete => 2,
+        }
+    }
+
+    /// What `request` does, if it is routed at all.
+    pub fn of(request: &Request) -> Option<(&ClassPath, Use)> {
+        match request {
+            Request::Get { class, .. } | Request::Enumerate { class, .. } => {
+                Some((class, Use::Read))
+            }
+            Request::Put { class, .. } => Some((class, Use::Put)),
+            Request::Delete { class, .. } => Some((class, Use::Delete)),
+            _ => None,
+        }
+    }
+}
+
+/// A channel's failure before an answer. A read may go through the daemon instead; a
+/// write only if it was not `sent` (else the worker may have made it).
 pub(crate) struct Lost {
     pub sent: bool,
 }
 
 impl DirectRoutes {
-    /// How to send a read (or, `put`, a put) of `class`.
-    pub fn plan(&mut self, class: &ClassPath, put: bool) -> Plan {
+    /// How to send a request that does `what` to `class`.
+    pub fn plan(&mut self, class: &ClassPath, what: Use) -> Plan {
         if !self.routes.contains_key(class) {
             self.routes.insert(
                 class.clone(),
@@ -87,7 +120,14 @@ impl DirectRoutes {
         }
         let route = self.routes.get_mut(class).expect("inserted above");
         match route {
-            Route::Channel(_) if put && self.no_puts.contains(class) => Plan::Daemon,
+            Route::Channel(_)
+                if self
+                    .no_writes
+                    .get(class)
+                    .is_some_and(|refused| refused & what.bit() != 0) =>
+            {
+                Plan::Daemon
+            }
             Route::Channel(at) => Plan::Channel(*at),
             Route::Never => Plan::Daemon,
             Route::Daemon { reads, misses } => {
@@ -110,9 +150,10 @@ impl DirectRoutes {
             .unwrap_or_default()
     }
 
-    /// A channel answered a put of `class` `unsupported`: its puts go through the daemon.
-    pub fn no_puts(&mut self, class: &ClassPath) {
-        self.no_puts.insert(class.clone());
+    /// A channel answered a write (`what`) of `class` `unsupported`: such writes of it go
+    /// through the daemon.
+    pub fn refused_write(&mut self, class: &ClassPath, what: Use) {
+        *self.no_writes.entry(class.clone()).or_default() |= what.bit();
     }
 
     /// The daemon will not open a channel for `class`: never (`unsupported`), or not
@@ -342,11 +383,14 @@ mod tests {
     fn a_class_is_attached_after_its_reads_through_the_daemon() {
         let class = ClassPath::new("demo.uptime").unwrap();
         let mut routes = DirectRoutes::default();
-        assert!(matches!(routes.plan(&class, false), Plan::Daemon));
-        assert!(matches!(routes.plan(&class, false), Plan::DaemonThenAttach));
+        assert!(matches!(routes.plan(&class, Use::Read), Plan::Daemon));
+        assert!(matches!(
+            routes.plan(&class, Use::Read),
+            Plan::DaemonThenAttach
+        ));
         routes.refused(&class, true);
         for _ in 0..100 {
-            assert!(matches!(routes.plan(&class, false), Plan::Daemon));
+            assert!(matches!(routes.plan(&class, Use::Read), Plan::Daemon));
         }
     }
 
@@ -369,7 +413,7 @@ mod tests {
     /// How many reads through the daemon until a channel is asked for.
     fn reads_until_attach(routes: &mut DirectRoutes, class: &ClassPath) -> u32 {
         (1..=10_000)
-            .find(|_| matches!(routes.plan(class, false), Plan::DaemonThenAttach))
+            .find(|_| matches!(routes.plan(class, Use::Read), Plan::DaemonThenAttach))
             .expect("asked within 10 000 reads")
     }
 
@@ -377,7 +421,7 @@ mod tests {
     fn a_channel_that_never_served_is_asked_for_again_later_and_later() {
         let class = ClassPath::new("demo.uptime").unwrap();
         let (mut routes, theirs) = one_channel(&class, "uptime");
-        assert!(matches!(routes.plan(&class, false), Plan::Channel(0)));
+        assert!(matches!(routes.plan(&class, Use::Read), Plan::Channel(0)));
         drop(theirs);
         let request = Request::Get {
             class: class.clone(),
@@ -455,16 +499,23 @@ mod tests {
     }
 
     #[test]
-    fn a_class_whose_puts_a_channel_refused_puts_through_the_daemon_and_reads_on_it() {
+    fn a_class_whose_puts_a_channel_refused_puts_through_the_daemon_and_reads_and_deletes_on_it() {
         let class = ClassPath::new("demo.setting").unwrap();
         let (mut routes, _theirs) = one_channel(&class, "config");
-        assert!(matches!(routes.plan(&class, true), Plan::Channel(0)));
-        routes.no_puts(&class);
-        assert!(matches!(routes.plan(&class, true), Plan::Daemon));
-        assert!(matches!(routes.plan(&class, false), Plan::Channel(0)));
+        assert!(matches!(routes.plan(&class, Use::Put), Plan::Channel(0)));
+        routes.refused_write(&class, Use::Put);
+        assert!(matches!(routes.plan(&class, Use::Put), Plan::Daemon));
+        assert!(matches!(routes.plan(&class, Use::Read), Plan::Channel(0)));
+        assert!(
+            matches!(routes.plan(&class, Use::Delete), Plan::Channel(0)),
+            "a refused put says nothing of deletes"
+        );
         // Puts count towards asking for a channel, as reads do.
         let other = ClassPath::new("demo.other").unwrap();
-        assert!(matches!(routes.plan(&other, true), Plan::Daemon));
-        assert!(matches!(routes.plan(&other, true), Plan::DaemonThenAttach));
+        assert!(matches!(routes.plan(&other, Use::Put), Plan::Daemon));
+        assert!(matches!(
+            routes.plan(&other, Use::Put),
+            Plan::DaemonThenAttach
+        ));
     }
 }

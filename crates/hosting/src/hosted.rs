@@ -456,6 +456,7 @@ impl Hosted {
                 deadline_ms: 0,
                 keep_ms: 0,
                 writable: Vec::new(),
+                deletable: Vec::new(),
                 policy: 0,
                 dialog: Some(dialog),
             };

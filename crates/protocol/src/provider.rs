@@ -240,8 +240,8 @@ pub enum DirectNews {
     /// timeout. The host kills the worker (it restarts on next use), as for a call of
     /// its own.
     Overdue { deadline_ms: u64 },
-    /// The events a put on a direct channel raised, sent before the put's answer: the
-    /// host checks and delivers them as it does a put's of its own.
+    /// The events a put or delete on a direct channel raised, sent before its answer:
+    /// the host checks and delivers them as it does a put's or delete's of its own.
     Events { events: Vec<RaisedEvent> },
 }
 
@@ -269,6 +269,10 @@ pub struct DirectAttach {
     /// answered `unsupported` (the client sends them through the host).
     #[serde(default)]
     pub writable: Vec<ClassPath>,
+    /// The same for deletes: the classes (of `classes`) the access policy lets the client
+    /// write, when the manifest offers `delete`.
+    #[serde(default)]
+    pub deletable: Vec<ClassPath>,
     /// The generation of the access policy these permissions come from (a reload makes
     /// a new one, and closes channels of older ones: `ProviderCall::CloseDirect`).
     #[serde(default)]

@@ -1,7 +1,7 @@
 //! Direct channels (`docs/protocol.md`, "Direct channels"): a socket pair from a client to
 //! the isolated worker serving a class, one end handed to the worker with the caller's
 //! credentials, the schemas of the classes the access policy lets it read and which of
-//! them it may put, the other stashed in the session for the reply to carry.
+//! them it may put and delete, the other stashed in the session for the reply to carry.
 
 use std::sync::Arc;
 
@@ -52,17 +52,22 @@ pub(super) async fn open(
         .collect();
     classes.sort_by(|a, b| a.path().cmp(b.path()));
     let paths: Vec<ClassPath> = classes.iter().map(|c| c.path().clone()).collect();
-    // Puts go on the channel too where the caller may make them here (the same checks
-    // as `route` and `write::put` make); a delete or a method call goes through the host.
-    let writable = if manifest.offers(Capability::Put) {
-        paths
-            .iter()
-            .filter(|path| allowed(host, cx, Permission::Write, path.as_str()).is_ok())
-            .cloned()
-            .collect()
-    } else {
-        Vec::new()
+    // Puts and deletes go on the channel too where the caller may make them here (the
+    // same checks as `route` and `write::put` / `write::delete` make); a method call goes
+    // through the host.
+    let may_write: Vec<ClassPath> = paths
+        .iter()
+        .filter(|path| allowed(host, cx, Permission::Write, path.as_str()).is_ok())
+        .cloned()
+        .collect();
+    let offered = |capability| {
+        if manifest.offers(capability) {
+            may_write.clone()
+        } else {
+            Vec::new()
+        }
     };
+    let (writable, deletable) = (offered(Capability::Put), offered(Capability::Delete));
     let offers = slot.offers();
     let attach = DirectAttach {
         provider: manifest.name.to_string(),
@@ -73,6 +78,7 @@ pub(super) async fn open(
         deadline_ms: manifest.call_timeout.as_millis() as u64,
         keep_ms: direct_keep(&slot).as_millis() as u64,
         writable,
+        deletable,
         policy,
         dialog: None,
     };

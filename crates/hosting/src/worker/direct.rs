@@ -1,14 +1,15 @@
 //! An isolated worker's direct channels (`docs/provider-abi.md`, "Direct channels"): a
-//! client's gets, enumerates and puts of a provider this worker hosts come straight here
-//! on a socket the host handed over, and go back the same way, one hop instead of two.
+//! client's gets, enumerates, puts and deletes of a provider this worker hosts come
+//! straight here on a socket the host handed over, and go back the same way, one hop
+//! instead of two.
 //!
 //! The host did what needs the daemon before handing the socket over: it checked the
 //! caller's credentials and the access policy (the channel serves only the classes the
-//! caller may read, and takes puts only of those it may write) and gave the schemas. A
-//! put's events go to the host, which delivers them, before the put is answered; a put
-//! this channel cannot make is answered `unsupported` (not writable here) or
-//! `shutting_down` (its provider released), so its client knows to send it through the
-//! host. Here each call is planned, checked and answered
+//! caller may read, and takes puts and deletes only of those it may write) and gave the
+//! schemas. A write's events go to the host, which delivers them, before the write is
+//! answered; a write this channel cannot make is answered `unsupported` (not writable
+//! here) or `shutting_down` (its provider released), so its client knows to send it
+//! through the host. Here each call is planned, checked and answered
 //! by the same code the host uses ([`crate::answer`]), within the provider's deadline: the
 //! watcher answers a call that overruns it with a timeout and tells the host, which kills
 //! the worker as for a call of its own. The host is told of use often enough to keep its
@@ -93,6 +94,8 @@ pub(super) struct Channel {
     offers_enumerate: bool,
     /// The classes whose puts it takes (`DirectAttach::writable`).
     writable: Vec<ClassPath>,
+    /// The classes whose deletes it takes (`DirectAttach::deletable`).
+    deletable: Vec<ClassPath>,
     /// The access policy generation its permissions come from.
     policy: u64,
     deadline: Duration,
@@ -227,6 +230,7 @@ impl Worker {
             offers_get: attach.offers_get,
             offers_enumerate: attach.offers_enumerate,
             writable: attach.writable,
+            deletable: attach.deletable,
             policy: attach.policy,
             deadline: Duration::from_millis(attach.deadline_ms),
             usage,
@@ -325,10 +329,10 @@ impl Worker {
             let (id, request) = request;
             let provider = self.providers.read_locked().get(&channel.provider).cloned();
             // Released here: closing tells the client to ask the host, which loads it. A
-            // put is answered first (`shutting_down`), so its client knows it was not made
-            // (a read is simply asked again).
+            // write is answered first (`shutting_down`), so its client knows it was not
+            // made (a read is simply asked again).
             let Some(provider) = provider else {
-                if let Request::Put { .. } = request {
+                if let Request::Put { .. } | Request::Delete { .. } = request {
                     let error = RemoteError::new(
                         ErrorCode::ShuttingDown,
                         format!(
@@ -363,16 +367,30 @@ impl Worker {
             Request::Get { class, key } => (class, key, true),
             Request::Enumerate { class, selector } => (class, selector, false),
             Request::Put { class, instance } if channel.writable.contains(&class) => {
-                return self.direct_put(channel, provider, id, class, instance);
+                let checked = channel.schema(&class).and_then(|schema| {
+                    schema
+                        .check_instance(&instance)
+                        .map_err(|m| RemoteError::new(ErrorCode::InvalidRequest, m))
+                });
+                let call = ProviderCall::Put { class, instance };
+                return self.direct_write(channel, provider, id, checked, call);
             }
-            Request::Put { class, .. } => {
+            Request::Delete { class, key } if channel.deletable.contains(&class) => {
+                let checked = channel
+                    .schema(&class)
+                    .and_then(|schema| crate::answer::check_full_key(schema, &key));
+                let call = ProviderCall::Delete { class, key };
+                return self.direct_write(channel, provider, id, checked, call);
+            }
+            Request::Put { class, .. } | Request::Delete { class, .. } => {
                 return unsupported(format!(
-                    "puts of class {class} do not go on this direct channel; ask the host"
+                    "writes of class {class} of this kind do not go on this direct channel; ask the host"
                 ));
             }
             _ => {
                 return unsupported(
-                    "only get, enumerate and put go on a direct channel; ask the host".into(),
+                    "only get, enumerate, put and delete go on a direct channel; ask the host"
+                        .into(),
                 );
             }
         };
@@ -405,26 +423,21 @@ impl Worker {
         Some(self.counted(channel, result))
     }
 
-    /// A put: checked against the schema as the host checks it, then given to the
-    /// provider; the events it raised go to the host before the answer goes back.
-    fn direct_put(
+    /// A put or delete, `checked` against the schema as the host checks it, then given
+    /// to the provider; the events it raised go to the host before the answer goes back.
+    fn direct_write(
         &self,
         channel: &Arc<Channel>,
         provider: &crate::library::LibraryProvider,
         id: u32,
-        class: ClassPath,
-        instance: purveyor_model::Instance,
+        checked: Result<(), RemoteError>,
+        call: ProviderCall,
     ) -> Option<Result<Response, RemoteError>> {
-        let checked = channel.schema(&class).and_then(|schema| {
-            schema
-                .check_instance(&instance)
-                .map_err(|m| RemoteError::new(ErrorCode::InvalidRequest, m))
-        });
         if let Err(error) = checked {
             return Some(Err(error));
         }
-        let (reply, answered) =
-            self.run(channel, provider, id, ProviderCall::Put { class, instance });
+        let what = call.kind();
+        let (reply, answered) = self.run(channel, provider, id, call);
         let offers = channel.offers();
         let result = match reply {
             ProviderReply::Done { events, .. } => {
@@ -434,7 +447,7 @@ impl Worker {
                 Ok(Response::Done)
             }
             ProviderReply::Error(f) => Err(offers.provider_error(from_fault(f))),
-            other => Err(offers.unexpected("put", &other)),
+            other => Err(offers.unexpected(what, &other)),
         };
         if answered {
             return None;
@@ -678,62 +691,4 @@ pub(super) fn attach_socket() -> Option<UnixStream> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A channel of `provider` from policy generation `policy`, and its client's end.
-    fn channel(provider: &str, policy: u64) -> (Arc<Channel>, UnixStream) {
-        let (ours, client) = UnixStream::pair().unwrap();
-        let channel = Channel {
-            provider: provider.to_string(),
-            name: ProviderName::new(provider).unwrap(),
-            caller: CallerInfo::default(),
-            schemas: HashMap::default(),
-            offers_get: true,
-            offers_enumerate: true,
-            writable: Vec::new(),
-            policy,
-            deadline: Duration::from_secs(1),
-            usage: Arc::new(UseReport {
-                provider: provider.to_string(),
-                keep: 1,
-                last: 0.into(),
-                calls: 0.into(),
-                errors: 0.into(),
-            }),
-            writer: Arc::new(Mutex::new(ours)),
-        };
-        (Arc::new(channel), client)
-    }
-
-    /// Whether the client's next request would reach the worker.
-    fn takes_requests(client: &mut UnixStream) -> bool {
-        client.write_all(b"x").is_ok()
-    }
-
-    #[test]
-    fn a_close_ends_older_channels_of_its_provider_and_refuses_them_later() {
-        let mut open = OpenChannels::default();
-        let (old, mut old_client) = channel("config", 0);
-        let (other, mut other_client) = channel("other", 0);
-        assert!(open.admit(&old) && open.admit(&other));
-        open.close("config", 1);
-        assert!(
-            !takes_requests(&mut old_client),
-            "the old policy's channel is shut"
-        );
-        assert!(
-            takes_requests(&mut other_client),
-            "another provider's is not"
-        );
-        // An attach decided before the reload but arriving after its close: refused.
-        let (late, _) = channel("config", 0);
-        assert!(!open.admit(&late));
-        // One decided under the new policy is served, and a later close of the same
-        // generation leaves it alone.
-        let (new, mut new_client) = channel("config", 1);
-        assert!(open.admit(&new));
-        open.close("config", 1);
-        assert!(takes_requests(&mut new_client));
-    }
-}
+mod tests;

@@ -284,8 +284,9 @@ impl Client {
                 };
                 match routes.call(at, id, &request) {
                     // Not made: the daemon makes it, and this class's next writes of its
-                    // kind; or the worker no longer serves the provider: the channel is
-                    // done.
+                    // kind (a provider's own `unsupported` looks the same: it made nothing,
+                    // and is asked once more, through the daemon); or the worker no longer
+                    // serves the provider: the channel is done.
                     Ok(Err(ClientError::Unsupported { .. })) if write => {
                         routes.refused_write(class, what)
                     }

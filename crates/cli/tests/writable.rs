@@ -575,6 +575,10 @@ fn access_is_enforced_per_namespace_with_peer_credentials() {
     );
 }
 
+/// An access policy: everyone local reads `config`, only uid 65533 writes it.
+const WRITER_ONLY_65533: &str =
+    "[namespace.config]\nread = [\"@local\"]\nwrite = [\"uid:65533\"]\n";
+
 /// Set when this test binary runs itself as another user: the daemon's socket.
 const AS_USER_SOCKET: &str = "PURVEYOR_TEST_AS_USER_SOCKET";
 /// Set too when that user should wait for a line on stdin between its two puts.
@@ -622,9 +626,7 @@ fn a_reload_that_revokes_writing_closes_the_channels_opened_before() {
     if let Some(socket) = std::env::var_os(AS_USER_SOCKET) {
         return puts_as_this_user(Path::new(&socket));
     }
-    let Some((daemon, policy)) =
-        open_to_other_users("[namespace.config]\nread = [\"@local\"]\nwrite = [\"uid:65533\"]\n")
-    else {
+    let Some((daemon, policy)) = open_to_other_users(WRITER_ONLY_65533) else {
         return;
     };
     let child = this_test_as(65533, NAME, &daemon.socket)
@@ -666,9 +668,7 @@ fn a_channel_takes_puts_only_where_the_policy_lets_its_caller_write() {
     if let Some(socket) = std::env::var_os(AS_USER_SOCKET) {
         return puts_as_this_user(Path::new(&socket));
     }
-    let Some((daemon, _policy)) =
-        open_to_other_users("[namespace.config]\nread = [\"@local\"]\nwrite = [\"uid:65533\"]\n")
-    else {
+    let Some((daemon, _policy)) = open_to_other_users(WRITER_ONLY_65533) else {
         return;
     };
     let as_user = |uid: u32| {

@@ -277,11 +277,6 @@ impl Client {
                 let id = self.next_id;
                 self.next_id = self.next_id.wrapping_add(1).max(1);
                 let routes = self.direct.as_mut().expect("checked by the caller");
-                let provider = if write {
-                    routes.provider_of(at)
-                } else {
-                    String::new()
-                };
                 match routes.call(at, id, &request) {
                     // Not made: the daemon makes it, and this class's next writes of its
                     // kind (a provider's own `unsupported` looks the same: it made nothing,
@@ -290,9 +285,14 @@ impl Client {
                     Ok(Err(ClientError::Unsupported { .. })) if write => {
                         routes.refused_write(class, what)
                     }
-                    Ok(Err(ClientError::ShuttingDown { .. })) if write => routes.drop_channel(at),
+                    Ok(Err(ClientError::ShuttingDown { .. })) if write => {
+                        routes.drop_channel(at);
+                    }
                     Ok(reply) => return reply,
-                    Err(Lost { sent: true }) if write => {
+                    Err(Lost {
+                        sent: true,
+                        provider,
+                    }) if write => {
                         let verb = if what == Use::Put { "put" } else { "delete" };
                         return Err(ClientError::ProviderFailed {
                             message: format!(

@@ -104,6 +104,17 @@ impl Use {
 /// write only if it was not `sent` (else the worker may have made it).
 pub(crate) struct Lost {
     pub sent: bool,
+    /// The provider the channel went to (empty if there was no channel).
+    pub provider: String,
+}
+
+impl Lost {
+    const fn new(sent: bool) -> Lost {
+        Lost {
+            sent,
+            provider: String::new(),
+        }
+    }
 }
 
 impl DirectRoutes {
@@ -139,15 +150,6 @@ impl DirectRoutes {
                 }
             }
         }
-    }
-
-    /// The provider channel `at` goes to.
-    pub fn provider_of(&self, at: usize) -> String {
-        self.channels
-            .get(at)
-            .and_then(Option::as_ref)
-            .map(|c| c.provider.clone())
-            .unwrap_or_default()
     }
 
     /// A channel answered a write (`what`) of `class` `unsupported`: such writes of it go
@@ -209,7 +211,7 @@ impl DirectRoutes {
         request: &Request,
     ) -> Result<Result<Response, ClientError>, Lost> {
         let Some(conn) = self.channels.get_mut(at).and_then(Option::as_mut) else {
-            return Err(Lost { sent: false });
+            return Err(Lost::new(false));
         };
         match conn.call(id, request) {
             Ok(Answer::Reply(reply)) => {
@@ -223,18 +225,16 @@ impl DirectRoutes {
                 Ok(Err(timeout))
             }
             Err(lost) => {
-                self.drop_channel(at);
-                Err(lost)
+                let provider = self.drop_channel(at).unwrap_or_default();
+                Err(Lost { provider, ..lost })
             }
         }
     }
 
-    /// Forgets channel `at`; its classes go through the daemon again, and are attached
-    /// again later (much later if it never answered).
-    pub fn drop_channel(&mut self, at: usize) {
-        let Some(conn) = self.channels.get_mut(at).and_then(Option::take) else {
-            return;
-        };
+    /// Forgets channel `at`, returning the provider it went to; its classes go through
+    /// the daemon again, and are attached again later (much later if it never answered).
+    pub fn drop_channel(&mut self, at: usize) -> Option<String> {
+        let conn = self.channels.get_mut(at).and_then(Option::take)?;
         let next = Route::Daemon {
             reads: 0,
             misses: if conn.served { 0 } else { conn.misses + 1 },
@@ -244,6 +244,7 @@ impl DirectRoutes {
                 *route = next;
             }
         }
+        Some(conn.provider)
     }
 
     /// The providers this client has direct channels to, with their classes.
@@ -303,9 +304,8 @@ impl DirectConn {
         if encode_frame(Encoding::Binary, &message, MAX_FRAME_DEFAULT, &mut self.out).is_err()
             || self.stream.write_all(&self.out).is_err()
         {
-            return Err(Lost { sent: false });
+            return Err(Lost::new(false));
         }
-        const LOST: Lost = Lost { sent: true };
         loop {
             match self.frames.next_frame() {
                 Ok(Some(payload)) => match parse_incoming(Encoding::Binary, payload) {
@@ -314,10 +314,10 @@ impl DirectConn {
                     }
                     // A late answer to an earlier request: not ours.
                     Ok(Incoming::Reply(..)) => continue,
-                    _ => return Err(LOST),
+                    _ => return Err(Lost::new(true)),
                 },
                 Ok(None) => {}
-                Err(_) => return Err(LOST),
+                Err(_) => return Err(Lost::new(true)),
             }
             // The worker answers within microseconds: look before blocking
             // (`purveyor_protocol::poll`).
@@ -326,13 +326,13 @@ impl DirectConn {
                 purveyor_protocol::poll::poll_window(),
             );
             match self.stream.read(self.frames.spare()) {
-                Ok(0) => return Err(LOST),
+                Ok(0) => return Err(Lost::new(true)),
                 Ok(n) => self.frames.filled(n),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // The worker closed its end with the request unread (the kernel says so
                 // with a reset, not an end of stream): it was not made.
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                    return Err(Lost { sent: false });
+                    return Err(Lost::new(false));
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     let waited = self.stream.read_timeout().ok().flatten();
@@ -345,7 +345,7 @@ impl DirectConn {
                         ),
                     }));
                 }
-                Err(_) => return Err(LOST),
+                Err(_) => return Err(Lost::new(true)),
             }
         }
     }
@@ -430,7 +430,7 @@ mod tests {
         // Not written (the worker had gone): a put may go through the daemon.
         assert!(matches!(
             routes.call(0, 1, &request),
-            Err(Lost { sent: false })
+            Err(Lost { sent: false, .. })
         ));
         assert!(routes.channels().is_empty());
         assert_eq!(reads_until_attach(&mut routes, &class), 8);
@@ -479,7 +479,10 @@ mod tests {
             let _ = theirs.read(&mut buf);
         });
         let put = empty_put(&class);
-        assert!(matches!(routes.call(0, 1, &put), Err(Lost { sent: true })));
+        assert!(matches!(
+            routes.call(0, 1, &put),
+            Err(Lost { sent: true, provider }) if provider == "config"
+        ));
         worker.join().unwrap();
         assert!(routes.channels().is_empty());
     }
@@ -494,7 +497,10 @@ mod tests {
             drop(theirs);
         });
         let put = empty_put(&class);
-        assert!(matches!(routes.call(0, 1, &put), Err(Lost { sent: false })));
+        assert!(matches!(
+            routes.call(0, 1, &put),
+            Err(Lost { sent: false, .. })
+        ));
         worker.join().unwrap();
     }
 

@@ -172,6 +172,7 @@ fn main() {
         ours: ours_free.unwrap(),
         ours_together: ours_pinned.unwrap(),
         plain_json: None,
+        plain_json_together: None,
     };
     // The floor, as every latency bench takes it: the (TLS) echo with client and server
     // pinned together; ours as users get it, unpinned.

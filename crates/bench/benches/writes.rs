@@ -64,6 +64,24 @@ fn main() {
         one_client_parts(&daemon.socket, dir.path());
         return;
     }
+    // `PURVEYOR_BENCH_ONLY=bare`: the bare store's commits alone for `SECS` seconds, to
+    // profile beside `puts`.
+    if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "bare") {
+        let secs = std::env::var("SECS").ok().and_then(|s| s.parse().ok());
+        let until = Instant::now() + Duration::from_secs(secs.unwrap_or(5));
+        let mut rates = Vec::new();
+        while Instant::now() < until {
+            rates.push(bare_store(
+                &dir.path().join(format!("bare{}.redb", rates.len())),
+            ));
+        }
+        println!(
+            "bare store alone: {:.0} commits/s (median of {} rounds)",
+            median(rates.clone()),
+            rates.len()
+        );
+        return;
+    }
     // `PURVEYOR_BENCH_ONLY=puts`: `CLIENTS` clients' puts (default 1) alone for `SECS`
     // seconds (default 5), for `perf sched`; `DIRECT=0`: through the daemon.
     if std::env::var("PURVEYOR_BENCH_ONLY").is_ok_and(|v| v == "puts") {

@@ -329,6 +329,9 @@ pub struct Placed {
     pub ours_together: (Duration, Duration),
     /// A plain blocking client speaking JSON (no polling, no library), nothing pinned.
     pub plain_json: Option<(Duration, Duration)>,
+    /// The same plain client with the daemon pinned together on one CPU: what it gets
+    /// when the kernel leaves the two side by side.
+    pub plain_json_together: Option<(Duration, Duration)>,
 }
 
 impl Placed {
@@ -349,6 +352,9 @@ impl Placed {
                 us(p50),
                 x(p50)
             );
+        }
+        if let Some((p50, _)) = self.plain_json_together {
+            line += &format!(", pinned together {:.1} us ({:.2}x)", us(p50), x(p50));
         }
         line += " | ";
         line += &self.floors.line();
@@ -440,7 +446,7 @@ pub fn placed(
     let mut free = connect(&echoes.free);
     let mut plain = socket.map(PlainJson::connect);
     let mut buf = vec![0u8; 4 + reply_len];
-    let mut s = [(); 6].map(|()| Vec::with_capacity(rounds * per_round));
+    let mut s = [(); 7].map(|()| Vec::with_capacity(rounds * per_round));
     let mut echo = |stream: &mut UnixStream, samples: &mut Vec<Duration>, warm: bool| {
         for _ in 0..per_round {
             let t = Instant::now();
@@ -466,6 +472,10 @@ pub fn placed(
                 s[4].push(t.elapsed());
             }
         }
+        if let Some(plain) = plain.as_mut() {
+            let samples = if warm { None } else { Some(&mut s[6]) };
+            plain.time(request, per_round, samples);
+        }
         pin_process(daemon, None);
         pin_thread(None);
         echo(&mut free, &mut s[2], warm);
@@ -484,7 +494,15 @@ pub fn placed(
             );
         }
     }
-    let [floor, split_s, free_s, ours, together_s, plain_s] = s;
+    let [
+        floor,
+        split_s,
+        free_s,
+        ours,
+        together_s,
+        plain_s,
+        plain_together,
+    ] = s;
     let p = |mut v: Vec<Duration>| (!v.is_empty()).then(|| percentiles(&mut v));
     Placed {
         request_len,
@@ -497,6 +515,7 @@ pub fn placed(
         ours: p(ours).unwrap(),
         ours_together: p(together_s).unwrap(),
         plain_json: p(plain_s),
+        plain_json_together: p(plain_together),
     }
 }
 

@@ -411,6 +411,24 @@ mod tests {
     }
 
     /// How many reads through the daemon until a channel is asked for.
+    /// A worker on the other end of a channel that reads one request, answers it (as
+    /// request 1) with `answer` if given, and goes away.
+    fn reads_once(mut theirs: UnixStream, answer: Option<Response>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            let _ = theirs.read(&mut buf);
+            if let Some(response) = answer {
+                let reply = purveyor_protocol::ServerMessage::Reply {
+                    id: 1,
+                    outcome: purveyor_protocol::Outcome::Ok(response),
+                };
+                let mut out = Vec::new();
+                encode_frame(Encoding::Binary, &reply, u32::MAX, &mut out).unwrap();
+                theirs.write_all(&out).unwrap();
+            }
+        })
+    }
+
     fn reads_until_attach(routes: &mut DirectRoutes, class: &ClassPath) -> u32 {
         (1..=10_000)
             .find(|_| matches!(routes.plan(class, Use::Read), Plan::DaemonThenAttach))
@@ -443,18 +461,7 @@ mod tests {
         let class = ClassPath::new("demo.uptime").unwrap();
         let (mut routes, theirs) = one_channel(&class, "uptime");
         // A worker that answers once, then goes away.
-        let worker = std::thread::spawn(move || {
-            let mut theirs = theirs;
-            let mut buf = [0u8; 256];
-            let _ = theirs.read(&mut buf);
-            let mut out = Vec::new();
-            let reply = purveyor_protocol::ServerMessage::Reply {
-                id: 1,
-                outcome: purveyor_protocol::Outcome::Ok(Response::Pong),
-            };
-            encode_frame(Encoding::Binary, &reply, u32::MAX, &mut out).unwrap();
-            theirs.write_all(&out).unwrap();
-        });
+        let worker = reads_once(theirs, Some(Response::Pong));
         let request = Request::Get {
             class: class.clone(),
             key: InstanceKey::new(),
@@ -473,11 +480,7 @@ mod tests {
         let class = ClassPath::new("demo.setting").unwrap();
         let (mut routes, theirs) = one_channel(&class, "config");
         // A worker that reads the put, then dies before answering.
-        let worker = std::thread::spawn(move || {
-            let mut theirs = theirs;
-            let mut buf = [0u8; 256];
-            let _ = theirs.read(&mut buf);
-        });
+        let worker = reads_once(theirs, None);
         let put = empty_put(&class);
         assert!(matches!(
             routes.call(0, 1, &put),
